@@ -1,0 +1,50 @@
+# Plinth: the two README commands are `make demo` and `make test`.
+# Everything the tests need is installed here, idempotently.
+SHELL := /bin/bash
+CACHE ?= $(CURDIR)/.cache
+CARGO ?= cargo
+PLINTH := $(CURDIR)/target/release/plinth
+# opencontainers/runtime-tools, the commit the runc baseline in ../shared/baselines was measured with.
+RUNTIME_TOOLS_VERSION ?= v0.9.1-0.20251205004911-5e639034dcdc
+RUNTIME_TOOLS := $(CACHE)/runtime-tools
+DEB_PACKAGES := busybox-static runc crun uidmap strace
+
+export PLINTH_CACHE := $(CACHE)
+
+.PHONY: all build deps demo test unit integration validation bench lint clean
+
+all: build
+
+build:
+	$(CARGO) build --release --workspace
+
+# Debian packages the tests and benchmark drive; apt only runs when one is missing.
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+# The runtime-tools validation suite, built from the Go module proxy into the cache.
+validation: $(RUNTIME_TOOLS)/.built
+$(RUNTIME_TOOLS)/.built:
+	tests/scripts/build-runtime-tools.sh "$(RUNTIME_TOOLS_VERSION)" "$(RUNTIME_TOOLS)"
+	touch $@
+
+demo: deps build
+	tests/scripts/demo.sh "$(PLINTH)"
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+test: deps build validation
+	$(CARGO) test --release --workspace -- --test-threads=1
+
+bench: deps build
+	tests/scripts/bench.sh "$(PLINTH)"
+
+clean:
+	$(CARGO) clean
+	rm -rf $(CACHE)

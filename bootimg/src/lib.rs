@@ -1,0 +1,1 @@
+//! plinth-bootimg: see ../shared/DESIGN.md (work in progress).

@@ -1,0 +1,1 @@
+//! plinth-provisioner: see ../shared/DESIGN.md (work in progress).
