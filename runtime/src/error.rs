@@ -1,0 +1,96 @@
+//! The runtime library's one error type. A leaf module: it imports no other module of
+//! the crate, so every layer can return it without tying the layers into a circle.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the runtime library, with the context an operator
+/// needs: what was being done, to which path or field.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file-system operation on a named path failed.
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A system call failed; `what` says which and on what.
+    #[error("{what}: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// The bundle's config.json is malformed or asks for something invalid. `field` is
+    /// the JSON path of the offending value (e.g. `linux.namespaces[2].type`).
+    #[error("config.json: {field}: {msg}")]
+    Config { field: String, msg: String },
+    /// A seccomp profile that cannot be compiled or installed as written.
+    #[error("seccomp: {0}")]
+    Seccomp(String),
+    /// A cgroup could not be created, configured, joined or removed.
+    #[error("cgroup {path}: {msg}")]
+    Cgroup { path: PathBuf, msg: String },
+    /// A named container does not exist under the state root.
+    #[error("container {0} does not exist")]
+    NotFound(String),
+    /// A container with that id already exists.
+    #[error("container {0} already exists")]
+    Exists(String),
+    /// The container is in the wrong state for the operation.
+    #[error("container {id} is {status}: {msg}")]
+    State {
+        id: String,
+        status: String,
+        msg: String,
+    },
+    /// A hook failed or timed out.
+    #[error("{kind} hook {path}: {msg}")]
+    Hook {
+        kind: &'static str,
+        path: String,
+        msg: String,
+    },
+    /// Any other invalid argument, named.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Shorthand used throughout the library.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An [`Error::Io`] for `what` on `path`.
+    pub fn io(what: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// An [`Error::Sys`] for a failed system call described by `what`.
+    pub fn sys(what: impl Into<String>, source: nix::errno::Errno) -> Self {
+        Error::Sys {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// An [`Error::Config`] naming the offending field.
+    pub fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Config {
+            field: field.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// An [`Error::Cgroup`] on `path`.
+    pub fn cgroup(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Cgroup {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+}
