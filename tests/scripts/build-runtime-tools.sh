@@ -5,7 +5,7 @@
 set -euo pipefail
 version=$1 out=$2
 export PATH="/usr/local/go/bin:$PATH"
-export GOFLAGS=-mod=vendor
+export GOFLAGS=-mod=mod
 mod=$(cd /tmp && go mod download -json "github.com/opencontainers/runtime-tools@$version" |
       python3 -c 'import json,sys; d=json.load(sys.stdin); print(d.get("Dir") or sys.exit(d.get("Error")))')
 rm -rf "$out.tmp"; mkdir -p "$out.tmp"
