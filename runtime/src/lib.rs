@@ -1,10 +1,30 @@
 //! plinth-runtime: a small, narrow, runc-compatible OCI runtime.
 //!
-//! Layers, lowest first: `error`; the Linux mechanisms (`cgroups`, `seccomp`,
-//! `mount`, `namespaces`, `caps`, ...), which know nothing of containers; `container`
-//! (create/start/state/kill/delete over the state directory); and `cli`, which maps the
-//! runc command line onto it.
+//! Layers, lowest first: `error`; the Linux mechanisms (`cgroups`, `seccomp`, `mount`,
+//! `mountinfo`, `namespaces`, `idmap`, `devices`, `capabilities`, `process`,
+//! `terminal`, `hooks`, `sync`), which know nothing of containers; `config` and
+//! `state` (the bundle and the state directory); `init` (the container's side of
+//! create); `container` (the lifecycle commands); `spec` (default configs). The
+//! binary's `main.rs` maps the runc command line onto `container`.
 
+pub mod capabilities;
+pub mod cgroups;
+pub mod config;
+pub mod container;
+pub mod devices;
 pub mod error;
+pub mod hooks;
+pub mod idmap;
+pub mod init;
+pub mod logging;
+pub mod mount;
+pub mod mountinfo;
+pub mod namespaces;
+pub mod process;
+pub mod seccomp;
+pub mod spec;
+pub mod state;
+pub mod sync;
+pub mod terminal;
 
 pub use error::{Error, Result};

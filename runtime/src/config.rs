@@ -1,0 +1,307 @@
+//! Loading and validating a bundle's config.json. Every rejection names the field.
+
+use std::path::{Path, PathBuf};
+
+use nix::sched::CloneFlags;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::error::{Error, Result};
+use crate::namespaces::Plan;
+
+/// A loaded, validated bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// Absolute path of the bundle directory.
+    pub dir: PathBuf,
+    /// Absolute path of the rootfs.
+    pub rootfs: PathBuf,
+    /// The parsed config.
+    pub spec: Spec,
+    /// The namespace plan.
+    pub namespaces: Plan,
+}
+
+/// Parses config.json text; a type error names the JSON path of the bad value.
+pub fn parse(text: &[u8]) -> Result<Spec> {
+    let de = &mut serde_json::Deserializer::from_slice(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let field = if path == "." { "(top level)".to_string() } else { path };
+        Error::config(field, inner.to_string())
+    })
+}
+
+/// Loads `<bundle>/config.json` and validates it.
+pub fn load(bundle: &Path) -> Result<Bundle> {
+    let dir = std::fs::canonicalize(bundle).map_err(|e| Error::io("bundle", bundle, e))?;
+    let path = dir.join("config.json");
+    let text = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+    let spec = parse(&text)?;
+    validate(&dir, spec)
+}
+
+fn supported_version(v: &str) -> bool {
+    let mut it = v.split('.');
+    matches!((it.next(), it.next()), (Some("1"), Some(m)) if m.parse::<u32>().is_ok())
+}
+
+/// Checks what the config asks for before anything is created.
+pub fn validate(dir: &Path, spec: Spec) -> Result<Bundle> {
+    if !supported_version(spec.version()) {
+        return Err(Error::config(
+            "ociVersion",
+            format!("{:?} is not a supported version (1.x)", spec.version()),
+        ));
+    }
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| Error::config("root", "missing"))?;
+    let rootfs = if root.path().is_absolute() {
+        root.path().clone()
+    } else {
+        dir.join(root.path())
+    };
+    match std::fs::metadata(&rootfs) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::config(
+                "root.path",
+                format!("{} is not a directory", rootfs.display()),
+            ))
+        }
+        Err(e) => {
+            return Err(Error::config(
+                "root.path",
+                format!("{}: {e}", rootfs.display()),
+            ))
+        }
+    }
+    let rootfs = std::fs::canonicalize(&rootfs).map_err(|e| Error::io("rootfs", &rootfs, e))?;
+
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::config("process", "missing"))?;
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(Error::config("process.args", "must name the program to run"));
+    }
+    if !process.cwd().is_absolute() {
+        return Err(Error::config(
+            "process.cwd",
+            format!("{} is not an absolute path", process.cwd().display()),
+        ));
+    }
+    for (i, kv) in process.env().iter().flatten().enumerate() {
+        if !kv.contains('=') {
+            return Err(Error::config(
+                format!("process.env[{i}]"),
+                format!("{kv:?} is not KEY=value"),
+            ));
+        }
+    }
+    let mut seen = Vec::new();
+    for (i, r) in process.rlimits().iter().flatten().enumerate() {
+        if seen.contains(&r.typ()) {
+            return Err(Error::config(
+                format!("process.rlimits[{i}].type"),
+                format!("{} is set twice", r.typ()),
+            ));
+        }
+        if r.soft() > r.hard() {
+            return Err(Error::config(
+                format!("process.rlimits[{i}]"),
+                format!("soft limit {} is above the hard limit {}", r.soft(), r.hard()),
+            ));
+        }
+        seen.push(r.typ());
+    }
+
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| Error::config("linux", "missing"))?;
+    let plan = Plan::from_config(linux.namespaces().as_deref().unwrap_or(&[]))?;
+    let has_maps = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+        || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty());
+    if plan.creates(CloneFlags::CLONE_NEWUSER) {
+        if linux.uid_mappings().as_ref().is_none_or(|m| m.is_empty()) {
+            return Err(Error::config(
+                "linux.uidMappings",
+                "a new user namespace needs uid mappings",
+            ));
+        }
+        if linux.gid_mappings().as_ref().is_none_or(|m| m.is_empty()) {
+            return Err(Error::config(
+                "linux.gidMappings",
+                "a new user namespace needs gid mappings",
+            ));
+        }
+    } else if has_maps {
+        return Err(Error::config(
+            "linux.uidMappings",
+            "id mappings need a new user namespace in linux.namespaces",
+        ));
+    }
+    for (field, maps) in [
+        ("linux.uidMappings", linux.uid_mappings()),
+        ("linux.gidMappings", linux.gid_mappings()),
+    ] {
+        for (i, m) in maps.iter().flatten().enumerate() {
+            if m.size() == 0 {
+                return Err(Error::config(format!("{field}[{i}].size"), "must not be 0"));
+            }
+        }
+    }
+    if spec.hostname().as_ref().is_some_and(|h| !h.is_empty())
+        && !plan.has(CloneFlags::CLONE_NEWUTS)
+    {
+        return Err(Error::config(
+            "hostname",
+            "setting the hostname needs a UTS namespace",
+        ));
+    }
+    if spec.domainname().as_ref().is_some_and(|h| !h.is_empty())
+        && !plan.has(CloneFlags::CLONE_NEWUTS)
+    {
+        return Err(Error::config(
+            "domainname",
+            "setting the domain name needs a UTS namespace",
+        ));
+    }
+    if let Some(sysctl) = linux.sysctl() {
+        for key in sysctl.keys() {
+            check_sysctl(key, &plan)?;
+        }
+    }
+    if let Some(offsets) = linux.time_offsets() {
+        if !offsets.is_empty() && !plan.creates(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)) {
+            return Err(Error::config(
+                "linux.timeOffsets",
+                "time offsets need a new time namespace",
+            ));
+        }
+        for k in offsets.keys() {
+            if k != "monotonic" && k != "boottime" {
+                return Err(Error::config(
+                    format!("linux.timeOffsets.{k}"),
+                    "only monotonic and boottime clocks can be offset",
+                ));
+            }
+        }
+    }
+    if let Some(p) = linux.rootfs_propagation() {
+        if !p.is_empty() && crate::mount::propagation_flag(p).is_none() {
+            return Err(Error::config(
+                "linux.rootfsPropagation",
+                format!("{p:?} is not a propagation mode"),
+            ));
+        }
+    }
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        if !m.destination().is_absolute() {
+            return Err(Error::config(
+                format!("mounts[{i}].destination"),
+                format!("{} is not an absolute path", m.destination().display()),
+            ));
+        }
+        crate::mount::Options::parse(
+            m.options().as_deref().unwrap_or(&[]),
+            &format!("mounts[{i}]"),
+        )?;
+    }
+    for (i, d) in linux.devices().iter().flatten().enumerate() {
+        crate::devices::from_config(d, i)?;
+    }
+    for (field, list) in [
+        ("linux.maskedPaths", linux.masked_paths()),
+        ("linux.readonlyPaths", linux.readonly_paths()),
+    ] {
+        for (i, p) in list.iter().flatten().enumerate() {
+            if !p.starts_with('/') {
+                return Err(Error::config(
+                    format!("{field}[{i}]"),
+                    format!("{p:?} is not an absolute path"),
+                ));
+            }
+        }
+    }
+    if let Some(p) = linux.cgroups_path() {
+        let s = p.to_string_lossy();
+        if s.contains(':') && !p.is_absolute() {
+            return Err(Error::config(
+                "linux.cgroupsPath",
+                format!("{s:?} is a systemd slice:prefix:name path; the systemd cgroup driver is not supported"),
+            ));
+        }
+    }
+    let _ = LinuxNamespaceType::Mount;
+    Ok(Bundle {
+        dir: dir.to_path_buf(),
+        rootfs,
+        spec,
+        namespaces: plan,
+    })
+}
+
+/// Only namespaced sysctls may be set, and only when the container has the namespace
+/// they belong to (as runc checks).
+fn check_sysctl(key: &str, plan: &Plan) -> Result<()> {
+    let field = format!("linux.sysctl.{key}");
+    let ipc = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    if ipc.contains(&key) || key.starts_with("fs.mqueue.") {
+        if plan.has(CloneFlags::CLONE_NEWIPC) {
+            return Ok(());
+        }
+        return Err(Error::config(field, "needs an IPC namespace"));
+    }
+    if key.starts_with("net.") {
+        if plan.has(CloneFlags::CLONE_NEWNET) {
+            return Ok(());
+        }
+        return Err(Error::config(field, "needs a network namespace"));
+    }
+    if key == "kernel.hostname" || key == "kernel.domainname" {
+        if plan.has(CloneFlags::CLONE_NEWUTS) {
+            return Ok(());
+        }
+        return Err(Error::config(field, "needs a UTS namespace"));
+    }
+    if key.contains("..") || key.contains('/') || key.is_empty() {
+        return Err(Error::config(field, "not a sysctl name"));
+    }
+    Err(Error::config(
+        field,
+        "not a namespaced sysctl: it would change the host",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_type_error_names_the_field() {
+        let e = parse(br#"{"ociVersion":"1.0.2","process":{"cwd":"/","user":{"uid":"zero","gid":0}}}"#)
+            .expect_err("bad type");
+        let s = e.to_string();
+        assert!(s.contains("process.user.uid"), "{s}");
+    }
+
+    #[test]
+    fn unknown_namespace_is_named() {
+        let e = parse(br#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"pid"},{"type":"bogus"}]}}"#)
+            .expect_err("bad ns");
+        assert!(e.to_string().contains("linux.namespaces[1]"), "{e}");
+    }
+}

@@ -1,0 +1,655 @@
+//! The container lifecycle, on the runtime's side: create, start, state, kill, delete,
+//! run. Each is one short synchronous command over the state directory.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill as send_signal, Signal};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::capabilities::Sets;
+use crate::cgroups::Cgroup;
+use crate::config::{self, Bundle};
+use crate::error::{Error, Result};
+use crate::hooks;
+use crate::init::{self, CgroupMount, Init};
+use crate::logging;
+use crate::namespaces::{self, Forked};
+use crate::state::{self, Report, Root, State, Status};
+use crate::sync::{self, Msg};
+
+/// The flags of `create` (and `run`).
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// Container id.
+    pub id: String,
+    /// Bundle directory.
+    pub bundle: PathBuf,
+    /// `--pid-file`.
+    pub pid_file: Option<PathBuf>,
+    /// `--console-socket`.
+    pub console_socket: Option<PathBuf>,
+    /// `--preserve-fds`.
+    pub preserve_fds: i32,
+    /// `--no-pivot`.
+    pub no_pivot: bool,
+    /// `--no-new-keyring`.
+    pub no_new_keyring: bool,
+}
+
+/// Undoes a half-made create when dropped while armed.
+struct Cleanup<'a> {
+    root: &'a Root,
+    id: String,
+    cgroup: Option<Cgroup>,
+    pids: Vec<Pid>,
+    armed: bool,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for p in &self.pids {
+            let _ = send_signal(*p, Signal::SIGKILL);
+            let _ = waitpid(*p, None);
+        }
+        if let Some(cg) = &self.cgroup {
+            if let Err(e) = cg.destroy() {
+                logging::warn(&format!("cleanup: {e}"));
+            }
+        }
+        let _ = self.root.remove(&self.id);
+    }
+}
+
+/// Creates a container and returns once its init waits for `start`.
+pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
+    create_inner(root, opts).map(|(st, _)| st)
+}
+
+/// The direct child the runtime must reap when it waits for the container (`run`).
+fn create_inner(root: &Root, opts: &CreateOptions) -> Result<(State, Pid)> {
+    state::validate_id(&opts.id)?;
+    let bundle = config::load(&opts.bundle)?;
+    let spec = &bundle.spec;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::config("process", "missing"))?;
+    let linux = spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| Error::config("linux", "missing"))?;
+    let terminal = process.terminal() == Some(true);
+    if terminal && opts.console_socket.is_none() {
+        return Err(Error::config(
+            "process.terminal",
+            "is true, so --console-socket must be given",
+        ));
+    }
+    if !terminal && opts.console_socket.is_some() {
+        return Err(Error::Invalid(
+            "--console-socket: the config does not ask for a terminal (process.terminal)".into(),
+        ));
+    }
+    let caps = Sets::from_config(process.capabilities().as_ref())?;
+    let seccomp = match linux.seccomp() {
+        Some(s) => Some(crate::seccomp::compile(s)?),
+        None => None,
+    };
+    let console_socket = match &opts.console_socket {
+        Some(p) => Some(crate::terminal::connect_console_socket(p)?),
+        None => None,
+    };
+
+    let dir = root.claim(&opts.id)?;
+    let mut cleanup = Cleanup {
+        root,
+        id: opts.id.clone(),
+        cgroup: None,
+        pids: vec![],
+        armed: true,
+    };
+    let fifo_path = dir.join(state::FIFO);
+    nix::unistd::mkfifo(&fifo_path, Mode::from_bits_truncate(0o622))
+        .map_err(|e| Error::sys(format!("mkfifo {}", fifo_path.display()), e))?;
+    let fifo = nix::fcntl::open(
+        &fifo_path,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::sys(format!("open {}", fifo_path.display()), e))?;
+
+    let cgroup = setup_cgroup(&bundle, &opts.id)?;
+    cleanup.cgroup = cgroup.clone();
+    let cgroup_mounts = cgroup_mounts(&bundle, cgroup.as_ref());
+
+    let (ours, theirs) = sync::pair()?;
+    let plan = &bundle.namespaces;
+    let fast = plan.join.is_empty()
+        && !plan.creates(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME));
+    let clone_flags = if fast {
+        plan.new & !CloneFlags::CLONE_NEWCGROUP
+    } else {
+        CloneFlags::empty()
+    };
+    let hooks = spec.hooks().clone().unwrap_or_default();
+    #[allow(deprecated)]
+    let has_create_hooks = hooks.prestart().as_ref().is_some_and(|h| !h.is_empty())
+        || hooks.create_runtime().as_ref().is_some_and(|h| !h.is_empty())
+        || hooks.create_container().as_ref().is_some_and(|h| !h.is_empty());
+
+    let child = match namespaces::fork_with(clone_flags)? {
+        Forked::Child => {
+            drop(ours);
+            init::run(Init {
+                bundle: &bundle,
+                channel: theirs,
+                fifo,
+                console_socket,
+                preserve_fds: opts.preserve_fds,
+                no_pivot: opts.no_pivot,
+                no_new_keyring: opts.no_new_keyring,
+                caps,
+                seccomp,
+                cgroup_mounts,
+                has_create_hooks,
+                cloned_with_namespaces: fast,
+            })
+        }
+        Forked::Parent(pid) => pid,
+    };
+    drop(theirs);
+    drop(fifo);
+    drop(console_socket);
+    cleanup.pids.push(child);
+    let mut pid = child;
+
+    if let Some(cg) = &cgroup {
+        cg.add_pid(child.as_raw())?;
+    }
+    if let Some(adj) = process.oom_score_adj() {
+        write_oom_score_adj(child, adj)?;
+    }
+    if fast && plan.creates(CloneFlags::CLONE_NEWUSER) {
+        map_ids(child, &bundle)?;
+    }
+    ours.send(&Msg::Go)?;
+
+    let mut st = State {
+        oci_version: spec.version().clone(),
+        id: opts.id.clone(),
+        pid: child.as_raw(),
+        pid_start: 0,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        created: state::now_rfc3339(),
+        owner: String::new(),
+        annotations: spec.annotations().clone().unwrap_or_default(),
+        hooks: spec.hooks().clone(),
+        cgroup: cgroup
+            .as_ref()
+            .and_then(|c| serde_json::to_value(c).ok()),
+        own_pid_ns: plan.creates(CloneFlags::CLONE_NEWPID),
+        started: false,
+    };
+    loop {
+        match ours.recv()? {
+            Some(Msg::MapIds(p)) => {
+                map_ids(Pid::from_raw(p), &bundle)?;
+                ours.send(&Msg::Go)?;
+            }
+            Some(Msg::Pid(p)) => {
+                // The intermediate process forked the real init and exits.
+                let _ = waitpid(child, None);
+                cleanup.pids.retain(|x| *x != child);
+                pid = Pid::from_raw(p);
+                cleanup.pids.push(pid);
+                st.pid = p;
+            }
+            Some(Msg::Hooks) => {
+                let json = hook_state(&st, "creating");
+                #[allow(deprecated)]
+                let lists = [
+                    ("prestart", hooks.prestart()),
+                    ("createRuntime", hooks.create_runtime()),
+                    ("createContainer", hooks.create_container()),
+                ];
+                for (kind, list) in lists {
+                    if let Some(list) = list {
+                        if let Err(e) = hooks::run_all(kind, list, &json) {
+                            let _ = ours.send(&Msg::Error(e.to_string()));
+                            return Err(e);
+                        }
+                    }
+                }
+                ours.send(&Msg::HooksDone)?;
+            }
+            Some(Msg::Ready) => break,
+            Some(Msg::Error(e)) => return Err(Error::Invalid(e)),
+            Some(m) => return Err(Error::Invalid(format!("unexpected message from init: {m:?}"))),
+            None => {
+                return Err(Error::Invalid(format!(
+                    "container init exited during setup{}",
+                    describe_exit(child)
+                )))
+            }
+        }
+    }
+    st.pid_start = state::proc_start(st.pid).map(|(s, _)| s).unwrap_or(0);
+    root.save(&st)?;
+    if let Some(p) = &opts.pid_file {
+        write_pid_file(p, st.pid)?;
+    }
+    cleanup.armed = false;
+    let direct = if pid == child { child } else { pid };
+    Ok((st, direct))
+}
+
+fn describe_exit(pid: Pid) -> String {
+    match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, c)) => format!(" (exit status {c})"),
+        Ok(WaitStatus::Signaled(_, s, _)) => format!(" (killed by {s})"),
+        _ => String::new(),
+    }
+}
+
+fn setup_cgroup(bundle: &Bundle, id: &str) -> Result<Option<Cgroup>> {
+    let linux = bundle.spec.linux().as_ref();
+    let resources = linux.and_then(|l| l.resources().as_ref());
+    if !nix::unistd::geteuid().is_root() {
+        // Rootless without a delegated hierarchy: no cgroup at all, said once.
+        logging::warn("running rootless without cgroups: no resource limits apply");
+        return Ok(None);
+    }
+    let path = linux.and_then(|l| l.cgroups_path().as_deref());
+    let mut cg = Cgroup::resolve(path, id)?;
+    cg.create(resources)?;
+    Ok(Some(cg))
+}
+
+/// What a `cgroup` mount in the container shows: each hierarchy under /sys/fs/cgroup,
+/// with the container's own directory in it.
+fn cgroup_mounts(bundle: &Bundle, cg: Option<&Cgroup>) -> Vec<CgroupMount> {
+    let wants = bundle
+        .spec
+        .mounts()
+        .iter()
+        .flatten()
+        .any(|m| matches!(m.typ().as_deref(), Some("cgroup") | Some("cgroup2")));
+    if !wants {
+        return vec![];
+    }
+    let Ok(mi) = crate::mountinfo::read() else {
+        return vec![];
+    };
+    let base = Path::new("/sys/fs/cgroup");
+    let mut out = vec![];
+    for e in &mi {
+        if e.fstype != "cgroup" && e.fstype != "cgroup2" {
+            continue;
+        }
+        let Ok(rel) = e.mount_point.strip_prefix(base) else {
+            continue;
+        };
+        let data: Vec<&str> = e
+            .super_options
+            .split(',')
+            .filter(|o| *o != "rw" && *o != "ro")
+            .collect();
+        let key = if e.fstype == "cgroup2" {
+            "unified".to_string()
+        } else {
+            data.first().map(|s| s.to_string()).unwrap_or_default()
+        };
+        let host_dir = cg
+            .and_then(|c| c.path_for(&key))
+            .unwrap_or_else(|| e.mount_point.clone());
+        out.push(CgroupMount {
+            name: rel.to_string_lossy().into_owned(),
+            fstype: e.fstype.clone(),
+            data: if e.fstype == "cgroup" {
+                data.join(",")
+            } else {
+                String::new()
+            },
+            host_dir,
+        });
+    }
+    out
+}
+
+fn map_ids(pid: Pid, bundle: &Bundle) -> Result<()> {
+    let linux = bundle
+        .spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| Error::config("linux", "missing"))?;
+    crate::idmap::write(
+        pid.as_raw(),
+        linux.uid_mappings().as_deref().unwrap_or(&[]),
+        linux.gid_mappings().as_deref().unwrap_or(&[]),
+    )
+}
+
+/// Writes oom_score_adj through an fd checked to be on the host's procfs.
+fn write_oom_score_adj(pid: Pid, adj: i32) -> Result<()> {
+    let path = PathBuf::from(format!("/proc/{}/oom_score_adj", pid.as_raw()));
+    let fd = nix::fcntl::open(&path, OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| Error::sys(format!("process.oomScoreAdj: open {}", path.display()), e))?;
+    init::check_procfs(&fd, &path)?;
+    nix::unistd::write(&fd, adj.to_string().as_bytes())
+        .map_err(|e| Error::sys(format!("process.oomScoreAdj: write {adj}"), e))?;
+    Ok(())
+}
+
+fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let path = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::io("getcwd", ".", e))?
+            .join(path)
+    };
+    state::write_atomic(&path, pid.to_string().as_bytes())
+}
+
+/// The state JSON hooks read on stdin.
+fn hook_state(st: &State, status: &str) -> String {
+    let mut v = serde_json::json!({
+        "ociVersion": st.oci_version,
+        "id": st.id,
+        "status": status,
+        "pid": st.pid,
+        "bundle": st.bundle,
+    });
+    if !st.annotations.is_empty() {
+        v["annotations"] = serde_json::json!(st.annotations);
+    }
+    v.to_string()
+}
+
+fn load_cgroup(st: &State) -> Option<Cgroup> {
+    st.cgroup
+        .as_ref()
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+}
+
+/// The container's status now.
+pub fn status(root: &Root, st: &State) -> Status {
+    if !st.init_alive() {
+        return Status::Stopped;
+    }
+    if root.dir(&st.id).join(state::FIFO).exists() {
+        return Status::Created;
+    }
+    if load_cgroup(st).is_some_and(|c| c.is_frozen().unwrap_or(false)) {
+        return Status::Paused;
+    }
+    Status::Running
+}
+
+/// `state ID`: runc's JSON.
+pub fn state_json(root: &Root, id: &str) -> Result<String> {
+    let st = root.load(id)?;
+    let status = status(root, &st);
+    let report = Report {
+        oci_version: &st.oci_version,
+        id: &st.id,
+        pid: if status == Status::Stopped { 0 } else { st.pid },
+        status,
+        bundle: &st.bundle,
+        rootfs: &st.rootfs,
+        created: &st.created,
+        owner: &st.owner,
+        annotations: &st.annotations,
+    };
+    serde_json::to_string_pretty(&report).map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// `start ID`: releases the init blocked on the exec fifo.
+pub fn start(root: &Root, id: &str) -> Result<()> {
+    let mut st = root.load(id)?;
+    let s = status(root, &st);
+    if s != Status::Created {
+        return Err(Error::State {
+            id: id.into(),
+            status: s.to_string(),
+            msg: "only a created container can be started".into(),
+        });
+    }
+    let fifo_path = root.dir(id).join(state::FIFO);
+    let fifo = nix::fcntl::open(
+        &fifo_path,
+        OFlag::O_WRONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| match e {
+        Errno::ENXIO => Error::State {
+            id: id.into(),
+            status: "stopped".into(),
+            msg: "its init is no longer waiting".into(),
+        },
+        e => Error::sys(format!("open {}", fifo_path.display()), e),
+    })?;
+    nix::unistd::write(&fifo, b"0").map_err(|e| Error::sys("write the exec fifo", e))?;
+    let _ = std::fs::remove_file(&fifo_path);
+    drop(fifo);
+    st.started = true;
+    root.save(&st)?;
+    if let Some(list) = st.hooks.as_ref().and_then(|h| h.poststart().clone()) {
+        let json = hook_state(&st, "running");
+        if let Err(e) = hooks::run_all("poststart", &list, &json) {
+            logging::warn(&e.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// Parses a signal as runc accepts it: `9`, `KILL` or `SIGKILL`.
+pub fn parse_signal(s: &str) -> Result<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| Error::Invalid(format!("unknown signal {s:?}")));
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    name.parse::<Signal>()
+        .map_err(|_| Error::Invalid(format!("unknown signal {s:?}")))
+}
+
+/// `kill ID SIGNAL [--all]`.
+pub fn kill(root: &Root, id: &str, sig: Signal, all: bool) -> Result<()> {
+    let st = root.load(id)?;
+    let s = status(root, &st);
+    if s == Status::Stopped {
+        return Err(Error::State {
+            id: id.into(),
+            status: s.to_string(),
+            msg: "container not running".into(),
+        });
+    }
+    if all {
+        if let Some(cg) = load_cgroup(&st) {
+            for p in cg.pids()? {
+                let _ = send_signal(Pid::from_raw(p), sig);
+            }
+            if s == Status::Paused && sig == Signal::SIGKILL {
+                let _ = cg.thaw();
+            }
+            return Ok(());
+        }
+    }
+    send_signal(Pid::from_raw(st.pid), sig).map_err(|e| match e {
+        Errno::ESRCH => Error::State {
+            id: id.into(),
+            status: "stopped".into(),
+            msg: "no such process".into(),
+        },
+        e => Error::sys(format!("kill {} {sig}", st.pid), e),
+    })
+}
+
+/// `delete ID [--force]`.
+pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
+    let st = match root.load(id) {
+        Ok(st) => st,
+        Err(Error::NotFound(_)) if force => {
+            // A create that died before writing its state may leave the directory.
+            return root.remove(id);
+        }
+        Err(e) => return Err(e),
+    };
+    let s = status(root, &st);
+    if s != Status::Stopped {
+        if !force {
+            return Err(Error::State {
+                id: id.into(),
+                status: s.to_string(),
+                msg: "only a stopped container can be deleted; use --force to kill it first".into(),
+            });
+        }
+        kill_and_wait(&st)?;
+    }
+    destroy(root, &st)
+}
+
+fn kill_and_wait(st: &State) -> Result<()> {
+    let cg = load_cgroup(st);
+    let mut targets = vec![st.pid];
+    if !st.own_pid_ns {
+        if let Some(cg) = &cg {
+            targets.extend(cg.pids().unwrap_or_default());
+        }
+    }
+    for p in &targets {
+        let _ = send_signal(Pid::from_raw(*p), Signal::SIGKILL);
+    }
+    if let Some(cg) = &cg {
+        let _ = cg.thaw();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut delay = Duration::from_micros(200);
+    while st.init_alive() {
+        if Instant::now() > deadline {
+            return Err(Error::Invalid(format!(
+                "container {}: pid {} did not die after SIGKILL",
+                st.id, st.pid
+            )));
+        }
+        std::thread::sleep(delay);
+        delay = (delay * 2).min(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Removes what create made: runs poststop hooks, the cgroup, the state directory.
+fn destroy(root: &Root, st: &State) -> Result<()> {
+    if let Some(cg) = load_cgroup(st) {
+        cg.destroy()?;
+    }
+    root.remove(&st.id)?;
+    if let Some(list) = st.hooks.as_ref().and_then(|h| h.poststop().clone()) {
+        let json = hook_state(st, "stopped");
+        if let Err(e) = hooks::run_all("poststop", &list, &json) {
+            logging::warn(&e.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// `list`: (id, pid, status, bundle, created, owner) of each container.
+pub fn list(root: &Root) -> Result<Vec<(State, Status)>> {
+    let mut out = vec![];
+    for id in root.list()? {
+        if let Ok(st) = root.load(&id) {
+            let s = status(root, &st);
+            out.push((st, s));
+        }
+    }
+    Ok(out)
+}
+
+/// `run`: create, start, and unless detached wait for the process and delete the
+/// container; returns the exit code (128+signal when killed).
+pub fn run(root: &Root, opts: &CreateOptions, detach: bool) -> Result<i32> {
+    if !detach {
+        // The init may be a grandchild (after a fork into a joined pid namespace):
+        // become its subreaper so its exit status comes back here.
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(|e| Error::sys("prctl(PR_SET_CHILD_SUBREAPER)", e))?;
+    }
+    let forward = forwarded_signals();
+    if !detach {
+        forward
+            .thread_block()
+            .map_err(|e| Error::sys("block signals", e))?;
+    }
+    let (st, _) = create_inner(root, opts)?;
+    if let Err(e) = start(root, &opts.id) {
+        let _ = delete(root, &opts.id, true);
+        return Err(e);
+    }
+    if detach {
+        return Ok(0);
+    }
+    let code = wait_forwarding(Pid::from_raw(st.pid), &forward);
+    delete(root, &opts.id, true)?;
+    code
+}
+
+fn forwarded_signals() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for s in [
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGTERM,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGWINCH,
+        Signal::SIGCONT,
+        Signal::SIGCHLD,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+fn wait_forwarding(pid: Pid, set: &nix::sys::signal::SigSet) -> Result<i32> {
+    let sfd = nix::sys::signalfd::SignalFd::with_flags(set, nix::sys::signalfd::SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| Error::sys("signalfd", e))?;
+    loop {
+        // Reap whatever is ready first: the init may have exited before we got here.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, c)) if p == pid => return Ok(c),
+                Ok(WaitStatus::Signaled(p, s, _)) if p == pid => return Ok(128 + s as i32),
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(_) => continue,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(Error::sys("waitpid", e)),
+            }
+        }
+        match sfd.read_signal() {
+            Ok(Some(info)) => {
+                let signo = info.ssi_signo as i32;
+                if signo != libc::SIGCHLD {
+                    if let Ok(sig) = Signal::try_from(signo) {
+                        let _ = send_signal(pid, sig);
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(Error::sys("read signalfd", e)),
+        }
+    }
+}
+

@@ -1,0 +1,607 @@
+//! Mounts inside the container's mount namespace: option parsing, mount targets
+//! resolved without leaving the rootfs, the rootfs itself, pivot_root, masked and
+//! read-only paths.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::Mode;
+
+use crate::error::{Error, Result};
+
+/// Parsed mount options: flags to set, flags to clear, propagation changes, and the
+/// filesystem-specific data string.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// Flags for mount(2).
+    pub flags: MsFlags,
+    /// Flags the options explicitly turn off (`rw`, `suid`, `dev`, ...).
+    pub cleared: MsFlags,
+    /// Propagation changes, applied after the mount, in order.
+    pub propagation: Vec<MsFlags>,
+    /// Recursive attributes (`rro`, `rnosuid`, ...) set with mount_setattr(2).
+    pub attr_set: u64,
+    /// Recursive attributes cleared (`rrw`, `rsuid`, ...).
+    pub attr_clr: u64,
+    /// What is left: the data string for the filesystem.
+    pub data: Vec<String>,
+    /// `bind` or `rbind` was given.
+    pub bind: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            flags: MsFlags::empty(),
+            cleared: MsFlags::empty(),
+            propagation: vec![],
+            attr_set: 0,
+            attr_clr: 0,
+            data: vec![],
+            bind: false,
+        }
+    }
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const MOUNT_ATTR_NOATIME: u64 = 0x10;
+const MOUNT_ATTR_STRICTATIME: u64 = 0x20;
+const MOUNT_ATTR_NODIRATIME: u64 = 0x80;
+const MOUNT_ATTR_NOSYMFOLLOW: u64 = 0x0020_0000;
+
+impl Options {
+    /// Parses the OCI `options` of one mount; `field` names it in errors.
+    pub fn parse(options: &[String], field: &str) -> Result<Options> {
+        let mut o = Options::default();
+        for (i, opt) in options.iter().enumerate() {
+            let (set, clr): (MsFlags, MsFlags) = match opt.as_str() {
+                "defaults" => (MsFlags::empty(), MsFlags::empty()),
+                "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+                "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+                "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+                "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+                "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+                "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+                "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+                "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+                "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+                "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
+                "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
+                "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
+                "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
+                "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
+                "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
+                "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+                "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
+                "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+                "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+                "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
+                "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+                "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
+                "lazytime" => (MsFlags::MS_LAZYTIME, MsFlags::empty()),
+                "nolazytime" => (MsFlags::empty(), MsFlags::MS_LAZYTIME),
+                "silent" => (MsFlags::MS_SILENT, MsFlags::empty()),
+                "loud" => (MsFlags::empty(), MsFlags::MS_SILENT),
+                "iversion" => (MsFlags::MS_I_VERSION, MsFlags::empty()),
+                "noiversion" => (MsFlags::empty(), MsFlags::MS_I_VERSION),
+                "bind" => {
+                    o.bind = true;
+                    (MsFlags::MS_BIND, MsFlags::empty())
+                }
+                "rbind" => {
+                    o.bind = true;
+                    (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty())
+                }
+                "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave"
+                | "unbindable" | "runbindable" => {
+                    o.propagation.push(propagation_flag(opt).unwrap_or(MsFlags::empty()));
+                    continue;
+                }
+                "rro" => {
+                    o.attr_set |= MOUNT_ATTR_RDONLY;
+                    continue;
+                }
+                "rrw" => {
+                    o.attr_clr |= MOUNT_ATTR_RDONLY;
+                    continue;
+                }
+                "rnosuid" => {
+                    o.attr_set |= MOUNT_ATTR_NOSUID;
+                    continue;
+                }
+                "rsuid" => {
+                    o.attr_clr |= MOUNT_ATTR_NOSUID;
+                    continue;
+                }
+                "rnodev" => {
+                    o.attr_set |= MOUNT_ATTR_NODEV;
+                    continue;
+                }
+                "rdev" => {
+                    o.attr_clr |= MOUNT_ATTR_NODEV;
+                    continue;
+                }
+                "rnoexec" => {
+                    o.attr_set |= MOUNT_ATTR_NOEXEC;
+                    continue;
+                }
+                "rexec" => {
+                    o.attr_clr |= MOUNT_ATTR_NOEXEC;
+                    continue;
+                }
+                "rnoatime" => {
+                    o.attr_set |= MOUNT_ATTR_NOATIME;
+                    continue;
+                }
+                "rstrictatime" => {
+                    o.attr_set |= MOUNT_ATTR_STRICTATIME;
+                    continue;
+                }
+                "rnodiratime" => {
+                    o.attr_set |= MOUNT_ATTR_NODIRATIME;
+                    continue;
+                }
+                "rnosymfollow" => {
+                    o.attr_set |= MOUNT_ATTR_NOSYMFOLLOW;
+                    continue;
+                }
+                "rsymfollow" => {
+                    o.attr_clr |= MOUNT_ATTR_NOSYMFOLLOW;
+                    continue;
+                }
+                "idmap" | "ridmap" => {
+                    return Err(Error::config(
+                        format!("{field}.options[{i}]"),
+                        format!("{opt:?}: id-mapped mounts are not supported by this runtime"),
+                    ))
+                }
+                // runc's extension: copy the image's content up into a new tmpfs.
+                "tmpcopyup" => {
+                    return Err(Error::config(
+                        format!("{field}.options[{i}]"),
+                        "\"tmpcopyup\" is not supported by this runtime",
+                    ))
+                }
+                other => {
+                    if other.is_empty() {
+                        return Err(Error::config(
+                            format!("{field}.options[{i}]"),
+                            "empty mount option",
+                        ));
+                    }
+                    o.data.push(other.to_string());
+                    continue;
+                }
+            };
+            o.flags |= set;
+            o.flags &= !clr;
+            o.cleared |= clr;
+            o.cleared &= !set;
+        }
+        Ok(o)
+    }
+}
+
+/// The mount(2) flag for a propagation name, or None if it is not one.
+pub fn propagation_flag(name: &str) -> Option<MsFlags> {
+    Some(match name {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => return None,
+    })
+}
+
+/// What to create at a mount target when it does not exist yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Create {
+    /// Nothing: the target must exist.
+    Nothing,
+    /// A directory (and its parents).
+    Dir,
+    /// An empty file (and the parent directories), for binding a file.
+    File,
+}
+
+fn how(flags: OFlag, resolve: ResolveFlag) -> OpenHow {
+    OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(resolve)
+}
+
+/// Opens `path` (absolute, as seen inside the container) below the directory `root`
+/// as an O_PATH fd, resolving every symlink as if `root` were `/` so that nothing
+/// outside it is ever reached; creates what is missing when asked.
+pub fn open_in_root(root: &OwnedFd, path: &Path, create: Create) -> Result<OwnedFd> {
+    let rel = relative(path);
+    let resolve = ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+    match openat2(root, &rel, how(OFlag::O_PATH, resolve)) {
+        Ok(fd) => return Ok(fd),
+        Err(Errno::ENOENT) if create != Create::Nothing => {}
+        Err(e) => return Err(Error::sys(format!("open {} in the rootfs", path.display()), e)),
+    }
+    // Walk down from the root, creating each missing component below the parent we
+    // hold, so a symlink swapped in meanwhile still resolves inside the root.
+    let comps: Vec<_> = rel.components().collect();
+    let mut cur = PathBuf::new();
+    let mut parent = openat2(root, ".", how(OFlag::O_PATH | OFlag::O_DIRECTORY, resolve))
+        .map_err(|e| Error::sys("open the rootfs", e))?;
+    for (i, c) in comps.iter().enumerate() {
+        cur.push(c);
+        let last = i + 1 == comps.len();
+        match openat2(root, &cur, how(OFlag::O_PATH, resolve)) {
+            Ok(fd) => {
+                parent = fd;
+                continue;
+            }
+            Err(Errno::ENOENT) => {}
+            Err(e) => {
+                return Err(Error::sys(format!("open {} in the rootfs", cur.display()), e))
+            }
+        }
+        let name = c.as_os_str();
+        if last && create == Create::File {
+            let dirfd = reopen_dir(&parent, &cur)?;
+            let f = nix::fcntl::openat(
+                &dirfd,
+                name,
+                OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+                Mode::from_bits_truncate(0o644),
+            );
+            match f {
+                Ok(_) | Err(Errno::EEXIST) => {}
+                Err(e) => {
+                    return Err(Error::sys(format!("create {} in the rootfs", cur.display()), e))
+                }
+            }
+        } else {
+            let dirfd = reopen_dir(&parent, &cur)?;
+            match nix::sys::stat::mkdirat(&dirfd, name, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => {
+                    return Err(Error::sys(format!("mkdir {} in the rootfs", cur.display()), e))
+                }
+            }
+        }
+        parent = openat2(root, &cur, how(OFlag::O_PATH, resolve))
+            .map_err(|e| Error::sys(format!("open {} in the rootfs", cur.display()), e))?;
+    }
+    Ok(parent)
+}
+
+/// Turns an O_PATH directory fd into one usable as a dirfd for mkdirat/openat.
+fn reopen_dir(fd: &OwnedFd, what: &Path) -> Result<OwnedFd> {
+    nix::fcntl::openat(
+        fd,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        Error::sys(
+            format!("{}: a parent is not a directory", what.display()),
+            e,
+        )
+    })
+}
+
+/// `/a/b` -> `a/b`, dropping `.` and leading `/` (`..` is kept: RESOLVE_IN_ROOT
+/// clamps it at the root).
+pub fn relative(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
+/// The magic-link path through which the kernel reaches what an fd points to.
+pub fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// mount(2) with an error that names the target.
+pub fn do_mount(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+    shown: &Path,
+) -> Result<()> {
+    mount(source, target, fstype, flags, data).map_err(|e| {
+        Error::sys(
+            format!(
+                "mount {} on {} (type {}, flags {:?}{})",
+                source.map(|s| s.display().to_string()).unwrap_or_default(),
+                shown.display(),
+                fstype.unwrap_or("none"),
+                flags,
+                data.map(|d| format!(", data {d}")).unwrap_or_default()
+            ),
+            e,
+        )
+    })
+}
+
+/// Remounts a bind mount with `flags` added, keeping the flags the kernel locks in a
+/// user namespace (nosuid, nodev, noexec, atime) so that the remount is permitted.
+pub fn remount_bind(target: &Path, flags: MsFlags, shown: &Path) -> Result<()> {
+    let locked = statvfs_flags(target);
+    do_mount(
+        None,
+        target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | locked,
+        None,
+        shown,
+    )
+}
+
+/// The mount flags of the mount holding `path`, as statvfs reports them.
+fn statvfs_flags(path: &Path) -> MsFlags {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let Ok(st) = statvfs(path) else {
+        return MsFlags::empty();
+    };
+    let f = st.flags();
+    let mut out = MsFlags::empty();
+    for (a, b) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
+    ] {
+        if f.contains(a) {
+            out |= b;
+        }
+    }
+    out
+}
+
+/// mount_setattr(2) on the tree at `target` (AT_RECURSIVE).
+pub fn set_recursive_attrs(target: &OwnedFd, set: u64, clr: u64, shown: &Path) -> Result<()> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clr,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: mount_setattr reads `size` bytes of a properly laid out struct we own;
+    // the fd is valid for the duration of the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(Error::sys(
+            format!("mount_setattr on {}", shown.display()),
+            Errno::last(),
+        ));
+    }
+    Ok(())
+}
+
+/// Moves the process into `rootfs` with pivot_root(2) and detaches the old root.
+pub fn pivot_root(rootfs: &Path) -> Result<()> {
+    let new_root = nix::fcntl::open(
+        rootfs,
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::sys(format!("open rootfs {}", rootfs.display()), e))?;
+    let old_root = nix::fcntl::open(
+        "/",
+        OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::sys("open /", e))?;
+    nix::unistd::fchdir(&new_root).map_err(|e| Error::sys("chdir to the rootfs", e))?;
+    // pivot_root(".", ".") stacks the old root on top of the new one, so no directory
+    // for it is needed inside the image.
+    nix::unistd::pivot_root(".", ".").map_err(|e| Error::sys("pivot_root", e))?;
+    nix::unistd::fchdir(&old_root).map_err(|e| Error::sys("chdir to the old root", e))?;
+    // Keep the unmount of the old root from propagating back to the host.
+    mount(
+        None::<&str>,
+        ".",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| Error::sys("make the old root a slave", e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| Error::sys("detach the old root", e))?;
+    nix::unistd::chdir("/").map_err(|e| Error::sys("chdir /", e))?;
+    Ok(())
+}
+
+/// The `--no-pivot` way in: move the rootfs over / and chroot into it.
+pub fn move_root(rootfs: &Path) -> Result<()> {
+    nix::unistd::chdir(rootfs)
+        .map_err(|e| Error::sys(format!("chdir {}", rootfs.display()), e))?;
+    mount(
+        Some("."),
+        "/",
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .map_err(|e| Error::sys("move the rootfs to /", e))?;
+    nix::unistd::chroot(".").map_err(|e| Error::sys("chroot", e))?;
+    nix::unistd::chdir("/").map_err(|e| Error::sys("chdir /", e))?;
+    Ok(())
+}
+
+/// Hides `path` (inside the container, after the pivot): a directory gets a read-only
+/// empty tmpfs, anything else the container's /dev/null bound over it.
+pub fn mask_path(path: &Path) -> Result<()> {
+    let root = root_fd()?;
+    let target = match open_in_root(&root, path, Create::Nothing) {
+        Ok(fd) => fd,
+        Err(Error::Sys {
+            source: Errno::ENOENT,
+            ..
+        }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let st = nix::sys::stat::fstat(&target)
+        .map_err(|e| Error::sys(format!("stat masked path {}", path.display()), e))?;
+    let p = fd_path(&target);
+    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+        do_mount(
+            Some(Path::new("tmpfs")),
+            &p,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            None,
+            path,
+        )
+    } else {
+        let null = open_dev_null()?;
+        do_mount(Some(&fd_path(&null)), &p, None, MsFlags::MS_BIND, None, path)
+    }
+}
+
+/// Opens the container's /dev/null and checks that it is the real null device (1:3),
+/// so that a symlink or a fake node planted in the image cannot redirect the mask.
+pub fn open_dev_null() -> Result<OwnedFd> {
+    let fd = nix::fcntl::open(
+        "/dev/null",
+        OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::sys("open /dev/null", e))?;
+    let st = nix::sys::stat::fstat(&fd).map_err(|e| Error::sys("stat /dev/null", e))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR
+        || libc::major(st.st_rdev) != 1
+        || libc::minor(st.st_rdev) != 3
+    {
+        return Err(Error::Invalid(
+            "/dev/null in the container is not the null device (1:3)".into(),
+        ));
+    }
+    Ok(fd)
+}
+
+/// Makes `path` (inside the container, after the pivot) read-only with a recursive
+/// bind mount of itself.
+pub fn readonly_path(path: &Path) -> Result<()> {
+    let root = root_fd()?;
+    let target = match open_in_root(&root, path, Create::Nothing) {
+        Ok(fd) => fd,
+        Err(Error::Sys {
+            source: Errno::ENOENT,
+            ..
+        }) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let p = fd_path(&target);
+    do_mount(
+        Some(&p),
+        &p,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+        path,
+    )?;
+    // Re-open: the new mount is on top of what the first fd points to.
+    let target = open_in_root(&root, path, Create::Nothing)?;
+    remount_bind(
+        &fd_path(&target),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        path,
+    )
+}
+
+/// An O_PATH fd on `/`.
+pub fn root_fd() -> Result<OwnedFd> {
+    nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::sys("open /", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(v: &[&str]) -> Options {
+        let v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        Options::parse(&v, "mounts[0]").expect("parse")
+    }
+
+    #[test]
+    fn flags_and_data_are_split() {
+        let o = opts(&["nosuid", "noexec", "mode=755", "size=65536k", "ro"]);
+        assert_eq!(
+            o.flags,
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY
+        );
+        assert_eq!(o.data, vec!["mode=755", "size=65536k"]);
+        assert!(!o.bind);
+    }
+
+    #[test]
+    fn later_options_override_earlier_ones() {
+        let o = opts(&["ro", "rw", "nosuid", "suid"]);
+        assert_eq!(o.flags, MsFlags::empty());
+        assert!(o.cleared.contains(MsFlags::MS_RDONLY));
+    }
+
+    #[test]
+    fn bind_propagation_and_recursive_attrs() {
+        let o = opts(&["rbind", "rprivate", "rro"]);
+        assert!(o.bind);
+        assert!(o.flags.contains(MsFlags::MS_BIND | MsFlags::MS_REC));
+        assert_eq!(o.propagation, vec![MsFlags::MS_PRIVATE | MsFlags::MS_REC]);
+        assert_eq!(o.attr_set, MOUNT_ATTR_RDONLY);
+    }
+
+    #[test]
+    fn unsupported_options_name_the_field() {
+        let v = vec!["idmap".to_string()];
+        let e = Options::parse(&v, "mounts[3]").expect_err("idmap");
+        assert!(e.to_string().contains("mounts[3].options[0]"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(relative(Path::new("/a/./b")), PathBuf::from("a/b"));
+        assert_eq!(relative(Path::new("/")), PathBuf::from("."));
+    }
+}

@@ -1,0 +1,186 @@
+//! Linux namespaces: which to create, which to join, and the raw clone that makes the
+//! container's first process.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use nix::fcntl::{open, OFlag};
+use nix::sched::CloneFlags;
+use nix::sys::stat::Mode;
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType};
+
+use crate::error::{Error, Result};
+
+/// The namespace plan of one container: what is new, what is joined by path.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Namespaces to create.
+    pub new: CloneFlags,
+    /// Namespaces to join, in the order they must be joined.
+    pub join: Vec<(CloneFlags, PathBuf)>,
+}
+
+/// The kernel's clone flag for an OCI namespace type.
+pub fn flag(typ: LinuxNamespaceType) -> CloneFlags {
+    match typ {
+        LinuxNamespaceType::Mount => CloneFlags::CLONE_NEWNS,
+        LinuxNamespaceType::Cgroup => CloneFlags::CLONE_NEWCGROUP,
+        LinuxNamespaceType::Uts => CloneFlags::CLONE_NEWUTS,
+        LinuxNamespaceType::Ipc => CloneFlags::CLONE_NEWIPC,
+        LinuxNamespaceType::User => CloneFlags::CLONE_NEWUSER,
+        LinuxNamespaceType::Pid => CloneFlags::CLONE_NEWPID,
+        LinuxNamespaceType::Network => CloneFlags::CLONE_NEWNET,
+        // CLONE_NEWTIME (0x80) has no constant in every nix version.
+        LinuxNamespaceType::Time => CloneFlags::from_bits_retain(libc::CLONE_NEWTIME),
+    }
+}
+
+/// The name of the namespace under /proc/PID/ns.
+pub fn proc_name(typ: LinuxNamespaceType) -> &'static str {
+    match typ {
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Time => "time",
+    }
+}
+
+impl Plan {
+    /// Builds the plan from `linux.namespaces`, rejecting duplicates.
+    pub fn from_config(namespaces: &[LinuxNamespace]) -> Result<Plan> {
+        let mut plan = Plan {
+            new: CloneFlags::empty(),
+            join: vec![],
+        };
+        let mut seen = CloneFlags::empty();
+        for (i, ns) in namespaces.iter().enumerate() {
+            let f = flag(ns.typ());
+            if seen.contains(f) {
+                return Err(Error::config(
+                    format!("linux.namespaces[{i}].type"),
+                    format!("namespace {:?} is listed twice", proc_name(ns.typ())),
+                ));
+            }
+            seen |= f;
+            match ns.path() {
+                Some(p) if !p.as_os_str().is_empty() => {
+                    if !p.is_absolute() {
+                        return Err(Error::config(
+                            format!("linux.namespaces[{i}].path"),
+                            format!("{} is not an absolute path", p.display()),
+                        ));
+                    }
+                    plan.join.push((f, p.clone()))
+                }
+                _ => plan.new |= f,
+            }
+        }
+        // A user namespace is joined first: the others are owned by it, and joining it
+        // grants the capabilities needed to join them.
+        plan.join
+            .sort_by_key(|(f, _)| !f.contains(CloneFlags::CLONE_NEWUSER));
+        Ok(plan)
+    }
+
+    /// Whether the plan creates (or joins) the given namespace.
+    pub fn has(&self, f: CloneFlags) -> bool {
+        self.new.contains(f) || self.join.iter().any(|(j, _)| *j == f)
+    }
+
+    /// Whether the plan creates the given namespace.
+    pub fn creates(&self, f: CloneFlags) -> bool {
+        self.new.contains(f)
+    }
+
+    /// The path a namespace is joined from, if it is joined.
+    pub fn joined(&self, f: CloneFlags) -> Option<&PathBuf> {
+        self.join.iter().find(|(j, _)| *j == f).map(|(_, p)| p)
+    }
+}
+
+/// Opens a namespace file, checking that it is a namespace of the expected kind.
+pub fn open_ns(path: &std::path::Path, f: CloneFlags) -> Result<OwnedFd> {
+    let fd = open(path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        .map_err(|e| Error::sys(format!("open namespace {}", path.display()), e))?;
+    // NS_GET_NSTYPE answers with the CLONE_NEW* flag of the namespace behind the fd.
+    // SAFETY: ioctl with a request that takes no argument, on an fd we own.
+    let typ = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) };
+    if typ >= 0 && typ != f.bits() {
+        return Err(Error::Invalid(format!(
+            "{} is not a {} namespace",
+            path.display(),
+            flag_name(f)
+        )));
+    }
+    Ok(fd)
+}
+
+/// ioctl(NS_GET_NSTYPE) = _IO(0xb7, 0x3).
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// A short name for one CLONE_NEW* flag, for messages.
+pub fn flag_name(f: CloneFlags) -> &'static str {
+    for t in [
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Cgroup,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Ipc,
+        LinuxNamespaceType::User,
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Network,
+        LinuxNamespaceType::Time,
+    ] {
+        if flag(t) == f {
+            return proc_name(t);
+        }
+    }
+    "unknown"
+}
+
+/// Joins the namespace at `path`.
+pub fn join(path: &std::path::Path, f: CloneFlags) -> Result<()> {
+    let fd = open_ns(path, f)?;
+    nix::sched::setns(&fd, f)
+        .map_err(|e| Error::sys(format!("setns {} ({})", path.display(), flag_name(f)), e))
+}
+
+/// Result of [`fork_with`] in each process.
+pub enum Forked {
+    /// In the parent: the child's pid.
+    Parent(Pid),
+    /// In the child.
+    Child,
+}
+
+/// clone(2) with `flags` and fork semantics (the child continues on a copy of the
+/// caller's stack). One system call creates the process and its new namespaces.
+///
+/// The caller must be single-threaded: the child runs on in a copy of the address
+/// space, and only async-signal-safe work is sound if another thread held a lock.
+pub fn fork_with(flags: CloneFlags) -> Result<Forked> {
+    // SAFETY: the raw clone syscall with a NULL stack behaves like fork(2); the runtime
+    // is single-threaded, so the child's copy of the heap and locks is consistent.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags.bits() as libc::c_ulong) | libc::SIGCHLD as libc::c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    match ret {
+        -1 => Err(Error::sys(
+            format!("clone({flags:?})"),
+            nix::errno::Errno::last(),
+        )),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(Pid::from_raw(pid as i32))),
+    }
+}

@@ -1,0 +1,167 @@
+//! The container process's own attributes: rlimits, user and groups, the executable's
+//! lookup in $PATH, and execve.
+
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::unistd::{Gid, Uid};
+use oci_spec::runtime::{PosixRlimit, PosixRlimitType};
+
+use crate::error::{Error, Result};
+
+/// The resource number of an OCI rlimit type.
+pub fn rlimit_resource(t: PosixRlimitType) -> libc::__rlimit_resource_t {
+    match t {
+        PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
+        PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,
+        PosixRlimitType::RlimitData => libc::RLIMIT_DATA,
+        PosixRlimitType::RlimitStack => libc::RLIMIT_STACK,
+        PosixRlimitType::RlimitCore => libc::RLIMIT_CORE,
+        PosixRlimitType::RlimitRss => libc::RLIMIT_RSS,
+        PosixRlimitType::RlimitNproc => libc::RLIMIT_NPROC,
+        PosixRlimitType::RlimitNofile => libc::RLIMIT_NOFILE,
+        PosixRlimitType::RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        PosixRlimitType::RlimitAs => libc::RLIMIT_AS,
+        PosixRlimitType::RlimitLocks => libc::RLIMIT_LOCKS,
+        PosixRlimitType::RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        PosixRlimitType::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        PosixRlimitType::RlimitNice => libc::RLIMIT_NICE,
+        PosixRlimitType::RlimitRtprio => libc::RLIMIT_RTPRIO,
+        PosixRlimitType::RlimitRttime => libc::RLIMIT_RTTIME,
+    }
+}
+
+/// Applies `process.rlimits`.
+pub fn set_rlimits(rlimits: &[PosixRlimit]) -> Result<()> {
+    for (i, r) in rlimits.iter().enumerate() {
+        let lim = libc::rlimit {
+            rlim_cur: r.soft(),
+            rlim_max: r.hard(),
+        };
+        // SAFETY: setrlimit reads a struct we own.
+        let ret = unsafe { libc::setrlimit(rlimit_resource(r.typ()), &lim) };
+        if ret != 0 {
+            return Err(Error::sys(
+                format!(
+                    "process.rlimits[{i}]: setrlimit {} soft {} hard {}",
+                    r.typ(),
+                    r.soft(),
+                    r.hard()
+                ),
+                Errno::last(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Switches to the configured user: supplementary groups, then gid, then uid.
+/// `setgroups_allowed` is false in a user namespace whose setgroups is "deny".
+pub fn switch_user(uid: u32, gid: u32, groups: &[u32], setgroups_allowed: bool) -> Result<()> {
+    if setgroups_allowed {
+        let g: Vec<Gid> = groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        nix::unistd::setgroups(&g).map_err(|e| Error::sys("setgroups", e))?;
+    } else if !groups.is_empty() {
+        return Err(Error::config(
+            "process.user.additionalGids",
+            "cannot set supplementary groups: setgroups is denied in this user namespace",
+        ));
+    }
+    let g = Gid::from_raw(gid);
+    nix::unistd::setresgid(g, g, g).map_err(|e| Error::sys(format!("setresgid {gid}"), e))?;
+    let u = Uid::from_raw(uid);
+    nix::unistd::setresuid(u, u, u).map_err(|e| Error::sys(format!("setresuid {uid}"), e))?;
+    Ok(())
+}
+
+/// The value of `name` in an environment list of `KEY=value` strings.
+pub fn env_value<'a>(env: &'a [String], name: &str) -> Option<&'a str> {
+    env.iter().rev().find_map(|kv| {
+        kv.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('='))
+    })
+}
+
+/// Finds the executable for `arg0` as execvp would, using the container's PATH. Runs
+/// after the pivot, so the lookup sees the container's file system.
+pub fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf> {
+    if arg0.is_empty() {
+        return Err(Error::config("process.args[0]", "empty executable name"));
+    }
+    if arg0.contains('/') {
+        let p = PathBuf::from(arg0);
+        return check_executable(&p).map(|_| p);
+    }
+    let path = env_value(env, "PATH")
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let mut last = None;
+    for dir in path.split(':') {
+        let dir = if dir.is_empty() { "." } else { dir };
+        let cand = Path::new(dir).join(arg0);
+        match check_executable(&cand) {
+            Ok(()) => return Ok(cand),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(Error::Sys {
+            source: Errno::EACCES,
+            what,
+        }) => Error::Sys {
+            source: Errno::EACCES,
+            what,
+        },
+        _ => Error::Invalid(format!(
+            "exec: {arg0:?}: executable file not found in $PATH"
+        )),
+    })
+}
+
+fn check_executable(p: &Path) -> Result<()> {
+    use nix::unistd::{access, AccessFlags};
+    let md = std::fs::metadata(p).map_err(|e| Error::io("exec: stat", p, e))?;
+    if md.is_dir() {
+        return Err(Error::Invalid(format!("exec: {}: is a directory", p.display())));
+    }
+    access(p, AccessFlags::X_OK).map_err(|e| Error::sys(format!("exec: {}", p.display()), e))
+}
+
+fn cstring(s: &OsStr, what: &str) -> Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| Error::Invalid(format!("{what} contains a NUL byte")))
+}
+
+/// Prepared argv/envp, built before the last steps so that execve itself allocates
+/// nothing.
+pub struct Exec {
+    path: CString,
+    args: Vec<CString>,
+    env: Vec<CString>,
+}
+
+impl Exec {
+    /// Prepares an execve of `path` with `args` and `env`.
+    pub fn new(path: &Path, args: &[String], env: &[String]) -> Result<Exec> {
+        Ok(Exec {
+            path: cstring(path.as_os_str(), "process.args[0]")?,
+            args: args
+                .iter()
+                .map(|a| cstring(OsStr::new(a), "process.args"))
+                .collect::<Result<_>>()?,
+            env: env
+                .iter()
+                .map(|a| cstring(OsStr::new(a), "process.env"))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    /// execve(2); returns only on failure.
+    pub fn exec(&self) -> Error {
+        let e = nix::unistd::execve(&self.path, &self.args, &self.env);
+        match e {
+            Err(e) => Error::sys(format!("exec {}", self.path.to_string_lossy()), e),
+            Ok(never) => match never {},
+        }
+    }
+}

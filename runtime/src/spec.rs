@@ -1,0 +1,138 @@
+//! `plinth spec`: a default config.json with secure defaults (containerd's): the 14
+//! default capabilities, no_new_privs, the masked and read-only /proc and /sys paths,
+//! RLIMIT_NOFILE 1024 and a deny-all device cgroup.
+
+use serde_json::{json, Value};
+
+/// containerd's default capabilities.
+pub const DEFAULT_CAPS: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// containerd's masked paths.
+pub const MASKED_PATHS: [&str; 11] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// containerd's read-only paths.
+pub const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The default config; `rootless` maps the caller's ids to root in a user namespace
+/// and drops what an unprivileged user cannot have (a network namespace of its own
+/// stays, cgroup limits and gid-5 devpts go).
+pub fn default_spec(rootless: bool) -> Value {
+    let caps = json!(DEFAULT_CAPS);
+    let mut spec = json!({
+        "ociVersion": "1.2.0",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sh"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
+            "cwd": "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs", "readonly": true},
+        "hostname": "plinth",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+             "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+             "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+             "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+             "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+        ],
+        "linux": {
+            "resources": {"devices": [{"allow": false, "access": "rwm"}]},
+            "namespaces": [
+                {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
+                {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}
+            ],
+            "maskedPaths": MASKED_PATHS,
+            "readonlyPaths": READONLY_PATHS
+        }
+    });
+    if rootless {
+        let uid = nix::unistd::geteuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        let linux = &mut spec["linux"];
+        linux["namespaces"]
+            .as_array_mut()
+            .map(|ns| ns.push(json!({"type": "user"})));
+        linux["uidMappings"] = json!([{"containerID": 0, "hostID": uid, "size": 1}]);
+        linux["gidMappings"] = json!([{"containerID": 0, "hostID": gid, "size": 1}]);
+        if let Some(o) = linux.as_object_mut() {
+            o.remove("resources");
+        }
+        if let Some(mounts) = spec["mounts"].as_array_mut() {
+            for m in mounts.iter_mut() {
+                if m["type"] == "devpts" {
+                    m["options"] = json!(["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]);
+                }
+            }
+        }
+    }
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_spec_parses_and_validates_as_oci() {
+        for rootless in [false, true] {
+            let text = serde_json::to_vec(&default_spec(rootless)).expect("json");
+            let spec = crate::config::parse(&text).expect("parses");
+            let caps = spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.capabilities().as_ref())
+                .and_then(|c| c.bounding().as_ref())
+                .map(|b| b.len());
+            assert_eq!(caps, Some(14));
+            let linux = spec.linux().as_ref().expect("linux");
+            assert_eq!(linux.masked_paths().as_ref().map(|m| m.len()), Some(11));
+            assert_eq!(linux.readonly_paths().as_ref().map(|m| m.len()), Some(5));
+            assert_eq!(linux.uid_mappings().is_some(), rootless);
+        }
+    }
+}

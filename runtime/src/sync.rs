@@ -1,0 +1,115 @@
+//! The channel between the runtime and the container's init while it is being set up:
+//! a SOCK_SEQPACKET pair, one short message per packet, so neither side ever polls.
+
+use std::os::fd::OwnedFd;
+
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+use crate::error::{Error, Result};
+
+/// A message on the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    /// runtime -> init: ids are mapped and the cgroup joined; go on.
+    Go,
+    /// init -> runtime: map the ids of this pid now (when init made its user namespace
+    /// itself, after joining others).
+    MapIds(i32),
+    /// init -> runtime: the container's pid 1 is this pid (when init had to fork into
+    /// its new pid namespace).
+    Pid(i32),
+    /// init -> runtime: mounts are done; run the createRuntime/createContainer hooks.
+    Hooks,
+    /// runtime -> init: the hooks ran.
+    HooksDone,
+    /// init -> runtime: set up, waiting for `start`.
+    Ready,
+    /// either way: something failed; the text says what.
+    Error(String),
+}
+
+impl Msg {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Msg::Go => b"go".to_vec(),
+            Msg::MapIds(p) => format!("mapids {p}").into_bytes(),
+            Msg::Pid(p) => format!("pid {p}").into_bytes(),
+            Msg::Hooks => b"hooks".to_vec(),
+            Msg::HooksDone => b"hooks-done".to_vec(),
+            Msg::Ready => b"ready".to_vec(),
+            Msg::Error(s) => format!("error {s}").into_bytes(),
+        }
+    }
+
+    fn decode(b: &[u8]) -> Result<Msg> {
+        let s = String::from_utf8_lossy(b);
+        let (word, rest) = s.split_once(' ').unwrap_or((&s, ""));
+        let num = || {
+            rest.parse::<i32>()
+                .map_err(|_| Error::Invalid(format!("bad message from init: {s:?}")))
+        };
+        Ok(match word {
+            "go" => Msg::Go,
+            "mapids" => Msg::MapIds(num()?),
+            "pid" => Msg::Pid(num()?),
+            "hooks" => Msg::Hooks,
+            "hooks-done" => Msg::HooksDone,
+            "ready" => Msg::Ready,
+            "error" => Msg::Error(rest.to_string()),
+            _ => return Err(Error::Invalid(format!("bad message from init: {s:?}"))),
+        })
+    }
+}
+
+/// One end of the channel.
+#[derive(Debug)]
+pub struct Channel(pub OwnedFd);
+
+/// A connected pair: (runtime's end, init's end).
+pub fn pair() -> Result<(Channel, Channel)> {
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| Error::sys("socketpair", e))?;
+    Ok((Channel(a), Channel(b)))
+}
+
+impl Channel {
+    /// Sends one message.
+    pub fn send(&self, m: &Msg) -> Result<()> {
+        nix::unistd::write(&self.0, &m.encode()).map_err(|e| Error::sys("sync: write", e))?;
+        Ok(())
+    }
+
+    /// Receives one message; `None` when the other end closed without a word (it
+    /// died, or exec'd with the end marked close-on-exec).
+    pub fn recv(&self) -> Result<Option<Msg>> {
+        let mut buf = [0u8; 4096];
+        loop {
+            match nix::unistd::read(&self.0, &mut buf) {
+                Ok(0) => return Ok(None),
+                Ok(n) => return Msg::decode(&buf[..n]).map(Some),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(Error::sys("sync: read", e)),
+            }
+        }
+    }
+
+    /// Receives a message that must be `want`; an error message from the other side
+    /// becomes the error.
+    pub fn expect(&self, want: &Msg) -> Result<()> {
+        match self.recv()? {
+            Some(m) if &m == want => Ok(()),
+            Some(Msg::Error(e)) => Err(Error::Invalid(e)),
+            Some(m) => Err(Error::Invalid(format!(
+                "sync: expected {want:?}, got {m:?}"
+            ))),
+            None => Err(Error::Invalid(format!(
+                "sync: the other side exited while waiting for {want:?}"
+            ))),
+        }
+    }
+}

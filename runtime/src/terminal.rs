@@ -1,0 +1,125 @@
+//! The container's terminal: a pty opened inside the container, its master sent to the
+//! caller's `--console-socket` with SCM_RIGHTS (as runc does), its peer made the
+//! process's controlling terminal and /dev/console.
+
+use std::io::IoSlice;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use nix::fcntl::{OFlag};
+use nix::sys::socket::{connect, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr};
+use nix::sys::stat::Mode;
+
+use crate::error::{Error, Result};
+
+/// Connects to the caller's console socket (a unix stream socket path).
+pub fn connect_console_socket(path: &Path) -> Result<OwnedFd> {
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::sys("console socket: socket", e))?;
+    let addr = UnixAddr::new(path)
+        .map_err(|e| Error::sys(format!("--console-socket {}", path.display()), e))?;
+    connect(fd.as_raw_fd(), &addr)
+        .map_err(|e| Error::sys(format!("--console-socket: connect {}", path.display()), e))?;
+    Ok(fd)
+}
+
+/// A pty pair opened in the container's devpts.
+pub struct Pty {
+    /// The master side, sent to the caller.
+    pub master: OwnedFd,
+    /// The peer (slave) side, the container's stdio.
+    pub peer: OwnedFd,
+}
+
+const TIOCGPTPEER: libc::c_ulong = 0x5441;
+
+/// Opens /dev/ptmx (after the pivot: the container's own devpts instance) and gets
+/// its peer with TIOCGPTPEER, so the peer is the one the master belongs to and no path
+/// under /dev/pts is trusted.
+pub fn open_pty(width: u16, height: u16) -> Result<Pty> {
+    let master = nix::fcntl::open(
+        "/dev/ptmx",
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::sys("open /dev/ptmx (is devpts mounted at /dev/pts?)", e))?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int we own.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
+        return Err(Error::sys("unlock the pty", nix::errno::Errno::last()));
+    }
+    // SAFETY: TIOCGPTPEER takes open flags by value and returns a new fd.
+    let peer = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if peer < 0 {
+        return Err(Error::sys("ioctl(TIOCGPTPEER)", nix::errno::Errno::last()));
+    }
+    // SAFETY: the kernel just returned this fd; we are its only owner.
+    let peer = unsafe { OwnedFd::from_raw_fd(peer) };
+    if width > 0 || height > 0 {
+        let ws = libc::winsize {
+            ws_row: height,
+            ws_col: width,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads a winsize struct we own.
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    }
+    Ok(Pty { master, peer })
+}
+
+/// Sends `fd` over the unix socket `sock` with SCM_RIGHTS.
+pub fn send_fd(sock: RawFd, fd: RawFd, name: &str) -> Result<()> {
+    let fds = [fd];
+    let iov = [IoSlice::new(name.as_bytes())];
+    let cmsg = [ControlMessage::ScmRights(&fds)];
+    sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::empty(), None)
+        .map_err(|e| Error::sys("send the pty master to the console socket", e))?;
+    Ok(())
+}
+
+/// Makes `peer` the calling process's stdio and controlling terminal, in a new session.
+pub fn make_controlling(peer: &OwnedFd) -> Result<()> {
+    nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
+    // SAFETY: TIOCSCTTY with argument 0 on a terminal fd we own.
+    if unsafe { libc::ioctl(peer.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
+        return Err(Error::sys("ioctl(TIOCSCTTY)", nix::errno::Errno::last()));
+    }
+    for target in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors; both fds are valid.
+        if unsafe { libc::dup2(peer.as_raw_fd(), target) } < 0 {
+            return Err(Error::sys("dup2 the pty onto stdio", nix::errno::Errno::last()));
+        }
+    }
+    Ok(())
+}
+
+/// Bind-mounts the pty peer on /dev/console (after the pivot), through the fd so that
+/// no path in the container can redirect it.
+pub fn mount_console(peer: &OwnedFd) -> Result<()> {
+    let root = crate::mount::root_fd()?;
+    let target = crate::mount::open_in_root(&root, Path::new("/dev/console"), crate::mount::Create::File)?;
+    let st = nix::sys::stat::fstat(&target).map_err(|e| Error::sys("stat /dev/console", e))?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG && st.st_mode & libc::S_IFMT != libc::S_IFCHR {
+        return Err(Error::Invalid("/dev/console is neither a file nor a device".into()));
+    }
+    crate::mount::do_mount(
+        Some(&crate::mount::fd_path(peer)),
+        &crate::mount::fd_path(&target),
+        None,
+        nix::mount::MsFlags::MS_BIND,
+        None,
+        Path::new("/dev/console"),
+    )
+}
