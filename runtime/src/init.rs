@@ -179,7 +179,8 @@ fn setup(init: Init) -> Result<()> {
         }
     }
     // The working directory exists before the user switch, as runc makes it.
-    mount::open_in_root(&root, process.cwd(), Create::Dir)?;
+    mount::open_in_root(&root, process.cwd(), Create::Dir)
+        .map_err(|e| Error::config("process.cwd", e.to_string()))?;
     drop(root);
 
     if init.has_create_hooks {
@@ -196,16 +197,17 @@ fn setup(init: Init) -> Result<()> {
         nix::mount::mount(None::<&str>, "/", None::<&str>, p | MsFlags::MS_REC, None::<&str>)
             .map_err(|e| Error::sys("set the rootfs propagation", e))?;
     }
+    // Sysctls first: /proc/sys is usually among the read-only paths.
+    if let Some(sysctl) = linux.sysctl() {
+        for (k, v) in sysctl {
+            write_sysctl(k, v)?;
+        }
+    }
     for p in linux.masked_paths().iter().flatten() {
         mount::mask_path(Path::new(p))?;
     }
     for p in linux.readonly_paths().iter().flatten() {
         mount::readonly_path(Path::new(p))?;
-    }
-    if let Some(sysctl) = linux.sysctl() {
-        for (k, v) in sysctl {
-            write_sysctl(k, v)?;
-        }
     }
 
     if process.terminal() == Some(true) {

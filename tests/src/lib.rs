@@ -1,2 +1,267 @@
 //! Shared helpers for the end-to-end tests: locating the built binaries, making
 //! busybox bundles, running `plinth` and reading what it did.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use serde_json::Value;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The release `plinth` binary (`make test` builds it first), or $PLINTH.
+pub fn plinth_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PLINTH") {
+        return PathBuf::from(p);
+    }
+    let p = workspace().join("target/release/plinth");
+    assert!(
+        p.exists(),
+        "{} is missing: run `make build` (make test does) first",
+        p.display()
+    );
+    p
+}
+
+/// The cache directory the Makefile fills.
+pub fn cache() -> PathBuf {
+    std::env::var_os("PLINTH_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join(".cache"))
+}
+
+/// True when running as root; otherwise prints why the test is skipped.
+pub fn need_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    println!("SKIP {test}: needs root (real namespaces, mounts and cgroups)");
+    false
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique name for this test process.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Makes a new directory under /tmp.
+    pub fn new(prefix: &str) -> TempDir {
+        let p = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A busybox bundle with plinth's default config, and a private state root.
+pub struct Bundle {
+    /// The scratch directory holding bundle/ and state/.
+    pub tmp: TempDir,
+    /// The bundle directory.
+    pub dir: PathBuf,
+    /// The `--root` for plinth.
+    pub root: PathBuf,
+    /// The config, edited by the test before `write()`.
+    pub config: Value,
+}
+
+/// Copies busybox-static into `rootfs/bin` with its applet links and a minimal /etc.
+pub fn busybox_rootfs(rootfs: &Path) {
+    let bb = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("busybox is missing: `make deps` installs busybox-static");
+    for d in ["bin", "proc", "sys", "dev", "tmp", "etc", "root"] {
+        std::fs::create_dir_all(rootfs.join(d)).unwrap();
+    }
+    std::fs::copy(bb, rootfs.join("bin/busybox")).unwrap();
+    let list = Command::new(bb).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
+        }
+    }
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+}
+
+impl Bundle {
+    /// A bundle running `sh -c script`, with plinth's default config.
+    pub fn busybox(script: &str) -> Bundle {
+        let tmp = TempDir::new("plinth-test");
+        let dir = tmp.0.join("bundle");
+        let root = tmp.0.join("state");
+        busybox_rootfs(&dir.join("rootfs"));
+        let out = Command::new(plinth_bin())
+            .args(["spec", "--bundle"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "plinth spec: {out:?}");
+        let text = std::fs::read(dir.join("config.json")).unwrap();
+        let mut config: Value = serde_json::from_slice(&text).unwrap();
+        config["process"]["args"] = serde_json::json!(["sh", "-c", script]);
+        let b = Bundle {
+            tmp,
+            dir,
+            root,
+            config,
+        };
+        b.write();
+        b
+    }
+
+    /// Writes `config` to config.json.
+    pub fn write(&self) {
+        std::fs::write(
+            self.dir.join("config.json"),
+            serde_json::to_vec_pretty(&self.config).unwrap(),
+        )
+        .unwrap();
+    }
+
+    /// A `plinth` command with this bundle's `--root`.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(plinth_bin());
+        c.arg("--root").arg(&self.root);
+        c
+    }
+
+    /// Runs `plinth ARGS` (with --root) and returns its output.
+    pub fn plinth(&self, args: &[&str]) -> Output {
+        self.cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// `plinth run --bundle DIR ID`: (exit code, stdout, stderr).
+    pub fn run(&self, id: &str) -> (i32, String, String) {
+        self.write();
+        let out = self
+            .cmd()
+            .args(["run", "--bundle"])
+            .arg(&self.dir)
+            .arg(id)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `plinth create`; panics with its stderr on failure. The container's init keeps
+    /// the stdio it was given (that is how engines pass it), so stderr goes to a file
+    /// rather than a pipe the test would wait on forever.
+    pub fn create(&self, id: &str) {
+        self.write();
+        let err_path = self.tmp.0.join(format!("{id}.create.err"));
+        let err = std::fs::File::create(&err_path).unwrap();
+        let status = self
+            .cmd()
+            .args(["create", "--bundle"])
+            .arg(&self.dir)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "create {id}: {}",
+            std::fs::read_to_string(&err_path).unwrap_or_default()
+        );
+    }
+
+    /// Runs `plinth ARGS` with stdio on files (for commands that leave a container
+    /// holding them): (exit code, stdout, stderr).
+    pub fn plinth_detached(&self, args: &[&str]) -> (i32, String, String) {
+        let n = unique("out");
+        let (o, e) = (self.tmp.0.join(format!("{n}.out")), self.tmp.0.join(format!("{n}.err")));
+        let status = self
+            .cmd()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&o).unwrap())
+            .stderr(std::fs::File::create(&e).unwrap())
+            .status()
+            .unwrap();
+        (
+            status.code().unwrap_or(-1),
+            std::fs::read_to_string(&o).unwrap_or_default(),
+            std::fs::read_to_string(&e).unwrap_or_default(),
+        )
+    }
+
+    /// `plinth state ID` parsed.
+    pub fn state(&self, id: &str) -> Value {
+        let out = self.plinth(&["state", id]);
+        assert!(out.status.success(), "state {id}: {out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// Waits until `state ID` reports `status` (up to 5 s).
+    pub fn wait_status(&self, id: &str, status: &str) -> Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let st = self.state(id);
+            if st["status"] == status || std::time::Instant::now() > deadline {
+                return st;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        // Leave nothing running behind a failed test.
+        if let Ok(rd) = std::fs::read_dir(&self.root) {
+            for e in rd.flatten() {
+                let id = e.file_name().to_string_lossy().into_owned();
+                let _ = self.plinth(&["delete", "--force", &id]);
+            }
+        }
+    }
+}
+
+/// Whether any mount point is below `path` (the test's bundle), i.e. a mount leaked.
+pub fn mounts_under(path: &Path) -> Vec<String> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mi.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| Path::new(m).starts_with(path))
+        .map(|s| s.to_string())
+        .collect()
+}

@@ -1,0 +1,134 @@
+//! Bad input: a clear one-line error naming what is wrong, exit 1, nothing left behind.
+#![allow(clippy::unwrap_used)]
+
+use plinth_tests::{mounts_under, need_root, unique, Bundle};
+
+/// Creates with the bundle as it is and checks the failure mode.
+fn assert_create_fails(b: &Bundle, id: &str, needle: &str) {
+    let out = b
+        .cmd()
+        .args(["create", "--bundle"])
+        .arg(&b.dir)
+        .arg(id)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!b.root.join(id).exists(), "state directory left behind");
+    assert!(mounts_under(&b.tmp.0).is_empty(), "mount left behind");
+    for hierarchy in ["memory", "pids", "cpu"] {
+        let leaked = std::path::Path::new("/sys/fs/cgroup").join(hierarchy).join(id);
+        assert!(!leaked.exists(), "cgroup {} left behind", leaked.display());
+    }
+}
+
+#[test]
+fn wrong_type_names_the_field() {
+    if !need_root("wrong_type_names_the_field") {
+        return;
+    }
+    let mut b = Bundle::busybox("true");
+    b.config["process"]["user"]["uid"] = serde_json::json!("zero");
+    b.write();
+    assert_create_fails(&b, &unique("bad"), "process.user.uid");
+}
+
+#[test]
+fn missing_rootfs_is_named() {
+    if !need_root("missing_rootfs_is_named") {
+        return;
+    }
+    let mut b = Bundle::busybox("true");
+    b.config["root"]["path"] = serde_json::json!("nope");
+    b.write();
+    assert_create_fails(&b, &unique("bad"), "root.path");
+}
+
+#[test]
+fn unknown_namespace_is_named() {
+    if !need_root("unknown_namespace_is_named") {
+        return;
+    }
+    let mut b = Bundle::busybox("true");
+    b.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "bogus"}));
+    b.write();
+    assert_create_fails(&b, &unique("bad"), "linux.namespaces[6]");
+}
+
+#[test]
+fn failing_init_leaves_nothing_behind() {
+    if !need_root("failing_init_leaves_nothing_behind") {
+        return;
+    }
+    // Fails inside the container's init, after the cgroup and mounts were made.
+    let mut b = Bundle::busybox("true");
+    b.config["process"]["args"] = serde_json::json!(["/no/such/binary"]);
+    b.config["linux"]["resources"]["memory"] = serde_json::json!({"limit": 67108864});
+    b.write();
+    assert_create_fails(&b, &unique("bad"), "/no/such/binary");
+}
+
+#[test]
+fn duplicate_id_is_refused_and_the_first_survives() {
+    if !need_root("duplicate_id_is_refused_and_the_first_survives") {
+        return;
+    }
+    let b = Bundle::busybox("sleep 100");
+    let id = unique("dup");
+    b.create(&id);
+    let out = b
+        .cmd()
+        .args(["create", "--bundle"])
+        .arg(&b.dir)
+        .arg(&id)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert_eq!(b.state(&id)["status"], "created");
+}
+
+#[test]
+fn unknown_id_for_start_kill_delete_state() {
+    if !need_root("unknown_id_for_start_kill_delete_state") {
+        return;
+    }
+    let b = Bundle::busybox("true");
+    for args in [
+        &["start", "ghost"][..],
+        &["kill", "ghost", "KILL"],
+        &["delete", "ghost"],
+        &["state", "ghost"],
+    ] {
+        let out = b.plinth(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("container ghost does not exist"), "{args:?}: {err}");
+    }
+    assert!(!b.root.join("ghost").exists());
+}
+
+#[test]
+fn invalid_id_is_refused() {
+    if !need_root("invalid_id_is_refused") {
+        return;
+    }
+    let b = Bundle::busybox("true");
+    assert_create_fails(&b, "../escape", "invalid container id");
+}
+
+#[test]
+fn non_namespaced_sysctl_is_refused() {
+    if !need_root("non_namespaced_sysctl_is_refused") {
+        return;
+    }
+    let mut b = Bundle::busybox("true");
+    b.config["linux"]["sysctl"] = serde_json::json!({"vm.swappiness": "10"});
+    b.write();
+    assert_create_fails(&b, &unique("bad"), "linux.sysctl.vm.swappiness");
+}

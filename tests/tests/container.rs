@@ -1,0 +1,313 @@
+//! What the process inside sees: namespaces, mounts, devices, user, capabilities,
+//! rlimits and the other process attributes, checked from inside the container.
+#![allow(clippy::unwrap_used)]
+
+use serde_json::json;
+
+use plinth_tests::{need_root, unique, Bundle};
+
+fn run_ok(b: &Bundle) -> String {
+    let (code, out, err) = b.run(&unique("c"));
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    out
+}
+
+#[test]
+fn process_attributes() {
+    if !need_root("process_attributes") {
+        return;
+    }
+    let mut b = Bundle::busybox(
+        "id -u; id -g; id -G; umask; pwd; echo $FOO; ulimit -n; ulimit -Hn; \
+         grep -E '^(NoNewPrivs|CapEff|CapBnd|CapInh|CapAmb)' /proc/self/status; cat /proc/self/oom_score_adj",
+    );
+    let p = &mut b.config["process"];
+    p["user"] = json!({"uid": 1000, "gid": 1001, "additionalGids": [5, 7], "umask": 0o027});
+    p["cwd"] = json!("/work/dir");
+    p["env"] = json!(["PATH=/bin", "FOO=bar baz"]);
+    p["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 512, "hard": 768}]);
+    p["capabilities"] = json!({"bounding": ["CAP_KILL", "CAP_CHOWN"], "effective": ["CAP_KILL"],
+        "permitted": ["CAP_KILL"], "inheritable": [], "ambient": []});
+    p["oomScoreAdj"] = json!(123);
+    let out = run_ok(&b);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "1000");
+    assert_eq!(lines[1], "1001");
+    let groups: Vec<&str> = lines[2].split(' ').collect();
+    for g in ["1001", "5", "7"] {
+        assert!(groups.contains(&g), "groups {groups:?}");
+    }
+    assert_eq!(lines[3], "0027");
+    assert_eq!(lines[4], "/work/dir");
+    assert_eq!(lines[5], "bar baz");
+    assert_eq!(lines[6], "512");
+    assert_eq!(lines[7], "768");
+    let status = &lines[8..13];
+    for want in [
+        "NoNewPrivs:\t1",
+        "CapInh:\t0000000000000000",
+        // CAP_KILL is bit 5; CAP_CHOWN bit 0. A non-root user keeps no effective
+        // capability across execve without ambient ones (kernel semantics).
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000021",
+        "CapAmb:\t0000000000000000",
+    ] {
+        assert!(status.contains(&want), "{want:?} not in {status:?}");
+    }
+    assert_eq!(lines[13], "123");
+}
+
+#[test]
+fn root_gets_exactly_the_configured_capabilities() {
+    if !need_root("root_gets_exactly_the_configured_capabilities") {
+        return;
+    }
+    let mut b = Bundle::busybox("grep -E '^Cap' /proc/self/status");
+    b.config["process"]["capabilities"] = json!({"bounding": ["CAP_KILL", "CAP_CHOWN"],
+        "effective": ["CAP_KILL"], "permitted": ["CAP_KILL", "CAP_CHOWN"], "inheritable": [], "ambient": []});
+    let out = run_ok(&b);
+    // For uid 0 the kernel raises effective to permitted at execve (no file caps).
+    assert_eq!(
+        out,
+        "CapInh:\t0000000000000000\nCapPrm:\t0000000000000021\nCapEff:\t0000000000000021\n\
+         CapBnd:\t0000000000000021\nCapAmb:\t0000000000000000\n"
+    );
+}
+
+#[test]
+fn ambient_capabilities_when_asked() {
+    if !need_root("ambient_capabilities_when_asked") {
+        return;
+    }
+    let mut b = Bundle::busybox("grep CapAmb /proc/self/status");
+    let caps = json!(["CAP_NET_BIND_SERVICE"]);
+    b.config["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    b.config["process"]["capabilities"] = json!({"bounding": caps, "effective": caps,
+        "permitted": caps, "inheritable": caps, "ambient": caps});
+    let out = run_ok(&b);
+    assert_eq!(out.trim(), "CapAmb:\t0000000000000400");
+}
+
+#[test]
+fn namespaces_are_new_and_hostname_set() {
+    if !need_root("namespaces_are_new_and_hostname_set") {
+        return;
+    }
+    let mut b = Bundle::busybox(
+        "hostname; cat /proc/sys/kernel/domainname; echo $$; for n in net ipc uts mnt pid cgroup; do readlink /proc/self/ns/$n; done",
+    );
+    b.config["hostname"] = json!("box");
+    b.config["domainname"] = json!("example.test");
+    let out = run_ok(&b);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "box");
+    assert_eq!(lines[1], "example.test");
+    assert_eq!(lines[2], "1", "the process is pid 1 of its pid namespace");
+    for (i, n) in ["net", "ipc", "uts", "mnt", "pid", "cgroup"].iter().enumerate() {
+        let host = std::fs::read_link(format!("/proc/self/ns/{n}")).unwrap();
+        assert_ne!(lines[3 + i], host.to_str().unwrap(), "{n} namespace is the host's");
+    }
+}
+
+#[test]
+fn joins_a_network_namespace_by_path() {
+    if !need_root("joins_a_network_namespace_by_path") {
+        return;
+    }
+    // A real process holds a namespace; the container joins it through /proc/PID/ns/net.
+    let holder = std::process::Command::new("unshare")
+        .args(["--net", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let pid = holder.id();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let path = format!("/proc/{pid}/ns/net");
+    let want = std::fs::read_link(&path).unwrap();
+    let mut b = Bundle::busybox("readlink /proc/self/ns/net; echo $$");
+    for ns in b.config["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "network" {
+            ns["path"] = json!(path);
+        }
+    }
+    let out = run_ok(&b);
+    let mut holder = holder;
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], want.to_str().unwrap());
+    assert_eq!(lines[1], "1", "still pid 1 in a new pid namespace");
+}
+
+#[test]
+fn user_namespace_maps_ids() {
+    if !need_root("user_namespace_maps_ids") {
+        return;
+    }
+    let root = tmp_owned_dir();
+    let mut b = Bundle::busybox("cat /proc/self/uid_map /proc/self/gid_map; id -u; touch /shared/made-inside");
+    b.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    b.config["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    b.config["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    b.config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/shared", "type": "bind", "source": root.0, "options": ["rbind", "rw"]}));
+    // The rootfs must be reachable by the mapped root.
+    std::process::Command::new("chown")
+        .args(["-R", "100000:100000"])
+        .arg(b.dir.join("rootfs"))
+        .status()
+        .unwrap();
+    let out = run_ok(&b);
+    let fields: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(fields[0], vec!["0", "100000", "65536"]);
+    assert_eq!(fields[1], vec!["0", "100000", "65536"]);
+    assert_eq!(fields[2], vec!["0"]);
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::metadata(root.0.join("made-inside")).unwrap();
+    assert_eq!(md.uid(), 100000, "a file made by container root belongs to the mapped uid");
+}
+
+fn tmp_owned_dir() -> plinth_tests::TempDir {
+    let d = plinth_tests::TempDir::new("plinth-shared");
+    std::process::Command::new("chown")
+        .args(["100000:100000"])
+        .arg(&d.0)
+        .status()
+        .unwrap();
+    d
+}
+
+#[test]
+fn mounts_devices_and_paths() {
+    if !need_root("mounts_devices_and_paths") {
+        return;
+    }
+    let host = plinth_tests::TempDir::new("plinth-bind");
+    std::fs::write(host.0.join("file"), "from the host\n").unwrap();
+    let mut b = Bundle::busybox(
+        "cat /data/file; touch /data/x 2>/dev/null && echo data-writable || echo data-ro; \
+         touch /scratch/x && echo scratch-writable; touch /rootfile 2>/dev/null && echo root-writable || echo root-ro; \
+         stat -c '%t:%T %a' /dev/null /dev/zero /dev/full /dev/random /dev/urandom /dev/tty /dev/mydev; \
+         readlink /dev/fd; readlink /dev/ptmx; stat -c '%t:%T' /proc/keys; ls /proc/acpi | wc -l; \
+         echo 1 > /proc/sys/kernel/ns_last_pid 2>/dev/null && echo sys-writable || echo sys-ro; \
+         grep ' /scratch ' /proc/self/mountinfo | cut -d' ' -f6",
+    );
+    let mounts = b.config["mounts"].as_array_mut().unwrap();
+    mounts.push(json!({"destination": "/data", "type": "bind", "source": host.0, "options": ["bind", "ro"]}));
+    mounts.push(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "size=1m"]}));
+    b.config["linux"]["devices"] = json!([{"path": "/dev/mydev", "type": "c", "major": 1, "minor": 5, "fileMode": 0o640}]);
+    let out = run_ok(&b);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "from the host");
+    assert_eq!(lines[1], "data-ro");
+    assert_eq!(lines[2], "scratch-writable");
+    assert_eq!(lines[3], "root-ro");
+    assert_eq!(
+        &lines[4..11],
+        ["1:3 666", "1:5 666", "1:7 666", "1:8 666", "1:9 666", "5:0 666", "1:5 640"]
+    );
+    assert_eq!(lines[11], "/proc/self/fd");
+    assert_eq!(lines[12], "pts/ptmx");
+    assert_eq!(lines[13], "1:3", "masked /proc/keys is /dev/null");
+    assert_eq!(lines[14].trim(), "0", "masked /proc/acpi is an empty directory");
+    assert_eq!(lines[15], "sys-ro");
+    assert!(lines[16].contains("nosuid") && lines[16].contains("nodev"), "{}", lines[16]);
+    assert!(!host.0.join("x").exists());
+}
+
+#[test]
+fn sysctl_is_set_inside_only() {
+    if !need_root("sysctl_is_set_inside_only") {
+        return;
+    }
+    let mut b = Bundle::busybox("cat /proc/sys/net/ipv4/ip_forward /proc/sys/kernel/shmmni");
+    b.config["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1", "kernel.shmmni": "1234"});
+    // readonlyPaths would make /proc/sys read-only only after the sysctls are written.
+    let host_forward = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let out = run_ok(&b);
+    assert_eq!(out, "1\n1234\n");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        host_forward
+    );
+}
+
+#[test]
+fn no_pivot_moves_the_root() {
+    if !need_root("no_pivot_moves_the_root") {
+        return;
+    }
+    let b = Bundle::busybox("ls /bin/busybox && cat /proc/self/mountinfo | wc -l");
+    b.write();
+    let out = b
+        .cmd()
+        .args(["run", "--no-pivot", "--bundle"])
+        .arg(&b.dir)
+        .arg(unique("nopivot"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("/bin/busybox\n"));
+}
+
+#[test]
+fn preserve_fds_passes_exactly_those() {
+    if !need_root("preserve_fds_passes_exactly_those") {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let b = Bundle::busybox("ls /proc/self/fd | sort -n | tr '\\n' ' '; echo; cat <&3");
+    b.write();
+    let tmp = b.tmp.0.join("passed");
+    std::fs::write(&tmp, "through fd 3\n").unwrap();
+    let f = std::fs::File::open(&tmp).unwrap();
+    // Also open a non-CLOEXEC fd 4 that must not reach the container.
+    let leak = std::fs::File::open("/").unwrap();
+    let mut cmd = b.cmd();
+    cmd.args(["run", "--preserve-fds", "1", "--bundle"])
+        .arg(&b.dir)
+        .arg(unique("fds"));
+    let (src, leak_fd) = (f.as_raw_fd(), leak.as_raw_fd());
+    use std::os::unix::process::CommandExt;
+    // SAFETY: dup2 in the child before exec, on fds that exist.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself keeps FD_CLOEXEC: clear it explicitly.
+            libc::dup2(src, 3);
+            libc::fcntl(3, libc::F_SETFD, 0);
+            libc::dup2(leak_fd, 4);
+            libc::fcntl(4, libc::F_SETFD, 0);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // ls itself holds one fd open on the directory it lists.
+    let fds: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+    // 0-2, the preserved 3, and ls's own directory fd (4): the caller's fd 4 would
+    // have pushed that to 5.
+    assert_eq!(fds, ["0", "1", "2", "3", "4"], "fds in the container: {fds:?}");
+    assert!(text.contains("through fd 3"));
+}
+
+#[test]
+fn cwd_through_a_leaked_fd_is_refused() {
+    if !need_root("cwd_through_a_leaked_fd_is_refused") {
+        return;
+    }
+    for n in 3..8 {
+        let mut b = Bundle::busybox("pwd");
+        b.config["process"]["cwd"] = json!(format!("/proc/self/fd/{n}"));
+        let (code, out, err) = b.run(&unique("cwd"));
+        assert_eq!(code, 1, "fd {n}: the container ran with cwd {out:?}");
+        assert!(err.contains("process.cwd"), "fd {n}: {err}");
+    }
+}
