@@ -83,6 +83,11 @@ fn setup(init: Init) -> Result<()> {
     // Not dumpable until execve: nothing in the container may ptrace or open /proc
     // files of this process while it holds the runtime's fds (CVE-2016-9962).
     nix::sys::prctl::set_dumpable(false).map_err(|e| Error::sys("prctl(PR_SET_DUMPABLE)", e))?;
+    // `run` blocks the signals it forwards; a blocked mask survives execve, and the
+    // container's process must start with none blocked.
+    nix::sys::signal::SigSet::empty()
+        .thread_set_mask()
+        .map_err(|e| Error::sys("sigprocmask(SIG_SETMASK, {})", e))?;
     let b = init.bundle;
     let spec = &b.spec;
     let linux = spec
