@@ -2,6 +2,8 @@
 //! busybox bundles, running `plinth` and reading what it did.
 #![allow(clippy::unwrap_used)]
 
+pub mod tap;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

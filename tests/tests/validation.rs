@@ -1,0 +1,162 @@
+//! The opencontainers/runtime-tools validation suite against the real `plinth` binary:
+//! every `validation/*/*.t` runs with `RUNTIME=plinth`, its TAP is parsed, and the test
+//! fails on any `not ok` outside the short list of known failures below, on any file
+//! that prints no plan, and on any file where plinth passes fewer points than runc
+//! 1.1.5 did on this kind of machine (`tests/baselines/runtime-tools-runc.txt`).
+//!
+//! `make test` builds the suite first (`make validation`). `VALIDATION=name,name` runs a
+//! subset. The per-file logs land in `target/validation/`.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use plinth_tests::tap::{parse_baseline, Report};
+use plinth_tests::{cache, need_root, plinth_bin, workspace};
+
+/// `not ok` points that are expected on this machine, each with the reason. A point
+/// matches when its description contains the second string.
+const KNOWN_FAILURES: &[(&str, &str, &str)] = &[];
+
+/// Files that may end without a plan, with the reason.
+const KNOWN_NO_PLAN: &[(&str, &str)] = &[];
+
+/// How long one validation file may run.
+const FILE_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn suite_dir() -> PathBuf {
+    cache().join("runtime-tools")
+}
+
+fn run_file(exe: &Path, log: &Path) -> (Report, Duration, bool) {
+    let out = std::fs::File::create(log).unwrap();
+    let start = Instant::now();
+    let mut child = Command::new(exe)
+        .current_dir(suite_dir())
+        .env("RUNTIME", plinth_bin())
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .unwrap();
+    let mut timed_out = false;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if start.elapsed() > FILE_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            timed_out = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    (Report::parse(&text), start.elapsed(), timed_out)
+}
+
+#[test]
+fn runtime_tools_validation_suite() {
+    if !need_root("runtime_tools_validation_suite") {
+        return;
+    }
+    let dir = suite_dir();
+    if !dir.join("runtimetest").exists() {
+        println!(
+            "SKIP runtime_tools_validation_suite: {} is not built (`make validation` builds it; `make test` does)",
+            dir.display()
+        );
+        return;
+    }
+    let only: Option<Vec<String>> = std::env::var("VALIDATION")
+        .ok()
+        .map(|s| s.split(',').map(|x| x.trim().trim_end_matches(".t").to_string()).collect());
+    let baseline_text =
+        std::fs::read_to_string(workspace().join("tests/baselines/runtime-tools-runc.txt")).unwrap();
+    let baseline: BTreeMap<String, _> = parse_baseline(&baseline_text)
+        .into_iter()
+        .map(|r| (r.file.clone(), r))
+        .collect();
+    assert_eq!(baseline.len(), 58, "the runc baseline lists 58 files");
+
+    let logs = workspace().join("target/validation");
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("validation"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter_map(|d| {
+            let name = d.file_name()?.to_string_lossy().into_owned();
+            let t = d.join(format!("{name}.t"));
+            t.exists().then_some(t)
+        })
+        .collect();
+    files.sort();
+    if only.is_none() {
+        assert_eq!(files.len(), 58, "the suite has 58 validation files");
+    }
+
+    let mut problems = vec![];
+    let mut table = String::from(
+        "file                                     plinth: ok  notok  skip  plan     runc: ok  notok  time\n",
+    );
+    let (mut tot_ok, mut tot_bad, mut tot_runc_ok, mut tot_runc_bad) = (0, 0, 0, 0);
+    for exe in &files {
+        let file = exe.file_name().unwrap().to_string_lossy().into_owned();
+        let stem = file.trim_end_matches(".t").to_string();
+        if let Some(only) = &only {
+            if !only.contains(&stem) {
+                continue;
+            }
+        }
+        let log = logs.join(format!("{stem}.log"));
+        let (r, took, timed_out) = run_file(exe, &log);
+        let base = baseline.get(&file);
+        let (rok, rbad) = base.map(|b| (b.ok, b.not_ok)).unwrap_or((0, 0));
+        tot_ok += r.ok;
+        tot_bad += r.not_ok.len();
+        tot_runc_ok += rok;
+        tot_runc_bad += rbad;
+        table.push_str(&format!(
+            "{file:<40} {:>10} {:>6} {:>5}  {:<8} {:>8} {:>6} {:>5.1}s\n",
+            r.ok,
+            r.not_ok.len(),
+            r.skipped,
+            r.plan.map(|p| format!("1..{p}")).unwrap_or_else(|| "NO-PLAN".into()),
+            rok,
+            rbad,
+            took.as_secs_f64()
+        ));
+        if timed_out {
+            problems.push(format!("{file}: timed out after {FILE_TIMEOUT:?} (log {})", log.display()));
+        }
+        for d in &r.not_ok {
+            let known = KNOWN_FAILURES
+                .iter()
+                .any(|(f, sub, _)| *f == file && d.contains(sub));
+            if !known {
+                problems.push(format!("{file}: not ok - {d} (log {})", log.display()));
+            }
+        }
+        if r.plan.is_none() && !KNOWN_NO_PLAN.iter().any(|(f, _)| *f == file) {
+            problems.push(format!("{file}: no TAP plan: the file died early (log {})", log.display()));
+        }
+        if r.ok < rok {
+            problems.push(format!("{file}: {} ok, fewer than runc's {rok}", r.ok));
+        }
+    }
+    table.push_str(&format!(
+        "TOTAL                                    {tot_ok:>10} {tot_bad:>6}                 {tot_runc_ok:>8} {tot_runc_bad:>6}\n"
+    ));
+    println!("{table}");
+    std::fs::write(logs.join("summary.txt"), &table).unwrap();
+    assert!(
+        problems.is_empty(),
+        "{} problem(s) in the validation suite:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
