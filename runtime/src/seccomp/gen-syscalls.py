@@ -122,12 +122,13 @@ def main():
         ("X32", x32, "x32 (AUDIT_ARCH_X86_64 with __X32_SYSCALL_BIT)"),
         ("AARCH64", aarch64, "aarch64 (AUDIT_ARCH_AARCH64)"),
     ]:
+        if ident != "X86_64":
+            print()
         print(f"/// {what}: {len(tab)} system calls.")
         print(f"pub(super) static {ident}: &[(&str, u32)] = &[")
         for name in sorted(tab):
             print(f'    ("{name}", {tab[name]:#x}),' if tab[name] >= X32_SYSCALL_BIT else f'    ("{name}", {tab[name]}),')
         print("];")
-        print()
 
 
 main()

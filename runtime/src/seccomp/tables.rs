@@ -1559,4 +1559,3 @@ pub(super) static AARCH64: &[(&str, u32)] = &[
     ("write", 64),
     ("writev", 66),
 ];
-
