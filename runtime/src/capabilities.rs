@@ -56,6 +56,29 @@ fn supported() -> CapsHashSet {
     caps::runtime::thread_all_supported()
 }
 
+/// The capabilities the config asks for that the runtime itself does not have in its
+/// bounding set, and so cannot give (a nested runtime, or a VM like this project's
+/// whose bounding set lacks CAP_SYS_RESOURCE). A privileged config lists every
+/// capability; podman and docker leave out the ones the host withholds in the same way.
+pub fn unavailable(sets: &Sets) -> Vec<Capability> {
+    let have = caps::read(None, CapSet::Bounding).unwrap_or_else(|_| supported());
+    let mut out: Vec<Capability> = [
+        &sets.bounding,
+        &sets.effective,
+        &sets.inheritable,
+        &sets.permitted,
+        &sets.ambient,
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|c| !have.contains(c))
+    .copied()
+    .collect();
+    out.sort_by_key(|c| c.index());
+    out.dedup();
+    out
+}
+
 /// Drops from the bounding set everything `sets.bounding` lacks. Needs CAP_SETPCAP,
 /// so it runs before the user switch.
 pub fn drop_bounding(sets: &Sets) -> Result<()> {
@@ -71,15 +94,22 @@ pub fn drop_bounding(sets: &Sets) -> Result<()> {
 /// Sets effective, permitted and inheritable, then the ambient set. Runs after the
 /// user switch (with PR_SET_KEEPCAPS held across it).
 pub fn apply(sets: &Sets) -> Result<()> {
-    let known = supported();
+    // What the bounding set holds now (the config's, less what the runtime lacked)
+    // is all that can be granted.
+    let known = caps::read(None, CapSet::Bounding)
+        .map_err(|e| Error::Invalid(format!("read the bounding set: {e}")))?;
     let keep = |s: &CapsHashSet| -> CapsHashSet { s.intersection(&known).copied().collect() };
     caps::set(None, CapSet::Inheritable, &keep(&sets.inheritable))
         .map_err(|e| Error::Invalid(format!("set the inheritable capabilities: {e}")))?;
     // Permitted before effective: effective must stay a subset of permitted.
     let permitted = keep(&sets.permitted);
     let effective = keep(&sets.effective);
-    caps::set(None, CapSet::Effective, &effective.intersection(&permitted).copied().collect())
-        .map_err(|e| Error::Invalid(format!("set the effective capabilities: {e}")))?;
+    caps::set(
+        None,
+        CapSet::Effective,
+        &effective.intersection(&permitted).copied().collect(),
+    )
+    .map_err(|e| Error::Invalid(format!("set the effective capabilities: {e}")))?;
     caps::set(None, CapSet::Permitted, &permitted)
         .map_err(|e| Error::Invalid(format!("set the permitted capabilities: {e}")))?;
     caps::set(None, CapSet::Effective, &effective)

@@ -27,7 +27,11 @@ pub fn parse(text: &[u8]) -> Result<Spec> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let field = if path == "." { "(top level)".to_string() } else { path };
+        let field = if path == "." {
+            "(top level)".to_string()
+        } else {
+            path
+        };
         Error::config(field, inner.to_string())
     })
 }
@@ -85,7 +89,10 @@ pub fn validate(dir: &Path, spec: Spec) -> Result<Bundle> {
         .as_ref()
         .ok_or_else(|| Error::config("process", "missing"))?;
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
-        return Err(Error::config("process.args", "must name the program to run"));
+        return Err(Error::config(
+            "process.args",
+            "must name the program to run",
+        ));
     }
     if !process.cwd().is_absolute() {
         return Err(Error::config(
@@ -112,7 +119,11 @@ pub fn validate(dir: &Path, spec: Spec) -> Result<Bundle> {
         if r.soft() > r.hard() {
             return Err(Error::config(
                 format!("process.rlimits[{i}]"),
-                format!("soft limit {} is above the hard limit {}", r.soft(), r.hard()),
+                format!(
+                    "soft limit {} is above the hard limit {}",
+                    r.soft(),
+                    r.hard()
+                ),
             ));
         }
         seen.push(r.typ());
@@ -292,16 +303,19 @@ mod tests {
 
     #[test]
     fn a_type_error_names_the_field() {
-        let e = parse(br#"{"ociVersion":"1.0.2","process":{"cwd":"/","user":{"uid":"zero","gid":0}}}"#)
-            .expect_err("bad type");
+        let e =
+            parse(br#"{"ociVersion":"1.0.2","process":{"cwd":"/","user":{"uid":"zero","gid":0}}}"#)
+                .expect_err("bad type");
         let s = e.to_string();
         assert!(s.contains("process.user.uid"), "{s}");
     }
 
     #[test]
     fn unknown_namespace_is_named() {
-        let e = parse(br#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"pid"},{"type":"bogus"}]}}"#)
-            .expect_err("bad ns");
+        let e = parse(
+            br#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"pid"},{"type":"bogus"}]}}"#,
+        )
+        .expect_err("bad ns");
         assert!(e.to_string().contains("linux.namespaces[1]"), "{e}");
     }
 }

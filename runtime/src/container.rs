@@ -1,6 +1,7 @@
 //! The container lifecycle, on the runtime's side: create, start, state, kill, delete,
 //! run. Each is one short synchronous command over the state directory.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -13,7 +14,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::capabilities::Sets;
-use crate::cgroups::Cgroup;
+use crate::cgroups::{Cgroup, DeviceRule};
 use crate::config::{self, Bundle};
 use crate::error::{Error, Result};
 use crate::hooks;
@@ -48,6 +49,9 @@ struct Cleanup<'a> {
     id: String,
     cgroup: Option<Cgroup>,
     pids: Vec<Pid>,
+    /// The rootfs and the mounts it had before, for a container without a mount
+    /// namespace, whose mounts are made on the host.
+    host_mounts: Option<(PathBuf, Vec<u32>)>,
     armed: bool,
 }
 
@@ -59,6 +63,9 @@ impl Drop for Cleanup<'_> {
         for p in &self.pids {
             let _ = send_signal(*p, Signal::SIGKILL);
             let _ = waitpid(*p, None);
+        }
+        if let Some((rootfs, before)) = &self.host_mounts {
+            detach_host_mounts(rootfs, before);
         }
         if let Some(cg) = &self.cgroup {
             if let Err(e) = cg.destroy() {
@@ -100,6 +107,14 @@ fn create_inner(root: &Root, opts: &CreateOptions) -> Result<(State, Pid)> {
         ));
     }
     let caps = Sets::from_config(process.capabilities().as_ref())?;
+    let missing = crate::capabilities::unavailable(&caps);
+    if !missing.is_empty() {
+        let names: Vec<String> = missing.iter().map(|c| c.to_string()).collect();
+        logging::warn(&format!(
+            "process.capabilities: {} not in the runtime's own bounding set; not granted",
+            names.join(", ")
+        ));
+    }
     let seccomp = match linux.seccomp() {
         Some(s) => Some(crate::seccomp::compile(s)?),
         None => None,
@@ -115,8 +130,12 @@ fn create_inner(root: &Root, opts: &CreateOptions) -> Result<(State, Pid)> {
         id: opts.id.clone(),
         cgroup: None,
         pids: vec![],
+        host_mounts: None,
         armed: true,
     };
+    if !bundle.namespaces.has(CloneFlags::CLONE_NEWNS) {
+        cleanup.host_mounts = Some((bundle.rootfs.clone(), mounts_at(&bundle.rootfs)));
+    }
     let fifo_path = dir.join(state::FIFO);
     nix::unistd::mkfifo(&fifo_path, Mode::from_bits_truncate(0o622))
         .map_err(|e| Error::sys(format!("mkfifo {}", fifo_path.display()), e))?;
@@ -133,8 +152,8 @@ fn create_inner(root: &Root, opts: &CreateOptions) -> Result<(State, Pid)> {
 
     let (ours, theirs) = sync::pair()?;
     let plan = &bundle.namespaces;
-    let fast = plan.join.is_empty()
-        && !plan.creates(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME));
+    let fast =
+        plan.join.is_empty() && !plan.creates(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME));
     let clone_flags = if fast {
         plan.new & !CloneFlags::CLONE_NEWCGROUP
     } else {
@@ -143,8 +162,14 @@ fn create_inner(root: &Root, opts: &CreateOptions) -> Result<(State, Pid)> {
     let hooks = spec.hooks().clone().unwrap_or_default();
     #[allow(deprecated)]
     let has_create_hooks = hooks.prestart().as_ref().is_some_and(|h| !h.is_empty())
-        || hooks.create_runtime().as_ref().is_some_and(|h| !h.is_empty())
-        || hooks.create_container().as_ref().is_some_and(|h| !h.is_empty());
+        || hooks
+            .create_runtime()
+            .as_ref()
+            .is_some_and(|h| !h.is_empty())
+        || hooks
+            .create_container()
+            .as_ref()
+            .is_some_and(|h| !h.is_empty());
 
     let child = match namespaces::fork_with(clone_flags)? {
         Forked::Child => {
@@ -194,10 +219,12 @@ fn create_inner(root: &Root, opts: &CreateOptions) -> Result<(State, Pid)> {
         owner: String::new(),
         annotations: spec.annotations().clone().unwrap_or_default(),
         hooks: spec.hooks().clone(),
-        cgroup: cgroup
-            .as_ref()
-            .and_then(|c| serde_json::to_value(c).ok()),
+        cgroup: cgroup.as_ref().and_then(|c| serde_json::to_value(c).ok()),
         own_pid_ns: plan.creates(CloneFlags::CLONE_NEWPID),
+        host_mounts: cleanup
+            .host_mounts
+            .as_ref()
+            .map(|(_, before)| before.clone()),
         started: false,
     };
     loop {
@@ -215,16 +242,17 @@ fn create_inner(root: &Root, opts: &CreateOptions) -> Result<(State, Pid)> {
                 st.pid = p;
             }
             Some(Msg::Hooks) => {
-                let json = hook_state(&st, "creating");
+                // The legacy prestart hooks run once the environment is made and see
+                // "created" (runtime-tools checks it); the newer ones see "creating".
                 #[allow(deprecated)]
                 let lists = [
-                    ("prestart", hooks.prestart()),
-                    ("createRuntime", hooks.create_runtime()),
-                    ("createContainer", hooks.create_container()),
+                    ("prestart", hooks.prestart(), "created"),
+                    ("createRuntime", hooks.create_runtime(), "creating"),
+                    ("createContainer", hooks.create_container(), "creating"),
                 ];
-                for (kind, list) in lists {
+                for (kind, list, status) in lists {
                     if let Some(list) = list {
-                        if let Err(e) = hooks::run_all(kind, list, &json) {
+                        if let Err(e) = hooks::run_all(kind, list, &hook_state(&st, status)) {
                             let _ = ours.send(&Msg::Error(e.to_string()));
                             return Err(e);
                         }
@@ -232,9 +260,18 @@ fn create_inner(root: &Root, opts: &CreateOptions) -> Result<(State, Pid)> {
                 }
                 ours.send(&Msg::HooksDone)?;
             }
+            Some(Msg::SeccompFd) => {
+                let fd = crate::fdpass::recv_fd(ours.0.as_raw_fd(), "the seccomp listener")?;
+                send_to_seccomp_agent(&bundle, &st, fd)?;
+                ours.send(&Msg::Go)?;
+            }
             Some(Msg::Ready) => break,
             Some(Msg::Error(e)) => return Err(Error::Invalid(e)),
-            Some(m) => return Err(Error::Invalid(format!("unexpected message from init: {m:?}"))),
+            Some(m) => {
+                return Err(Error::Invalid(format!(
+                    "unexpected message from init: {m:?}"
+                )))
+            }
             None => {
                 return Err(Error::Invalid(format!(
                     "container init exited during setup{}",
@@ -271,8 +308,57 @@ fn setup_cgroup(bundle: &Bundle, id: &str) -> Result<Option<Cgroup>> {
     }
     let path = linux.and_then(|l| l.cgroups_path().as_deref());
     let mut cg = Cgroup::resolve(path, id)?;
-    cg.create(resources)?;
+    cg.create(resources, &implicit_devices(bundle)?)?;
+    for w in cg.warnings() {
+        logging::warn(w);
+    }
     Ok(Some(cg))
+}
+
+/// The device rules allowed after the config's own, as runc allows them: mknod of
+/// anything (a node is useless without read/write access), the standard devices the
+/// runtime creates, pty slaves, /dev/net/tun, and every device of `linux.devices`.
+fn implicit_devices(bundle: &Bundle) -> Result<Vec<DeviceRule>> {
+    let rule = |typ: char, major: Option<i64>, minor: Option<i64>, access: &str| DeviceRule {
+        allow: true,
+        typ,
+        major,
+        minor,
+        access: access.into(),
+    };
+    let mut out = vec![rule('c', None, None, "m"), rule('b', None, None, "m")];
+    for (major, minor) in [
+        (1, 3),
+        (1, 5),
+        (1, 7),
+        (1, 8),
+        (1, 9),
+        (5, 0),
+        (5, 1),
+        (5, 2),
+        (10, 200),
+    ] {
+        out.push(rule('c', Some(major), Some(minor), "rwm"));
+    }
+    out.push(rule('c', Some(136), None, "rwm"));
+    let devices = bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().as_ref());
+    for (i, d) in devices.into_iter().flatten().enumerate() {
+        let d = crate::devices::from_config(d, i)?;
+        let typ = if d.kind == nix::sys::stat::SFlag::S_IFBLK {
+            'b'
+        } else if d.kind == nix::sys::stat::SFlag::S_IFCHR {
+            'c'
+        } else {
+            // A fifo has no device cgroup rule.
+            continue;
+        };
+        out.push(rule(typ, Some(d.major as i64), Some(d.minor as i64), "rwm"));
+    }
+    Ok(out)
 }
 
 /// What a `cgroup` mount in the container shows: each hierarchy under /sys/fs/cgroup,
@@ -359,6 +445,64 @@ fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
             .join(path)
     };
     state::write_atomic(&path, pid.to_string().as_bytes())
+}
+
+/// Sends the seccomp listener fd to `linux.seccomp.listenerPath` with the container
+/// process state, as runtime-spec's config-linux.md describes.
+fn send_to_seccomp_agent(bundle: &Bundle, st: &State, fd: std::os::fd::OwnedFd) -> Result<()> {
+    let seccomp = bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().as_ref());
+    let path = seccomp
+        .and_then(|s| s.listener_path().clone())
+        .ok_or_else(|| Error::config("linux.seccomp.listenerPath", "missing"))?;
+    let metadata = seccomp
+        .and_then(|s| s.listener_metadata().clone())
+        .unwrap_or_default();
+    let msg = serde_json::json!({
+        "ociVersion": st.oci_version,
+        "fds": ["seccompFd"],
+        "pid": st.pid,
+        "metadata": metadata,
+        "state": serde_json::from_str::<serde_json::Value>(&hook_state(st, "creating"))
+            .unwrap_or_default(),
+    })
+    .to_string();
+    let sock = crate::terminal::connect_console_socket(&path)
+        .map_err(|e| Error::config("linux.seccomp.listenerPath", e.to_string()))?;
+    crate::fdpass::send_fd(
+        sock.as_raw_fd(),
+        fd.as_raw_fd(),
+        msg.as_bytes(),
+        "the seccomp listener to listenerPath",
+    )
+}
+
+/// The ids of the mounts whose mount point is `path`.
+fn mounts_at(path: &Path) -> Vec<u32> {
+    crate::mountinfo::read()
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e.mount_point == path)
+        .map(|e| e.id)
+        .collect()
+}
+
+/// Detaches the mounts a container without a mount namespace stacked on its rootfs
+/// (the private bind and everything under it), leaving those that were there before
+/// (an engine's overlay, say) alone.
+fn detach_host_mounts(rootfs: &Path, before: &[u32]) {
+    for _ in 0..16 {
+        if mounts_at(rootfs).iter().all(|id| before.contains(id)) {
+            return;
+        }
+        if let Err(e) = nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH) {
+            logging::warn(&format!("detach the mounts on {}: {e}", rootfs.display()));
+            return;
+        }
+    }
 }
 
 /// The state JSON hooks read on stdin.
@@ -459,7 +603,11 @@ pub fn parse_signal(s: &str) -> Result<Signal> {
         return Signal::try_from(n).map_err(|_| Error::Invalid(format!("unknown signal {s:?}")));
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     name.parse::<Signal>()
         .map_err(|_| Error::Invalid(format!("unknown signal {s:?}")))
 }
@@ -551,6 +699,9 @@ fn kill_and_wait(st: &State) -> Result<()> {
 
 /// Removes what create made: runs poststop hooks, the cgroup, the state directory.
 fn destroy(root: &Root, st: &State) -> Result<()> {
+    if let Some(before) = &st.host_mounts {
+        detach_host_mounts(&st.rootfs, before);
+    }
     if let Some(cg) = load_cgroup(st) {
         cg.destroy()?;
     }
@@ -623,8 +774,9 @@ fn forwarded_signals() -> nix::sys::signal::SigSet {
 }
 
 fn wait_forwarding(pid: Pid, set: &nix::sys::signal::SigSet) -> Result<i32> {
-    let sfd = nix::sys::signalfd::SignalFd::with_flags(set, nix::sys::signalfd::SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| Error::sys("signalfd", e))?;
+    let sfd =
+        nix::sys::signalfd::SignalFd::with_flags(set, nix::sys::signalfd::SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| Error::sys("signalfd", e))?;
     loop {
         // Reap whatever is ready first: the init may have exited before we got here.
         loop {
@@ -652,4 +804,3 @@ fn wait_forwarding(pid: Pid, set: &nix::sys::signal::SigSet) -> Result<i32> {
         }
     }
 }
-

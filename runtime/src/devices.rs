@@ -95,9 +95,10 @@ pub fn from_config(d: &LinuxDevice, i: usize) -> Result<Device> {
 /// where mknod(2) is not allowed, the host's node is bind-mounted instead, as runc does.
 pub fn create(root: &OwnedFd, dev: &Device, bind: bool) -> Result<()> {
     let parent = dev.path.parent().unwrap_or(Path::new("/"));
-    let name = dev.path.file_name().ok_or_else(|| {
-        Error::Invalid(format!("device path {} has no name", dev.path.display()))
-    })?;
+    let name = dev
+        .path
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("device path {} has no name", dev.path.display())))?;
     if bind {
         let target = mount::open_in_root(root, &dev.path, Create::File)?;
         return mount::do_mount(
@@ -137,7 +138,13 @@ pub fn create(root: &OwnedFd, dev: &Device, bind: bool) -> Result<()> {
         Mode::from_bits_truncate(dev.mode),
         nix::sys::stat::FchmodatFlags::NoFollowSymlink,
     )
-    .or_else(|e| if e == Errno::EOPNOTSUPP { Ok(()) } else { Err(e) })
+    .or_else(|e| {
+        if e == Errno::EOPNOTSUPP {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })
     .map_err(|e| Error::sys(format!("chmod {}", dev.path.display()), e))?;
     nix::unistd::fchownat(
         &dirfd,

@@ -59,7 +59,10 @@ pub fn run(kind: &'static str, hook: &Hook, state_json: &str) -> Result<()> {
             )];
             let ms = (t as u64).saturating_mul(1000).min(i32::MAX as u64) as i32;
             let ready = loop {
-                match nix::poll::poll(&mut fds, nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX)) {
+                match nix::poll::poll(
+                    &mut fds,
+                    nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX),
+                ) {
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => return Err(err(format!("poll: {e}"))),
                     Ok(n) => break n > 0,

@@ -136,17 +136,16 @@ fn setup(init: Init) -> Result<()> {
     // Device nodes and masks are made with exact modes.
     nix::sys::stat::umask(Mode::empty());
 
-    if !plan.creates(CloneFlags::CLONE_NEWNS) {
-        return Err(Error::config(
-            "linux.namespaces",
-            "a new mount namespace is required",
-        ));
-    }
+    // Without a mount namespace of its own (none new, none joined) the container
+    // shares the host's mount table, as runc allows: its mounts are made on the host,
+    // under a private bind of the rootfs that `delete` detaches, and it is entered
+    // with chroot, since pivot_root would move the host's root.
+    let host_mounts = !plan.has(CloneFlags::CLONE_NEWNS);
     let propagation = linux
         .rootfs_propagation()
         .as_deref()
         .and_then(mount::propagation_flag);
-    prepare_rootfs(&b.rootfs, propagation)?;
+    prepare_rootfs(&b.rootfs, propagation, host_mounts)?;
     let root = nix::fcntl::open(
         &b.rootfs,
         nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -160,7 +159,10 @@ fn setup(init: Init) -> Result<()> {
         let dest = m.destination();
         if dest == Path::new("/dev") && m.typ().as_deref() == Some("bind")
             || dest == Path::new("/dev")
-                && m.options().iter().flatten().any(|o| o == "bind" || o == "rbind")
+                && m.options()
+                    .iter()
+                    .flatten()
+                    .any(|o| o == "bind" || o == "rbind")
         {
             dev_bound = true;
         }
@@ -193,14 +195,22 @@ fn setup(init: Init) -> Result<()> {
         init.channel.expect(&Msg::HooksDone)?;
     }
 
-    if init.no_pivot {
+    if host_mounts {
+        mount::chroot(&b.rootfs)?;
+    } else if init.no_pivot {
         mount::move_root(&b.rootfs)?;
     } else {
         mount::pivot_root(&b.rootfs)?;
     }
-    if let Some(p) = propagation {
-        nix::mount::mount(None::<&str>, "/", None::<&str>, p | MsFlags::MS_REC, None::<&str>)
-            .map_err(|e| Error::sys("set the rootfs propagation", e))?;
+    if let Some(p) = propagation.filter(|_| !host_mounts) {
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            p | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| Error::sys("set the rootfs propagation", e))?;
     }
     // Sysctls first: /proc/sys is usually among the read-only paths.
     if let Some(sysctl) = linux.sysctl() {
@@ -225,7 +235,12 @@ fn setup(init: Init) -> Result<()> {
             .unwrap_or((0, 0));
         let pty = terminal::open_pty(w, h)?;
         terminal::mount_console(&pty.peer)?;
-        terminal::send_fd(sock.as_raw_fd(), pty.master.as_raw_fd(), "pty")?;
+        crate::fdpass::send_fd(
+            sock.as_raw_fd(),
+            pty.master.as_raw_fd(),
+            b"pty",
+            "the pty master to the console socket",
+        )?;
         terminal::make_controlling(&pty.peer)?;
     }
     drop(init.console_socket);
@@ -248,15 +263,19 @@ fn setup(init: Init) -> Result<()> {
 
     let user = process.user();
     nix::sys::stat::umask(Mode::from_bits_truncate(user.umask().unwrap_or(0o022)));
-    nix::unistd::chdir(process.cwd())
-        .map_err(|e| Error::sys(format!("chdir to process.cwd {}", process.cwd().display()), e))?;
+    nix::unistd::chdir(process.cwd()).map_err(|e| {
+        Error::sys(
+            format!("chdir to process.cwd {}", process.cwd().display()),
+            e,
+        )
+    })?;
 
     let nnp = process.no_new_privileges() == Some(true);
     if !nnp {
         // Without no_new_privs the filter needs CAP_SYS_ADMIN, which the user switch
         // below may drop: install it now, while it is held.
         if let Some(p) = &init.seccomp {
-            p.install()?;
+            hand_over_listener(&init.channel, p.install()?)?;
         }
     }
     capabilities::drop_bounding(&init.caps)?;
@@ -270,9 +289,10 @@ fn setup(init: Init) -> Result<()> {
     nix::sys::prctl::set_keepcaps(false).map_err(|e| Error::sys("prctl(PR_SET_KEEPCAPS)", e))?;
     capabilities::apply(&init.caps)?;
     if nnp {
-        nix::sys::prctl::set_no_new_privs().map_err(|e| Error::sys("prctl(PR_SET_NO_NEW_PRIVS)", e))?;
+        nix::sys::prctl::set_no_new_privs()
+            .map_err(|e| Error::sys("prctl(PR_SET_NO_NEW_PRIVS)", e))?;
         if let Some(p) = &init.seccomp {
-            p.install()?;
+            hand_over_listener(&init.channel, p.install()?)?;
         }
     }
     // A cwd reached through a leaked fd would lie outside the root (CVE-2024-21626).
@@ -289,7 +309,11 @@ fn setup(init: Init) -> Result<()> {
     init.channel.send(&Msg::Ready)?;
     wait_for_start(&init.fifo)?;
     drop(init.fifo);
-    if let Some(hooks) = spec.hooks().as_ref().and_then(|h| h.start_container().clone()) {
+    if let Some(hooks) = spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.start_container().clone())
+    {
         let state = serde_json::json!({
             "ociVersion": spec.version(), "id": "", "status": "created",
             "pid": std::process::id(), "bundle": b.dir,
@@ -298,6 +322,23 @@ fn setup(init: Init) -> Result<()> {
         crate::hooks::run_all("startContainer", &hooks, &state)?;
     }
     Err(exec.exec())
+}
+
+/// Sends the seccomp user-notification fd to the runtime, which passes it on to the
+/// agent at `listenerPath` (a host path the init can no longer reach), and waits until
+/// it has, so no notified syscall runs before someone listens.
+fn hand_over_listener(ch: &Channel, listener: Option<OwnedFd>) -> Result<()> {
+    let Some(fd) = listener else {
+        return Ok(());
+    };
+    ch.send(&Msg::SeccompFd)?;
+    crate::fdpass::send_fd(
+        ch.0.as_raw_fd(),
+        fd.as_raw_fd(),
+        b"seccomp",
+        "the seccomp listener to the runtime",
+    )?;
+    ch.expect(&Msg::Go)
 }
 
 /// The slow path: join namespaces by path, then create the rest with unshare(2); a
@@ -314,8 +355,7 @@ fn join_and_unshare(init: &Init) -> Result<()> {
             .send(&Msg::MapIds(nix::unistd::getpid().as_raw()))?;
         init.channel.expect(&Msg::Go)?;
     }
-    let rest = plan.new
-        & !(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWCGROUP);
+    let rest = plan.new & !(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWCGROUP);
     if !rest.is_empty() {
         nix::sched::unshare(rest).map_err(|e| Error::sys(format!("unshare {rest:?}"), e))?;
     }
@@ -344,7 +384,11 @@ fn write_time_offsets(init: &Init) -> Result<()> {
     };
     let mut text = String::new();
     for (clock, o) in offsets {
-        text.push_str(&format!("{clock} {} {}\n", o.secs().unwrap_or(0), o.nanosecs().unwrap_or(0)));
+        text.push_str(&format!(
+            "{clock} {} {}\n",
+            o.secs().unwrap_or(0),
+            o.nanosecs().unwrap_or(0)
+        ));
     }
     std::fs::write("/proc/self/timens_offsets", text)
         .map_err(|e| Error::io("write", "/proc/self/timens_offsets", e))
@@ -352,16 +396,56 @@ fn write_time_offsets(init: &Init) -> Result<()> {
 
 /// Makes the host's mounts invisible to the host's propagation, and binds the rootfs
 /// onto itself so it is a mount point pivot_root accepts.
-fn prepare_rootfs(rootfs: &Path, propagation: Option<MsFlags>) -> Result<()> {
-    let flag = propagation.unwrap_or(MsFlags::MS_SLAVE);
-    nix::mount::mount(None::<&str>, "/", None::<&str>, flag | MsFlags::MS_REC, None::<&str>)
-        .map_err(|e| Error::sys("set the propagation of /", e))?;
+fn prepare_rootfs(rootfs: &Path, propagation: Option<MsFlags>, host_mounts: bool) -> Result<()> {
+    if host_mounts {
+        // The host's propagation is not ours to change: bind the rootfs and make only
+        // that bind private, so nothing mounted below it spreads to other namespaces.
+        mount::do_mount(
+            Some(rootfs),
+            rootfs,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+            rootfs,
+        )?;
+        return nix::mount::mount(
+            None::<&str>,
+            rootfs,
+            None::<&str>,
+            MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| Error::sys(format!("make {} private", rootfs.display()), e));
+    }
+    let mut flag = propagation.unwrap_or(MsFlags::MS_SLAVE);
+    if flag.contains(MsFlags::MS_UNBINDABLE) {
+        // An unbindable rootfs could not be bound onto itself below: keep it private
+        // until after the pivot, where the requested propagation is applied.
+        flag = MsFlags::MS_PRIVATE;
+    }
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        flag | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| Error::sys("set the propagation of /", e))?;
     if flag.contains(MsFlags::MS_SHARED) {
         // pivot_root refuses a shared parent: make the mount holding the rootfs private.
         if let Ok(mi) = crate::mountinfo::read() {
-            if let Some(parent) = rootfs.parent().and_then(|p| crate::mountinfo::containing(&mi, p)) {
-                nix::mount::mount(None::<&str>, &parent.mount_point, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
-                    .map_err(|e| Error::sys("make the rootfs's parent mount private", e))?;
+            if let Some(parent) = rootfs
+                .parent()
+                .and_then(|p| crate::mountinfo::containing(&mi, p))
+            {
+                nix::mount::mount(
+                    None::<&str>,
+                    &parent.mount_point,
+                    None::<&str>,
+                    MsFlags::MS_PRIVATE,
+                    None::<&str>,
+                )
+                .map_err(|e| Error::sys("make the rootfs's parent mount private", e))?;
             }
         }
     }
@@ -386,14 +470,22 @@ fn mount_one(init: &Init, root: &OwnedFd, m: &Mount, i: usize, userns: bool) -> 
     }
     let target;
     if bind {
-        let src = m
-            .source()
-            .as_ref()
-            .ok_or_else(|| Error::config(format!("{field}.source"), "a bind mount needs a source"))?;
-        let src = if src.is_absolute() { src.clone() } else { init.bundle.dir.join(src) };
-        let md = std::fs::metadata(&src)
-            .map_err(|e| Error::config(format!("{field}.source"), format!("{}: {e}", src.display())))?;
-        let kind = if md.is_dir() { Create::Dir } else { Create::File };
+        let src = m.source().as_ref().ok_or_else(|| {
+            Error::config(format!("{field}.source"), "a bind mount needs a source")
+        })?;
+        let src = if src.is_absolute() {
+            src.clone()
+        } else {
+            init.bundle.dir.join(src)
+        };
+        let md = std::fs::metadata(&src).map_err(|e| {
+            Error::config(format!("{field}.source"), format!("{}: {e}", src.display()))
+        })?;
+        let kind = if md.is_dir() {
+            Create::Dir
+        } else {
+            Create::File
+        };
         target = mount::open_in_root(root, dest, kind)?;
         mount::do_mount(
             Some(&src),
@@ -426,10 +518,15 @@ fn mount_one(init: &Init, root: &OwnedFd, m: &Mount, i: usize, userns: bool) -> 
         match r {
             // In a user namespace that does not own the network or IPC namespace the
             // kernel refuses a new sysfs or mqueue; bind the host's, as runc does.
-            Err(Error::Sys { source: nix::errno::Errno::EPERM, .. })
-                if userns && (fstype == "sysfs" || fstype == "mqueue") =>
-            {
-                let host = if fstype == "sysfs" { "/sys" } else { "/dev/mqueue" };
+            Err(Error::Sys {
+                source: nix::errno::Errno::EPERM,
+                ..
+            }) if userns && (fstype == "sysfs" || fstype == "mqueue") => {
+                let host = if fstype == "sysfs" {
+                    "/sys"
+                } else {
+                    "/dev/mqueue"
+                };
                 mount::do_mount(
                     Some(Path::new(host)),
                     &mount::fd_path(&target),
@@ -450,8 +547,14 @@ fn mount_one(init: &Init, root: &OwnedFd, m: &Mount, i: usize, userns: bool) -> 
     if !o.propagation.is_empty() || o.attr_set != 0 || o.attr_clr != 0 {
         let t = mount::open_in_root(root, dest, Create::Nothing)?;
         for p in &o.propagation {
-            nix::mount::mount(None::<&str>, &mount::fd_path(&t), None::<&str>, *p, None::<&str>)
-                .map_err(|e| Error::sys(format!("set propagation of {}", dest.display()), e))?;
+            nix::mount::mount(
+                None::<&str>,
+                &mount::fd_path(&t),
+                None::<&str>,
+                *p,
+                None::<&str>,
+            )
+            .map_err(|e| Error::sys(format!("set propagation of {}", dest.display()), e))?;
         }
         if o.attr_set != 0 || o.attr_clr != 0 {
             mount::set_recursive_attrs(&t, o.attr_set, o.attr_clr, dest)?;
@@ -552,9 +655,13 @@ fn write_sysctl(key: &str, value: &str) -> Result<()> {
 
 /// Refuses an fd that is not on procfs (a fake /proc in the image).
 pub fn check_procfs(fd: &OwnedFd, path: &Path) -> Result<()> {
-    let st = nix::sys::statfs::fstatfs(fd).map_err(|e| Error::sys(format!("statfs {}", path.display()), e))?;
+    let st = nix::sys::statfs::fstatfs(fd)
+        .map_err(|e| Error::sys(format!("statfs {}", path.display()), e))?;
     if st.filesystem_type() != nix::sys::statfs::PROC_SUPER_MAGIC {
-        return Err(Error::Invalid(format!("{} is not on procfs", path.display())));
+        return Err(Error::Invalid(format!(
+            "{} is not on procfs",
+            path.display()
+        )));
     }
     Ok(())
 }
@@ -565,14 +672,25 @@ fn join_session_keyring() {
     const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
     // SAFETY: keyctl with a NULL name creates an anonymous session keyring.
     unsafe {
-        libc::syscall(libc::SYS_keyctl, KEYCTL_JOIN_SESSION_KEYRING, std::ptr::null::<libc::c_char>());
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        );
     }
 }
 
 fn close_range_cloexec(first: u32) -> Result<()> {
     // SAFETY: close_range only changes flags of fds in the range; CLOSE_RANGE_CLOEXEC
     // closes nothing now, so no fd this process still uses goes away.
-    let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     if r != 0 {
         return Err(Error::sys("close_range", nix::errno::Errno::last()));
     }
@@ -584,7 +702,10 @@ fn close_range_cloexec(first: u32) -> Result<()> {
 fn wait_for_start(fifo: &OwnedFd) -> Result<()> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     loop {
-        let mut fds = [PollFd::new(std::os::fd::AsFd::as_fd(fifo), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(
+            std::os::fd::AsFd::as_fd(fifo),
+            PollFlags::POLLIN,
+        )];
         match poll(&mut fds, PollTimeout::NONE) {
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(Error::sys("wait on the exec fifo", e)),
@@ -594,7 +715,11 @@ fn wait_for_start(fifo: &OwnedFd) -> Result<()> {
         match nix::unistd::read(fifo, &mut b) {
             Ok(1) => return Ok(()),
             Err(nix::errno::Errno::EAGAIN) => continue,
-            Ok(_) => return Err(Error::Invalid("the exec fifo was closed without a start".into())),
+            Ok(_) => {
+                return Err(Error::Invalid(
+                    "the exec fifo was closed without a start".into(),
+                ))
+            }
             Err(e) => return Err(Error::sys("read the exec fifo", e)),
         }
     }

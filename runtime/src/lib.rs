@@ -2,7 +2,7 @@
 //!
 //! Layers, lowest first: `error`; the Linux mechanisms (`cgroups`, `seccomp`, `mount`,
 //! `mountinfo`, `namespaces`, `idmap`, `devices`, `capabilities`, `process`,
-//! `terminal`, `hooks`, `sync`), which know nothing of containers; `config` and
+//! `terminal`, `hooks`, `sync`, `fdpass`), which know nothing of containers; `config` and
 //! `state` (the bundle and the state directory); `init` (the container's side of
 //! create); `container` (the lifecycle commands); `spec` (default configs). The
 //! binary's `main.rs` maps the runc command line onto `container`.
@@ -13,6 +13,7 @@ pub mod config;
 pub mod container;
 pub mod devices;
 pub mod error;
+pub mod fdpass;
 pub mod hooks;
 pub mod idmap;
 pub mod init;

@@ -10,7 +10,11 @@ use plinth_runtime::logging;
 use plinth_runtime::state::Root;
 
 #[derive(Parser)]
-#[command(name = "plinth", about = "A small, narrow, runc-compatible OCI runtime", disable_version_flag = true)]
+#[command(
+    name = "plinth",
+    about = "A small, narrow, runc-compatible OCI runtime",
+    disable_version_flag = true
+)]
 struct Cli {
     /// Root directory for container state.
     #[arg(long, global = true)]
@@ -125,7 +129,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.version {
         println!("plinth version {}", env!("CARGO_PKG_VERSION"));
-        println!("commit: {}", option_env!("PLINTH_COMMIT").unwrap_or("unknown"));
+        println!(
+            "commit: {}",
+            option_env!("PLINTH_COMMIT").unwrap_or("unknown")
+        );
         println!("spec: 1.2.0");
         return ExitCode::SUCCESS;
     }
@@ -144,7 +151,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
     if cli.systemd_cgroup {
-        anyhow::bail!("--systemd-cgroup: the systemd cgroup driver is not supported; use cgroupfs paths");
+        anyhow::bail!(
+            "--systemd-cgroup: the systemd cgroup driver is not supported; use cgroupfs paths"
+        );
     }
     let root = Root(cli.root.unwrap_or_else(Root::default_path));
     let Some(cmd) = cli.cmd else {
@@ -195,10 +204,27 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     .collect();
                 writeln!(out, "{}", serde_json::to_string(&v)?)?;
             } else if format == "table" {
-                writeln!(out, "{:<12} {:<8} {:<10} {:<40} {:<30} OWNER", "ID", "PID", "STATUS", "BUNDLE", "CREATED")?;
+                writeln!(
+                    out,
+                    "{:<12} {:<8} {:<10} {:<40} {:<30} OWNER",
+                    "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+                )?;
                 for (st, s) in &all {
-                    let pid = if *s == plinth_runtime::state::Status::Stopped { 0 } else { st.pid };
-                    writeln!(out, "{:<12} {:<8} {:<10} {:<40} {:<30} {}", st.id, pid, s, st.bundle.display(), st.created, st.owner)?;
+                    let pid = if *s == plinth_runtime::state::Status::Stopped {
+                        0
+                    } else {
+                        st.pid
+                    };
+                    writeln!(
+                        out,
+                        "{:<12} {:<8} {:<10} {:<40} {:<30} {}",
+                        st.id,
+                        pid,
+                        s,
+                        st.bundle.display(),
+                        st.created,
+                        st.owner
+                    )?;
                 }
             } else {
                 anyhow::bail!("--format: {format:?} is not table or json");

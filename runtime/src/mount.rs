@@ -100,7 +100,8 @@ impl Options {
                 }
                 "private" | "rprivate" | "shared" | "rshared" | "slave" | "rslave"
                 | "unbindable" | "runbindable" => {
-                    o.propagation.push(propagation_flag(opt).unwrap_or(MsFlags::empty()));
+                    o.propagation
+                        .push(propagation_flag(opt).unwrap_or(MsFlags::empty()));
                     continue;
                 }
                 "rro" => {
@@ -229,7 +230,12 @@ pub fn open_in_root(root: &OwnedFd, path: &Path, create: Create) -> Result<Owned
     match openat2(root, &rel, how(OFlag::O_PATH, resolve)) {
         Ok(fd) => return Ok(fd),
         Err(Errno::ENOENT) if create != Create::Nothing => {}
-        Err(e) => return Err(Error::sys(format!("open {} in the rootfs", path.display()), e)),
+        Err(e) => {
+            return Err(Error::sys(
+                format!("open {} in the rootfs", path.display()),
+                e,
+            ))
+        }
     }
     // Walk down from the root, creating each missing component below the parent we
     // hold, so a symlink swapped in meanwhile still resolves inside the root.
@@ -247,7 +253,10 @@ pub fn open_in_root(root: &OwnedFd, path: &Path, create: Create) -> Result<Owned
             }
             Err(Errno::ENOENT) => {}
             Err(e) => {
-                return Err(Error::sys(format!("open {} in the rootfs", cur.display()), e))
+                return Err(Error::sys(
+                    format!("open {} in the rootfs", cur.display()),
+                    e,
+                ))
             }
         }
         let name = c.as_os_str();
@@ -262,7 +271,10 @@ pub fn open_in_root(root: &OwnedFd, path: &Path, create: Create) -> Result<Owned
             match f {
                 Ok(_) | Err(Errno::EEXIST) => {}
                 Err(e) => {
-                    return Err(Error::sys(format!("create {} in the rootfs", cur.display()), e))
+                    return Err(Error::sys(
+                        format!("create {} in the rootfs", cur.display()),
+                        e,
+                    ))
                 }
             }
         } else {
@@ -270,7 +282,10 @@ pub fn open_in_root(root: &OwnedFd, path: &Path, create: Create) -> Result<Owned
             match nix::sys::stat::mkdirat(&dirfd, name, Mode::from_bits_truncate(0o755)) {
                 Ok(()) | Err(Errno::EEXIST) => {}
                 Err(e) => {
-                    return Err(Error::sys(format!("mkdir {} in the rootfs", cur.display()), e))
+                    return Err(Error::sys(
+                        format!("mkdir {} in the rootfs", cur.display()),
+                        e,
+                    ))
                 }
             }
         }
@@ -450,16 +465,18 @@ pub fn pivot_root(rootfs: &Path) -> Result<()> {
 
 /// The `--no-pivot` way in: move the rootfs over / and chroot into it.
 pub fn move_root(rootfs: &Path) -> Result<()> {
-    nix::unistd::chdir(rootfs)
-        .map_err(|e| Error::sys(format!("chdir {}", rootfs.display()), e))?;
-    mount(
-        Some("."),
-        "/",
-        None::<&str>,
-        MsFlags::MS_MOVE,
-        None::<&str>,
-    )
-    .map_err(|e| Error::sys("move the rootfs to /", e))?;
+    nix::unistd::chdir(rootfs).map_err(|e| Error::sys(format!("chdir {}", rootfs.display()), e))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| Error::sys("move the rootfs to /", e))?;
+    nix::unistd::chroot(".").map_err(|e| Error::sys("chroot", e))?;
+    nix::unistd::chdir("/").map_err(|e| Error::sys("chdir /", e))?;
+    Ok(())
+}
+
+/// Enters the rootfs with chroot(2): for a container that shares the host's mount
+/// namespace, where pivot_root would move the host's own root.
+pub fn chroot(rootfs: &Path) -> Result<()> {
+    nix::unistd::chdir(rootfs).map_err(|e| Error::sys(format!("chdir {}", rootfs.display()), e))?;
     nix::unistd::chroot(".").map_err(|e| Error::sys("chroot", e))?;
     nix::unistd::chdir("/").map_err(|e| Error::sys("chdir /", e))?;
     Ok(())
@@ -491,7 +508,14 @@ pub fn mask_path(path: &Path) -> Result<()> {
         )
     } else {
         let null = open_dev_null()?;
-        do_mount(Some(&fd_path(&null)), &p, None, MsFlags::MS_BIND, None, path)
+        do_mount(
+            Some(&fd_path(&null)),
+            &p,
+            None,
+            MsFlags::MS_BIND,
+            None,
+            path,
+        )
     }
 }
 

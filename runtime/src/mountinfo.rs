@@ -32,7 +32,11 @@ fn unescape(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = std::str::from_utf8(&b[i + 1..i + 4]).ok().and_then(|d| u8::from_str_radix(d, 8).ok()).ok_or(()) {
+            if let Ok(v) = std::str::from_utf8(&b[i + 1..i + 4])
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+                .ok_or(())
+            {
                 out.push(v);
                 i += 4;
                 continue;
@@ -80,7 +84,8 @@ pub fn containing<'a>(entries: &'a [Entry], path: &std::path::Path) -> Option<&'
     let mut best: Option<&Entry> = None;
     for e in entries {
         if path.starts_with(&e.mount_point)
-            && best.is_none_or(|b| e.mount_point.as_os_str().len() >= b.mount_point.as_os_str().len())
+            && best
+                .is_none_or(|b| e.mount_point.as_os_str().len() >= b.mount_point.as_os_str().len())
         {
             best = Some(e);
         }
@@ -94,7 +99,8 @@ mod tests {
 
     #[test]
     fn parses_a_cgroup_line() {
-        let e = parse("32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime shared:9 - cgroup cgroup rw,cpu\n");
+        let e =
+            parse("32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime shared:9 - cgroup cgroup rw,cpu\n");
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].mount_point, PathBuf::from("/sys/fs/cgroup/cpu"));
         assert_eq!(e[0].fstype, "cgroup");

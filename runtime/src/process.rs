@@ -123,7 +123,10 @@ fn check_executable(p: &Path) -> Result<()> {
     use nix::unistd::{access, AccessFlags};
     let md = std::fs::metadata(p).map_err(|e| Error::io("exec: stat", p, e))?;
     if md.is_dir() {
-        return Err(Error::Invalid(format!("exec: {}: is a directory", p.display())));
+        return Err(Error::Invalid(format!(
+            "exec: {}: is a directory",
+            p.display()
+        )));
     }
     access(p, AccessFlags::X_OK).map_err(|e| Error::sys(format!("exec: {}", p.display()), e))
 }

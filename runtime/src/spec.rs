@@ -94,9 +94,9 @@ pub fn default_spec(rootless: bool) -> Value {
         let uid = nix::unistd::geteuid().as_raw();
         let gid = nix::unistd::getegid().as_raw();
         let linux = &mut spec["linux"];
-        linux["namespaces"]
-            .as_array_mut()
-            .map(|ns| ns.push(json!({"type": "user"})));
+        if let Some(ns) = linux["namespaces"].as_array_mut() {
+            ns.push(json!({"type": "user"}));
+        }
         linux["uidMappings"] = json!([{"containerID": 0, "hostID": uid, "size": 1}]);
         linux["gidMappings"] = json!([{"containerID": 0, "hostID": gid, "size": 1}]);
         if let Some(o) = linux.as_object_mut() {
@@ -105,7 +105,13 @@ pub fn default_spec(rootless: bool) -> Value {
         if let Some(mounts) = spec["mounts"].as_array_mut() {
             for m in mounts.iter_mut() {
                 if m["type"] == "devpts" {
-                    m["options"] = json!(["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]);
+                    m["options"] = json!([
+                        "nosuid",
+                        "noexec",
+                        "newinstance",
+                        "ptmxmode=0666",
+                        "mode=0620"
+                    ]);
                 }
             }
         }

@@ -68,6 +68,10 @@ pub struct State {
     /// know whether killing pid 1 takes everything with it).
     #[serde(default)]
     pub own_pid_ns: bool,
+    /// For a container without a mount namespace: the ids of the mounts that were on
+    /// its rootfs before create, so that delete detaches only what create stacked there.
+    #[serde(default)]
+    pub host_mounts: Option<Vec<u32>>,
     /// Whether `start` has been called.
     #[serde(default)]
     pub started: bool,
@@ -145,7 +149,11 @@ impl Root {
     /// Creates the root (mode 0700) if needed.
     pub fn ensure(&self) -> Result<()> {
         use std::os::unix::fs::DirBuilderExt;
-        match fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.0) {
+        match fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.0)
+        {
             Ok(()) => Ok(()),
             Err(e) => Err(Error::io("create state root", &self.0, e)),
         }
@@ -183,8 +191,8 @@ impl Root {
     /// Writes a container's state atomically.
     pub fn save(&self, st: &State) -> Result<()> {
         let dir = self.dir(&st.id);
-        let data = serde_json::to_vec(st)
-            .map_err(|e| Error::Invalid(format!("serialise state: {e}")))?;
+        let data =
+            serde_json::to_vec(st).map_err(|e| Error::Invalid(format!("serialise state: {e}")))?;
         write_atomic(&dir.join(STATE_FILE), &data)
     }
 
@@ -309,7 +317,10 @@ mod tests {
     #[test]
     fn rfc3339_formats_like_go() {
         assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_795_000_000, 120_000_000), "2026-11-18T11:06:40.12Z");
+        assert_eq!(
+            rfc3339(1_795_000_000, 120_000_000),
+            "2026-11-18T11:06:40.12Z"
+        );
         assert_eq!(rfc3339(951_782_400, 1), "2000-02-29T00:00:00.000000001Z");
     }
 

@@ -22,6 +22,9 @@ pub enum Msg {
     Hooks,
     /// runtime -> init: the hooks ran.
     HooksDone,
+    /// init -> runtime: the seccomp listener fd follows (SCM_RIGHTS); pass it to the
+    /// agent, then answer Go.
+    SeccompFd,
     /// init -> runtime: set up, waiting for `start`.
     Ready,
     /// either way: something failed; the text says what.
@@ -36,6 +39,7 @@ impl Msg {
             Msg::Pid(p) => format!("pid {p}").into_bytes(),
             Msg::Hooks => b"hooks".to_vec(),
             Msg::HooksDone => b"hooks-done".to_vec(),
+            Msg::SeccompFd => b"seccomp-fd".to_vec(),
             Msg::Ready => b"ready".to_vec(),
             Msg::Error(s) => format!("error {s}").into_bytes(),
         }
@@ -54,6 +58,7 @@ impl Msg {
             "pid" => Msg::Pid(num()?),
             "hooks" => Msg::Hooks,
             "hooks-done" => Msg::HooksDone,
+            "seccomp-fd" => Msg::SeccompFd,
             "ready" => Msg::Ready,
             "error" => Msg::Error(rest.to_string()),
             _ => return Err(Error::Invalid(format!("bad message from init: {s:?}"))),

@@ -2,12 +2,11 @@
 //! caller's `--console-socket` with SCM_RIGHTS (as runc does), its peer made the
 //! process's controlling terminal and /dev/console.
 
-use std::io::IoSlice;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-use nix::fcntl::{OFlag};
-use nix::sys::socket::{connect, sendmsg, socket, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr};
+use nix::fcntl::OFlag;
+use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use nix::sys::stat::Mode;
 
 use crate::error::{Error, Result};
@@ -79,16 +78,6 @@ pub fn open_pty(width: u16, height: u16) -> Result<Pty> {
     Ok(Pty { master, peer })
 }
 
-/// Sends `fd` over the unix socket `sock` with SCM_RIGHTS.
-pub fn send_fd(sock: RawFd, fd: RawFd, name: &str) -> Result<()> {
-    let fds = [fd];
-    let iov = [IoSlice::new(name.as_bytes())];
-    let cmsg = [ControlMessage::ScmRights(&fds)];
-    sendmsg::<()>(sock, &iov, &cmsg, MsgFlags::empty(), None)
-        .map_err(|e| Error::sys("send the pty master to the console socket", e))?;
-    Ok(())
-}
-
 /// Makes `peer` the calling process's stdio and controlling terminal, in a new session.
 pub fn make_controlling(peer: &OwnedFd) -> Result<()> {
     nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
@@ -99,7 +88,10 @@ pub fn make_controlling(peer: &OwnedFd) -> Result<()> {
     for target in 0..3 {
         // SAFETY: dup2 onto the standard descriptors; both fds are valid.
         if unsafe { libc::dup2(peer.as_raw_fd(), target) } < 0 {
-            return Err(Error::sys("dup2 the pty onto stdio", nix::errno::Errno::last()));
+            return Err(Error::sys(
+                "dup2 the pty onto stdio",
+                nix::errno::Errno::last(),
+            ));
         }
     }
     Ok(())
@@ -109,10 +101,13 @@ pub fn make_controlling(peer: &OwnedFd) -> Result<()> {
 /// no path in the container can redirect it.
 pub fn mount_console(peer: &OwnedFd) -> Result<()> {
     let root = crate::mount::root_fd()?;
-    let target = crate::mount::open_in_root(&root, Path::new("/dev/console"), crate::mount::Create::File)?;
+    let target =
+        crate::mount::open_in_root(&root, Path::new("/dev/console"), crate::mount::Create::File)?;
     let st = nix::sys::stat::fstat(&target).map_err(|e| Error::sys("stat /dev/console", e))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG && st.st_mode & libc::S_IFMT != libc::S_IFCHR {
-        return Err(Error::Invalid("/dev/console is neither a file nor a device".into()));
+        return Err(Error::Invalid(
+            "/dev/console is neither a file nor a device".into(),
+        ));
     }
     crate::mount::do_mount(
         Some(&crate::mount::fd_path(peer)),

@@ -157,11 +157,7 @@ impl Bundle {
 
     /// Runs `plinth ARGS` (with --root) and returns its output.
     pub fn plinth(&self, args: &[&str]) -> Output {
-        self.cmd()
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+        self.cmd().args(args).stdin(Stdio::null()).output().unwrap()
     }
 
     /// `plinth run --bundle DIR ID`: (exit code, stdout, stderr).
@@ -210,7 +206,10 @@ impl Bundle {
     /// holding them): (exit code, stdout, stderr).
     pub fn plinth_detached(&self, args: &[&str]) -> (i32, String, String) {
         let n = unique("out");
-        let (o, e) = (self.tmp.0.join(format!("{n}.out")), self.tmp.0.join(format!("{n}.err")));
+        let (o, e) = (
+            self.tmp.0.join(format!("{n}.out")),
+            self.tmp.0.join(format!("{n}.err")),
+        );
         let status = self
             .cmd()
             .args(args)

@@ -19,7 +19,9 @@ fn assert_create_fails(b: &Bundle, id: &str, needle: &str) {
     assert!(!b.root.join(id).exists(), "state directory left behind");
     assert!(mounts_under(&b.tmp.0).is_empty(), "mount left behind");
     for hierarchy in ["memory", "pids", "cpu"] {
-        let leaked = std::path::Path::new("/sys/fs/cgroup").join(hierarchy).join(id);
+        let leaked = std::path::Path::new("/sys/fs/cgroup")
+            .join(hierarchy)
+            .join(id);
         assert!(!leaked.exists(), "cgroup {} left behind", leaked.display());
     }
 }
@@ -108,7 +110,10 @@ fn unknown_id_for_start_kill_delete_state() {
         let out = b.plinth(args);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert!(err.contains("container ghost does not exist"), "{args:?}: {err}");
+        assert!(
+            err.contains("container ghost does not exist"),
+            "{args:?}: {err}"
+        );
     }
     assert!(!b.root.join("ghost").exists());
 }

@@ -103,9 +103,16 @@ fn namespaces_are_new_and_hostname_set() {
     assert_eq!(lines[0], "box");
     assert_eq!(lines[1], "example.test");
     assert_eq!(lines[2], "1", "the process is pid 1 of its pid namespace");
-    for (i, n) in ["net", "ipc", "uts", "mnt", "pid", "cgroup"].iter().enumerate() {
+    for (i, n) in ["net", "ipc", "uts", "mnt", "pid", "cgroup"]
+        .iter()
+        .enumerate()
+    {
         let host = std::fs::read_link(format!("/proc/self/ns/{n}")).unwrap();
-        assert_ne!(lines[3 + i], host.to_str().unwrap(), "{n} namespace is the host's");
+        assert_ne!(
+            lines[3 + i],
+            host.to_str().unwrap(),
+            "{n} namespace is the host's"
+        );
     }
 }
 
@@ -144,7 +151,9 @@ fn user_namespace_maps_ids() {
         return;
     }
     let root = tmp_owned_dir();
-    let mut b = Bundle::busybox("cat /proc/self/uid_map /proc/self/gid_map; id -u; touch /shared/made-inside");
+    let mut b = Bundle::busybox(
+        "cat /proc/self/uid_map /proc/self/gid_map; id -u; touch /shared/made-inside",
+    );
     b.config["linux"]["namespaces"]
         .as_array_mut()
         .unwrap()
@@ -171,7 +180,11 @@ fn user_namespace_maps_ids() {
     assert_eq!(fields[2], vec!["0"]);
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(root.0.join("made-inside")).unwrap();
-    assert_eq!(md.uid(), 100000, "a file made by container root belongs to the mapped uid");
+    assert_eq!(
+        md.uid(),
+        100000,
+        "a file made by container root belongs to the mapped uid"
+    );
 }
 
 fn tmp_owned_dir() -> plinth_tests::TempDir {
@@ -202,7 +215,8 @@ fn mounts_devices_and_paths() {
     let mounts = b.config["mounts"].as_array_mut().unwrap();
     mounts.push(json!({"destination": "/data", "type": "bind", "source": host.0, "options": ["bind", "ro"]}));
     mounts.push(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "size=1m"]}));
-    b.config["linux"]["devices"] = json!([{"path": "/dev/mydev", "type": "c", "major": 1, "minor": 5, "fileMode": 0o640}]);
+    b.config["linux"]["devices"] =
+        json!([{"path": "/dev/mydev", "type": "c", "major": 1, "minor": 5, "fileMode": 0o640}]);
     let out = run_ok(&b);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "from the host");
@@ -216,9 +230,17 @@ fn mounts_devices_and_paths() {
     assert_eq!(lines[11], "/proc/self/fd");
     assert_eq!(lines[12], "pts/ptmx");
     assert_eq!(lines[13], "1:3", "masked /proc/keys is /dev/null");
-    assert_eq!(lines[14].trim(), "0", "masked /proc/acpi is an empty directory");
+    assert_eq!(
+        lines[14].trim(),
+        "0",
+        "masked /proc/acpi is an empty directory"
+    );
     assert_eq!(lines[15], "sys-ro");
-    assert!(lines[16].contains("nosuid") && lines[16].contains("nodev"), "{}", lines[16]);
+    assert!(
+        lines[16].contains("nosuid") && lines[16].contains("nodev"),
+        "{}",
+        lines[16]
+    );
     assert!(!host.0.join("x").exists());
 }
 
@@ -294,7 +316,11 @@ fn preserve_fds_passes_exactly_those() {
     let fds: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
     // 0-2, the preserved 3, and ls's own directory fd (4): the caller's fd 4 would
     // have pushed that to 5.
-    assert_eq!(fds, ["0", "1", "2", "3", "4"], "fds in the container: {fds:?}");
+    assert_eq!(
+        fds,
+        ["0", "1", "2", "3", "4"],
+        "fds in the container: {fds:?}"
+    );
     assert!(text.contains("through fd 3"));
 }
 

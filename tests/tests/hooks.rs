@@ -29,7 +29,10 @@ fn hooks_run_in_order_with_state_on_stdin() {
     let id = unique("hooks");
     b.create(&id);
     let after_create = std::fs::read_to_string(&log).unwrap();
-    let names: Vec<&str> = after_create.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    let names: Vec<&str> = after_create
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
     assert_eq!(names, ["prestart", "createRuntime", "createContainer"]);
     let pid = b.state(&id)["pid"].as_i64().unwrap();
     for line in after_create.lines() {
@@ -47,7 +50,13 @@ fn hooks_run_in_order_with_state_on_stdin() {
     let names: Vec<&str> = all.lines().map(|l| l.split(' ').next().unwrap()).collect();
     assert_eq!(
         names,
-        ["prestart", "createRuntime", "createContainer", "poststart", "poststop"]
+        [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "poststart",
+            "poststop"
+        ]
     );
 }
 
@@ -60,7 +69,13 @@ fn a_failing_prestart_hook_fails_create_and_cleans_up() {
     b.config["hooks"] = json!({"prestart": [{"path": "/bin/false"}]});
     b.write();
     let id = unique("hookfail");
-    let out = b.cmd().args(["create", "--bundle"]).arg(&b.dir).arg(&id).output().unwrap();
+    let out = b
+        .cmd()
+        .args(["create", "--bundle"])
+        .arg(&b.dir)
+        .arg(&id)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("prestart hook /bin/false"), "{err}");
@@ -73,10 +88,17 @@ fn a_hook_past_its_timeout_is_killed() {
         return;
     }
     let mut b = Bundle::busybox("true");
-    b.config["hooks"] = json!({"createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1}]});
+    b.config["hooks"] =
+        json!({"createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1}]});
     b.write();
     let t = std::time::Instant::now();
-    let out = b.cmd().args(["create", "--bundle"]).arg(&b.dir).arg(unique("slow")).output().unwrap();
+    let out = b
+        .cmd()
+        .args(["create", "--bundle"])
+        .arg(&b.dir)
+        .arg(unique("slow"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("timed out after 1s"));
     assert!(t.elapsed() < std::time::Duration::from_secs(20));

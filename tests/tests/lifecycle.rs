@@ -133,7 +133,13 @@ fn kill_accepts_number_short_and_long_names() {
     if !need_root("kill_accepts_number_short_and_long_names") {
         return;
     }
-    for (sig, expect) in [("9", 9), ("KILL", 9), ("SIGKILL", 9), ("TERM", 15), ("sigusr1", 10)] {
+    for (sig, expect) in [
+        ("9", 9),
+        ("KILL", 9),
+        ("SIGKILL", 9),
+        ("TERM", 15),
+        ("sigusr1", 10),
+    ] {
         // pid 1 of a namespace only gets the signals it handles: trap them.
         let b = Bundle::busybox("trap 'exit 0' TERM USR1; sleep 100 & wait");
         let id = unique("kill");
@@ -145,7 +151,10 @@ fn kill_accepts_number_short_and_long_names() {
         let out = b.plinth(&["kill", &id, sig]);
         assert!(out.status.success(), "kill {sig}: {out:?}");
         let st = b.wait_status(&id, "stopped");
-        assert_eq!(st["status"], "stopped", "signal {sig} ({expect}) did not stop pid {pid}");
+        assert_eq!(
+            st["status"], "stopped",
+            "signal {sig} ({expect}) did not stop pid {pid}"
+        );
         assert!(b.plinth(&["delete", &id]).status.success());
     }
     let b = Bundle::busybox("sleep 100");

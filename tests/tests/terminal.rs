@@ -74,7 +74,13 @@ fn terminal_without_console_socket_is_an_error() {
     let mut b = Bundle::busybox("true");
     b.config["process"]["terminal"] = json!(true);
     b.write();
-    let out = b.cmd().args(["create", "--bundle"]).arg(&b.dir).arg(unique("t")).output().unwrap();
+    let out = b
+        .cmd()
+        .args(["create", "--bundle"])
+        .arg(&b.dir)
+        .arg(unique("t"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("process.terminal"));
 }
