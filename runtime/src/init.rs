@@ -269,6 +269,17 @@ fn setup(init: Init) -> Result<()> {
             e,
         )
     })?;
+    // A cwd reached through a leaked fd would lie outside the root (CVE-2024-21626).
+    // Checked before seccomp, which may deny getcwd itself.
+    match nix::unistd::getcwd() {
+        Ok(p) if p.is_absolute() => {}
+        _ => {
+            return Err(Error::config(
+                "process.cwd",
+                "the working directory is outside the container's root",
+            ))
+        }
+    }
 
     let nnp = process.no_new_privileges() == Some(true);
     if !nnp {
@@ -293,16 +304,6 @@ fn setup(init: Init) -> Result<()> {
             .map_err(|e| Error::sys("prctl(PR_SET_NO_NEW_PRIVS)", e))?;
         if let Some(p) = &init.seccomp {
             hand_over_listener(&init.channel, p.install()?)?;
-        }
-    }
-    // A cwd reached through a leaked fd would lie outside the root (CVE-2024-21626).
-    match nix::unistd::getcwd() {
-        Ok(p) if p.is_absolute() => {}
-        _ => {
-            return Err(Error::config(
-                "process.cwd",
-                "the working directory is outside the container's root",
-            ))
         }
     }
 

@@ -266,3 +266,24 @@ pub fn mounts_under(path: &Path) -> Vec<String> {
         .map(|s| s.to_string())
         .collect()
 }
+
+/// Where a container with no `cgroupsPath` gets its cgroup (`<id>` below the caller's
+/// own cgroup, as runc's cgroupfs driver does), in every hierarchy of this host.
+pub fn default_cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let pure_v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let mut out = vec![];
+    for line in own.lines() {
+        let mut f = line.splitn(3, ':');
+        let (_, ctrl, path) = (f.next(), f.next().unwrap_or(""), f.next().unwrap_or("/"));
+        let mount = match ctrl {
+            "" if pure_v2 => PathBuf::from("/sys/fs/cgroup"),
+            "" => PathBuf::from("/sys/fs/cgroup/unified"),
+            c => PathBuf::from("/sys/fs/cgroup").join(c.strip_prefix("name=").unwrap_or(c)),
+        };
+        if mount.exists() {
+            out.push(mount.join(path.trim_start_matches('/')).join(id));
+        }
+    }
+    out
+}

@@ -1,7 +1,7 @@
 //! Bad input: a clear one-line error naming what is wrong, exit 1, nothing left behind.
 #![allow(clippy::unwrap_used)]
 
-use plinth_tests::{mounts_under, need_root, unique, Bundle};
+use plinth_tests::{default_cgroup_dirs, mounts_under, need_root, unique, Bundle};
 
 /// Creates with the bundle as it is and checks the failure mode.
 fn assert_create_fails(b: &Bundle, id: &str, needle: &str) {
@@ -18,10 +18,9 @@ fn assert_create_fails(b: &Bundle, id: &str, needle: &str) {
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(!b.root.join(id).exists(), "state directory left behind");
     assert!(mounts_under(&b.tmp.0).is_empty(), "mount left behind");
-    for hierarchy in ["memory", "pids", "cpu"] {
-        let leaked = std::path::Path::new("/sys/fs/cgroup")
-            .join(hierarchy)
-            .join(id);
+    let dirs = default_cgroup_dirs(id);
+    assert!(!dirs.is_empty(), "no cgroup hierarchy found to check");
+    for leaked in dirs {
         assert!(!leaked.exists(), "cgroup {} left behind", leaked.display());
     }
 }

@@ -56,6 +56,55 @@ const KNOWN_FAILURES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The cgroup points this machine or the suite itself cannot pass.
+const KNOWN_CGROUP_FAILURES: &[(&str, &str, &str)] = &[
+    (
+        "linux_cgroups_pids.t",
+        "pids limit is set correctly",
+        "the suite compares two *int64 pointers (validation/util/linux_resources_pids.go:25), \
+         which can never be equal: its diagnostic prints two addresses",
+    ),
+    (
+        "linux_cgroups_relative_pids.t",
+        "pids limit is set correctly",
+        "as above",
+    ),
+    (
+        "delete_resources.t",
+        "pids limit is set correctly",
+        "as above",
+    ),
+    (
+        "linux_cgroups_memory.t",
+        "memory kernel is set correctly",
+        "kernel memory limits are gone: this 6.x kernel accepts a write to \
+         memory.kmem.limit_in_bytes and ignores it (kernelTCP is set and passes)",
+    ),
+    (
+        "linux_cgroups_relative_memory.t",
+        "memory kernel is set correctly",
+        "as above",
+    ),
+    (
+        "linux_cgroups_relative_blkio.t",
+        "exit status 1",
+        "the config sets blkio leafWeight and this kernel has no blkio.leaf_weight (CFQ is \
+         gone since 5.0): plinth refuses what it cannot honour, naming the file",
+    ),
+    (
+        "linux_cgroups_relative_network.t",
+        "exit status 1",
+        "no net_cls/net_prio hierarchy is mounted on this host: plinth refuses the \
+         network classID by name",
+    ),
+    (
+        "linux_cgroups_relative_hugetlb.t",
+        "get hugetlb cgroup data",
+        "hugetlb is on the v2 hierarchy on this hybrid host and the suite looks for it in \
+         v1 only (plinth sets it in v2: see the cgroups unit tests)",
+    ),
+];
+
 /// Files that pass by making the runtime fail: they exit 0, without a plan, when the
 /// runtime refuses the config, and exit 1 when it accepts it.
 const EXPECT_REFUSAL: &[&str] = &["process_capabilities_fail.t", "process_rlimits_fail.t"];
@@ -183,6 +232,7 @@ fn runtime_tools_validation_suite() {
         for d in &r.not_ok {
             let known = KNOWN_FAILURES
                 .iter()
+                .chain(KNOWN_CGROUP_FAILURES)
                 .any(|(f, sub, _)| *f == file && d.contains(sub));
             if !known {
                 problems.push(format!("{file}: not ok - {d} (log {})", log.display()));

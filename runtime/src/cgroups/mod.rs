@@ -324,10 +324,18 @@ impl Cgroup {
         let mut warnings = Vec::new();
         if let Some(m) = r.memory() {
             #[allow(deprecated)]
-            if m.kernel().is_some() || m.kernel_tcp().is_some() {
-                // runc >= 1.1 ignores both: kmem limits are deprecated since 5.4 and the
-                // files are gone or refuse writes on 6.x kernels.
-                warnings.push("kernel memory settings are ignored (as runc does)".to_string());
+            if m.kernel().is_some() {
+                // Deprecated since 5.4: 6.x kernels accept the write to
+                // memory.kmem.limit_in_bytes and ignore it, v2 has no such knob.
+                warnings.push(
+                    "linux.resources.memory.kernel is ignored: kernel memory limits are gone from current kernels (runc ignores it too)"
+                        .to_string(),
+                );
+            }
+            if m.kernel_tcp().is_some() && self.v1("memory").is_none() {
+                warnings.push(
+                    "linux.resources.memory.kernelTCP is ignored: cgroup v2 has no TCP buffer limit".to_string(),
+                );
             }
             if let Some(d) = self.v1("memory") {
                 v1::set_memory(&d.path, m, updating)?;

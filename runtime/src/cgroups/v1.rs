@@ -63,6 +63,11 @@ pub(super) fn set_memory(dir: &Path, m: &LinuxMemory, updating: bool) -> Result<
             ));
         }
     }
+    // Still honoured by v1 kernels, unlike the general kmem limit.
+    #[allow(deprecated)]
+    if let Some(tcp) = m.kernel_tcp() {
+        write(dir, "memory.kmem.tcp.limit_in_bytes", &tcp.to_string())?;
+    }
     let set_limit = |v: i64| write(dir, "memory.limit_in_bytes", &v.to_string());
     let set_swap = |v: i64| write(dir, "memory.memsw.limit_in_bytes", &v.to_string());
     if limit != 0 && swap != 0 {

@@ -1,0 +1,199 @@
+//! Cgroups through the real binary: limits land in the host's hierarchies (v1 on a
+//! hybrid host like the development machines, v2 on a pure-v2 one), the process is in
+//! the container's cgroup, the device rules hold, and delete removes the directories.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use plinth_tests::{need_root, unique, Bundle};
+
+/// True when /sys/fs/cgroup is the unified hierarchy itself.
+fn pure_v2() -> bool {
+    Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+}
+
+/// The directory of absolute cgroup path `path` for `controller` on this host.
+fn dir(controller: &str, path: &str) -> PathBuf {
+    let rel = path.trim_start_matches('/');
+    if pure_v2() {
+        Path::new("/sys/fs/cgroup").join(rel)
+    } else {
+        Path::new("/sys/fs/cgroup").join(controller).join(rel)
+    }
+}
+
+fn read(p: PathBuf) -> String {
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn limits_are_applied_and_removed_on_delete() {
+    if !need_root("limits_are_applied_and_removed_on_delete") {
+        return;
+    }
+    let mut b = Bundle::busybox("sleep 100");
+    let path = format!("/plinth-test/{}", unique("cg"));
+    b.config["linux"]["cgroupsPath"] = json!(path);
+    b.config["linux"]["resources"] = json!({
+        "devices": [{"allow": false, "access": "rwm"}],
+        "memory": {"limit": 67108864},
+        "pids": {"limit": 32},
+        "cpu": {"shares": 512, "quota": 50000, "period": 100000},
+    });
+    let id = unique("cg");
+    b.create(&id);
+    let pid = b.state(&id)["pid"].as_i64().unwrap();
+
+    // The init is in the container's cgroup in every hierarchy that has a controller
+    // we set.
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    if pure_v2() {
+        assert!(own.contains(&format!("0::{path}\n")), "{own}");
+        assert_eq!(read(dir("", &path).join("memory.max")), "67108864");
+        assert_eq!(read(dir("", &path).join("pids.max")), "32");
+        assert_eq!(read(dir("", &path).join("cpu.max")), "50000 100000");
+    } else {
+        for c in ["memory", "pids", "cpu", "devices"] {
+            assert!(
+                own.lines().any(|l| l.ends_with(&format!(":{c}:{path}"))),
+                "{c} not at {path}: {own}"
+            );
+        }
+        assert_eq!(
+            read(dir("memory", &path).join("memory.limit_in_bytes")),
+            "67108864"
+        );
+        assert_eq!(read(dir("pids", &path).join("pids.max")), "32");
+        assert_eq!(read(dir("cpu", &path).join("cpu.shares")), "512");
+        assert_eq!(read(dir("cpu", &path).join("cpu.cfs_quota_us")), "50000");
+    }
+
+    assert!(b.plinth(&["delete", "--force", &id]).status.success());
+    for c in ["memory", "pids", "cpu", "devices"] {
+        let d = dir(c, &path);
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+    // The parent create made for the path goes too.
+    let parent = dir("memory", "/plinth-test");
+    if parent.exists() {
+        let left: Vec<_> = std::fs::read_dir(&parent)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .map(|e| e.file_name())
+            .collect();
+        assert!(
+            left.iter().all(|n| !n
+                .to_string_lossy()
+                .starts_with(&format!("cg-{}", std::process::id()))),
+            "children of this test left in {}: {left:?}",
+            parent.display()
+        );
+    }
+}
+
+#[test]
+fn device_rules_deny_all_but_the_standard_devices() {
+    if !need_root("device_rules_deny_all_but_the_standard_devices") {
+        return;
+    }
+    // /dev/mem (1:1) made by the process itself: mknod is allowed (as runc allows it),
+    // reading it is not; /dev/null and /dev/zero stay usable.
+    let mut b = Bundle::busybox(
+        "echo x > /dev/null && echo null-ok; head -c 1 /dev/zero | wc -c; \
+         mknod /dev/mem2 c 1 1 && echo mknod-ok; head -c 1 /dev/mem2 2>&1; echo rc=$?",
+    );
+    b.config["linux"]["resources"] = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    let caps = json!(["CAP_MKNOD", "CAP_DAC_OVERRIDE", "CAP_SYS_RAWIO"]);
+    b.config["process"]["capabilities"] =
+        json!({"bounding": caps, "effective": caps, "permitted": caps});
+    let (code, out, err) = b.run(&unique("dev"));
+    assert_eq!(code, 0, "stderr: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "null-ok", "{out}");
+    assert_eq!(lines[1], "1", "{out}");
+    assert_eq!(lines[2], "mknod-ok", "{out}");
+    assert!(lines[3].contains("Operation not permitted"), "{out}");
+    assert_eq!(lines[4], "rc=1", "{out}");
+}
+
+#[test]
+fn pids_limit_is_enforced_inside() {
+    if !need_root("pids_limit_is_enforced_inside") {
+        return;
+    }
+    // pids.max=8: the shell and a few sleeps fit, 20 background sleeps do not, and
+    // the shell's fork fails with EAGAIN.
+    let mut b = Bundle::busybox("for i in $(seq 20); do sleep 5 & done; echo all-started");
+    b.config["linux"]["resources"] = json!({"pids": {"limit": 8}});
+    let (code, out, err) = b.run(&unique("pids"));
+    assert_ne!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(
+        !out.contains("all-started"),
+        "20 forks succeeded under pids.max=8: {out}"
+    );
+    assert!(
+        err.contains("fork") || err.contains("Resource temporarily unavailable"),
+        "the failure is the fork: {err}"
+    );
+}
+
+#[test]
+fn an_impossible_limit_fails_create_and_leaves_no_cgroup() {
+    if !need_root("an_impossible_limit_fails_create_and_leaves_no_cgroup") {
+        return;
+    }
+    let mut b = Bundle::busybox("true");
+    let path = format!("/{}", unique("cgbad"));
+    b.config["linux"]["cgroupsPath"] = json!(path);
+    b.config["linux"]["resources"] = json!({"cpu": {"cpus": "9999"}});
+    b.write();
+    let id = unique("cgbad");
+    let out = b
+        .cmd()
+        .args(["create", "--bundle"])
+        .arg(&b.dir)
+        .arg(&id)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cpuset"), "the error names the file: {err}");
+    assert!(!b.root.join(&id).exists());
+    for c in ["cpuset", "memory", "pids", "cpu"] {
+        assert!(
+            !dir(c, &path).exists(),
+            "{} left behind",
+            dir(c, &path).display()
+        );
+    }
+}
+
+#[test]
+fn without_a_path_the_cgroup_is_the_id_below_the_callers_own() {
+    if !need_root("without_a_path_the_cgroup_is_the_id_below_the_callers_own") {
+        return;
+    }
+    let mut b = Bundle::busybox("sleep 100");
+    b.config["linux"]["resources"] = json!({"pids": {"limit": 16}});
+    let id = unique("cgdef");
+    b.create(&id);
+    let dirs = plinth_tests::default_cgroup_dirs(&id);
+    assert!(!dirs.is_empty());
+    for d in &dirs {
+        assert!(
+            d.is_dir(),
+            "{} missing while the container exists",
+            d.display()
+        );
+    }
+    assert!(b.plinth(&["delete", "--force", &id]).status.success());
+    for d in &dirs {
+        assert!(!d.exists(), "{} left behind", d.display());
+    }
+}

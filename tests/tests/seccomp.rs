@@ -1,0 +1,160 @@
+//! Seccomp through the real binary: the profile's actions, errno values and argument
+//! conditions reach the container's process; a bad profile is refused by name.
+#![allow(clippy::unwrap_used)]
+
+use serde_json::json;
+
+use plinth_tests::{need_root, unique, Bundle};
+
+#[test]
+fn profile_actions_reach_the_process() {
+    if !need_root("profile_actions_reach_the_process") {
+        return;
+    }
+    let mut b = Bundle::busybox(
+        "mkdir /tmp/x 2>&1; echo mkdir=$?; hostname other 2>&1; echo hostname=$?; \
+         sync; echo sync=$?; echo still-here",
+    );
+    b.config["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+            {"names": ["sethostname"], "action": "SCMP_ACT_ERRNO"},
+            {"names": ["sync"], "action": "SCMP_ACT_KILL_PROCESS"},
+            // Only the bad personality is refused: an argument condition.
+            {"names": ["personality"], "action": "SCMP_ACT_ERRNO",
+             "args": [{"index": 0, "value": 4, "op": "SCMP_CMP_EQ"}]}
+        ]
+    });
+    let (code, out, err) = b.run(&unique("sc"));
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].contains("Permission denied"),
+        "EACCES from errnoRet 13: {out}"
+    );
+    assert_eq!(lines[1], "mkdir=1", "{out}");
+    assert!(
+        lines[2].contains("Operation not permitted"),
+        "EPERM by default: {out}"
+    );
+    assert_eq!(lines[3], "hostname=1", "{out}");
+    // A child killed by SIGSYS (31): the shell reports 128+31.
+    assert_eq!(lines[4], "sync=159", "{out}");
+    assert_eq!(lines[5], "still-here");
+}
+
+#[test]
+fn errno_default_with_an_allow_list_and_enosys_for_clone3() {
+    if !need_root("errno_default_with_an_allow_list_and_enosys_for_clone3") {
+        return;
+    }
+    // busybox sh needs only these; everything else is EPERM, clone3 is ENOSYS so
+    // that a libc would fall back to clone.
+    let allowed = [
+        "read",
+        "write",
+        "open",
+        "openat",
+        "close",
+        "fstat",
+        "newfstatat",
+        "stat",
+        "lstat",
+        "mmap",
+        "munmap",
+        "mprotect",
+        "brk",
+        "rt_sigaction",
+        "rt_sigprocmask",
+        "rt_sigreturn",
+        "ioctl",
+        "access",
+        "getpid",
+        "getppid",
+        "getuid",
+        "geteuid",
+        "getgid",
+        "getegid",
+        "fcntl",
+        "dup2",
+        "dup3",
+        "execve",
+        "exit",
+        "exit_group",
+        "wait4",
+        "clone",
+        "fork",
+        "vfork",
+        "arch_prctl",
+        "set_tid_address",
+        "getcwd",
+        "chdir",
+        "uname",
+        "getdents64",
+        "prctl",
+        "futex",
+        "readlink",
+        "pipe",
+        "pipe2",
+        "lseek",
+        "getpgrp",
+        "setpgid",
+        "getpgid",
+        "statx",
+        "sysinfo",
+        "prlimit64",
+        "getrlimit",
+        "gettid",
+        "rseq",
+        "set_robust_list",
+        "poll",
+        "ppoll",
+        "nanosleep",
+        "clock_nanosleep",
+    ];
+    let mut b = Bundle::busybox("unshare -n true 2>&1; echo unshare=$?; echo ok");
+    b.config["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 1,
+        "syscalls": [
+            {"names": allowed.to_vec(), "action": "SCMP_ACT_ALLOW"},
+            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
+        ]
+    });
+    let (code, out, err) = b.run(&unique("sc"));
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(
+        out.contains("Operation not permitted"),
+        "unshare(2) gets EPERM: {out}"
+    );
+    assert!(out.contains("unshare=1"), "{out}");
+    assert!(out.trim_end().ends_with("ok"), "{out}");
+}
+
+#[test]
+fn a_bad_profile_is_refused_by_name() {
+    if !need_root("a_bad_profile_is_refused_by_name") {
+        return;
+    }
+    let mut b = Bundle::busybox("true");
+    b.config["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "no_such_syscall"], "action": "SCMP_ACT_ERRNO"}]
+    });
+    b.write();
+    let id = unique("scbad");
+    let out = b
+        .cmd()
+        .args(["create", "--bundle"])
+        .arg(&b.dir)
+        .arg(&id)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("linux.seccomp.syscalls[0].names[1]"), "{err}");
+    assert!(err.contains("no_such_syscall"), "{err}");
+    assert!(!b.root.join(&id).exists(), "state left behind");
+}
