@@ -45,6 +45,10 @@ test: deps build validation
 bench: deps build
 	tests/scripts/bench.sh "$(PLINTH)"
 
+# Each part's own targets and test prerequisites (the node image, the benchmark, the
+# engines) live in mk/*.mk; a rule there may add prerequisites to `test`.
+include $(wildcard mk/*.mk)
+
 clean:
 	$(CARGO) clean
 	rm -rf $(CACHE)
