@@ -1,0 +1,170 @@
+//! plinth-boot: command-line parsing only; the work is in the plinth_bootimg library.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use plinth_bootimg::image::{self, BuildOptions, Extra};
+use plinth_bootimg::qemu::{self, Accel, RunOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "plinth-boot",
+    about = "Build the Plinth node image and boot it in qemu over PXE"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write vmlinuz, initrd and boot.ipxe into DIR.
+    Build {
+        /// The output directory (replaced when the build succeeds).
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
+        /// The kernel image (default: the newest vmlinuz-* in $PLINTH_CACHE/kernel/root/boot).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// An extra file or directory: SRC:DEST (DEST absolute in the image). Repeatable.
+        #[arg(long = "extra", value_name = "SRC:DEST")]
+        extras: Vec<Extra>,
+        /// A kernel module to include and load at boot, with its dependencies; replaces
+        /// the default list when given. Repeatable.
+        #[arg(long = "module", value_name = "NAME")]
+        modules: Vec<String>,
+        /// Include no kernel modules.
+        #[arg(long, conflicts_with = "modules")]
+        no_modules: bool,
+        /// Directory holding plinth-init and plinth (default: beside this binary, then target/release).
+        #[arg(long)]
+        plinth_dir: Option<PathBuf>,
+        /// Leave the plinth binaries out (a bare image, e.g. to measure their share).
+        #[arg(long, conflicts_with = "plinth_dir")]
+        no_plinth: bool,
+        /// Extra kernel command-line arguments.
+        #[arg(long, default_value = "")]
+        cmdline: String,
+    },
+    /// Boot DIR's image in qemu over PXE against a running plinth-server.
+    Run {
+        /// The built image.
+        #[arg(long)]
+        boot_dir: PathBuf,
+        /// plinth-server's URL as this host reaches it (loopback becomes 10.0.2.2 in the guest).
+        #[arg(long)]
+        server: Option<String>,
+        /// The NIC's MAC address.
+        #[arg(long, default_value = "52:54:00:12:34:56")]
+        mac: String,
+        /// The SMBIOS UUID (default: a random one).
+        #[arg(long)]
+        uuid: Option<String>,
+        /// The accelerator: tcg (default) or kvm.
+        #[arg(long, value_enum, default_value = "tcg")]
+        accel: AccelArg,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 1024)]
+        memory: u32,
+        /// Write the serial console here instead of stdout.
+        #[arg(long)]
+        serial_log: Option<PathBuf>,
+        /// Kill the machine after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// The qemu binary.
+        #[arg(long, default_value = "qemu-system-x86_64")]
+        qemu: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccelArg {
+    Tcg,
+    Kvm,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Build {
+            out,
+            kernel,
+            extras,
+            modules,
+            no_modules,
+            plinth_dir,
+            no_plinth,
+            cmdline,
+        } => {
+            let modules = if no_modules {
+                Vec::new()
+            } else if modules.is_empty() {
+                image::DEFAULT_MODULES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            } else {
+                modules
+            };
+            let plinth_dir = if no_plinth {
+                None
+            } else {
+                Some(plinth_dir.unwrap_or_else(image::default_plinth_dir))
+            };
+            let opts = BuildOptions {
+                out: out.clone(),
+                kernel,
+                extras,
+                modules,
+                plinth_dir,
+                cache_dirs: image::default_cache_dirs(),
+                mtime: image::source_date_epoch()?,
+                cmdline,
+            };
+            let report = image::build(&opts)
+                .with_context(|| format!("building the node image into {}", out.display()))?;
+            println!("{}:", out.display());
+            print!("{report}");
+        }
+        Cmd::Run {
+            boot_dir,
+            server,
+            mac,
+            uuid,
+            accel,
+            memory,
+            serial_log,
+            timeout,
+            qemu,
+        } => {
+            let opts = RunOptions {
+                boot_dir,
+                server,
+                mac,
+                uuid,
+                accel: match accel {
+                    AccelArg::Tcg => Accel::Tcg,
+                    AccelArg::Kvm => Accel::Kvm,
+                },
+                memory_mib: memory,
+                serial_log,
+                timeout: timeout.map(Duration::from_secs),
+                qemu,
+            };
+            let out = qemu::run(&opts)?;
+            eprintln!(
+                "machine uuid {} ran {:.1}s",
+                out.uuid,
+                out.elapsed.as_secs_f64()
+            );
+            match out.status {
+                Some(s) if s.success() => {}
+                Some(s) => anyhow::bail!("qemu exited with {s}"),
+                None => anyhow::bail!("the machine did not power off within the timeout; killed"),
+            }
+        }
+    }
+    Ok(())
+}

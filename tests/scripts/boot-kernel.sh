@@ -1,0 +1,33 @@
+#!/bin/bash
+# Fetch Debian's kernel image package into $1 and unpack it there (dpkg-deb -x).
+# linux-image-amd64 is a metapackage: resolve the real linux-image-<ver>-amd64 it
+# depends on (the -unsigned variant is preferred: it is the same kernel without the
+# signature wrapper). Downloads only when the .deb is not cached yet.
+set -euo pipefail
+export PATH="$PATH:/usr/sbin:/sbin"
+dest=${1:?usage: boot-kernel.sh DEST}
+mkdir -p "$dest/debs"
+cd "$dest/debs"
+dep=$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n1)
+if [ -z "$dep" ]; then
+  echo "boot-kernel.sh: cannot resolve the kernel package linux-image-amd64 depends on" >&2
+  exit 1
+fi
+pkg=$dep
+case "$pkg" in *-unsigned) ;; *) apt-cache show "${pkg}-unsigned" >/dev/null 2>&1 && pkg="${pkg}-unsigned" ;; esac
+if ! ls "${pkg}"_*.deb >/dev/null 2>&1; then
+  echo "downloading $pkg"
+  apt-get download "$pkg"
+fi
+deb=$(ls "${pkg}"_*.deb | head -n1)
+rm -rf "$dest/root.tmp"
+dpkg-deb -x "$deb" "$dest/root.tmp"
+# The package ships no modules.dep (its postinst runs depmod on install): generate it
+# here, against the unpacked tree, so the image builder can read module dependencies.
+for moddir in "$dest"/root.tmp/lib/modules/*/; do
+  ver=$(basename "$moddir")
+  depmod -b "$dest/root.tmp" "$ver"
+done
+rm -rf "$dest/root"
+mv "$dest/root.tmp" "$dest/root"
+echo "kernel: $(ls "$dest"/root/boot/vmlinuz-*)"
