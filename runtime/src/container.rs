@@ -436,7 +436,7 @@ fn write_oom_score_adj(pid: Pid, adj: i32) -> Result<()> {
     Ok(())
 }
 
-fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+pub(crate) fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     let path = if path.is_absolute() {
         path.to_path_buf()
     } else {
@@ -449,7 +449,11 @@ fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
 
 /// Sends the seccomp listener fd to `linux.seccomp.listenerPath` with the container
 /// process state, as runtime-spec's config-linux.md describes.
-fn send_to_seccomp_agent(bundle: &Bundle, st: &State, fd: std::os::fd::OwnedFd) -> Result<()> {
+pub(crate) fn send_to_seccomp_agent(
+    bundle: &Bundle,
+    st: &State,
+    fd: std::os::fd::OwnedFd,
+) -> Result<()> {
     let seccomp = bundle
         .spec
         .linux()
@@ -506,7 +510,7 @@ fn detach_host_mounts(rootfs: &Path, before: &[u32]) {
 }
 
 /// The state JSON hooks read on stdin.
-fn hook_state(st: &State, status: &str) -> String {
+pub(crate) fn hook_state(st: &State, status: &str) -> String {
     let mut v = serde_json::json!({
         "ociVersion": st.oci_version,
         "id": st.id,
@@ -520,7 +524,7 @@ fn hook_state(st: &State, status: &str) -> String {
     v.to_string()
 }
 
-fn load_cgroup(st: &State) -> Option<Cgroup> {
+pub(crate) fn load_cgroup(st: &State) -> Option<Cgroup> {
     st.cgroup
         .as_ref()
         .and_then(|v| serde_json::from_value(v.clone()).ok())
@@ -755,7 +759,7 @@ pub fn run(root: &Root, opts: &CreateOptions, detach: bool) -> Result<i32> {
     code
 }
 
-fn forwarded_signals() -> nix::sys::signal::SigSet {
+pub(crate) fn forwarded_signals() -> nix::sys::signal::SigSet {
     let mut set = nix::sys::signal::SigSet::empty();
     for s in [
         Signal::SIGHUP,
@@ -773,7 +777,7 @@ fn forwarded_signals() -> nix::sys::signal::SigSet {
     set
 }
 
-fn wait_forwarding(pid: Pid, set: &nix::sys::signal::SigSet) -> Result<i32> {
+pub(crate) fn wait_forwarding(pid: Pid, set: &nix::sys::signal::SigSet) -> Result<i32> {
     let sfd =
         nix::sys::signalfd::SignalFd::with_flags(set, nix::sys::signalfd::SfdFlags::SFD_CLOEXEC)
             .map_err(|e| Error::sys("signalfd", e))?;

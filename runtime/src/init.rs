@@ -249,9 +249,46 @@ fn setup(init: Init) -> Result<()> {
         mount::remount_bind(Path::new("/"), MsFlags::MS_RDONLY, Path::new("/"))?;
     }
 
+    let exec = enter_process(
+        process,
+        &init.caps,
+        init.seccomp.as_ref(),
+        &init.channel,
+        init.preserve_fds,
+    )?;
+
+    init.channel.send(&Msg::Ready)?;
+    wait_for_start(&init.fifo)?;
+    drop(init.fifo);
+    if let Some(hooks) = spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.start_container().clone())
+    {
+        let state = serde_json::json!({
+            "ociVersion": spec.version(), "id": "", "status": "created",
+            "pid": std::process::id(), "bundle": b.dir,
+        })
+        .to_string();
+        crate::hooks::run_all("startContainer", &hooks, &state)?;
+    }
+    Err(exec.exec())
+}
+
+/// The last steps before execve, shared by the container's init and `exec`: fds,
+/// rlimits, umask, the working directory (checked to be inside the root), then
+/// seccomp, capabilities and the user switch in the order the kernel requires.
+/// Returns the prepared execve, which allocates nothing.
+pub fn enter_process(
+    process: &oci_spec::runtime::Process,
+    caps: &Sets,
+    seccomp: Option<&seccomp::Program>,
+    channel: &Channel,
+    preserve_fds: i32,
+) -> Result<Exec> {
     // Only stdio and the preserved fds reach the container; every other fd, ours
     // included, closes at execve.
-    close_range_cloexec(3 + init.preserve_fds.max(0) as u32)?;
+    close_range_cloexec(3 + preserve_fds.max(0) as u32)?;
 
     if let Some(r) = process.rlimits() {
         process::set_rlimits(r)?;
@@ -285,11 +322,11 @@ fn setup(init: Init) -> Result<()> {
     if !nnp {
         // Without no_new_privs the filter needs CAP_SYS_ADMIN, which the user switch
         // below may drop: install it now, while it is held.
-        if let Some(p) = &init.seccomp {
-            hand_over_listener(&init.channel, p.install()?)?;
+        if let Some(p) = seccomp {
+            hand_over_listener(channel, p.install()?)?;
         }
     }
-    capabilities::drop_bounding(&init.caps)?;
+    capabilities::drop_bounding(caps)?;
     nix::sys::prctl::set_keepcaps(true).map_err(|e| Error::sys("prctl(PR_SET_KEEPCAPS)", e))?;
     process::switch_user(
         user.uid(),
@@ -298,31 +335,16 @@ fn setup(init: Init) -> Result<()> {
         crate::idmap::setgroups_allowed(),
     )?;
     nix::sys::prctl::set_keepcaps(false).map_err(|e| Error::sys("prctl(PR_SET_KEEPCAPS)", e))?;
-    capabilities::apply(&init.caps)?;
+    capabilities::apply(caps)?;
     if nnp {
         nix::sys::prctl::set_no_new_privs()
             .map_err(|e| Error::sys("prctl(PR_SET_NO_NEW_PRIVS)", e))?;
-        if let Some(p) = &init.seccomp {
-            hand_over_listener(&init.channel, p.install()?)?;
+        if let Some(p) = seccomp {
+            hand_over_listener(channel, p.install()?)?;
         }
     }
 
-    init.channel.send(&Msg::Ready)?;
-    wait_for_start(&init.fifo)?;
-    drop(init.fifo);
-    if let Some(hooks) = spec
-        .hooks()
-        .as_ref()
-        .and_then(|h| h.start_container().clone())
-    {
-        let state = serde_json::json!({
-            "ociVersion": spec.version(), "id": "", "status": "created",
-            "pid": std::process::id(), "bundle": b.dir,
-        })
-        .to_string();
-        crate::hooks::run_all("startContainer", &hooks, &state)?;
-    }
-    Err(exec.exec())
+    Ok(exec)
 }
 
 /// Sends the seccomp user-notification fd to the runtime, which passes it on to the
@@ -681,7 +703,7 @@ fn join_session_keyring() {
     }
 }
 
-fn close_range_cloexec(first: u32) -> Result<()> {
+pub fn close_range_cloexec(first: u32) -> Result<()> {
     // SAFETY: close_range only changes flags of fds in the range; CLOSE_RANGE_CLOEXEC
     // closes nothing now, so no fd this process still uses goes away.
     let r = unsafe {

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use plinth_runtime::container::{self, CreateOptions};
+use plinth_runtime::control;
 use plinth_runtime::logging;
 use plinth_runtime::state::Root;
 
@@ -102,6 +103,115 @@ enum Cmd {
         #[arg(long, short = 'b', default_value = ".")]
         bundle: PathBuf,
     },
+    /// Run a new process in a running container.
+    Exec {
+        /// A runtime-spec process JSON file instead of the command and flags.
+        #[arg(long, short = 'p')]
+        process: Option<PathBuf>,
+        /// Do not wait for the process.
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// Allocate a pseudo-TTY (needs --console-socket).
+        #[arg(long, short = 't')]
+        tty: bool,
+        /// Unix socket that receives the pty master.
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        /// Write the process's pid here.
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        /// Working directory in the container.
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        /// Set an environment variable (KEY=VALUE).
+        #[arg(long, short = 'e')]
+        env: Vec<String>,
+        /// UID[:GID] to run as.
+        #[arg(long, short = 'u')]
+        user: Option<String>,
+        /// Additional gids.
+        #[arg(long = "additional-gids", short = 'g')]
+        additional_gids: Vec<u32>,
+        /// Add a capability (bounding, effective and permitted sets).
+        #[arg(long, short = 'c')]
+        cap: Vec<String>,
+        /// Set no_new_privs.
+        #[arg(long = "no-new-privs")]
+        no_new_privs: bool,
+        /// Pass N extra fds (3, 4, ...).
+        #[arg(long = "preserve-fds", default_value_t = 0)]
+        preserve_fds: i32,
+        /// Exec even into a paused container.
+        #[arg(long = "ignore-paused")]
+        ignore_paused: bool,
+        /// SELinux label (not supported: refused when given).
+        #[arg(long = "process-label")]
+        process_label: Option<String>,
+        /// AppArmor profile (not supported: refused when given).
+        #[arg(long)]
+        apparmor: Option<String>,
+        id: String,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Print the processes of a container.
+    Ps {
+        /// table or json.
+        #[arg(long, short = 'f', default_value = "table")]
+        format: String,
+        id: String,
+        /// Options passed to ps(1) for the table (default -ef).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Freeze every process of a container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// Change a container's resource limits.
+    Update {
+        /// A linux.resources JSON file, or - for stdin.
+        #[arg(long, short = 'r')]
+        resources: Option<PathBuf>,
+        #[arg(long = "blkio-weight")]
+        blkio_weight: Option<u16>,
+        #[arg(long = "cpu-period")]
+        cpu_period: Option<u64>,
+        #[arg(long = "cpu-quota")]
+        cpu_quota: Option<i64>,
+        #[arg(long = "cpu-share")]
+        cpu_share: Option<u64>,
+        #[arg(long = "cpu-rt-period")]
+        cpu_rt_period: Option<u64>,
+        #[arg(long = "cpu-rt-runtime")]
+        cpu_rt_runtime: Option<i64>,
+        #[arg(long = "cpuset-cpus")]
+        cpuset_cpus: Option<String>,
+        #[arg(long = "cpuset-mems")]
+        cpuset_mems: Option<String>,
+        #[arg(long)]
+        memory: Option<String>,
+        #[arg(long = "memory-reservation")]
+        memory_reservation: Option<String>,
+        #[arg(long = "memory-swap")]
+        memory_swap: Option<String>,
+        #[arg(long = "pids-limit")]
+        pids_limit: Option<i64>,
+        id: String,
+    },
+    /// Print a container's events (stats, oom) as JSON lines.
+    Events {
+        /// Print one stats event and exit.
+        #[arg(long)]
+        stats: bool,
+        /// Time between stats events.
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        id: String,
+    },
+    /// Print the runtime-spec features JSON.
+    Features,
     /// List containers.
     List {
         /// table or json.
@@ -183,6 +293,123 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             std::fs::write(&path, text + "\n")
                 .map_err(|e| anyhow::anyhow!("write {}: {e}", path.display()))?;
         }
+        Cmd::Exec {
+            process,
+            detach,
+            tty,
+            console_socket,
+            pid_file,
+            cwd,
+            env,
+            user,
+            additional_gids,
+            cap,
+            no_new_privs,
+            preserve_fds,
+            ignore_paused,
+            process_label,
+            apparmor,
+            id,
+            command,
+        } => {
+            if process_label.is_some() {
+                anyhow::bail!("--process-label: SELinux labels are not supported by plinth");
+            }
+            if apparmor.is_some() {
+                anyhow::bail!("--apparmor: AppArmor profiles are not supported by plinth");
+            }
+            let o = plinth_runtime::exec::ExecOptions {
+                id,
+                process,
+                args: command,
+                detach,
+                tty,
+                console_socket,
+                pid_file,
+                cwd,
+                env,
+                user,
+                additional_gids,
+                caps: cap,
+                no_new_privs,
+                preserve_fds,
+                ignore_paused,
+            };
+            let code = plinth_runtime::exec::exec(&root, &o)?;
+            return Ok(code.clamp(0, 255) as u8);
+        }
+        Cmd::Ps {
+            format,
+            id,
+            ps_args,
+        } => {
+            let pids = control::pids(&root, &id)?;
+            match format.as_str() {
+                "json" => println!("{}", serde_json::to_string(&pids)?),
+                "table" => print_ps_table(&pids, &ps_args)?,
+                f => anyhow::bail!("--format: {f:?} is not table or json"),
+            }
+        }
+        Cmd::Pause { id } => control::pause(&root, &id)?,
+        Cmd::Resume { id } => control::resume(&root, &id)?,
+        Cmd::Update {
+            resources,
+            blkio_weight,
+            cpu_period,
+            cpu_quota,
+            cpu_share,
+            cpu_rt_period,
+            cpu_rt_runtime,
+            cpuset_cpus,
+            cpuset_mems,
+            memory,
+            memory_reservation,
+            memory_swap,
+            pids_limit,
+            id,
+        } => {
+            let json = match &resources {
+                Some(p) if p.as_os_str() == "-" => {
+                    let mut buf = vec![];
+                    std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+                    Some(buf)
+                }
+                Some(p) => Some(
+                    std::fs::read(p)
+                        .map_err(|e| anyhow::anyhow!("--resources {}: {e}", p.display()))?,
+                ),
+                None => None,
+            };
+            let flags = control::UpdateFlags {
+                blkio_weight,
+                cpu_period,
+                cpu_quota,
+                cpu_share,
+                cpu_rt_period,
+                cpu_rt_runtime,
+                cpuset_cpus,
+                cpuset_mems,
+                memory,
+                memory_reservation,
+                memory_swap,
+                pids_limit,
+            };
+            control::update(&root, &id, json.as_deref(), &flags)?;
+        }
+        Cmd::Events {
+            stats,
+            interval,
+            id,
+        } => {
+            let every = control::parse_interval(&interval)?;
+            control::events(&root, &id, every, stats, &mut std::io::stdout().lock())?;
+        }
+        Cmd::Features => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&plinth_runtime::features::features())?
+            );
+        }
         Cmd::List { format, quiet } => {
             let all = container::list(&root)?;
             let mut out = std::io::stdout().lock();
@@ -232,4 +459,44 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// `ps` in table form: ps(1) with the given options (default `-ef`), keeping the
+/// header and the lines whose PID column is one of the container's, as runc does.
+fn print_ps_table(pids: &[i32], args: &[String]) -> anyhow::Result<()> {
+    let args: Vec<String> = if args.is_empty() {
+        vec!["-ef".into()]
+    } else {
+        args.to_vec()
+    };
+    let out = std::process::Command::new("ps")
+        .args(&args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("run ps: {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "ps {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let col = header
+        .split_whitespace()
+        .position(|h| h == "PID")
+        .ok_or_else(|| anyhow::anyhow!("ps {}: no PID column in its output", args.join(" ")))?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{header}")?;
+    for l in lines {
+        let pid = l
+            .split_whitespace()
+            .nth(col)
+            .and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|p| pids.contains(&p)) {
+            writeln!(stdout, "{l}")?;
+        }
+    }
+    Ok(())
 }
