@@ -2,14 +2,11 @@
 //! SCM_RIGHTS, and the process has the pty as its controlling terminal.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{IoSliceMut, Read};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use serde_json::json;
 
-use plinth_tests::{need_root, unique, Bundle};
+use plinth_tests::{need_root, read_pty, recv_pty_master, unique, Bundle};
 
 #[test]
 fn console_socket_receives_the_pty_master() {
@@ -33,35 +30,9 @@ fn console_socket_receives_the_pty_master() {
     ]);
     assert_eq!(code, 0, "{err}");
     let (conn, _) = listener.accept().unwrap();
-    let mut buf = [0u8; 64];
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(
-        std::os::fd::AsRawFd::as_raw_fd(&conn),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::empty(),
-    )
-    .unwrap();
-    let mut master = None;
-    for c in msg.cmsgs().unwrap() {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            // SAFETY: the kernel installed this fd in our table for us.
-            master = Some(unsafe { OwnedFd::from_raw_fd(fds[0]) });
-        }
-    }
-    let master = master.expect("no fd received");
+    let master = recv_pty_master(&conn);
     assert!(b.plinth(&["start", &id]).status.success());
-    let mut f = std::fs::File::from(master);
-    let mut text = String::new();
-    let mut chunk = [0u8; 256];
-    // EIO once the process has exited and closed its side.
-    while let Ok(n) = f.read(&mut chunk) {
-        if n == 0 {
-            break;
-        }
-        text.push_str(&String::from_utf8_lossy(&chunk[..n]));
-    }
+    let text = read_pty(master);
     assert!(text.contains("/dev/pts/0"), "{text:?}");
     assert!(text.contains("cols=30 100"), "{text:?}");
 }
