@@ -1,0 +1,6 @@
+//! plinth-init: PID 1 of the Plinth node image. Takes no arguments; everything comes
+//! from the kernel command line (`plinth.server=`).
+
+fn main() {
+    plinth_provisioner::init::run()
+}

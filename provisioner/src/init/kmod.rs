@@ -1,0 +1,40 @@
+//! Loading the kernel modules the image lists (one absolute path per line, dependencies
+//! first, as plinth-boot wrote them) with finit_module(2).
+
+use std::ffi::CString;
+use std::path::Path;
+
+use nix::kmod::{finit_module, ModuleInitFlags};
+
+use crate::error::{io, Error, Result};
+
+/// Loads every module listed in `list`. Returns (loaded, already loaded); a module that
+/// fails is reported and the rest are still tried, since one missing driver should not
+/// keep the node from reporting.
+pub fn load_listed(list: &Path) -> Result<(usize, usize, Vec<String>)> {
+    let text = match std::fs::read_to_string(list) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0, Vec::new())),
+        Err(e) => return Err(io("reading", list)(e)),
+    };
+    let (mut loaded, mut present, mut failed) = (0, 0, Vec::new());
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        match load(Path::new(line)) {
+            Ok(true) => loaded += 1,
+            Ok(false) => present += 1,
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    Ok((loaded, present, failed))
+}
+
+/// Loads one module; `Ok(false)` when it was already loaded.
+pub fn load(path: &Path) -> Result<bool> {
+    let f = std::fs::File::open(path).map_err(io("opening module", path))?;
+    let params = CString::default();
+    match finit_module(&f, &params, ModuleInitFlags::empty()) {
+        Ok(()) => Ok(true),
+        Err(nix::Error::EEXIST) => Ok(false),
+        Err(e) => Err(Error::Sys { what: format!("loading module {}", path.display()), source: e }),
+    }
+}

@@ -1,0 +1,260 @@
+//! plinth-server, the boot half: the per-machine iPXE script, kernel and initrd (with
+//! Range), TFTP for plain PXE ROMs, and the event API backed by the embedded store.
+//! A thread per connection over blocking sockets: boot traffic is a few requests per
+//! machine, and it keeps the server free of an async runtime.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::error::{io, net, Error, Result};
+use crate::http::{self, Request};
+use crate::schema::{normalize_mac, Action, Event, EventKind, Reply, MAX_EVENT_BYTES};
+use crate::store::Store;
+use crate::tftp;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// HTTP listen address.
+    pub listen: SocketAddr,
+    /// The directory `plinth-boot build` wrote.
+    pub boot_dir: PathBuf,
+    /// The store's directory.
+    pub data: PathBuf,
+    /// The URL nodes reach this server at; default: from each request's Host header.
+    pub advertise: Option<String>,
+    /// Reply `poweroff` to every `booted` event (tests, burn-in).
+    pub poweroff_after_boot: bool,
+    /// TFTP listen address, when wanted.
+    pub tftp: Option<SocketAddr>,
+}
+
+struct State {
+    cfg: Config,
+    store: Mutex<Store>,
+}
+
+/// Binds and serves forever. `on_ready` gets the bound HTTP address.
+pub fn serve(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    for f in ["boot.ipxe", "vmlinuz", "initrd"] {
+        let p = cfg.boot_dir.join(f);
+        if !p.is_file() {
+            return Err(Error::Config {
+                what: format!("--boot-dir {}", cfg.boot_dir.display()),
+                reason: format!("{} is missing (run `plinth-boot build -o {}`)", p.display(), cfg.boot_dir.display()),
+            });
+        }
+    }
+    let store = Store::open(&cfg.data)?;
+    let listener = TcpListener::bind(cfg.listen).map_err(net(format!("binding {}", cfg.listen)))?;
+    let addr = listener.local_addr().map_err(net("local address"))?;
+    if let Some(t) = cfg.tftp {
+        let sock = UdpSocket::bind(t).map_err(net(format!("binding TFTP {t}")))?;
+        let resolver = tftp::dir_resolver(cfg.boot_dir.clone());
+        std::thread::spawn(move || tftp::serve(sock, resolver));
+    }
+    let state = Arc::new(State { cfg, store: Mutex::new(store) });
+    on_ready(addr);
+    for conn in listener.incoming() {
+        let Ok(stream) = conn else { continue };
+        let st = state.clone();
+        std::thread::spawn(move || {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+            let _ = handle(&st, stream);
+        });
+    }
+    Ok(())
+}
+
+fn handle(st: &State, stream: TcpStream) -> std::io::Result<()> {
+    let mut w = stream.try_clone()?;
+    let mut r = BufReader::new(stream);
+    let req = match http::read_request(&mut r) {
+        Ok(req) => req,
+        Err(e) => return json_error(&mut w, 400, &e.to_string()),
+    };
+    let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    match (req.method.as_str(), segs.as_slice()) {
+        ("GET" | "HEAD", ["boot.ipxe"]) => boot_script(st, &req, &mut w),
+        ("GET" | "HEAD", [name @ ("vmlinuz" | "initrd")]) => send_file(&st.cfg.boot_dir.join(name), &req, &mut w),
+        ("POST", ["v1", "events"]) => {
+            let body = match http::read_body(&mut r, &req, MAX_EVENT_BYTES) {
+                Ok(b) => b,
+                Err((code, msg)) => return json_error(&mut w, code, &msg),
+            };
+            post_event(st, &body, &mut w)
+        }
+        ("GET", ["v1", "machines"]) => {
+            let body = match st.store.lock() {
+                Ok(s) => serde_json::to_vec_pretty(&s.machines()).unwrap_or_default(),
+                Err(_) => return json_error(&mut w, 500, "store lock poisoned"),
+            };
+            http::respond(&mut w, 200, "application/json", &body, &[])
+        }
+        ("GET", ["v1", "machines", mac]) => with_mac(&mut w, mac, |mac, w| {
+            let Ok(s) = st.store.lock() else { return json_error(w, 500, "store lock poisoned") };
+            match s.machine(&mac) {
+                Some(m) => http::respond(w, 200, "application/json", &serde_json::to_vec_pretty(m).unwrap_or_default(), &[]),
+                None => json_error(w, 404, &format!("machine {mac}: never seen")),
+            }
+        }),
+        ("GET", ["v1", "machines", mac, "action"]) => with_mac(&mut w, mac, |mac, w| {
+            let Ok(mut s) = st.store.lock() else { return json_error(w, 500, "store lock poisoned") };
+            match s.take_action(&mac) {
+                Ok(action) => reply(w, Reply { action }),
+                Err(e) => json_error(w, 500, &e.to_string()),
+            }
+        }),
+        ("POST", ["v1", "machines", mac, verb @ ("poweroff" | "reboot")]) => with_mac(&mut w, mac, |mac, w| {
+            let action = if *verb == "poweroff" { Action::Poweroff } else { Action::Reboot };
+            let Ok(mut s) = st.store.lock() else { return json_error(w, 500, "store lock poisoned") };
+            match s.set_action(&mac, action) {
+                Ok(()) => http::respond(w, 200, "application/json", json!({"mac": mac, "pendingAction": action}).to_string().as_bytes(), &[]),
+                Err(e) => json_error(w, 500, &e.to_string()),
+            }
+        }),
+        (_, ["boot.ipxe" | "vmlinuz" | "initrd"]) | (_, ["v1", ..]) => json_error(&mut w, 405, &format!("{} {}: method not allowed", req.method, req.path)),
+        _ => json_error(&mut w, 404, &format!("{}: not found", req.path)),
+    }
+}
+
+fn with_mac(w: &mut TcpStream, raw: &str, f: impl FnOnce(String, &mut TcpStream) -> std::io::Result<()>) -> std::io::Result<()> {
+    match normalize_mac(&http::percent_decode(raw)) {
+        Some(mac) => f(mac, w),
+        None => json_error(w, 400, &format!("mac: {raw:?} is not a MAC address")),
+    }
+}
+
+fn json_error<W: Write>(w: &mut W, code: u16, msg: &str) -> std::io::Result<()> {
+    http::respond(w, code, "application/json", json!({ "error": msg }).to_string().as_bytes(), &[])
+}
+
+fn reply<W: Write>(w: &mut W, r: Reply) -> std::io::Result<()> {
+    http::respond(w, 200, "application/json", serde_json::to_string(&r).unwrap_or_else(|_| "{}".into()).as_bytes(), &[])
+}
+
+fn post_event<W: Write>(st: &State, body: &[u8], w: &mut W) -> std::io::Result<()> {
+    let ev = match Event::parse(body) {
+        Ok(ev) => ev,
+        Err(msg) => return json_error(w, 400, &msg),
+    };
+    let booted = ev.kind == EventKind::Booted;
+    let Ok(mut s) = st.store.lock() else { return json_error(w, 500, "store lock poisoned") };
+    match s.record(ev) {
+        Ok(mut action) => {
+            if action.is_none() && booted && st.cfg.poweroff_after_boot {
+                action = Some(Action::Poweroff);
+            }
+            reply(w, Reply { action })
+        }
+        Err(e) => json_error(w, 500, &e.to_string()),
+    }
+}
+
+fn boot_script<W: Write>(st: &State, req: &Request, w: &mut W) -> std::io::Result<()> {
+    if let Some(mac) = req.query_param("mac") {
+        if normalize_mac(&mac).is_none() {
+            return json_error(w, 400, &format!("mac: {mac:?} is not a MAC address"));
+        }
+    }
+    let base = match (&st.cfg.advertise, req.header("host")) {
+        (Some(a), _) => a.trim_end_matches('/').to_string(),
+        (None, Some(h)) if !h.is_empty() && !h.contains(char::is_whitespace) => format!("http://{h}"),
+        _ => return json_error(w, 400, "Host header missing and no --advertise URL"),
+    };
+    let path = st.cfg.boot_dir.join("boot.ipxe");
+    let template = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => return json_error(w, 500, &format!("reading {}: {e}", path.display())),
+    };
+    // The image's script, with this server's URL set right after the #!ipxe line.
+    let (first, rest) = template.split_once('\n').unwrap_or((template.as_str(), ""));
+    let script = format!("{first}\nset plinth-server {base}\n{rest}");
+    let body = if req.method == "HEAD" { Vec::new() } else { script.into_bytes() };
+    http::respond(w, 200, "text/plain", &body, &[])
+}
+
+/// Parses a single `bytes=` range against a file of `len` bytes: Ok(None) for no Range,
+/// Err(()) when unsatisfiable.
+pub fn parse_range(h: Option<&str>, len: u64) -> std::result::Result<Option<(u64, u64)>, ()> {
+    let Some(h) = h else { return Ok(None) };
+    let Some(spec) = h.trim().strip_prefix("bytes=") else { return Ok(None) };
+    if spec.contains(',') {
+        return Ok(None); // multipart ranges: send the whole file, as the RFC allows
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let (start, end) = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().map_err(|_| ())?;
+            if n == 0 {
+                return Err(());
+            }
+            (len.saturating_sub(n), len.checked_sub(1).ok_or(())?)
+        }
+        (s, "") => (s.parse().map_err(|_| ())?, len.checked_sub(1).ok_or(())?),
+        (s, e) => {
+            let e: u64 = e.parse().map_err(|_| ())?;
+            (s.parse().map_err(|_| ())?, e.min(len.saturating_sub(1)))
+        }
+    };
+    if start >= len || start > end {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+fn send_file<W: Write>(path: &Path, req: &Request, w: &mut W) -> std::io::Result<()> {
+    let mut f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) => return json_error(w, 404, &format!("{}: {e}", path.display())),
+    };
+    let len = f.metadata()?.len();
+    let (status, start, count, extra) = match parse_range(req.header("range"), len) {
+        Ok(None) => (200, 0, len, vec![("Accept-Ranges", "bytes".to_string())]),
+        Ok(Some((s, e))) => (206, s, e - s + 1, vec![("Accept-Ranges", "bytes".to_string()), ("Content-Range", format!("bytes {s}-{e}/{len}"))]),
+        Err(()) => {
+            return http::respond(w, 416, "text/plain", b"", &[("Content-Range", format!("bytes */{len}"))]);
+        }
+    };
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {count}\r\nConnection: close\r\n",
+        http::reason(status)
+    );
+    for (k, v) in extra {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    w.write_all(head.as_bytes())?;
+    if req.method == "HEAD" {
+        return w.flush();
+    }
+    f.seek(SeekFrom::Start(start))?;
+    std::io::copy(&mut f.take(count), w)?;
+    w.flush()
+}
+
+/// Checks that the data directory can be used (for a clear error before binding).
+pub fn check_data_dir(data: &Path) -> Result<()> {
+    std::fs::create_dir_all(data).map_err(io("creating --data directory", data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(Some("bytes=0-9"), 100), Ok(Some((0, 9))));
+        assert_eq!(parse_range(Some("bytes=90-"), 100), Ok(Some((90, 99))));
+        assert_eq!(parse_range(Some("bytes=-10"), 100), Ok(Some((90, 99))));
+        assert_eq!(parse_range(Some("bytes=0-1000"), 100), Ok(Some((0, 99))));
+        assert_eq!(parse_range(Some("bytes=100-"), 100), Err(()));
+        assert_eq!(parse_range(None, 100), Ok(None));
+    }
+}

@@ -1,0 +1,135 @@
+//! The embedded store: one JSON file per machine under `<data>/machines/`, each written
+//! atomically (temp file, fsync, rename, fsync of the directory) so that a crash leaves
+//! either the old or the new record, and everything is read back at start.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io, Error, Result};
+use crate::schema::{Action, Event};
+
+/// How many events are kept per machine (oldest dropped first).
+pub const MAX_EVENTS: usize = 200;
+
+/// An event as the server received it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Recorded {
+    /// Server wall time at receipt, seconds since the epoch.
+    pub received_at: u64,
+    /// The event.
+    pub event: Event,
+}
+
+/// What the server knows about one machine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Machine {
+    /// The boot NIC's MAC (the key).
+    pub mac: String,
+    /// The last SMBIOS UUID seen.
+    #[serde(default)]
+    pub uuid: Option<String>,
+    /// An action waiting for the machine to pick it up.
+    #[serde(default)]
+    pub pending_action: Option<Action>,
+    /// Its events, oldest first.
+    #[serde(default)]
+    pub events: Vec<Recorded>,
+}
+
+/// The store.
+#[derive(Debug)]
+pub struct Store {
+    dir: PathBuf,
+    machines: BTreeMap<String, Machine>,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating) the store under `data`, loading every machine record.
+    pub fn open(data: &Path) -> Result<Store> {
+        let dir = data.join("machines");
+        std::fs::create_dir_all(&dir).map_err(io("creating store directory", &dir))?;
+        let mut machines = BTreeMap::new();
+        let rd = std::fs::read_dir(&dir).map_err(io("listing", &dir))?;
+        for e in rd.filter_map(|e| e.ok()) {
+            let p = e.path();
+            if p.extension().is_none_or(|x| x != "json") {
+                continue;
+            }
+            let text = std::fs::read(&p).map_err(io("reading", &p))?;
+            let m: Machine = serde_json::from_slice(&text).map_err(|source| Error::Json { what: format!("loading {}", p.display()), source })?;
+            machines.insert(m.mac.clone(), m);
+        }
+        Ok(Store { dir, machines })
+    }
+
+    fn path_for(&self, mac: &str) -> PathBuf {
+        self.dir.join(format!("{}.json", mac.replace(':', "-")))
+    }
+
+    fn save(&self, mac: &str) -> Result<()> {
+        let Some(m) = self.machines.get(mac) else { return Ok(()) };
+        let path = self.path_for(mac);
+        let tmp = path.with_extension("json.tmp");
+        let body = serde_json::to_vec_pretty(m).map_err(|source| Error::Json { what: format!("encoding {}", path.display()), source })?;
+        let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+        f.write_all(&body).map_err(io("writing", &tmp))?;
+        f.sync_all().map_err(io("syncing", &tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io("renaming into place", &path))?;
+        if let Ok(d) = std::fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// Records an event (already validated) and returns the machine's pending action,
+    /// clearing it: the reply delivers it.
+    pub fn record(&mut self, ev: Event) -> Result<Option<Action>> {
+        let mac = ev.mac.clone();
+        let m = self.machines.entry(mac.clone()).or_insert_with(|| Machine { mac: mac.clone(), uuid: None, pending_action: None, events: Vec::new() });
+        m.uuid = Some(ev.uuid.clone());
+        m.events.push(Recorded { received_at: now(), event: ev });
+        if m.events.len() > MAX_EVENTS {
+            let drop = m.events.len() - MAX_EVENTS;
+            m.events.drain(..drop);
+        }
+        let action = m.pending_action.take();
+        self.save(&mac)?;
+        Ok(action)
+    }
+
+    /// Queues an action for a machine (known or not yet seen).
+    pub fn set_action(&mut self, mac: &str, action: Action) -> Result<()> {
+        let m = self.machines.entry(mac.to_string()).or_insert_with(|| Machine { mac: mac.to_string(), uuid: None, pending_action: None, events: Vec::new() });
+        m.pending_action = Some(action);
+        self.save(mac)
+    }
+
+    /// Takes a machine's pending action, if any.
+    pub fn take_action(&mut self, mac: &str) -> Result<Option<Action>> {
+        let Some(m) = self.machines.get_mut(mac) else { return Ok(None) };
+        let a = m.pending_action.take();
+        if a.is_some() {
+            self.save(mac)?;
+        }
+        Ok(a)
+    }
+
+    /// Every machine, by MAC.
+    pub fn machines(&self) -> Vec<&Machine> {
+        self.machines.values().collect()
+    }
+
+    /// One machine.
+    pub fn machine(&self, mac: &str) -> Option<&Machine> {
+        self.machines.get(mac)
+    }
+}
