@@ -58,8 +58,9 @@
 //!   if any, decides; otherwise argument rules are tried from fewest conditions to most
 //!   (ties broken by argument index, operator, value), and the first that matches
 //!   decides; none matching gives the default action. Identical conditions with
-//!   different actions, and two argument-less rules with different actions, are errors
-//!   naming both rules (libseccomp silently keeps the first of the latter).
+//!   different actions are an error naming both rules; of two argument-less rules with
+//!   different actions the first decides, as libseccomp keeps the first (podman's
+//!   default profile depends on that).
 //! - -ENOSYS (runc's patchbpf): unless the default action is ALLOW, LOG or TRACE, or
 //!   the default errno is already ENOSYS, a syscall number above the highest number the
 //!   profile names for that arch returns -ENOSYS instead of the default action, so that
@@ -100,6 +101,46 @@ const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 const MAX_ERRNO: u32 = 4095;
 const ENOSYS: u32 = libc::ENOSYS as u32;
 const EPERM: u32 = libc::EPERM as u32;
+/// System calls that exist only on architectures this compiler has no table for (arm,
+/// powerpc, s390, mips, alpha, ia64, m68k, riscv...). The engines' default profiles
+/// list them so that one profile serves every host; on the architectures a filter here
+/// covers there is no such system call to allow or deny, so naming one is not an
+/// error, while a name no architecture knows (a typo) still is.
+const OTHER_ARCH_ONLY: &[&str] = &[
+    "arm_fadvise64_64",
+    "arm_sync_file_range",
+    "atomic_barrier",
+    "atomic_cmpxchg_32",
+    "breakpoint",
+    "cachectl",
+    "cacheflush",
+    "multiplexer",
+    "or1k_atomic",
+    "pciconfig_iobase",
+    "pciconfig_read",
+    "pciconfig_write",
+    "riscv_flush_icache",
+    "riscv_hwprobe",
+    "rtas",
+    "s390_guarded_storage",
+    "s390_pci_mmio_read",
+    "s390_pci_mmio_write",
+    "s390_runtime_instr",
+    "s390_sthyi",
+    "set_tls",
+    "spu_create",
+    "spu_run",
+    "subpage_prot",
+    "swapcontext",
+    "sync_file_range2",
+    "sys_debug_setcontext",
+    "syscall",
+    "sysmips",
+    "timerfd",
+    "usr26",
+    "usr32",
+];
+
 /// The kill-thread action libseccomp uses for a foreign arch (SCMP_ACT_KILL).
 const BAD_ARCH_ACTION: u32 = libc::SECCOMP_RET_KILL_THREAD;
 
@@ -433,7 +474,7 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Program> {
                     add_rule(entry, abi, set, action, r, &np, profile)?;
                 }
             }
-            if !known {
+            if !known && !OTHER_ARCH_ONLY.contains(&name.as_str()) {
                 return Err(Error::config(np, format!("unknown system call {name:?}")));
             }
         }
@@ -572,10 +613,13 @@ fn add_rule(
     set.sort();
     set.dedup();
     if set.is_empty() {
-        match sc.plain {
-            Some((a, other)) if a != action => return Err(clash(other)),
-            Some(_) => {}
-            None => sc.plain = Some((action, r)),
+        // The first argument-less rule for a system call decides, as in libseccomp
+        // (db.c: "syscall exists without any chains - existing filter is at least as
+        // large as the new entry"), and so in runc and crun. Podman's default profile
+        // relies on it: `setns` is in its allow list and again, later, in an errno
+        // rule for containers without CAP_SYS_ADMIN.
+        if sc.plain.is_none() {
+            sc.plain = Some((action, r));
         }
         return Ok(());
     }
