@@ -15,6 +15,11 @@ pub struct ModuleIndex {
     /// Relative path to the relative paths of its dependencies.
     deps: HashMap<String, Vec<String>>,
     builtin: HashSet<String>,
+    /// `softdep NAME pre: ...` from modules.softdep: loaded before NAME (the kernel asks
+    /// for them with request_module, which a node without modprobe cannot answer).
+    softdeps: HashMap<String, Vec<String>>,
+    /// Exact (wildcard-free) aliases from modules.alias, to module names.
+    aliases: HashMap<String, Vec<String>>,
 }
 
 /// A module's canonical name: the file name without `.ko[.xz|.zst|.gz]`, '-' as '_'.
@@ -42,11 +47,53 @@ impl ModuleIndex {
         let builtin = std::fs::read_to_string(dir.join("modules.builtin"))
             .map(|t| t.lines().map(module_name).collect())
             .unwrap_or_default();
+        let mut softdeps: HashMap<String, Vec<String>> = HashMap::new();
+        for line in std::fs::read_to_string(dir.join("modules.softdep"))
+            .unwrap_or_default()
+            .lines()
+        {
+            let mut words = line.split_whitespace();
+            if words.next() != Some("softdep") {
+                continue;
+            }
+            let Some(name) = words.next() else { continue };
+            let mut pre = false;
+            for w in words {
+                match w {
+                    "pre:" => pre = true,
+                    "post:" => pre = false,
+                    w if pre => softdeps
+                        .entry(module_name(name))
+                        .or_default()
+                        .push(w.to_string()),
+                    _ => {}
+                }
+            }
+        }
+        let mut aliases: HashMap<String, Vec<String>> = HashMap::new();
+        for line in std::fs::read_to_string(dir.join("modules.alias"))
+            .unwrap_or_default()
+            .lines()
+        {
+            let mut words = line.split_whitespace();
+            if let (Some("alias"), Some(alias), Some(module)) =
+                (words.next(), words.next(), words.next())
+            {
+                if !alias.contains(['*', '?', '[']) {
+                    aliases
+                        .entry(alias.to_string())
+                        .or_default()
+                        .push(module_name(module));
+                }
+            }
+        }
         Ok(ModuleIndex {
             dir: dir.to_path_buf(),
             by_name,
             deps,
             builtin,
+            softdeps,
+            aliases,
         })
     }
 
@@ -82,8 +129,20 @@ impl ModuleIndex {
         if !seen.insert(path.to_string()) {
             return;
         }
-        // modules.dep lists the whole closure, nearest first; visiting each one's own
-        // dependencies first gives a valid load order whatever the listing order.
+        // Soft dependencies first (by name or alias; one that resolves to nothing is
+        // skipped, as modprobe does), then modules.dep: it lists the whole closure, and
+        // visiting each one's own dependencies first gives a valid load order.
+        for soft in self.softdeps.get(&module_name(path)).into_iter().flatten() {
+            let names = match self.by_name.get(&module_name(soft)) {
+                Some(_) => vec![module_name(soft)],
+                None => self.aliases.get(soft).cloned().unwrap_or_default(),
+            };
+            for n in names {
+                if let Some(p) = self.by_name.get(&n) {
+                    self.visit(p, seen, order);
+                }
+            }
+        }
         if let Some(ds) = self.deps.get(path) {
             for d in ds.iter().rev() {
                 self.visit(d, seen, order);

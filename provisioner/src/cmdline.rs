@@ -32,7 +32,9 @@ pub fn parse(line: &str) -> Params {
         words.push(cur);
     }
     for w in words {
-        let Some((k, v)) = w.split_once('=') else { continue };
+        let Some((k, v)) = w.split_once('=') else {
+            continue;
+        };
         let v = Some(v.to_string()).filter(|v| !v.is_empty());
         match k {
             "plinth.server" => p.server = v.map(|s| s.trim_end_matches('/').to_string()),
@@ -48,7 +50,9 @@ pub fn parse(line: &str) -> Params {
 mod tests {
     #[test]
     fn params() {
-        let p = super::parse("console=ttyS0 plinth.server=http://10.0.2.2:8080/ quiet plinth.token=\"a b\"\n");
+        let p = super::parse(
+            "console=ttyS0 plinth.server=http://10.0.2.2:8080/ quiet plinth.token=\"a b\"\n",
+        );
         assert_eq!(p.server.as_deref(), Some("http://10.0.2.2:8080"));
         assert_eq!(p.token.as_deref(), Some("a b"));
         assert_eq!(super::parse("plinth.server=").server, None);

@@ -33,7 +33,13 @@ pub struct Lease {
 }
 
 /// Builds a BOOTREQUEST with the given message type.
-pub fn build(xid: u32, mac: [u8; 6], msg: u8, requested: Option<Ipv4Addr>, server: Option<Ipv4Addr>) -> Vec<u8> {
+pub fn build(
+    xid: u32,
+    mac: [u8; 6],
+    msg: u8,
+    requested: Option<Ipv4Addr>,
+    server: Option<Ipv4Addr>,
+) -> Vec<u8> {
     let mut p = vec![0u8; 236];
     p[0] = 1; // BOOTREQUEST
     p[1] = 1; // Ethernet
@@ -89,7 +95,14 @@ pub fn parse(p: &[u8], xid: u32, mac: [u8; 6]) -> Option<(u8, Lease)> {
         }
         let len = *p.get(i + 1)? as usize;
         let val = p.get(i + 2..i + 2 + len)?;
-        let ip = |v: &[u8]| -> Option<Ipv4Addr> { Some(Ipv4Addr::new(*v.first()?, *v.get(1)?, *v.get(2)?, *v.get(3)?)) };
+        let ip = |v: &[u8]| -> Option<Ipv4Addr> {
+            Some(Ipv4Addr::new(
+                *v.first()?,
+                *v.get(1)?,
+                *v.get(2)?,
+                *v.get(3)?,
+            ))
+        };
         match code {
             53 => msg = *val.first()?,
             1 => lease.netmask = ip(val)?,
@@ -107,14 +120,28 @@ pub fn parse(p: &[u8], xid: u32, mac: [u8; 6]) -> Option<(u8, Lease)> {
 /// Runs one DISCOVER..ACK exchange on `ifname`, waiting at most `timeout` for each answer.
 pub fn acquire(ifname: &str, mac: [u8; 6], xid: u32, timeout: Duration) -> Result<Lease> {
     let what = format!("DHCP on {ifname}");
-    let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)).map_err(net(format!("{what}: binding port 68")))?;
+    let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68))
+        .map_err(net(format!("{what}: binding port 68")))?;
     sock.set_broadcast(true).map_err(net(what.clone()))?;
     let name = std::ffi::OsString::from(ifname);
-    nix::sys::socket::setsockopt(&sock.as_fd(), nix::sys::socket::sockopt::BindToDevice, &name)
-        .map_err(sys(format!("{what}: SO_BINDTODEVICE")))?;
+    nix::sys::socket::setsockopt(
+        &sock.as_fd(),
+        nix::sys::socket::sockopt::BindToDevice,
+        &name,
+    )
+    .map_err(sys(format!("{what}: SO_BINDTODEVICE")))?;
     let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
 
-    let offer = exchange(&sock, &build(xid, mac, DISCOVER, None, None), bcast, xid, mac, timeout, &what, OFFER)?;
+    let offer = exchange(
+        &sock,
+        &build(xid, mac, DISCOVER, None, None),
+        bcast,
+        xid,
+        mac,
+        timeout,
+        &what,
+        OFFER,
+    )?;
     let req = build(xid, mac, REQUEST, Some(offer.address), offer.server_id);
     exchange(&sock, &req, bcast, xid, mac, timeout, &what, ACK)
 }
@@ -138,27 +165,47 @@ fn exchange(
     loop {
         let now = Instant::now();
         if now >= deadline {
-            return Err(Error::Protocol { what: what.to_string(), reason: format!("no answer (message type {want}) in {timeout:?}") });
+            return Err(Error::Protocol {
+                what: what.to_string(),
+                reason: format!("no answer (message type {want}) in {timeout:?}"),
+            });
         }
         if now >= next_send {
-            sock.send_to(packet, to).map_err(net(format!("{what}: sending")))?;
+            sock.send_to(packet, to)
+                .map_err(net(format!("{what}: sending")))?;
             next_send = now + Duration::from_secs(1);
         }
-        let wait = next_send.min(deadline).saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
-        sock.set_read_timeout(Some(wait)).map_err(net(what.to_string()))?;
+        let wait = next_send
+            .min(deadline)
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(10));
+        sock.set_read_timeout(Some(wait))
+            .map_err(net(what.to_string()))?;
         match sock.recv_from(&mut buf) {
             Ok((n, _)) => {
                 if let Some((msg, lease)) = parse(buf.get(..n).unwrap_or_default(), xid, mac) {
                     if msg == NAK {
-                        return Err(Error::Protocol { what: what.to_string(), reason: "server sent DHCPNAK".into() });
+                        return Err(Error::Protocol {
+                            what: what.to_string(),
+                            reason: "server sent DHCPNAK".into(),
+                        });
                     }
                     if msg == want {
                         return Ok(lease);
                     }
                 }
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(e) => return Err(Error::Net { what: format!("{what}: receiving"), source: e }),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => {
+                return Err(Error::Net {
+                    what: format!("{what}: receiving"),
+                    source: e,
+                })
+            }
         }
     }
 }
@@ -175,7 +222,9 @@ mod tests {
         p[16..20].copy_from_slice(&[10, 0, 2, 15]);
         // Replace options: OFFER, mask, router, server id.
         p.truncate(240);
-        p.extend_from_slice(&[53, 1, OFFER, 1, 4, 255, 255, 255, 0, 3, 4, 10, 0, 2, 2, 54, 4, 10, 0, 2, 2, 255]);
+        p.extend_from_slice(&[
+            53, 1, OFFER, 1, 4, 255, 255, 255, 0, 3, 4, 10, 0, 2, 2, 54, 4, 10, 0, 2, 2, 255,
+        ]);
         let (msg, l) = parse(&p, 7, mac).expect("offer");
         assert_eq!(msg, OFFER);
         assert_eq!(l.address, Ipv4Addr::new(10, 0, 2, 15));

@@ -27,7 +27,10 @@ pub struct Request {
 impl Request {
     /// A header's value.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// A query parameter's value (percent-decoded).
@@ -48,7 +51,9 @@ pub fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
                 match hex {
                     Some(v) => {
                         out.push(v);
@@ -69,9 +74,12 @@ pub fn percent_decode(s: &str) -> String {
 /// Reads the head (request line + headers) of one request.
 pub fn read_request<R: BufRead>(r: &mut R) -> Result<Request> {
     let lines = read_head(r, "reading request")?;
-    let first = lines.first().ok_or_else(|| proto("reading request", "empty request"))?;
+    let first = lines
+        .first()
+        .ok_or_else(|| proto("reading request", "empty request"))?;
     let mut parts = first.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
         return Err(proto("reading request", "malformed request line"));
     };
     if !version.starts_with("HTTP/1.") {
@@ -87,7 +95,10 @@ pub fn read_request<R: BufRead>(r: &mut R) -> Result<Request> {
 }
 
 fn proto(what: &str, reason: &str) -> Error {
-    Error::Protocol { what: what.to_string(), reason: reason.to_string() }
+    Error::Protocol {
+        what: what.to_string(),
+        reason: reason.to_string(),
+    }
 }
 
 fn read_head<R: BufRead>(r: &mut R, what: &str) -> Result<Vec<String>> {
@@ -95,7 +106,10 @@ fn read_head<R: BufRead>(r: &mut R, what: &str) -> Result<Vec<String>> {
     let mut total = 0;
     loop {
         let mut line = String::new();
-        let n = r.take((MAX_HEAD - total + 1) as u64).read_line(&mut line).map_err(net(what))?;
+        let n = r
+            .take((MAX_HEAD - total + 1) as u64)
+            .read_line(&mut line)
+            .map_err(net(what))?;
         if n == 0 {
             return Err(proto(what, "connection closed in the head"));
         }
@@ -120,21 +134,37 @@ fn parse_headers(lines: &[String]) -> Vec<(String, String)> {
 }
 
 /// Reads a body of exactly Content-Length bytes, refusing more than `limit`.
-pub fn read_body<R: Read>(r: &mut R, req: &Request, limit: usize) -> std::result::Result<Vec<u8>, (u16, String)> {
+pub fn read_body<R: Read>(
+    r: &mut R,
+    req: &Request,
+    limit: usize,
+) -> std::result::Result<Vec<u8>, (u16, String)> {
     let len = match req.header("content-length") {
-        Some(v) => v.parse::<usize>().map_err(|_| (400, format!("Content-Length: {v:?} is not a number")))?,
+        Some(v) => v
+            .parse::<usize>()
+            .map_err(|_| (400, format!("Content-Length: {v:?} is not a number")))?,
         None => return Err((411, "Content-Length is required".into())),
     };
     if len > limit {
-        return Err((413, format!("body of {len} bytes is over the {limit}-byte limit")));
+        return Err((
+            413,
+            format!("body of {len} bytes is over the {limit}-byte limit"),
+        ));
     }
     let mut body = vec![0; len];
-    r.read_exact(&mut body).map_err(|e| (400, format!("reading the body: {e}")))?;
+    r.read_exact(&mut body)
+        .map_err(|e| (400, format!("reading the body: {e}")))?;
     Ok(body)
 }
 
 /// Writes a complete response with a body.
-pub fn respond<W: Write>(w: &mut W, status: u16, content_type: &str, body: &[u8], extra: &[(&str, String)]) -> std::io::Result<()> {
+pub fn respond<W: Write>(
+    w: &mut W,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    extra: &[(&str, String)],
+) -> std::io::Result<()> {
     let mut head = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
         reason(status),
@@ -185,13 +215,23 @@ impl Url {
             None => (rest, "/"),
         };
         if authority.is_empty() {
-            return Err(Error::Config { what: format!("server URL {s:?}"), reason: "no host".into() });
+            return Err(Error::Config {
+                what: format!("server URL {s:?}"),
+                reason: "no host".into(),
+            });
         }
-        Ok(Url { authority: authority.to_string(), path: path.to_string() })
+        Ok(Url {
+            authority: authority.to_string(),
+            path: path.to_string(),
+        })
     }
 
     fn addr(&self) -> Result<SocketAddr> {
-        let hp = if self.authority.contains(':') { self.authority.clone() } else { format!("{}:80", self.authority) };
+        let hp = if self.authority.contains(':') {
+            self.authority.clone()
+        } else {
+            format!("{}:80", self.authority)
+        };
         hp.to_socket_addrs()
             .map_err(net(format!("resolving {}", self.authority)))?
             .next()
@@ -209,12 +249,20 @@ pub struct Response {
 }
 
 /// Sends one request (`body` as JSON when given) and reads the whole response.
-pub fn call(method: &str, base: &Url, path: &str, body: Option<&[u8]>, timeout: Duration) -> Result<Response> {
+pub fn call(
+    method: &str,
+    base: &Url,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Response> {
     let what = format!("{method} http://{}{path}", base.authority);
     let addr = base.addr()?;
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(net(what.clone()))?;
-    s.set_read_timeout(Some(timeout)).map_err(net(what.clone()))?;
-    s.set_write_timeout(Some(timeout)).map_err(net(what.clone()))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(net(what.clone()))?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(net(what.clone()))?;
     let body = body.unwrap_or_default();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: plinth-init\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -231,7 +279,10 @@ pub fn call(method: &str, base: &Url, path: &str, body: Option<&[u8]>, timeout: 
         .and_then(|c| c.parse::<u16>().ok())
         .ok_or_else(|| proto(&what, "malformed status line"))?;
     let headers = parse_headers(lines.get(1..).unwrap_or_default());
-    let len = headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse::<usize>().ok());
+    let len = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
     let mut resp = Vec::new();
     match len {
         Some(n) => {
@@ -240,7 +291,9 @@ pub fn call(method: &str, base: &Url, path: &str, body: Option<&[u8]>, timeout: 
             r.read_exact(&mut resp).map_err(net(what.clone()))?;
         }
         None => {
-            r.take(1 << 20).read_to_end(&mut resp).map_err(net(what.clone()))?;
+            r.take(1 << 20)
+                .read_to_end(&mut resp)
+                .map_err(net(what.clone()))?;
         }
     }
     Ok(Response { status, body: resp })

@@ -31,7 +31,13 @@ const RTF_UP: libc::c_ushort = 0x0001;
 const RTF_GATEWAY: libc::c_ushort = 0x0002;
 
 fn inet_socket(what: &str) -> Result<OwnedFd> {
-    socket(AddressFamily::Inet, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None).map_err(sys(format!("{what}: socket")))
+    socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(sys(format!("{what}: socket")))
 }
 
 fn ifreq(name: &str) -> Result<libc::ifreq> {
@@ -39,7 +45,10 @@ fn ifreq(name: &str) -> Result<libc::ifreq> {
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes.len() >= req.ifr_name.len() {
-        return Err(Error::Config { what: format!("interface {name:?}"), reason: "bad interface name".into() });
+        return Err(Error::Config {
+            what: format!("interface {name:?}"),
+            reason: "bad interface name".into(),
+        });
     }
     for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
         *d = *s as libc::c_char;
@@ -51,7 +60,9 @@ fn sockaddr_in(ip: Ipv4Addr) -> libc::sockaddr {
     let sin = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: 0,
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(ip.octets()),
+        },
         sin_zero: [0; 8],
     };
     // SAFETY: sockaddr_in and sockaddr have the same size (16 bytes) and sockaddr is the
@@ -64,7 +75,10 @@ fn ioctl(fd: &OwnedFd, req: libc::c_ulong, arg: *mut libc::c_void, what: &str) -
     // owned by the caller for the duration of the call.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg) };
     if rc < 0 {
-        return Err(Error::Sys { what: what.to_string(), source: nix::Error::last() });
+        return Err(Error::Sys {
+            what: what.to_string(),
+            source: nix::Error::last(),
+        });
     }
     Ok(())
 }
@@ -89,7 +103,12 @@ pub fn set_address(name: &str, addr: Ipv4Addr, mask: Ipv4Addr) -> Result<()> {
     ioctl(&fd, libc::SIOCSIFADDR, &mut req as *mut _ as *mut _, &what)?;
     let mut req = ifreq(name)?;
     req.ifr_ifru.ifru_netmask = sockaddr_in(mask);
-    ioctl(&fd, libc::SIOCSIFNETMASK, &mut req as *mut _ as *mut _, &what)
+    ioctl(
+        &fd,
+        libc::SIOCSIFNETMASK,
+        &mut req as *mut _ as *mut _,
+        &what,
+    )
 }
 
 /// Adds a default route via `gw` on `name` (an existing identical route is fine).
@@ -112,7 +131,10 @@ pub fn add_default_route(name: &str, gw: Ipv4Addr) -> Result<()> {
         rt_irtt: 0,
     };
     match ioctl(&fd, libc::SIOCADDRT, &mut rt as *mut _ as *mut _, &what) {
-        Err(Error::Sys { source: nix::Error::EEXIST, .. }) => Ok(()),
+        Err(Error::Sys {
+            source: nix::Error::EEXIST,
+            ..
+        }) => Ok(()),
         r => r,
     }
 }
@@ -120,7 +142,10 @@ pub fn add_default_route(name: &str, gw: Ipv4Addr) -> Result<()> {
 /// The first Ethernet interface in /sys/class/net (by name), if any.
 pub fn first_ethernet(sys_net: &Path) -> Result<Option<(String, [u8; 6])>> {
     let rd = std::fs::read_dir(sys_net).map_err(io("listing", sys_net))?;
-    let mut names: Vec<String> = rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut names: Vec<String> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     names.sort();
     for n in names {
         let dir = sys_net.join(&n);
@@ -149,5 +174,8 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 
 /// Formats a MAC the way sysfs and the server do.
 pub fn format_mac(mac: &[u8; 6]) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

@@ -80,7 +80,11 @@ pub struct Reply {
 /// Normalises and checks a MAC address: six hex octets, lower case, colons.
 pub fn normalize_mac(mac: &str) -> Option<String> {
     let parts: Vec<&str> = mac.split([':', '-']).collect();
-    if parts.len() != 6 || !parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit())) {
+    if parts.len() != 6
+        || !parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+    {
         return None;
     }
     Some(parts.join(":").to_ascii_lowercase())
@@ -96,13 +100,20 @@ impl Event {
     /// Parses and validates an event body; the error names the field at fault.
     pub fn parse(body: &[u8]) -> Result<Event, String> {
         if body.len() > MAX_EVENT_BYTES {
-            return Err(format!("event is {} bytes, more than the {MAX_EVENT_BYTES} allowed", body.len()));
+            return Err(format!(
+                "event is {} bytes, more than the {MAX_EVENT_BYTES} allowed",
+                body.len()
+            ));
         }
         let mut ev: Event = serde_json::from_slice(body).map_err(|e| format!("event: {e}"))?;
         if ev.api_version != API_VERSION {
-            return Err(format!("apiVersion: {:?} is not {API_VERSION:?}", ev.api_version));
+            return Err(format!(
+                "apiVersion: {:?} is not {API_VERSION:?}",
+                ev.api_version
+            ));
         }
-        ev.mac = normalize_mac(&ev.mac).ok_or_else(|| format!("mac: {:?} is not a MAC address", ev.mac))?;
+        ev.mac = normalize_mac(&ev.mac)
+            .ok_or_else(|| format!("mac: {:?} is not a MAC address", ev.mac))?;
         if !valid_uuid(&ev.uuid) {
             return Err(format!("uuid: {:?} is not a UUID", ev.uuid));
         }

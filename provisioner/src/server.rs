@@ -47,7 +47,11 @@ pub fn serve(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
         if !p.is_file() {
             return Err(Error::Config {
                 what: format!("--boot-dir {}", cfg.boot_dir.display()),
-                reason: format!("{} is missing (run `plinth-boot build -o {}`)", p.display(), cfg.boot_dir.display()),
+                reason: format!(
+                    "{} is missing (run `plinth-boot build -o {}`)",
+                    p.display(),
+                    cfg.boot_dir.display()
+                ),
             });
         }
     }
@@ -59,7 +63,10 @@ pub fn serve(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
         let resolver = tftp::dir_resolver(cfg.boot_dir.clone());
         std::thread::spawn(move || tftp::serve(sock, resolver));
     }
-    let state = Arc::new(State { cfg, store: Mutex::new(store) });
+    let state = Arc::new(State {
+        cfg,
+        store: Mutex::new(store),
+    });
     on_ready(addr);
     for conn in listener.incoming() {
         let Ok(stream) = conn else { continue };
@@ -82,7 +89,9 @@ fn handle(st: &State, stream: TcpStream) -> std::io::Result<()> {
     let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     match (req.method.as_str(), segs.as_slice()) {
         ("GET" | "HEAD", ["boot.ipxe"]) => boot_script(st, &req, &mut w),
-        ("GET" | "HEAD", [name @ ("vmlinuz" | "initrd")]) => send_file(&st.cfg.boot_dir.join(name), &req, &mut w),
+        ("GET" | "HEAD", [name @ ("vmlinuz" | "initrd")]) => {
+            send_file(&st.cfg.boot_dir.join(name), &req, &mut w)
+        }
         ("POST", ["v1", "events"]) => {
             let body = match http::read_body(&mut r, &req, MAX_EVENT_BYTES) {
                 Ok(b) => b,
@@ -98,33 +107,67 @@ fn handle(st: &State, stream: TcpStream) -> std::io::Result<()> {
             http::respond(&mut w, 200, "application/json", &body, &[])
         }
         ("GET", ["v1", "machines", mac]) => with_mac(&mut w, mac, |mac, w| {
-            let Ok(s) = st.store.lock() else { return json_error(w, 500, "store lock poisoned") };
+            let Ok(s) = st.store.lock() else {
+                return json_error(w, 500, "store lock poisoned");
+            };
             match s.machine(&mac) {
-                Some(m) => http::respond(w, 200, "application/json", &serde_json::to_vec_pretty(m).unwrap_or_default(), &[]),
+                Some(m) => http::respond(
+                    w,
+                    200,
+                    "application/json",
+                    &serde_json::to_vec_pretty(m).unwrap_or_default(),
+                    &[],
+                ),
                 None => json_error(w, 404, &format!("machine {mac}: never seen")),
             }
         }),
         ("GET", ["v1", "machines", mac, "action"]) => with_mac(&mut w, mac, |mac, w| {
-            let Ok(mut s) = st.store.lock() else { return json_error(w, 500, "store lock poisoned") };
+            let Ok(mut s) = st.store.lock() else {
+                return json_error(w, 500, "store lock poisoned");
+            };
             match s.take_action(&mac) {
                 Ok(action) => reply(w, Reply { action }),
                 Err(e) => json_error(w, 500, &e.to_string()),
             }
         }),
-        ("POST", ["v1", "machines", mac, verb @ ("poweroff" | "reboot")]) => with_mac(&mut w, mac, |mac, w| {
-            let action = if *verb == "poweroff" { Action::Poweroff } else { Action::Reboot };
-            let Ok(mut s) = st.store.lock() else { return json_error(w, 500, "store lock poisoned") };
-            match s.set_action(&mac, action) {
-                Ok(()) => http::respond(w, 200, "application/json", json!({"mac": mac, "pendingAction": action}).to_string().as_bytes(), &[]),
-                Err(e) => json_error(w, 500, &e.to_string()),
-            }
-        }),
-        (_, ["boot.ipxe" | "vmlinuz" | "initrd"]) | (_, ["v1", ..]) => json_error(&mut w, 405, &format!("{} {}: method not allowed", req.method, req.path)),
+        ("POST", ["v1", "machines", mac, verb @ ("poweroff" | "reboot")]) => {
+            with_mac(&mut w, mac, |mac, w| {
+                let action = if *verb == "poweroff" {
+                    Action::Poweroff
+                } else {
+                    Action::Reboot
+                };
+                let Ok(mut s) = st.store.lock() else {
+                    return json_error(w, 500, "store lock poisoned");
+                };
+                match s.set_action(&mac, action) {
+                    Ok(()) => http::respond(
+                        w,
+                        200,
+                        "application/json",
+                        json!({"mac": mac, "pendingAction": action})
+                            .to_string()
+                            .as_bytes(),
+                        &[],
+                    ),
+                    Err(e) => json_error(w, 500, &e.to_string()),
+                }
+            })
+        }
+        (_, ["boot.ipxe" | "vmlinuz" | "initrd"]) | (_, ["v1", ..]) => json_error(
+            &mut w,
+            405,
+            &format!("{} {}: method not allowed", req.method, req.path),
+        ),
         _ => json_error(&mut w, 404, &format!("{}: not found", req.path)),
     }
 }
 
-fn with_mac(w: &mut TcpStream, raw: &str, f: impl FnOnce(String, &mut TcpStream) -> std::io::Result<()>) -> std::io::Result<()> {
+fn with_mac(
+    w: &mut TcpStream,
+    raw: &str,
+    f: impl FnOnce(String, &mut TcpStream) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     match normalize_mac(&http::percent_decode(raw)) {
         Some(mac) => f(mac, w),
         None => json_error(w, 400, &format!("mac: {raw:?} is not a MAC address")),
@@ -132,11 +175,25 @@ fn with_mac(w: &mut TcpStream, raw: &str, f: impl FnOnce(String, &mut TcpStream)
 }
 
 fn json_error<W: Write>(w: &mut W, code: u16, msg: &str) -> std::io::Result<()> {
-    http::respond(w, code, "application/json", json!({ "error": msg }).to_string().as_bytes(), &[])
+    http::respond(
+        w,
+        code,
+        "application/json",
+        json!({ "error": msg }).to_string().as_bytes(),
+        &[],
+    )
 }
 
 fn reply<W: Write>(w: &mut W, r: Reply) -> std::io::Result<()> {
-    http::respond(w, 200, "application/json", serde_json::to_string(&r).unwrap_or_else(|_| "{}".into()).as_bytes(), &[])
+    http::respond(
+        w,
+        200,
+        "application/json",
+        serde_json::to_string(&r)
+            .unwrap_or_else(|_| "{}".into())
+            .as_bytes(),
+        &[],
+    )
 }
 
 fn post_event<W: Write>(st: &State, body: &[u8], w: &mut W) -> std::io::Result<()> {
@@ -145,7 +202,9 @@ fn post_event<W: Write>(st: &State, body: &[u8], w: &mut W) -> std::io::Result<(
         Err(msg) => return json_error(w, 400, &msg),
     };
     let booted = ev.kind == EventKind::Booted;
-    let Ok(mut s) = st.store.lock() else { return json_error(w, 500, "store lock poisoned") };
+    let Ok(mut s) = st.store.lock() else {
+        return json_error(w, 500, "store lock poisoned");
+    };
     match s.record(ev) {
         Ok(mut action) => {
             if action.is_none() && booted && st.cfg.poweroff_after_boot {
@@ -165,7 +224,9 @@ fn boot_script<W: Write>(st: &State, req: &Request, w: &mut W) -> std::io::Resul
     }
     let base = match (&st.cfg.advertise, req.header("host")) {
         (Some(a), _) => a.trim_end_matches('/').to_string(),
-        (None, Some(h)) if !h.is_empty() && !h.contains(char::is_whitespace) => format!("http://{h}"),
+        (None, Some(h)) if !h.is_empty() && !h.contains(char::is_whitespace) => {
+            format!("http://{h}")
+        }
         _ => return json_error(w, 400, "Host header missing and no --advertise URL"),
     };
     let path = st.cfg.boot_dir.join("boot.ipxe");
@@ -176,7 +237,11 @@ fn boot_script<W: Write>(st: &State, req: &Request, w: &mut W) -> std::io::Resul
     // The image's script, with this server's URL set right after the #!ipxe line.
     let (first, rest) = template.split_once('\n').unwrap_or((template.as_str(), ""));
     let script = format!("{first}\nset plinth-server {base}\n{rest}");
-    let body = if req.method == "HEAD" { Vec::new() } else { script.into_bytes() };
+    let body = if req.method == "HEAD" {
+        Vec::new()
+    } else {
+        script.into_bytes()
+    };
     http::respond(w, 200, "text/plain", &body, &[])
 }
 
@@ -184,7 +249,9 @@ fn boot_script<W: Write>(st: &State, req: &Request, w: &mut W) -> std::io::Resul
 /// Err(()) when unsatisfiable.
 pub fn parse_range(h: Option<&str>, len: u64) -> std::result::Result<Option<(u64, u64)>, ()> {
     let Some(h) = h else { return Ok(None) };
-    let Some(spec) = h.trim().strip_prefix("bytes=") else { return Ok(None) };
+    let Some(spec) = h.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
     if spec.contains(',') {
         return Ok(None); // multipart ranges: send the whole file, as the RFC allows
     }
@@ -217,9 +284,23 @@ fn send_file<W: Write>(path: &Path, req: &Request, w: &mut W) -> std::io::Result
     let len = f.metadata()?.len();
     let (status, start, count, extra) = match parse_range(req.header("range"), len) {
         Ok(None) => (200, 0, len, vec![("Accept-Ranges", "bytes".to_string())]),
-        Ok(Some((s, e))) => (206, s, e - s + 1, vec![("Accept-Ranges", "bytes".to_string()), ("Content-Range", format!("bytes {s}-{e}/{len}"))]),
+        Ok(Some((s, e))) => (
+            206,
+            s,
+            e - s + 1,
+            vec![
+                ("Accept-Ranges", "bytes".to_string()),
+                ("Content-Range", format!("bytes {s}-{e}/{len}")),
+            ],
+        ),
         Err(()) => {
-            return http::respond(w, 416, "text/plain", b"", &[("Content-Range", format!("bytes */{len}"))]);
+            return http::respond(
+                w,
+                416,
+                "text/plain",
+                b"",
+                &[("Content-Range", format!("bytes */{len}"))],
+            );
         }
     };
     let mut head = format!(

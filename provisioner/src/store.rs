@@ -49,7 +49,10 @@ pub struct Store {
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Store {
@@ -65,7 +68,10 @@ impl Store {
                 continue;
             }
             let text = std::fs::read(&p).map_err(io("reading", &p))?;
-            let m: Machine = serde_json::from_slice(&text).map_err(|source| Error::Json { what: format!("loading {}", p.display()), source })?;
+            let m: Machine = serde_json::from_slice(&text).map_err(|source| Error::Json {
+                what: format!("loading {}", p.display()),
+                source,
+            })?;
             machines.insert(m.mac.clone(), m);
         }
         Ok(Store { dir, machines })
@@ -76,10 +82,15 @@ impl Store {
     }
 
     fn save(&self, mac: &str) -> Result<()> {
-        let Some(m) = self.machines.get(mac) else { return Ok(()) };
+        let Some(m) = self.machines.get(mac) else {
+            return Ok(());
+        };
         let path = self.path_for(mac);
         let tmp = path.with_extension("json.tmp");
-        let body = serde_json::to_vec_pretty(m).map_err(|source| Error::Json { what: format!("encoding {}", path.display()), source })?;
+        let body = serde_json::to_vec_pretty(m).map_err(|source| Error::Json {
+            what: format!("encoding {}", path.display()),
+            source,
+        })?;
         let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
         f.write_all(&body).map_err(io("writing", &tmp))?;
         f.sync_all().map_err(io("syncing", &tmp))?;
@@ -94,9 +105,17 @@ impl Store {
     /// clearing it: the reply delivers it.
     pub fn record(&mut self, ev: Event) -> Result<Option<Action>> {
         let mac = ev.mac.clone();
-        let m = self.machines.entry(mac.clone()).or_insert_with(|| Machine { mac: mac.clone(), uuid: None, pending_action: None, events: Vec::new() });
+        let m = self.machines.entry(mac.clone()).or_insert_with(|| Machine {
+            mac: mac.clone(),
+            uuid: None,
+            pending_action: None,
+            events: Vec::new(),
+        });
         m.uuid = Some(ev.uuid.clone());
-        m.events.push(Recorded { received_at: now(), event: ev });
+        m.events.push(Recorded {
+            received_at: now(),
+            event: ev,
+        });
         if m.events.len() > MAX_EVENTS {
             let drop = m.events.len() - MAX_EVENTS;
             m.events.drain(..drop);
@@ -108,14 +127,24 @@ impl Store {
 
     /// Queues an action for a machine (known or not yet seen).
     pub fn set_action(&mut self, mac: &str, action: Action) -> Result<()> {
-        let m = self.machines.entry(mac.to_string()).or_insert_with(|| Machine { mac: mac.to_string(), uuid: None, pending_action: None, events: Vec::new() });
+        let m = self
+            .machines
+            .entry(mac.to_string())
+            .or_insert_with(|| Machine {
+                mac: mac.to_string(),
+                uuid: None,
+                pending_action: None,
+                events: Vec::new(),
+            });
         m.pending_action = Some(action);
         self.save(mac)
     }
 
     /// Takes a machine's pending action, if any.
     pub fn take_action(&mut self, mac: &str) -> Result<Option<Action>> {
-        let Some(m) = self.machines.get_mut(mac) else { return Ok(None) };
+        let Some(m) = self.machines.get_mut(mac) else {
+            return Ok(None);
+        };
         let a = m.pending_action.take();
         if a.is_some() {
             self.save(mac)?;

@@ -34,7 +34,9 @@ pub fn serve(sock: UdpSocket, resolve: Resolver) -> Result<()> {
     let mut buf = [0u8; 1500];
     loop {
         let (n, peer) = sock.recv_from(&mut buf).map_err(net("TFTP: receiving"))?;
-        let Some(req) = buf.get(..n).and_then(parse_rrq) else { continue };
+        let Some(req) = buf.get(..n).and_then(parse_rrq) else {
+            continue;
+        };
         let resolve = resolve.clone();
         std::thread::spawn(move || {
             let _ = transfer(peer, req, &resolve);
@@ -52,10 +54,17 @@ fn parse_rrq(p: &[u8]) -> Option<Rrq> {
     if u16::from_be_bytes([*p.first()?, *p.get(1)?]) != RRQ {
         return None;
     }
-    let mut fields = p.get(2..)?.split(|b| *b == 0).map(|f| String::from_utf8_lossy(f).into_owned());
+    let mut fields = p
+        .get(2..)?
+        .split(|b| *b == 0)
+        .map(|f| String::from_utf8_lossy(f).into_owned());
     let file = fields.next()?;
     let _mode = fields.next()?;
-    let mut r = Rrq { file, blksize: None, tsize: false };
+    let mut r = Rrq {
+        file,
+        blksize: None,
+        tsize: false,
+    };
     while let (Some(k), Some(v)) = (fields.next(), fields.next()) {
         match k.to_ascii_lowercase().as_str() {
             "blksize" => r.blksize = v.parse::<usize>().ok().map(|b| b.clamp(8, 1468)),
@@ -67,7 +76,13 @@ fn parse_rrq(p: &[u8]) -> Option<Rrq> {
 }
 
 fn transfer(peer: SocketAddr, req: Rrq, resolve: &Resolver) -> std::io::Result<()> {
-    let bind: SocketAddr = if peer.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().map_err(std::io::Error::other)?;
+    let bind: SocketAddr = if peer.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    }
+    .parse()
+    .map_err(std::io::Error::other)?;
     let sock = UdpSocket::bind(bind)?;
     sock.connect(peer)?;
     sock.set_read_timeout(Some(Duration::from_secs(1)))?;
@@ -110,10 +125,21 @@ fn send_until_ack(sock: &UdpSocket, p: &[u8], block: u16) -> std::io::Result<()>
     for _ in 0..5 {
         sock.send(p)?;
         match sock.recv(&mut buf) {
-            Ok(n) if n >= 4 && u16::from_be_bytes([buf[0], buf[1]]) == ACK && u16::from_be_bytes([buf[2], buf[3]]) == block => return Ok(()),
-            Ok(n) if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == ERROR => return Err(std::io::Error::other("peer aborted")),
+            Ok(n)
+                if n >= 4
+                    && u16::from_be_bytes([buf[0], buf[1]]) == ACK
+                    && u16::from_be_bytes([buf[2], buf[3]]) == block =>
+            {
+                return Ok(())
+            }
+            Ok(n) if n >= 2 && u16::from_be_bytes([buf[0], buf[1]]) == ERROR => {
+                return Err(std::io::Error::other("peer aborted"))
+            }
             _ => {}
         }
     }
-    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no ACK after 5 tries"))
+    Err(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no ACK after 5 tries",
+    ))
 }

@@ -9,7 +9,10 @@ use clap::Parser;
 use plinth_provisioner::server::{self, Config};
 
 #[derive(Parser)]
-#[command(name = "plinth-server", about = "Serve the Plinth boot chain and record what nodes report")]
+#[command(
+    name = "plinth-server",
+    about = "Serve the Plinth boot chain and record what nodes report"
+)]
 struct Cli {
     /// HTTP listen address (ADDR:PORT; port 0 picks a free one, printed at start).
     #[arg(long)]

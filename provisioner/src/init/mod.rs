@@ -36,7 +36,10 @@ pub fn uptime_ms() -> u64 {
 }
 
 fn wall_time() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// The machine as the server knows it.
@@ -90,7 +93,10 @@ impl Agent {
         loop {
             match f(self) {
                 Ok(v) => return v,
-                Err(e) => log(&format!("{what} failed (attempt {attempt}): {e}; retrying in {}s", delay.as_secs())),
+                Err(e) => log(&format!(
+                    "{what} failed (attempt {attempt}): {e}; retrying in {}s",
+                    delay.as_secs()
+                )),
             }
             self.pause(delay);
             delay = (delay * 2).min(Duration::from_secs(30));
@@ -115,8 +121,17 @@ impl Agent {
 }
 
 fn post_event(server: &Url, ev: &Event) -> Result<Reply> {
-    let body = serde_json::to_vec(ev).map_err(|e| Error::Json { what: "encoding event".into(), source: e })?;
-    let resp = http::call("POST", server, &format!("{}v1/events", base_path(server)), Some(&body), Duration::from_secs(10))?;
+    let body = serde_json::to_vec(ev).map_err(|e| Error::Json {
+        what: "encoding event".into(),
+        source: e,
+    })?;
+    let resp = http::call(
+        "POST",
+        server,
+        &format!("{}v1/events", base_path(server)),
+        Some(&body),
+        Duration::from_secs(10),
+    )?;
     parse_reply(resp, "POST /v1/events")
 }
 
@@ -129,13 +144,20 @@ fn parse_reply(resp: http::Response, what: &str) -> Result<Reply> {
     if resp.status != 200 {
         return Err(Error::Protocol {
             what: what.into(),
-            reason: format!("status {}: {}", resp.status, String::from_utf8_lossy(&resp.body).trim()),
+            reason: format!(
+                "status {}: {}",
+                resp.status,
+                String::from_utf8_lossy(&resp.body).trim()
+            ),
         });
     }
     if resp.body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Reply::default());
     }
-    serde_json::from_slice(&resp.body).map_err(|e| Error::Json { what: format!("{what} reply"), source: e })
+    serde_json::from_slice(&resp.body).map_err(|e| Error::Json {
+        what: format!("{what} reply"),
+        source: e,
+    })
 }
 
 fn bring_up_network(timings: &mut Map<String, Value>) -> Result<(String, [u8; 6], dhcp::Lease)> {
@@ -149,7 +171,10 @@ fn bring_up_network(timings: &mut Map<String, Value>) -> Result<(String, [u8; 6]
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (name, mac) = nic.ok_or_else(|| Error::Config { what: "network".into(), reason: "no Ethernet interface in /sys/class/net".into() })?;
+    let (name, mac) = nic.ok_or_else(|| Error::Config {
+        what: "network".into(),
+        reason: "no Ethernet interface in /sys/class/net".into(),
+    })?;
     if let Err(e) = netif::link_up("lo") {
         log(&format!("loopback: {e}"));
     }
@@ -205,7 +230,10 @@ pub fn run() -> ! {
     let mut details = Map::new();
     match kmod::load_listed(Path::new(MODULES_LIST)) {
         Ok((loaded, present, failed)) => {
-            log(&format!("modules: {loaded} loaded, {present} already present, {} failed", failed.len()));
+            log(&format!(
+                "modules: {loaded} loaded, {present} already present, {} failed",
+                failed.len()
+            ));
             for f in &failed {
                 log(f);
             }
@@ -231,12 +259,19 @@ pub fn run() -> ! {
     let id = Identity {
         mac: netif::format_mac(&mac),
         uuid: smbios_uuid(Path::new("/sys")),
-        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default(),
+        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
     };
     log(&format!("machine {} uuid {}", id.mac, id.uuid));
     details.insert("interface".into(), json!(ifname));
     details.insert("address".into(), json!(lease.address.to_string()));
-    details.insert("kernel".into(), json!(std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()));
+    details.insert(
+        "kernel".into(),
+        json!(std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()),
+    );
 
     let reply = agent.retry("reporting booted", |a| {
         let mut d = details.clone();
@@ -265,7 +300,9 @@ pub fn run() -> ! {
         }
         agent.pause(Duration::from_secs(5));
         // Poll for an operator's request (e.g. POST /v1/machines/<mac>/poweroff).
-        action = match http::call("GET", &server, &action_path, None, Duration::from_secs(5)).and_then(|r| parse_reply(r, "GET action")) {
+        action = match http::call("GET", &server, &action_path, None, Duration::from_secs(5))
+            .and_then(|r| parse_reply(r, "GET action"))
+        {
             Ok(r) => r.action,
             Err(e) => {
                 log(&format!("polling for actions: {e}"));

@@ -33,11 +33,20 @@ impl Signals {
     /// turned into SIGINT for us rather than an immediate reboot by the kernel.
     pub fn install() -> Result<Signals> {
         let mut mask = SigSet::empty();
-        for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR2, Signal::SIGPWR, Signal::SIGCHLD, Signal::SIGHUP] {
+        for s in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGUSR2,
+            Signal::SIGPWR,
+            Signal::SIGCHLD,
+            Signal::SIGHUP,
+        ] {
             mask.add(s);
         }
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None).map_err(sys("blocking signals"))?;
-        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).map_err(sys("signalfd"))?;
+        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+            .map_err(sys("blocking signals"))?;
+        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(sys("signalfd"))?;
         if let Err(e) = set_cad_enabled(false) {
             log(&format!("cannot route ctrl-alt-del to SIGINT: {e}"));
         }
@@ -53,11 +62,17 @@ impl Signals {
                 match Signal::try_from(info.ssi_signo as i32) {
                     Ok(Signal::SIGCHLD) => reap(),
                     Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => {
-                        log(&format!("signal {} from pid {}: rebooting", info.ssi_signo, info.ssi_pid));
+                        log(&format!(
+                            "signal {} from pid {}: rebooting",
+                            info.ssi_signo, info.ssi_pid
+                        ));
                         return Some(Stop::Reboot);
                     }
                     Ok(Signal::SIGUSR2) | Ok(Signal::SIGPWR) => {
-                        log(&format!("signal {} from pid {}: powering off", info.ssi_signo, info.ssi_pid));
+                        log(&format!(
+                            "signal {} from pid {}: powering off",
+                            info.ssi_signo, info.ssi_pid
+                        ));
                         return Some(Stop::Poweroff);
                     }
                     _ => {}

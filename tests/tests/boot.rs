@@ -1,0 +1,352 @@
+//! The node image end to end: `plinth-boot build` (reproducible, complete DT_NEEDED
+//! closure, clean failures) and a real PXE boot in qemu (TCG, iPXE ROM, slirp) against a
+//! real `plinth-server` on loopback, which must record a `booted` event from the guest's
+//! MAC and UUID and see the machine power off when asked.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use plinth_tests::{cache, workspace, TempDir};
+use serde_json::Value;
+
+const MAC: &str = "52:54:00:12:34:56";
+
+fn bin(name: &str) -> PathBuf {
+    let p = workspace().join("target/release").join(name);
+    assert!(p.exists(), "{} is missing: run `make build` (make test does) first", p.display());
+    p
+}
+
+/// The cached kernel, or None (with a SKIP line) when `make kernel` has not run.
+fn kernel(test: &str) -> Option<PathBuf> {
+    let boot = cache().join("kernel/root/boot");
+    let k = std::fs::read_dir(&boot)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz-"));
+    if k.is_none() {
+        println!("SKIP {test}: no kernel in {} (run `make kernel`)", boot.display());
+    }
+    k
+}
+
+fn build(out: &Path, args: &[&str]) -> Output {
+    Command::new(bin("plinth-boot"))
+        .arg("build")
+        .arg("-o")
+        .arg(out)
+        .args(args)
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .output()
+        .unwrap()
+}
+
+fn build_ok(out: &Path, args: &[&str]) {
+    let o = build(out, args);
+    assert!(o.status.success(), "plinth-boot build failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+}
+
+/// Reads a gzip-compressed newc archive with the system's gzip (an independent reader):
+/// path -> (mode, body).
+fn read_initrd(path: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
+    let out = Command::new("gzip").arg("-dc").arg(path).output().unwrap();
+    assert!(out.status.success(), "gzip -dc {}", path.display());
+    let d = out.stdout;
+    let mut map = BTreeMap::new();
+    let mut off = 0;
+    let hex = |s: &[u8]| u32::from_str_radix(std::str::from_utf8(s).unwrap(), 16).unwrap();
+    let pad = |n: usize| (4 - n % 4) % 4;
+    loop {
+        let h = &d[off..off + 110];
+        assert_eq!(&h[..6], b"070701", "newc magic at {off}");
+        assert_eq!(hex(&h[22..30]), 0, "uid 0");
+        assert_eq!(hex(&h[30..38]), 0, "gid 0");
+        let mode = hex(&h[14..22]);
+        let size = hex(&h[54..62]) as usize;
+        let namesize = hex(&h[94..102]) as usize;
+        let name = String::from_utf8(d[off + 110..off + 110 + namesize - 1].to_vec()).unwrap();
+        let body_start = off + 110 + namesize + pad(110 + namesize);
+        let body = d[body_start..body_start + size].to_vec();
+        off = body_start + size + pad(size);
+        if name == "TRAILER!!!" {
+            return map;
+        }
+        if name != "." {
+            assert_eq!(hex(&h[46..54]), 1_700_000_000, "mtime of {name} is SOURCE_DATE_EPOCH");
+        }
+        map.insert(name, (mode, body));
+    }
+}
+
+/// Resolves `path` inside the archive, following symlinks there.
+fn resolve(ar: &BTreeMap<String, (u32, Vec<u8>)>, path: &str) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    let mut todo: Vec<String> = path.split('/').filter(|c| !c.is_empty()).rev().map(String::from).collect();
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        if c == ".." {
+            parts.pop();
+            continue;
+        }
+        parts.push(c);
+        let cur = parts.join("/");
+        let (mode, body) = ar.get(&cur)?;
+        if mode & 0o170000 == 0o120000 {
+            hops += 1;
+            if hops > 40 {
+                return None;
+            }
+            let target = String::from_utf8(body.clone()).unwrap();
+            parts.pop();
+            if target.starts_with('/') {
+                parts.clear();
+            }
+            for t in target.split('/').filter(|c| !c.is_empty()).rev() {
+                todo.push(t.to_string());
+            }
+        }
+    }
+    Some(parts.join("/"))
+}
+
+#[test]
+fn build_is_reproducible() {
+    let Some(k) = kernel("build_is_reproducible") else { return };
+    let t = TempDir::new("plinth-boot-repro");
+    let (a, b) = (t.0.join("a"), t.0.join("b"));
+    let k = k.to_string_lossy().into_owned();
+    build_ok(&a, &["--kernel", &k, "--extra", "/bin/ls:/usr/bin/ls"]);
+    build_ok(&b, &["--kernel", &k, "--extra", "/bin/ls:/usr/bin/ls"]);
+    for f in ["vmlinuz", "initrd", "boot.ipxe"] {
+        let (x, y) = (std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap());
+        assert!(!x.is_empty(), "{f} is empty");
+        assert!(x == y, "{f} differs between two builds of the same inputs");
+    }
+    // Entries sorted, owners 0:0, mtimes from SOURCE_DATE_EPOCH (checked while reading).
+    let ar = read_initrd(&a.join("initrd"));
+    let names: Vec<&String> = ar.keys().collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted);
+    assert_eq!(ar.get("dev/console").map(|e| e.0), Some(0o020600), "/dev/console char device");
+    assert_eq!(resolve(&ar, "init").as_deref(), Some("usr/bin/plinth-init"), "/init is plinth-init");
+}
+
+#[test]
+fn initrd_holds_every_dt_needed_library() {
+    let Some(k) = kernel("initrd_holds_every_dt_needed_library") else { return };
+    let t = TempDir::new("plinth-boot-closure");
+    let out = t.0.join("img");
+    // /bin/ls brings libselinux and libpcre2 beyond libc; the plinth binaries come by default.
+    build_ok(&out, &["--kernel", &k.to_string_lossy(), "--extra", "/bin/ls:/usr/bin/ls"]);
+    let ar = read_initrd(&out.join("initrd"));
+    let libdirs = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "usr/lib64", "lib", "usr/lib"];
+    let scratch = t.0.join("elf");
+    let mut checked = 0;
+    let mut libs_seen = BTreeSet::new();
+    for (name, (mode, body)) in &ar {
+        if mode & 0o170000 != 0o100000 || !body.starts_with(b"\x7fELF") || name.ends_with(".ko") {
+            continue;
+        }
+        std::fs::write(&scratch, body).unwrap();
+        // binutils' readelf as the independent judge of what the file needs.
+        let out = Command::new("readelf").args(["-d", "-l", "-W"]).arg(&scratch).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text.lines() {
+            if let Some(i) = line.find("[Requesting program interpreter: ") {
+                let interp = line[i + 33..].trim_end_matches(']');
+                assert!(resolve(&ar, interp).is_some(), "{name}: interpreter {interp} not in the initrd");
+            }
+            if line.contains("(NEEDED)") {
+                let lib = line.rsplit('[').next().unwrap().trim_end_matches(']');
+                let found = libdirs.iter().any(|d| resolve(&ar, &format!("{d}/{lib}")).is_some());
+                assert!(found, "{name} needs {lib}, which is not in the initrd");
+                libs_seen.insert(lib.to_string());
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 3, "expected plinth-init, ls and libraries, checked {checked}");
+    for lib in ["libc.so.6", "libselinux.so.1"] {
+        assert!(libs_seen.contains(lib), "{lib} not among DT_NEEDED seen: {libs_seen:?}");
+    }
+}
+
+fn assert_build_fails(test: &str, args: &[&str], needle: &str) {
+    let t = TempDir::new("plinth-boot-bad");
+    let out = t.0.join("img");
+    let o = build(&out, args);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{test}: build succeeded");
+    assert!(err.contains(needle), "{test}: expected {needle:?} in: {err}");
+    assert!(!out.exists(), "{test}: output directory left behind");
+    let leftovers: Vec<_> = std::fs::read_dir(&t.0).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+    assert!(leftovers.is_empty(), "{test}: temporary files left behind: {leftovers:?}");
+}
+
+#[test]
+fn bad_input_fails_cleanly() {
+    assert_build_fails("missing kernel", &["--kernel", "/nonexistent/vmlinuz-0"], "/nonexistent/vmlinuz-0");
+    let Some(k) = kernel("bad_input_fails_cleanly") else { return };
+    let k = k.to_string_lossy().into_owned();
+    assert_build_fails("unreadable extra", &["--kernel", &k, "--extra", "/nonexistent/tool:/usr/bin/tool"], "/nonexistent/tool");
+    assert_build_fails("malformed extra", &["--kernel", &k, "--extra", "relative-dest:usr/bin/x"], "--extra");
+    assert_build_fails("missing module", &["--kernel", &k, "--module", "no_such_module"], "no_such_module");
+    // A failed rebuild leaves the previous good image alone.
+    let t = TempDir::new("plinth-boot-keep");
+    let out = t.0.join("img");
+    build_ok(&out, &["--kernel", &k, "--no-modules"]);
+    let before = std::fs::read(out.join("initrd")).unwrap();
+    let o = build(&out, &["--kernel", &k, "--module", "no_such_module"]);
+    assert!(!o.status.success());
+    assert_eq!(std::fs::read(out.join("initrd")).unwrap(), before, "a failed build touched the existing image");
+}
+
+/// A running plinth-server, killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(boot_dir: &Path, data: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(bin("plinth-server"))
+            .args(["--listen", "127.0.0.1:0", "--boot-dir"])
+            .arg(boot_dir)
+            .arg("--data")
+            .arg(data)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().rsplit(' ').next().unwrap().to_string();
+        assert!(url.starts_with("http://127.0.0.1:"), "server said {line:?}");
+        Server { child, url }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        http(&self.url, "GET", path)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http(url: &str, method: &str, path: &str) -> (u16, String) {
+    let addr = url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = resp.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn events_of(machines: &Value, mac: &str) -> Vec<Value> {
+    machines
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mac"] == mac)
+        .map(|m| m["events"].as_array().unwrap().iter().map(|r| r["event"].clone()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn machine_pxe_boots_reports_and_powers_off() {
+    let test = "machine_pxe_boots_reports_and_powers_off";
+    let Some(_) = kernel(test) else { return };
+    if Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
+        println!("SKIP {test}: qemu-system-x86_64 is not installed (make boot-deps)");
+        return;
+    }
+    let t = TempDir::new("plinth-boot-pxe");
+    let img = t.0.join("img");
+    build_ok(&img, &[]);
+    let data = t.0.join("data");
+    let server = Server::start(&img, &data, &["--poweroff-after-boot"]);
+    let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap().trim().to_string();
+    let serial = t.0.join("serial.log");
+    let start = Instant::now();
+    let mut qemu = Command::new(bin("plinth-boot"))
+        .args(["run", "--boot-dir"])
+        .arg(&img)
+        .args(["--server", &server.url, "--mac", MAC, "--uuid", &uuid, "--accel", "tcg", "--timeout", "180", "--serial-log"])
+        .arg(&serial)
+        .spawn()
+        .unwrap();
+    // Watch the server for the booted event while the machine runs.
+    let mut booted_at = None;
+    let status = loop {
+        if booted_at.is_none() {
+            let (code, body) = server.get("/v1/machines");
+            if code == 200 && events_of(&serde_json::from_str(&body).unwrap(), MAC).iter().any(|e| e["type"] == "booted") {
+                booted_at = Some(start.elapsed());
+            }
+        }
+        if let Some(s) = qemu.try_wait().unwrap() {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    let fail = |msg: &str| -> ! { panic!("{msg}\n--- serial console ---\n{log}\n--- end ---") };
+    if !status.success() {
+        fail(&format!("the machine did not power off by itself within 180 s ({status})"));
+    }
+    let (code, body) = server.get("/v1/machines");
+    assert_eq!(code, 200);
+    let machines: Value = serde_json::from_str(&body).unwrap();
+    let events = events_of(&machines, MAC);
+    let Some(booted) = events.iter().find(|e| e["type"] == "booted") else { fail(&format!("no booted event from {MAC}: {body}")) };
+    assert_eq!(booted["uuid"], uuid.to_ascii_lowercase(), "booted event carries the guest's SMBIOS UUID");
+    assert_eq!(booted["mac"], MAC);
+    assert!(booted["details"]["timings"]["dhcpMs"].as_u64().is_some(), "timings reported: {booted}");
+    assert_eq!(booted["details"]["modulesFailed"], serde_json::json!([]), "every listed module loaded: {booted}");
+    assert!(events.iter().any(|e| e["type"] == "shutdown" && e["details"]["reason"] == "poweroff"), "shutdown event: {body}");
+    if !log.contains("reboot: Power down") {
+        fail("the kernel did not report a clean power down");
+    }
+    println!(
+        "qemu start to booted event: {:.1} s; qemu start to power off: {:.1} s",
+        booted_at.unwrap_or_default().as_secs_f64(),
+        start.elapsed().as_secs_f64()
+    );
+
+    // The store survives a restart of the server.
+    drop(server);
+    let again = Server::start(&img, &data, &[]);
+    let (_, body) = again.get(&format!("/v1/machines/{MAC}"));
+    let m: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(m["uuid"], uuid.to_ascii_lowercase(), "store after restart: {body}");
+    // An operator's poweroff request is queued for the machine and handed out once.
+    assert_eq!(http(&again.url, "POST", &format!("/v1/machines/{MAC}/poweroff")).0, 200);
+    assert_eq!(again.get(&format!("/v1/machines/{MAC}/action")).1.trim(), r#"{"action":"poweroff"}"#);
+    assert_eq!(again.get(&format!("/v1/machines/{MAC}/action")).1.trim(), "{}");
+    assert_eq!(http(&again.url, "GET", "/v1/machines/not-a-mac").0, 400);
+    // Range requests on the kernel (iPXE and PXE ROMs may resume).
+    let addr = again.url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET /vmlinuz HTTP/1.1\r\nHost: {addr}\r\nRange: bytes=2-5\r\nConnection: close\r\n\r\n").unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&resp[..head_end]);
+    let kernel = std::fs::read(img.join("vmlinuz")).unwrap();
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert!(head.contains(&format!("Content-Range: bytes 2-5/{}", kernel.len())), "{head}");
+    assert_eq!(&resp[head_end + 4..], &kernel[2..6]);
+}
