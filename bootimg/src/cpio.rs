@@ -120,8 +120,8 @@ impl Archive {
 
     /// Writes the archive in newc format with every mtime set to `mtime`.
     pub fn write_to<W: Write>(&self, out: &mut W, mtime: u32) -> std::io::Result<()> {
-        let mut ino = 1u32;
-        for (path, node) in &self.entries {
+        // Inode numbers in archive order: the same inputs always give the same numbers.
+        for (ino, (path, node)) in (1u32..).zip(self.entries.iter()) {
             let nlink = if matches!(node, Node::Dir { .. }) {
                 2
             } else {
@@ -142,7 +142,6 @@ impl Archive {
                 path,
                 node.body(),
             )?;
-            ino += 1;
         }
         write_entry(out, 0, 0, 1, 0, 0, 0, "TRAILER!!!", &[])
     }

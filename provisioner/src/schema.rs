@@ -131,8 +131,12 @@ mod tests {
         let good = br#"{"apiVersion":"plinth/v1","type":"booted","mac":"52:54:00:12:34:56","uuid":"6e4a2b1c-0000-4000-8000-000000000001","bootId":"b","seq":1,"uptimeMs":5,"wallTime":6}"#;
         assert!(Event::parse(good).is_ok());
         let bad_field = br#"{"apiVersion":"plinth/v1","type":"booted","mac":"52:54:00:12:34:56","uuid":"6e4a2b1c-0000-4000-8000-000000000001","bootId":"b","seq":1,"uptimeMs":5,"wallTime":6,"extra":1}"#;
-        assert!(Event::parse(bad_field).unwrap_err().contains("extra"));
+        assert!(Event::parse(bad_field)
+            .expect_err("unknown field")
+            .contains("extra"));
         let bad_mac = br#"{"apiVersion":"plinth/v1","type":"booted","mac":"nope","uuid":"6e4a2b1c-0000-4000-8000-000000000001","bootId":"b","seq":1,"uptimeMs":5,"wallTime":6}"#;
-        assert!(Event::parse(bad_mac).unwrap_err().starts_with("mac"));
+        assert!(Event::parse(bad_mac)
+            .expect_err("bad mac")
+            .starts_with("mac"));
     }
 }

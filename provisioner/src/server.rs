@@ -245,35 +245,41 @@ fn boot_script<W: Write>(st: &State, req: &Request, w: &mut W) -> std::io::Resul
     http::respond(w, 200, "text/plain", &body, &[])
 }
 
-/// Parses a single `bytes=` range against a file of `len` bytes: Ok(None) for no Range,
-/// Err(()) when unsatisfiable.
-pub fn parse_range(h: Option<&str>, len: u64) -> std::result::Result<Option<(u64, u64)>, ()> {
-    let Some(h) = h else { return Ok(None) };
-    let Some(spec) = h.trim().strip_prefix("bytes=") else {
-        return Ok(None);
+/// What a `Range` header asks of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// No (usable) range: the whole file.
+    Whole,
+    /// Bytes `start..=end`.
+    Part(u64, u64),
+    /// A range outside the file (416).
+    Unsatisfiable,
+}
+
+/// Parses a single `bytes=` range against a file of `len` bytes.
+pub fn parse_range(h: Option<&str>, len: u64) -> RangeSpec {
+    let Some(spec) = h.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return RangeSpec::Whole;
     };
     if spec.contains(',') {
-        return Ok(None); // multipart ranges: send the whole file, as the RFC allows
+        return RangeSpec::Whole; // multipart ranges: send the whole file, as the RFC allows
     }
-    let (a, b) = spec.split_once('-').ok_or(())?;
-    let (start, end) = match (a.trim(), b.trim()) {
-        ("", n) => {
-            let n: u64 = n.parse().map_err(|_| ())?;
-            if n == 0 {
-                return Err(());
+    let parsed = (|| -> Option<(u64, u64)> {
+        let (a, b) = spec.split_once('-')?;
+        let last = len.checked_sub(1)?;
+        match (a.trim(), b.trim()) {
+            ("", n) => {
+                let n: u64 = n.parse().ok().filter(|n| *n > 0)?;
+                Some((len.saturating_sub(n), last))
             }
-            (len.saturating_sub(n), len.checked_sub(1).ok_or(())?)
+            (s, "") => Some((s.parse().ok()?, last)),
+            (s, e) => Some((s.parse().ok()?, e.parse::<u64>().ok()?.min(last))),
         }
-        (s, "") => (s.parse().map_err(|_| ())?, len.checked_sub(1).ok_or(())?),
-        (s, e) => {
-            let e: u64 = e.parse().map_err(|_| ())?;
-            (s.parse().map_err(|_| ())?, e.min(len.saturating_sub(1)))
-        }
-    };
-    if start >= len || start > end {
-        return Err(());
+    })();
+    match parsed {
+        Some((start, end)) if start < len && start <= end => RangeSpec::Part(start, end),
+        _ => RangeSpec::Unsatisfiable,
     }
-    Ok(Some((start, end)))
 }
 
 fn send_file<W: Write>(path: &Path, req: &Request, w: &mut W) -> std::io::Result<()> {
@@ -283,8 +289,8 @@ fn send_file<W: Write>(path: &Path, req: &Request, w: &mut W) -> std::io::Result
     };
     let len = f.metadata()?.len();
     let (status, start, count, extra) = match parse_range(req.header("range"), len) {
-        Ok(None) => (200, 0, len, vec![("Accept-Ranges", "bytes".to_string())]),
-        Ok(Some((s, e))) => (
+        RangeSpec::Whole => (200, 0, len, vec![("Accept-Ranges", "bytes".to_string())]),
+        RangeSpec::Part(s, e) => (
             206,
             s,
             e - s + 1,
@@ -293,7 +299,7 @@ fn send_file<W: Write>(path: &Path, req: &Request, w: &mut W) -> std::io::Result
                 ("Content-Range", format!("bytes {s}-{e}/{len}")),
             ],
         ),
-        Err(()) => {
+        RangeSpec::Unsatisfiable => {
             return http::respond(
                 w,
                 416,
@@ -327,15 +333,22 @@ pub fn check_data_dir(data: &Path) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_range;
+    use super::{parse_range, RangeSpec};
 
     #[test]
     fn ranges() {
-        assert_eq!(parse_range(Some("bytes=0-9"), 100), Ok(Some((0, 9))));
-        assert_eq!(parse_range(Some("bytes=90-"), 100), Ok(Some((90, 99))));
-        assert_eq!(parse_range(Some("bytes=-10"), 100), Ok(Some((90, 99))));
-        assert_eq!(parse_range(Some("bytes=0-1000"), 100), Ok(Some((0, 99))));
-        assert_eq!(parse_range(Some("bytes=100-"), 100), Err(()));
-        assert_eq!(parse_range(None, 100), Ok(None));
+        assert_eq!(parse_range(Some("bytes=0-9"), 100), RangeSpec::Part(0, 9));
+        assert_eq!(parse_range(Some("bytes=90-"), 100), RangeSpec::Part(90, 99));
+        assert_eq!(parse_range(Some("bytes=-10"), 100), RangeSpec::Part(90, 99));
+        assert_eq!(
+            parse_range(Some("bytes=0-1000"), 100),
+            RangeSpec::Part(0, 99)
+        );
+        assert_eq!(
+            parse_range(Some("bytes=100-"), 100),
+            RangeSpec::Unsatisfiable
+        );
+        assert_eq!(parse_range(Some("bytes=x-"), 100), RangeSpec::Unsatisfiable);
+        assert_eq!(parse_range(None, 100), RangeSpec::Whole);
     }
 }

@@ -18,7 +18,11 @@ const MAC: &str = "52:54:00:12:34:56";
 
 fn bin(name: &str) -> PathBuf {
     let p = workspace().join("target/release").join(name);
-    assert!(p.exists(), "{} is missing: run `make build` (make test does) first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `make build` (make test does) first",
+        p.display()
+    );
     p
 }
 
@@ -29,9 +33,17 @@ fn kernel(test: &str) -> Option<PathBuf> {
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz-"));
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vmlinuz-")
+        });
     if k.is_none() {
-        println!("SKIP {test}: no kernel in {} (run `make kernel`)", boot.display());
+        println!(
+            "SKIP {test}: no kernel in {} (run `make kernel`)",
+            boot.display()
+        );
     }
     k
 }
@@ -49,7 +61,12 @@ fn build(out: &Path, args: &[&str]) -> Output {
 
 fn build_ok(out: &Path, args: &[&str]) {
     let o = build(out, args);
-    assert!(o.status.success(), "plinth-boot build failed: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "plinth-boot build failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// Reads a gzip-compressed newc archive with the system's gzip (an independent reader):
@@ -78,7 +95,11 @@ fn read_initrd(path: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
             return map;
         }
         if name != "." {
-            assert_eq!(hex(&h[46..54]), 1_700_000_000, "mtime of {name} is SOURCE_DATE_EPOCH");
+            assert_eq!(
+                hex(&h[46..54]),
+                1_700_000_000,
+                "mtime of {name} is SOURCE_DATE_EPOCH"
+            );
         }
         map.insert(name, (mode, body));
     }
@@ -87,7 +108,12 @@ fn read_initrd(path: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
 /// Resolves `path` inside the archive, following symlinks there.
 fn resolve(ar: &BTreeMap<String, (u32, Vec<u8>)>, path: &str) -> Option<String> {
     let mut parts: Vec<String> = Vec::new();
-    let mut todo: Vec<String> = path.split('/').filter(|c| !c.is_empty()).rev().map(String::from).collect();
+    let mut todo: Vec<String> = path
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .rev()
+        .map(String::from)
+        .collect();
     let mut hops = 0;
     while let Some(c) = todo.pop() {
         if c == ".." {
@@ -117,14 +143,19 @@ fn resolve(ar: &BTreeMap<String, (u32, Vec<u8>)>, path: &str) -> Option<String> 
 
 #[test]
 fn build_is_reproducible() {
-    let Some(k) = kernel("build_is_reproducible") else { return };
+    let Some(k) = kernel("build_is_reproducible") else {
+        return;
+    };
     let t = TempDir::new("plinth-boot-repro");
     let (a, b) = (t.0.join("a"), t.0.join("b"));
     let k = k.to_string_lossy().into_owned();
     build_ok(&a, &["--kernel", &k, "--extra", "/bin/ls:/usr/bin/ls"]);
     build_ok(&b, &["--kernel", &k, "--extra", "/bin/ls:/usr/bin/ls"]);
     for f in ["vmlinuz", "initrd", "boot.ipxe"] {
-        let (x, y) = (std::fs::read(a.join(f)).unwrap(), std::fs::read(b.join(f)).unwrap());
+        let (x, y) = (
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+        );
         assert!(!x.is_empty(), "{f} is empty");
         assert!(x == y, "{f} differs between two builds of the same inputs");
     }
@@ -134,19 +165,44 @@ fn build_is_reproducible() {
     let mut sorted = names.clone();
     sorted.sort();
     assert_eq!(names, sorted);
-    assert_eq!(ar.get("dev/console").map(|e| e.0), Some(0o020600), "/dev/console char device");
-    assert_eq!(resolve(&ar, "init").as_deref(), Some("usr/bin/plinth-init"), "/init is plinth-init");
+    assert_eq!(
+        ar.get("dev/console").map(|e| e.0),
+        Some(0o020600),
+        "/dev/console char device"
+    );
+    assert_eq!(
+        resolve(&ar, "init").as_deref(),
+        Some("usr/bin/plinth-init"),
+        "/init is plinth-init"
+    );
 }
 
 #[test]
 fn initrd_holds_every_dt_needed_library() {
-    let Some(k) = kernel("initrd_holds_every_dt_needed_library") else { return };
+    let Some(k) = kernel("initrd_holds_every_dt_needed_library") else {
+        return;
+    };
     let t = TempDir::new("plinth-boot-closure");
     let out = t.0.join("img");
     // /bin/ls brings libselinux and libpcre2 beyond libc; the plinth binaries come by default.
-    build_ok(&out, &["--kernel", &k.to_string_lossy(), "--extra", "/bin/ls:/usr/bin/ls"]);
+    build_ok(
+        &out,
+        &[
+            "--kernel",
+            &k.to_string_lossy(),
+            "--extra",
+            "/bin/ls:/usr/bin/ls",
+        ],
+    );
     let ar = read_initrd(&out.join("initrd"));
-    let libdirs = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "usr/lib64", "lib", "usr/lib"];
+    let libdirs = [
+        "lib/x86_64-linux-gnu",
+        "usr/lib/x86_64-linux-gnu",
+        "lib64",
+        "usr/lib64",
+        "lib",
+        "usr/lib",
+    ];
     let scratch = t.0.join("elf");
     let mut checked = 0;
     let mut libs_seen = BTreeSet::new();
@@ -156,25 +212,40 @@ fn initrd_holds_every_dt_needed_library() {
         }
         std::fs::write(&scratch, body).unwrap();
         // binutils' readelf as the independent judge of what the file needs.
-        let out = Command::new("readelf").args(["-d", "-l", "-W"]).arg(&scratch).output().unwrap();
+        let out = Command::new("readelf")
+            .args(["-d", "-l", "-W"])
+            .arg(&scratch)
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         for line in text.lines() {
             if let Some(i) = line.find("[Requesting program interpreter: ") {
                 let interp = line[i + 33..].trim_end_matches(']');
-                assert!(resolve(&ar, interp).is_some(), "{name}: interpreter {interp} not in the initrd");
+                assert!(
+                    resolve(&ar, interp).is_some(),
+                    "{name}: interpreter {interp} not in the initrd"
+                );
             }
             if line.contains("(NEEDED)") {
                 let lib = line.rsplit('[').next().unwrap().trim_end_matches(']');
-                let found = libdirs.iter().any(|d| resolve(&ar, &format!("{d}/{lib}")).is_some());
+                let found = libdirs
+                    .iter()
+                    .any(|d| resolve(&ar, &format!("{d}/{lib}")).is_some());
                 assert!(found, "{name} needs {lib}, which is not in the initrd");
                 libs_seen.insert(lib.to_string());
             }
         }
         checked += 1;
     }
-    assert!(checked >= 3, "expected plinth-init, ls and libraries, checked {checked}");
+    assert!(
+        checked >= 3,
+        "expected plinth-init, ls and libraries, checked {checked}"
+    );
     for lib in ["libc.so.6", "libselinux.so.1"] {
-        assert!(libs_seen.contains(lib), "{lib} not among DT_NEEDED seen: {libs_seen:?}");
+        assert!(
+            libs_seen.contains(lib),
+            "{lib} not among DT_NEEDED seen: {libs_seen:?}"
+        );
     }
 }
 
@@ -184,20 +255,48 @@ fn assert_build_fails(test: &str, args: &[&str], needle: &str) {
     let o = build(&out, args);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{test}: build succeeded");
-    assert!(err.contains(needle), "{test}: expected {needle:?} in: {err}");
+    assert!(
+        err.contains(needle),
+        "{test}: expected {needle:?} in: {err}"
+    );
     assert!(!out.exists(), "{test}: output directory left behind");
-    let leftovers: Vec<_> = std::fs::read_dir(&t.0).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
-    assert!(leftovers.is_empty(), "{test}: temporary files left behind: {leftovers:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(&t.0)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "{test}: temporary files left behind: {leftovers:?}"
+    );
 }
 
 #[test]
 fn bad_input_fails_cleanly() {
-    assert_build_fails("missing kernel", &["--kernel", "/nonexistent/vmlinuz-0"], "/nonexistent/vmlinuz-0");
-    let Some(k) = kernel("bad_input_fails_cleanly") else { return };
+    assert_build_fails(
+        "missing kernel",
+        &["--kernel", "/nonexistent/vmlinuz-0"],
+        "/nonexistent/vmlinuz-0",
+    );
+    let Some(k) = kernel("bad_input_fails_cleanly") else {
+        return;
+    };
     let k = k.to_string_lossy().into_owned();
-    assert_build_fails("unreadable extra", &["--kernel", &k, "--extra", "/nonexistent/tool:/usr/bin/tool"], "/nonexistent/tool");
-    assert_build_fails("malformed extra", &["--kernel", &k, "--extra", "relative-dest:usr/bin/x"], "--extra");
-    assert_build_fails("missing module", &["--kernel", &k, "--module", "no_such_module"], "no_such_module");
+    assert_build_fails(
+        "unreadable extra",
+        &["--kernel", &k, "--extra", "/nonexistent/tool:/usr/bin/tool"],
+        "/nonexistent/tool",
+    );
+    assert_build_fails(
+        "malformed extra",
+        &["--kernel", &k, "--extra", "relative-dest:usr/bin/x"],
+        "--extra",
+    );
+    assert_build_fails(
+        "missing module",
+        &["--kernel", &k, "--module", "no_such_module"],
+        "no_such_module",
+    );
     // A failed rebuild leaves the previous good image alone.
     let t = TempDir::new("plinth-boot-keep");
     let out = t.0.join("img");
@@ -205,7 +304,11 @@ fn bad_input_fails_cleanly() {
     let before = std::fs::read(out.join("initrd")).unwrap();
     let o = build(&out, &["--kernel", &k, "--module", "no_such_module"]);
     assert!(!o.status.success());
-    assert_eq!(std::fs::read(out.join("initrd")).unwrap(), before, "a failed build touched the existing image");
+    assert_eq!(
+        std::fs::read(out.join("initrd")).unwrap(),
+        before,
+        "a failed build touched the existing image"
+    );
 }
 
 /// A running plinth-server, killed on drop.
@@ -226,7 +329,9 @@ impl Server {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let url = line.trim().rsplit(' ').next().unwrap().to_string();
         assert!(url.starts_with("http://127.0.0.1:"), "server said {line:?}");
         Server { child, url }
@@ -251,7 +356,10 @@ fn http(url: &str, method: &str, path: &str) -> (u16, String) {
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = resp.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -261,7 +369,14 @@ fn events_of(machines: &Value, mac: &str) -> Vec<Value> {
         .unwrap()
         .iter()
         .find(|m| m["mac"] == mac)
-        .map(|m| m["events"].as_array().unwrap().iter().map(|r| r["event"].clone()).collect())
+        .map(|m| {
+            m["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["event"].clone())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -269,7 +384,11 @@ fn events_of(machines: &Value, mac: &str) -> Vec<Value> {
 fn machine_pxe_boots_reports_and_powers_off() {
     let test = "machine_pxe_boots_reports_and_powers_off";
     let Some(_) = kernel(test) else { return };
-    if Command::new("qemu-system-x86_64").arg("--version").output().is_err() {
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         println!("SKIP {test}: qemu-system-x86_64 is not installed (make boot-deps)");
         return;
     }
@@ -278,13 +397,28 @@ fn machine_pxe_boots_reports_and_powers_off() {
     build_ok(&img, &[]);
     let data = t.0.join("data");
     let server = Server::start(&img, &data, &["--poweroff-after-boot"]);
-    let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap().trim().to_string();
+    let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .unwrap()
+        .trim()
+        .to_string();
     let serial = t.0.join("serial.log");
     let start = Instant::now();
     let mut qemu = Command::new(bin("plinth-boot"))
         .args(["run", "--boot-dir"])
         .arg(&img)
-        .args(["--server", &server.url, "--mac", MAC, "--uuid", &uuid, "--accel", "tcg", "--timeout", "180", "--serial-log"])
+        .args([
+            "--server",
+            &server.url,
+            "--mac",
+            MAC,
+            "--uuid",
+            &uuid,
+            "--accel",
+            "tcg",
+            "--timeout",
+            "180",
+            "--serial-log",
+        ])
         .arg(&serial)
         .spawn()
         .unwrap();
@@ -293,7 +427,11 @@ fn machine_pxe_boots_reports_and_powers_off() {
     let status = loop {
         if booted_at.is_none() {
             let (code, body) = server.get("/v1/machines");
-            if code == 200 && events_of(&serde_json::from_str(&body).unwrap(), MAC).iter().any(|e| e["type"] == "booted") {
+            if code == 200
+                && events_of(&serde_json::from_str(&body).unwrap(), MAC)
+                    .iter()
+                    .any(|e| e["type"] == "booted")
+            {
                 booted_at = Some(start.elapsed());
             }
         }
@@ -305,18 +443,38 @@ fn machine_pxe_boots_reports_and_powers_off() {
     let log = std::fs::read_to_string(&serial).unwrap_or_default();
     let fail = |msg: &str| -> ! { panic!("{msg}\n--- serial console ---\n{log}\n--- end ---") };
     if !status.success() {
-        fail(&format!("the machine did not power off by itself within 180 s ({status})"));
+        fail(&format!(
+            "the machine did not power off by itself within 180 s ({status})"
+        ));
     }
     let (code, body) = server.get("/v1/machines");
     assert_eq!(code, 200);
     let machines: Value = serde_json::from_str(&body).unwrap();
     let events = events_of(&machines, MAC);
-    let Some(booted) = events.iter().find(|e| e["type"] == "booted") else { fail(&format!("no booted event from {MAC}: {body}")) };
-    assert_eq!(booted["uuid"], uuid.to_ascii_lowercase(), "booted event carries the guest's SMBIOS UUID");
+    let Some(booted) = events.iter().find(|e| e["type"] == "booted") else {
+        fail(&format!("no booted event from {MAC}: {body}"))
+    };
+    assert_eq!(
+        booted["uuid"],
+        uuid.to_ascii_lowercase(),
+        "booted event carries the guest's SMBIOS UUID"
+    );
     assert_eq!(booted["mac"], MAC);
-    assert!(booted["details"]["timings"]["dhcpMs"].as_u64().is_some(), "timings reported: {booted}");
-    assert_eq!(booted["details"]["modulesFailed"], serde_json::json!([]), "every listed module loaded: {booted}");
-    assert!(events.iter().any(|e| e["type"] == "shutdown" && e["details"]["reason"] == "poweroff"), "shutdown event: {body}");
+    assert!(
+        booted["details"]["timings"]["dhcpMs"].as_u64().is_some(),
+        "timings reported: {booted}"
+    );
+    assert_eq!(
+        booted["details"]["modulesFailed"],
+        serde_json::json!([]),
+        "every listed module loaded: {booted}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "shutdown" && e["details"]["reason"] == "poweroff"),
+        "shutdown event: {body}"
+    );
     if !log.contains("reboot: Power down") {
         fail("the kernel did not report a clean power down");
     }
@@ -331,22 +489,42 @@ fn machine_pxe_boots_reports_and_powers_off() {
     let again = Server::start(&img, &data, &[]);
     let (_, body) = again.get(&format!("/v1/machines/{MAC}"));
     let m: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(m["uuid"], uuid.to_ascii_lowercase(), "store after restart: {body}");
+    assert_eq!(
+        m["uuid"],
+        uuid.to_ascii_lowercase(),
+        "store after restart: {body}"
+    );
     // An operator's poweroff request is queued for the machine and handed out once.
-    assert_eq!(http(&again.url, "POST", &format!("/v1/machines/{MAC}/poweroff")).0, 200);
-    assert_eq!(again.get(&format!("/v1/machines/{MAC}/action")).1.trim(), r#"{"action":"poweroff"}"#);
-    assert_eq!(again.get(&format!("/v1/machines/{MAC}/action")).1.trim(), "{}");
+    assert_eq!(
+        http(&again.url, "POST", &format!("/v1/machines/{MAC}/poweroff")).0,
+        200
+    );
+    assert_eq!(
+        again.get(&format!("/v1/machines/{MAC}/action")).1.trim(),
+        r#"{"action":"poweroff"}"#
+    );
+    assert_eq!(
+        again.get(&format!("/v1/machines/{MAC}/action")).1.trim(),
+        "{}"
+    );
     assert_eq!(http(&again.url, "GET", "/v1/machines/not-a-mac").0, 400);
     // Range requests on the kernel (iPXE and PXE ROMs may resume).
     let addr = again.url.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET /vmlinuz HTTP/1.1\r\nHost: {addr}\r\nRange: bytes=2-5\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET /vmlinuz HTTP/1.1\r\nHost: {addr}\r\nRange: bytes=2-5\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut resp = Vec::new();
     s.read_to_end(&mut resp).unwrap();
     let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = String::from_utf8_lossy(&resp[..head_end]);
     let kernel = std::fs::read(img.join("vmlinuz")).unwrap();
     assert!(head.starts_with("HTTP/1.1 206"), "{head}");
-    assert!(head.contains(&format!("Content-Range: bytes 2-5/{}", kernel.len())), "{head}");
+    assert!(
+        head.contains(&format!("Content-Range: bytes 2-5/{}", kernel.len())),
+        "{head}"
+    );
     assert_eq!(&resp[head_end + 4..], &kernel[2..6]);
 }
