@@ -58,7 +58,14 @@ fn exec_user_cap_and_no_inheritable_capabilities() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "1", "exec --user 1 runs as uid 1");
     let (code, out, err) = text(&b.plinth(&[
-        "exec", "--cap", "CAP_SYS_ADMIN", &id, "grep", "-E", "^Cap(Inh|Bnd|Amb)", "/proc/self/status",
+        "exec",
+        "--cap",
+        "CAP_SYS_ADMIN",
+        &id,
+        "grep",
+        "-E",
+        "^Cap(Inh|Bnd|Amb)",
+        "/proc/self/status",
     ]));
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("CapInh:\t0000000000000000"), "{out}");
@@ -68,7 +75,10 @@ fn exec_user_cap_and_no_inheritable_capabilities() {
         .find_map(|l| l.strip_prefix("CapBnd:\t"))
         .map(|h| u64::from_str_radix(h, 16).unwrap())
         .unwrap();
-    assert!(bnd & (1 << 21) != 0, "CAP_SYS_ADMIN (21) added to the bounding set: {out}");
+    assert!(
+        bnd & (1 << 21) != 0,
+        "CAP_SYS_ADMIN (21) added to the bounding set: {out}"
+    );
 }
 
 #[test]
@@ -87,12 +97,24 @@ fn exec_process_file_detach_and_pid_file() {
     .unwrap();
     let pid_file = b.tmp.0.join("exec.pid");
     let (code, _, err) = b.plinth_detached(&[
-        "exec", "--detach", "--process", process.to_str().unwrap(),
-        "--pid-file", pid_file.to_str().unwrap(), &id,
+        "exec",
+        "--detach",
+        "--process",
+        process.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        &id,
     ]);
     assert_eq!(code, 0, "{err}");
-    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
-    assert!(Path::new(&format!("/proc/{pid}")).exists(), "the detached process runs");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "the detached process runs"
+    );
     // It is one of the container's processes.
     let (_, ps, _) = text(&b.plinth(&["ps", "--format", "json", &id]));
     let pids: Vec<i64> = serde_json::from_str(&ps).unwrap();
@@ -103,7 +125,10 @@ fn exec_process_file_detach_and_pid_file() {
         if out.trim() == "from-process-file" {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "marker never written: {out}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "marker never written: {out}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
@@ -118,7 +143,16 @@ fn exec_tty_sends_the_pty_to_the_console_socket() {
     let listener = UnixListener::bind(&sock).unwrap();
     let mut child = b
         .cmd()
-        .args(["exec", "--tty", "--console-socket", sock.to_str().unwrap(), &id, "sh", "-c", "tty; exit 4"])
+        .args([
+            "exec",
+            "--tty",
+            "--console-socket",
+            sock.to_str().unwrap(),
+            &id,
+            "sh",
+            "-c",
+            "tty; exit 4",
+        ])
         .stdin(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -141,7 +175,10 @@ fn ps_lists_the_container_processes() {
     assert!(lines.next().unwrap().contains("PID"));
     let rows: Vec<&str> = lines.collect();
     assert_eq!(rows.len(), 1, "{out}");
-    assert!(rows[0].contains("sleep 1000") && rows[0].contains(&init.to_string()), "{out}");
+    assert!(
+        rows[0].contains("sleep 1000") && rows[0].contains(&init.to_string()),
+        "{out}"
+    );
 }
 
 #[test]
@@ -149,12 +186,15 @@ fn pause_freezes_and_resume_thaws() {
     if !need_root("pause_freezes_and_resume_thaws") {
         return;
     }
-    let b = Bundle::busybox("i=0; while true; do i=$((i+1)); echo $i > /dev/shm/count; sleep 0.05; done");
+    let b = Bundle::busybox(
+        "i=0; while true; do i=$((i+1)); echo $i > /dev/shm/count; sleep 0.05; done",
+    );
     let id = unique("pause");
     b.create(&id);
     assert!(b.plinth(&["start", &id]).status.success());
     let count = |b: &Bundle| -> u64 {
-        let (_, out, _) = text(&b.plinth(&["exec", "--ignore-paused", &id, "cat", "/dev/shm/count"]));
+        let (_, out, _) =
+            text(&b.plinth(&["exec", "--ignore-paused", &id, "cat", "/dev/shm/count"]));
         out.trim().parse().unwrap_or(0)
     };
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -172,7 +212,11 @@ fn pause_freezes_and_resume_thaws() {
     // The init is frozen: its state in /proc is not R or S.
     let init = b.state(&id)["pid"].as_i64().unwrap();
     let st = std::fs::read_to_string(format!("/proc/{init}/status")).unwrap();
-    let state = st.lines().find(|l| l.starts_with("State:")).unwrap().to_string();
+    let state = st
+        .lines()
+        .find(|l| l.starts_with("State:"))
+        .unwrap()
+        .to_string();
     assert!(!state.contains("(running)"), "{state}");
 
     let (code, _, err) = text(&b.plinth(&["resume", &id]));
@@ -211,8 +255,15 @@ fn update_changes_limits_and_refuses_bad_json() {
     std::fs::write(&res, r#"{"pids": {"limit": "many"}}"#).unwrap();
     let (code, _, err) = text(&b.plinth(&["update", "--resources", res.to_str().unwrap(), &id]));
     assert_eq!(code, 1);
-    assert!(err.contains("--resources") && err.contains("pids.limit"), "{err}");
-    assert_eq!(std::fs::read_to_string(&pids_max).unwrap().trim(), "17", "left as it was");
+    assert!(
+        err.contains("--resources") && err.contains("pids.limit"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&pids_max).unwrap().trim(),
+        "17",
+        "left as it was"
+    );
     assert_eq!(b.state(&id)["status"], "running");
 }
 
@@ -234,7 +285,10 @@ fn events_stats_and_features() {
     let f: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(f["ociVersionMax"], "1.3.0");
     assert_eq!(f["linux"]["cgroup"]["systemd"], false);
-    assert!(f["linux"]["namespaces"].as_array().unwrap().contains(&json!("time")));
+    assert!(f["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("time")));
 }
 
 #[test]
@@ -266,7 +320,57 @@ fn the_errors_engines_look_for() {
     assert_eq!(code, 1);
     assert!(err.contains("unknown signal"), "{err}");
     assert_eq!(b.state(&id)["status"], "running");
-    let (code, _, err) = text(&b.cmd().arg("--systemd-cgroup").args(["state", &id]).output().unwrap());
+    let (code, _, err) = text(
+        &b.cmd()
+            .arg("--systemd-cgroup")
+            .args(["state", &id])
+            .output()
+            .unwrap(),
+    );
     assert_eq!(code, 1);
     assert!(err.contains("--systemd-cgroup"), "{err}");
+}
+
+#[test]
+fn kill_all_reaches_every_process_without_a_pid_namespace() {
+    if !need_root("kill_all_reaches_every_process_without_a_pid_namespace") {
+        return;
+    }
+    // Without its own pid namespace, killing the init leaves its children running:
+    // --all signals every process of the container's cgroup.
+    let mut b = Bundle::busybox("sleep 1000 & sleep 1000 & wait");
+    let ns: Vec<Value> = b.config["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["type"] != "pid")
+        .cloned()
+        .collect();
+    b.config["linux"]["namespaces"] = json!(ns);
+    let id = unique("killall");
+    b.create(&id);
+    assert!(b.plinth(&["start", &id]).status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut pids: Vec<i64>;
+    loop {
+        let (_, out, _) = text(&b.plinth(&["ps", "--format", "json", &id]));
+        pids = serde_json::from_str(&out).unwrap_or_default();
+        if pids.len() == 3 || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(pids.len(), 3, "sh and two sleeps: {pids:?}");
+    let (code, _, err) = text(&b.plinth(&["kill", "--all", &id, "KILL"]));
+    assert_eq!(code, 0, "{err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while pids.iter().any(|p| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false)
+    }) {
+        assert!(std::time::Instant::now() < deadline, "a process survived kill --all: {pids:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(b.wait_status(&id, "stopped")["status"], "stopped");
 }
