@@ -34,3 +34,14 @@ $(BOOT_CACHE)/.extracted:
 # Build the node image with the default inputs into $(CACHE)/boot.
 boot-image: build kernel
 	target/release/plinth-boot build -o $(CACHE)/boot
+
+# plinth-init linked statically (glibc static-pie): no loader or libc in the image for
+# it. A separate target dir keeps the workspace's dynamic release build untouched.
+BOOT_STATIC_INIT := $(CURDIR)/target/static/x86_64-unknown-linux-gnu/release/plinth-init
+.PHONY: plinth-init-static boot-image-static
+plinth-init-static:
+	RUSTFLAGS="-C target-feature=+crt-static" CARGO_TARGET_DIR=$(CURDIR)/target/static \
+	  $(CARGO) build --release -p plinth-provisioner --bin plinth-init --target x86_64-unknown-linux-gnu
+
+boot-image-static: build kernel plinth-init-static
+	target/release/plinth-boot build -o $(CACHE)/boot --init $(BOOT_STATIC_INIT)

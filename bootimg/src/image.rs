@@ -70,6 +70,8 @@ pub struct BuildOptions {
     pub modules: Vec<String>,
     /// Directory with plinth-init and plinth; `None` leaves them out (a bare image).
     pub plinth_dir: Option<PathBuf>,
+    /// A plinth-init to use instead of the one in `plinth_dir` (e.g. a static build).
+    pub init: Option<PathBuf>,
     /// Cache directories searched for the default kernel.
     pub cache_dirs: Vec<PathBuf>,
     /// mtime of every archive entry (SOURCE_DATE_EPOCH).
@@ -295,7 +297,7 @@ fn assemble(opts: &BuildOptions, kernel: &Kernel) -> Result<(Archive, Report)> {
 
     // The plinth binaries.
     if let Some(dir) = &opts.plinth_dir {
-        let init = dir.join("plinth-init");
+        let init = opts.init.clone().unwrap_or_else(|| dir.join("plinth-init"));
         if !init.is_file() {
             return Err(Error::Missing {
                 what: "plinth-init",

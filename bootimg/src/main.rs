@@ -41,6 +41,9 @@ enum Cmd {
         /// Directory holding plinth-init and plinth (default: beside this binary, then target/release).
         #[arg(long)]
         plinth_dir: Option<PathBuf>,
+        /// Use this plinth-init (e.g. the static one `make plinth-init-static` builds).
+        #[arg(long, conflicts_with = "no_plinth")]
+        init: Option<PathBuf>,
         /// Leave the plinth binaries out (a bare image, e.g. to measure their share).
         #[arg(long, conflicts_with = "plinth_dir")]
         no_plinth: bool,
@@ -95,6 +98,7 @@ fn main() -> anyhow::Result<()> {
             modules,
             no_modules,
             plinth_dir,
+            init,
             no_plinth,
             cmdline,
         } => {
@@ -119,6 +123,7 @@ fn main() -> anyhow::Result<()> {
                 extras,
                 modules,
                 plinth_dir,
+                init,
                 cache_dirs: image::default_cache_dirs(),
                 mtime: image::source_date_epoch()?,
                 cmdline,
