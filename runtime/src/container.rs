@@ -171,6 +171,9 @@ fn create_inner(root: &Root, opts: &CreateOptions) -> Result<(State, Pid)> {
             .as_ref()
             .is_some_and(|h| !h.is_empty());
 
+    // Decided before the clone: in the child, once the parent has mapped the ids of
+    // a new user namespace, geteuid() says 0.
+    let rootless = !nix::unistd::geteuid().is_root();
     let child = match namespaces::fork_with(clone_flags)? {
         Forked::Child => {
             drop(ours);
@@ -187,6 +190,7 @@ fn create_inner(root: &Root, opts: &CreateOptions) -> Result<(State, Pid)> {
                 cgroup_mounts,
                 has_create_hooks,
                 cloned_with_namespaces: fast,
+                rootless,
             })
         }
         Forked::Parent(pid) => pid,
@@ -301,18 +305,76 @@ fn describe_exit(pid: Pid) -> String {
 fn setup_cgroup(bundle: &Bundle, id: &str) -> Result<Option<Cgroup>> {
     let linux = bundle.spec.linux().as_ref();
     let resources = linux.and_then(|l| l.resources().as_ref());
+    let path = linux.and_then(|l| l.cgroups_path().as_deref());
     if !nix::unistd::geteuid().is_root() {
-        // Rootless without a delegated hierarchy: no cgroup at all, said once.
-        logging::warn("running rootless without cgroups: no resource limits apply");
+        match delegated(path, id)? {
+            Some(cg) => return create_cgroup(cg, bundle, resources).map(Some),
+            None => {
+                if let Some(field) = resources.and_then(limit_field) {
+                    return Err(Error::config(
+                        field,
+                        "a rootless container gets limits only from a delegated cgroup v2 \
+                         subtree, and this user has none here",
+                    ));
+                }
+                // No cgroup at all, said once.
+                logging::warn("running rootless without cgroups: no delegated cgroup v2 subtree");
+                return Ok(None);
+            }
+        }
+    }
+    create_cgroup(Cgroup::resolve(path, id)?, bundle, resources).map(Some)
+}
+
+/// For a rootless run: the container's cgroup when the user's own cgroup v2 subtree is
+/// delegated (writable, as systemd's user@.service delegates it), else None.
+fn delegated(path: Option<&Path>, id: &str) -> Result<Option<Cgroup>> {
+    let pure_v2 = nix::sys::statfs::statfs("/sys/fs/cgroup")
+        .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        .unwrap_or(false);
+    if !pure_v2 {
         return Ok(None);
     }
-    let path = linux.and_then(|l| l.cgroups_path().as_deref());
-    let mut cg = Cgroup::resolve(path, id)?;
+    let cg = Cgroup::resolve(path, id)?;
+    let writable = cg
+        .path_for("unified")
+        .and_then(|d| d.parent().map(Path::to_path_buf))
+        .is_some_and(|parent| nix::unistd::access(&parent, nix::unistd::AccessFlags::W_OK).is_ok());
+    Ok(writable.then_some(cg))
+}
+
+/// The first resource limit a config sets (device rules are not limits: a user
+/// namespace cannot create devices anyway).
+fn limit_field(r: &oci_spec::runtime::LinuxResources) -> Option<&'static str> {
+    if r.memory().is_some() {
+        Some("linux.resources.memory")
+    } else if r.cpu().is_some() {
+        Some("linux.resources.cpu")
+    } else if r.pids().is_some() {
+        Some("linux.resources.pids")
+    } else if r.block_io().is_some() {
+        Some("linux.resources.blockIO")
+    } else if r.hugepage_limits().as_ref().is_some_and(|h| !h.is_empty()) {
+        Some("linux.resources.hugepageLimits")
+    } else if r.network().is_some() {
+        Some("linux.resources.network")
+    } else if r.unified().as_ref().is_some_and(|u| !u.is_empty()) {
+        Some("linux.resources.unified")
+    } else {
+        None
+    }
+}
+
+fn create_cgroup(
+    mut cg: Cgroup,
+    bundle: &Bundle,
+    resources: Option<&oci_spec::runtime::LinuxResources>,
+) -> Result<Cgroup> {
     cg.create(resources, &implicit_devices(bundle)?)?;
     for w in cg.warnings() {
         logging::warn(w);
     }
-    Ok(Some(cg))
+    Ok(cg)
 }
 
 /// The device rules allowed after the config's own, as runc allows them: mknod of

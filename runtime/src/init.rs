@@ -63,6 +63,9 @@ pub struct Init<'a> {
     /// Whether the namespaces are made by the clone itself (no namespace is joined):
     /// then this process is already the container's pid 1.
     pub cloned_with_namespaces: bool,
+    /// Whether the runtime runs unprivileged: then every cgroup mount is read-only,
+    /// whatever the config says (CVE-2023-25809).
+    pub rootless: bool,
 }
 
 /// Runs the init; never returns. On failure the error goes to the runtime.
@@ -80,9 +83,6 @@ pub fn run(init: Init) -> ! {
 }
 
 fn setup(init: Init) -> Result<()> {
-    // Not dumpable until execve: nothing in the container may ptrace or open /proc
-    // files of this process while it holds the runtime's fds (CVE-2016-9962).
-    nix::sys::prctl::set_dumpable(false).map_err(|e| Error::sys("prctl(PR_SET_DUMPABLE)", e))?;
     // `run` blocks the signals it forwards; a blocked mask survives execve, and the
     // container's process must start with none blocked.
     nix::sys::signal::SigSet::empty()
@@ -104,6 +104,11 @@ fn setup(init: Init) -> Result<()> {
     if !init.cloned_with_namespaces {
         join_and_unshare(&init)?;
     }
+    // Not dumpable until execve: nothing in the container may ptrace or open /proc
+    // files of this process while it holds the runtime's fds (CVE-2016-9962). Not
+    // before: a non-dumpable process's /proc files belong to root, and an
+    // unprivileged runtime must still write this process's uid_map and gid_map.
+    nix::sys::prctl::set_dumpable(false).map_err(|e| Error::sys("prctl(PR_SET_DUMPABLE)", e))?;
     let userns = plan.has(CloneFlags::CLONE_NEWUSER);
     if userns {
         // Become the namespace's root: the host id we run as may be unmapped.
@@ -606,7 +611,10 @@ fn check_not_symlink(root: &OwnedFd, dest: &Path, field: &str) -> Result<()> {
 
 fn mount_cgroup(init: &Init, root: &OwnedFd, dest: &Path, o: &Options) -> Result<()> {
     let cgns = init.bundle.namespaces.has(CloneFlags::CLONE_NEWCGROUP);
-    let flags = o.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
+    let mut flags = o.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC);
+    if init.rootless {
+        flags |= MsFlags::MS_RDONLY;
+    }
     let single = init.cgroup_mounts.len() == 1 && init.cgroup_mounts[0].name.is_empty();
     if !single {
         // v1 or hybrid: a tmpfs holding one directory per hierarchy.
