@@ -18,13 +18,24 @@ pub const PAUSE: &str = "localhost/plinth-pause:test";
 
 /// Why the engine tests cannot run here, if they cannot.
 pub fn missing_tools() -> Option<String> {
-    for t in ["containerd", "ctr", "containerd-shim-runc-v2", "podman", "conmon"] {
+    for t in [
+        "containerd",
+        "ctr",
+        "containerd-shim-runc-v2",
+        "podman",
+        "conmon",
+    ] {
         if which(t).is_none() {
-            return Some(format!("{t} is not installed (`make test` installs it: mk/engines.mk)"));
+            return Some(format!(
+                "{t} is not installed (`make test` installs it: mk/engines.mk)"
+            ));
         }
     }
     if !crictl().exists() {
-        return Some(format!("{} is not built (`make test` builds it)", crictl().display()));
+        return Some(format!(
+            "{} is not built (`make test` builds it)",
+            crictl().display()
+        ));
     }
     None
 }
@@ -106,21 +117,35 @@ impl Drop for Podman {
 pub fn image_archives() -> &'static (PathBuf, PathBuf) {
     static ARCHIVES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     ARCHIVES.get_or_init(|| {
-        let dir = workspace().join("target/engine-images").join(std::process::id().to_string());
+        let dir = workspace()
+            .join("target/engine-images")
+            .join(std::process::id().to_string());
         std::fs::create_dir_all(&dir).unwrap();
         let rootfs = TempDir::new("plinth-image");
         busybox_rootfs(&rootfs.0);
         let tar = dir.join("rootfs.tar");
-        ok(Command::new("tar").arg("-C").arg(&rootfs.0).arg("-cf").arg(&tar).arg("."));
+        ok(Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs.0)
+            .arg("-cf")
+            .arg(&tar)
+            .arg("."));
         let p = Podman::new();
         ok(p.cmd().arg("import").arg(&tar).arg(BUSYBOX));
         ok(p.cmd()
-            .args(["import", "--change", r#"ENTRYPOINT ["/bin/sleep","infinity"]"#])
+            .args([
+                "import",
+                "--change",
+                r#"ENTRYPOINT ["/bin/sleep","infinity"]"#,
+            ])
             .arg(&tar)
             .arg(PAUSE));
         let (bb, pause) = (dir.join("busybox.oci.tar"), dir.join("pause.oci.tar"));
         for (img, out) in [(BUSYBOX, &bb), (PAUSE, &pause)] {
-            ok(p.cmd().args(["save", "--format", "oci-archive", "-o"]).arg(out).arg(img));
+            ok(p.cmd()
+                .args(["save", "--format", "oci-archive", "-o"])
+                .arg(out)
+                .arg(img));
         }
         (bb, pause)
     })
@@ -180,7 +205,15 @@ state = "{d}/state"
             .unwrap();
         let c = Containerd { tmp, child };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !c.socket().exists() || !c.ctr("default").arg("version").output().unwrap().status.success() {
+        while !c.socket().exists()
+            || !c
+                .ctr("default")
+                .arg("version")
+                .output()
+                .unwrap()
+                .status
+                .success()
+        {
             assert!(
                 Instant::now() < deadline,
                 "containerd did not start: {}",
@@ -205,7 +238,9 @@ state = "{d}/state"
     /// `ctr` against this containerd, in namespace `ns`.
     pub fn ctr(&self, ns: &str) -> Command {
         let mut c = Command::new("ctr");
-        c.arg("--address").arg(self.socket()).args(["--namespace", ns]);
+        c.arg("--address")
+            .arg(self.socket())
+            .args(["--namespace", ns]);
         c
     }
 
@@ -213,8 +248,12 @@ state = "{d}/state"
     pub fn crictl(&self) -> Command {
         let ep = format!("unix://{}", self.socket().display());
         let mut c = Command::new(crictl());
-        c.args(["--config", "/dev/null", "--timeout", "30s"])
-            .args(["--runtime-endpoint", &ep, "--image-endpoint", &ep]);
+        c.args(["--config", "/dev/null", "--timeout", "30s"]).args([
+            "--runtime-endpoint",
+            &ep,
+            "--image-endpoint",
+            &ep,
+        ]);
         c
     }
 }
@@ -254,8 +293,14 @@ pub fn kill_matching(pattern: &str) {
             continue;
         }
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).replace('\0', " ").contains(pattern) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        if String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .contains(pattern)
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
@@ -274,5 +319,8 @@ pub fn in_terminal(cmd: &str) -> (i32, String) {
     let stdin = child.stdin.take();
     let out = child.wait_with_output().unwrap();
     drop(stdin);
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }

@@ -369,7 +369,10 @@ fn kill_all_reaches_every_process_without_a_pid_namespace() {
             .map(|s| !s.contains(") Z "))
             .unwrap_or(false)
     }) {
-        assert!(std::time::Instant::now() < deadline, "a process survived kill --all: {pids:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a process survived kill --all: {pids:?}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert_eq!(b.wait_status(&id, "stopped")["status"], "stopped");

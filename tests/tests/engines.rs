@@ -29,28 +29,54 @@ fn containerd_ctr_runs_containers_with_plinth() {
     let runc = plinth_bin();
     let run = |id: &str, args: &[&str]| {
         let mut cmd = ctr();
-        cmd.args(["run", "--runc-binary"]).arg(&runc).arg("--rm").arg(BUSYBOX).arg(id).args(args);
+        cmd.args(["run", "--runc-binary"])
+            .arg(&runc)
+            .arg("--rm")
+            .arg(BUSYBOX)
+            .arg(id)
+            .args(args);
         text(&cmd.stdin(std::process::Stdio::null()).output().unwrap())
     };
 
     // Output and a non-zero exit code.
-    let (code, out, err) = run(&unique("out"), &["sh", "-c", "echo hello from $(hostname); exit 3"]);
+    let (code, out, err) = run(
+        &unique("out"),
+        &["sh", "-c", "echo hello from $(hostname); exit 3"],
+    );
     assert_eq!(code, 3, "{err}");
     assert!(out.starts_with("hello from "), "{out}");
 
     // A detached task: exec, ps, pause/resume, kill.
     let id = unique("task");
-    ok(ctr().args(["run", "-d", "--runc-binary"]).arg(&runc).arg(BUSYBOX).arg(&id).args(["sleep", "1000"]));
+    ok(ctr()
+        .args(["run", "-d", "--runc-binary"])
+        .arg(&runc)
+        .arg(BUSYBOX)
+        .arg(&id)
+        .args(["sleep", "1000"]));
     let (code, out, err) = text(
         &ctr()
-            .args(["task", "exec", "--exec-id", "e1", &id, "sh", "-c", "echo exec-ok; exit 6"])
+            .args([
+                "task",
+                "exec",
+                "--exec-id",
+                "e1",
+                &id,
+                "sh",
+                "-c",
+                "echo exec-ok; exit 6",
+            ])
             .output()
             .unwrap(),
     );
     assert_eq!(code, 6, "{err}");
     assert_eq!(out.trim(), "exec-ok");
     let ps = ok(ctr().args(["task", "ps", &id]));
-    let pids: Vec<&str> = ps.lines().skip(1).filter_map(|l| l.split_whitespace().next()).collect();
+    let pids: Vec<&str> = ps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
     assert_eq!(pids.len(), 1, "one process (sleep): {ps}");
     let status = |c: &Containerd| -> String {
         let ls = ok(c.ctr("plinth-test").args(["task", "ls"]));
@@ -120,7 +146,9 @@ fn containerd_cri_plugin_runs_pods_with_plinth() {
     let k = || c.crictl();
     let pod_id = ok(k().arg("runp").arg(&pod)).trim().to_string();
     assert_eq!(pod_id.len(), 64, "a pod id: {pod_id}");
-    let cid = ok(k().arg("create").arg(&pod_id).arg(&ctr_cfg).arg(&pod)).trim().to_string();
+    let cid = ok(k().arg("create").arg(&pod_id).arg(&ctr_cfg).arg(&pod))
+        .trim()
+        .to_string();
     ok(k().args(["start", &cid]));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -132,7 +160,9 @@ fn containerd_cri_plugin_runs_pods_with_plinth() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (code, out, err) = text(
-        &k().args(["exec", &cid, "sh", "-c", "echo exec from cri; exit 5"]).output().unwrap(),
+        &k().args(["exec", &cid, "sh", "-c", "echo exec from cri; exit 5"])
+            .output()
+            .unwrap(),
     );
     // crictl exits 1 and reports the process's own code.
     assert_eq!(code, 1, "{err}");
@@ -140,10 +170,12 @@ fn containerd_cri_plugin_runs_pods_with_plinth() {
     assert_eq!(out.trim(), "exec from cri");
     let ps = ok(k().args(["ps", "-q"]));
     assert!(ps.contains(&cid), "{ps}");
-    let inspect: serde_json::Value = serde_json::from_str(&ok(k().args(["inspect", &cid]))).unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(k().args(["inspect", &cid]))).unwrap();
     assert_eq!(inspect["status"]["state"], "CONTAINER_RUNNING");
     ok(k().args(["stop", "--timeout", "1", &cid]));
-    let inspect: serde_json::Value = serde_json::from_str(&ok(k().args(["inspect", &cid]))).unwrap();
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(k().args(["inspect", &cid]))).unwrap();
     assert_eq!(inspect["status"]["state"], "CONTAINER_EXITED");
     ok(k().args(["rm", &cid]));
     ok(k().args(["stopp", &pod_id]));
@@ -162,7 +194,14 @@ fn podman_runs_containers_with_plinth() {
     ok(p.cmd().arg("load").arg("-i").arg(bb));
     // No runtime can raise nofile to podman's default 1048576 here (no
     // CAP_SYS_RESOURCE in the bounding set).
-    let common = ["--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096"];
+    let common = [
+        "--network",
+        "none",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=4096:4096",
+    ];
 
     let (code, out, err) = text(
         &p.cmd()
@@ -178,18 +217,38 @@ fn podman_runs_containers_with_plinth() {
     // Limits, exec, top, pause/unpause, stop.
     let name = unique("pm");
     ok(p.cmd()
-        .args(["run", "-d", "--name", &name, "--memory", "64m", "--pids-limit", "20"])
+        .args([
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--memory",
+            "64m",
+            "--pids-limit",
+            "20",
+        ])
         .args(common)
         .args([BUSYBOX, "sleep", "1000"]));
     let limits = ok(p.cmd().args([
-        "exec", &name, "sh", "-c",
+        "exec",
+        &name,
+        "sh",
+        "-c",
         "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max 2>/dev/null \
          || cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max",
     ]));
-    assert_eq!(limits.split_whitespace().collect::<Vec<_>>(), ["67108864", "20"], "{limits}");
+    assert_eq!(
+        limits.split_whitespace().collect::<Vec<_>>(),
+        ["67108864", "20"],
+        "{limits}"
+    );
     let top = ok(p.cmd().args(["top", &name]));
     assert!(top.contains("sleep 1000"), "{top}");
-    let state = |p: &Podman| ok(p.cmd().args(["inspect", "-f", "{{.State.Status}}", &name])).trim().to_string();
+    let state = |p: &Podman| {
+        ok(p.cmd().args(["inspect", "-f", "{{.State.Status}}", &name]))
+            .trim()
+            .to_string()
+    };
     ok(p.cmd().args(["pause", &name]));
     assert_eq!(state(&p), "paused");
     ok(p.cmd().args(["unpause", &name]));
@@ -199,7 +258,11 @@ fn podman_runs_containers_with_plinth() {
     ok(p.cmd().args(["rm", &name]));
 
     // -it: a terminal.
-    let args: Vec<String> = p.cmd().get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    let args: Vec<String> = p
+        .cmd()
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let cmd = format!(
         "podman {} run --rm -it {} {BUSYBOX} sh -c 'tty; exit 5'",
         args.join(" "),
