@@ -80,6 +80,9 @@ enum Cmd {
         /// The qemu binary.
         #[arg(long, default_value = "qemu-system-x86_64")]
         qemu: PathBuf,
+        /// Expose qemu's monitor on this unix socket.
+        #[arg(long)]
+        monitor: Option<PathBuf>,
     },
 }
 
@@ -143,6 +146,7 @@ fn main() -> anyhow::Result<()> {
             serial_log,
             timeout,
             qemu,
+            monitor,
         } => {
             let opts = RunOptions {
                 boot_dir,
@@ -157,6 +161,7 @@ fn main() -> anyhow::Result<()> {
                 serial_log,
                 timeout: timeout.map(Duration::from_secs),
                 qemu,
+                monitor,
             };
             let out = qemu::run(&opts)?;
             eprintln!(

@@ -39,6 +39,8 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
     /// The qemu binary.
     pub qemu: PathBuf,
+    /// A unix socket for qemu's human monitor (e.g. `sendkey ctrl-alt-delete`).
+    pub monitor: Option<PathBuf>,
 }
 
 /// How a run ended.
@@ -149,7 +151,12 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         "-smp",
         "1",
     ])
-    .args(["-display", "none", "-monitor", "none", "-serial", &serial])
+    .args(["-display", "none", "-serial", &serial])
+    .arg("-monitor")
+    .arg(match &opts.monitor {
+        Some(p) => format!("unix:{},server=on,wait=off", p.display()),
+        None => "none".into(),
+    })
     .args(["-uuid", &uuid, "-boot", "n", "-no-reboot"])
     .arg("-netdev")
     .arg(format!(

@@ -403,25 +403,7 @@ fn machine_pxe_boots_reports_and_powers_off() {
         .to_string();
     let serial = t.0.join("serial.log");
     let start = Instant::now();
-    let mut qemu = Command::new(bin("plinth-boot"))
-        .args(["run", "--boot-dir"])
-        .arg(&img)
-        .args([
-            "--server",
-            &server.url,
-            "--mac",
-            MAC,
-            "--uuid",
-            &uuid,
-            "--accel",
-            "tcg",
-            "--timeout",
-            "180",
-            "--serial-log",
-        ])
-        .arg(&serial)
-        .spawn()
-        .unwrap();
+    let mut qemu = boot(&img, &server, &uuid, &serial, None);
     // Watch the server for the booted event while the machine runs.
     let mut booted_at = None;
     let status = loop {
@@ -527,4 +509,178 @@ fn machine_pxe_boots_reports_and_powers_off() {
         "{head}"
     );
     assert_eq!(&resp[head_end + 4..], &kernel[2..6]);
+}
+
+/// A `plinth-boot run` in progress; on drop (a failed assertion) its qemu, found by the
+/// test's unique serial-log path on its command line, is killed with it.
+struct Machine {
+    child: Child,
+    serial: PathBuf,
+}
+
+impl std::ops::Deref for Machine {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl std::ops::DerefMut for Machine {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let needle = self.serial.to_string_lossy().into_owned();
+        for e in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd).contains("qemu-system")
+                && String::from_utf8_lossy(&cmd).contains(&needle)
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Boots the image as machine MAC/uuid against `server`.
+fn boot(img: &Path, server: &Server, uuid: &str, serial: &Path, monitor: Option<&Path>) -> Machine {
+    let mut cmd = Command::new(bin("plinth-boot"));
+    cmd.args(["run", "--boot-dir"])
+        .arg(img)
+        .args([
+            "--server",
+            &server.url,
+            "--mac",
+            MAC,
+            "--uuid",
+            uuid,
+            "--timeout",
+            "180",
+            "--serial-log",
+        ])
+        .arg(serial);
+    if let Some(m) = monitor {
+        cmd.arg("--monitor").arg(m);
+    }
+    Machine {
+        child: cmd.spawn().unwrap(),
+        serial: serial.to_path_buf(),
+    }
+}
+
+/// Waits until the server holds `n` events of `kind` from MAC, or qemu exits, or 180 s.
+fn wait_events(server: &Server, qemu: &mut Machine, kind: &str, n: usize, serial: &Path) {
+    let start = Instant::now();
+    loop {
+        let (code, body) = server.get("/v1/machines");
+        if code == 200
+            && events_of(&serde_json::from_str(&body).unwrap(), MAC)
+                .iter()
+                .filter(|e| e["type"] == kind)
+                .count()
+                >= n
+        {
+            return;
+        }
+        let exited = qemu.try_wait().unwrap();
+        if exited.is_some() || start.elapsed() > Duration::from_secs(180) {
+            let log = std::fs::read_to_string(serial).unwrap_or_default();
+            let _ = qemu.kill();
+            panic!("no {kind} event #{n} (qemu: {exited:?})\n--- serial console ---\n{log}\n--- end ---");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn wait_exit(qemu: &mut Machine, within: Duration, serial: &Path) {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if let Some(s) = qemu.try_wait().unwrap() {
+            assert!(s.success(), "plinth-boot run: {s}");
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = qemu.kill();
+    let log = std::fs::read_to_string(serial).unwrap_or_default();
+    panic!(
+        "the machine did not stop within {within:?}\n--- serial console ---\n{log}\n--- end ---"
+    );
+}
+
+#[test]
+fn operator_poweroff_and_ctrl_alt_del_stop_a_running_machine() {
+    let test = "operator_poweroff_and_ctrl_alt_del_stop_a_running_machine";
+    let Some(_) = kernel(test) else { return };
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("SKIP {test}: qemu-system-x86_64 is not installed (make boot-deps)");
+        return;
+    }
+    let t = TempDir::new("plinth-boot-stop");
+    let img = t.0.join("img");
+    build_ok(&img, &[]);
+    let server = Server::start(&img, &t.0.join("data"), &[]);
+    let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .unwrap()
+        .trim()
+        .to_string();
+
+    // 1. The operator asks the server; the running node picks it up by polling.
+    let serial = t.0.join("serial1.log");
+    let mut qemu = boot(&img, &server, &uuid, &serial, None);
+    wait_events(&server, &mut qemu, "booted", 1, &serial);
+    assert_eq!(
+        http(&server.url, "POST", &format!("/v1/machines/{MAC}/poweroff")).0,
+        200
+    );
+    wait_exit(&mut qemu, Duration::from_secs(60), &serial);
+    assert!(std::fs::read_to_string(&serial)
+        .unwrap()
+        .contains("reboot: Power down"));
+
+    // 2. Ctrl-alt-del: the kernel turns it into SIGINT for PID 1, which reboots cleanly
+    //    (qemu runs with -no-reboot, so the reboot ends it).
+    let serial = t.0.join("serial2.log");
+    let monitor = t.0.join("monitor.sock");
+    let mut qemu = boot(&img, &server, &uuid, &serial, Some(&monitor));
+    wait_events(&server, &mut qemu, "booted", 2, &serial);
+    let mut mon = std::os::unix::net::UnixStream::connect(&monitor).unwrap();
+    mon.write_all(b"sendkey ctrl-alt-delete\n").unwrap();
+    wait_exit(&mut qemu, Duration::from_secs(60), &serial);
+    let log = std::fs::read_to_string(&serial).unwrap();
+    assert!(log.contains("signal 2"), "PID 1 saw SIGINT:\n{log}");
+    assert!(
+        log.contains("reboot: Restarting system"),
+        "clean reboot:\n{log}"
+    );
+    let (_, body) = server.get("/v1/machines");
+    let reasons: Vec<String> = events_of(&serde_json::from_str(&body).unwrap(), MAC)
+        .iter()
+        .filter(|e| e["type"] == "shutdown")
+        .map(|e| {
+            e["details"]["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(reasons, ["poweroff", "signal: reboot"], "{body}");
 }

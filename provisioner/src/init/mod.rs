@@ -68,6 +68,8 @@ pub fn smbios_uuid(sys: &Path) -> String {
 struct Agent {
     signals: Option<Signals>,
     seq: u64,
+    /// Where to report, once network and identity are known.
+    reporter: Option<(Url, Identity)>,
 }
 
 impl Agent {
@@ -82,6 +84,13 @@ impl Agent {
             }
         };
         if let Some(stop) = stop {
+            if let Some((server, id)) = self.reporter.clone() {
+                let why = match stop {
+                    Stop::Poweroff => "signal: poweroff",
+                    Stop::Reboot => "signal: reboot",
+                };
+                report_shutdown(self, &server, &id, why);
+            }
             pid1::shutdown(stop);
         }
     }
@@ -226,7 +235,7 @@ pub fn run() -> ! {
             None
         }
     };
-    let mut agent = Agent { signals, seq: 0 };
+    let mut agent = Agent { signals, seq: 0, reporter: None };
     let mut details = Map::new();
     match kmod::load_listed(Path::new(MODULES_LIST)) {
         Ok((loaded, present, failed)) => {
@@ -282,6 +291,7 @@ pub fn run() -> ! {
         post_event(&server, &ev)
     });
     log(&format!("reported booted to {}", server.authority));
+    agent.reporter = Some((server.clone(), id.clone()));
     let mut action = reply.action;
     let action_path = format!("{}v1/machines/{}/action", base_path(&server), id.mac);
     loop {
