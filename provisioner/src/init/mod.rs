@@ -235,7 +235,11 @@ pub fn run() -> ! {
             None
         }
     };
-    let mut agent = Agent { signals, seq: 0, reporter: None };
+    let mut agent = Agent {
+        signals,
+        seq: 0,
+        reporter: None,
+    };
     let mut details = Map::new();
     match kmod::load_listed(Path::new(MODULES_LIST)) {
         Ok((loaded, present, failed)) => {
