@@ -1,10 +1,20 @@
-//! `plinth spec`: a default config.json with secure defaults (containerd's): the 14
-//! default capabilities, no_new_privs, the masked and read-only /proc and /sys paths,
-//! RLIMIT_NOFILE 1024 and a deny-all device cgroup.
+//! `plinth spec`: a default config.json with containerd's secure defaults (v2.3.4,
+//! commit db8809540e1a, `pkg/oci/spec.go` and `pkg/oci/mounts.go`): the 14 default
+//! capabilities in the bounding, permitted and effective sets (never inheritable or
+//! ambient), no_new_privs, the masked and read-only /proc and /sys paths,
+//! RLIMIT_NOFILE 1024, a deny-all device cgroup, containerd's mounts, and containerd's
+//! default seccomp profile ([`seccomp_default`]) for those capabilities.
+//!
+//! Kept from runc's `spec`, since containerd's base spec leaves them to the engine and
+//! a bundle from `plinth spec` should run as is: the `sh` process, a read-only root,
+//! the hostname, a cgroup namespace and a read-only /sys/fs/cgroup mount (which
+//! containerd's CRI plugin adds too).
+
+pub mod seccomp_default;
 
 use serde_json::{json, Value};
 
-/// containerd's default capabilities.
+/// containerd's default capabilities, in containerd's order.
 pub const DEFAULT_CAPS: [&str; 14] = [
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
@@ -22,7 +32,7 @@ pub const DEFAULT_CAPS: [&str; 14] = [
     "CAP_AUDIT_WRITE",
 ];
 
-/// containerd's masked paths.
+/// containerd's masked paths, in containerd's order.
 pub const MASKED_PATHS: [&str; 11] = [
     "/proc/acpi",
     "/proc/asound",
@@ -32,9 +42,9 @@ pub const MASKED_PATHS: [&str; 11] = [
     "/proc/timer_list",
     "/proc/timer_stats",
     "/proc/sched_debug",
-    "/proc/scsi",
     "/sys/firmware",
     "/sys/devices/virtual/powercap",
+    "/proc/scsi",
 ];
 
 /// containerd's read-only paths.
@@ -48,7 +58,8 @@ pub const READONLY_PATHS: [&str; 5] = [
 
 /// The default config; `rootless` maps the caller's ids to root in a user namespace
 /// and drops what an unprivileged user cannot have (a network namespace of its own
-/// stays, cgroup limits and gid-5 devpts go).
+/// stays, cgroup limits and gid-5 devpts go). The seccomp profile stays in both: an
+/// unprivileged process may install one once no_new_privs is set, which it is.
 pub fn default_spec(rootless: bool) -> Value {
     let caps = json!(DEFAULT_CAPS);
     let mut spec = json!({
@@ -66,7 +77,8 @@ pub fn default_spec(rootless: bool) -> Value {
         "root": {"path": "rootfs", "readonly": true},
         "hostname": "plinth",
         "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/proc", "type": "proc", "source": "proc",
+             "options": ["nosuid", "noexec", "nodev"]},
             {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
              "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
             {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
@@ -77,6 +89,8 @@ pub fn default_spec(rootless: bool) -> Value {
              "options": ["nosuid", "noexec", "nodev"]},
             {"destination": "/sys", "type": "sysfs", "source": "sysfs",
              "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/run", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
             {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
              "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
         ],
@@ -87,7 +101,8 @@ pub fn default_spec(rootless: bool) -> Value {
                 {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}
             ],
             "maskedPaths": MASKED_PATHS,
-            "readonlyPaths": READONLY_PATHS
+            "readonlyPaths": READONLY_PATHS,
+            "seccomp": seccomp_default::profile(&DEFAULT_CAPS)
         }
     });
     if rootless {
@@ -139,6 +154,11 @@ mod tests {
             assert_eq!(linux.masked_paths().as_ref().map(|m| m.len()), Some(11));
             assert_eq!(linux.readonly_paths().as_ref().map(|m| m.len()), Some(5));
             assert_eq!(linux.uid_mappings().is_some(), rootless);
+            // The profile must be one plinth's own compiler accepts, or every default
+            // container would fail at create.
+            let seccomp = linux.seccomp().as_ref().expect("seccomp");
+            let program = crate::seccomp::compile(seccomp).expect("the profile compiles");
+            assert!(program.instructions() < crate::seccomp::MAX_INSTRUCTIONS);
         }
     }
 }
