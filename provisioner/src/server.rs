@@ -40,8 +40,8 @@ struct State {
     store: Mutex<Store>,
 }
 
-/// Binds and serves forever. `on_ready` gets the bound HTTP address.
-pub fn serve(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
+/// Binds and serves forever. `on_ready` gets the bound HTTP and TFTP addresses.
+pub fn serve(cfg: Config, on_ready: impl FnOnce(SocketAddr, Option<SocketAddr>)) -> Result<()> {
     for f in ["boot.ipxe", "vmlinuz", "initrd"] {
         let p = cfg.boot_dir.join(f);
         if !p.is_file() {
@@ -58,16 +58,31 @@ pub fn serve(cfg: Config, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
     let store = Store::open(&cfg.data)?;
     let listener = TcpListener::bind(cfg.listen).map_err(net(format!("binding {}", cfg.listen)))?;
     let addr = listener.local_addr().map_err(net("local address"))?;
+    let mut tftp_addr = None;
     if let Some(t) = cfg.tftp {
         let sock = UdpSocket::bind(t).map_err(net(format!("binding TFTP {t}")))?;
-        let resolver = tftp::dir_resolver(cfg.boot_dir.clone());
+        tftp_addr = Some(sock.local_addr().map_err(net("TFTP local address"))?);
+        let files = tftp::dir_resolver(cfg.boot_dir.clone());
+        let boot_dir = cfg.boot_dir.clone();
+        let advertise = cfg.advertise.clone();
+        // A PXE ROM fetching boot.ipxe over TFTP sends no Host header: the script gets
+        // the --advertise URL; without one, the image's own fallback applies.
+        let resolver: tftp::Resolver =
+            Arc::new(
+                move |name: &str| match (&advertise, name.trim_start_matches('/')) {
+                    (Some(base), "boot.ipxe") => {
+                        render_script(&boot_dir, base).ok().map(String::into_bytes)
+                    }
+                    _ => files(name),
+                },
+            );
         std::thread::spawn(move || tftp::serve(sock, resolver));
     }
     let state = Arc::new(State {
         cfg,
         store: Mutex::new(store),
     });
-    on_ready(addr);
+    on_ready(addr, tftp_addr);
     for conn in listener.incoming() {
         let Ok(stream) = conn else { continue };
         let st = state.clone();
@@ -229,20 +244,28 @@ fn boot_script<W: Write>(st: &State, req: &Request, w: &mut W) -> std::io::Resul
         }
         _ => return json_error(w, 400, "Host header missing and no --advertise URL"),
     };
-    let path = st.cfg.boot_dir.join("boot.ipxe");
-    let template = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) => return json_error(w, 500, &format!("reading {}: {e}", path.display())),
+    let script = match render_script(&st.cfg.boot_dir, &base) {
+        Ok(s) => s,
+        Err(e) => return json_error(w, 500, &e),
     };
-    // The image's script, with this server's URL set right after the #!ipxe line.
-    let (first, rest) = template.split_once('\n').unwrap_or((template.as_str(), ""));
-    let script = format!("{first}\nset plinth-server {base}\n{rest}");
     let body = if req.method == "HEAD" {
         Vec::new()
     } else {
         script.into_bytes()
     };
     http::respond(w, 200, "text/plain", &body, &[])
+}
+
+/// The image's iPXE script with `set plinth-server <base>` right after the `#!ipxe` line.
+pub fn render_script(boot_dir: &Path, base: &str) -> std::result::Result<String, String> {
+    let path = boot_dir.join("boot.ipxe");
+    let template =
+        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let (first, rest) = template.split_once('\n').unwrap_or((template.as_str(), ""));
+    Ok(format!(
+        "{first}\nset plinth-server {}\n{rest}",
+        base.trim_end_matches('/')
+    ))
 }
 
 /// What a `Range` header asks of a file.

@@ -315,6 +315,8 @@ fn bad_input_fails_cleanly() {
 struct Server {
     child: Child,
     url: String,
+    /// The TFTP address, when started with --tftp.
+    tftp: Option<String>,
 }
 
 impl Server {
@@ -328,13 +330,18 @@ impl Server {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        out.read_line(&mut line).unwrap();
         let url = line.trim().rsplit(' ').next().unwrap().to_string();
         assert!(url.starts_with("http://127.0.0.1:"), "server said {line:?}");
-        Server { child, url }
+        let mut tftp = None;
+        if extra.contains(&"--tftp") {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            tftp = Some(line.trim().rsplit(' ').next().unwrap().to_string());
+        }
+        Server { child, url, tftp }
     }
 
     fn get(&self, path: &str) -> (u16, String) {
@@ -683,4 +690,72 @@ fn operator_poweroff_and_ctrl_alt_del_stop_a_running_machine() {
         })
         .collect();
     assert_eq!(reasons, ["poweroff", "signal: reboot"], "{body}");
+}
+
+#[test]
+fn tftp_serves_the_boot_chain_read_only() {
+    let test = "tftp_serves_the_boot_chain_read_only";
+    let Some(k) = kernel(test) else { return };
+    if Command::new("curl").arg("--version").output().is_err() {
+        println!("SKIP {test}: curl (the TFTP client used here) is not installed");
+        return;
+    }
+    let t = TempDir::new("plinth-boot-tftp");
+    let img = t.0.join("img");
+    build_ok(
+        &img,
+        &[
+            "--kernel",
+            &k.to_string_lossy(),
+            "--no-modules",
+            "--no-plinth",
+        ],
+    );
+    let server = Server::start(
+        &img,
+        &t.0.join("data"),
+        &[
+            "--tftp",
+            "127.0.0.1:0",
+            "--advertise",
+            "http://10.0.2.2:8080",
+        ],
+    );
+    let tftp = server.tftp.clone().unwrap();
+    let fetch = |name: &str, blksize: &str| -> Output {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "60", "--tftp-blksize", blksize])
+            .arg(format!("tftp://{tftp}/{name}"))
+            .output()
+            .unwrap()
+    };
+    // The kernel, in 1468-byte blocks (the blksize option) and in plain 512-byte blocks.
+    let kernel = std::fs::read(img.join("vmlinuz")).unwrap();
+    for blksize in ["1468", "512"] {
+        let o = fetch("vmlinuz", blksize);
+        assert!(
+            o.status.success(),
+            "curl tftp: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            o.stdout == kernel,
+            "vmlinuz over TFTP (blksize {blksize}) differs"
+        );
+    }
+    // boot.ipxe carries the advertised URL, since TFTP has no Host header.
+    let o = fetch("boot.ipxe", "512");
+    let script = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        script.starts_with("#!ipxe\nset plinth-server http://10.0.2.2:8080\n"),
+        "{script}"
+    );
+    // Nothing outside the boot directory.
+    let o = fetch("../data/machines", "512");
+    assert!(
+        !o.status.success(),
+        "a path outside the boot dir was served"
+    );
+    let o = fetch("no-such-file", "512");
+    assert!(!o.status.success(), "a missing file was served");
 }

@@ -45,9 +45,12 @@ fn main() -> anyhow::Result<()> {
         poweroff_after_boot: cli.poweroff_after_boot,
         tftp: cli.tftp,
     };
-    server::serve(cfg, |addr| {
+    server::serve(cfg, |addr, tftp| {
         let mut out = std::io::stdout();
         let _ = writeln!(out, "plinth-server listening on http://{addr}");
+        if let Some(t) = tftp {
+            let _ = writeln!(out, "plinth-server TFTP on {t}");
+        }
         let _ = out.flush();
     })
     .context("plinth-server")
