@@ -5,7 +5,10 @@
 
 BOOT_CACHE := $(CACHE)/kernel
 BOOT_APT_LIST := /etc/apt/sources.list.d/bookworm-backports.list
-BOOT_PACKAGES := qemu-system-x86 ipxe-qemu kmod
+BOOT_PACKAGES_BPO := qemu-system-x86 ipxe-qemu
+# depmod (kmod) for modules.dep; readelf (binutils), gzip and curl (its TFTP client) are
+# the tests' independent checkers.
+BOOT_PACKAGES := kmod binutils gzip curl
 
 .PHONY: boot-deps kernel boot-image boot-demo
 
@@ -14,7 +17,7 @@ test: boot-deps kernel
 # qemu-system-x86 and the iPXE ROMs come from backports: the preinstalled qemu-utils is
 # from there and the plain bookworm qemu-system-x86 conflicts with it.
 boot-deps:
-	@missing=""; for p in $(BOOT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(BOOT_PACKAGES_BPO); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then \
 	    mirror=$$(sed -n 's/^URIs: *\([^ ]*debian\)$$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1); \
@@ -22,6 +25,11 @@ boot-deps:
 	  fi; \
 	  echo "installing:$$missing (bookworm-backports)"; \
 	  apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq -t bookworm-backports $$missing; \
+	fi
+	@missing=""; for p in $(BOOT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing; \
 	fi
 
 # Debian's kernel: linux-image-amd64 is a metapackage; fetch the real image package it
@@ -45,3 +53,7 @@ plinth-init-static:
 
 boot-image-static: build kernel plinth-init-static
 	target/release/plinth-boot build -o $(CACHE)/boot --init $(BOOT_STATIC_INIT)
+
+# One PXE boot end to end, with the serial console on the terminal.
+boot-demo: boot-deps boot-image
+	tests/scripts/boot-demo.sh "$(CACHE)/boot"

@@ -296,6 +296,19 @@ pub fn run() -> ! {
     });
     log(&format!("reported booted to {}", server.authority));
     agent.reporter = Some((server.clone(), id.clone()));
+    // Failures so far (modules that did not load) also go to the server as an `error`
+    // event: the server is where an operator looks, not the console.
+    if let Some(Value::Array(failed)) = details.get("modulesFailed") {
+        if !failed.is_empty() {
+            let mut d = Map::new();
+            d.insert("step".into(), json!("modules"));
+            d.insert("errors".into(), Value::Array(failed.clone()));
+            let ev = agent.event(&id, EventKind::Error, d);
+            if let Err(e) = post_event(&server, &ev) {
+                log(&format!("reporting module errors: {e}"));
+            }
+        }
+    }
     let mut action = reply.action;
     let action_path = format!("{}v1/machines/{}/action", base_path(&server), id.mac);
     loop {
