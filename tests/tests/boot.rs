@@ -759,3 +759,128 @@ fn tftp_serves_the_boot_chain_read_only() {
     let o = fetch("no-such-file", "512");
     assert!(!o.status.success(), "a missing file was served");
 }
+
+/// Sends a POST with a JSON body; returns (status, body).
+fn post(url: &str, path: &str, body: &[u8], declared_len: Option<usize>) -> (u16, String) {
+    let addr = url.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    let len = declared_len.unwrap_or(body.len());
+    write!(s, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n").unwrap();
+    let _ = s.write_all(body);
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap();
+    (
+        status,
+        resp.split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+#[test]
+fn server_validates_events_and_refuses_bad_setup() {
+    let Some(k) = kernel("server_validates_events_and_refuses_bad_setup") else {
+        return;
+    };
+    let t = TempDir::new("plinth-boot-api");
+    let img = t.0.join("img");
+    build_ok(
+        &img,
+        &[
+            "--kernel",
+            &k.to_string_lossy(),
+            "--no-modules",
+            "--no-plinth",
+        ],
+    );
+
+    // A boot dir without an image is refused up front, naming the missing file.
+    let o = Command::new(bin("plinth-server"))
+        .args(["--listen", "127.0.0.1:0", "--boot-dir"])
+        .arg(t.0.join("nothing-here"))
+        .arg("--data")
+        .arg(t.0.join("d0"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("nothing-here/boot.ipxe"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let server = Server::start(&img, &t.0.join("data"), &[]);
+    let good = serde_json::json!({
+        "apiVersion": "plinth/v1", "type": "booted", "mac": "52:54:00:AB:CD:EF",
+        "uuid": "6E4A2B1C-0000-4000-8000-000000000001", "bootId": "b", "seq": 1,
+        "uptimeMs": 1, "wallTime": 2, "details": {}
+    });
+    let (code, body) = post(&server.url, "/v1/events", good.to_string().as_bytes(), None);
+    assert_eq!(
+        (code, body.trim()),
+        (200, "{}"),
+        "a valid event is accepted, no action pending"
+    );
+    // Unknown fields, a bad MAC, a wrong version: 400 naming the field.
+    let mut extra = good.clone();
+    extra["colour"] = "blue".into();
+    let (code, body) = post(
+        &server.url,
+        "/v1/events",
+        extra.to_string().as_bytes(),
+        None,
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("colour"), "{body}");
+    let mut bad_mac = good.clone();
+    bad_mac["mac"] = "52:54:00".into();
+    let (code, body) = post(
+        &server.url,
+        "/v1/events",
+        bad_mac.to_string().as_bytes(),
+        None,
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("mac"), "{body}");
+    let mut bad_version = good.clone();
+    bad_version["apiVersion"] = "plinth/v9".into();
+    let (code, body) = post(
+        &server.url,
+        "/v1/events",
+        bad_version.to_string().as_bytes(),
+        None,
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("apiVersion"), "{body}");
+    // Oversized bodies are refused before they are read.
+    let (code, _) = post(&server.url, "/v1/events", b"", Some(10 << 20));
+    assert_eq!(code, 413);
+    // The machine list shows the one valid event, MAC and UUID normalised.
+    let (_, body) = server.get("/v1/machines");
+    let machines: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(machines.as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(machines[0]["mac"], "52:54:00:ab:cd:ef");
+    assert_eq!(machines[0]["uuid"], "6e4a2b1c-0000-4000-8000-000000000001");
+    assert_eq!(events_of(&machines, "52:54:00:ab:cd:ef").len(), 1);
+    // The per-machine script points at the image beside it.
+    let (code, script) = server.get("/boot.ipxe?mac=52%3A54%3A00%3Aab%3Acd%3Aef");
+    assert_eq!(code, 200);
+    let addr = server.url.trim_start_matches("http://");
+    assert!(
+        script.starts_with(&format!("#!ipxe\nset plinth-server http://{addr}\n")),
+        "{script}"
+    );
+    assert!(
+        script.contains("kernel vmlinuz ")
+            && script.contains("console=ttyS0")
+            && script.contains("initrd initrd"),
+        "{script}"
+    );
+    assert_eq!(server.get("/boot.ipxe?mac=zz").0, 400);
+}
