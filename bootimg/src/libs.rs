@@ -231,3 +231,57 @@ pub fn add_closure(
     }
     Ok(added)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirrors_symlinks_on_the_way() {
+        let root = std::env::temp_dir().join(format!("plinth-libs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("usr/lib")).expect("mkdir");
+        std::fs::write(root.join("usr/lib/real.so"), b"x").expect("write");
+        std::os::unix::fs::symlink("usr/lib", root.join("lib")).expect("symlink");
+        std::os::unix::fs::symlink("real.so", root.join("usr/lib/link.so")).expect("symlink");
+        let mut ar = Archive::new();
+        let real = mirror_host_path(&mut ar, &root.join("lib/link.so")).expect("mirror");
+        assert_eq!(real, root.join("usr/lib/real.so"));
+        let r = root.to_string_lossy().trim_start_matches('/').to_string();
+        assert_eq!(
+            ar.get(&format!("{r}/lib")),
+            Some(&Node::Symlink {
+                target: "usr/lib".into()
+            })
+        );
+        assert_eq!(
+            ar.get(&format!("{r}/usr/lib/link.so")),
+            Some(&Node::Symlink {
+                target: "real.so".into()
+            })
+        );
+        assert!(matches!(
+            ar.get(&format!("{r}/usr/lib/real.so")),
+            Some(Node::File { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn missing_library_names_needer_and_dirs() {
+        let d = elf::Dynamic {
+            needed: vec!["libnope.so.9".into()],
+            ..Default::default()
+        };
+        let search = SearchPath::from_dirs(vec![PathBuf::from("/nonexistent")]);
+        let err = find_library(&search, Path::new("/usr/bin/tool"), &d, "libnope.so.9")
+            .expect_err("missing");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("/usr/bin/tool")
+                && msg.contains("libnope.so.9")
+                && msg.contains("/nonexistent"),
+            "{msg}"
+        );
+    }
+}

@@ -7,6 +7,7 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,9 @@ pub struct Config {
     /// TFTP listen address, when wanted.
     pub tftp: Option<SocketAddr>,
 }
+
+/// Concurrent connections served at most.
+pub const MAX_CONNECTIONS: usize = 256;
 
 struct State {
     cfg: Config,
@@ -83,13 +87,28 @@ pub fn serve(cfg: Config, on_ready: impl FnOnce(SocketAddr, Option<SocketAddr>))
         store: Mutex::new(store),
     });
     on_ready(addr, tftp_addr);
+    let active = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
-        let Ok(stream) = conn else { continue };
+        let Ok(mut stream) = conn else { continue };
+        // A thread per connection, bounded: past the cap a client gets 503 at once
+        // rather than the server running out of threads.
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            let _ = json_error(&mut stream, 503, "too many connections; retry");
+            continue;
+        }
         let st = state.clone();
-        std::thread::spawn(move || {
+        let active = active.clone();
+        let spawned = std::thread::Builder::new().spawn(move || {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
             let _ = handle(&st, stream);
+            active.fetch_sub(1, Ordering::SeqCst);
         });
+        if spawned.is_err() {
+            // The closure (and its decrement) was dropped with the failed spawn.
+            active.fetch_sub(1, Ordering::SeqCst);
+        }
     }
     Ok(())
 }

@@ -162,3 +162,60 @@ impl Store {
         self.machines.get(mac)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{EventKind, API_VERSION};
+
+    fn event(seq: u64) -> Event {
+        Event {
+            api_version: API_VERSION.into(),
+            kind: EventKind::Booted,
+            mac: "52:54:00:12:34:56".into(),
+            uuid: "6e4a2b1c-0000-4000-8000-000000000001".into(),
+            boot_id: "b".into(),
+            seq,
+            uptime_ms: 1,
+            wall_time: 2,
+            details: Default::default(),
+        }
+    }
+
+    #[test]
+    fn survives_reopen_and_hands_out_actions_once() {
+        let dir = std::env::temp_dir().join(format!("plinth-store-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let mut s = Store::open(&dir).expect("open");
+            assert_eq!(s.record(event(1)).expect("record"), None);
+            s.set_action("52:54:00:12:34:56", Action::Poweroff)
+                .expect("set");
+        }
+        let mut s = Store::open(&dir).expect("reopen");
+        let m = s.machine("52:54:00:12:34:56").expect("machine kept");
+        assert_eq!(m.events.len(), 1);
+        assert_eq!(m.pending_action, Some(Action::Poweroff));
+        assert_eq!(s.record(event(2)).expect("record"), Some(Action::Poweroff));
+        assert_eq!(s.take_action("52:54:00:12:34:56").expect("take"), None);
+        // No temp files left beside the records.
+        let names: Vec<_> = std::fs::read_dir(dir.join("machines"))
+            .expect("ls")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from("52-54-00-12-34-56.json")]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn corrupt_record_is_an_error_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("plinth-store-bad-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("machines")).expect("mkdir");
+        std::fs::write(dir.join("machines/x.json"), b"{not json").expect("write");
+        let err = Store::open(&dir).expect_err("corrupt");
+        assert!(err.to_string().contains("x.json"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
