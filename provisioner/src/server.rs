@@ -98,12 +98,12 @@ pub fn serve(cfg: Config, on_ready: impl FnOnce(SocketAddr, Option<SocketAddr>))
             continue;
         }
         let st = state.clone();
-        let active = active.clone();
+        let mine = active.clone();
         let spawned = std::thread::Builder::new().spawn(move || {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
             let _ = stream.set_write_timeout(Some(Duration::from_secs(60)));
             let _ = handle(&st, stream);
-            active.fetch_sub(1, Ordering::SeqCst);
+            mine.fetch_sub(1, Ordering::SeqCst);
         });
         if spawned.is_err() {
             // The closure (and its decrement) was dropped with the failed spawn.
