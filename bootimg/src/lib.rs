@@ -1,5 +1,22 @@
 //! plinth-bootimg: builds the Plinth node image (kernel, newc initramfs with plinth-init
 //! as PID 1, iPXE script) reproducibly and without root, and boots it in qemu over PXE.
+//!
+//! ```text
+//! make kernel                        # Debian's kernel unpacked into .cache/kernel (once)
+//! plinth-boot build -o DIR           # vmlinuz, initrd, boot.ipxe; prints what went in
+//!     [--kernel FILE] [--extra SRC:DEST]... [--module NAME]... [--no-modules]
+//!     [--plinth-dir DIR | --no-plinth] [--init FILE] [--cmdline ARGS]
+//! plinth-server --listen 127.0.0.1:8080 --boot-dir DIR --data STATE [--poweroff-after-boot]
+//! plinth-boot run --boot-dir DIR --server http://127.0.0.1:8080 [--mac MAC] [--uuid UUID]
+//!     [--accel tcg|kvm] [--serial-log FILE] [--timeout SECS] [--monitor SOCKET]
+//! ```
+//!
+//! The image: `/init -> usr/bin/plinth-init`, `/usr/bin/plinth`, the loader and every
+//! DT_NEEDED library of both at their host paths (symlinks included), the kernel modules
+//! of [`image::DEFAULT_MODULES`] with their modules.dep and softdep closure under
+//! `/usr/lib/modules/<release>` and their load order in `/etc/plinth/modules`, and
+//! `/dev/console`. Entries are sorted, owned 0:0, dated `SOURCE_DATE_EPOCH` (0 if unset),
+//! gzip-compressed with a fixed header: the same inputs give the same bytes.
 
 pub mod cpio;
 pub mod elf;

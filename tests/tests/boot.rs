@@ -297,6 +297,22 @@ fn bad_input_fails_cleanly() {
         &["--kernel", &k, "--module", "no_such_module"],
         "no_such_module",
     );
+    // A malformed SOURCE_DATE_EPOCH is named, not silently replaced.
+    let t0 = TempDir::new("plinth-boot-epoch");
+    let o = Command::new(bin("plinth-boot"))
+        .args(["build", "-o"])
+        .arg(t0.0.join("img"))
+        .args(["--kernel", &k])
+        .env("SOURCE_DATE_EPOCH", "yesterday")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("SOURCE_DATE_EPOCH"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!t0.0.join("img").exists());
     // A failed rebuild leaves the previous good image alone.
     let t = TempDir::new("plinth-boot-keep");
     let out = t.0.join("img");
