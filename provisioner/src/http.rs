@@ -199,7 +199,7 @@ pub fn reason(status: u16) -> &'static str {
 /// A parsed `http://host:port/path` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
-    /// host[:port] as written.
+    /// `host[:port]` as written.
     pub authority: String,
     /// The path, starting with '/'.
     pub path: String,
