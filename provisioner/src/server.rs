@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::error::{io, net, Error, Result};
 use crate::http::{self, Request};
-use crate::schema::{normalize_mac, Action, Event, EventKind, Reply, MAX_EVENT_BYTES};
+use crate::schema::{normalize_mac, valid_uuid, Action, Event, EventKind, Reply, MAX_EVENT_BYTES};
 use crate::store::Store;
 use crate::tftp;
 
@@ -120,6 +120,10 @@ fn handle(st: &State, stream: TcpStream) -> std::io::Result<()> {
         Ok(req) => req,
         Err(e) => return json_error(&mut w, 400, &e.to_string()),
     };
+    // An access log on stderr: the operator's view of the boot chain as it happens.
+    let peer = w.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let query = if req.query.is_empty() { String::new() } else { format!("?{}", req.query) };
+    let _ = writeln!(std::io::stderr(), "{peer} {} {}{query}", req.method, req.path);
     let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     match (req.method.as_str(), segs.as_slice()) {
         ("GET" | "HEAD", ["boot.ipxe"]) => boot_script(st, &req, &mut w),
@@ -251,9 +255,22 @@ fn post_event<W: Write>(st: &State, body: &[u8], w: &mut W) -> std::io::Result<(
 }
 
 fn boot_script<W: Write>(st: &State, req: &Request, w: &mut W) -> std::io::Result<()> {
-    if let Some(mac) = req.query_param("mac") {
-        if normalize_mac(&mac).is_none() {
-            return json_error(w, 400, &format!("mac: {mac:?} is not a MAC address"));
+    if let Some(raw) = req.query_param("mac") {
+        let Some(mac) = normalize_mac(&raw) else {
+            return json_error(w, 400, &format!("mac: {raw:?} is not a MAC address"));
+        };
+        // Where each machine is: at the PXE stage now, with what its firmware says it is.
+        let uuid = req
+            .query_param("uuid")
+            .filter(|u| valid_uuid(u))
+            .map(|u| u.to_ascii_lowercase());
+        let serial = req
+            .query_param("serial")
+            .filter(|s| s.len() <= 128 && !s.is_empty());
+        if let Ok(mut s) = st.store.lock() {
+            if let Err(e) = s.note_pxe(&mac, uuid, serial) {
+                return json_error(w, 500, &e.to_string());
+            }
         }
     }
     let base = match (&st.cfg.advertise, req.header("host")) {

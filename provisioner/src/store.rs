@@ -39,6 +39,35 @@ pub struct Machine {
     /// Its events, oldest first.
     #[serde(default)]
     pub events: Vec<Recorded>,
+    /// The last time its firmware fetched the boot script, and what iPXE said it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_pxe: Option<Pxe>,
+}
+
+/// A boot-script fetch: the machine is at the PXE stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Pxe {
+    /// Server wall time, seconds since the epoch.
+    pub at: u64,
+    /// `${uuid}` as iPXE sent it.
+    #[serde(default)]
+    pub uuid: Option<String>,
+    /// `${serial}` as iPXE sent it.
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+impl Machine {
+    fn new(mac: &str) -> Machine {
+        Machine {
+            mac: mac.to_string(),
+            uuid: None,
+            pending_action: None,
+            events: Vec::new(),
+            last_pxe: None,
+        }
+    }
 }
 
 /// The store.
@@ -105,12 +134,10 @@ impl Store {
     /// clearing it: the reply delivers it.
     pub fn record(&mut self, ev: Event) -> Result<Option<Action>> {
         let mac = ev.mac.clone();
-        let m = self.machines.entry(mac.clone()).or_insert_with(|| Machine {
-            mac: mac.clone(),
-            uuid: None,
-            pending_action: None,
-            events: Vec::new(),
-        });
+        let m = self
+            .machines
+            .entry(mac.clone())
+            .or_insert_with(|| Machine::new(&mac));
         m.uuid = Some(ev.uuid.clone());
         m.events.push(Recorded {
             received_at: now(),
@@ -125,17 +152,31 @@ impl Store {
         Ok(action)
     }
 
+    /// Notes that a machine's firmware fetched its boot script.
+    pub fn note_pxe(
+        &mut self,
+        mac: &str,
+        uuid: Option<String>,
+        serial: Option<String>,
+    ) -> Result<()> {
+        let m = self
+            .machines
+            .entry(mac.to_string())
+            .or_insert_with(|| Machine::new(mac));
+        m.last_pxe = Some(Pxe {
+            at: now(),
+            uuid,
+            serial,
+        });
+        self.save(mac)
+    }
+
     /// Queues an action for a machine (known or not yet seen).
     pub fn set_action(&mut self, mac: &str, action: Action) -> Result<()> {
         let m = self
             .machines
             .entry(mac.to_string())
-            .or_insert_with(|| Machine {
-                mac: mac.to_string(),
-                uuid: None,
-                pending_action: None,
-                events: Vec::new(),
-            });
+            .or_insert_with(|| Machine::new(mac));
         m.pending_action = Some(action);
         self.save(mac)
     }

@@ -465,6 +465,18 @@ fn machine_pxe_boots_reports_and_powers_off() {
         "booted event carries the guest's SMBIOS UUID"
     );
     assert_eq!(booted["mac"], MAC);
+    // iPXE's own view of the machine, sent with the boot-script request, agrees.
+    let machine = machines
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mac"] == MAC)
+        .unwrap();
+    assert_eq!(
+        machine["lastPxe"]["uuid"],
+        uuid.to_ascii_lowercase(),
+        "iPXE's ${{uuid}}: {body}"
+    );
     assert!(
         booted["details"]["timings"]["dhcpMs"].as_u64().is_some(),
         "timings reported: {booted}"
