@@ -122,8 +122,17 @@ fn handle(st: &State, stream: TcpStream) -> std::io::Result<()> {
     };
     // An access log on stderr: the operator's view of the boot chain as it happens.
     let peer = w.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let query = if req.query.is_empty() { String::new() } else { format!("?{}", req.query) };
-    let _ = writeln!(std::io::stderr(), "{peer} {} {}{query}", req.method, req.path);
+    let query = if req.query.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", req.query)
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "{peer} {} {}{query}",
+        req.method,
+        req.path
+    );
     let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
     match (req.method.as_str(), segs.as_slice()) {
         ("GET" | "HEAD", ["boot.ipxe"]) => boot_script(st, &req, &mut w),
