@@ -496,6 +496,7 @@ fn mount_one(init: &Init, root: &OwnedFd, m: &Mount, i: usize, userns: bool) -> 
     if fstype == "cgroup" || fstype == "cgroup2" {
         return mount_cgroup(init, root, dest, &o);
     }
+    check_proc_destination(init, m, &field, bind)?;
     let target;
     if bind {
         let src = m.source().as_ref().ok_or_else(|| {
@@ -515,6 +516,7 @@ fn mount_one(init: &Init, root: &OwnedFd, m: &Mount, i: usize, userns: bool) -> 
             Create::File
         };
         target = mount::open_in_root(root, dest, kind)?;
+        check_target_not_in_proc(&target, dest, &field)?;
         mount::do_mount(
             Some(&src),
             &mount::fd_path(&target),
@@ -533,6 +535,7 @@ fn mount_one(init: &Init, root: &OwnedFd, m: &Mount, i: usize, userns: bool) -> 
             check_not_symlink(root, dest, &field)?;
         }
         target = mount::open_in_root(root, dest, Create::Dir)?;
+        check_target_not_in_proc(&target, dest, &field)?;
         let data = o.data.join(",");
         let src = m.source().clone().unwrap_or_else(|| PathBuf::from(fstype));
         let r = mount::do_mount(
@@ -594,6 +597,96 @@ fn mount_one(init: &Init, root: &OwnedFd, m: &Mount, i: usize, userns: bool) -> 
 
 /// proc and sysfs must land where they claim: a symlink at their destination is
 /// refused (CVE-2019-16884, CVE-2019-19921).
+/// Files below /proc that may be bind-mounted from elsewhere: what lxcfs provides to
+/// make /proc reflect the container's limits (runc allows the same list).
+const PROC_OVERLAYS: &[&str] = &[
+    "/proc/cpuinfo",
+    "/proc/diskstats",
+    "/proc/meminfo",
+    "/proc/stat",
+    "/proc/swaps",
+    "/proc/uptime",
+    "/proc/loadavg",
+    "/proc/slabinfo",
+    "/proc/net/dev",
+    "/proc/sys/kernel/ns_last_pid",
+];
+
+/// `path` with `.` and `..` resolved lexically, `..` stopping at `/`, as
+/// RESOLVE_IN_ROOT resolves them.
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            std::path::Component::Normal(n) => out.push(n),
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Refuses a mount target that lies on procfs when its path does not say /proc: a
+/// symlink in the image led it there, past [`check_proc_destination`].
+fn check_target_not_in_proc(target: &OwnedFd, dest: &Path, field: &str) -> Result<()> {
+    let on_proc = nix::sys::statfs::fstatfs(target)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+        .unwrap_or(false);
+    if on_proc && !lexical(dest).starts_with("/proc") {
+        return Err(Error::config(
+            format!("{field}.destination"),
+            format!(
+                "{} leads into /proc through a symlink in the image",
+                dest.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a mount at or below /proc that is not procfs (CVE-2019-16884): a fake
+/// tree over /proc would take every later write the runtime makes through /proc
+/// (masks, sysctls, LSM attributes) somewhere else.
+fn check_proc_destination(init: &Init, m: &Mount, field: &str, bind: bool) -> Result<()> {
+    let dest = lexical(m.destination());
+    if !dest.starts_with("/proc") {
+        return Ok(());
+    }
+    let fstype = m.typ().as_deref().unwrap_or("");
+    if dest == Path::new("/proc") && fstype == "proc" && !bind {
+        return Ok(());
+    }
+    if bind {
+        if PROC_OVERLAYS.iter().any(|p| dest == Path::new(p)) {
+            return Ok(());
+        }
+        // A bind of (part of) a real procfs is still procfs.
+        if let Some(src) = m.source() {
+            let src = if src.is_absolute() {
+                src.clone()
+            } else {
+                init.bundle.dir.join(src)
+            };
+            let on_proc = nix::sys::statfs::statfs(&src)
+                .map(|s| s.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
+                .unwrap_or(false);
+            if on_proc {
+                return Ok(());
+            }
+        }
+    }
+    Err(Error::config(
+        format!("{field}.destination"),
+        format!(
+            "{} is inside /proc: only procfs may be mounted there (or lxcfs's files over \
+             /proc/cpuinfo, /proc/meminfo and the like)",
+            dest.display()
+        ),
+    ))
+}
+
 fn check_not_symlink(root: &OwnedFd, dest: &Path, field: &str) -> Result<()> {
     use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
     let how = OpenHow::new()
@@ -671,13 +764,41 @@ fn mount_cgroup(init: &Init, root: &OwnedFd, dest: &Path, o: &Options) -> Result
 /// Writes a sysctl through the container's /proc/sys, checking that the file opened
 /// is on a real procfs.
 fn write_sysctl(key: &str, value: &str) -> Result<()> {
-    let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
-    let fd = nix::fcntl::open(
-        &path,
-        nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NOFOLLOW,
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    let rel = PathBuf::from("sys").join(key.replace('.', "/"));
+    let path = Path::new("/proc").join(&rel);
+    // From a /proc verified to be procfs, and without crossing a mount point: a file
+    // bind-mounted over the one asked for (even another real procfs file) is refused
+    // rather than written (CVE-2025-52881).
+    let proc_dir = nix::fcntl::open(
+        "/proc",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(|e| Error::sys(format!("linux.sysctl.{key}: open {}", path.display()), e))?;
+    .map_err(|e| Error::sys(format!("linux.sysctl.{key}: open /proc"), e))?;
+    check_procfs(&proc_dir, Path::new("/proc"))?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_WRONLY | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_XDEV
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let fd = openat2(&proc_dir, &rel, how).map_err(|e| {
+        Error::sys(
+            format!(
+                "linux.sysctl.{key}: open {}{}",
+                path.display(),
+                if e == nix::errno::Errno::EXDEV {
+                    " (something is mounted over it)"
+                } else {
+                    ""
+                }
+            ),
+            e,
+        )
+    })?;
     check_procfs(&fd, &path)?;
     nix::unistd::write(&fd, value.as_bytes())
         .map_err(|e| Error::sys(format!("linux.sysctl.{key}: write {value:?}"), e))?;

@@ -25,6 +25,7 @@ pub mod mount;
 pub mod mountinfo;
 pub mod namespaces;
 pub mod process;
+pub mod sealed;
 pub mod seccomp;
 pub mod spec;
 pub mod state;

@@ -269,6 +269,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     let Some(cmd) = cli.cmd else {
         anyhow::bail!("no command given; see plinth --help");
     };
+    if matches!(cmd, Cmd::Create(_) | Cmd::Run { .. } | Cmd::Exec { .. }) {
+        // These put a process of ours into the container (CVE-2019-5736).
+        plinth_runtime::sealed::ensure_sealed()?;
+    }
     match cmd {
         Cmd::Create(c) => {
             container::create(&root, &opts(c))?;

@@ -243,7 +243,11 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     ));
     let mut f = fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
     f.write_all(data).map_err(|e| Error::io("write", &tmp, e))?;
-    f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+    // No fsync: the rename alone makes the update atomic for every reader, and state
+    // only describes processes, which a crash or power loss takes with it (the state
+    // root is /run, a tmpfs on a normal host). On a disk-backed /run the fsync cost ~5 ms
+    // per write, a third of a container's start (docs/performance.md); runc and crun
+    // do not sync either.
     fs::rename(&tmp, path).map_err(|e| {
         let _ = fs::remove_file(&tmp);
         Error::io("rename into place", path, e)

@@ -47,6 +47,19 @@ pub fn open_pty(width: u16, height: u16) -> Result<Pty> {
         Mode::empty(),
     )
     .map_err(|e| Error::sys("open /dev/ptmx (is devpts mounted at /dev/pts?)", e))?;
+    // The master must be a devpts ptmx (5:2), not whatever the image put at /dev/ptmx.
+    let fs = nix::sys::statfs::fstatfs(&master).map_err(|e| Error::sys("statfs /dev/ptmx", e))?;
+    let st = nix::sys::stat::fstat(&master).map_err(|e| Error::sys("stat /dev/ptmx", e))?;
+    const DEVPTS_SUPER_MAGIC: i64 = 0x1cd1;
+    if fs.filesystem_type().0 as i64 != DEVPTS_SUPER_MAGIC
+        || st.st_mode & libc::S_IFMT != libc::S_IFCHR
+        || libc::major(st.st_rdev) != 5
+        || libc::minor(st.st_rdev) != 2
+    {
+        return Err(Error::Invalid(
+            "/dev/ptmx is not the ptmx of a devpts instance: refusing it".into(),
+        ));
+    }
     let unlock: libc::c_int = 0;
     // SAFETY: TIOCSPTLCK reads an int we own.
     if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
@@ -100,9 +113,43 @@ pub fn make_controlling(peer: &OwnedFd) -> Result<()> {
 /// Bind-mounts the pty peer on /dev/console (after the pivot), through the fd so that
 /// no path in the container can redirect it.
 pub fn mount_console(peer: &OwnedFd) -> Result<()> {
+    use nix::fcntl::{openat2, OpenHow, ResolveFlag};
     let root = crate::mount::root_fd()?;
+    let dev = crate::mount::open_in_root(&root, Path::new("/dev"), crate::mount::Create::Dir)?;
+    // /dev/console itself must not be a symlink: the pty would be mounted wherever it
+    // points, even inside the rootfs (CVE-2025-52565). Created when missing.
+    let how = |flags: OFlag| {
+        OpenHow::new()
+            .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .mode(Mode::from_bits_truncate(0o600))
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            )
+    };
+    let dev_dir = nix::fcntl::openat(
+        &dev,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::sys("open /dev in the rootfs", e))?;
     let target =
-        crate::mount::open_in_root(&root, Path::new("/dev/console"), crate::mount::Create::File)?;
+        match openat2(&dev_dir, "console", how(OFlag::O_PATH)) {
+            Ok(fd) => fd,
+            Err(nix::errno::Errno::ENOENT) => openat2(
+                &dev_dir,
+                "console",
+                how(OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDONLY),
+            )
+            .map_err(|e| Error::sys("create /dev/console", e))?,
+            Err(nix::errno::Errno::ELOOP) => return Err(Error::Invalid(
+                "/dev/console in the rootfs is a symlink: refusing to mount the console through it"
+                    .into(),
+            )),
+            Err(e) => return Err(Error::sys("open /dev/console", e)),
+        };
     let st = nix::sys::stat::fstat(&target).map_err(|e| Error::sys("stat /dev/console", e))?;
     if st.st_mode & libc::S_IFMT != libc::S_IFREG && st.st_mode & libc::S_IFMT != libc::S_IFCHR {
         return Err(Error::Invalid(
