@@ -7,7 +7,7 @@ PLINTH := $(CURDIR)/target/release/plinth
 # opencontainers/runtime-tools, the commit the runc baseline in ../shared/baselines was measured with.
 RUNTIME_TOOLS_VERSION ?= v0.9.1-0.20251205004911-5e639034dcdc
 RUNTIME_TOOLS := $(CACHE)/runtime-tools
-DEB_PACKAGES := busybox-static runc crun uidmap strace
+DEB_PACKAGES := busybox-static runc crun uidmap strace gcc libc6-dev
 
 export PLINTH_CACHE := $(CACHE)
 
