@@ -344,6 +344,8 @@ impl Server {
             .arg(data)
             .args(extra)
             .stdout(Stdio::piped())
+            // Its access log goes beside the data dir rather than into the test output.
+            .stderr(std::fs::File::create(data.with_extension("log")).unwrap())
             .spawn()
             .unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());
