@@ -281,19 +281,10 @@ fn child_side(
         .thread_set_mask()
         .map_err(|e| Error::sys("sigprocmask(SIG_SETMASK, {})", e))?;
     if let Some(sock) = console {
-        let (w, h) = process
+        let size = process
             .console_size()
-            .map(|s| (s.width() as u16, s.height() as u16))
-            .unwrap_or((0, 0));
-        let pty = terminal::open_pty(w, h)?;
-        crate::fdpass::send_fd(
-            sock.as_raw_fd(),
-            pty.master.as_raw_fd(),
-            b"pty",
-            "the pty master to the console socket",
-        )?;
-        drop(sock);
-        terminal::make_controlling(&pty.peer)?;
+            .map(|s| (s.width() as u16, s.height() as u16));
+        terminal::hand_over(&sock, size, false)?;
     }
     let exec = init::enter_process(process, caps, seccomp, ch, preserve_fds)?;
     Err(exec.exec())

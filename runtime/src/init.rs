@@ -234,19 +234,10 @@ fn setup(init: Init) -> Result<()> {
         let sock = init.console_socket.as_ref().ok_or_else(|| {
             Error::config("process.terminal", "a terminal needs --console-socket")
         })?;
-        let (w, h) = process
+        let size = process
             .console_size()
-            .map(|s| (s.width() as u16, s.height() as u16))
-            .unwrap_or((0, 0));
-        let pty = terminal::open_pty(w, h)?;
-        terminal::mount_console(&pty.peer)?;
-        crate::fdpass::send_fd(
-            sock.as_raw_fd(),
-            pty.master.as_raw_fd(),
-            b"pty",
-            "the pty master to the console socket",
-        )?;
-        terminal::make_controlling(&pty.peer)?;
+            .map(|s| (s.width() as u16, s.height() as u16));
+        terminal::hand_over(sock, size, true)?;
     }
     drop(init.console_socket);
 

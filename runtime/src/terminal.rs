@@ -91,6 +91,25 @@ pub fn open_pty(width: u16, height: u16) -> Result<Pty> {
     Ok(Pty { master, peer })
 }
 
+/// The container's terminal: a pty opened in its devpts (the process must already be
+/// in the container's mount namespace), the master sent to the caller's console
+/// socket, the peer made this process's stdio and controlling terminal. The init also
+/// shows it as /dev/console; a process `exec` adds does not touch /dev.
+pub fn hand_over(sock: &OwnedFd, size: Option<(u16, u16)>, as_console: bool) -> Result<()> {
+    let (w, h) = size.unwrap_or((0, 0));
+    let pty = open_pty(w, h)?;
+    if as_console {
+        mount_console(&pty.peer)?;
+    }
+    crate::fdpass::send_fd(
+        sock.as_raw_fd(),
+        pty.master.as_raw_fd(),
+        b"pty",
+        "the pty master to the console socket",
+    )?;
+    make_controlling(&pty.peer)
+}
+
 /// Makes `peer` the calling process's stdio and controlling terminal, in a new session.
 pub fn make_controlling(peer: &OwnedFd) -> Result<()> {
     nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
@@ -119,9 +138,15 @@ pub fn mount_console(peer: &OwnedFd) -> Result<()> {
     // /dev/console itself must not be a symlink: the pty would be mounted wherever it
     // points, even inside the rootfs (CVE-2025-52565). Created when missing.
     let how = |flags: OFlag| {
+        // openat2 wants a mode exactly when it creates.
+        let mode = if flags.contains(OFlag::O_CREAT) {
+            0o600
+        } else {
+            0
+        };
         OpenHow::new()
             .flags(flags | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-            .mode(Mode::from_bits_truncate(0o600))
+            .mode(Mode::from_bits_truncate(mode))
             .resolve(
                 ResolveFlag::RESOLVE_BENEATH
                     | ResolveFlag::RESOLVE_NO_SYMLINKS

@@ -203,6 +203,25 @@ impl Bundle {
         );
     }
 
+    /// `plinth create` expected to fail: writes the config, runs create with stdio
+    /// on pipes (a failed create leaves no process holding them) and returns
+    /// (exit code, stderr).
+    pub fn create_failing(&self, id: &str) -> (i32, String) {
+        self.write();
+        let out = self
+            .cmd()
+            .args(["create", "--bundle"])
+            .arg(&self.dir)
+            .arg(id)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// Runs `plinth ARGS` with stdio on files (for commands that leave a container
     /// holding them): (exit code, stdout, stderr).
     pub fn plinth_detached(&self, args: &[&str]) -> (i32, String, String) {

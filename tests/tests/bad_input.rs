@@ -5,15 +5,8 @@ use plinth_tests::{default_cgroup_dirs, mounts_under, need_root, unique, Bundle}
 
 /// Creates with the bundle as it is and checks the failure mode.
 fn assert_create_fails(b: &Bundle, id: &str, needle: &str) {
-    let out = b
-        .cmd()
-        .args(["create", "--bundle"])
-        .arg(&b.dir)
-        .arg(id)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    let (code, err) = b.create_failing(id);
+    assert_eq!(code, 1, "stderr: {err}");
     assert!(err.contains(needle), "expected {needle:?} in: {err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert!(!b.root.join(id).exists(), "state directory left behind");

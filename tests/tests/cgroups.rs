@@ -154,15 +154,8 @@ fn an_impossible_limit_fails_create_and_leaves_no_cgroup() {
     b.config["linux"]["resources"] = json!({"cpu": {"cpus": "9999"}});
     b.write();
     let id = unique("cgbad");
-    let out = b
-        .cmd()
-        .args(["create", "--bundle"])
-        .arg(&b.dir)
-        .arg(&id)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = b.create_failing(&id);
+    assert_eq!(code, 1, "{err}");
     assert!(err.contains("cpuset"), "the error names the file: {err}");
     assert!(!b.root.join(&id).exists());
     for c in ["cpuset", "memory", "pids", "cpu"] {

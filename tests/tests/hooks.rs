@@ -69,15 +69,8 @@ fn a_failing_prestart_hook_fails_create_and_cleans_up() {
     b.config["hooks"] = json!({"prestart": [{"path": "/bin/false"}]});
     b.write();
     let id = unique("hookfail");
-    let out = b
-        .cmd()
-        .args(["create", "--bundle"])
-        .arg(&b.dir)
-        .arg(&id)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = b.create_failing(&id);
+    assert_eq!(code, 1, "{err}");
     assert!(err.contains("prestart hook /bin/false"), "{err}");
     assert!(!b.root.join(&id).exists());
 }

@@ -145,15 +145,8 @@ fn a_bad_profile_is_refused_by_name() {
     });
     b.write();
     let id = unique("scbad");
-    let out = b
-        .cmd()
-        .args(["create", "--bundle"])
-        .arg(&b.dir)
-        .arg(&id)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = b.create_failing(&id);
+    assert_eq!(code, 1, "{err}");
     assert!(err.contains("linux.seccomp.syscalls[0].names[1]"), "{err}");
     assert!(err.contains("no_such_syscall"), "{err}");
     assert!(!b.root.join(&id).exists(), "state left behind");
