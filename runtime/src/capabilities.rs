@@ -21,6 +21,11 @@ pub struct Sets {
     pub permitted: CapsHashSet,
     /// Ambient set.
     pub ambient: CapsHashSet,
+    /// The runtime's own bounding set when the sets were made: nothing outside it can
+    /// be given, and nothing outside it needs dropping.
+    held: CapsHashSet,
+    /// What the config asked for that `held` lacks, left out of every set above.
+    pub unavailable: Vec<Capability>,
 }
 
 fn convert(set: &Option<Capabilities>, field: &str) -> Result<CapsHashSet> {
@@ -36,57 +41,63 @@ fn convert(set: &Option<Capabilities>, field: &str) -> Result<CapsHashSet> {
 }
 
 impl Sets {
-    /// Converts `process.capabilities`.
+    /// Converts `process.capabilities`, leaving out what the runtime itself does not
+    /// hold in its bounding set and so cannot give (a nested runtime, or a VM like this
+    /// project's whose bounding set lacks CAP_SYS_RESOURCE); those are listed in
+    /// `unavailable` for the caller to report. A privileged config lists every
+    /// capability; podman and docker leave out the ones the host withholds the same way.
+    /// The bounding set is read here once, in the runtime, and carried to the init
+    /// (a clone keeps it, a new user namespace included).
     pub fn from_config(c: Option<&LinuxCapabilities>) -> Result<Sets> {
-        let Some(c) = c else {
-            return Ok(Sets::default());
+        let held = caps::read(None, CapSet::Bounding)
+            .unwrap_or_else(|_| caps::runtime::thread_all_supported());
+        let mut sets = Sets {
+            held,
+            ..Sets::default()
         };
-        Ok(Sets {
-            bounding: convert(c.bounding(), "process.capabilities.bounding")?,
-            effective: convert(c.effective(), "process.capabilities.effective")?,
-            inheritable: convert(c.inheritable(), "process.capabilities.inheritable")?,
-            permitted: convert(c.permitted(), "process.capabilities.permitted")?,
-            ambient: convert(c.ambient(), "process.capabilities.ambient")?,
-        })
+        let Some(c) = c else {
+            return Ok(sets);
+        };
+        sets.bounding = convert(c.bounding(), "process.capabilities.bounding")?;
+        sets.effective = convert(c.effective(), "process.capabilities.effective")?;
+        sets.inheritable = convert(c.inheritable(), "process.capabilities.inheritable")?;
+        sets.permitted = convert(c.permitted(), "process.capabilities.permitted")?;
+        sets.ambient = convert(c.ambient(), "process.capabilities.ambient")?;
+        let held = &sets.held;
+        let mut missing: Vec<Capability> = [
+            &sets.bounding,
+            &sets.effective,
+            &sets.inheritable,
+            &sets.permitted,
+            &sets.ambient,
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|c| !held.contains(c))
+        .copied()
+        .collect();
+        missing.sort_by_key(|c| c.index());
+        missing.dedup();
+        for set in [
+            &mut sets.bounding,
+            &mut sets.effective,
+            &mut sets.inheritable,
+            &mut sets.permitted,
+            &mut sets.ambient,
+        ] {
+            set.retain(|c| held.contains(c));
+        }
+        sets.unavailable = missing;
+        Ok(sets)
     }
-}
-
-/// The capabilities this kernel knows (the bounding set cannot hold others).
-fn supported() -> CapsHashSet {
-    caps::runtime::thread_all_supported()
-}
-
-/// The capabilities the config asks for that the runtime itself does not have in its
-/// bounding set, and so cannot give (a nested runtime, or a VM like this project's
-/// whose bounding set lacks CAP_SYS_RESOURCE). A privileged config lists every
-/// capability; podman and docker leave out the ones the host withholds in the same way.
-pub fn unavailable(sets: &Sets) -> Vec<Capability> {
-    let have = caps::read(None, CapSet::Bounding).unwrap_or_else(|_| supported());
-    let mut out: Vec<Capability> = [
-        &sets.bounding,
-        &sets.effective,
-        &sets.inheritable,
-        &sets.permitted,
-        &sets.ambient,
-    ]
-    .into_iter()
-    .flatten()
-    .filter(|c| !have.contains(c))
-    .copied()
-    .collect();
-    out.sort_by_key(|c| c.index());
-    out.dedup();
-    out
 }
 
 /// Drops from the bounding set everything `sets.bounding` lacks. Needs CAP_SETPCAP,
 /// so it runs before the user switch.
 pub fn drop_bounding(sets: &Sets) -> Result<()> {
-    for cap in supported() {
-        if !sets.bounding.contains(&cap) {
-            caps::drop(None, CapSet::Bounding, cap)
-                .map_err(|e| Error::Invalid(format!("drop {cap} from the bounding set: {e}")))?;
-        }
+    for cap in sets.held.difference(&sets.bounding) {
+        caps::drop(None, CapSet::Bounding, *cap)
+            .map_err(|e| Error::Invalid(format!("drop {cap} from the bounding set: {e}")))?;
     }
     Ok(())
 }
@@ -94,11 +105,10 @@ pub fn drop_bounding(sets: &Sets) -> Result<()> {
 /// Sets effective, permitted and inheritable, then the ambient set. Runs after the
 /// user switch (with PR_SET_KEEPCAPS held across it).
 pub fn apply(sets: &Sets) -> Result<()> {
-    // What the bounding set holds now (the config's, less what the runtime lacked)
-    // is all that can be granted.
-    let known = caps::read(None, CapSet::Bounding)
-        .map_err(|e| Error::Invalid(format!("read the bounding set: {e}")))?;
-    let keep = |s: &CapsHashSet| -> CapsHashSet { s.intersection(&known).copied().collect() };
+    // The bounding set drop_bounding left (the config's, less what the runtime
+    // lacked) is all that can be granted.
+    let keep =
+        |s: &CapsHashSet| -> CapsHashSet { s.intersection(&sets.bounding).copied().collect() };
     caps::set(None, CapSet::Inheritable, &keep(&sets.inheritable))
         .map_err(|e| Error::Invalid(format!("set the inheritable capabilities: {e}")))?;
     // Permitted before effective: effective must stay a subset of permitted.

@@ -78,11 +78,6 @@ impl Drop for Cleanup<'_> {
 
 /// Creates a container and returns once its init waits for `start`.
 pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
-    create_inner(root, opts).map(|(st, _)| st)
-}
-
-/// The direct child the runtime must reap when it waits for the container (`run`).
-fn create_inner(root: &Root, opts: &CreateOptions) -> Result<(State, Pid)> {
     state::validate_id(&opts.id)?;
     let bundle = config::load(&opts.bundle)?;
     let spec = &bundle.spec;
@@ -107,9 +102,8 @@ fn create_inner(root: &Root, opts: &CreateOptions) -> Result<(State, Pid)> {
         ));
     }
     let caps = Sets::from_config(process.capabilities().as_ref())?;
-    let missing = crate::capabilities::unavailable(&caps);
-    if !missing.is_empty() {
-        let names: Vec<String> = missing.iter().map(|c| c.to_string()).collect();
+    if !caps.unavailable.is_empty() {
+        let names: Vec<String> = caps.unavailable.iter().map(|c| c.to_string()).collect();
         logging::warn(&format!(
             "process.capabilities: {} not in the runtime's own bounding set; not granted",
             names.join(", ")
@@ -199,7 +193,6 @@ fn create_inner(root: &Root, opts: &CreateOptions) -> Result<(State, Pid)> {
     drop(fifo);
     drop(console_socket);
     cleanup.pids.push(child);
-    let mut pid = child;
 
     if let Some(cg) = &cgroup {
         cg.add_pid(child.as_raw())?;
@@ -223,13 +216,12 @@ fn create_inner(root: &Root, opts: &CreateOptions) -> Result<(State, Pid)> {
         owner: String::new(),
         annotations: spec.annotations().clone().unwrap_or_default(),
         hooks: spec.hooks().clone(),
-        cgroup: cgroup.as_ref().and_then(|c| serde_json::to_value(c).ok()),
+        cgroup,
         own_pid_ns: plan.creates(CloneFlags::CLONE_NEWPID),
         host_mounts: cleanup
             .host_mounts
             .as_ref()
             .map(|(_, before)| before.clone()),
-        started: false,
     };
     loop {
         match ours.recv()? {
@@ -241,8 +233,7 @@ fn create_inner(root: &Root, opts: &CreateOptions) -> Result<(State, Pid)> {
                 // The intermediate process forked the real init and exits.
                 let _ = waitpid(child, None);
                 cleanup.pids.retain(|x| *x != child);
-                pid = Pid::from_raw(p);
-                cleanup.pids.push(pid);
+                cleanup.pids.push(Pid::from_raw(p));
                 st.pid = p;
             }
             Some(Msg::Hooks) => {
@@ -290,8 +281,7 @@ fn create_inner(root: &Root, opts: &CreateOptions) -> Result<(State, Pid)> {
         write_pid_file(p, st.pid)?;
     }
     cleanup.armed = false;
-    let direct = if pid == child { child } else { pid };
-    Ok((st, direct))
+    Ok(st)
 }
 
 fn describe_exit(pid: Pid) -> String {
@@ -586,12 +576,6 @@ pub(crate) fn hook_state(st: &State, status: &str) -> String {
     v.to_string()
 }
 
-pub(crate) fn load_cgroup(st: &State) -> Option<Cgroup> {
-    st.cgroup
-        .as_ref()
-        .and_then(|v| serde_json::from_value(v.clone()).ok())
-}
-
 /// The container's status now.
 pub fn status(root: &Root, st: &State) -> Status {
     if !st.init_alive() {
@@ -600,7 +584,11 @@ pub fn status(root: &Root, st: &State) -> Status {
     if root.dir(&st.id).join(state::FIFO).exists() {
         return Status::Created;
     }
-    if load_cgroup(st).is_some_and(|c| c.is_frozen().unwrap_or(false)) {
+    if st
+        .cgroup
+        .as_ref()
+        .is_some_and(|c| c.is_frozen().unwrap_or(false))
+    {
         return Status::Paused;
     }
     Status::Running
@@ -626,8 +614,13 @@ pub fn state_json(root: &Root, id: &str) -> Result<String> {
 
 /// `start ID`: releases the init blocked on the exec fifo.
 pub fn start(root: &Root, id: &str) -> Result<()> {
-    let mut st = root.load(id)?;
-    let s = status(root, &st);
+    release(root, &root.load(id)?)
+}
+
+/// Opens the exec fifo of a created container, then runs the poststart hooks.
+fn release(root: &Root, st: &State) -> Result<()> {
+    let id = st.id.as_str();
+    let s = status(root, st);
     if s != Status::Created {
         return Err(Error::State {
             id: id.into(),
@@ -652,10 +645,8 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
     nix::unistd::write(&fifo, b"0").map_err(|e| Error::sys("write the exec fifo", e))?;
     let _ = std::fs::remove_file(&fifo_path);
     drop(fifo);
-    st.started = true;
-    root.save(&st)?;
     if let Some(list) = st.hooks.as_ref().and_then(|h| h.poststart().clone()) {
-        let json = hook_state(&st, "running");
+        let json = hook_state(st, "running");
         if let Err(e) = hooks::run_all("poststart", &list, &json) {
             logging::warn(&e.to_string());
         }
@@ -690,7 +681,7 @@ pub fn kill(root: &Root, id: &str, sig: Signal, all: bool) -> Result<()> {
         });
     }
     if all {
-        if let Some(cg) = load_cgroup(&st) {
+        if let Some(cg) = &st.cgroup {
             for p in cg.pids()? {
                 let _ = send_signal(Pid::from_raw(p), sig);
             }
@@ -735,7 +726,7 @@ pub fn delete(root: &Root, id: &str, force: bool) -> Result<()> {
 }
 
 fn kill_and_wait(st: &State) -> Result<()> {
-    let cg = load_cgroup(st);
+    let cg = st.cgroup.as_ref();
     let mut targets = vec![st.pid];
     if !st.own_pid_ns {
         if let Some(cg) = &cg {
@@ -768,7 +759,7 @@ fn destroy(root: &Root, st: &State) -> Result<()> {
     if let Some(before) = &st.host_mounts {
         detach_host_mounts(&st.rootfs, before);
     }
-    if let Some(cg) = load_cgroup(st) {
+    if let Some(cg) = &st.cgroup {
         cg.destroy()?;
     }
     root.remove(&st.id)?;
@@ -808,8 +799,9 @@ pub fn run(root: &Root, opts: &CreateOptions, detach: bool) -> Result<i32> {
             .thread_block()
             .map_err(|e| Error::sys("block signals", e))?;
     }
-    let (st, _) = create_inner(root, opts)?;
-    if let Err(e) = start(root, &opts.id) {
+    // The state just written is used as it is: no reload between the steps.
+    let st = create(root, opts)?;
+    if let Err(e) = release(root, &st) {
         let _ = delete(root, &opts.id, true);
         return Err(e);
     }
@@ -817,7 +809,10 @@ pub fn run(root: &Root, opts: &CreateOptions, detach: bool) -> Result<i32> {
         return Ok(0);
     }
     let code = wait_forwarding(Pid::from_raw(st.pid), &forward);
-    delete(root, &opts.id, true)?;
+    if st.init_alive() {
+        kill_and_wait(&st)?;
+    }
+    destroy(root, &st)?;
     code
 }
 

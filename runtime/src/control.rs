@@ -8,12 +8,12 @@ use std::time::Duration;
 use oci_spec::runtime::LinuxResources;
 
 use crate::cgroups::Cgroup;
-use crate::container::{load_cgroup, status};
+use crate::container::status;
 use crate::error::{Error, Result};
 use crate::state::{Root, State, Status};
 
-fn cgroup_of(st: &State) -> Result<Cgroup> {
-    load_cgroup(st).ok_or_else(|| Error::State {
+fn cgroup_of(st: &State) -> Result<&Cgroup> {
+    st.cgroup.as_ref().ok_or_else(|| Error::State {
         id: st.id.clone(),
         status: "without a cgroup".into(),
         msg: "it was created rootless without cgroups".into(),
@@ -203,7 +203,7 @@ pub fn pids(root: &Root, id: &str) -> Result<Vec<i32>> {
     if s == Status::Stopped {
         return Err(refuse(&st, s, "container not running"));
     }
-    let mut pids = match load_cgroup(&st) {
+    let mut pids = match &st.cgroup {
         Some(cg) => cg.pids()?,
         None => vec![st.pid],
     };

@@ -140,7 +140,7 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
     drop(theirs);
     drop(console);
     let mut guard = KillOnError(vec![child]);
-    if let Some(cg) = container::load_cgroup(&st) {
+    if let Some(cg) = &st.cgroup {
         cg.add_pid(child.as_raw())?;
     }
     ours.send(&Msg::Go)?;

@@ -61,9 +61,9 @@ pub struct State {
     /// Hooks that run after create: poststart and poststop.
     #[serde(default)]
     pub hooks: Option<Hooks>,
-    /// The container's cgroup, as the cgroup layer records it (None: no cgroup).
+    /// The container's cgroup (None: a rootless container without one).
     #[serde(default)]
-    pub cgroup: Option<serde_json::Value>,
+    pub cgroup: Option<crate::cgroups::Cgroup>,
     /// Whether the container has its own pid namespace (kill --all and delete need to
     /// know whether killing pid 1 takes everything with it).
     #[serde(default)]
@@ -72,9 +72,6 @@ pub struct State {
     /// its rootfs before create, so that delete detaches only what create stacked there.
     #[serde(default)]
     pub host_mounts: Option<Vec<u32>>,
-    /// Whether `start` has been called.
-    #[serde(default)]
-    pub started: bool,
 }
 
 /// The runc-shaped JSON `state` prints.
