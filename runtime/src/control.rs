@@ -236,12 +236,12 @@ pub fn events(
     if stats_once {
         return emit(out, "stats", cg.stats()?);
     }
-    let mut ooms = oom_kills(&cg);
+    let mut ooms = oom_kills(cg);
     loop {
         if status(root, &st) == Status::Stopped {
             return Ok(());
         }
-        let now = oom_kills(&cg);
+        let now = oom_kills(cg);
         if now > ooms {
             emit(out, "oom", serde_json::Value::Null)?;
             ooms = now;
