@@ -167,8 +167,13 @@ impl Cgroup {
     pub fn resolve(cgroups_path: Option<&Path>, id: &str) -> Result<Cgroup> {
         let mi =
             crate::mountinfo::read().map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
-        let known = hierarchy::known_subsystems();
         let mode = hierarchy::detect_mode(&mi);
+        // Only v1 mounts need the subsystem names, and a pure v2 host uses none.
+        let known = if mode == Mode::Unified {
+            Vec::new()
+        } else {
+            hierarchy::known_subsystems()
+        };
         let mounts = hierarchy::mounts(&mi, &known, mode);
         if mounts.is_empty() {
             return Err(Error::cgroup(
@@ -255,15 +260,16 @@ impl Cgroup {
         let empty = LinuxResources::default();
         let r = r.unwrap_or(&empty);
         self.validate(r)?;
-        for i in 0..self.dirs.len() {
-            let d = &mut self.dirs[i];
+        for d in &mut self.dirs {
             d.created = if d.v2 {
                 v2::make_path(&d.mount, &d.path, &d.controllers)?
             } else {
                 v1::make_path(&d.mount, &d.path, d.has("cpuset"))?
             };
         }
-        self.apply(r, false)
+        let warnings = self.apply(r, false)?;
+        self.warnings.extend(warnings);
+        Ok(())
     }
 
     /// Checks what can be checked before anything is made: the values themselves, and
@@ -319,8 +325,9 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Writes `r` into the hierarchies that drive each controller.
-    fn apply(&mut self, r: &LinuxResources, updating: bool) -> Result<()> {
+    /// Writes `r` into the hierarchies that drive each controller; returns what it
+    /// skipped on purpose.
+    fn apply(&self, r: &LinuxResources, updating: bool) -> Result<Vec<String>> {
         let mut warnings = Vec::new();
         if let Some(m) = r.memory() {
             #[allow(deprecated)]
@@ -363,20 +370,17 @@ impl Cgroup {
                 }
             }
             if c.cpus().is_some() || c.mems().is_some() {
-                if let Some(d) = self.v1("cpuset") {
-                    v1::set_cpuset(&d.path, c)?;
-                } else if let Some(d) = self.v2_with("cpuset") {
-                    v2::set_cpuset(&d.path, c)?;
+                // The same files in v1 and v2.
+                if let Some(d) = self.v1_or_v2("cpuset") {
+                    set_cpuset(&d.path, c)?;
                 } else {
                     return Err(self.missing("cpuset", "linux.resources.cpu.cpus"));
                 }
             }
         }
         if let Some(p) = r.pids() {
-            if let Some(d) = self.v1("pids") {
-                v1::set_pids(&d.path, p.limit())?;
-            } else if let Some(d) = self.v2_with("pids") {
-                v2::set_pids(&d.path, p.limit())?;
+            if let Some(d) = self.v1_or_v2("pids") {
+                set_pids(&d.path, p.limit())?;
             } else {
                 return Err(self.missing("pids", "linux.resources.pids"));
             }
@@ -445,8 +449,7 @@ impl Cgroup {
                 return Err(self.missing("devices", "linux.resources.devices"));
             }
         }
-        self.warnings.extend(warnings);
-        Ok(())
+        Ok(warnings)
     }
 
     fn missing(&self, controller: &str, field: &str) -> Error {
@@ -483,6 +486,12 @@ impl Cgroup {
         self.unified().filter(|d| d.has(controller))
     }
 
+    /// The hierarchy that drives `controller`: its v1 one, else the unified one if it
+    /// drives it there.
+    fn v1_or_v2(&self, controller: &str) -> Option<&Dir> {
+        self.v1(controller).or_else(|| self.v2_with(controller))
+    }
+
     /// Where processes are listed and frozen: the freezer (v1) or the unified
     /// hierarchy, else any.
     fn primary(&self) -> Option<&Dir> {
@@ -497,8 +506,9 @@ impl Cgroup {
 
     /// Moves `pid` into the container's cgroup in every hierarchy.
     pub fn add_pid(&self, pid: i32) -> Result<()> {
+        let pid = pid.to_string();
         for d in &self.dirs {
-            write(&d.path, "cgroup.procs", &pid.to_string())?;
+            write(&d.path, "cgroup.procs", &pid)?;
         }
         Ok(())
     }
@@ -584,9 +594,8 @@ impl Cgroup {
     /// replace the config's (the implicit ones stay after them).
     pub fn update(&self, r: &LinuxResources) -> Result<()> {
         self.validate(r)?;
-        // apply() only needs &mut for warnings; work on a copy so update stays &self.
-        let mut me = self.clone();
-        me.apply(r, true)
+        // What it skips is not reported here (update has no caller that logs it).
+        self.apply(r, true).map(drop)
     }
 
     /// `runc events --stats` "data": cpu, memory, pids, blkio, hugetlb, each from the
@@ -605,9 +614,7 @@ impl Cgroup {
         } else if let Some(d) = self.v2_with("memory") {
             out.insert("memory".into(), v2::memory_stats(&d.path)?);
         }
-        if let Some(d) = self.v1("pids") {
-            out.insert("pids".into(), pids_stats(&d.path)?);
-        } else if let Some(d) = self.v2_with("pids") {
+        if let Some(d) = self.v1_or_v2("pids") {
             out.insert("pids".into(), pids_stats(&d.path)?);
         }
         if let Some(d) = self.v1("blkio") {
@@ -780,6 +787,30 @@ fn lookup(kv: &[(String, u64)], key: &str) -> u64 {
     kv.iter().find(|(k, _)| k == key).map_or(0, |(_, v)| *v)
 }
 
+/// cpuset.cpus and cpuset.mems (the same files in v1 and v2).
+fn set_cpuset(dir: &Path, c: &oci_spec::runtime::LinuxCpu) -> Result<()> {
+    if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
+        write(dir, "cpuset.cpus", cpus)?;
+    }
+    if let Some(mems) = c.mems().as_deref().filter(|s| !s.is_empty()) {
+        write(dir, "cpuset.mems", mems)?;
+    }
+    Ok(())
+}
+
+/// The pids.max value (v1 and v2): 0 and negative mean no limit, as runc.
+fn pids_max(limit: i64) -> String {
+    if limit > 0 {
+        limit.to_string()
+    } else {
+        "max".to_string()
+    }
+}
+
+fn set_pids(dir: &Path, limit: i64) -> Result<()> {
+    write(dir, "pids.max", &pids_max(limit))
+}
+
 fn pids_stats(dir: &Path) -> Result<serde_json::Value> {
     let current = read_u64(dir, "pids.current")?;
     // runc reports an unlimited pids.max as 0.
@@ -791,11 +822,13 @@ fn pids_stats(dir: &Path) -> Result<serde_json::Value> {
 }
 
 /// Makes `path` and its missing parents below `mount`; returns those it made,
-/// shallowest first. On error, removes what it made.
+/// shallowest first. `on_dir(dir, new)` runs top-down on `mount` and on every
+/// directory of the chain once it exists (`new`: made here), before its child is
+/// made. On error, removes what it made.
 fn make_dirs(
     mount: &Path,
     path: &Path,
-    mut on_new: impl FnMut(&Path) -> Result<()>,
+    mut on_dir: impl FnMut(&Path, bool) -> Result<()>,
 ) -> Result<Vec<PathBuf>> {
     let rel = path.strip_prefix(mount).map_err(|_| {
         Error::cgroup(
@@ -805,21 +838,23 @@ fn make_dirs(
     })?;
     let mut created = Vec::new();
     let mut cur = mount.to_path_buf();
+    on_dir(&cur, false)?;
     for c in rel.components() {
         cur.push(c);
-        match std::fs::create_dir(&cur) {
+        let new = match std::fs::create_dir(&cur) {
             Ok(()) => {
                 created.push(cur.clone());
-                if let Err(e) = on_new(&cur) {
-                    undo_dirs(&created);
-                    return Err(e);
-                }
+                true
             }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
             Err(e) => {
                 undo_dirs(&created);
                 return Err(Error::cgroup(&cur, format!("mkdir: {e}")));
             }
+        };
+        if let Err(e) = on_dir(&cur, new) {
+            undo_dirs(&created);
+            return Err(e);
         }
     }
     Ok(created)

@@ -54,6 +54,11 @@ impl Guard {
         }
     }
 
+    /// The cgroup at `cgroups_path` on this host, resolved (not yet created).
+    fn at(cgroups_path: &str) -> Guard {
+        Guard::new(Cgroup::resolve(Some(Path::new(cgroups_path)), "x").expect("resolve"))
+    }
+
     /// A `sleep` moved into the cgroup.
     fn sleeper(&mut self) -> i32 {
         let c = Command::new("sleep")
@@ -65,15 +70,20 @@ impl Guard {
         self.cg.add_pid(pid).expect("add_pid");
         pid
     }
+
+    /// Kills and reaps the children, so the cgroup can be removed.
+    fn kill_children(&mut self) {
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 impl Drop for Guard {
     fn drop(&mut self) {
         let _ = self.cg.thaw();
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.kill_children();
         let _ = self.cg.destroy();
         for p in self.extra.iter().rev() {
             let _ = std::fs::remove_dir(p);
@@ -385,9 +395,9 @@ fn cpu_max_pids_max_io_weight() {
         Some("max 20000")
     );
     assert_eq!(v2::cpu_max(Some(5000), None).as_deref(), Some("5000"));
-    assert_eq!(v1::pids_max(-1), "max");
-    assert_eq!(v1::pids_max(0), "max");
-    assert_eq!(v1::pids_max(7), "7");
+    assert_eq!(pids_max(-1), "max");
+    assert_eq!(pids_max(0), "max");
+    assert_eq!(pids_max(7), "7");
     assert_eq!(v2::io_weight(10), 1);
     assert_eq!(v2::io_weight(1000), 10_000);
     assert_eq!(v2::io_weight(500), 1 + 490 * 9999 / 990);
@@ -712,9 +722,9 @@ fn v2_writers_convert_as_runc() {
         .to_string()
         .contains("realtimeRuntime"));
 
-    v2::set_pids(d, -1).expect("pids");
+    set_pids(d, -1).expect("pids");
     assert_eq!(rd(&d.join("pids.max")), "max");
-    v2::set_pids(d, 12).expect("pids");
+    set_pids(d, 12).expect("pids");
     assert_eq!(rd(&d.join("pids.max")), "12");
 
     let b = LinuxBlockIoBuilder::default()
@@ -785,8 +795,7 @@ fn v1_lifecycle_limits_pids_freeze_update_destroy() {
         return;
     }
     let top = unique("life");
-    let mut g =
-        Guard::new(Cgroup::resolve(Some(Path::new(&format!("/{top}/c"))), "x").expect("resolve"));
+    let mut g = Guard::at(&format!("/{top}/c"));
     let mib = 1i64 << 20;
     let mut r = serde_json::json!({
         "memory": {"limit": 64 * mib, "swap": 128 * mib, "reservation": 32 * mib, "swappiness": 10},
@@ -875,11 +884,7 @@ fn v1_lifecycle_limits_pids_freeze_update_destroy() {
     assert_eq!(rd(&pids.join("pids.max")), "max");
     assert_eq!(rd(&cpu.join("cpu.cfs_quota_us")), "-1");
 
-    for c in &mut g.children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    g.children.clear();
+    g.kill_children();
     g.cg.destroy().expect("destroy");
     for d in &g.cg.dirs {
         for p in &d.created {
@@ -915,11 +920,7 @@ fn v1_relative_path_is_below_own_cgroup() {
         proc_cg.contains(&format!(":memory:{}/{name}", own_mem.trim_end_matches('/'))),
         "{proc_cg}"
     );
-    for c in &mut g.children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    g.children.clear();
+    g.kill_children();
     g.cg.destroy().expect("destroy");
     assert!(!mem.exists());
     assert!(
@@ -934,8 +935,7 @@ fn failed_create_removes_what_it_made_and_names_file_and_value() {
         return;
     }
     let top = unique("atomic");
-    let mut g =
-        Guard::new(Cgroup::resolve(Some(Path::new(&format!("/{top}/c"))), "x").expect("resolve"));
+    let mut g = Guard::at(&format!("/{top}/c"));
     let e =
         g.cg.create(
             Some(&res(
@@ -963,8 +963,8 @@ fn destroy_leaves_a_parent_another_container_still_uses() {
         return;
     }
     let top = unique("shared");
-    let mut a = Guard::new(Cgroup::resolve(Some(Path::new(&format!("/{top}/a"))), "a").expect("a"));
-    let mut b = Guard::new(Cgroup::resolve(Some(Path::new(&format!("/{top}/b"))), "b").expect("b"));
+    let mut a = Guard::at(&format!("/{top}/a"));
+    let mut b = Guard::at(&format!("/{top}/b"));
     a.cg.create(None, &[]).expect("create a");
     b.cg.create(None, &[]).expect("create b");
     let mem_top = Path::new("/sys/fs/cgroup/memory").join(&top);
@@ -991,8 +991,7 @@ fn pids_include_sub_cgroups_and_destroy_removes_them() {
         return;
     }
     let top = unique("nested");
-    let mut g =
-        Guard::new(Cgroup::resolve(Some(Path::new(&format!("/{top}"))), "x").expect("resolve"));
+    let mut g = Guard::at(&format!("/{top}"));
     g.cg.create(None, &[]).expect("create");
     let p1 = g.sleeper();
     let fz = g.cg.primary().expect("primary").path.clone();
@@ -1006,11 +1005,7 @@ fn pids_include_sub_cgroups_and_destroy_removes_them() {
     let mut want = vec![p1, p2];
     want.sort_unstable();
     assert_eq!(g.cg.pids().expect("pids"), want);
-    for c in &mut g.children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    g.children.clear();
+    g.kill_children();
     g.cg.destroy().expect("destroy");
     assert!(!sub.exists() && !fz.exists());
 }
@@ -1021,8 +1016,7 @@ fn v1_devices_deny_then_rules_in_order() {
         return;
     }
     let top = unique("dev1");
-    let mut g =
-        Guard::new(Cgroup::resolve(Some(Path::new(&format!("/{top}"))), "x").expect("resolve"));
+    let mut g = Guard::at(&format!("/{top}"));
     let implicit = [rule(true, 'c', Some(1), Some(5), "rwm")];
     let r = res(serde_json::json!({"devices": [{"allow": false, "access": "rwm"}]}));
     g.cg.create(Some(&r), &implicit).expect("create");
@@ -1060,8 +1054,7 @@ fn v1_blkio_throttle_on_a_real_disk() {
     };
     let (maj, min) = disk.split_once(':').expect("maj:min");
     let top = unique("blkio");
-    let mut g =
-        Guard::new(Cgroup::resolve(Some(Path::new(&format!("/{top}"))), "x").expect("resolve"));
+    let mut g = Guard::at(&format!("/{top}"));
     let r = res(serde_json::json!({"blockIO": {
         "throttleReadBpsDevice": [{"major": maj.parse::<i64>().expect("n"), "minor": min.parse::<i64>().expect("n"), "rate": 1048576}],
         "throttleWriteIOPSDevice": [{"major": maj.parse::<i64>().expect("n"), "minor": min.parse::<i64>().expect("n"), "rate": 100}]
@@ -1141,11 +1134,7 @@ fn v2_bpf_devices_freeze_hugetlb_update_destroy() {
         assert_eq!(st["hugetlb"]["2MB"]["usage"], 0, "{st}");
     }
 
-    for c in &mut g.children {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    g.children.clear();
+    g.kill_children();
     g.cg.destroy().expect("destroy");
     assert!(!dir.exists());
     assert!(
@@ -1160,8 +1149,7 @@ fn hybrid_unified_keys_reach_only_the_unified_hierarchy() {
         return;
     }
     let top = unique("uni");
-    let mut g =
-        Guard::new(Cgroup::resolve(Some(Path::new(&format!("/{top}"))), "x").expect("resolve"));
+    let mut g = Guard::at(&format!("/{top}"));
     if g.cg.unified().is_none() {
         println!("SKIP hybrid_unified_keys_reach_only_the_unified_hierarchy: no cgroup2");
         return;

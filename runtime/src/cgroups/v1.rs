@@ -12,9 +12,9 @@ use crate::error::{Error, Result};
 /// Makes the container's directory; in the cpuset hierarchy a new cgroup starts with
 /// empty cpuset.cpus/mems and refuses processes, so each new one gets its parent's.
 pub(super) fn make_path(mount: &Path, path: &Path, cpuset: bool) -> Result<Vec<PathBuf>> {
-    super::make_dirs(mount, path, |new| {
-        if cpuset {
-            copy_cpuset_from_parent(new)
+    super::make_dirs(mount, path, |dir, new| {
+        if cpuset && new {
+            copy_cpuset_from_parent(dir)
         } else {
             Ok(())
         }
@@ -137,30 +137,6 @@ pub(super) fn set_cpu(dir: &Path, c: &LinuxCpu) -> Result<()> {
         write(dir, "cpu.idle", &i.to_string())?;
     }
     Ok(())
-}
-
-/// cpuset.cpus and cpuset.mems.
-pub(super) fn set_cpuset(dir: &Path, c: &LinuxCpu) -> Result<()> {
-    if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
-        write(dir, "cpuset.cpus", cpus)?;
-    }
-    if let Some(mems) = c.mems().as_deref().filter(|s| !s.is_empty()) {
-        write(dir, "cpuset.mems", mems)?;
-    }
-    Ok(())
-}
-
-/// The pids.max value: 0 and negative mean no limit, as runc.
-pub(super) fn pids_max(limit: i64) -> String {
-    if limit > 0 {
-        limit.to_string()
-    } else {
-        "max".to_string()
-    }
-}
-
-pub(super) fn set_pids(dir: &Path, limit: i64) -> Result<()> {
-    write(dir, "pids.max", &pids_max(limit))
 }
 
 /// blkio.*: the CFQ files when the kernel has them, else BFQ's (as runc).

@@ -15,25 +15,11 @@ use crate::error::{Error, Result};
 /// Enabling is best effort per controller (as runc): one that cannot be enabled shows
 /// up later as the missing file of the limit that needs it.
 pub(super) fn make_path(mount: &Path, path: &Path, controllers: &[String]) -> Result<Vec<PathBuf>> {
-    let rel: Vec<PathBuf> = match path.strip_prefix(mount) {
-        Ok(r) => r
-            .components()
-            .map(|c| PathBuf::from(c.as_os_str()))
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    // Enable top-down before each child is made, so new children inherit nothing odd.
-    let mut cur = mount.to_path_buf();
-    for c in &rel {
-        enable_controllers(&cur, controllers);
-        cur.push(c);
-        if !cur.exists() {
-            break;
-        }
-    }
-    super::make_dirs(mount, path, |new| {
-        if new != path {
-            enable_controllers(new, controllers);
+    // Top-down, in every cgroup above `path` (existing or new), before its child is
+    // made.
+    super::make_dirs(mount, path, |dir, _| {
+        if dir != path {
+            enable_controllers(dir, controllers);
         }
         Ok(())
     })
@@ -193,20 +179,6 @@ pub(super) fn set_cpu(dir: &Path, c: &LinuxCpu) -> Result<()> {
         write(dir, "cpu.max.burst", &b.to_string())?;
     }
     Ok(())
-}
-
-pub(super) fn set_cpuset(dir: &Path, c: &LinuxCpu) -> Result<()> {
-    if let Some(cpus) = c.cpus().as_deref().filter(|s| !s.is_empty()) {
-        write(dir, "cpuset.cpus", cpus)?;
-    }
-    if let Some(mems) = c.mems().as_deref().filter(|s| !s.is_empty()) {
-        write(dir, "cpuset.mems", mems)?;
-    }
-    Ok(())
-}
-
-pub(super) fn set_pids(dir: &Path, limit: i64) -> Result<()> {
-    write(dir, "pids.max", &super::v1::pids_max(limit))
 }
 
 /// io.*: BFQ's weight files when present, else io.weight converted; throttles to
