@@ -5,11 +5,11 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::{busybox_rootfs, plinth_bin, workspace, TempDir};
+use crate::{busybox_rootfs, plinth_bin, text, workspace, TempDir};
 
 /// The busybox image's name in every engine.
 pub const BUSYBOX: &str = "localhost/plinth-busybox:test";
@@ -51,15 +51,6 @@ fn which(name: &str) -> Option<PathBuf> {
         .split(':')
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
-}
-
-/// Output as (exit code, stdout, stderr).
-pub fn text(out: &Output) -> (i32, String, String) {
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Runs a command and panics with its output unless it succeeds; returns stdout.
@@ -319,8 +310,6 @@ pub fn in_terminal(cmd: &str) -> (i32, String) {
     let stdin = child.stdin.take();
     let out = child.wait_with_output().unwrap();
     drop(stdin);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let (code, shown, _) = text(&out);
+    (code, shown)
 }

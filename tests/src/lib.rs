@@ -6,7 +6,7 @@ pub mod engines;
 pub mod tap;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use serde_json::Value;
@@ -75,6 +75,33 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Output as (exit code, stdout, stderr).
+pub fn text(out: &Output) -> (i32, String, String) {
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Gives the child `cmd` starts an extra, inheritable fd `target` duplicated from `f`
+/// (as a caller's `exec 5<file` would).
+pub fn pass_fd(cmd: &mut Command, f: &std::fs::File, target: i32) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let src = f.as_raw_fd();
+    // SAFETY: dup2 and fcntl on fds that exist, between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 onto itself keeps FD_CLOEXEC: clear it explicitly.
+            if libc::dup2(src, target) < 0 || libc::fcntl(target, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
@@ -172,11 +199,28 @@ impl Bundle {
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        text(&out)
+    }
+
+    /// Spawns `plinth run --bundle DIR ID` (stdio inherited) and waits until the
+    /// container is running; panics if it is not within 5 s.
+    pub fn spawn_run(&self, id: &str) -> Child {
+        self.write();
+        let child = self
+            .cmd()
+            .args(["run", "--bundle"])
+            .arg(&self.dir)
+            .arg(id)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        // `state` fails until run has made the container.
+        while !self.plinth(&["state", id]).status.success() || self.state(id)["status"] != "running"
+        {
+            assert!(std::time::Instant::now() < deadline, "container never ran");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child
     }
 
     /// `plinth create`; panics with its stderr on failure. The container's init keeps
@@ -216,10 +260,14 @@ impl Bundle {
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let (code, _, err) = text(&out);
+        (code, err)
+    }
+
+    /// `plinth start ID`; panics with its output on failure.
+    pub fn start(&self, id: &str) {
+        let out = self.plinth(&["start", id]);
+        assert!(out.status.success(), "start {id}: {out:?}");
     }
 
     /// Runs `plinth ARGS` with stdio on files (for commands that leave a container

@@ -25,7 +25,6 @@ fn wrong_type_names_the_field() {
     }
     let mut b = Bundle::busybox("true");
     b.config["process"]["user"]["uid"] = serde_json::json!("zero");
-    b.write();
     assert_create_fails(&b, &unique("bad"), "process.user.uid");
 }
 
@@ -36,7 +35,6 @@ fn missing_rootfs_is_named() {
     }
     let mut b = Bundle::busybox("true");
     b.config["root"]["path"] = serde_json::json!("nope");
-    b.write();
     assert_create_fails(&b, &unique("bad"), "root.path");
 }
 
@@ -50,7 +48,6 @@ fn unknown_namespace_is_named() {
         .as_array_mut()
         .unwrap()
         .push(serde_json::json!({"type": "bogus"}));
-    b.write();
     assert_create_fails(&b, &unique("bad"), "linux.namespaces[6]");
 }
 
@@ -63,7 +60,6 @@ fn failing_init_leaves_nothing_behind() {
     let mut b = Bundle::busybox("true");
     b.config["process"]["args"] = serde_json::json!(["/no/such/binary"]);
     b.config["linux"]["resources"]["memory"] = serde_json::json!({"limit": 67108864});
-    b.write();
     assert_create_fails(&b, &unique("bad"), "/no/such/binary");
 }
 
@@ -75,15 +71,9 @@ fn duplicate_id_is_refused_and_the_first_survives() {
     let b = Bundle::busybox("sleep 100");
     let id = unique("dup");
     b.create(&id);
-    let out = b
-        .cmd()
-        .args(["create", "--bundle"])
-        .arg(&b.dir)
-        .arg(&id)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let (code, err) = b.create_failing(&id);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already exists"), "{err}");
     assert_eq!(b.state(&id)["status"], "created");
 }
 
@@ -126,6 +116,5 @@ fn non_namespaced_sysctl_is_refused() {
     }
     let mut b = Bundle::busybox("true");
     b.config["linux"]["sysctl"] = serde_json::json!({"vm.swappiness": "10"});
-    b.write();
     assert_create_fails(&b, &unique("bad"), "linux.sysctl.vm.swappiness");
 }

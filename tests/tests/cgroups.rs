@@ -152,7 +152,6 @@ fn an_impossible_limit_fails_create_and_leaves_no_cgroup() {
     let path = format!("/{}", unique("cgbad"));
     b.config["linux"]["cgroupsPath"] = json!(path);
     b.config["linux"]["resources"] = json!({"cpu": {"cpus": "9999"}});
-    b.write();
     let id = unique("cgbad");
     let (code, err) = b.create_failing(&id);
     assert_eq!(code, 1, "{err}");

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use plinth_tests::{need_root, unique, Bundle};
+use plinth_tests::{need_root, pass_fd, unique, Bundle};
 
 fn run_ok(b: &Bundle) -> String {
     let (code, out, err) = b.run(&unique("c"));
@@ -284,7 +284,6 @@ fn preserve_fds_passes_exactly_those() {
     if !need_root("preserve_fds_passes_exactly_those") {
         return;
     }
-    use std::os::fd::AsRawFd;
     let b = Bundle::busybox("ls /proc/self/fd | sort -n | tr '\\n' ' '; echo; cat <&3");
     b.write();
     let tmp = b.tmp.0.join("passed");
@@ -296,19 +295,8 @@ fn preserve_fds_passes_exactly_those() {
     cmd.args(["run", "--preserve-fds", "1", "--bundle"])
         .arg(&b.dir)
         .arg(unique("fds"));
-    let (src, leak_fd) = (f.as_raw_fd(), leak.as_raw_fd());
-    use std::os::unix::process::CommandExt;
-    // SAFETY: dup2 in the child before exec, on fds that exist.
-    unsafe {
-        cmd.pre_exec(move || {
-            // dup2 onto itself keeps FD_CLOEXEC: clear it explicitly.
-            libc::dup2(src, 3);
-            libc::fcntl(3, libc::F_SETFD, 0);
-            libc::dup2(leak_fd, 4);
-            libc::fcntl(4, libc::F_SETFD, 0);
-            Ok(())
-        });
-    }
+    pass_fd(&mut cmd, &f, 3);
+    pass_fd(&mut cmd, &leak, 4);
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);

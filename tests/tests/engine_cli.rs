@@ -8,24 +8,18 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use plinth_tests::{default_cgroup_dirs, need_root, read_pty, recv_pty_master, unique, Bundle};
+use plinth_tests::{
+    default_cgroup_dirs, need_root, read_pty, recv_pty_master, text, unique, Bundle,
+};
 
 /// A running `sleep` container.
 fn running() -> (Bundle, String) {
     let b = Bundle::busybox("sleep 1000");
     let id = unique("eng");
     b.create(&id);
-    assert!(b.plinth(&["start", &id]).status.success());
+    b.start(&id);
     assert_eq!(b.wait_status(&id, "running")["status"], "running");
     (b, id)
-}
-
-fn text(out: &std::process::Output) -> (i32, String, String) {
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -191,7 +185,7 @@ fn pause_freezes_and_resume_thaws() {
     );
     let id = unique("pause");
     b.create(&id);
-    assert!(b.plinth(&["start", &id]).status.success());
+    b.start(&id);
     let count = |b: &Bundle| -> u64 {
         let (_, out, _) =
             text(&b.plinth(&["exec", "--ignore-paused", &id, "cat", "/dev/shm/count"]));
@@ -299,7 +293,7 @@ fn the_errors_engines_look_for() {
     let b = Bundle::busybox("true");
     let id = unique("stopped");
     b.create(&id);
-    assert!(b.plinth(&["start", &id]).status.success());
+    b.start(&id);
     assert_eq!(b.wait_status(&id, "stopped")["status"], "stopped");
     // containerd matches "container not running" and "no such process".
     let (code, _, err) = text(&b.plinth(&["exec", &id, "true"]));
@@ -349,7 +343,7 @@ fn kill_all_reaches_every_process_without_a_pid_namespace() {
     b.config["linux"]["namespaces"] = json!(ns);
     let id = unique("killall");
     b.create(&id);
-    assert!(b.plinth(&["start", &id]).status.success());
+    b.start(&id);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut pids: Vec<i64>;
     loop {

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use plinth_tests::engines::{in_terminal, missing_tools, ok, text, Containerd, Podman, BUSYBOX};
-use plinth_tests::{need_root, plinth_bin, unique};
+use plinth_tests::engines::{in_terminal, missing_tools, ok, Containerd, Podman, BUSYBOX};
+use plinth_tests::{need_root, plinth_bin, text, unique};
 
 fn ready(test: &str) -> bool {
     if !need_root(test) {

@@ -42,7 +42,7 @@ fn hooks_run_in_order_with_state_on_stdin() {
         assert_eq!(st["bundle"], b.dir.to_str().unwrap());
         assert_eq!(st["annotations"]["org.test"], "yes");
     }
-    assert!(b.plinth(&["start", &id]).status.success());
+    b.start(&id);
     assert!(b.plinth(&["kill", &id, "KILL"]).status.success());
     b.wait_status(&id, "stopped");
     assert!(b.plinth(&["delete", &id]).status.success());
@@ -67,7 +67,6 @@ fn a_failing_prestart_hook_fails_create_and_cleans_up() {
     }
     let mut b = Bundle::busybox("true");
     b.config["hooks"] = json!({"prestart": [{"path": "/bin/false"}]});
-    b.write();
     let id = unique("hookfail");
     let (code, err) = b.create_failing(&id);
     assert_eq!(code, 1, "{err}");
@@ -83,17 +82,12 @@ fn a_hook_past_its_timeout_is_killed() {
     let mut b = Bundle::busybox("true");
     b.config["hooks"] =
         json!({"createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "30"], "timeout": 1}]});
-    b.write();
+    let id = unique("slow");
     let t = std::time::Instant::now();
-    let out = b
-        .cmd()
-        .args(["create", "--bundle"])
-        .arg(&b.dir)
-        .arg(unique("slow"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("timed out after 1s"));
+    let (code, err) = b.create_failing(&id);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("timed out after 1s"), "{err}");
+    assert!(!b.root.join(&id).exists(), "state left behind");
     assert!(t.elapsed() < std::time::Duration::from_secs(20));
 }
 

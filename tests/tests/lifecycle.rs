@@ -1,6 +1,8 @@
 //! The OCI lifecycle through the real `plinth` binary: run, create/start/state/kill/delete.
 #![allow(clippy::unwrap_used)]
 
+use serde_json::json;
+
 use plinth_tests::{mounts_under, need_root, unique, Bundle};
 
 #[test]
@@ -24,20 +26,8 @@ fn run_reports_death_by_signal_as_128_plus_signal() {
         return;
     }
     let b = Bundle::busybox("sleep 100");
-    b.write();
     let id = unique("sig");
-    let mut child = b
-        .cmd()
-        .args(["run", "--bundle"])
-        .arg(&b.dir)
-        .arg(&id)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while b.plinth(&["state", &id]).stdout.is_empty() || b.state(&id)["status"] != "running" {
-        assert!(std::time::Instant::now() < deadline, "container never ran");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let mut child = b.spawn_run(&id);
     assert!(b.plinth(&["kill", &id, "KILL"]).status.success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(128 + 9));
@@ -50,24 +40,8 @@ fn run_forwards_signals_to_the_container() {
     }
     // pid 1 of a namespace only gets the signals it handles: trap TERM.
     let b = Bundle::busybox("trap 'exit 42' TERM; echo ready > /dev/shm/ready; sleep 100 & wait");
-    b.write();
     let id = unique("fwd");
-    let mut child = b
-        .cmd()
-        .args(["run", "--bundle"])
-        .arg(&b.dir)
-        .arg(&id)
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let out = b.plinth(&["state", &id]);
-        if !out.stdout.is_empty() && b.state(&id)["status"] == "running" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "container never ran");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let mut child = b.spawn_run(&id);
     // Give the shell time to install its trap.
     std::thread::sleep(std::time::Duration::from_millis(300));
     nix::sys::signal::kill(
@@ -106,8 +80,7 @@ fn create_start_state_kill_delete() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(b.state(&id)["status"], "created");
 
-    let out = b.plinth(&["start", &id]);
-    assert!(out.status.success(), "{out:?}");
+    b.start(&id);
     assert_eq!(b.state(&id)["status"], "running");
     // A second start is an error.
     let out = b.plinth(&["start", &id]);
@@ -133,27 +106,49 @@ fn kill_accepts_number_short_and_long_names() {
     if !need_root("kill_accepts_number_short_and_long_names") {
         return;
     }
-    for (sig, expect) in [
-        ("9", 9),
-        ("KILL", 9),
-        ("SIGKILL", 9),
-        ("TERM", 15),
-        ("sigusr1", 10),
+    // (signal as given, the trap that must have caught it; KILL cannot be caught)
+    for (sig, caught) in [
+        ("9", None),
+        ("KILL", None),
+        ("SIGKILL", None),
+        ("TERM", Some("TERM")),
+        ("sigusr1", Some("USR1")),
     ] {
-        // pid 1 of a namespace only gets the signals it handles: trap them.
-        let b = Bundle::busybox("trap 'exit 0' TERM USR1; sleep 100 & wait");
+        // pid 1 of a namespace only gets the signals it handles: trap them, and say
+        // in a host directory which one came.
+        let mut b = Bundle::busybox(
+            "trap 'echo TERM > /out/got; exit 0' TERM; trap 'echo USR1 > /out/got; exit 0' USR1; \
+             echo > /out/ready; sleep 100 & wait",
+        );
+        let out_dir = b.tmp.0.join("out");
+        std::fs::create_dir(&out_dir).unwrap();
+        std::fs::create_dir(b.dir.join("rootfs/out")).unwrap();
+        b.config["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/out", "type": "bind", "source": out_dir, "options": ["rbind", "rw"]}),
+        );
         let id = unique("kill");
         b.create(&id);
-        assert!(b.plinth(&["start", &id]).status.success());
-        let pid = b.state(&id)["pid"].as_i64().unwrap() as i32;
-        // Watch the process from here: it is not our child, so read its exit from
-        // /proc before it is reaped by whoever adopted it.
+        b.start(&id);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !out_dir.join("ready").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the traps were never set"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let out = b.plinth(&["kill", &id, sig]);
         assert!(out.status.success(), "kill {sig}: {out:?}");
         let st = b.wait_status(&id, "stopped");
         assert_eq!(
             st["status"], "stopped",
-            "signal {sig} ({expect}) did not stop pid {pid}"
+            "signal {sig} did not stop the container"
+        );
+        let got = std::fs::read_to_string(out_dir.join("got")).ok();
+        assert_eq!(
+            got.as_deref().map(str::trim),
+            caught,
+            "kill {sig} delivered another signal"
         );
         assert!(b.plinth(&["delete", &id]).status.success());
     }
@@ -174,7 +169,7 @@ fn delete_force_kills_a_running_container() {
     let b = Bundle::busybox("sleep 100");
     let id = unique("force");
     b.create(&id);
-    assert!(b.plinth(&["start", &id]).status.success());
+    b.start(&id);
     let pid = b.state(&id)["pid"].as_i64().unwrap();
     let out = b.plinth(&["delete", "--force", &id]);
     assert!(out.status.success(), "{out:?}");

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
 
-use plinth_tests::{busybox_rootfs, need_root, plinth_bin, unique, TempDir};
+use plinth_tests::{busybox_rootfs, need_root, plinth_bin, text, unique, TempDir};
 
 /// An unprivileged user for the tests, made once: (name, uid, gid).
 fn user(name: &str) -> (String, u32, u32) {
@@ -133,12 +133,7 @@ impl RootlessBundle {
     }
 
     fn run(&self, id: &str) -> (i32, String, String) {
-        let out = self.plinth(&["run", "--bundle", self.dir.to_str().unwrap(), id]);
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        text(&self.plinth(&["run", "--bundle", self.dir.to_str().unwrap(), id]))
     }
 }
 
@@ -241,14 +236,20 @@ fn full_ranges_go_through_newuidmap() {
     b.write(&c);
     let (code, out, err) = b.run(&unique("rl"));
     assert_eq!(code, 0, "{err}");
-    assert!(
-        out.contains(&format!("1 {:>10} {:>10}", su, 65536))
-            || out
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .windows(3)
-                .any(|w| w == ["1", &su.to_string(), "65536"]),
-        "{out}"
+    let maps: Vec<String> = out
+        .lines()
+        .take(4)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        maps,
+        [
+            format!("0 {} 1", b.uid),
+            format!("1 {su} 65536"),
+            format!("0 {} 1", b.gid),
+            format!("1 {sg} 65536"),
+        ],
+        "uid_map then gid_map: {out}"
     );
     assert!(out.contains("chowned"), "{out}");
     let md = std::fs::metadata(shared.join("f")).unwrap();
@@ -283,7 +284,8 @@ fn exec_kill_delete_work_and_other_users_see_nothing() {
         "{}",
         std::fs::read_to_string(b.tmp.0.join("create.err")).unwrap()
     );
-    assert!(b.plinth(&["start", &id]).status.success());
+    let out = b.plinth(&["start", &id]);
+    assert!(out.status.success(), "start {id}: {out:?}");
     let e = b.plinth(&["exec", &id, "sh", "-c", "id -u; echo in-exec"]);
     assert_eq!(String::from_utf8_lossy(&e.stdout), "0\nin-exec\n", "{e:?}");
 

@@ -143,7 +143,6 @@ fn a_bad_profile_is_refused_by_name() {
         "defaultAction": "SCMP_ACT_ALLOW",
         "syscalls": [{"names": ["mkdir", "no_such_syscall"], "action": "SCMP_ACT_ERRNO"}]
     });
-    b.write();
     let id = unique("scbad");
     let (code, err) = b.create_failing(&id);
     assert_eq!(code, 1, "{err}");

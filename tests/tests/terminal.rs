@@ -31,7 +31,7 @@ fn console_socket_receives_the_pty_master() {
     assert_eq!(code, 0, "{err}");
     let (conn, _) = listener.accept().unwrap();
     let master = recv_pty_master(&conn);
-    assert!(b.plinth(&["start", &id]).status.success());
+    b.start(&id);
     let text = read_pty(master);
     assert!(text.contains("/dev/pts/0"), "{text:?}");
     assert!(text.contains("cols=30 100"), "{text:?}");
@@ -44,14 +44,9 @@ fn terminal_without_console_socket_is_an_error() {
     }
     let mut b = Bundle::busybox("true");
     b.config["process"]["terminal"] = json!(true);
-    b.write();
-    let out = b
-        .cmd()
-        .args(["create", "--bundle"])
-        .arg(&b.dir)
-        .arg(unique("t"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("process.terminal"));
+    let id = unique("t");
+    let (code, err) = b.create_failing(&id);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("process.terminal"), "{err}");
+    assert!(!b.root.join(&id).exists(), "state left behind");
 }
