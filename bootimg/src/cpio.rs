@@ -183,43 +183,42 @@ fn pad4(n: usize) -> usize {
     (4 - n % 4) % 4
 }
 
-/// Reads a newc archive back (for tests and for listing an initrd): (path, mode, body).
-pub fn read(mut data: &[u8]) -> Option<Vec<(String, u32, Vec<u8>)>> {
-    let mut out = Vec::new();
-    let total = data.len();
-    loop {
-        let hdr = data.get(..110)?;
-        if &hdr[..6] != b"070701" {
-            return None;
-        }
-        let field = |i: usize| -> Option<usize> {
-            let s = std::str::from_utf8(hdr.get(6 + i * 8..14 + i * 8)?).ok()?;
-            usize::from_str_radix(s, 16).ok()
-        };
-        let mode = field(1)? as u32;
-        let size = field(6)?;
-        let namesize = field(11)?;
-        let name_end = 110 + namesize;
-        let name = std::str::from_utf8(data.get(110..name_end - 1)?)
-            .ok()?
-            .to_string();
-        let body_start = name_end + pad4(name_end);
-        let body = data.get(body_start..body_start + size)?.to_vec();
-        let next = body_start + size + pad4(size);
-        if name == "TRAILER!!!" {
-            return Some(out);
-        }
-        out.push((name, mode, body));
-        data = data.get(next.min(data.len())..)?;
-        if data.is_empty() || total == 0 {
-            return None;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads a newc archive back: (path, mode, body).
+    fn read(mut data: &[u8]) -> Option<Vec<(String, u32, Vec<u8>)>> {
+        let mut out = Vec::new();
+        loop {
+            let hdr = data.get(..110)?;
+            if &hdr[..6] != b"070701" {
+                return None;
+            }
+            let field = |i: usize| -> Option<usize> {
+                let s = std::str::from_utf8(hdr.get(6 + i * 8..14 + i * 8)?).ok()?;
+                usize::from_str_radix(s, 16).ok()
+            };
+            let mode = field(1)? as u32;
+            let size = field(6)?;
+            let namesize = field(11)?;
+            let name_end = 110 + namesize;
+            let name = std::str::from_utf8(data.get(110..name_end - 1)?)
+                .ok()?
+                .to_string();
+            let body_start = name_end + pad4(name_end);
+            let body = data.get(body_start..body_start + size)?.to_vec();
+            let next = body_start + size + pad4(size);
+            if name == "TRAILER!!!" {
+                return Some(out);
+            }
+            out.push((name, mode, body));
+            data = data.get(next.min(data.len())..)?;
+            if data.is_empty() {
+                return None;
+            }
+        }
+    }
 
     #[test]
     fn round_trip_sorted_with_parents() {

@@ -95,8 +95,6 @@ pub struct Report {
     pub kernel_size: u64,
     /// Built-in modules that were asked for (nothing to load).
     pub builtin: Vec<String>,
-    /// Image paths of every file in the archive that is an ELF object.
-    pub elf_files: Vec<String>,
 }
 
 impl std::fmt::Display for Report {
@@ -383,11 +381,6 @@ fn assemble(opts: &BuildOptions, kernel: &Kernel) -> Result<(Archive, Report)> {
         }
     }
 
-    report.elf_files = ar
-        .iter()
-        .filter(|(_, n)| matches!(n, Node::File { data, .. } if elf::is_elf(data)))
-        .map(|(p, _)| format!("/{p}"))
-        .collect();
     Ok((ar, report))
 }
 
@@ -400,7 +393,12 @@ fn add_binary(
     dest: &str,
 ) -> Result<()> {
     let data = std::fs::read(src).map_err(io("reading", src))?;
-    add_file_data(ar, report, claims, search, src, dest, data, None)
+    let perm = std::fs::metadata(src)
+        .map_err(io("reading", src))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    add_file_data(ar, report, claims, search, src, dest, data, perm)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -412,28 +410,19 @@ fn add_file_data(
     src: &Path,
     dest: &str,
     data: Vec<u8>,
-    perm: Option<u32>,
+    perm: u32,
 ) -> Result<()> {
     claims.claim(dest, &src.display().to_string())?;
-    let perm = match perm {
-        Some(p) => p,
-        None => {
-            std::fs::metadata(src)
-                .map_err(io("reading", src))?
-                .permissions()
-                .mode()
-                & 0o7777
-        }
-    };
     let size = data.len() as u64;
-    let is_elf = elf::is_elf(&data);
-    let dynamic = if is_elf {
-        Some(elf::parse(src, &data)?)
-    } else {
-        None
-    };
-    if is_elf {
-        let libs = libs::add_closure(ar, search, src, &data)?;
+    let mut kind = "file";
+    if elf::is_elf(&data) {
+        let dynamic = elf::parse(src, &data)?;
+        kind = if dynamic.interp.is_some() || !dynamic.needed.is_empty() {
+            "dynamic ELF"
+        } else {
+            "static ELF"
+        };
+        let libs = libs::add_closure(ar, search, src, dynamic)?;
         if !libs.is_empty() {
             let lib_size: u64 = libs
                 .iter()
@@ -451,11 +440,6 @@ fn add_file_data(
             ));
         }
     }
-    let kind = match &dynamic {
-        Some(d) if d.interp.is_some() || !d.needed.is_empty() => "dynamic ELF",
-        Some(_) => "static ELF",
-        None => "file",
-    };
     report.parts.push((
         dest.to_string(),
         format!("{kind} from {}", src.display()),
@@ -506,7 +490,7 @@ fn add_extra(
                         &p,
                         &d,
                         data,
-                        Some(m.permissions().mode() & 0o7777),
+                        m.permissions().mode() & 0o7777,
                     )?;
                 }
             }
@@ -522,7 +506,7 @@ fn add_extra(
         &extra.src,
         &extra.dest,
         data,
-        Some(meta.permissions().mode() & 0o7777),
+        meta.permissions().mode() & 0o7777,
     )
 }
 

@@ -198,16 +198,16 @@ fn find_library(
     })
 }
 
-/// Adds the loader and the DT_NEEDED closure of the ELF file `bin` (host path, whose
-/// contents are `data`) to the archive. Returns the host paths added, sorted.
+/// Adds the loader and the DT_NEEDED closure of the ELF file `bin` (host path, already
+/// parsed into `dynamic`) to the archive. Returns the host paths added, sorted.
 pub fn add_closure(
     ar: &mut Archive,
     search: &SearchPath,
     bin: &Path,
-    data: &[u8],
+    dynamic: elf::Dynamic,
 ) -> Result<BTreeSet<PathBuf>> {
     let mut added = BTreeSet::new();
-    let mut queue = vec![(bin.to_path_buf(), elf::parse(bin, data)?)];
+    let mut queue = vec![(bin.to_path_buf(), dynamic)];
     let mut done: HashSet<PathBuf> = HashSet::new();
     while let Some((who, dynamic)) = queue.pop() {
         let mut wanted = Vec::new();
@@ -223,9 +223,16 @@ pub fn add_closure(
             }
             let real = mirror_host_path(ar, &w)?;
             added.insert(w.clone());
-            let bytes = std::fs::read(&real).map_err(io("reading", &real))?;
-            if elf::is_elf(&bytes) {
-                queue.push((w, elf::parse(&real, &bytes)?));
+            // mirror_host_path has just read the file into the archive: parse it there.
+            let Some(Node::File { data, .. }) = ar.get(&real.to_string_lossy()) else {
+                return Err(Error::Io {
+                    what: "reading",
+                    path: real,
+                    source: std::io::Error::other("not a regular file"),
+                });
+            };
+            if elf::is_elf(data) {
+                queue.push((w, elf::parse(&real, data)?));
             }
         }
     }

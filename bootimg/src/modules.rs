@@ -133,14 +133,18 @@ impl ModuleIndex {
         // skipped, as modprobe does), then modules.dep: it lists the whole closure, and
         // visiting each one's own dependencies first gives a valid load order.
         for soft in self.softdeps.get(&module_name(path)).into_iter().flatten() {
-            let names = match self.by_name.get(&module_name(soft)) {
-                Some(_) => vec![module_name(soft)],
-                None => self.aliases.get(soft).cloned().unwrap_or_default(),
+            let paths: Vec<&String> = match self.by_name.get(&module_name(soft)) {
+                Some(p) => vec![p],
+                None => self
+                    .aliases
+                    .get(soft)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|n| self.by_name.get(n))
+                    .collect(),
             };
-            for n in names {
-                if let Some(p) = self.by_name.get(&n) {
-                    self.visit(p, seen, order);
-                }
+            for p in paths {
+                self.visit(p, seen, order);
             }
         }
         if let Some(ds) = self.deps.get(path) {
