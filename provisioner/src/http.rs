@@ -165,22 +165,32 @@ pub fn respond<W: Write>(
     body: &[u8],
     extra: &[(&str, String)],
 ) -> std::io::Result<()> {
+    write_head(w, status, content_type, body.len() as u64, extra)?;
+    w.write_all(body)?;
+    w.flush()
+}
+
+/// Writes a response head announcing `len` body bytes, which the caller sends after it.
+pub fn write_head<W: Write>(
+    w: &mut W,
+    status: u16,
+    content_type: &str,
+    len: u64,
+    extra: &[(&str, String)],
+) -> std::io::Result<()> {
     let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n",
         reason(status),
-        body.len()
     );
     for (k, v) in extra {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    w.write_all(head.as_bytes())?;
-    w.write_all(body)?;
-    w.flush()
+    w.write_all(head.as_bytes())
 }
 
 /// The reason phrase of a status code.
-pub fn reason(status: u16) -> &'static str {
+fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         206 => "Partial Content",

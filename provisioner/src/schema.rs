@@ -77,6 +77,15 @@ pub struct Reply {
     pub action: Option<Action>,
 }
 
+/// This machine's wall clock in seconds since the epoch (0 if it is set before 1970):
+/// [`Event::wall_time`] on the node, receipt times on the server.
+pub(crate) fn unix_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// Normalises and checks a MAC address: six hex octets, lower case, colons.
 pub fn normalize_mac(mac: &str) -> Option<String> {
     let parts: Vec<&str> = mac.split([':', '-']).collect();

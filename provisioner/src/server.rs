@@ -377,15 +377,7 @@ fn send_file<W: Write>(path: &Path, req: &Request, w: &mut W) -> std::io::Result
             );
         }
     };
-    let mut head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {count}\r\nConnection: close\r\n",
-        http::reason(status)
-    );
-    for (k, v) in extra {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    w.write_all(head.as_bytes())?;
+    http::write_head(w, status, "application/octet-stream", count, &extra)?;
     if req.method == "HEAD" {
         return w.flush();
     }

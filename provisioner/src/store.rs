@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{io, Error, Result};
-use crate::schema::{Action, Event};
+use crate::schema::{unix_time, Action, Event};
 
 /// How many events are kept per machine (oldest dropped first).
 pub const MAX_EVENTS: usize = 200;
@@ -77,13 +77,6 @@ pub struct Store {
     machines: BTreeMap<String, Machine>,
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 impl Store {
     /// Opens (creating) the store under `data`, loading every machine record.
     pub fn open(data: &Path) -> Result<Store> {
@@ -104,6 +97,13 @@ impl Store {
             machines.insert(m.mac.clone(), m);
         }
         Ok(Store { dir, machines })
+    }
+
+    /// The machine's record, a new one if it was never seen.
+    fn entry(&mut self, mac: &str) -> &mut Machine {
+        self.machines
+            .entry(mac.to_string())
+            .or_insert_with(|| Machine::new(mac))
     }
 
     fn path_for(&self, mac: &str) -> PathBuf {
@@ -134,13 +134,10 @@ impl Store {
     /// clearing it: the reply delivers it.
     pub fn record(&mut self, ev: Event) -> Result<Option<Action>> {
         let mac = ev.mac.clone();
-        let m = self
-            .machines
-            .entry(mac.clone())
-            .or_insert_with(|| Machine::new(&mac));
+        let m = self.entry(&mac);
         m.uuid = Some(ev.uuid.clone());
         m.events.push(Recorded {
-            received_at: now(),
+            received_at: unix_time(),
             event: ev,
         });
         if m.events.len() > MAX_EVENTS {
@@ -159,12 +156,9 @@ impl Store {
         uuid: Option<String>,
         serial: Option<String>,
     ) -> Result<()> {
-        let m = self
-            .machines
-            .entry(mac.to_string())
-            .or_insert_with(|| Machine::new(mac));
+        let m = self.entry(mac);
         m.last_pxe = Some(Pxe {
-            at: now(),
+            at: unix_time(),
             uuid,
             serial,
         });
@@ -173,10 +167,7 @@ impl Store {
 
     /// Queues an action for a machine (known or not yet seen).
     pub fn set_action(&mut self, mac: &str, action: Action) -> Result<()> {
-        let m = self
-            .machines
-            .entry(mac.to_string())
-            .or_insert_with(|| Machine::new(mac));
+        let m = self.entry(mac);
         m.pending_action = Some(action);
         self.save(mac)
     }

@@ -21,7 +21,7 @@ use crate::dhcp;
 use crate::error::{Error, Result};
 use crate::http::{self, Url};
 use crate::netif;
-use crate::schema::{Action, Event, EventKind, Reply, API_VERSION};
+use crate::schema::{unix_time, Action, Event, EventKind, Reply, API_VERSION};
 use console::log;
 use pid1::{Signals, Stop};
 
@@ -32,13 +32,6 @@ pub const MODULES_LIST: &str = "/etc/plinth/modules";
 pub fn uptime_ms() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
         .map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
-        .unwrap_or(0)
-}
-
-fn wall_time() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
         .unwrap_or(0)
 }
 
@@ -123,7 +116,7 @@ impl Agent {
             boot_id: id.boot_id.clone(),
             seq: self.seq,
             uptime_ms: uptime_ms(),
-            wall_time: wall_time(),
+            wall_time: unix_time(),
             details,
         }
     }
@@ -312,18 +305,14 @@ pub fn run() -> ! {
     let mut action = reply.action;
     let action_path = format!("{}v1/machines/{}/action", base_path(&server), id.mac);
     loop {
-        match action {
-            Some(Action::Poweroff) => {
-                log("server asked to power off");
-                report_shutdown(&mut agent, &server, &id, "poweroff");
-                pid1::shutdown(Stop::Poweroff);
-            }
-            Some(Action::Reboot) => {
-                log("server asked to reboot");
-                report_shutdown(&mut agent, &server, &id, "reboot");
-                pid1::shutdown(Stop::Reboot);
-            }
-            None => {}
+        if let Some(action) = action {
+            let (stop, verb, reason) = match action {
+                Action::Poweroff => (Stop::Poweroff, "power off", "poweroff"),
+                Action::Reboot => (Stop::Reboot, "reboot", "reboot"),
+            };
+            log(&format!("server asked to {verb}"));
+            report_shutdown(&mut agent, &server, &id, reason);
+            pid1::shutdown(stop);
         }
         agent.pause(Duration::from_secs(5));
         // Poll for an operator's request (e.g. POST /v1/machines/<mac>/poweroff).

@@ -7,26 +7,13 @@ use nix::mount::{mount, MsFlags};
 
 use crate::error::{io, Error, Result};
 
+const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
+const NOSUID_NODEV_NOEXEC: MsFlags = NOSUID_NODEV.union(MsFlags::MS_NOEXEC);
+
 /// (source, target, fstype, flags, data)
 const MOUNTS: &[(&str, &str, &str, MsFlags, &str)] = &[
-    (
-        "proc",
-        "/proc",
-        "proc",
-        MsFlags::MS_NOSUID
-            .union(MsFlags::MS_NODEV)
-            .union(MsFlags::MS_NOEXEC),
-        "",
-    ),
-    (
-        "sysfs",
-        "/sys",
-        "sysfs",
-        MsFlags::MS_NOSUID
-            .union(MsFlags::MS_NODEV)
-            .union(MsFlags::MS_NOEXEC),
-        "",
-    ),
+    ("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, ""),
+    ("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, ""),
     (
         "devtmpfs",
         "/dev",
@@ -41,35 +28,15 @@ const MOUNTS: &[(&str, &str, &str, MsFlags, &str)] = &[
         MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
         "mode=0620,ptmxmode=0666",
     ),
-    (
-        "tmpfs",
-        "/dev/shm",
-        "tmpfs",
-        MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
-        "mode=1777",
-    ),
-    (
-        "tmpfs",
-        "/run",
-        "tmpfs",
-        MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
-        "mode=0755",
-    ),
-    (
-        "tmpfs",
-        "/tmp",
-        "tmpfs",
-        MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
-        "mode=1777",
-    ),
+    ("tmpfs", "/dev/shm", "tmpfs", NOSUID_NODEV, "mode=1777"),
+    ("tmpfs", "/run", "tmpfs", NOSUID_NODEV, "mode=0755"),
+    ("tmpfs", "/tmp", "tmpfs", NOSUID_NODEV, "mode=1777"),
     // Pure cgroup v2: containers and kubelet expect the unified hierarchy here.
     (
         "cgroup2",
         "/sys/fs/cgroup",
         "cgroup2",
-        MsFlags::MS_NOSUID
-            .union(MsFlags::MS_NODEV)
-            .union(MsFlags::MS_NOEXEC),
+        NOSUID_NODEV_NOEXEC,
         "nsdelegate",
     ),
 ];
