@@ -48,6 +48,30 @@ fn kernel(test: &str) -> Option<PathBuf> {
     k
 }
 
+/// True when a machine can be booted here: a cached kernel and qemu (else a SKIP line).
+fn can_boot(test: &str) -> bool {
+    if kernel(test).is_none() {
+        return false;
+    }
+    if Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("SKIP {test}: qemu-system-x86_64 is not installed (make boot-deps)");
+        return false;
+    }
+    true
+}
+
+/// A fresh random UUID for a test machine.
+fn random_uuid() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
 fn build(out: &Path, args: &[&str]) -> Output {
     Command::new(bin("plinth-boot"))
         .arg("build")
@@ -66,6 +90,19 @@ fn build_ok(out: &Path, args: &[&str]) {
         "plinth-boot build failed: {}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Builds an image of `kernel` alone: no modules, no plinth binaries.
+fn build_bare(out: &Path, kernel: &Path) {
+    build_ok(
+        out,
+        &[
+            "--kernel",
+            &kernel.to_string_lossy(),
+            "--no-modules",
+            "--no-plinth",
+        ],
     );
 }
 
@@ -374,26 +411,52 @@ impl Drop for Server {
     }
 }
 
-fn http(url: &str, method: &str, path: &str) -> (u16, String) {
+/// Sends one request over a fresh connection (`headers`: extra lines, each ending in
+/// CRLF) and returns the raw response.
+fn send(url: &str, method: &str, path: &str, headers: &str, body: &[u8]) -> Vec<u8> {
     let addr = url.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    (status, body)
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    // A server refusing the request may answer and close before reading the body.
+    let _ = s.write_all(body);
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    resp
 }
 
-fn events_of(machines: &Value, mac: &str) -> Vec<Value> {
+/// Splits a raw response into (status, head, body).
+fn split_response(resp: &[u8]) -> (u16, String, &[u8]) {
+    let head_end = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(resp.len());
+    let head = String::from_utf8_lossy(&resp[..head_end]).into_owned();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head, resp.get(head_end + 4..).unwrap_or_default())
+}
+
+/// A bodiless request; returns (status, body).
+fn http(url: &str, method: &str, path: &str) -> (u16, String) {
+    let resp = send(url, method, path, "Content-Length: 0\r\n", b"");
+    let (status, _, body) = split_response(&resp);
+    (status, String::from_utf8_lossy(body).into_owned())
+}
+
+/// The machine record of `mac` in a `GET /v1/machines` answer.
+fn machine_of<'a>(machines: &'a Value, mac: &str) -> Option<&'a Value> {
     machines
         .as_array()
         .unwrap()
         .iter()
         .find(|m| m["mac"] == mac)
+}
+
+fn events_of(machines: &Value, mac: &str) -> Vec<Value> {
+    machine_of(machines, mac)
         .map(|m| {
             m["events"]
                 .as_array()
@@ -407,14 +470,7 @@ fn events_of(machines: &Value, mac: &str) -> Vec<Value> {
 
 #[test]
 fn machine_pxe_boots_reports_and_powers_off() {
-    let test = "machine_pxe_boots_reports_and_powers_off";
-    let Some(_) = kernel(test) else { return };
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        println!("SKIP {test}: qemu-system-x86_64 is not installed (make boot-deps)");
+    if !can_boot("machine_pxe_boots_reports_and_powers_off") {
         return;
     }
     let t = TempDir::new("plinth-boot-pxe");
@@ -422,10 +478,7 @@ fn machine_pxe_boots_reports_and_powers_off() {
     build_ok(&img, &[]);
     let data = t.0.join("data");
     let server = Server::start(&img, &data, &["--poweroff-after-boot"]);
-    let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .unwrap()
-        .trim()
-        .to_string();
+    let uuid = random_uuid();
     let serial = t.0.join("serial.log");
     let start = Instant::now();
     let mut qemu = boot(&img, &server, &uuid, &serial, None);
@@ -448,7 +501,7 @@ fn machine_pxe_boots_reports_and_powers_off() {
         std::thread::sleep(Duration::from_millis(100));
     };
     let log = std::fs::read_to_string(&serial).unwrap_or_default();
-    let fail = |msg: &str| -> ! { panic!("{msg}\n--- serial console ---\n{log}\n--- end ---") };
+    let fail = |msg: &str| -> ! { console_panic(msg, &serial) };
     if !status.success() {
         fail(&format!(
             "the machine did not power off by itself within 180 s ({status})"
@@ -468,12 +521,7 @@ fn machine_pxe_boots_reports_and_powers_off() {
     );
     assert_eq!(booted["mac"], MAC);
     // iPXE's own view of the machine, sent with the boot-script request, agrees.
-    let machine = machines
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["mac"] == MAC)
-        .unwrap();
+    let machine = machine_of(&machines, MAC).unwrap();
     assert_eq!(
         machine["lastPxe"]["uuid"],
         uuid.to_ascii_lowercase(),
@@ -528,24 +576,15 @@ fn machine_pxe_boots_reports_and_powers_off() {
     );
     assert_eq!(http(&again.url, "GET", "/v1/machines/not-a-mac").0, 400);
     // Range requests on the kernel (iPXE and PXE ROMs may resume).
-    let addr = again.url.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "GET /vmlinuz HTTP/1.1\r\nHost: {addr}\r\nRange: bytes=2-5\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).unwrap();
-    let head_end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&resp[..head_end]);
+    let resp = send(&again.url, "GET", "/vmlinuz", "Range: bytes=2-5\r\n", b"");
+    let (_, head, body) = split_response(&resp);
     let kernel = std::fs::read(img.join("vmlinuz")).unwrap();
     assert!(head.starts_with("HTTP/1.1 206"), "{head}");
     assert!(
         head.contains(&format!("Content-Range: bytes 2-5/{}", kernel.len())),
         "{head}"
     );
-    assert_eq!(&resp[head_end + 4..], &kernel[2..6]);
+    assert_eq!(body, &kernel[2..6]);
 }
 
 /// A `plinth-boot run` in progress; on drop (a failed assertion) its qemu, found by the
@@ -619,6 +658,12 @@ fn boot(img: &Path, server: &Server, uuid: &str, serial: &Path, monitor: Option<
     }
 }
 
+/// Fails the test with `msg` and the machine's serial console.
+fn console_panic(msg: &str, serial: &Path) -> ! {
+    let log = std::fs::read_to_string(serial).unwrap_or_default();
+    panic!("{msg}\n--- serial console ---\n{log}\n--- end ---")
+}
+
 /// Waits until the server holds `n` events of `kind` from MAC, or qemu exits, or 180 s.
 fn wait_events(server: &Server, qemu: &mut Machine, kind: &str, n: usize, serial: &Path) {
     let start = Instant::now();
@@ -635,9 +680,8 @@ fn wait_events(server: &Server, qemu: &mut Machine, kind: &str, n: usize, serial
         }
         let exited = qemu.try_wait().unwrap();
         if exited.is_some() || start.elapsed() > Duration::from_secs(180) {
-            let log = std::fs::read_to_string(serial).unwrap_or_default();
             let _ = qemu.kill();
-            panic!("no {kind} event #{n} (qemu: {exited:?})\n--- serial console ---\n{log}\n--- end ---");
+            console_panic(&format!("no {kind} event #{n} (qemu: {exited:?})"), serial);
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -653,32 +697,22 @@ fn wait_exit(qemu: &mut Machine, within: Duration, serial: &Path) {
         std::thread::sleep(Duration::from_millis(100));
     }
     let _ = qemu.kill();
-    let log = std::fs::read_to_string(serial).unwrap_or_default();
-    panic!(
-        "the machine did not stop within {within:?}\n--- serial console ---\n{log}\n--- end ---"
+    console_panic(
+        &format!("the machine did not stop within {within:?}"),
+        serial,
     );
 }
 
 #[test]
 fn operator_poweroff_and_ctrl_alt_del_stop_a_running_machine() {
-    let test = "operator_poweroff_and_ctrl_alt_del_stop_a_running_machine";
-    let Some(_) = kernel(test) else { return };
-    if Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        println!("SKIP {test}: qemu-system-x86_64 is not installed (make boot-deps)");
+    if !can_boot("operator_poweroff_and_ctrl_alt_del_stop_a_running_machine") {
         return;
     }
     let t = TempDir::new("plinth-boot-stop");
     let img = t.0.join("img");
     build_ok(&img, &[]);
     let server = Server::start(&img, &t.0.join("data"), &[]);
-    let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid")
-        .unwrap()
-        .trim()
-        .to_string();
+    let uuid = random_uuid();
 
     // 1. The operator asks the server; the running node picks it up by polling.
     let serial = t.0.join("serial1.log");
@@ -732,15 +766,7 @@ fn tftp_serves_the_boot_chain_read_only() {
     }
     let t = TempDir::new("plinth-boot-tftp");
     let img = t.0.join("img");
-    build_ok(
-        &img,
-        &[
-            "--kernel",
-            &k.to_string_lossy(),
-            "--no-modules",
-            "--no-plinth",
-        ],
-    );
+    build_bare(&img, &k);
     let server = Server::start(
         &img,
         &t.0.join("data"),
@@ -752,9 +778,11 @@ fn tftp_serves_the_boot_chain_read_only() {
         ],
     );
     let tftp = server.tftp.clone().unwrap();
+    // --path-as-is: curl would otherwise squash `..` before the request is sent.
     let fetch = |name: &str, blksize: &str| -> Output {
         Command::new("curl")
-            .args(["-sS", "--max-time", "60", "--tftp-blksize", blksize])
+            .args(["-sS", "--max-time", "60", "--path-as-is"])
+            .args(["--tftp-blksize", blksize])
             .arg(format!("tftp://{tftp}/{name}"))
             .output()
             .unwrap()
@@ -780,8 +808,9 @@ fn tftp_serves_the_boot_chain_read_only() {
         script.starts_with("#!ipxe\nset plinth-server http://10.0.2.2:8080\n"),
         "{script}"
     );
-    // Nothing outside the boot directory.
-    let o = fetch("../data/machines", "512");
+    // Nothing outside the boot directory, such as the server's log beside it.
+    assert!(t.0.join("data.log").is_file());
+    let o = fetch("../data.log", "512");
     assert!(
         !o.status.success(),
         "a path outside the boot dir was served"
@@ -790,27 +819,14 @@ fn tftp_serves_the_boot_chain_read_only() {
     assert!(!o.status.success(), "a missing file was served");
 }
 
-/// Sends a POST with a JSON body; returns (status, body).
+/// Sends a POST with a JSON body, announced as `declared_len` bytes when given; returns
+/// (status, body).
 fn post(url: &str, path: &str, body: &[u8], declared_len: Option<usize>) -> (u16, String) {
-    let addr = url.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).unwrap();
     let len = declared_len.unwrap_or(body.len());
-    write!(s, "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n").unwrap();
-    let _ = s.write_all(body);
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("0")
-        .parse()
-        .unwrap();
-    (
-        status,
-        resp.split_once("\r\n\r\n")
-            .map(|x| x.1.to_string())
-            .unwrap_or_default(),
-    )
+    let headers = format!("Content-Type: application/json\r\nContent-Length: {len}\r\n");
+    let resp = send(url, "POST", path, &headers, body);
+    let (status, _, body) = split_response(&resp);
+    (status, String::from_utf8_lossy(body).into_owned())
 }
 
 #[test]
@@ -820,15 +836,7 @@ fn server_validates_events_and_refuses_bad_setup() {
     };
     let t = TempDir::new("plinth-boot-api");
     let img = t.0.join("img");
-    build_ok(
-        &img,
-        &[
-            "--kernel",
-            &k.to_string_lossy(),
-            "--no-modules",
-            "--no-plinth",
-        ],
-    );
+    build_bare(&img, &k);
 
     // A boot dir without an image is refused up front, naming the missing file.
     let o = Command::new(bin("plinth-server"))
@@ -858,36 +866,17 @@ fn server_validates_events_and_refuses_bad_setup() {
         "a valid event is accepted, no action pending"
     );
     // Unknown fields, a bad MAC, a wrong version: 400 naming the field.
-    let mut extra = good.clone();
-    extra["colour"] = "blue".into();
-    let (code, body) = post(
-        &server.url,
-        "/v1/events",
-        extra.to_string().as_bytes(),
-        None,
-    );
-    assert_eq!(code, 400);
-    assert!(body.contains("colour"), "{body}");
-    let mut bad_mac = good.clone();
-    bad_mac["mac"] = "52:54:00".into();
-    let (code, body) = post(
-        &server.url,
-        "/v1/events",
-        bad_mac.to_string().as_bytes(),
-        None,
-    );
-    assert_eq!(code, 400);
-    assert!(body.contains("mac"), "{body}");
-    let mut bad_version = good.clone();
-    bad_version["apiVersion"] = "plinth/v9".into();
-    let (code, body) = post(
-        &server.url,
-        "/v1/events",
-        bad_version.to_string().as_bytes(),
-        None,
-    );
-    assert_eq!(code, 400);
-    assert!(body.contains("apiVersion"), "{body}");
+    for (field, value) in [
+        ("colour", "blue"),
+        ("mac", "52:54:00"),
+        ("apiVersion", "plinth/v9"),
+    ] {
+        let mut bad = good.clone();
+        bad[field] = value.into();
+        let (code, body) = post(&server.url, "/v1/events", bad.to_string().as_bytes(), None);
+        assert_eq!(code, 400, "{field}: {value}");
+        assert!(body.contains(field), "{body}");
+    }
     // Oversized bodies are refused before they are read.
     let (code, _) = post(&server.url, "/v1/events", b"", Some(10 << 20));
     assert_eq!(code, 413);
