@@ -526,8 +526,7 @@ pub(crate) fn send_to_seccomp_agent(
             .unwrap_or_default(),
     })
     .to_string();
-    let sock = crate::terminal::connect_console_socket(&path)
-        .map_err(|e| Error::config("linux.seccomp.listenerPath", e.to_string()))?;
+    let sock = crate::fdpass::connect(&path, "linux.seccomp.listenerPath")?;
     crate::fdpass::send_fd(
         sock.as_raw_fd(),
         fd.as_raw_fd(),

@@ -93,32 +93,45 @@ pub fn update(
     cgroup_of(&st)?.update(&r)
 }
 
-/// The single-value flags of `runc update`.
-#[derive(Debug, Clone, Default)]
+/// The single-value flags of `runc update` (parsed by clap straight into this type,
+/// so the command line and the merge below name each flag once).
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct UpdateFlags {
-    /// --blkio-weight.
+    /// Block IO weight (10-1000).
+    #[arg(long = "blkio-weight")]
     pub blkio_weight: Option<u16>,
-    /// --cpu-period.
+    /// CPU CFS period in microseconds.
+    #[arg(long = "cpu-period")]
     pub cpu_period: Option<u64>,
-    /// --cpu-quota.
+    /// CPU CFS quota in microseconds.
+    #[arg(long = "cpu-quota")]
     pub cpu_quota: Option<i64>,
-    /// --cpu-share.
+    /// CPU shares (relative weight).
+    #[arg(long = "cpu-share")]
     pub cpu_share: Option<u64>,
-    /// --cpu-rt-period.
+    /// CPU realtime period in microseconds.
+    #[arg(long = "cpu-rt-period")]
     pub cpu_rt_period: Option<u64>,
-    /// --cpu-rt-runtime.
+    /// CPU realtime runtime in microseconds.
+    #[arg(long = "cpu-rt-runtime")]
     pub cpu_rt_runtime: Option<i64>,
-    /// --cpuset-cpus.
+    /// CPUs the container may use (e.g. 0-3,5).
+    #[arg(long = "cpuset-cpus")]
     pub cpuset_cpus: Option<String>,
-    /// --cpuset-mems.
+    /// Memory nodes the container may use.
+    #[arg(long = "cpuset-mems")]
     pub cpuset_mems: Option<String>,
-    /// --memory (bytes, or with a k/m/g suffix).
+    /// Memory limit (bytes, or with a k/m/g suffix).
+    #[arg(long)]
     pub memory: Option<String>,
-    /// --memory-reservation.
+    /// Memory reservation (soft limit).
+    #[arg(long = "memory-reservation")]
     pub memory_reservation: Option<String>,
-    /// --memory-swap.
+    /// Memory plus swap limit.
+    #[arg(long = "memory-swap")]
     pub memory_swap: Option<String>,
-    /// --pids-limit.
+    /// Maximum number of processes.
+    #[arg(long = "pids-limit")]
     pub pids_limit: Option<i64>,
 }
 

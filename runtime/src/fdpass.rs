@@ -5,9 +5,29 @@
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{
+    connect as connect_socket, recvmsg, sendmsg, socket, AddressFamily, ControlMessage,
+    ControlMessageOwned, MsgFlags, SockFlag, SockType, UnixAddr,
+};
 
 use crate::error::{Error, Result};
+
+/// Connects to the unix stream socket at `path`, to which fds are then sent; `what`
+/// names it in errors (the flag or config field that gave the path).
+pub fn connect(path: &std::path::Path, what: &str) -> Result<OwnedFd> {
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::sys(format!("{what}: socket"), e))?;
+    let addr =
+        UnixAddr::new(path).map_err(|e| Error::sys(format!("{what} {}", path.display()), e))?;
+    connect_socket(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)
+        .map_err(|e| Error::sys(format!("{what}: connect {}", path.display()), e))?;
+    Ok(fd)
+}
 
 /// Sends `fd` with `payload` as the message's data; `what` names the transfer in errors.
 pub fn send_fd(sock: RawFd, fd: RawFd, payload: &[u8], what: &str) -> Result<()> {

@@ -223,12 +223,8 @@ fn setup(init: Init) -> Result<()> {
             write_sysctl(k, v)?;
         }
     }
-    for p in linux.masked_paths().iter().flatten() {
-        mount::mask_path(Path::new(p))?;
-    }
-    for p in linux.readonly_paths().iter().flatten() {
-        mount::readonly_path(Path::new(p))?;
-    }
+    mount::mask_paths(linux.masked_paths().as_deref().unwrap_or(&[]))?;
+    mount::readonly_paths(linux.readonly_paths().as_deref().unwrap_or(&[]))?;
 
     if process.terminal() == Some(true) {
         let sock = init.console_socket.as_ref().ok_or_else(|| {

@@ -174,30 +174,8 @@ enum Cmd {
         /// A linux.resources JSON file, or - for stdin.
         #[arg(long, short = 'r')]
         resources: Option<PathBuf>,
-        #[arg(long = "blkio-weight")]
-        blkio_weight: Option<u16>,
-        #[arg(long = "cpu-period")]
-        cpu_period: Option<u64>,
-        #[arg(long = "cpu-quota")]
-        cpu_quota: Option<i64>,
-        #[arg(long = "cpu-share")]
-        cpu_share: Option<u64>,
-        #[arg(long = "cpu-rt-period")]
-        cpu_rt_period: Option<u64>,
-        #[arg(long = "cpu-rt-runtime")]
-        cpu_rt_runtime: Option<i64>,
-        #[arg(long = "cpuset-cpus")]
-        cpuset_cpus: Option<String>,
-        #[arg(long = "cpuset-mems")]
-        cpuset_mems: Option<String>,
-        #[arg(long)]
-        memory: Option<String>,
-        #[arg(long = "memory-reservation")]
-        memory_reservation: Option<String>,
-        #[arg(long = "memory-swap")]
-        memory_swap: Option<String>,
-        #[arg(long = "pids-limit")]
-        pids_limit: Option<i64>,
+        #[command(flatten)]
+        flags: control::UpdateFlags,
         id: String,
     },
     /// Print a container's events (stats, oom) as JSON lines.
@@ -358,18 +336,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Cmd::Resume { id } => control::resume(&root, &id)?,
         Cmd::Update {
             resources,
-            blkio_weight,
-            cpu_period,
-            cpu_quota,
-            cpu_share,
-            cpu_rt_period,
-            cpu_rt_runtime,
-            cpuset_cpus,
-            cpuset_mems,
-            memory,
-            memory_reservation,
-            memory_swap,
-            pids_limit,
+            flags,
             id,
         } => {
             let json = match &resources {
@@ -383,20 +350,6 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         .map_err(|e| anyhow::anyhow!("--resources {}: {e}", p.display()))?,
                 ),
                 None => None,
-            };
-            let flags = control::UpdateFlags {
-                blkio_weight,
-                cpu_period,
-                cpu_quota,
-                cpu_share,
-                cpu_rt_period,
-                cpu_rt_runtime,
-                cpuset_cpus,
-                cpuset_mems,
-                memory,
-                memory_reservation,
-                memory_swap,
-                pids_limit,
             };
             control::update(&root, &id, json.as_deref(), &flags)?;
         }

@@ -482,41 +482,50 @@ pub fn chroot(rootfs: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Hides `path` (inside the container, after the pivot): a directory gets a read-only
-/// empty tmpfs, anything else the container's /dev/null bound over it.
-pub fn mask_path(path: &Path) -> Result<()> {
-    let root = root_fd()?;
-    let target = match open_in_root(&root, path, Create::Nothing) {
-        Ok(fd) => fd,
+/// `path` below `root` as an O_PATH fd, or None when it does not exist (masked and
+/// read-only paths that the image lacks are skipped, as runc skips them).
+fn open_existing(root: &OwnedFd, path: &Path) -> Result<Option<OwnedFd>> {
+    match open_in_root(root, path, Create::Nothing) {
+        Ok(fd) => Ok(Some(fd)),
         Err(Error::Sys {
             source: Errno::ENOENT,
             ..
-        }) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let st = nix::sys::stat::fstat(&target)
-        .map_err(|e| Error::sys(format!("stat masked path {}", path.display()), e))?;
-    let p = fd_path(&target);
-    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-        do_mount(
-            Some(Path::new("tmpfs")),
-            &p,
-            Some("tmpfs"),
-            MsFlags::MS_RDONLY,
-            None,
-            path,
-        )
-    } else {
-        let null = open_dev_null()?;
-        do_mount(
-            Some(&fd_path(&null)),
-            &p,
-            None,
-            MsFlags::MS_BIND,
-            None,
-            path,
-        )
+        }) => Ok(None),
+        Err(e) => Err(e),
     }
+}
+
+/// Hides `paths` (inside the container, after the pivot): a directory gets a read-only
+/// empty tmpfs, anything else the container's /dev/null bound over it. The root and
+/// /dev/null are opened once for all of them.
+pub fn mask_paths(paths: &[String]) -> Result<()> {
+    let root = root_fd()?;
+    let mut null = None;
+    for path in paths.iter().map(Path::new) {
+        let Some(target) = open_existing(&root, path)? else {
+            continue;
+        };
+        let st = nix::sys::stat::fstat(&target)
+            .map_err(|e| Error::sys(format!("stat masked path {}", path.display()), e))?;
+        let p = fd_path(&target);
+        if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            do_mount(
+                Some(Path::new("tmpfs")),
+                &p,
+                Some("tmpfs"),
+                MsFlags::MS_RDONLY,
+                None,
+                path,
+            )?;
+        } else {
+            let null = match &null {
+                Some(fd) => fd,
+                None => null.insert(open_dev_null()?),
+            };
+            do_mount(Some(&fd_path(null)), &p, None, MsFlags::MS_BIND, None, path)?;
+        }
+    }
+    Ok(())
 }
 
 /// Opens the container's /dev/null and checks that it is the real null device (1:3),
@@ -540,34 +549,32 @@ pub fn open_dev_null() -> Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Makes `path` (inside the container, after the pivot) read-only with a recursive
-/// bind mount of itself.
-pub fn readonly_path(path: &Path) -> Result<()> {
+/// Makes each of `paths` (inside the container, after the pivot) read-only with a
+/// recursive bind mount of itself.
+pub fn readonly_paths(paths: &[String]) -> Result<()> {
     let root = root_fd()?;
-    let target = match open_in_root(&root, path, Create::Nothing) {
-        Ok(fd) => fd,
-        Err(Error::Sys {
-            source: Errno::ENOENT,
-            ..
-        }) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    let p = fd_path(&target);
-    do_mount(
-        Some(&p),
-        &p,
-        None,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None,
-        path,
-    )?;
-    // Re-open: the new mount is on top of what the first fd points to.
-    let target = open_in_root(&root, path, Create::Nothing)?;
-    remount_bind(
-        &fd_path(&target),
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        path,
-    )
+    for path in paths.iter().map(Path::new) {
+        let Some(target) = open_existing(&root, path)? else {
+            continue;
+        };
+        let p = fd_path(&target);
+        do_mount(
+            Some(&p),
+            &p,
+            None,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None,
+            path,
+        )?;
+        // Re-open: the new mount is on top of what the first fd points to.
+        let target = open_in_root(&root, path, Create::Nothing)?;
+        remount_bind(
+            &fd_path(&target),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            path,
+        )?;
+    }
+    Ok(())
 }
 
 /// An O_PATH fd on `/`.

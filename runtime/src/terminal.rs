@@ -6,25 +6,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use nix::fcntl::OFlag;
-use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
 use nix::sys::stat::Mode;
 
 use crate::error::{Error, Result};
 
 /// Connects to the caller's console socket (a unix stream socket path).
 pub fn connect_console_socket(path: &Path) -> Result<OwnedFd> {
-    let fd = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| Error::sys("console socket: socket", e))?;
-    let addr = UnixAddr::new(path)
-        .map_err(|e| Error::sys(format!("--console-socket {}", path.display()), e))?;
-    connect(fd.as_raw_fd(), &addr)
-        .map_err(|e| Error::sys(format!("--console-socket: connect {}", path.display()), e))?;
-    Ok(fd)
+    crate::fdpass::connect(path, "--console-socket")
 }
 
 /// A pty pair opened in the container's devpts.
