@@ -20,11 +20,7 @@ build:
 
 # Debian packages the tests and benchmark drive; apt only runs when one is missing.
 deps:
-	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	fi
+	tests/scripts/apt-install.sh $(DEB_PACKAGES)
 
 # The runtime-tools validation suite, built from the Go module proxy into the cache.
 validation: $(RUNTIME_TOOLS)/.built

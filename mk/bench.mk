@@ -10,12 +10,7 @@ BENCH_PACKAGES := golang-github-containers-common time
 bench: bench-deps
 
 bench-deps:
-	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  { apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive \
-	    apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing; } || echo "bench-deps: could not install$$missing; going on without"; \
-	fi
+	tests/scripts/apt-install.sh --optional $(BENCH_PACKAGES)
 
 # What takes the space in the plinth binary (cargo-bloat, from crates.io, when installed).
 bench-size: build

@@ -4,7 +4,6 @@
 # is missing, downloads only when the cache lacks the file.
 
 BOOT_CACHE := $(CACHE)/kernel
-BOOT_APT_LIST := /etc/apt/sources.list.d/bookworm-backports.list
 BOOT_PACKAGES_BPO := qemu-system-x86 ipxe-qemu
 # depmod (kmod) for modules.dep; readelf (binutils), gzip and curl (its TFTP client) are
 # the tests' independent checkers.
@@ -17,20 +16,8 @@ test: boot-deps kernel
 # qemu-system-x86 and the iPXE ROMs come from backports: the preinstalled qemu-utils is
 # from there and the plain bookworm qemu-system-x86 conflicts with it.
 boot-deps:
-	@missing=""; for p in $(BOOT_PACKAGES_BPO); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then \
-	    mirror=$$(sed -n 's/^URIs: *\([^ ]*debian\)$$/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1); \
-	    echo "deb $${mirror:-http://deb.debian.org/debian} bookworm-backports main" > $(BOOT_APT_LIST); \
-	  fi; \
-	  echo "installing:$$missing (bookworm-backports)"; \
-	  apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq -t bookworm-backports $$missing; \
-	fi
-	@missing=""; for p in $(BOOT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing; \
-	fi
+	tests/scripts/apt-install.sh --backports $(BOOT_PACKAGES_BPO)
+	tests/scripts/apt-install.sh $(BOOT_PACKAGES)
 
 # Debian's kernel: linux-image-amd64 is a metapackage; fetch the real image package it
 # depends on and unpack it with dpkg-deb (no root needed, nothing touches /boot).

@@ -7,11 +7,7 @@ CRICTL := $(CACHE)/bin/crictl
 
 .PHONY: engines
 engines: $(CRICTL)
-	@missing=""; for p in $(ENGINE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:$$missing"; \
-	  apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq $$missing; \
-	fi
+	tests/scripts/apt-install.sh $(ENGINE_PACKAGES)
 
 $(CRICTL):
 	mkdir -p $(CACHE)/bin
