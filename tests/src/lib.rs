@@ -393,3 +393,29 @@ pub fn read_pty(master: std::os::fd::OwnedFd) -> String {
     }
     text
 }
+
+/// Compiles a small C program statically into `out` (the busybox rootfs has no libc).
+/// Returns false, after printing why `test` is skipped, only when there is no C
+/// compiler at all; a compiler that fails on the program is a broken test and panics
+/// (`make deps` installs gcc and libc6-dev).
+pub fn compile_static(source: &str, out: &Path, test: &str) -> bool {
+    let src = out.with_extension("c");
+    std::fs::write(&src, source).unwrap();
+    match Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(out)
+        .arg(&src)
+        .output()
+    {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => panic!(
+            "cc -static {}: {}",
+            src.display(),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => {
+            println!("SKIP {test}: no C compiler (cc: {e}); make deps installs gcc and libc6-dev");
+            false
+        }
+    }
+}

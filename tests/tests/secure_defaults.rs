@@ -312,32 +312,13 @@ int main(int argc, char **argv) {
 
 /// Compiles the probe into `rootfs/bin/probe`; false (and says why) without a compiler.
 fn install_probe(b: &Bundle, test: &str) -> bool {
-    let src = b.tmp.0.join("probe.c");
-    std::fs::write(&src, PROBE_C).unwrap();
-    let out = Command::new("cc")
-        .args(["-static", "-O1", "-o"])
-        .arg(b.dir.join("rootfs/bin/probe"))
-        .arg(&src)
-        .output();
-    match out {
-        Err(e) => {
-            println!("SKIP {test}: no C compiler to build the syscall probe (cc: {e})");
-            false
-        }
-        Ok(o) if !o.status.success() => {
-            // A compiler without static libc (libc6-dev) cannot build a binary that
-            // runs in the busybox rootfs.
-            println!(
-                "SKIP {test}: cc -static failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            false
-        }
-        Ok(_) => {
-            std::fs::create_dir_all(b.dir.join("rootfs/mnt")).unwrap();
-            true
-        }
+    // The bundle's own scratch dir: the C file must not land in the rootfs.
+    let ok = plinth_tests::compile_static(PROBE_C, &b.tmp.0.join("probe"), test);
+    if ok {
+        std::fs::copy(b.tmp.0.join("probe"), b.dir.join("rootfs/bin/probe")).unwrap();
+        std::fs::create_dir_all(b.dir.join("rootfs/mnt")).unwrap();
     }
+    ok
 }
 
 /// The calls every run probes, the namespace-creating ones last (they change the
