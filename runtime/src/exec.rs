@@ -97,7 +97,7 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
         Some(s) => Some(crate::seccomp::compile(s)?),
         None => None,
     };
-    let ns = namespace_files(&bundle, st.pid)?;
+    let ns = namespace_files(&bundle, st.pid);
     let console = match &o.console_socket {
         Some(p) => Some(terminal::connect_console_socket(p)?),
         None => None,
@@ -201,15 +201,14 @@ impl Drop for KillOnError {
 
 /// The container's namespaces to join, as /proc/PID/ns files: every type its config
 /// names (new or joined); the others it shares with the host, and so do we.
-fn namespace_files(bundle: &Bundle, pid: i32) -> Result<Vec<(CloneFlags, PathBuf)>> {
+fn namespace_files(bundle: &Bundle, pid: i32) -> Vec<(CloneFlags, PathBuf)> {
     let mut out = vec![];
     let namespaces = bundle
         .spec
         .linux()
         .as_ref()
-        .and_then(|l| l.namespaces().clone())
-        .unwrap_or_default();
-    for n in &namespaces {
+        .and_then(|l| l.namespaces().as_deref());
+    for n in namespaces.unwrap_or(&[]) {
         let f = namespaces::flag(n.typ());
         out.push((
             f,
@@ -227,7 +226,7 @@ fn namespace_files(bundle: &Bundle, pid: i32) -> Result<Vec<(CloneFlags, PathBuf
             1
         }
     });
-    Ok(out)
+    out
 }
 
 fn child_side(
@@ -428,7 +427,7 @@ mod tests {
             .expect("plan"),
             spec,
         };
-        let ns = namespace_files(&b, 42).expect("ns");
+        let ns = namespace_files(&b, 42);
         let names: Vec<String> = ns.iter().map(|(_, p)| p.display().to_string()).collect();
         assert_eq!(names.first().map(String::as_str), Some("/proc/42/ns/user"));
         assert_eq!(names.last().map(String::as_str), Some("/proc/42/ns/mnt"));
