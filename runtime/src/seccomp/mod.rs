@@ -334,14 +334,23 @@ impl std::fmt::Debug for Program {
     }
 }
 
-/// The SECCOMP_RET_* value of `action` with `errno_ret`; `field` names the action in
-/// errors and `errno_field` the errnoRet.
-fn action_value(action: Action, errno_ret: Option<u32>, errno_field: &str) -> Result<u32> {
+/// The JSON path of `linux.seccomp.syscalls[r]`, built only for an error.
+fn rule_path(r: usize) -> String {
+    format!("linux.seccomp.syscalls[{r}]")
+}
+
+/// The SECCOMP_RET_* value of `action` with `errno_ret`; `errno_field` names the
+/// errnoRet in errors.
+fn action_value(
+    action: Action,
+    errno_ret: Option<u32>,
+    errno_field: impl Fn() -> String,
+) -> Result<u32> {
     let data = |max: u32| -> Result<u32> {
         let v = errno_ret.unwrap_or(EPERM);
         if v > max {
             return Err(Error::config(
-                errno_field,
+                errno_field(),
                 format!("{v} is out of range (at most {max})"),
             ));
         }
@@ -353,7 +362,7 @@ fn action_value(action: Action, errno_ret: Option<u32>, errno_field: &str) -> Re
         other => {
             if let Some(v) = errno_ret {
                 return Err(Error::config(
-                    errno_field,
+                    errno_field(),
                     format!("{v} given, but {other} takes no errno"),
                 ));
             }
@@ -383,7 +392,7 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Program> {
     let default = action_value(
         profile.default_action(),
         profile.default_errno_ret(),
-        &format!("{P}.defaultErrnoRet"),
+        || format!("{P}.defaultErrnoRet"),
     )?;
 
     // Architectures, native first.
@@ -407,24 +416,25 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Program> {
     let mut rules: BTreeMap<(Abi, u32), Syscall> = BTreeMap::new();
     let mut highest: BTreeMap<Abi, u32> = BTreeMap::new();
     for (r, rule) in profile.syscalls().iter().flatten().enumerate() {
-        let rp = format!("{P}.syscalls[{r}]");
-        let action = action_value(rule.action(), rule.errno_ret(), &format!("{rp}.errnoRet"))?;
+        let action = action_value(rule.action(), rule.errno_ret(), || {
+            format!("{}.errnoRet", rule_path(r))
+        })?;
         if rule.action() == Action::ScmpActNotify {
             if profile.listener_path().is_none() {
                 return Err(Error::config(
-                    format!("{rp}.action"),
+                    format!("{}.action", rule_path(r)),
                     "SCMP_ACT_NOTIFY needs linux.seccomp.listenerPath",
                 ));
             }
             notify = true;
         }
-        let conds = conditions(rule.args().as_deref().unwrap_or(&[]), &rp)?;
+        let conds = conditions(rule.args().as_deref().unwrap_or(&[]), r)?;
         for (n, name) in rule.names().iter().enumerate() {
-            let np = format!("{rp}.names[{n}]");
+            let np = || format!("{}.names[{n}]", rule_path(r));
             if rule.action() == Action::ScmpActNotify && name == "write" {
                 // The runtime itself writes after installing the filter (as runc).
                 return Err(Error::config(
-                    np,
+                    np(),
                     "SCMP_ACT_NOTIFY cannot be used for write",
                 ));
             }
@@ -447,12 +457,13 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Program> {
                 if action == default {
                     continue;
                 }
-                let sets = match extra {
-                    None => conds.clone(),
+                let mux;
+                let sets: &[Vec<Cond>] = match extra {
+                    None => &conds,
                     Some(sub) => {
                         if conds.iter().any(|c| !c.is_empty()) {
                             return Err(Error::config(
-                                format!("{rp}.args"),
+                                format!("{}.args", rule_path(r)),
                                 format!(
                                     "{name} has no system call of its own on SCMP_ARCH_X86 \
                                      (it goes through a multiplexer), so its arguments \
@@ -466,16 +477,17 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Program> {
                             value: u64::from(sub),
                             two: 0,
                         };
-                        vec![vec![c]]
+                        mux = [vec![c]];
+                        &mux
                     }
                 };
                 let entry = rules.entry((abi, nr)).or_default();
                 for set in sets {
-                    add_rule(entry, abi, set, action, r, &np, profile)?;
+                    add_rule(entry, abi, set.clone(), action, (r, n), profile)?;
                 }
             }
             if !known && !OTHER_ARCH_ONLY.contains(&name.as_str()) {
-                return Err(Error::config(np, format!("unknown system call {name:?}")));
+                return Err(Error::config(np(), format!("unknown system call {name:?}")));
             }
         }
     }
@@ -537,16 +549,16 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Program> {
 /// Validates a rule's `args` and turns them into condition sets: one set (ANDed), or,
 /// when two conditions name the same argument, one set per condition (ORed), as runc
 /// does. No args gives one empty set.
-fn conditions(args: &[oci_spec::runtime::LinuxSeccompArg], rp: &str) -> Result<Vec<Vec<Cond>>> {
+fn conditions(args: &[oci_spec::runtime::LinuxSeccompArg], r: usize) -> Result<Vec<Vec<Cond>>> {
     let mut conds = Vec::with_capacity(args.len());
     for (k, a) in args.iter().enumerate() {
-        let ap = format!("{rp}.args[{k}]");
+        let ap = || format!("{}.args[{k}]", rule_path(r));
         let index = u8::try_from(a.index())
             .ok()
             .filter(|i| *i <= 5)
             .ok_or_else(|| {
                 Error::config(
-                    format!("{ap}.index"),
+                    format!("{}.index", ap()),
                     format!("{} is not an argument index (0 to 5)", a.index()),
                 )
             })?;
@@ -554,7 +566,7 @@ fn conditions(args: &[oci_spec::runtime::LinuxSeccompArg], rp: &str) -> Result<V
         let masked = a.op() == CmpOp::ScmpCmpMaskedEq;
         if !masked && two != 0 {
             return Err(Error::config(
-                format!("{ap}.valueTwo"),
+                format!("{}.valueTwo", ap()),
                 format!(
                     "only SCMP_CMP_MASKED_EQ takes a second value, not {}",
                     a.op()
@@ -582,19 +594,19 @@ fn conditions(args: &[oci_spec::runtime::LinuxSeccompArg], rp: &str) -> Result<V
 }
 
 /// Adds one rule (a condition set and its action) for a syscall, applying the
-/// overlap semantics of the module documentation.
+/// overlap semantics of the module documentation. `(r, n)`: where the rule and the
+/// name are in `linux.seccomp.syscalls`, for a conflict's error.
 fn add_rule(
     sc: &mut Syscall,
     abi: Abi,
     mut set: Vec<Cond>,
     action: u32,
-    r: usize,
-    np: &str,
+    (r, n): (usize, usize),
     profile: &LinuxSeccomp,
 ) -> Result<()> {
     let clash = |other: usize| {
         Error::config(
-            np,
+            format!("{}.names[{n}]", rule_path(r)),
             format!(
                 "{} conflicts with linux.seccomp.syscalls[{other}]: the same system call and \
                  arguments with a different action",
