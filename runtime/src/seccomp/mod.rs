@@ -743,13 +743,8 @@ fn search(
     if let [(_, o)] = segs {
         match *o {
             Outcome::Ret(a) => asm.ret(a),
-            Outcome::Rules(abi, nr) => {
-                if let Some(sc) = rules.get(&(abi, nr)) {
-                    rule_block(asm, abi, sc, default);
-                } else {
-                    asm.ret(default);
-                }
-            }
+            // generate() makes this outcome only for a number with argument rules.
+            Outcome::Rules(abi, nr) => rule_block(asm, abi, &rules[&(abi, nr)], default),
         }
         return;
     }

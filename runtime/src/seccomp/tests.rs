@@ -7,7 +7,7 @@ use super::*;
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
-use oci_spec::runtime::{LinuxSeccompArg, LinuxSyscall};
+use oci_spec::runtime::LinuxSeccompArg;
 use serde_json::json;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -723,7 +723,6 @@ fn builder_profiles_compile() {
         .args(vec![LinuxSeccompArg::default()])
         .build()
         .expect("rule");
-    let _: &LinuxSyscall = &rule;
     let p = compile(
         &oci_spec::runtime::LinuxSeccompBuilder::default()
             .default_action(Action::ScmpActErrno)
