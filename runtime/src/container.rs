@@ -414,7 +414,8 @@ fn implicit_devices(bundle: &Bundle) -> Result<Vec<DeviceRule>> {
 }
 
 /// What a `cgroup` mount in the container shows: each hierarchy under /sys/fs/cgroup,
-/// with the container's own directory in it.
+/// with the container's own directory in it. With a cgroup, its resolved hierarchies;
+/// without one (rootless), the host's mounts as they are.
 fn cgroup_mounts(bundle: &Bundle, cg: Option<&Cgroup>) -> Vec<CgroupMount> {
     let wants = bundle
         .spec
@@ -425,43 +426,42 @@ fn cgroup_mounts(bundle: &Bundle, cg: Option<&Cgroup>) -> Vec<CgroupMount> {
     if !wants {
         return vec![];
     }
+    let base = Path::new("/sys/fs/cgroup");
+    let mount = |mount_point: &Path, v2: bool, data: String, host_dir: PathBuf| {
+        let name = mount_point.strip_prefix(base).ok()?;
+        Some(CgroupMount {
+            name: name.to_string_lossy().into_owned(),
+            fstype: if v2 { "cgroup2" } else { "cgroup" }.to_string(),
+            data,
+            host_dir,
+        })
+    };
+    if let Some(cg) = cg {
+        return cg
+            .hierarchies()
+            .filter_map(|h| mount(h.mount, h.v2, h.subsystems.to_string(), h.dir.to_path_buf()))
+            .collect();
+    }
     let Ok(mi) = crate::mountinfo::read() else {
         return vec![];
     };
-    let base = Path::new("/sys/fs/cgroup");
-    let mut out = vec![];
-    for e in &mi {
-        if e.fstype != "cgroup" && e.fstype != "cgroup2" {
-            continue;
-        }
-        let Ok(rel) = e.mount_point.strip_prefix(base) else {
-            continue;
-        };
-        let data: Vec<&str> = e
-            .super_options
-            .split(',')
-            .filter(|o| *o != "rw" && *o != "ro")
-            .collect();
-        let key = if e.fstype == "cgroup2" {
-            "unified".to_string()
-        } else {
-            data.first().map(|s| s.to_string()).unwrap_or_default()
-        };
-        let host_dir = cg
-            .and_then(|c| c.path_for(&key))
-            .unwrap_or_else(|| e.mount_point.clone());
-        out.push(CgroupMount {
-            name: rel.to_string_lossy().into_owned(),
-            fstype: e.fstype.clone(),
-            data: if e.fstype == "cgroup" {
-                data.join(",")
-            } else {
+    mi.iter()
+        .filter(|e| e.fstype == "cgroup" || e.fstype == "cgroup2")
+        .filter_map(|e| {
+            let v2 = e.fstype == "cgroup2";
+            let data = if v2 {
                 String::new()
-            },
-            host_dir,
-        });
-    }
-    out
+            } else {
+                let opts: Vec<&str> = e
+                    .super_options
+                    .split(',')
+                    .filter(|o| *o != "rw" && *o != "ro")
+                    .collect();
+                opts.join(",")
+            };
+            mount(&e.mount_point, v2, data, e.mount_point.clone())
+        })
+        .collect()
 }
 
 fn map_ids(pid: Pid, bundle: &Bundle) -> Result<()> {

@@ -249,12 +249,12 @@ pub fn events(
     if stats_once {
         return emit(out, "stats", cg.stats()?);
     }
-    let mut ooms = oom_kills(cg);
+    let mut ooms = cg.oom_kills();
     loop {
         if status(root, &st) == Status::Stopped {
             return Ok(());
         }
-        let now = oom_kills(cg);
+        let now = cg.oom_kills();
         if now > ooms {
             emit(out, "oom", serde_json::Value::Null)?;
             ooms = now;
@@ -266,27 +266,6 @@ pub fn events(
         }
         std::thread::sleep(interval);
     }
-}
-
-/// The OOM kill counter of the container's memory cgroup (v1 memory.oom_control,
-/// v2 memory.events), 0 where there is none.
-fn oom_kills(cg: &Cgroup) -> u64 {
-    let files = [
-        cg.path_for("memory").map(|d| d.join("memory.oom_control")),
-        cg.path_for("unified").map(|d| d.join("memory.events")),
-    ];
-    for f in files.into_iter().flatten() {
-        if let Ok(text) = std::fs::read_to_string(&f) {
-            if let Some(n) = text
-                .lines()
-                .find_map(|l| l.strip_prefix("oom_kill "))
-                .and_then(|n| n.trim().parse().ok())
-            {
-                return n;
-            }
-        }
-    }
-    0
 }
 
 /// Parses runc's `--interval` (Go durations: `5s`, `500ms`, `1m`).

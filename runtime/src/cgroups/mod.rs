@@ -155,6 +155,19 @@ pub struct Cgroup {
     warnings: Vec<String>,
 }
 
+/// One hierarchy of a container's cgroup (see [`Cgroup::hierarchies`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Hierarchy<'a> {
+    /// Where the hierarchy is mounted on the host.
+    pub mount: &'a Path,
+    /// cgroup2 or not.
+    pub v2: bool,
+    /// v1: the subsystems, as a cgroup mount's data ("cpu", "name=systemd"); v2: "".
+    pub subsystems: &'a str,
+    /// The container's directory in it.
+    pub dir: &'a Path,
+}
+
 /// How long freezing may take before it is reported as failed.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -640,6 +653,38 @@ impl Cgroup {
             .iter()
             .find(|d| d.key == key || (!d.v2 && d.has(key)))
             .map(|d| d.path.clone())
+    }
+
+    /// How many times the OOM killer struck in the container's memory cgroup
+    /// (v1 memory.oom_control, v2 memory.events: `oom_kill N`), 0 where unknown.
+    pub fn oom_kills(&self) -> u64 {
+        let Some(d) = self.v1_or_v2("memory") else {
+            return 0;
+        };
+        let file = if d.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        std::fs::read_to_string(d.path.join(file))
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill "))
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// The hierarchies the container's cgroup lives in, as found at resolve time: what
+    /// a `cgroup` mount in the container shows, without reading mountinfo again.
+    pub fn hierarchies(&self) -> impl Iterator<Item = Hierarchy<'_>> {
+        self.dirs.iter().map(|d| Hierarchy {
+            mount: &d.mount,
+            v2: d.v2,
+            subsystems: if d.v2 { "" } else { &d.key },
+            dir: &d.path,
+        })
     }
 
     /// What was asked for but skipped on purpose (kernel memory limits, knobs cgroup v2

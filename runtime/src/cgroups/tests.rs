@@ -1175,3 +1175,53 @@ fn hybrid_unified_keys_reach_only_the_unified_hierarchy() {
     let u = g.cg.path_for("unified").expect("unified");
     assert_eq!(rd(&u.join("cgroup.max.descendants")), "7");
 }
+
+#[test]
+fn oom_kills_count_a_real_oom_kill() {
+    if !is_root("oom_kills_count_a_real_oom_kill") {
+        return;
+    }
+    let mut g = Guard::at(&format!("/{}", unique("oom")));
+    let r: LinuxResources = serde_json::from_value(serde_json::json!({
+        "memory": {"limit": 16 << 20}
+    }))
+    .expect("resources");
+    // The device cgroup denies everything unless told otherwise: /dev/zero is needed.
+    let all = DeviceRule {
+        allow: true,
+        typ: 'a',
+        major: None,
+        minor: None,
+        access: "rwm".into(),
+    };
+    g.cg.create(Some(&r), &[all]).expect("create");
+    assert_eq!(g.cg.oom_kills(), 0, "a new cgroup has had no OOM kill");
+    // A shell moved into the cgroup, then told to hold 64 MiB in memory: the OOM
+    // killer ends it or one of its pipeline.
+    let mut c = Command::new("sh")
+        .args([
+            "-c",
+            "read go; x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo ${#x}",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn sh");
+    g.cg.add_pid(c.id() as i32).expect("add_pid");
+    writeln!(c.stdin.as_mut().expect("stdin"), "go").expect("go");
+    let out = c.wait_with_output().expect("wait");
+    assert_ne!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "67108864",
+        "64 MiB fit under a 16 MiB limit"
+    );
+    let mem = g.cg.path_for("memory").expect("memory dir");
+    assert!(
+        g.cg.oom_kills() >= 1,
+        "the OOM kill was not counted: out {:?} err {:?}, {}: {:?}",
+        out.stdout,
+        out.status,
+        mem.display(),
+        std::fs::read_to_string(mem.join("memory.oom_control"))
+    );
+}
