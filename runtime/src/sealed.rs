@@ -41,10 +41,20 @@ pub fn ensure_sealed() -> Result<()> {
         .map_err(|e| Error::sys("memfd_create for the sealed runtime copy", e))?;
     let mut dst = std::fs::File::from(memfd);
     let mut src = exe;
-    // std::io::copy uses copy_file_range/sendfile between files: the bytes stay in the
-    // kernel.
-    std::io::copy(&mut src, &mut dst)
-        .map_err(|e| Error::io("copy the runtime binary to", "memfd", e))?;
+    // A plain read/write copy. std::io::copy would use copy_file_range (EXDEV from
+    // another file system to the memfd) and then sendfile, whose spliced pages can
+    // still be pinned when the seal comes: F_SEAL_WRITE then fails with EBUSY
+    // (seen on this kernel about once in a few hundred creates).
+    let mut buf = vec![0u8; 1 << 18];
+    loop {
+        let n = std::io::Read::read(&mut src, &mut buf)
+            .map_err(|e| Error::io("read", "/proc/self/exe", e))?;
+        if n == 0 {
+            break;
+        }
+        std::io::Write::write_all(&mut dst, &buf[..n])
+            .map_err(|e| Error::io("copy the runtime binary to", "memfd", e))?;
+    }
     dst.rewind().map_err(|e| Error::io("rewind", "memfd", e))?;
     fcntl(&dst, FcntlArg::F_ADD_SEALS(seals()))
         .map_err(|e| Error::sys("seal the runtime's memfd copy", e))?;
