@@ -21,10 +21,8 @@ pub struct Sets {
     pub permitted: CapsHashSet,
     /// Ambient set.
     pub ambient: CapsHashSet,
-    /// The runtime's own bounding set when the sets were made: nothing outside it can
-    /// be given, and nothing outside it needs dropping.
-    held: CapsHashSet,
-    /// What the config asked for that `held` lacks, left out of every set above.
+    /// What the config asked for that the runtime's own bounding set lacks, left out
+    /// of every set above.
     pub unavailable: Vec<Capability>,
 }
 
@@ -46,15 +44,13 @@ impl Sets {
     /// project's whose bounding set lacks CAP_SYS_RESOURCE); those are listed in
     /// `unavailable` for the caller to report. A privileged config lists every
     /// capability; podman and docker leave out the ones the host withholds the same way.
-    /// The bounding set is read here once, in the runtime, and carried to the init
-    /// (a clone keeps it, a new user namespace included).
+    /// The bounding set is read here once, in the runtime, and carried to the init,
+    /// which grants nothing outside it (in a new user namespace the init's own
+    /// bounding set is full again, so it cannot be read there instead).
     pub fn from_config(c: Option<&LinuxCapabilities>) -> Result<Sets> {
         let held = caps::read(None, CapSet::Bounding)
             .unwrap_or_else(|_| caps::runtime::thread_all_supported());
-        let mut sets = Sets {
-            held,
-            ..Sets::default()
-        };
+        let mut sets = Sets::default();
         let Some(c) = c else {
             return Ok(sets);
         };
@@ -63,7 +59,7 @@ impl Sets {
         sets.inheritable = convert(c.inheritable(), "process.capabilities.inheritable")?;
         sets.permitted = convert(c.permitted(), "process.capabilities.permitted")?;
         sets.ambient = convert(c.ambient(), "process.capabilities.ambient")?;
-        let held = &sets.held;
+        let held = &held;
         let mut missing: Vec<Capability> = [
             &sets.bounding,
             &sets.effective,
@@ -95,7 +91,9 @@ impl Sets {
 /// Drops from the bounding set everything `sets.bounding` lacks. Needs CAP_SETPCAP,
 /// so it runs before the user switch.
 pub fn drop_bounding(sets: &Sets) -> Result<()> {
-    for cap in sets.held.difference(&sets.bounding) {
+    // Every capability the kernel knows, not only those the runtime held: a process
+    // in a new user namespace starts with a full bounding set there.
+    for cap in caps::runtime::thread_all_supported().difference(&sets.bounding) {
         caps::drop(None, CapSet::Bounding, *cap)
             .map_err(|e| Error::Invalid(format!("drop {cap} from the bounding set: {e}")))?;
     }
