@@ -248,8 +248,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         anyhow::bail!("no command given; see plinth --help");
     };
     if matches!(cmd, Cmd::Create(_) | Cmd::Run { .. } | Cmd::Exec { .. }) {
-        // These put a process of ours into the container (CVE-2019-5736).
-        plinth_runtime::sealed::ensure_sealed()?;
+        // These put a process of ours into the container (CVE-2019-5736). The state
+        // root is the read-only view's spare layer, so it must exist first.
+        root.ensure()?;
+        plinth_runtime::sealed::ensure_sealed(&root.0)?;
     }
     match cmd {
         Cmd::Create(c) => {

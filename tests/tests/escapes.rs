@@ -110,6 +110,8 @@ int main(int argc, char **argv) {
                 if (w < 0) {
                     if (errno == ETXTBSY) { usleep(200); continue; }
                     say("open for write: %s\n", strerror(errno));
+                    /* Stay: a pid namespace whose init exits takes the victim with it. */
+                    while (now() < deadline) usleep(10000);
                     return 0;
                 }
                 static const char payload[] = "#!/bin/sh\necho overwritten-from-a-container\n";
@@ -392,48 +394,106 @@ fn cve_2019_5736_exec_cannot_overwrite_the_runtime() {
 
 /// With CAP_SYS_PTRACE (a config may grant it) non-dumpable is no protection: the
 /// attacker opens the exe of a created (waiting) init in its pid namespace and writes
-/// it as soon as `start` makes the init exec. Only a sealed copy protects the host.
+/// it as soon as `start` makes the init exec. Only an image that no one can write
+/// (runtime/src/sealed.rs) protects the host.
 #[test]
 fn cve_2019_5736_run_cannot_overwrite_the_runtime_through_a_waiting_init() {
     let name = "cve_2019_5736_run_cannot_overwrite_the_runtime_through_a_waiting_init";
     if !need_root(name) {
         return;
     }
-    let mut a = Bundle::busybox("true");
-    if !install_attacker(&a, name) {
+    // Once through the read-only view, once through the sealed memfd copy (the state
+    // root inside the binary's directory rules the view out; see the next test).
+    for sealed_copy in [false, true] {
+        let mut a = Bundle::busybox("true");
+        if !install_attacker(&a, name) {
+            return;
+        }
+        let copy = plinth_copy(&a.tmp.0);
+        if sealed_copy {
+            a.root = copy.parent().unwrap().join("state");
+        }
+        let before = std::fs::read(&copy).unwrap();
+        let ida = unique("pod");
+        overwrite_attacker(&mut a);
+        let out = create_logged(&plinth_bin(), &a, &ida);
+        start_attacker(&a, &ida, &out);
+        let pid_a = a.state(&ida)["pid"].as_i64().unwrap();
+
+        let mut b = Bundle::busybox("true");
+        b.config["process"]["args"] = json!(["true"]);
+        for ns in b.config["linux"]["namespaces"].as_array_mut().unwrap() {
+            if ns["type"] == "pid" {
+                ns["path"] = json!(format!("/proc/{pid_a}/ns/pid"));
+            }
+        }
+        b.root = a.root.clone();
+        let idb = unique("victim");
+        let _ = create_logged(&copy, &b, &idb);
+        let text = wait_for(&out, "opened exe", 5);
+        b.start(&idb);
+        let text = wait_for(&out, "OVERWROTE", 3) + &text;
+        let _ = b.plinth(&["delete", "--force", &idb]);
+        let _ = a.plinth(&["delete", "--force", &ida]);
+        assert!(
+            std::fs::read(&copy).unwrap() == before,
+            "a container with CAP_SYS_PTRACE overwrote the runtime's binary through a waiting init's /proc/PID/exe (sealed copy: {sealed_copy}); attacker said: {text}"
+        );
+        assert!(
+            text.contains("opened exe"),
+            "the attack was never set up (sealed copy: {sealed_copy}): {text}"
+        );
+    }
+}
+
+/// Which image protects the runtime (runtime/src/sealed.rs): as root, a read-only
+/// overlayfs view of its own binary; where the view cannot be made (here the state root
+/// lies inside the binary's directory, which overlayfs refuses as overlapping layers),
+/// a sealed memfd copy. Either way the waiting init's /proc/PID/exe cannot be written.
+#[test]
+fn a_waiting_init_runs_from_a_read_only_view_or_else_a_sealed_copy() {
+    if !need_root("a_waiting_init_runs_from_a_read_only_view_or_else_a_sealed_copy") {
         return;
     }
-    let copy = plinth_copy(&a.tmp.0);
-    let before = std::fs::read(&copy).unwrap();
-    let ida = unique("pod");
-    overwrite_attacker(&mut a);
-    let out = create_logged(&plinth_bin(), &a, &ida);
-    start_attacker(&a, &ida, &out);
-    let pid_a = a.state(&ida)["pid"].as_i64().unwrap();
-
-    let mut b = Bundle::busybox("true");
-    b.config["process"]["args"] = json!(["true"]);
-    for ns in b.config["linux"]["namespaces"].as_array_mut().unwrap() {
-        if ns["type"] == "pid" {
-            ns["path"] = json!(format!("/proc/{pid_a}/ns/pid"));
+    for overlapping in [false, true] {
+        let mut b = Bundle::busybox("sleep 10");
+        let copy = plinth_copy(&b.tmp.0);
+        if overlapping {
+            b.root = copy.parent().unwrap().join("state");
         }
+        let id = unique("view");
+        let _ = create_logged(&copy, &b, &id);
+        let pid = b.state(&id)["pid"].as_i64().unwrap();
+        let exe = format!("/proc/{pid}/exe");
+        let target = std::fs::read_link(&exe).unwrap();
+        let fs = nix::sys::statfs::statfs(exe.as_str())
+            .unwrap()
+            .filesystem_type();
+        let opened = std::fs::OpenOptions::new().write(true).open(&exe);
+        let wrote = opened.map(|mut f| std::io::Write::write(&mut f, b"x"));
+        let _ = b.plinth(&["delete", "--force", &id]);
+        if overlapping {
+            assert!(
+                target.to_string_lossy().starts_with("/memfd:plinth-sealed"),
+                "state root inside the binary's directory: expected the sealed memfd copy, exe is {target:?}"
+            );
+        } else {
+            assert_eq!(
+                fs,
+                nix::sys::statfs::OVERLAYFS_SUPER_MAGIC,
+                "expected the read-only overlayfs view, exe is {target:?}"
+            );
+            assert_eq!(target.file_name(), copy.file_name());
+            match &wrote {
+                Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}"),
+                Ok(_) => panic!("the view of the runtime's binary opened for writing"),
+            }
+        }
+        assert!(
+            !matches!(wrote, Ok(Ok(_))),
+            "wrote into the waiting init's exe ({target:?})"
+        );
     }
-    b.root = a.root.clone();
-    let idb = unique("victim");
-    let _ = create_logged(&copy, &b, &idb);
-    let text = wait_for(&out, "opened exe", 5);
-    b.start(&idb);
-    let text = wait_for(&out, "OVERWROTE", 3) + &text;
-    let _ = b.plinth(&["delete", "--force", &idb]);
-    let _ = a.plinth(&["delete", "--force", &ida]);
-    assert!(
-        std::fs::read(&copy).unwrap() == before,
-        "a container with CAP_SYS_PTRACE overwrote the runtime's binary through a waiting init's /proc/PID/exe; attacker said: {text}"
-    );
-    assert!(
-        text.contains("opened exe"),
-        "the attack was never set up: {text}"
-    );
 }
 
 // ---------------------------------------------------------------------------------
