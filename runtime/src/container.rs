@@ -168,6 +168,14 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
     // Decided before the clone: in the child, once the parent has mapped the ids of
     // a new user namespace, geteuid() says 0.
     let rootless = !nix::unistd::geteuid().is_root();
+    // The first cgroup.procs write of a migration can wait for an RCU grace period
+    // (cgroup_threadgroup_rwsem taken for writing): about 6 ms here when no other
+    // migration happened in the last few ms (docs/performance.md). The init makes its
+    // mounts meanwhile, as long as nothing it does depends on being in the cgroup yet:
+    // no cgroup namespace to make (its root is the cgroup the process is in), no
+    // create hooks (they may look at the cgroup), no namespace to join (that forks).
+    let cgroup_joined_later =
+        fast && cgroup.is_some() && !has_create_hooks && !plan.creates(CloneFlags::CLONE_NEWCGROUP);
     let child = match namespaces::fork_with(clone_flags)? {
         Forked::Child => {
             drop(ours);
@@ -185,6 +193,7 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
                 has_create_hooks,
                 cloned_with_namespaces: fast,
                 rootless,
+                cgroup_joined_later,
             })
         }
         Forked::Parent(pid) => pid,
@@ -194,7 +203,7 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
     drop(console_socket);
     cleanup.pids.push(child);
 
-    if let Some(cg) = &cgroup {
+    if let Some(cg) = cgroup.as_ref().filter(|_| !cgroup_joined_later) {
         cg.add_pid(child.as_raw())?;
     }
     if let Some(adj) = process.oom_score_adj() {
@@ -204,6 +213,12 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
         map_ids(child, &bundle)?;
     }
     ours.send(&Msg::Go)?;
+    if let Some(cg) = cgroup.as_ref().filter(|_| cgroup_joined_later) {
+        cg.add_pid(child.as_raw())?;
+        // If the init failed meanwhile, this send fails (EPIPE) and the loop below
+        // reads the init's own error.
+        let _ = ours.send(&Msg::CgroupJoined);
+    }
 
     let mut st = State {
         oci_version: spec.version().clone(),

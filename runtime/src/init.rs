@@ -66,6 +66,10 @@ pub struct Init<'a> {
     /// Whether the runtime runs unprivileged: then every cgroup mount is read-only,
     /// whatever the config says (CVE-2023-25809).
     pub rootless: bool,
+    /// Whether the runtime moves this process into the container's cgroup only after
+    /// `Go`, while the mounts are made: then the process's own settings wait for
+    /// `CgroupJoined`.
+    pub cgroup_joined_later: bool,
 }
 
 /// Runs the init; never returns. On failure the error goes to the runtime.
@@ -241,6 +245,10 @@ fn setup(init: Init) -> Result<()> {
         mount::remount_bind(Path::new("/"), MsFlags::MS_RDONLY, Path::new("/"))?;
     }
 
+    if init.cgroup_joined_later {
+        // Nothing of the container's own runs before its limits apply.
+        init.channel.expect(&Msg::CgroupJoined)?;
+    }
     let exec = enter_process(
         process,
         &init.caps,

@@ -10,8 +10,12 @@ use crate::error::{Error, Result};
 /// A message on the channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
-    /// runtime -> init: ids are mapped and the cgroup joined; go on.
+    /// runtime -> init: ids are mapped and the cgroup joined (unless the init was told
+    /// to wait for `CgroupJoined`); go on.
     Go,
+    /// runtime -> init: the cgroup is joined now; sent after `Go` when the runtime moves
+    /// the init into its cgroup while the init sets up its mounts.
+    CgroupJoined,
     /// init -> runtime: map the ids of this pid now (when init made its user namespace
     /// itself, after joining others).
     MapIds(i32),
@@ -35,6 +39,7 @@ impl Msg {
     fn encode(&self) -> Vec<u8> {
         match self {
             Msg::Go => b"go".to_vec(),
+            Msg::CgroupJoined => b"cgroup-joined".to_vec(),
             Msg::MapIds(p) => format!("mapids {p}").into_bytes(),
             Msg::Pid(p) => format!("pid {p}").into_bytes(),
             Msg::Hooks => b"hooks".to_vec(),
@@ -54,6 +59,7 @@ impl Msg {
         };
         Ok(match word {
             "go" => Msg::Go,
+            "cgroup-joined" => Msg::CgroupJoined,
             "mapids" => Msg::MapIds(num()?),
             "pid" => Msg::Pid(num()?),
             "hooks" => Msg::Hooks,
