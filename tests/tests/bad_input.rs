@@ -28,6 +28,21 @@ fn wrong_type_names_the_field() {
     assert_create_fails(&b, &unique("bad"), "process.user.uid");
 }
 
+/// oci-spec checks execCPUAffinity with a regex (answered by regex-lite here, see
+/// runtime/regex-lite-shim): a malformed list is named, a good one is accepted.
+#[test]
+fn malformed_exec_cpu_affinity_is_named() {
+    if !need_root("malformed_exec_cpu_affinity_is_named") {
+        return;
+    }
+    let mut b = Bundle::busybox("true");
+    b.config["process"]["execCPUAffinity"] = serde_json::json!({"initial": "0", "final": "0-1,x"});
+    assert_create_fails(&b, &unique("bad"), "process.execCPUAffinity.final");
+    b.config["process"]["execCPUAffinity"] = serde_json::json!({"initial": "0", "final": "0-1"});
+    let (code, _, err) = b.run(&unique("aff"));
+    assert_eq!(code, 0, "a valid execCPUAffinity was refused: {err}");
+}
+
 #[test]
 fn missing_rootfs_is_named() {
     if !need_root("missing_rootfs_is_named") {
