@@ -154,25 +154,25 @@ fn handle(st: &State, stream: TcpStream) -> std::io::Result<()> {
             http::respond(&mut w, 200, "application/json", &body, &[])
         }
         ("GET", ["v1", "machines", mac]) => with_mac(&mut w, mac, |mac, w| {
-            let Ok(s) = st.store.lock() else {
-                return json_error(w, 500, "store lock poisoned");
+            // Every handler answers after the store's lock is released: a client that
+            // reads slowly must not stall the store for the write timeout.
+            let body = match st.store.lock() {
+                Ok(s) => s
+                    .machine(&mac)
+                    .map(|m| serde_json::to_vec_pretty(m).unwrap_or_default()),
+                Err(_) => return json_error(w, 500, "store lock poisoned"),
             };
-            match s.machine(&mac) {
-                Some(m) => http::respond(
-                    w,
-                    200,
-                    "application/json",
-                    &serde_json::to_vec_pretty(m).unwrap_or_default(),
-                    &[],
-                ),
+            match body {
+                Some(body) => http::respond(w, 200, "application/json", &body, &[]),
                 None => json_error(w, 404, &format!("machine {mac}: never seen")),
             }
         }),
         ("GET", ["v1", "machines", mac, "action"]) => with_mac(&mut w, mac, |mac, w| {
-            let Ok(mut s) = st.store.lock() else {
-                return json_error(w, 500, "store lock poisoned");
+            let taken = match st.store.lock() {
+                Ok(mut s) => s.take_action(&mac),
+                Err(_) => return json_error(w, 500, "store lock poisoned"),
             };
-            match s.take_action(&mac) {
+            match taken {
                 Ok(action) => reply(w, Reply { action }),
                 Err(e) => json_error(w, 500, &e.to_string()),
             }
@@ -184,10 +184,11 @@ fn handle(st: &State, stream: TcpStream) -> std::io::Result<()> {
                 } else {
                     Action::Reboot
                 };
-                let Ok(mut s) = st.store.lock() else {
-                    return json_error(w, 500, "store lock poisoned");
+                let set = match st.store.lock() {
+                    Ok(mut s) => s.set_action(&mac, action),
+                    Err(_) => return json_error(w, 500, "store lock poisoned"),
                 };
-                match s.set_action(&mac, action) {
+                match set {
                     Ok(()) => http::respond(
                         w,
                         200,
@@ -249,10 +250,11 @@ fn post_event<W: Write>(st: &State, body: &[u8], w: &mut W) -> std::io::Result<(
         Err(msg) => return json_error(w, 400, &msg),
     };
     let booted = ev.kind == EventKind::Booted;
-    let Ok(mut s) = st.store.lock() else {
-        return json_error(w, 500, "store lock poisoned");
+    let recorded = match st.store.lock() {
+        Ok(mut s) => s.record(ev),
+        Err(_) => return json_error(w, 500, "store lock poisoned"),
     };
-    match s.record(ev) {
+    match recorded {
         Ok(mut action) => {
             if action.is_none() && booted && st.cfg.poweroff_after_boot {
                 action = Some(Action::Poweroff);
@@ -276,10 +278,12 @@ fn boot_script<W: Write>(st: &State, req: &Request, w: &mut W) -> std::io::Resul
         let serial = req
             .query_param("serial")
             .filter(|s| s.len() <= 128 && !s.is_empty());
-        if let Ok(mut s) = st.store.lock() {
-            if let Err(e) = s.note_pxe(&mac, uuid, serial) {
-                return json_error(w, 500, &e.to_string());
-            }
+        let noted = match st.store.lock() {
+            Ok(mut s) => s.note_pxe(&mac, uuid, serial),
+            Err(_) => Ok(()),
+        };
+        if let Err(e) = noted {
+            return json_error(w, 500, &e.to_string());
         }
     }
     let base = match (&st.cfg.advertise, req.header("host")) {
