@@ -212,7 +212,14 @@ pub(super) fn set_hugetlb(dir: &Path, limits: &[LinuxHugepageLimit]) -> Result<(
 /// Default deny, then each rule in order.
 pub(super) fn set_devices(dir: &Path, rules: &[DeviceRule]) -> Result<()> {
     write(dir, "devices.deny", "a")?;
-    for r in rules {
+    // The kernel reads any type-`a` deny as "deny everything, forget the exceptions",
+    // whatever its numbers and access: the config's usual leading deny-all would only
+    // repeat the write above.
+    let first = rules
+        .iter()
+        .position(|r| r.allow || r.typ != 'a')
+        .unwrap_or(rules.len());
+    for r in &rules[first..] {
         let file = if r.allow {
             "devices.allow"
         } else {
