@@ -93,45 +93,34 @@ pub fn update(
     cgroup_of(&st)?.update(&r)
 }
 
-/// The single-value flags of `runc update` (parsed by clap straight into this type,
-/// so the command line and the merge below name each flag once).
-#[derive(Debug, Clone, Default, clap::Args)]
+/// The single-value flags of `runc update`, filled by the command line's parser
+/// (the binary's `cli` module); each field's doc names its flag, and the merge below
+/// names it again in its errors.
+#[derive(Debug, Clone, Default)]
 pub struct UpdateFlags {
-    /// Block IO weight (10-1000).
-    #[arg(long = "blkio-weight")]
+    /// `--blkio-weight`: block IO weight (10-1000).
     pub blkio_weight: Option<u16>,
-    /// CPU CFS period in microseconds.
-    #[arg(long = "cpu-period")]
+    /// `--cpu-period`: CPU CFS period in microseconds.
     pub cpu_period: Option<u64>,
-    /// CPU CFS quota in microseconds.
-    #[arg(long = "cpu-quota")]
+    /// `--cpu-quota`: CPU CFS quota in microseconds.
     pub cpu_quota: Option<i64>,
-    /// CPU shares (relative weight).
-    #[arg(long = "cpu-share")]
+    /// `--cpu-share`: CPU shares (relative weight).
     pub cpu_share: Option<u64>,
-    /// CPU realtime period in microseconds.
-    #[arg(long = "cpu-rt-period")]
+    /// `--cpu-rt-period`: CPU realtime period in microseconds.
     pub cpu_rt_period: Option<u64>,
-    /// CPU realtime runtime in microseconds.
-    #[arg(long = "cpu-rt-runtime")]
+    /// `--cpu-rt-runtime`: CPU realtime runtime in microseconds.
     pub cpu_rt_runtime: Option<i64>,
-    /// CPUs the container may use (e.g. 0-3,5).
-    #[arg(long = "cpuset-cpus")]
+    /// `--cpuset-cpus`: CPUs the container may use (e.g. 0-3,5).
     pub cpuset_cpus: Option<String>,
-    /// Memory nodes the container may use.
-    #[arg(long = "cpuset-mems")]
+    /// `--cpuset-mems`: memory nodes the container may use.
     pub cpuset_mems: Option<String>,
-    /// Memory limit (bytes, or with a k/m/g suffix).
-    #[arg(long)]
+    /// `--memory`: memory limit (bytes, or with a k/m/g suffix).
     pub memory: Option<String>,
-    /// Memory reservation (soft limit).
-    #[arg(long = "memory-reservation")]
+    /// `--memory-reservation`: memory reservation (soft limit).
     pub memory_reservation: Option<String>,
-    /// Memory plus swap limit.
-    #[arg(long = "memory-swap")]
+    /// `--memory-swap`: memory plus swap limit.
     pub memory_swap: Option<String>,
-    /// Maximum number of processes.
-    #[arg(long = "pids-limit")]
+    /// `--pids-limit`: maximum number of processes.
     pub pids_limit: Option<i64>,
 }
 

@@ -1,205 +1,16 @@
-//! `plinth`: the runc command line, parsed here and handed to the library.
+//! `plinth`: the runc command line, read by `cli` and handed to the library, one
+//! call per command.
+
+mod cli;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use cli::{Cli, Cmd, CreateArgs, Parsed};
 use plinth_runtime::container::{self, CreateOptions};
 use plinth_runtime::control;
 use plinth_runtime::logging;
 use plinth_runtime::state::Root;
-
-#[derive(Parser)]
-#[command(
-    name = "plinth",
-    about = "A small, narrow, runc-compatible OCI runtime",
-    disable_version_flag = true
-)]
-struct Cli {
-    /// Root directory for container state.
-    #[arg(long, global = true)]
-    root: Option<PathBuf>,
-    /// Log file (default: none; errors always go to stderr).
-    #[arg(long, global = true)]
-    log: Option<PathBuf>,
-    /// Log format: text or json.
-    #[arg(long = "log-format", global = true, default_value = "text")]
-    log_format: String,
-    /// Debug logging.
-    #[arg(long, global = true)]
-    debug: bool,
-    /// Use systemd to manage cgroups (not supported: an error).
-    #[arg(long = "systemd-cgroup", global = true)]
-    systemd_cgroup: bool,
-    /// Print the version.
-    #[arg(short = 'v', long = "version")]
-    version: bool,
-    #[command(subcommand)]
-    cmd: Option<Cmd>,
-}
-
-#[derive(clap::Args, Clone)]
-struct CreateArgs {
-    /// Path to the bundle (default: the current directory).
-    #[arg(long, short = 'b', default_value = ".")]
-    bundle: PathBuf,
-    /// Write the init's pid here.
-    #[arg(long = "pid-file")]
-    pid_file: Option<PathBuf>,
-    /// Unix socket that receives the pty master when process.terminal is true.
-    #[arg(long = "console-socket")]
-    console_socket: Option<PathBuf>,
-    /// Pass N extra fds (3, 4, ...) to the container.
-    #[arg(long = "preserve-fds", default_value_t = 0)]
-    preserve_fds: i32,
-    /// Use MS_MOVE + chroot instead of pivot_root.
-    #[arg(long = "no-pivot")]
-    no_pivot: bool,
-    /// Do not create a new session keyring.
-    #[arg(long = "no-new-keyring")]
-    no_new_keyring: bool,
-    /// Container id.
-    id: String,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Create a container.
-    Create(CreateArgs),
-    /// Start a created container.
-    Start { id: String },
-    /// Print a container's state as JSON.
-    State { id: String },
-    /// Send a signal to a container's init (or all its processes).
-    Kill {
-        /// Send to all processes of the container.
-        #[arg(long, short = 'a')]
-        all: bool,
-        id: String,
-        #[arg(default_value = "SIGTERM")]
-        signal: String,
-    },
-    /// Delete a stopped container (or, with --force, any).
-    Delete {
-        #[arg(long, short = 'f')]
-        force: bool,
-        id: String,
-    },
-    /// Create, start, wait and delete.
-    Run {
-        /// Do not wait for the container.
-        #[arg(long, short = 'd')]
-        detach: bool,
-        #[command(flatten)]
-        create: CreateArgs,
-    },
-    /// Write a default config.json.
-    Spec {
-        /// A config for an unprivileged user.
-        #[arg(long)]
-        rootless: bool,
-        /// Where to write config.json.
-        #[arg(long, short = 'b', default_value = ".")]
-        bundle: PathBuf,
-    },
-    /// Run a new process in a running container.
-    Exec {
-        /// A runtime-spec process JSON file instead of the command and flags.
-        #[arg(long, short = 'p')]
-        process: Option<PathBuf>,
-        /// Do not wait for the process.
-        #[arg(long, short = 'd')]
-        detach: bool,
-        /// Allocate a pseudo-TTY (needs --console-socket).
-        #[arg(long, short = 't')]
-        tty: bool,
-        /// Unix socket that receives the pty master.
-        #[arg(long = "console-socket")]
-        console_socket: Option<PathBuf>,
-        /// Write the process's pid here.
-        #[arg(long = "pid-file")]
-        pid_file: Option<PathBuf>,
-        /// Working directory in the container.
-        #[arg(long)]
-        cwd: Option<PathBuf>,
-        /// Set an environment variable (KEY=VALUE).
-        #[arg(long, short = 'e')]
-        env: Vec<String>,
-        /// UID[:GID] to run as.
-        #[arg(long, short = 'u')]
-        user: Option<String>,
-        /// Additional gids.
-        #[arg(long = "additional-gids", short = 'g')]
-        additional_gids: Vec<u32>,
-        /// Add a capability (bounding, effective and permitted sets).
-        #[arg(long, short = 'c')]
-        cap: Vec<String>,
-        /// Set no_new_privs.
-        #[arg(long = "no-new-privs")]
-        no_new_privs: bool,
-        /// Pass N extra fds (3, 4, ...).
-        #[arg(long = "preserve-fds", default_value_t = 0)]
-        preserve_fds: i32,
-        /// Exec even into a paused container.
-        #[arg(long = "ignore-paused")]
-        ignore_paused: bool,
-        /// SELinux label (not supported: refused when given).
-        #[arg(long = "process-label")]
-        process_label: Option<String>,
-        /// AppArmor profile (not supported: refused when given).
-        #[arg(long)]
-        apparmor: Option<String>,
-        id: String,
-        /// The command and its arguments.
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        command: Vec<String>,
-    },
-    /// Print the processes of a container.
-    Ps {
-        /// table or json.
-        #[arg(long, short = 'f', default_value = "table")]
-        format: String,
-        id: String,
-        /// Options passed to ps(1) for the table (default -ef).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        ps_args: Vec<String>,
-    },
-    /// Freeze every process of a container.
-    Pause { id: String },
-    /// Thaw a paused container.
-    Resume { id: String },
-    /// Change a container's resource limits.
-    Update {
-        /// A linux.resources JSON file, or - for stdin.
-        #[arg(long, short = 'r')]
-        resources: Option<PathBuf>,
-        #[command(flatten)]
-        flags: control::UpdateFlags,
-        id: String,
-    },
-    /// Print a container's events (stats, oom) as JSON lines.
-    Events {
-        /// Print one stats event and exit.
-        #[arg(long)]
-        stats: bool,
-        /// Time between stats events.
-        #[arg(long, default_value = "5s")]
-        interval: String,
-        id: String,
-    },
-    /// Print the runtime-spec features JSON.
-    Features,
-    /// List containers.
-    List {
-        /// table or json.
-        #[arg(long, short = 'f', default_value = "table")]
-        format: String,
-        /// Ids only.
-        #[arg(long, short = 'q')]
-        quiet: bool,
-    },
-}
 
 fn opts(c: CreateArgs) -> CreateOptions {
     CreateOptions {
@@ -214,7 +25,19 @@ fn opts(c: CreateArgs) -> CreateOptions {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(Parsed::Run(cli)) => cli,
+        Ok(Parsed::Help(text)) => {
+            // A closed stdout (`plinth --help | head -1`) is not an error worth a panic.
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("plinth: {e}");
+            // 2 for a usage error, as clap exited; 1 stays "the command failed".
+            return ExitCode::from(2);
+        }
+    };
     if cli.version {
         println!("plinth version {}", env!("CARGO_PKG_VERSION"));
         println!(
