@@ -17,7 +17,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use plinth_runtime::container::CreateOptions;
 use plinth_runtime::control::UpdateFlags;
+use plinth_runtime::exec::ExecOptions;
 
 /// What the command line asks for.
 // One value per process, moved once: its size costs nothing worth a Box.
@@ -60,30 +62,11 @@ pub struct Cli {
     pub cmd: Option<Cmd>,
 }
 
-/// The flags `create` and `run` share.
-#[derive(Debug, Clone, Default)]
-pub struct CreateArgs {
-    /// `-b`/`--bundle` (default `.`).
-    pub bundle: PathBuf,
-    /// `--pid-file`.
-    pub pid_file: Option<PathBuf>,
-    /// `--console-socket`.
-    pub console_socket: Option<PathBuf>,
-    /// `--preserve-fds`.
-    pub preserve_fds: i32,
-    /// `--no-pivot`.
-    pub no_pivot: bool,
-    /// `--no-new-keyring`.
-    pub no_new_keyring: bool,
-    /// Container id.
-    pub id: String,
-}
-
 /// One command with its arguments; the help text is in [`COMMANDS`].
 #[derive(Debug)]
 pub enum Cmd {
     /// `create`.
-    Create(CreateArgs),
+    Create(CreateOptions),
     /// `start ID`.
     Start { id: String },
     /// `state ID`.
@@ -97,28 +80,16 @@ pub enum Cmd {
     /// `delete [-f] ID`.
     Delete { force: bool, id: String },
     /// `run [-d] ...create's flags`.
-    Run { detach: bool, create: CreateArgs },
+    Run { detach: bool, create: CreateOptions },
     /// `spec [--rootless] [-b DIR]`.
     Spec { rootless: bool, bundle: PathBuf },
     /// `exec [flags] ID [COMMAND...]`.
     Exec {
-        process: Option<PathBuf>,
-        detach: bool,
-        tty: bool,
-        console_socket: Option<PathBuf>,
-        pid_file: Option<PathBuf>,
-        cwd: Option<PathBuf>,
-        env: Vec<String>,
-        user: Option<String>,
-        additional_gids: Vec<u32>,
-        cap: Vec<String>,
-        no_new_privs: bool,
-        preserve_fds: i32,
-        ignore_paused: bool,
+        opts: ExecOptions,
+        /// `--process-label`: refused by `main` when given (no SELinux support).
         process_label: Option<String>,
+        /// `--apparmor`: refused by `main` when given (no AppArmor support).
         apparmor: Option<String>,
-        id: String,
-        command: Vec<String>,
     },
     /// `ps [-f FORMAT] ID [PS_ARGS...]`.
     Ps {
@@ -651,10 +622,10 @@ impl P {
     }
 
     /// `create`'s flags; `run` passes where its `-d` goes.
-    fn create(&mut self, mut detach: Option<&mut bool>) -> Result<CreateArgs, Stop> {
-        let mut c = CreateArgs {
+    fn create(&mut self, mut detach: Option<&mut bool>) -> Result<CreateOptions, Stop> {
+        let mut c = CreateOptions {
             bundle: ".".into(),
-            ..CreateArgs::default()
+            ..CreateOptions::default()
         };
         let mut pos = self.args(1, false, |p, f| {
             match f {
@@ -677,53 +648,35 @@ impl P {
     }
 
     fn exec(&mut self) -> Result<Cmd, Stop> {
-        let (mut process, mut cwd, mut user) = (None, None, None);
-        let (mut console_socket, mut pid_file) = (None, None);
+        let mut o = ExecOptions::default();
         let (mut process_label, mut apparmor) = (None, None);
-        let (mut env, mut additional_gids, mut cap) = (vec![], vec![], vec![]);
-        let (mut detach, mut tty, mut no_new_privs, mut ignore_paused) =
-            (false, false, false, false);
-        let mut preserve_fds = 0;
         let mut pos = self.args(1, true, |p, f| {
             match f {
-                "-p" | "--process" => process = Some(p.path(f)?),
-                "-d" | "--detach" => detach = true,
-                "-t" | "--tty" => tty = true,
-                "--console-socket" => console_socket = Some(p.path(f)?),
-                "--pid-file" => pid_file = Some(p.path(f)?),
-                "--cwd" => cwd = Some(p.path(f)?),
-                "-e" | "--env" => env.push(p.string(f)?),
-                "-u" | "--user" => user = Some(p.string(f)?),
-                "-g" | "--additional-gids" => additional_gids.push(p.num(f)?),
-                "-c" | "--cap" => cap.push(p.string(f)?),
-                "--no-new-privs" => no_new_privs = true,
-                "--preserve-fds" => preserve_fds = p.num(f)?,
-                "--ignore-paused" => ignore_paused = true,
+                "-p" | "--process" => o.process = Some(p.path(f)?),
+                "-d" | "--detach" => o.detach = true,
+                "-t" | "--tty" => o.tty = true,
+                "--console-socket" => o.console_socket = Some(p.path(f)?),
+                "--pid-file" => o.pid_file = Some(p.path(f)?),
+                "--cwd" => o.cwd = Some(p.path(f)?),
+                "-e" | "--env" => o.env.push(p.string(f)?),
+                "-u" | "--user" => o.user = Some(p.string(f)?),
+                "-g" | "--additional-gids" => o.additional_gids.push(p.num(f)?),
+                "-c" | "--cap" => o.caps.push(p.string(f)?),
+                "--no-new-privs" => o.no_new_privs = true,
+                "--preserve-fds" => o.preserve_fds = p.num(f)?,
+                "--ignore-paused" => o.ignore_paused = true,
                 "--process-label" => process_label = Some(p.string(f)?),
                 "--apparmor" => apparmor = Some(p.string(f)?),
                 _ => return Ok(false),
             }
             Ok(true)
         })?;
-        let id = self.id(&mut pos)?;
+        o.id = self.id(&mut pos)?;
+        o.args = self.rest(pos)?;
         Ok(Cmd::Exec {
-            process,
-            detach,
-            tty,
-            console_socket,
-            pid_file,
-            cwd,
-            env,
-            user,
-            additional_gids,
-            cap,
-            no_new_privs,
-            preserve_fds,
-            ignore_paused,
+            opts: o,
             process_label,
             apparmor,
-            id,
-            command: self.rest(pos)?,
         })
     }
 
@@ -912,60 +865,42 @@ mod tests {
 
     #[test]
     fn exec_takes_everything_after_the_id_as_the_command() {
-        let Cmd::Exec {
-            id,
-            command,
-            env,
-            detach,
-            tty,
-            additional_gids,
-            cap,
-            user,
-            cwd,
-            ..
-        } = cmd(
+        let Cmd::Exec { opts: o, .. } = cmd(
             "exec -dt -e A=1 --env=B=2 -u 1:2 -g 5 -g 6 -c CAP_KILL --cwd /tmp \
                  x sh -c --root -d --",
-        )
-        else {
+        ) else {
             panic!()
         };
-        assert_eq!(id, "x");
-        assert_eq!(command, ["sh", "-c", "--root", "-d", "--"]);
-        assert!(detach && tty);
-        assert_eq!(env, ["A=1", "B=2"]);
-        assert_eq!(additional_gids, [5, 6]);
-        assert_eq!(cap, ["CAP_KILL"]);
-        assert_eq!((user.as_deref(), cwd), (Some("1:2"), path("/tmp")));
+        assert_eq!(o.id, "x");
+        assert_eq!(o.args, ["sh", "-c", "--root", "-d", "--"]);
+        assert!(o.detach && o.tty);
+        assert_eq!(o.env, ["A=1", "B=2"]);
+        assert_eq!(o.additional_gids, [5, 6]);
+        assert_eq!(o.caps, ["CAP_KILL"]);
+        assert_eq!((o.user.as_deref(), o.cwd), (Some("1:2"), path("/tmp")));
         // A `--` right after the id, or before it, ends our flags; it is not the command.
         for line in ["exec x -- ls -l", "exec -- x ls -l"] {
-            let Cmd::Exec { id, command, .. } = cmd(line) else {
+            let Cmd::Exec { opts: o, .. } = cmd(line) else {
                 panic!()
             };
             assert_eq!(
-                (id.as_str(), command.join(" ")),
+                (o.id.as_str(), o.args.join(" ")),
                 ("x", "ls -l".into()),
                 "{line}"
             );
         }
-        let Cmd::Exec {
-            process,
-            command,
-            preserve_fds,
-            no_new_privs,
-            ignore_paused,
-            ..
-        } = cmd("exec -p /p.json --preserve-fds 3 --no-new-privs --ignore-paused x")
+        let Cmd::Exec { opts: o, .. } =
+            cmd("exec -p /p.json --preserve-fds 3 --no-new-privs --ignore-paused x")
         else {
             panic!()
         };
         assert_eq!(
-            (process, command.len(), preserve_fds),
+            (o.process, o.args.len(), o.preserve_fds),
             (path("/p.json"), 0, 3)
         );
-        assert!(no_new_privs && ignore_paused);
+        assert!(o.no_new_privs && o.ignore_paused);
         // After the id, -h is the command's.
-        assert!(matches!(cmd("exec x -h"), Cmd::Exec { command, .. } if command == ["-h"]));
+        assert!(matches!(cmd("exec x -h"), Cmd::Exec { opts, .. } if opts.args == ["-h"]));
     }
 
     #[test]

@@ -6,23 +6,11 @@ mod cli;
 use std::io::Write;
 use std::process::ExitCode;
 
-use cli::{Cli, Cmd, CreateArgs, Parsed};
-use plinth_runtime::container::{self, CreateOptions};
+use cli::{Cli, Cmd, Parsed};
+use plinth_runtime::container;
 use plinth_runtime::control;
 use plinth_runtime::logging;
 use plinth_runtime::state::Root;
-
-fn opts(c: CreateArgs) -> CreateOptions {
-    CreateOptions {
-        id: c.id,
-        bundle: c.bundle,
-        pid_file: c.pid_file,
-        console_socket: c.console_socket,
-        preserve_fds: c.preserve_fds,
-        no_pivot: c.no_pivot,
-        no_new_keyring: c.no_new_keyring,
-    }
-}
 
 fn main() -> ExitCode {
     let cli = match cli::parse(std::env::args_os().skip(1)) {
@@ -78,7 +66,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     match cmd {
         Cmd::Create(c) => {
-            container::create(&root, &opts(c))?;
+            container::create(&root, &c)?;
         }
         Cmd::Start { id } => container::start(&root, &id)?,
         Cmd::State { id } => println!("{}", container::state_json(&root, &id)?),
@@ -88,7 +76,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Cmd::Delete { force, id } => container::delete(&root, &id, force)?,
         Cmd::Run { detach, create } => {
-            let code = container::run(&root, &opts(create), detach)?;
+            let code = container::run(&root, &create, detach)?;
             return Ok(code.clamp(0, 255) as u8);
         }
         Cmd::Spec { rootless, bundle } => {
@@ -101,23 +89,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .map_err(|e| anyhow::anyhow!("write {}: {e}", path.display()))?;
         }
         Cmd::Exec {
-            process,
-            detach,
-            tty,
-            console_socket,
-            pid_file,
-            cwd,
-            env,
-            user,
-            additional_gids,
-            cap,
-            no_new_privs,
-            preserve_fds,
-            ignore_paused,
+            opts,
             process_label,
             apparmor,
-            id,
-            command,
         } => {
             if process_label.is_some() {
                 anyhow::bail!("--process-label: SELinux labels are not supported by plinth");
@@ -125,24 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if apparmor.is_some() {
                 anyhow::bail!("--apparmor: AppArmor profiles are not supported by plinth");
             }
-            let o = plinth_runtime::exec::ExecOptions {
-                id,
-                process,
-                args: command,
-                detach,
-                tty,
-                console_socket,
-                pid_file,
-                cwd,
-                env,
-                user,
-                additional_gids,
-                caps: cap,
-                no_new_privs,
-                preserve_fds,
-                ignore_paused,
-            };
-            let code = plinth_runtime::exec::exec(&root, &o)?;
+            let code = plinth_runtime::exec::exec(&root, &opts)?;
             return Ok(code.clamp(0, 255) as u8);
         }
         Cmd::Ps {
