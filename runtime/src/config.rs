@@ -6,6 +6,7 @@ use nix::sched::CloneFlags;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::error::{Error, Result};
+use crate::jsonpath;
 use crate::namespaces::Plan;
 
 /// A loaded, validated bundle.
@@ -23,16 +24,16 @@ pub struct Bundle {
 
 /// Parses config.json text; a type error names the JSON path of the bad value.
 pub fn parse(text: &[u8]) -> Result<Spec> {
-    let de = &mut serde_json::Deserializer::from_slice(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
+    serde_json::from_slice(text).map_err(|e| {
+        // The path is worked out from the error's position only on failure: a path
+        // tracking deserializer would instantiate every oci-spec type's parser twice.
+        let path = jsonpath::error_path(text, &e);
         let field = if path == "." {
             "(top level)".to_string()
         } else {
             path
         };
-        Error::config(field, inner.to_string())
+        Error::config(field, e.to_string())
     })
 }
 

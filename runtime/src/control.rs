@@ -10,6 +10,7 @@ use oci_spec::runtime::LinuxResources;
 use crate::cgroups::Cgroup;
 use crate::container::status;
 use crate::error::{Error, Result};
+use crate::jsonpath;
 use crate::state::{Root, State, Status};
 
 fn cgroup_of(st: &State) -> Result<&Cgroup> {
@@ -75,9 +76,8 @@ pub fn update(
     }
     let mut v = match resources_json {
         Some(text) => {
-            let de = &mut serde_json::Deserializer::from_slice(text);
-            let v: serde_json::Value = serde_path_to_error::deserialize(de)
-                .map_err(|e| Error::Invalid(format!("--resources: {}", e.inner())))?;
+            let v: serde_json::Value = serde_json::from_slice(text)
+                .map_err(|e| Error::Invalid(format!("--resources: {e}")))?;
             if !v.is_object() {
                 return Err(Error::Invalid(
                     "--resources: expected a JSON object (linux.resources)".into(),
@@ -88,9 +88,34 @@ pub fn update(
         None => serde_json::json!({}),
     };
     flags.merge_into(&mut v)?;
-    let r: LinuxResources = serde_path_to_error::deserialize(&v)
-        .map_err(|e| Error::Invalid(format!("--resources: {}: {}", e.path(), e.inner())))?;
+    let r = resources(&v)?;
     cgroup_of(&st)?.update(&r)
+}
+
+/// The merged `--resources` JSON as `LinuxResources`; an error names the bad value's
+/// path. Read back from text rather than from the Value: the text parser of
+/// LinuxResources is already in the binary (config.json), and the text gives the error
+/// a position to find the path from.
+fn resources(v: &serde_json::Value) -> Result<LinuxResources> {
+    let text = serde_json::to_vec(v).map_err(|e| Error::Invalid(format!("--resources: {e}")))?;
+    serde_json::from_slice(&text).map_err(|e| {
+        Error::Invalid(format!(
+            "--resources: {}: {}",
+            jsonpath::error_path(&text, &e),
+            without_position(&e)
+        ))
+    })
+}
+
+/// serde_json's message without its ` at line L column C`: the merged text it points
+/// into is the runtime's, not the user's.
+fn without_position(e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let at = format!(" at line {} column {}", e.line(), e.column());
+    match msg.strip_suffix(&at) {
+        Some(m) => m.to_string(),
+        None => msg,
+    }
 }
 
 /// The single-value flags of `runc update`, filled by the command line's parser
@@ -317,10 +342,26 @@ mod tests {
         };
         let mut v = serde_json::json!({"cpu": {"quota": 1000}});
         f.merge_into(&mut v).expect("merge");
-        let r: LinuxResources = serde_json::from_value(v).expect("resources");
+        let r = resources(&v).expect("resources");
         assert_eq!(r.memory().as_ref().and_then(|m| m.limit()), Some(64 << 20));
         assert_eq!(r.pids().as_ref().map(|p| p.limit()), Some(10));
         assert_eq!(r.cpu().as_ref().and_then(|c| c.shares()), Some(256));
         assert_eq!(r.cpu().as_ref().and_then(|c| c.quota()), Some(1000));
+    }
+
+    #[test]
+    fn resources_errors_name_the_value_without_a_position() {
+        let e = resources(&serde_json::json!({"cpu": {"quota": 1000}, "memory": {"limit": "x"}}))
+            .expect_err("string limit");
+        assert_eq!(
+            e.to_string(),
+            "--resources: memory.limit: invalid type: string \"x\", expected i64"
+        );
+        let e = resources(&serde_json::json!({"devices": [{"allow": true}, {"allow": "no"}]}))
+            .expect_err("allow as a string");
+        assert_eq!(
+            e.to_string(),
+            "--resources: devices[1].allow: invalid type: string \"no\", expected a boolean"
+        );
     }
 }

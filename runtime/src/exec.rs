@@ -18,6 +18,7 @@ use crate::config::{self, Bundle};
 use crate::container;
 use crate::error::{Error, Result};
 use crate::init;
+use crate::jsonpath;
 use crate::namespaces::{self, Forked};
 use crate::state::{Root, Status};
 use crate::sync::{self, Channel, Msg};
@@ -294,13 +295,12 @@ fn child_side(
 fn build_process(bundle: &Bundle, o: &ExecOptions) -> Result<Process> {
     if let Some(path) = &o.process {
         let text = std::fs::read(path).map_err(|e| Error::io("--process: read", path, e))?;
-        let de = &mut serde_json::Deserializer::from_slice(&text);
-        let p: Process = serde_path_to_error::deserialize(de).map_err(|e| {
+        let p: Process = serde_json::from_slice(&text).map_err(|e| {
             Error::Invalid(format!(
                 "--process {}: {}: {}",
                 path.display(),
-                e.path(),
-                e.inner()
+                jsonpath::error_path(&text, &e),
+                e
             ))
         })?;
         if p.args().as_ref().is_none_or(|a| a.is_empty()) {
