@@ -1,7 +1,7 @@
 //! The container lifecycle, on the runtime's side: create, start, state, kill, delete,
 //! run. Each is one short synchronous command over the state directory.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -174,11 +174,29 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
     // mounts meanwhile, as long as nothing it does depends on being in the cgroup yet:
     // no cgroup namespace to make (its root is the cgroup the process is in), no
     // create hooks (they may look at the cgroup), no namespace to join (that forks).
-    let cgroup_joined_later =
+    let overlap =
         fast && cgroup.is_some() && !has_create_hooks && !plan.creates(CloneFlags::CLONE_NEWCGROUP);
-    let child = match namespaces::fork_with(clone_flags)? {
+    // On a pure v2 host there is no migration at all: the init is born in its cgroup
+    // (clone3 with CLONE_INTO_CGROUP, as crun does).
+    let cgroup_dir = match cgroup.as_ref().and_then(|c| c.unified_only()) {
+        Some(dir) => Some(
+            nix::fcntl::open(
+                dir,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| Error::sys(format!("open {}", dir.display()), e))?,
+        ),
+        None => None,
+    };
+    let (forked, born_inside) =
+        namespaces::fork_into(clone_flags, cgroup_dir.as_ref().map(|d| d.as_fd()))?;
+    let cgroup_joined_later = overlap && !born_inside;
+    let child = match forked {
         Forked::Child => {
             drop(ours);
+            // A host directory's fd must not reach the container (CVE-2024-21626).
+            drop(cgroup_dir);
             init::run(Init {
                 bundle: &bundle,
                 channel: theirs,
@@ -202,8 +220,12 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
     drop(fifo);
     drop(console_socket);
     cleanup.pids.push(child);
+    drop(cgroup_dir);
 
-    if let Some(cg) = cgroup.as_ref().filter(|_| !cgroup_joined_later) {
+    if let Some(cg) = cgroup
+        .as_ref()
+        .filter(|_| !born_inside && !cgroup_joined_later)
+    {
         cg.add_pid(child.as_raw())?;
     }
     if let Some(adj) = process.oom_score_adj() {

@@ -1,7 +1,7 @@
 //! Linux namespaces: which to create, which to join, and the raw clone that makes the
 //! container's first process.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::fcntl::{open, OFlag};
@@ -163,6 +163,71 @@ pub enum Forked {
 /// The caller must be single-threaded: the child runs on in a copy of the address
 /// space, and only async-signal-safe work is sound if another thread held a lock.
 pub fn fork_with(flags: CloneFlags) -> Result<Forked> {
+    fork_into(flags, None).map(|(f, _)| f)
+}
+
+/// `struct clone_args` of clone3(2) (Linux 5.7 layout, with `cgroup`); the libc crate
+/// has none for glibc targets.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// CLONE_INTO_CGROUP (Linux 5.7); libc's constant is a c_int and overflows.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// [`fork_with`], with the child born in the cgroup v2 directory `cgroup` (an open
+/// fd of it) when one is given: no migration afterwards, so no wait for the
+/// migration's RCU grace period. The bool says whether that happened; it is false
+/// when no cgroup was given or the kernel has no clone3 or no CLONE_INTO_CGROUP
+/// (ENOSYS, E2BIG, EINVAL), and the caller then moves the child itself.
+pub fn fork_into(flags: CloneFlags, cgroup: Option<BorrowedFd<'_>>) -> Result<(Forked, bool)> {
+    if let Some(fd) = cgroup {
+        let args = CloneArgs {
+            flags: flags.bits() as u64 | CLONE_INTO_CGROUP,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: fd.as_raw_fd() as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: clone3 with no stack behaves like fork(2), as the clone call below;
+        // `args` is a valid clone_args of the size passed and outlives the call.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        match ret {
+            0 => return Ok((Forked::Child, true)),
+            pid if pid > 0 => return Ok((Forked::Parent(Pid::from_raw(pid as i32)), true)),
+            _ => {
+                let e = nix::errno::Errno::last();
+                if !matches!(
+                    e,
+                    nix::errno::Errno::ENOSYS
+                        | nix::errno::Errno::E2BIG
+                        | nix::errno::Errno::EINVAL
+                ) {
+                    return Err(Error::sys(
+                        format!("clone3({flags:?}, CLONE_INTO_CGROUP)"),
+                        e,
+                    ));
+                }
+            }
+        }
+    }
     // SAFETY: the raw clone syscall with a NULL stack behaves like fork(2); the runtime
     // is single-threaded, so the child's copy of the heap and locks is consistent.
     let ret = unsafe {
@@ -180,7 +245,7 @@ pub fn fork_with(flags: CloneFlags) -> Result<Forked> {
             format!("clone({flags:?})"),
             nix::errno::Errno::last(),
         )),
-        0 => Ok(Forked::Child),
-        pid => Ok(Forked::Parent(Pid::from_raw(pid as i32))),
+        0 => Ok((Forked::Child, false)),
+        pid => Ok((Forked::Parent(Pid::from_raw(pid as i32)), false)),
     }
 }

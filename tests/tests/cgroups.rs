@@ -189,3 +189,86 @@ fn without_a_path_the_cgroup_is_the_id_below_the_callers_own() {
         assert!(!d.exists(), "{} left behind", d.display());
     }
 }
+
+/// On a pure cgroup v2 host the init is born in its cgroup (clone3 with
+/// CLONE_INTO_CGROUP): no migration, so no wait for the migration's RCU grace period.
+/// This host is hybrid, so the test makes a pure-v2 one in a private mount namespace:
+/// /sys/fs/cgroup unmounted, cgroup2 (the same kernel hierarchy as the hybrid host's
+/// unified one) mounted in its place. strace shows the clone3 call.
+#[test]
+fn on_pure_v2_the_init_is_born_in_its_cgroup() {
+    let name = "on_pure_v2_the_init_is_born_in_its_cgroup";
+    if !need_root(name) {
+        return;
+    }
+    let Ok(strace) = which("strace") else {
+        println!("SKIP {name}: strace is not installed (make deps installs it)");
+        return;
+    };
+    // Without a cgroup namespace /proc/self/cgroup shows the full path; with one, the
+    // container's cgroup must be its root ("/"), which holds only if the namespace is
+    // made once the init is in the cgroup (clone3 would take the runtime's).
+    for cgroupns in [false, true] {
+        let mut b = Bundle::busybox("cat /proc/self/cgroup");
+        let id = unique("v2");
+        let path = format!("/plinth-v2-{id}");
+        b.config["linux"]["cgroupsPath"] = json!(path);
+        let namespaces = b.config["linux"]["namespaces"].as_array_mut().unwrap();
+        namespaces.retain(|n| n["type"] != "cgroup");
+        if cgroupns {
+            namespaces.push(json!({"type": "cgroup"}));
+        }
+        b.write();
+        let trace = b.tmp.0.join("clone.strace");
+        let script = format!(
+            "umount -R /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && \
+             exec {} -f -qq -e trace=clone,clone3 -o {} {} --root {} run --bundle {} {id}",
+            strace.display(),
+            trace.display(),
+            plinth_tests::plinth_bin().display(),
+            b.root.display(),
+            b.dir.display()
+        );
+        let out = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        let (code, stdout, stderr) = plinth_tests::text(&out);
+        assert_eq!(code, 0, "run on pure v2 failed: {stderr}");
+        let want = if cgroupns {
+            "0::/".to_string()
+        } else {
+            format!("0::{path}")
+        };
+        assert!(
+            stdout.lines().any(|l| l == want),
+            "cgroup namespace {cgroupns}: expected {want:?} in /proc/self/cgroup: {stdout}"
+        );
+        let calls = std::fs::read_to_string(&trace).unwrap();
+        assert!(
+            calls
+                .lines()
+                .any(|l| l.contains("clone3(") && l.contains("CLONE_INTO_CGROUP")),
+            "no clone3 with CLONE_INTO_CGROUP: {calls}"
+        );
+        // The same hierarchy is mounted at /sys/fs/cgroup/unified here: run removed it.
+        if let Some(unified) = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .iter()
+            .map(Path::new)
+            .find(|m| m.join("cgroup.controllers").exists())
+        {
+            let left = unified.join(path.trim_start_matches('/'));
+            assert!(!left.exists(), "{} left behind", left.display());
+        }
+    }
+}
+
+/// The path of a program on PATH.
+fn which(prog: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+        .ok_or(())
+}

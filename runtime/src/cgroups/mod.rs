@@ -517,6 +517,16 @@ impl Cgroup {
             .or_else(|| self.unified())
     }
 
+    /// On a pure cgroup v2 host, the container's one directory: a process can be
+    /// born there (`clone3(CLONE_INTO_CGROUP)`) instead of being moved in. None on v1
+    /// and hybrid hosts, where the v1 hierarchies still need [`Cgroup::add_pid`].
+    pub fn unified_only(&self) -> Option<&Path> {
+        match self.mode {
+            Mode::Unified => self.unified().map(|d| d.path.as_path()),
+            _ => None,
+        }
+    }
+
     /// Moves `pid` into the container's cgroup in every hierarchy.
     pub fn add_pid(&self, pid: i32) -> Result<()> {
         let pid = pid.to_string();
