@@ -5,10 +5,12 @@
 //! execs. Errors come back over the sync channel; its end of the channel closes at
 //! execve, which is how the runtime learns the exec happened.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
+use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
+use nix::sys::stat::Mode;
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxCapabilities, Process};
@@ -117,9 +119,25 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
     }
 
     let (ours, theirs) = sync::pair()?;
-    let child = match namespaces::fork_with(CloneFlags::empty())? {
+    // On pure v2 the process is born in the container's cgroup (see container::create).
+    let cgroup_dir = match st.cgroup.as_ref().and_then(|c| c.unified_only()) {
+        Some(dir) => Some(
+            nix::fcntl::open(
+                dir,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| Error::sys(format!("open {}", dir.display()), e))?,
+        ),
+        None => None,
+    };
+    let (forked, born_inside) =
+        namespaces::fork_into(CloneFlags::empty(), cgroup_dir.as_ref().map(|d| d.as_fd()))?;
+    let child = match forked {
         Forked::Child => {
             drop(ours);
+            // A host directory's fd must not reach the container (CVE-2024-21626).
+            drop(cgroup_dir);
             let ch = theirs;
             let r = child_side(
                 &ch,
@@ -140,8 +158,9 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
     };
     drop(theirs);
     drop(console);
+    drop(cgroup_dir);
     let mut guard = KillOnError(vec![child]);
-    if let Some(cg) = &st.cgroup {
+    if let Some(cg) = st.cgroup.as_ref().filter(|_| !born_inside) {
         cg.add_pid(child.as_raw())?;
     }
     ours.send(&Msg::Go)?;

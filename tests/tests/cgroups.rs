@@ -263,6 +263,62 @@ fn on_pure_v2_the_init_is_born_in_its_cgroup() {
     }
 }
 
+/// `exec` on pure v2: the new process is born in the container's cgroup as well
+/// (clone3 with CLONE_INTO_CGROUP), in the same pure-v2 view as the test above.
+#[test]
+fn on_pure_v2_an_exec_is_born_in_the_containers_cgroup() {
+    let name = "on_pure_v2_an_exec_is_born_in_the_containers_cgroup";
+    if !need_root(name) {
+        return;
+    }
+    let Ok(strace) = which("strace") else {
+        println!("SKIP {name}: strace is not installed (make deps installs it)");
+        return;
+    };
+    let mut b = Bundle::busybox("sleep 30");
+    let id = unique("v2x");
+    let path = format!("/plinth-v2-{id}");
+    b.config["linux"]["cgroupsPath"] = json!(path);
+    b.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|n| n["type"] != "cgroup");
+    b.write();
+    let trace = b.tmp.0.join("exec.strace");
+    let p = format!(
+        "{} --root {}",
+        plinth_tests::plinth_bin().display(),
+        b.root.display()
+    );
+    let script = format!(
+        "umount -R /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && \
+         {p} run -d --bundle {} {id} </dev/null >/dev/null 2>&1 && \
+         {} -f -qq -e trace=clone,clone3 -o {} {p} exec {id} cat /proc/self/cgroup; \
+         rc=$?; {p} delete -f {id}; exit $rc",
+        b.dir.display(),
+        strace.display(),
+        trace.display(),
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let (code, stdout, stderr) = plinth_tests::text(&out);
+    assert_eq!(code, 0, "exec on pure v2 failed: {stderr}");
+    let want = format!("0::{path}");
+    assert!(
+        stdout.lines().any(|l| l == want),
+        "the exec'd process is not in {path}: {stdout}"
+    );
+    let calls = std::fs::read_to_string(&trace).unwrap();
+    assert!(
+        calls
+            .lines()
+            .any(|l| l.contains("clone3(") && l.contains("CLONE_INTO_CGROUP")),
+        "no clone3 with CLONE_INTO_CGROUP: {calls}"
+    );
+}
+
 /// The path of a program on PATH.
 fn which(prog: &str) -> Result<PathBuf, ()> {
     std::env::var_os("PATH")
