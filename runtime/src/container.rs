@@ -178,15 +178,8 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
         fast && cgroup.is_some() && !has_create_hooks && !plan.creates(CloneFlags::CLONE_NEWCGROUP);
     // On a pure v2 host there is no migration at all: the init is born in its cgroup
     // (clone3 with CLONE_INTO_CGROUP, as crun does).
-    let cgroup_dir = match cgroup.as_ref().and_then(|c| c.unified_only()) {
-        Some(dir) => Some(
-            nix::fcntl::open(
-                dir,
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| Error::sys(format!("open {}", dir.display()), e))?,
-        ),
+    let cgroup_dir = match cgroup.as_ref() {
+        Some(c) => c.open_unified_only()?,
         None => None,
     };
     let (forked, born_inside) =

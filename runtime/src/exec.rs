@@ -8,9 +8,7 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
-use nix::fcntl::OFlag;
 use nix::sched::CloneFlags;
-use nix::sys::stat::Mode;
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxCapabilities, Process};
@@ -120,15 +118,8 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
 
     let (ours, theirs) = sync::pair()?;
     // On pure v2 the process is born in the container's cgroup (see container::create).
-    let cgroup_dir = match st.cgroup.as_ref().and_then(|c| c.unified_only()) {
-        Some(dir) => Some(
-            nix::fcntl::open(
-                dir,
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| Error::sys(format!("open {}", dir.display()), e))?,
-        ),
+    let cgroup_dir = match st.cgroup.as_ref() {
+        Some(c) => c.open_unified_only()?,
         None => None,
     };
     let (forked, born_inside) =

@@ -220,20 +220,14 @@ fn on_pure_v2_the_init_is_born_in_its_cgroup() {
         }
         b.write();
         let trace = b.tmp.0.join("clone.strace");
-        let script = format!(
-            "umount -R /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && \
-             exec {} -f -qq -e trace=clone,clone3 -o {} {} --root {} run --bundle {} {id}",
+        let (code, stdout, stderr) = on_pure_v2_view(&format!(
+            "exec {} -f -qq -e trace=clone,clone3 -o {} {} --root {} run --bundle {} {id}",
             strace.display(),
             trace.display(),
             plinth_tests::plinth_bin().display(),
             b.root.display(),
             b.dir.display()
-        );
-        let out = std::process::Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", &script])
-            .output()
-            .unwrap();
-        let (code, stdout, stderr) = plinth_tests::text(&out);
+        ));
         assert_eq!(code, 0, "run on pure v2 failed: {stderr}");
         let want = if cgroupns {
             "0::/".to_string()
@@ -244,13 +238,7 @@ fn on_pure_v2_the_init_is_born_in_its_cgroup() {
             stdout.lines().any(|l| l == want),
             "cgroup namespace {cgroupns}: expected {want:?} in /proc/self/cgroup: {stdout}"
         );
-        let calls = std::fs::read_to_string(&trace).unwrap();
-        assert!(
-            calls
-                .lines()
-                .any(|l| l.contains("clone3(") && l.contains("CLONE_INTO_CGROUP")),
-            "no clone3 with CLONE_INTO_CGROUP: {calls}"
-        );
+        assert_cloned_into_cgroup(&trace);
         // The same hierarchy is mounted at /sys/fs/cgroup/unified here: run removed it.
         if let Some(unified) = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
             .iter()
@@ -290,27 +278,38 @@ fn on_pure_v2_an_exec_is_born_in_the_containers_cgroup() {
         plinth_tests::plinth_bin().display(),
         b.root.display()
     );
-    let script = format!(
-        "umount -R /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && \
-         {p} run -d --bundle {} {id} </dev/null >/dev/null 2>&1 && \
+    let (code, stdout, stderr) = on_pure_v2_view(&format!(
+        "{p} run -d --bundle {} {id} </dev/null >/dev/null 2>&1 && \
          {} -f -qq -e trace=clone,clone3 -o {} {p} exec {id} cat /proc/self/cgroup; \
          rc=$?; {p} delete -f {id}; exit $rc",
         b.dir.display(),
         strace.display(),
         trace.display(),
-    );
-    let out = std::process::Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sh", "-c", &script])
-        .output()
-        .unwrap();
-    let (code, stdout, stderr) = plinth_tests::text(&out);
+    ));
     assert_eq!(code, 0, "exec on pure v2 failed: {stderr}");
     let want = format!("0::{path}");
     assert!(
         stdout.lines().any(|l| l == want),
         "the exec'd process is not in {path}: {stdout}"
     );
-    let calls = std::fs::read_to_string(&trace).unwrap();
+    assert_cloned_into_cgroup(&trace);
+}
+
+/// Runs `sh -c SCRIPT` in a private mount namespace where /sys/fs/cgroup is cgroup2:
+/// a pure-v2 view of a hybrid host. Returns (exit code, stdout, stderr).
+fn on_pure_v2_view(script: &str) -> (i32, String, String) {
+    let script =
+        format!("umount -R /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup && {script}");
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    plinth_tests::text(&out)
+}
+
+/// strace's log at `trace` shows a clone3 call with CLONE_INTO_CGROUP.
+fn assert_cloned_into_cgroup(trace: &Path) {
+    let calls = std::fs::read_to_string(trace).unwrap();
     assert!(
         calls
             .lines()

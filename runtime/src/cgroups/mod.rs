@@ -527,6 +527,26 @@ impl Cgroup {
         }
     }
 
+    /// An fd of [`Cgroup::unified_only`]'s directory, for clone3's CLONE_INTO_CGROUP;
+    /// None where there is no such directory.
+    pub fn open_unified_only(&self) -> Result<Option<std::os::fd::OwnedFd>> {
+        let Some(dir) = self.unified_only() else {
+            return Ok(None);
+        };
+        nix::fcntl::open(
+            dir,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map(Some)
+        .map_err(|e| Error::Cgroup {
+            path: dir.to_path_buf(),
+            msg: format!("open for clone3: {e}"),
+        })
+    }
+
     /// Moves `pid` into the container's cgroup in every hierarchy.
     pub fn add_pid(&self, pid: i32) -> Result<()> {
         let pid = pid.to_string();
