@@ -776,7 +776,7 @@ mod tests {
     }
 
     fn cmd(line: &str) -> Cmd {
-        cli(line).cmd.unwrap()
+        cli(line).cmd.expect("a command")
     }
 
     fn err(line: &str) -> String {

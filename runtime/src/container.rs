@@ -178,10 +178,11 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
         fast && cgroup.is_some() && !has_create_hooks && !plan.creates(CloneFlags::CLONE_NEWCGROUP);
     // On a pure v2 host there is no migration at all: the init is born in its cgroup
     // (clone3 with CLONE_INTO_CGROUP, as crun does).
-    let cgroup_dir = match cgroup.as_ref() {
-        Some(c) => c.open_unified_only()?,
-        None => None,
-    };
+    let cgroup_dir = cgroup
+        .as_ref()
+        .map(Cgroup::open_unified_only)
+        .transpose()?
+        .flatten();
     let (forked, born_inside) =
         namespaces::fork_into(clone_flags, cgroup_dir.as_ref().map(|d| d.as_fd()))?;
     let cgroup_joined_later = overlap && !born_inside;

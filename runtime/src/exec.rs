@@ -14,6 +14,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxCapabilities, Process};
 
 use crate::capabilities::Sets;
+use crate::cgroups::Cgroup;
 use crate::config::{self, Bundle};
 use crate::container;
 use crate::error::{Error, Result};
@@ -118,10 +119,12 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
 
     let (ours, theirs) = sync::pair()?;
     // On pure v2 the process is born in the container's cgroup (see container::create).
-    let cgroup_dir = match st.cgroup.as_ref() {
-        Some(c) => c.open_unified_only()?,
-        None => None,
-    };
+    let cgroup_dir = st
+        .cgroup
+        .as_ref()
+        .map(Cgroup::open_unified_only)
+        .transpose()?
+        .flatten();
     let (forked, born_inside) =
         namespaces::fork_into(CloneFlags::empty(), cgroup_dir.as_ref().map(|d| d.as_fd()))?;
     let child = match forked {

@@ -60,9 +60,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     };
     if matches!(cmd, Cmd::Create(_) | Cmd::Run { .. } | Cmd::Exec { .. }) {
         // These put a process of ours into the container (CVE-2019-5736). The state
-        // root is the read-only view's spare layer, so it must exist first.
-        root.ensure()?;
-        plinth_runtime::sealed::ensure_sealed(&root.0)?;
+        // root is the read-only view's spare layer: made first, if the view is tried.
+        plinth_runtime::sealed::ensure_sealed(&root.0, || root.ensure())?;
     }
     match cmd {
         Cmd::Create(c) => {

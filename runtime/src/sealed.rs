@@ -54,17 +54,18 @@ fn on_read_only_mount(fd: &impl AsFd) -> bool {
 /// Re-executes the runtime, with the same arguments and environment, from an image no
 /// container can write, unless it already runs from one. Returns only when it already
 /// does; otherwise execution goes on in the new image (or fails with an error).
-/// `spare_dir` is an existing directory the read-only view may use as its second,
-/// hidden layer (the state root); it must not contain or lie within the binary's
-/// directory, or the view is not made and the memfd copy is used.
-pub fn ensure_sealed(spare_dir: &Path) -> Result<()> {
+/// `spare_dir` is the directory the read-only view may use as its second, hidden
+/// layer (the state root), made by `make_spare` only when the view is tried (not in
+/// the re-executed process, which returns at once); it must not contain or lie within
+/// the binary's directory, or the view is not made and the memfd copy is used.
+pub fn ensure_sealed(spare_dir: &Path, make_spare: impl FnOnce() -> Result<()>) -> Result<()> {
     let exe = File::open("/proc/self/exe").map_err(|e| Error::io("open", "/proc/self/exe", e))?;
     if is_sealed(&exe) || on_read_only_mount(&exe) {
         return Ok(());
     }
     // Any failure of the view (no privilege, no overlayfs, overlapping directories, a
     // deleted binary) leaves the copy, which always works.
-    let image = match read_only_view(&exe, spare_dir) {
+    let image = match make_spare().and_then(|()| read_only_view(&exe, spare_dir)) {
         Ok(view) => view,
         Err(_) => sealed_copy(exe)?,
     };
