@@ -3,13 +3,17 @@
 SHELL := /bin/bash
 CACHE ?= $(CURDIR)/.cache
 CARGO ?= cargo
-PLINTH := $(CURDIR)/target/release/plinth
+# The `plinth` the project ships: static musl where rustup has the target, else the
+# glibc static build (tests/scripts/build-plinth.sh says why). The tests, the demo and
+# the benchmark use this one; target/release/plinth (glibc static-pie) is cargo's own.
+PLINTH := $(CURDIR)/target/dist/plinth
 # opencontainers/runtime-tools, the commit the runc baseline in ../shared/baselines was measured with.
 RUNTIME_TOOLS_VERSION ?= v0.9.1-0.20251205004911-5e639034dcdc
 RUNTIME_TOOLS := $(CACHE)/runtime-tools
 DEB_PACKAGES := busybox-static runc crun uidmap strace gcc libc6-dev
 
 export PLINTH_CACHE := $(CACHE)
+export PLINTH
 
 .PHONY: all build deps demo test unit integration validation bench lint clean
 
@@ -17,6 +21,7 @@ all: build
 
 build:
 	$(CARGO) build --release --workspace
+	CARGO="$(CARGO)" tests/scripts/build-plinth.sh "$(PLINTH)"
 
 # Debian packages the tests and benchmark drive; apt only runs when one is missing.
 deps:

@@ -28,7 +28,7 @@ $(BOOT_CACHE)/.extracted:
 
 # Build the node image with the default inputs into $(CACHE)/boot.
 boot-image: build kernel
-	target/release/plinth-boot build -o $(CACHE)/boot
+	target/release/plinth-boot build -o $(CACHE)/boot --runtime $(PLINTH)
 
 # plinth-init linked statically (glibc static-pie): no loader or libc in the image for
 # it. A separate target dir keeps the workspace's dynamic release build untouched.
@@ -39,7 +39,7 @@ plinth-init-static:
 	  $(CARGO) build --release -p plinth-provisioner --bin plinth-init --target x86_64-unknown-linux-gnu
 
 boot-image-static: build kernel plinth-init-static
-	target/release/plinth-boot build -o $(CACHE)/boot --init $(BOOT_STATIC_INIT)
+	target/release/plinth-boot build -o $(CACHE)/boot --runtime $(PLINTH) --init $(BOOT_STATIC_INIT)
 
 # One PXE boot end to end, with the serial console on the terminal.
 boot-demo: boot-deps boot-image

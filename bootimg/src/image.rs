@@ -72,6 +72,9 @@ pub struct BuildOptions {
     pub plinth_dir: Option<PathBuf>,
     /// A plinth-init to use instead of the one in `plinth_dir` (e.g. a static build).
     pub init: Option<PathBuf>,
+    /// A plinth runtime to use instead of the one in `plinth_dir` (e.g. the static musl
+    /// build in target/dist).
+    pub runtime: Option<PathBuf>,
     /// Cache directories searched for the default kernel.
     pub cache_dirs: Vec<PathBuf>,
     /// mtime of every archive entry (SOURCE_DATE_EPOCH).
@@ -317,7 +320,16 @@ fn assemble(opts: &BuildOptions, kernel: &Kernel) -> Result<(Archive, Report)> {
                 target: "usr/bin/plinth-init".into(),
             },
         );
-        let runtime = dir.join("plinth");
+        // The directory's runtime is optional (an image of plinth-init alone); one named
+        // on the command line is not.
+        if let Some(runtime) = opts.runtime.as_ref().filter(|r| !r.is_file()) {
+            return Err(Error::Missing {
+                what: "plinth runtime",
+                path: runtime.clone(),
+                hint: " (run `make build`, which writes target/dist/plinth)",
+            });
+        }
+        let runtime = opts.runtime.clone().unwrap_or_else(|| dir.join("plinth"));
         if runtime.is_file() {
             add_binary(
                 &mut ar,

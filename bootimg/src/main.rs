@@ -44,6 +44,10 @@ enum Cmd {
         /// Use this plinth-init (e.g. the static one `make plinth-init-static` builds).
         #[arg(long, conflicts_with = "no_plinth")]
         init: Option<PathBuf>,
+        /// Use this plinth runtime (e.g. target/dist/plinth, the static musl one `make
+        /// build` ships) instead of the one in the plinth directory.
+        #[arg(long, conflicts_with = "no_plinth")]
+        runtime: Option<PathBuf>,
         /// Leave the plinth binaries out (a bare image, e.g. to measure their share).
         #[arg(long, conflicts_with = "plinth_dir")]
         no_plinth: bool,
@@ -102,6 +106,7 @@ fn main() -> anyhow::Result<()> {
             no_modules,
             plinth_dir,
             init,
+            runtime,
             no_plinth,
             cmdline,
         } => {
@@ -127,6 +132,7 @@ fn main() -> anyhow::Result<()> {
                 modules,
                 plinth_dir,
                 init,
+                runtime,
                 cache_dirs: image::default_cache_dirs(),
                 mtime: image::source_date_epoch()?,
                 cmdline,

@@ -371,6 +371,11 @@ pub fn remount_bind(target: &Path, flags: MsFlags, shown: &Path) -> Result<()> {
 }
 
 /// The mount flags of the mount holding `path`, as statvfs reports them.
+/// The kernel's statfs flag for relatime; nix names it only on glibc, and musl's statvfs
+/// passes the kernel's flags through unchanged.
+const ST_RELATIME: nix::sys::statvfs::FsFlags =
+    nix::sys::statvfs::FsFlags::from_bits_retain(0x1000);
+
 fn statvfs_flags(path: &Path) -> MsFlags {
     use nix::sys::statvfs::{statvfs, FsFlags};
     let Ok(st) = statvfs(path) else {
@@ -384,7 +389,7 @@ fn statvfs_flags(path: &Path) -> MsFlags {
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
         (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
         (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+        (ST_RELATIME, MsFlags::MS_RELATIME),
         (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
     ] {
         if f.contains(a) {

@@ -109,7 +109,7 @@ pub fn open_ns(path: &std::path::Path, f: CloneFlags) -> Result<OwnedFd> {
         .map_err(|e| Error::sys(format!("open namespace {}", path.display()), e))?;
     // NS_GET_NSTYPE answers with the CLONE_NEW* flag of the namespace behind the fd.
     // SAFETY: ioctl with a request that takes no argument, on an fd we own.
-    let typ = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE) };
+    let typ = unsafe { libc::ioctl(fd.as_raw_fd(), NS_GET_NSTYPE as _) };
     if typ >= 0 && typ != f.bits() {
         return Err(Error::Invalid(format!(
             "{} is not a {} namespace",

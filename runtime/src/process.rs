@@ -11,8 +11,15 @@ use oci_spec::runtime::{PosixRlimit, PosixRlimitType};
 
 use crate::error::{Error, Result};
 
+/// setrlimit's resource argument: glibc declares it as an enum type, musl as an int.
+#[cfg(target_env = "gnu")]
+pub type RlimitResource = libc::__rlimit_resource_t;
+/// setrlimit's resource argument: glibc declares it as an enum type, musl as an int.
+#[cfg(not(target_env = "gnu"))]
+pub type RlimitResource = libc::c_int;
+
 /// The resource number of an OCI rlimit type.
-pub fn rlimit_resource(t: PosixRlimitType) -> libc::__rlimit_resource_t {
+pub fn rlimit_resource(t: PosixRlimitType) -> RlimitResource {
     match t {
         PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
         PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,

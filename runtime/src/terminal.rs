@@ -57,7 +57,7 @@ pub fn open_pty(width: u16, height: u16) -> Result<Pty> {
     let peer = unsafe {
         libc::ioctl(
             master.as_raw_fd(),
-            TIOCGPTPEER,
+            TIOCGPTPEER as _,
             libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
         )
     };

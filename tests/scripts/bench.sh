@@ -248,7 +248,10 @@ def binary(rt):
     size = os.path.getsize(rt)
     out = subprocess.run(["readelf", "-d", rt], capture_output=True, text=True).stdout
     needed = [l.split("[")[1].rstrip("]") for l in out.splitlines() if "(NEEDED)" in l]
-    return size, needed
+    # A static binary names its libc only if it is glibc (its tunables); musl leaves no mark.
+    with open(rt, "rb") as f:
+        glibc = b"GLIBC_TUNABLES" in f.read()
+    return size, needed, glibc
 
 crun = next((rt for rt in rts if name(rt) == "crun"), None)
 print()
@@ -256,8 +259,9 @@ print(f"Latency: /bin/true per container (run + delete -f), median of {rounds} a
       f" ratio to crun (lower is better)")
 print(f"{'runtime':<10} {'config':<8} {'ms/ctr':>8} {'ratio':>6} {'spread':>13} {'peak RSS':>9} {'binary':>8}  linking")
 for rt in rts:
-    size, needed = binary(rt)
-    link = "static" if not needed else "dynamic: " + " ".join(x.split(".so")[0] for x in needed)
+    size, needed, glibc = binary(rt)
+    link = ("static, glibc" if glibc else "static") if not needed else \
+        "dynamic: " + " ".join(x.split(".so")[0] for x in needed)
     for j, cfg in enumerate(configs):
         res = results[(rt, cfg)]
         c = results.get((crun, cfg)) if crun else None

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use plinth_tests::{cache, workspace, TempDir};
+use plinth_tests::{cache, plinth_bin, workspace, TempDir};
 use serde_json::Value;
 
 const MAC: &str = "52:54:00:12:34:56";
@@ -286,6 +286,58 @@ fn initrd_holds_every_dt_needed_library() {
     }
 }
 
+/// `--runtime` puts that very file at /usr/bin/plinth; the shipped one (target/dist/plinth
+/// under `make`) needs nothing from the image: no interpreter, no shared library.
+#[test]
+fn the_named_runtime_is_the_images_plinth() {
+    let Some(k) = kernel("the_named_runtime_is_the_images_plinth") else {
+        return;
+    };
+    let runtime = plinth_bin();
+    let t = TempDir::new("plinth-boot-runtime");
+    let out = t.0.join("img");
+    build_ok(
+        &out,
+        &[
+            "--kernel",
+            &k.to_string_lossy(),
+            "--no-modules",
+            "--runtime",
+            &runtime.to_string_lossy(),
+        ],
+    );
+    let ar = read_initrd(&out.join("initrd"));
+    let (mode, body) = ar
+        .get("usr/bin/plinth")
+        .expect("no usr/bin/plinth in the initrd");
+    assert_eq!(
+        mode & 0o111,
+        0o111,
+        "usr/bin/plinth is not executable: {mode:o}"
+    );
+    assert!(
+        *body == std::fs::read(&runtime).unwrap(),
+        "usr/bin/plinth is not {}",
+        runtime.display()
+    );
+    let elf = Command::new("readelf")
+        .args(["-d", "-l", "-W"])
+        .arg(&runtime)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&elf.stdout);
+    assert!(
+        elf.status.success(),
+        "readelf failed on {}",
+        runtime.display()
+    );
+    assert!(
+        !text.contains("program interpreter") && !text.contains("(NEEDED)"),
+        "{} is not static:\n{text}",
+        runtime.display()
+    );
+}
+
 fn assert_build_fails(test: &str, args: &[&str], needle: &str) {
     let t = TempDir::new("plinth-boot-bad");
     let out = t.0.join("img");
@@ -328,6 +380,11 @@ fn bad_input_fails_cleanly() {
         "malformed extra",
         &["--kernel", &k, "--extra", "relative-dest:usr/bin/x"],
         "--extra",
+    );
+    assert_build_fails(
+        "missing runtime",
+        &["--kernel", &k, "--runtime", "/nonexistent/plinth"],
+        "/nonexistent/plinth",
     );
     assert_build_fails(
         "missing module",

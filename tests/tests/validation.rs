@@ -109,6 +109,18 @@ const KNOWN_CGROUP_FAILURES: &[(&str, &str, &str)] = &[
 /// runtime refuses the config, and exit 1 when it accepts it.
 const EXPECT_REFUSAL: &[&str] = &["process_capabilities_fail.t", "process_rlimits_fail.t"];
 
+/// Files whose points race the container's own program, so that a fast runtime can lose
+/// them by chance; a failing run of one is repeated, up to [`RACY_ATTEMPTS`] runs in all,
+/// and the last run counts. Each entry says what races.
+const RACY: &[(&str, &str)] = &[(
+    "killsig.t",
+    "`sh -c \"trap 'touch /TERM' TERM; sleep 10 & wait $!\"` is killed as soon as `state` \
+     says running, and the shell is the pid namespace's init: a signal that comes before \
+     its `trap` has no handler and the kernel drops it, so the shell sleeps on and the \
+     delete fails. Seen in 1 to 2 runs of 25 with plinth idle (glibc and musl builds alike)",
+)];
+const RACY_ATTEMPTS: usize = 3;
+
 /// How long one validation file may run.
 const FILE_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -204,9 +216,22 @@ fn runtime_tools_validation_suite() {
             }
         }
         let log = logs.join(format!("{stem}.log"));
-        let (r, took, timed_out, success) = run_file(exe, &log);
         let base = baseline.get(&file);
         let (rok, rbad) = base.map(|b| (b.ok, b.not_ok)).unwrap_or((0, 0));
+        let mut attempt = 1;
+        let (r, took, timed_out, success) = loop {
+            let run = run_file(exe, &log);
+            let racy = RACY.iter().any(|(f, _)| *f == file);
+            let failed = !run.0.not_ok.is_empty() || run.0.ok < rok;
+            if !racy || !failed || attempt == RACY_ATTEMPTS {
+                break run;
+            }
+            println!(
+                "RETRY {file}: run {attempt} of {RACY_ATTEMPTS} failed ({}); it races, see RACY",
+                run.0.not_ok.join("; ")
+            );
+            attempt += 1;
+        };
         tot_ok += r.ok;
         tot_bad += r.not_ok.len();
         tot_runc_ok += rok;
