@@ -7,6 +7,7 @@ CARGO ?= cargo
 # glibc static build (tests/scripts/build-plinth.sh says why). The tests, the demo and
 # the benchmark use this one; target/release/plinth (glibc static-pie) is cargo's own.
 PLINTH := $(CURDIR)/target/dist/plinth
+PLINTH_TARGET := x86_64-unknown-linux-musl
 # opencontainers/runtime-tools, the commit the runc baseline in ../shared/baselines was measured with.
 RUNTIME_TOOLS_VERSION ?= v0.9.1-0.20251205004911-5e639034dcdc
 RUNTIME_TOOLS := $(CACHE)/runtime-tools
@@ -21,7 +22,7 @@ all: build
 
 build:
 	$(CARGO) build --release --workspace
-	CARGO="$(CARGO)" tests/scripts/build-plinth.sh "$(PLINTH)"
+	CARGO="$(CARGO)" PLINTH_TARGET=$(PLINTH_TARGET) tests/scripts/build-plinth.sh "$(PLINTH)"
 
 # Debian packages the tests and benchmark drive; apt only runs when one is missing.
 deps:
@@ -39,9 +40,21 @@ demo: deps build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	@# The runtime's musl-only code paths (the shipped build).
+	@if rustup target list --installed 2>/dev/null | grep -qx $(PLINTH_TARGET); then \
+	  echo "$(CARGO) clippy -p plinth-runtime --all-targets --target $(PLINTH_TARGET) -- -D warnings"; \
+	  $(CARGO) clippy -p plinth-runtime --all-targets --target $(PLINTH_TARGET) -- -D warnings; \
+	fi
 
 test: deps build validation
 	$(CARGO) test --release --workspace -- --test-threads=1
+	@# The shipped runtime is the musl build: its unit tests run against musl too.
+	@if rustup target list --installed 2>/dev/null | grep -qx $(PLINTH_TARGET); then \
+	  echo "$(CARGO) test --release -p plinth-runtime --lib --target $(PLINTH_TARGET)"; \
+	  $(CARGO) test --release -p plinth-runtime --lib --target $(PLINTH_TARGET) -- --test-threads=1; \
+	else \
+	  echo "SKIP runtime unit tests on musl: no $(PLINTH_TARGET) target (the shipped plinth is the glibc build)"; \
+	fi
 
 bench: deps build
 	tests/scripts/bench.sh "$(PLINTH)"

@@ -210,7 +210,10 @@ pub fn fork_into(flags: CloneFlags, cgroup: Option<BorrowedFd<'_>>) -> Result<(F
             )
         };
         match ret {
-            0 => return Ok((Forked::Child, true)),
+            0 => {
+                child_exits_on_panic();
+                return Ok((Forked::Child, true));
+            }
             pid if pid > 0 => return Ok((Forked::Parent(Pid::from_raw(pid as i32)), true)),
             _ => {
                 let e = nix::errno::Errno::last();
@@ -245,7 +248,48 @@ pub fn fork_into(flags: CloneFlags, cgroup: Option<BorrowedFd<'_>>) -> Result<(F
             format!("clone({flags:?})"),
             nix::errno::Errno::last(),
         )),
-        0 => Ok((Forked::Child, false)),
+        0 => {
+            child_exits_on_panic();
+            Ok((Forked::Child, false))
+        }
         pid => Ok((Forked::Parent(Pid::from_raw(pid as i32)), false)),
+    }
+}
+
+/// The exit status of a child of [`fork_into`] that panicked.
+pub const PANIC_EXIT: i32 = 255;
+
+/// A raw clone bypasses libc's fork, so musl never learns the child's thread id: its
+/// abort() (the last step of every Rust panic here, panic = "abort") would send SIGABRT
+/// to the thread id it holds, which is the parent's. Without a new pid namespace that
+/// kills the runtime; in another one it hits whatever has that number there. So the
+/// child's panics print their message and _exit. (glibc's abort asks the kernel for the
+/// thread id; the hook keeps both builds alike.) Allocation failure and stack overflow
+/// still end in abort(): std gives no stable hook for them.
+fn child_exits_on_panic() {
+    std::panic::set_hook(Box::new(|info| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "plinth: {info}");
+        // SAFETY: _exit ends this process at once; nothing of it is used after.
+        unsafe { libc::_exit(PANIC_EXIT) }
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::wait::{waitpid, WaitStatus};
+
+    /// A panic in the child of a raw clone ends that child with PANIC_EXIT and nothing
+    /// more; under musl, the default abort() would have sent SIGABRT to this process.
+    #[test]
+    fn a_panicking_child_exits_and_spares_its_parent() {
+        match fork_into(CloneFlags::empty(), None).expect("clone") {
+            (Forked::Child, _) => panic!("on purpose, in the child"),
+            (Forked::Parent(pid), _) => {
+                let st = waitpid(pid, None).expect("waitpid");
+                assert_eq!(st, WaitStatus::Exited(pid, PANIC_EXIT));
+            }
+        }
     }
 }

@@ -12,7 +12,7 @@
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 OUT" >&2; exit 2; }
 out=$1
-target=x86_64-unknown-linux-musl
+target=${PLINTH_TARGET:-x86_64-unknown-linux-musl}
 cargo=${CARGO:-cargo}
 root=$(cd "$(dirname "$0")/../.." && pwd)
 
