@@ -370,12 +370,12 @@ pub fn remount_bind(target: &Path, flags: MsFlags, shown: &Path) -> Result<()> {
     )
 }
 
-/// The mount flags of the mount holding `path`, as statvfs reports them.
 /// The kernel's statfs flag for relatime; nix names it only on glibc, and musl's statvfs
 /// passes the kernel's flags through unchanged.
 const ST_RELATIME: nix::sys::statvfs::FsFlags =
     nix::sys::statvfs::FsFlags::from_bits_retain(0x1000);
 
+/// The mount flags of the mount holding `path`, as statvfs reports them.
 fn statvfs_flags(path: &Path) -> MsFlags {
     use nix::sys::statvfs::{statvfs, FsFlags};
     let Ok(st) = statvfs(path) else {
