@@ -593,6 +593,15 @@ fn machine_pxe_boots_reports_and_powers_off() {
         serde_json::json!([]),
         "every listed module loaded: {booted}"
     );
+    // cgroup2 as systemd mounts it, read back by the guest from its mountinfo.
+    let cgroup2 = booted["details"]["cgroup2Options"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        cgroup2.split(',').any(|o| o == "nsdelegate")
+            && cgroup2.split(',').any(|o| o == "memory_recursiveprot"),
+        "cgroup2 super options {cgroup2:?}: {booted}"
+    );
     assert!(
         events
             .iter()

@@ -272,6 +272,13 @@ pub fn run() -> ! {
     log(&format!("machine {} uuid {}", id.mac, id.uuid));
     details.insert("interface".into(), json!(ifname));
     details.insert("address".into(), json!(lease.address.to_string()));
+    // The kernel's own word on how the cgroup hierarchy came up, for the operator.
+    if let Some(opts) = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|m| mounts::super_options(&m, "/sys/fs/cgroup"))
+    {
+        details.insert("cgroup2Options".into(), json!(opts));
+    }
     details.insert(
         "kernel".into(),
         json!(std::fs::read_to_string("/proc/sys/kernel/osrelease")

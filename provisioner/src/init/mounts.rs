@@ -31,17 +31,16 @@ const MOUNTS: &[(&str, &str, &str, MsFlags, &str)] = &[
     ("tmpfs", "/dev/shm", "tmpfs", NOSUID_NODEV, "mode=1777"),
     ("tmpfs", "/run", "tmpfs", NOSUID_NODEV, "mode=0755"),
     ("tmpfs", "/tmp", "tmpfs", NOSUID_NODEV, "mode=1777"),
-    // Pure cgroup v2: containers and kubelet expect the unified hierarchy here.
-    (
-        "cgroup2",
-        "/sys/fs/cgroup",
-        "cgroup2",
-        NOSUID_NODEV_NOEXEC,
-        "nsdelegate",
-    ),
 ];
 
-/// Mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run, /tmp and cgroup2 under `root`.
+/// Pure cgroup v2 on /sys/fs/cgroup, where containers and kubelet expect the unified
+/// hierarchy, with the options systemd mounts it with: `nsdelegate` (a cgroup namespace
+/// is a delegation boundary) and `memory_recursiveprot` (memory.min and memory.low
+/// protect a whole subtree, as kubelet's memory QoS assumes; Linux 5.7). A kernel that
+/// refuses the second gets the first alone.
+const CGROUP2_OPTIONS: [&str; 2] = ["nsdelegate,memory_recursiveprot", "nsdelegate"];
+
+/// Mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run, /tmp, then cgroup2 under `root`.
 /// Returns the targets that were already mounted.
 pub fn mount_all(root: &Path) -> Result<Vec<String>> {
     let mut busy = Vec::new();
@@ -52,13 +51,96 @@ pub fn mount_all(root: &Path) -> Result<Vec<String>> {
         match mount(Some(*src), &path, Some(*fstype), *flags, data) {
             Ok(()) => {}
             Err(nix::Error::EBUSY) => busy.push(target.to_string()),
-            Err(e) => {
-                return Err(Error::Sys {
-                    what: format!("mounting {fstype} on {}", path.display()),
-                    source: e,
-                })
+            Err(e) => return Err(mount_error(fstype, &path, e)),
+        }
+    }
+    let cgroup = root.join("sys/fs/cgroup");
+    std::fs::create_dir_all(&cgroup).map_err(io("creating mount point", &cgroup))?;
+    let mut result = Err(nix::Error::EINVAL);
+    for data in CGROUP2_OPTIONS {
+        result = mount(
+            Some("cgroup2"),
+            &cgroup,
+            Some("cgroup2"),
+            NOSUID_NODEV_NOEXEC,
+            Some(data),
+        );
+        if result != Err(nix::Error::EINVAL) {
+            break;
+        }
+    }
+    match result {
+        Ok(()) => {}
+        Err(nix::Error::EBUSY) => busy.push("/sys/fs/cgroup".to_string()),
+        Err(e) => return Err(mount_error("cgroup2", &cgroup, e)),
+    }
+    Ok(busy)
+}
+
+fn mount_error(fstype: &str, path: &Path, source: nix::Error) -> Error {
+    Error::Sys {
+        what: format!("mounting {fstype} on {}", path.display()),
+        source,
+    }
+}
+
+/// The superblock options of the mount on `target` in a /proc/self/mountinfo text (the
+/// last one there, which is the one in view), e.g. "rw,nsdelegate" for cgroup2.
+pub fn super_options(mountinfo: &str, target: &str) -> Option<String> {
+    mountinfo.lines().rev().find_map(|line| {
+        // id parent maj:min root mount-point options [optional...] - type source super
+        let (left, right) = line.split_once(" - ")?;
+        let point = left.split(' ').nth(4)?;
+        let opts = right.split(' ').nth(2)?;
+        (unescape(point) == target).then(|| opts.to_string())
+    })
+}
+
+/// mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
             }
         }
     }
-    Ok(busy)
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+22 1 0:21 / /proc rw,nosuid,nodev,noexec - proc proc rw
+30 22 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw,nsdelegate
+31 22 0:27 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+40 22 0:30 / /mnt/a\\040b rw shared:5 - tmpfs tmpfs rw,size=64k
+";
+
+    #[test]
+    fn super_options_are_those_of_the_mount_in_view() {
+        assert_eq!(
+            super_options(MOUNTINFO, "/sys/fs/cgroup").as_deref(),
+            Some("rw,nsdelegate,memory_recursiveprot")
+        );
+        assert_eq!(super_options(MOUNTINFO, "/proc").as_deref(), Some("rw"));
+        assert_eq!(
+            super_options(MOUNTINFO, "/mnt/a b").as_deref(),
+            Some("rw,size=64k")
+        );
+        assert_eq!(super_options(MOUNTINFO, "/nowhere"), None);
+    }
 }
