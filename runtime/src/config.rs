@@ -130,6 +130,10 @@ pub fn validate(dir: &Path, spec: Spec) -> Result<Bundle> {
         seen.push(r.typ());
     }
 
+    if let Some(hooks) = spec.hooks() {
+        check_hook_paths(hooks)?;
+    }
+
     let linux = spec
         .linux()
         .as_ref()
@@ -259,6 +263,30 @@ pub fn validate(dir: &Path, spec: Spec) -> Result<Bundle> {
 
 /// Only namespaced sysctls may be set, and only when the container has the namespace
 /// they belong to (as runc checks).
+/// runtime-spec: a hook's path "MUST be absolute". A bare name would be looked up in a
+/// PATH the config does not give, by rules that differ between libcs.
+fn check_hook_paths(hooks: &oci_spec::runtime::Hooks) -> Result<()> {
+    let lists = [
+        ("prestart", hooks.prestart()),
+        ("createRuntime", hooks.create_runtime()),
+        ("createContainer", hooks.create_container()),
+        ("startContainer", hooks.start_container()),
+        ("poststart", hooks.poststart()),
+        ("poststop", hooks.poststop()),
+    ];
+    for (kind, list) in lists {
+        for (i, h) in list.iter().flatten().enumerate() {
+            if !h.path().is_absolute() {
+                return Err(Error::config(
+                    format!("hooks.{kind}[{i}].path"),
+                    format!("{} is not an absolute path", h.path().display()),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn check_sysctl(key: &str, plan: &Plan) -> Result<()> {
     let field = format!("linux.sysctl.{key}");
     let ipc = [

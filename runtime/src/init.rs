@@ -270,7 +270,13 @@ fn setup(init: Init) -> Result<()> {
             "pid": std::process::id(), "bundle": b.dir,
         })
         .to_string();
-        crate::hooks::run_all("startContainer", &hooks, &state)?;
+        if let Err(e) = crate::hooks::run_all("startContainer", &hooks, &state) {
+            // `start` has returned and nothing reads the channel any more: the
+            // container's stderr is the one place left to say why it stopped.
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "plinth: {e}");
+            return Err(e);
+        }
     }
     Err(exec.exec())
 }
@@ -318,6 +324,9 @@ pub fn enter_process(
         }
     }
 
+    // Read before any filter: without no_new_privs the filter comes first, and what runs
+    // after it must be only the calls below, not a file open.
+    let setgroups_allowed = crate::idmap::setgroups_allowed();
     let nnp = process.no_new_privileges() == Some(true);
     if !nnp {
         // Without no_new_privs the filter needs CAP_SYS_ADMIN, which the user switch
@@ -332,7 +341,7 @@ pub fn enter_process(
         user.uid(),
         user.gid(),
         user.additional_gids().as_deref().unwrap_or(&[]),
-        crate::idmap::setgroups_allowed(),
+        setgroups_allowed,
     )?;
     nix::sys::prctl::set_keepcaps(false).map_err(|e| Error::sys("prctl(PR_SET_KEEPCAPS)", e))?;
     capabilities::apply(caps)?;

@@ -370,12 +370,10 @@ pub fn remount_bind(target: &Path, flags: MsFlags, shown: &Path) -> Result<()> {
     )
 }
 
-/// The kernel's statfs flag for relatime; nix names it only on glibc, and musl's statvfs
-/// passes the kernel's flags through unchanged.
-const ST_RELATIME: nix::sys::statvfs::FsFlags =
-    nix::sys::statvfs::FsFlags::from_bits_retain(0x1000);
-
-/// The mount flags of the mount holding `path`, as statvfs reports them.
+/// The mount flags of the mount holding `path`, as statvfs reports them. Relatime is
+/// left out on purpose: the kernel makes relatime the default whenever an atime flag is
+/// given, and keeps the mount's own atime setting when none is (fs/namespace.c,
+/// path_mount), so passing it changes nothing; and nix cannot report it on musl.
 fn statvfs_flags(path: &Path) -> MsFlags {
     use nix::sys::statvfs::{statvfs, FsFlags};
     let Ok(st) = statvfs(path) else {
@@ -389,7 +387,6 @@ fn statvfs_flags(path: &Path) -> MsFlags {
         (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
         (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
         (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
-        (ST_RELATIME, MsFlags::MS_RELATIME),
         (FsFlags::ST_RDONLY, MsFlags::MS_RDONLY),
     ] {
         if f.contains(a) {

@@ -264,8 +264,9 @@ pub const PANIC_EXIT: i32 = 255;
 /// to the thread id it holds, which is the parent's. Without a new pid namespace that
 /// kills the runtime; in another one it hits whatever has that number there. So the
 /// child's panics print their message and _exit. (glibc's abort asks the kernel for the
-/// thread id; the hook keeps both builds alike.) Allocation failure and stack overflow
-/// still end in abort(): std gives no stable hook for them.
+/// thread id; the hook keeps both builds alike.) Allocation failure still ends in
+/// abort(): std gives no stable hook for it. (On musl std sets no guard page for the main
+/// thread, so a stack overflow is a plain SIGSEGV of the child.)
 fn child_exits_on_panic() {
     std::panic::set_hook(Box::new(|info| {
         use std::io::Write;

@@ -6,7 +6,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::unistd::{Gid, Uid};
 use oci_spec::runtime::{PosixRlimit, PosixRlimitType};
 
 use crate::error::{Error, Result};
@@ -66,20 +65,39 @@ pub fn set_rlimits(rlimits: &[PosixRlimit]) -> Result<()> {
 
 /// Switches to the configured user: supplementary groups, then gid, then uid.
 /// `setgroups_allowed` is false in a user namespace whose setgroups is "deny".
+///
+/// The calling process must be single-threaded (the container's init or exec child):
+/// the calls are the bare system calls, not libc's, which in musl wrap each in signal
+/// mask changes to reach other threads. A seccomp filter installed before this (no
+/// no_new_privs) then sees the same calls whatever libc the binary carries.
 pub fn switch_user(uid: u32, gid: u32, groups: &[u32], setgroups_allowed: bool) -> Result<()> {
     if setgroups_allowed {
-        let g: Vec<Gid> = groups.iter().map(|g| Gid::from_raw(*g)).collect();
-        nix::unistd::setgroups(&g).map_err(|e| Error::sys("setgroups", e))?;
+        // SAFETY: setgroups reads `groups.len()` gid_t values (u32) from a live slice.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_setgroups,
+                groups.len() as libc::c_long,
+                groups.as_ptr(),
+            )
+        };
+        if r < 0 {
+            return Err(Error::sys("setgroups", Errno::last()));
+        }
     } else if !groups.is_empty() {
         return Err(Error::config(
             "process.user.additionalGids",
             "cannot set supplementary groups: setgroups is denied in this user namespace",
         ));
     }
-    let g = Gid::from_raw(gid);
-    nix::unistd::setresgid(g, g, g).map_err(|e| Error::sys(format!("setresgid {gid}"), e))?;
-    let u = Uid::from_raw(uid);
-    nix::unistd::setresuid(u, u, u).map_err(|e| Error::sys(format!("setresuid {uid}"), e))?;
+    let (g, u) = (libc::c_long::from(gid), libc::c_long::from(uid));
+    // SAFETY: setresgid and setresuid take ids by value.
+    if unsafe { libc::syscall(libc::SYS_setresgid, g, g, g) } < 0 {
+        return Err(Error::sys(format!("setresgid {gid}"), Errno::last()));
+    }
+    // SAFETY: as above.
+    if unsafe { libc::syscall(libc::SYS_setresuid, u, u, u) } < 0 {
+        return Err(Error::sys(format!("setresuid {uid}"), Errno::last()));
+    }
     Ok(())
 }
 

@@ -43,6 +43,20 @@ fn malformed_exec_cpu_affinity_is_named() {
     assert_eq!(code, 0, "a valid execCPUAffinity was refused: {err}");
 }
 
+/// runtime-spec requires absolute hook paths; a bare name is refused by its field.
+#[test]
+fn relative_hook_path_is_named() {
+    if !need_root("relative_hook_path_is_named") {
+        return;
+    }
+    let mut b = Bundle::busybox("true");
+    b.config["hooks"] = serde_json::json!({
+        "prestart": [{"path": "/bin/true"}],
+        "poststart": [{"path": "/bin/true"}, {"path": "true"}]
+    });
+    assert_create_fails(&b, &unique("bad"), "hooks.poststart[1].path");
+}
+
 #[test]
 fn missing_rootfs_is_named() {
     if !need_root("missing_rootfs_is_named") {

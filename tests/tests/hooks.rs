@@ -103,3 +103,18 @@ fn start_container_hook_runs_inside_before_the_process() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, "inside plinth\n");
 }
+
+/// A failing startContainer hook stops the container before its process runs, and says
+/// why on the container's stderr (`start` has already returned by then, as with runc).
+#[test]
+fn a_failing_start_container_hook_stops_the_container_and_says_why() {
+    if !need_root("a_failing_start_container_hook_stops_the_container_and_says_why") {
+        return;
+    }
+    let mut b = Bundle::busybox("echo the-process-ran");
+    b.config["hooks"] = json!({"startContainer": [{"path": "/bin/false"}]});
+    let (code, out, err) = b.run(&unique("scf"));
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(!out.contains("the-process-ran"), "{out}");
+    assert!(err.contains("startContainer hook /bin/false"), "{err}");
+}
