@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A file-system operation on a named path failed.
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {}: {}", path.display(), os_text(source))]
     Io {
         what: &'static str,
         path: PathBuf,
@@ -57,6 +57,16 @@ pub enum Error {
     Invalid(String),
 }
 
+/// An I/O error's text, worded the same whatever libc the binary carries: std takes it
+/// from strerror, and musl words some errnos differently from glibc ("Resource busy",
+/// "Device or resource busy"); nix has one table for both.
+fn os_text(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => format!("{} (os error {n})", nix::errno::Errno::from_raw(n).desc()),
+        None => e.to_string(),
+    }
+}
+
 /// Shorthand used throughout the library.
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -92,5 +102,30 @@ impl Error {
             path: path.into(),
             msg: msg.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// glibc's wording on either libc (musl's own strerror says "Resource busy").
+    #[test]
+    fn io_errors_read_the_same_on_every_libc() {
+        let e = Error::Io {
+            what: "remove",
+            path: PathBuf::from("/sys/fs/cgroup/x"),
+            source: std::io::Error::from_raw_os_error(libc::EBUSY),
+        };
+        assert_eq!(
+            e.to_string(),
+            "remove /sys/fs/cgroup/x: Device or resource busy (os error 16)"
+        );
+        let plain = Error::Io {
+            what: "read",
+            path: PathBuf::from("/x"),
+            source: std::io::Error::other("short read"),
+        };
+        assert_eq!(plain.to_string(), "read /x: short read");
     }
 }
