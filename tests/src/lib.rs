@@ -247,20 +247,17 @@ impl Bundle {
         );
     }
 
-    /// `plinth create` expected to fail: writes the config, runs create with stdio
-    /// on pipes (a failed create leaves no process holding them) and returns
-    /// (exit code, stderr).
+    /// `plinth create` expected to fail: writes the config, runs create with stdio on
+    /// files and returns (exit code, stderr). Should the create succeed after all, its
+    /// init (which holds that stdio) is deleted at once, so the caller's assertion fails
+    /// instead of hanging and nothing is left behind.
     pub fn create_failing(&self, id: &str) -> (i32, String) {
         self.write();
-        let out = self
-            .cmd()
-            .args(["create", "--bundle"])
-            .arg(&self.dir)
-            .arg(id)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let (code, _, err) = text(&out);
+        let dir = self.dir.to_string_lossy().into_owned();
+        let (code, _, err) = self.plinth_detached(&["create", "--bundle", &dir, id]);
+        if code == 0 {
+            let _ = self.plinth_detached(&["delete", "--force", id]);
+        }
         (code, err)
     }
 
