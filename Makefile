@@ -4,17 +4,20 @@ SHELL := /bin/bash
 CACHE ?= $(CURDIR)/.cache
 CARGO ?= cargo
 # The `plinth` the project ships: static musl where rustup has the target, else the
-# glibc static build (tests/scripts/build-plinth.sh says why). The tests, the demo and
-# the benchmark use this one; target/release/plinth (glibc static-pie) is cargo's own.
-PLINTH := $(CURDIR)/target/dist/plinth
-PLINTH_TARGET := x86_64-unknown-linux-musl
+# glibc static build (tests/scripts/build-plinth.sh says why). `make build` writes it to
+# PLINTH_DIST; the tests, the demo and the benchmark use PLINTH, which is that file
+# unless given (`make test PLINTH=/path/to/plinth`). target/release/plinth (glibc
+# static-pie) is cargo's own. PLINTH_TARGET=none ships the glibc build.
+PLINTH_DIST := $(CURDIR)/target/dist/plinth
+PLINTH ?= $(PLINTH_DIST)
+PLINTH_TARGET ?= x86_64-unknown-linux-musl
 # opencontainers/runtime-tools, the commit the runc baseline in ../shared/baselines was measured with.
 RUNTIME_TOOLS_VERSION ?= v0.9.1-0.20251205004911-5e639034dcdc
 RUNTIME_TOOLS := $(CACHE)/runtime-tools
 DEB_PACKAGES := busybox-static runc crun uidmap strace gcc libc6-dev
 
 export PLINTH_CACHE := $(CACHE)
-export PLINTH
+export PLINTH PLINTH_TARGET
 
 .PHONY: all build deps demo test unit integration validation bench lint clean
 
@@ -22,7 +25,7 @@ all: build
 
 build:
 	$(CARGO) build --release --workspace
-	CARGO="$(CARGO)" PLINTH_TARGET=$(PLINTH_TARGET) tests/scripts/build-plinth.sh "$(PLINTH)"
+	CARGO="$(CARGO)" tests/scripts/build-plinth.sh "$(PLINTH_DIST)"
 
 # Debian packages the tests and benchmark drive; apt only runs when one is missing.
 deps:
@@ -41,7 +44,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@# The runtime's musl-only code paths (the shipped build).
-	@if rustup target list --installed 2>/dev/null | grep -qx $(PLINTH_TARGET); then \
+	@if tests/scripts/build-plinth.sh --has-target; then \
 	  echo "$(CARGO) clippy -p plinth-runtime --all-targets --target $(PLINTH_TARGET) -- -D warnings"; \
 	  $(CARGO) clippy -p plinth-runtime --all-targets --target $(PLINTH_TARGET) -- -D warnings; \
 	fi
@@ -49,7 +52,7 @@ lint:
 test: deps build validation
 	$(CARGO) test --release --workspace -- --test-threads=1
 	@# The shipped runtime is the musl build: its unit tests run against musl too.
-	@if rustup target list --installed 2>/dev/null | grep -qx $(PLINTH_TARGET); then \
+	@if tests/scripts/build-plinth.sh --has-target; then \
 	  echo "$(CARGO) test --release -p plinth-runtime --lib --target $(PLINTH_TARGET)"; \
 	  $(CARGO) test --release -p plinth-runtime --lib --target $(PLINTH_TARGET) -- --test-threads=1; \
 	else \

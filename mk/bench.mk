@@ -13,7 +13,10 @@ bench-deps:
 	tests/scripts/apt-install.sh --optional $(BENCH_PACKAGES)
 
 # What takes the space in the plinth binary (cargo-bloat, from crates.io, when installed).
+# The breakdown is of the build the project ships: musl where build-plinth.sh has it.
 bench-size: build
-	@ls -l $(PLINTH); file $(PLINTH)
-	@if command -v cargo-bloat >/dev/null; then $(CARGO) bloat --release -p plinth-runtime --bin plinth --crates -n 25; \
-	else echo "cargo install cargo-bloat for the per-crate breakdown"; fi
+	@ls -l $(PLINTH_DIST); file $(PLINTH_DIST)
+	@if ! command -v cargo-bloat >/dev/null; then echo "cargo install cargo-bloat for the per-crate breakdown"; \
+	elif tests/scripts/build-plinth.sh --has-target; then \
+	  $(CARGO) bloat --release -p plinth-runtime --bin plinth --crates -n 25 --target $(PLINTH_TARGET); \
+	else $(CARGO) bloat --release -p plinth-runtime --bin plinth --crates -n 25; fi

@@ -131,7 +131,7 @@ pub fn validate(dir: &Path, spec: Spec) -> Result<Bundle> {
     }
 
     if let Some(hooks) = spec.hooks() {
-        check_hook_paths(hooks)?;
+        check_hooks(hooks)?;
     }
 
     let linux = spec
@@ -261,11 +261,11 @@ pub fn validate(dir: &Path, spec: Spec) -> Result<Bundle> {
     })
 }
 
-/// Only namespaced sysctls may be set, and only when the container has the namespace
-/// they belong to (as runc checks).
-/// runtime-spec: a hook's path "MUST be absolute". A bare name would be looked up in a
-/// PATH the config does not give, by rules that differ between libcs.
-fn check_hook_paths(hooks: &oci_spec::runtime::Hooks) -> Result<()> {
+/// runtime-spec: a hook's path "MUST be absolute" (a bare name would be looked up in a
+/// PATH the config does not give, by rules that differ between libcs), and a timeout
+/// "MUST be greater than zero". Checked here so that no hook has started when either
+/// is refused.
+fn check_hooks(hooks: &oci_spec::runtime::Hooks) -> Result<()> {
     let lists = [
         ("prestart", hooks.prestart()),
         ("createRuntime", hooks.create_runtime()),
@@ -282,11 +282,19 @@ fn check_hook_paths(hooks: &oci_spec::runtime::Hooks) -> Result<()> {
                     format!("{} is not an absolute path", h.path().display()),
                 ));
             }
+            if let Some(t) = h.timeout().filter(|t| *t <= 0) {
+                return Err(Error::config(
+                    format!("hooks.{kind}[{i}].timeout"),
+                    format!("{t} is not a positive number of seconds"),
+                ));
+            }
         }
     }
     Ok(())
 }
 
+/// Only namespaced sysctls may be set, and only when the container has the namespace
+/// they belong to (as runc checks).
 fn check_sysctl(key: &str, plan: &Plan) -> Result<()> {
     let field = format!("linux.sysctl.{key}");
     let ipc = [

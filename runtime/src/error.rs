@@ -57,10 +57,11 @@ pub enum Error {
     Invalid(String),
 }
 
-/// An I/O error's text, worded the same whatever libc the binary carries: std takes it
-/// from strerror, and musl words some errnos differently from glibc ("Resource busy",
-/// "Device or resource busy"); nix has one table for both.
-fn os_text(e: &std::io::Error) -> String {
+/// An I/O error's text, worded the same whatever libc the binary carries. std takes it
+/// from strerror, and musl words some errnos differently from glibc ("Resource busy"
+/// against "Device or resource busy"); nix has one table for every libc, in the kernel
+/// headers' wording (mostly glibc's; "I/O error" where glibc says "Input/output error").
+pub(crate) fn os_text(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(n) => format!("{} (os error {n})", nix::errno::Errno::from_raw(n).desc()),
         None => e.to_string(),
@@ -109,7 +110,7 @@ impl Error {
 mod tests {
     use super::*;
 
-    /// glibc's wording on either libc (musl's own strerror says "Resource busy").
+    /// nix's wording on either libc (musl's own strerror says "Resource busy").
     #[test]
     fn io_errors_read_the_same_on_every_libc() {
         let e = Error::Io {

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use oci_spec::runtime::Hook;
 
-use crate::error::{Error, Result};
+use crate::error::{os_text, Error, Result};
 
 /// Runs `hooks` in order; the first failure stops the list and is returned.
 pub fn run_all(kind: &'static str, hooks: &[Hook], state_json: &str) -> Result<()> {
@@ -38,19 +38,22 @@ pub fn run(kind: &'static str, hook: &Hook, state_json: &str) -> Result<()> {
         }
     }
     cmd.stdin(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| err(format!("start: {e}")))?;
+    let timeout = hook.timeout();
+    if let Some(t) = timeout.filter(|t| *t <= 0) {
+        // config.rs refuses this already; checked again before anything is spawned.
+        return Err(err(format!("timeout {t} must be positive")));
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| err(format!("start: {}", os_text(&e))))?;
     if let Some(mut stdin) = child.stdin.take() {
         // A hook that does not read its stdin is fine: ignore EPIPE.
         let _ = stdin.write_all(state_json.as_bytes());
     }
-    let timeout = hook.timeout();
-    if let Some(t) = timeout {
-        if t <= 0 {
-            return Err(err(format!("timeout {t} must be positive")));
-        }
-    }
     let status = match timeout {
-        None => child.wait().map_err(|e| err(format!("wait: {e}")))?,
+        None => child
+            .wait()
+            .map_err(|e| err(format!("wait: {}", os_text(&e))))?,
         Some(t) => {
             let pidfd = pidfd_open(child.id() as i32).map_err(|e| err(format!("pidfd: {e}")))?;
             let mut fds = [nix::poll::PollFd::new(
@@ -73,7 +76,9 @@ pub fn run(kind: &'static str, hook: &Hook, state_json: &str) -> Result<()> {
                 let _ = child.wait();
                 return Err(err(format!("timed out after {t}s")));
             }
-            child.wait().map_err(|e| err(format!("wait: {e}")))?
+            child
+                .wait()
+                .map_err(|e| err(format!("wait: {}", os_text(&e))))?
         }
     };
     if status.success() {

@@ -281,8 +281,11 @@ mod tests {
     use super::*;
     use nix::sys::wait::{waitpid, WaitStatus};
 
-    /// A panic in the child of a raw clone ends that child with PANIC_EXIT and nothing
-    /// more; under musl, the default abort() would have sent SIGABRT to this process.
+    /// A panic in the child of a raw clone ends that child with PANIC_EXIT, through the
+    /// hook. (Tests build with panic = "unwind", so without the hook the child would
+    /// unwind into the harness and exit otherwise; the abort() the hook prevents is the
+    /// release binary's.) The harness has other threads, against fork_into's rule; the
+    /// child only panics, and `make test` runs one test at a time.
     #[test]
     fn a_panicking_child_exits_and_spares_its_parent() {
         match fork_into(CloneFlags::empty(), None).expect("clone") {

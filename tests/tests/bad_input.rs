@@ -43,7 +43,8 @@ fn malformed_exec_cpu_affinity_is_named() {
     assert_eq!(code, 0, "a valid execCPUAffinity was refused: {err}");
 }
 
-/// runtime-spec requires absolute hook paths; a bare name is refused by its field.
+/// runtime-spec requires absolute hook paths and positive timeouts; either is refused by
+/// its field.
 #[test]
 fn relative_hook_path_is_named() {
     if !need_root("relative_hook_path_is_named") {
@@ -55,6 +56,14 @@ fn relative_hook_path_is_named() {
         "poststart": [{"path": "/bin/true"}, {"path": "true"}]
     });
     assert_create_fails(&b, &unique("bad"), "hooks.poststart[1].path");
+    // A timeout that is not positive is refused before any hook has run.
+    let marker = b.tmp.0.join("prestart-ran");
+    b.config["hooks"] = serde_json::json!({
+        "prestart": [{"path": "/bin/touch", "args": ["touch", marker]}],
+        "poststop": [{"path": "/bin/true", "timeout": 0}]
+    });
+    assert_create_fails(&b, &unique("bad"), "hooks.poststop[0].timeout");
+    assert!(!marker.exists(), "a hook ran before the config was refused");
 }
 
 #[test]

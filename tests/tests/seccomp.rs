@@ -153,9 +153,9 @@ fn a_bad_profile_is_refused_by_name() {
 
 /// Without noNewPrivileges the filter goes in before the user switch (it needs
 /// CAP_SYS_ADMIN), so the runtime's own last calls pass through it, as in runc. Those
-/// must be the same few whatever libc the binary carries: the exec fifo opened with
-/// openat, never the legacy open (musl's open(3) makes it, and adds an fcntl), no fstat
-/// or statx, and the set-id calls bare (musl wraps them in signal mask changes).
+/// must be the same few whatever libc the binary carries: no file opened (the init read
+/// /proc/self/setgroups there: open and fcntl with musl, openat and statx with glibc),
+/// and the set-id calls bare (musl wraps them in rt_sigprocmask calls).
 #[test]
 fn a_filter_before_the_user_switch_sees_only_the_runtimes_last_calls() {
     if !need_root("a_filter_before_the_user_switch_sees_only_the_runtimes_last_calls") {
@@ -177,7 +177,7 @@ fn a_filter_before_the_user_switch_sees_only_the_runtimes_last_calls() {
         "defaultAction": "SCMP_ACT_ALLOW",
         "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
         "syscalls": [
-            {"names": ["open", "fstat", "newfstatat", "statx", "fcntl"],
+            {"names": ["open", "fstat", "newfstatat", "statx", "fcntl", "rt_sigprocmask"],
              "action": "SCMP_ACT_KILL_PROCESS"}
         ]
     });

@@ -102,12 +102,15 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let octal = b
+        // Three octal digits that make a byte (the kernel writes \040 and the like).
+        let byte = b
             .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .map(|d| d.iter().fold(0u32, |n, c| n * 8 + u32::from(c - b'0')))
+            .and_then(|n| u8::try_from(n).ok());
+        match (b[i], byte) {
+            (b'\\', Some(v)) => {
+                out.push(v);
                 i += 4;
             }
             (c, _) => {
@@ -128,6 +131,7 @@ mod tests {
 30 22 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw,nsdelegate
 31 22 0:27 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
 40 22 0:30 / /mnt/a\\040b rw shared:5 - tmpfs tmpfs rw,size=64k
+41 22 0:31 / /mnt/\\777 rw - tmpfs tmpfs rw,size=1k
 ";
 
     #[test]
@@ -140,6 +144,11 @@ mod tests {
         assert_eq!(
             super_options(MOUNTINFO, "/mnt/a b").as_deref(),
             Some("rw,size=64k")
+        );
+        // Not a byte: kept as written, not wrapped around.
+        assert_eq!(
+            super_options(MOUNTINFO, "/mnt/\\777").as_deref(),
+            Some("rw,size=1k")
         );
         assert_eq!(super_options(MOUNTINFO, "/nowhere"), None);
     }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources};
 
-use crate::error::{Error, Result};
+use crate::error::{os_text, Error, Result};
 use hierarchy::{Inner, Mode, Mount};
 
 /// A device cgroup rule (allow or deny), as the runtime passes the implicitly allowed
@@ -822,7 +822,7 @@ fn write(dir: &Path, file: &str, value: &str) -> Result<()> {
         .truncate(true)
         .open(&p)
         .and_then(|mut f| f.write_all(value.as_bytes()));
-    res.map_err(|e| Error::cgroup(&p, format!("write {value:?} to {file}: {e}")))
+    res.map_err(|e| Error::cgroup(&p, format!("write {value:?} to {file}: {}", os_text(&e))))
 }
 
 /// Reads `dir/file`, trimmed.
@@ -830,7 +830,7 @@ fn read(dir: &Path, file: &str) -> Result<String> {
     let p = dir.join(file);
     std::fs::read_to_string(&p)
         .map(|s| s.trim().to_string())
-        .map_err(|e| Error::cgroup(&p, format!("read {file}: {e}")))
+        .map_err(|e| Error::cgroup(&p, format!("read {file}: {}", os_text(&e))))
 }
 
 /// Reads a number, "max" being `u64::MAX`.
@@ -1000,7 +1000,7 @@ fn remove_tree(p: &Path) -> Result<()> {
     for sub in subdirs(p)? {
         remove_tree(&sub)?;
     }
-    rmdir_retry(p).map_err(|e| Error::cgroup(p, format!("rmdir: {e}")))
+    rmdir_retry(p).map_err(|e| Error::cgroup(p, format!("rmdir: {}", os_text(&e))))
 }
 
 /// Removes a parent create made, unless another cgroup now lives in it.
@@ -1008,7 +1008,7 @@ fn remove_parent(p: &Path) -> Result<()> {
     if !subdirs(p)?.is_empty() {
         return Ok(());
     }
-    rmdir_retry(p).map_err(|e| Error::cgroup(p, format!("rmdir: {e}")))
+    rmdir_retry(p).map_err(|e| Error::cgroup(p, format!("rmdir: {}", os_text(&e))))
 }
 
 /// Polls `done` until it holds or `timeout` passes, sleeping a little longer each time.
