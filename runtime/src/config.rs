@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use nix::sched::CloneFlags;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
-use crate::error::{Error, Result};
+use crate::error::{os_text, Error, Result};
 use crate::jsonpath;
 use crate::namespaces::Plan;
 
@@ -79,7 +79,7 @@ pub fn validate(dir: &Path, spec: Spec) -> Result<Bundle> {
         Err(e) => {
             return Err(Error::config(
                 "root.path",
-                format!("{}: {e}", rootfs.display()),
+                format!("{}: {}", rootfs.display(), os_text(&e)),
             ))
         }
     }

@@ -512,7 +512,10 @@ fn mount_one(init: &Init, root: &OwnedFd, m: &Mount, i: usize, userns: bool) -> 
             init.bundle.dir.join(src)
         };
         let md = std::fs::metadata(&src).map_err(|e| {
-            Error::config(format!("{field}.source"), format!("{}: {e}", src.display()))
+            Error::config(
+                format!("{field}.source"),
+                format!("{}: {}", src.display(), crate::error::os_text(&e)),
+            )
         })?;
         let kind = if md.is_dir() {
             Create::Dir

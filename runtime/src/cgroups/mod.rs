@@ -924,7 +924,7 @@ fn make_dirs(
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
             Err(e) => {
                 undo_dirs(&created);
-                return Err(Error::cgroup(&cur, format!("mkdir: {e}")));
+                return Err(Error::cgroup(&cur, format!("mkdir: {}", os_text(&e))));
             }
         };
         if let Err(e) = on_dir(&cur, new) {
@@ -951,7 +951,7 @@ fn collect_pids(dir: &Path, out: &mut Vec<i32>) -> Result<()> {
         Err(e) => {
             return Err(Error::cgroup(
                 dir.join("cgroup.procs"),
-                format!("read: {e}"),
+                format!("read: {}", os_text(&e)),
             ))
         }
     };
@@ -966,11 +966,11 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::cgroup(dir, format!("list: {e}"))),
+        Err(e) => return Err(Error::cgroup(dir, format!("list: {}", os_text(&e)))),
     };
     let mut out = Vec::new();
     for e in rd {
-        let e = e.map_err(|e| Error::cgroup(dir, format!("list: {e}")))?;
+        let e = e.map_err(|e| Error::cgroup(dir, format!("list: {}", os_text(&e))))?;
         if e.file_type().is_ok_and(|t| t.is_dir()) {
             out.push(e.path());
         }
