@@ -3,12 +3,14 @@
 SHELL := /bin/bash
 CACHE ?= $(CURDIR)/.cache
 CARGO ?= cargo
-# The `plinth` the project ships: static musl where rustup has the target, else the
-# glibc static build (tests/scripts/build-plinth.sh says why). `make build` writes it to
-# PLINTH_DIST; the tests, the demo and the benchmark use PLINTH, which is that file
-# unless given (`make test PLINTH=/path/to/plinth`). target/release/plinth (glibc
-# static-pie) is cargo's own. PLINTH_TARGET=none ships the glibc build.
-PLINTH_DIST := $(CURDIR)/target/dist/plinth
+# The `plinth` and `plinth-init` the project ships: static musl where rustup has the
+# target, else the glibc builds (tests/scripts/build-plinth.sh says why). `make build`
+# writes them into PLINTH_DIST_DIR, where plinth-boot looks first. The tests, the demo
+# and the benchmark use PLINTH, which is the runtime there unless given (`make test
+# PLINTH=/path/to/plinth`). target/release holds cargo's own builds (the runtime glibc
+# static-pie). PLINTH_TARGET=none ships the glibc builds.
+PLINTH_DIST_DIR := $(CURDIR)/target/dist
+PLINTH_DIST := $(PLINTH_DIST_DIR)/plinth
 PLINTH ?= $(PLINTH_DIST)
 PLINTH_TARGET ?= x86_64-unknown-linux-musl
 # opencontainers/runtime-tools, the commit the runc baseline in ../shared/baselines was measured with.
@@ -25,7 +27,7 @@ all: build
 
 build:
 	$(CARGO) build --release --workspace
-	CARGO="$(CARGO)" tests/scripts/build-plinth.sh "$(PLINTH_DIST)"
+	CARGO="$(CARGO)" tests/scripts/build-plinth.sh "$(PLINTH_DIST_DIR)"
 
 # Debian packages the tests and benchmark drive; apt only runs when one is missing.
 deps:

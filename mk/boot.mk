@@ -28,7 +28,7 @@ $(BOOT_CACHE)/.extracted:
 
 # Build the node image with the default inputs into $(CACHE)/boot.
 boot-image: build kernel
-	target/release/plinth-boot build -o $(CACHE)/boot --runtime $(PLINTH)
+	target/release/plinth-boot build -o $(CACHE)/boot --plinth-dir $(PLINTH_DIST_DIR) --runtime $(PLINTH)
 
 # plinth-init linked statically (glibc static-pie): no loader or libc in the image for
 # it. A separate target dir keeps the workspace's dynamic release build untouched.

@@ -522,18 +522,25 @@ fn add_extra(
     )
 }
 
-/// Where the plinth binaries are by default: beside this program (both live in
-/// target/release after `make`), else ./target/release.
+/// Where the plinth binaries are by default: the shipped builds `make build` writes into
+/// target/dist (static musl) when this program runs from target/release; else beside this
+/// program (cargo's own builds); else ./target/dist, then ./target/release.
 pub fn default_plinth_dir() -> PathBuf {
+    let mut candidates = Vec::new();
     if let Some(dir) = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf))
     {
-        if dir.join("plinth-init").is_file() {
-            return dir;
+        if let Some(target) = dir.parent() {
+            candidates.push(target.join("dist"));
         }
+        candidates.push(dir);
     }
-    PathBuf::from("target/release")
+    candidates.push(PathBuf::from("target/dist"));
+    candidates
+        .into_iter()
+        .find(|d| d.join("plinth-init").is_file())
+        .unwrap_or_else(|| PathBuf::from("target/release"))
 }
 
 /// Cache directories searched for the default kernel: $PLINTH_CACHE, ./.cache, and the

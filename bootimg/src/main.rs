@@ -38,14 +38,14 @@ enum Cmd {
         /// Include no kernel modules.
         #[arg(long, conflicts_with = "modules")]
         no_modules: bool,
-        /// Directory holding plinth-init and plinth (default: beside this binary, then target/release).
+        /// Directory holding plinth-init and plinth (default: target/dist, the shipped
+        /// builds, then beside this binary, then target/release).
         #[arg(long)]
         plinth_dir: Option<PathBuf>,
         /// Use this plinth-init (e.g. the static one `make plinth-init-static` builds).
         #[arg(long, conflicts_with = "no_plinth")]
         init: Option<PathBuf>,
-        /// Use this plinth runtime (e.g. target/dist/plinth, the static musl one `make
-        /// build` ships) instead of the one in the plinth directory.
+        /// Use this plinth runtime instead of the one in the plinth directory.
         #[arg(long, conflicts_with = "no_plinth")]
         runtime: Option<PathBuf>,
         /// Leave the plinth binaries out (a bare image, e.g. to measure their share).

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# make build's second step: the `plinth` binary the project ships, written to OUT.
+# make build's second step: the binaries the project ships, `plinth` (the runtime) and
+# `plinth-init` (the node image's PID 1), written into DIR.
 #
-#   usage: tests/scripts/build-plinth.sh OUT
+#   usage: tests/scripts/build-plinth.sh DIR
 #          tests/scripts/build-plinth.sh --has-target   (exit 0 if the musl std is there)
 #   env:   PLINTH_TARGET (default x86_64-unknown-linux-musl; "none" ships the glibc
 #          build), CARGO, RUSTC, CARGO_TARGET_DIR, PLINTH_CACHE (for the stamp below)
 #
-# Static musl: 1.6 MB stripped, where the glibc static-pie build (target/release/plinth)
-# is 2.3 MB, because static glibc alone brings about 0.6 MB of code (docs/performance.md).
-# It also starts without glibc's cpuid cache probing. The musl standard library comes
-# from rustup, added once. Where rustup cannot add it (no rustup, or its server out of
-# reach), OUT is the glibc static build and this says so on stderr; the failure is
+# Static musl: the runtime is 1.6 MB stripped, where the glibc static-pie build
+# (target/release/plinth) is 2.3 MB, because static glibc alone brings about 0.6 MB of
+# code (docs/performance.md); it also starts without glibc's cpuid cache probing. The
+# init needs no libc in the image (the glibc build brings 2.4 MiB of shared libraries).
+# The musl standard library comes from rustup, added once. Where rustup cannot add it
+# (no rustup, or its server out of reach), DIR gets the glibc builds (the runtime static,
+# the init dynamic) and this says so on stderr; the failure is
 # remembered in $PLINTH_CACHE/musl-unavailable so that later builds do not wait on the
 # network again (remove the file to retry). The benchmark prints which libc the binary
 # it measured carries.
@@ -34,8 +37,9 @@ if [ "${1:-}" = --has-target ]; then
   have_target
   exit
 fi
-[ $# -eq 1 ] || { echo "usage: $0 OUT | --has-target" >&2; exit 2; }
-out=$1
+[ $# -eq 1 ] || { echo "usage: $0 DIR | --has-target" >&2; exit 2; }
+dir=$1
+bins=(-p plinth-runtime -p plinth-provisioner --bin plinth --bin plinth-init)
 
 if [ -n "$target" ] && [ "$target" != none ] && ! have_target; then
   if [ -n "$stamp" ] && [ -e "$stamp" ]; then
@@ -47,16 +51,18 @@ if [ -n "$target" ] && [ "$target" != none ] && ! have_target; then
   fi
 fi
 if have_target; then
-  (cd "$root" && "${cargo[@]}" build --release -p plinth-runtime --bin plinth --target "$target")
-  src=$targetdir/$target/release/plinth
+  (cd "$root" && "${cargo[@]}" build --release "${bins[@]}" --target "$target")
+  src=$targetdir/$target/release
 else
   [ "$target" = none ] ||
     echo "build-plinth: no ${target:-musl} standard library (rustup could not add it);" \
-      "shipping the glibc static build, which is larger" >&2
-  (cd "$root" && "${cargo[@]}" build --release -p plinth-runtime --bin plinth)
-  src=$targetdir/release/plinth
+      "shipping the glibc builds, which are larger" >&2
+  (cd "$root" && "${cargo[@]}" build --release "${bins[@]}")
+  src=$targetdir/release
 fi
-mkdir -p "$(dirname "$out")"
-# Through a temporary name: a plinth running from OUT keeps its own inode.
-cp -f "$src" "$out.tmp"
-mv -f "$out.tmp" "$out"
+mkdir -p "$dir"
+for b in plinth plinth-init; do
+  # Through a temporary name: a binary running from DIR keeps its own inode.
+  cp -f "$src/$b" "$dir/$b.tmp"
+  mv -f "$dir/$b.tmp" "$dir/$b"
+done

@@ -338,6 +338,39 @@ fn the_named_runtime_is_the_images_plinth() {
     );
 }
 
+/// With no --plinth-dir, the image carries the binaries `make build` ships
+/// (target/dist: static musl where the target could be had), not cargo's own builds.
+#[test]
+fn the_default_image_carries_the_shipped_binaries() {
+    let Some(k) = kernel("the_default_image_carries_the_shipped_binaries") else {
+        return;
+    };
+    let dist = workspace().join("target/dist");
+    if !dist.join("plinth-init").is_file() {
+        println!(
+            "SKIP the_default_image_carries_the_shipped_binaries: {} has no plinth-init (make build writes it)",
+            dist.display()
+        );
+        return;
+    }
+    let t = TempDir::new("plinth-boot-default");
+    let out = t.0.join("img");
+    build_ok(&out, &["--kernel", &k.to_string_lossy(), "--no-modules"]);
+    let ar = read_initrd(&out.join("initrd"));
+    for (entry, file) in [
+        ("usr/bin/plinth-init", "plinth-init"),
+        ("usr/bin/plinth", "plinth"),
+    ] {
+        let (_, body) = ar
+            .get(entry)
+            .unwrap_or_else(|| panic!("no {entry} in the initrd"));
+        assert!(
+            *body == std::fs::read(dist.join(file)).unwrap(),
+            "{entry} is not target/dist/{file}"
+        );
+    }
+}
+
 fn assert_build_fails(test: &str, args: &[&str], needle: &str) {
     let t = TempDir::new("plinth-boot-bad");
     let out = t.0.join("img");
