@@ -30,8 +30,9 @@ $(BOOT_CACHE)/.extracted:
 boot-image: build kernel
 	target/release/plinth-boot build -o $(CACHE)/boot --plinth-dir $(PLINTH_DIST_DIR) --runtime $(PLINTH)
 
-# plinth-init linked statically (glibc static-pie): no loader or libc in the image for
-# it. A separate target dir keeps the workspace's dynamic release build untouched.
+# plinth-init linked statically against glibc (static-pie), for comparison with the musl
+# build `make build` ships in target/dist. A separate target dir keeps the workspace's
+# dynamic release build untouched.
 BOOT_STATIC_INIT := $(CURDIR)/target/static/x86_64-unknown-linux-gnu/release/plinth-init
 .PHONY: plinth-init-static boot-image-static
 plinth-init-static:
