@@ -322,14 +322,10 @@ fn assemble(opts: &BuildOptions, kernel: &Kernel) -> Result<(Archive, Report)> {
         );
         // The directory's runtime is optional (an image of plinth-init alone); one named
         // on the command line is not.
-        if let Some(runtime) = opts.runtime.as_ref().filter(|r| !r.is_file()) {
-            return Err(Error::Missing {
-                what: "plinth runtime",
-                path: runtime.clone(),
-                hint: " (run `make build`, which writes target/dist/plinth)",
-            });
-        }
-        let runtime = opts.runtime.clone().unwrap_or_else(|| dir.join("plinth"));
+        let (runtime, required) = match &opts.runtime {
+            Some(r) => (r.clone(), true),
+            None => (dir.join("plinth"), false),
+        };
         if runtime.is_file() {
             add_binary(
                 &mut ar,
@@ -339,6 +335,12 @@ fn assemble(opts: &BuildOptions, kernel: &Kernel) -> Result<(Archive, Report)> {
                 &runtime,
                 "/usr/bin/plinth",
             )?;
+        } else if required {
+            return Err(Error::Missing {
+                what: "plinth runtime",
+                path: runtime,
+                hint: " (run `make build`, which writes target/dist/plinth)",
+            });
         }
     }
 

@@ -113,6 +113,14 @@ pub fn serve(cfg: Config, on_ready: impl FnOnce(SocketAddr, Option<SocketAddr>))
     Ok(())
 }
 
+impl State {
+    /// Runs `f` on the store under its lock, which is released before any reply is
+    /// written (a slow client must not hold it); None if a panic poisoned the lock.
+    fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> Option<T> {
+        self.store.lock().ok().map(|mut s| f(&mut s))
+    }
+}
+
 fn handle(st: &State, stream: TcpStream) -> std::io::Result<()> {
     let mut w = stream.try_clone()?;
     let mut r = BufReader::new(stream);
@@ -147,20 +155,21 @@ fn handle(st: &State, stream: TcpStream) -> std::io::Result<()> {
             post_event(st, &body, &mut w)
         }
         ("GET", ["v1", "machines"]) => {
-            let body = match st.store.lock() {
-                Ok(s) => serde_json::to_vec_pretty(&s.machines()).unwrap_or_default(),
-                Err(_) => return json_error(&mut w, 500, "store lock poisoned"),
+            let Some(body) =
+                st.with_store(|s| serde_json::to_vec_pretty(&s.machines()).unwrap_or_default())
+            else {
+                return json_error(&mut w, 500, "store lock poisoned");
             };
             http::respond(&mut w, 200, "application/json", &body, &[])
         }
         ("GET", ["v1", "machines", mac]) => with_mac(&mut w, mac, |mac, w| {
             // Every handler answers after the store's lock is released: a client that
             // reads slowly must not stall the store for the write timeout.
-            let body = match st.store.lock() {
-                Ok(s) => s
-                    .machine(&mac)
-                    .map(|m| serde_json::to_vec_pretty(m).unwrap_or_default()),
-                Err(_) => return json_error(w, 500, "store lock poisoned"),
+            let Some(body) = st.with_store(|s| {
+                s.machine(&mac)
+                    .map(|m| serde_json::to_vec_pretty(m).unwrap_or_default())
+            }) else {
+                return json_error(w, 500, "store lock poisoned");
             };
             match body {
                 Some(body) => http::respond(w, 200, "application/json", &body, &[]),
@@ -168,9 +177,8 @@ fn handle(st: &State, stream: TcpStream) -> std::io::Result<()> {
             }
         }),
         ("GET", ["v1", "machines", mac, "action"]) => with_mac(&mut w, mac, |mac, w| {
-            let taken = match st.store.lock() {
-                Ok(mut s) => s.take_action(&mac),
-                Err(_) => return json_error(w, 500, "store lock poisoned"),
+            let Some(taken) = st.with_store(|s| s.take_action(&mac)) else {
+                return json_error(w, 500, "store lock poisoned");
             };
             match taken {
                 Ok(action) => reply(w, Reply { action }),
@@ -184,9 +192,8 @@ fn handle(st: &State, stream: TcpStream) -> std::io::Result<()> {
                 } else {
                     Action::Reboot
                 };
-                let set = match st.store.lock() {
-                    Ok(mut s) => s.set_action(&mac, action),
-                    Err(_) => return json_error(w, 500, "store lock poisoned"),
+                let Some(set) = st.with_store(|s| s.set_action(&mac, action)) else {
+                    return json_error(w, 500, "store lock poisoned");
                 };
                 match set {
                     Ok(()) => http::respond(
@@ -250,9 +257,8 @@ fn post_event<W: Write>(st: &State, body: &[u8], w: &mut W) -> std::io::Result<(
         Err(msg) => return json_error(w, 400, &msg),
     };
     let booted = ev.kind == EventKind::Booted;
-    let recorded = match st.store.lock() {
-        Ok(mut s) => s.record(ev),
-        Err(_) => return json_error(w, 500, "store lock poisoned"),
+    let Some(recorded) = st.with_store(|s| s.record(ev)) else {
+        return json_error(w, 500, "store lock poisoned");
     };
     match recorded {
         Ok(mut action) => {
@@ -278,10 +284,10 @@ fn boot_script<W: Write>(st: &State, req: &Request, w: &mut W) -> std::io::Resul
         let serial = req
             .query_param("serial")
             .filter(|s| s.len() <= 128 && !s.is_empty());
-        let noted = match st.store.lock() {
-            Ok(mut s) => s.note_pxe(&mac, uuid, serial),
-            Err(_) => Ok(()),
-        };
+        // A poisoned store does not stop a machine from booting.
+        let noted = st
+            .with_store(|s| s.note_pxe(&mac, uuid, serial))
+            .unwrap_or(Ok(()));
         if let Err(e) = noted {
             return json_error(w, 500, &e.to_string());
         }

@@ -477,10 +477,31 @@ impl P {
         self.id(&mut pos)
     }
 
+    fn find_command(&self, name: &str) -> Result<&'static Help, Stop> {
+        COMMANDS
+            .iter()
+            .find(|h| h.name == name)
+            .ok_or_else(|| self.usage(format_args!("unknown command {name:?} (see plinth --help)")))
+    }
+
+    /// A command's flag that takes no value (`names`: its short and long form), and
+    /// up to `max` words.
+    fn switch(
+        &mut self,
+        names: [&str; 2],
+        max: usize,
+    ) -> Result<(bool, std::vec::IntoIter<OsString>), Stop> {
+        let mut on = false;
+        let pos = self.args(max, false, |_, f| {
+            let ours = names.contains(&f);
+            on |= ours;
+            Ok(ours)
+        })?;
+        Ok((on, pos))
+    }
+
     fn command(&mut self, name: &str) -> Result<Cmd, Stop> {
-        let Some(h) = COMMANDS.iter().find(|h| h.name == name) else {
-            return Err(self.usage(format_args!("unknown command {name:?} (see plinth --help)")));
-        };
+        let h = self.find_command(name)?;
         self.help = Some(h);
         Ok(match h.name {
             "create" => Cmd::Create(self.create(None)?),
@@ -502,12 +523,7 @@ impl P {
                 id: self.just_id()?,
             },
             "kill" => {
-                let mut all = false;
-                let mut pos = self.args(2, false, |_, f| {
-                    let ours = matches!(f, "-a" | "--all");
-                    all |= ours;
-                    Ok(ours)
-                })?;
+                let (all, mut pos) = self.switch(["-a", "--all"], 2)?;
                 let id = self.id(&mut pos)?;
                 let signal = match pos.next() {
                     Some(s) => self.text(s, "signal")?,
@@ -516,12 +532,7 @@ impl P {
                 Cmd::Kill { all, id, signal }
             }
             "delete" => {
-                let mut force = false;
-                let mut pos = self.args(1, false, |_, f| {
-                    let ours = matches!(f, "-f" | "--force");
-                    force |= ours;
-                    Ok(ours)
-                })?;
+                let (force, mut pos) = self.switch(["-f", "--force"], 1)?;
                 Cmd::Delete {
                     force,
                     id: self.id(&mut pos)?,
@@ -610,13 +621,7 @@ impl P {
                     return Err(Stop::Help(None));
                 };
                 let name = self.text(w, "command")?;
-                match COMMANDS.iter().find(|h| h.name == name) {
-                    Some(h) => return Err(Stop::Help(Some(h))),
-                    None => {
-                        return Err(self
-                            .usage(format_args!("unknown command {name:?} (see plinth --help)")))
-                    }
-                }
+                return Err(Stop::Help(Some(self.find_command(&name)?)));
             }
         })
     }
@@ -889,14 +894,25 @@ mod tests {
                 "{line}"
             );
         }
-        let Cmd::Exec { opts: o, .. } =
-            cmd("exec -p /p.json --preserve-fds 3 --no-new-privs --ignore-paused x")
+        let Cmd::Exec {
+            opts: o,
+            process_label,
+            apparmor,
+        } = cmd(
+            "exec -p /p.json --preserve-fds 3 --no-new-privs --ignore-paused \
+             --console-socket /s --pid-file /pid --process-label L --apparmor A x",
+        )
         else {
             panic!()
         };
         assert_eq!(
             (o.process, o.args.len(), o.preserve_fds),
             (path("/p.json"), 0, 3)
+        );
+        assert_eq!((o.console_socket, o.pid_file), (path("/s"), path("/pid")));
+        assert_eq!(
+            (process_label.as_deref(), apparmor.as_deref()),
+            (Some("L"), Some("A"))
         );
         assert!(o.no_new_privs && o.ignore_paused);
         // After the id, -h is the command's.

@@ -76,6 +76,16 @@ impl Drop for Cleanup<'_> {
     }
 }
 
+/// Forks with `flags`, the child born in `cgroup` where the host is pure cgroup v2
+/// (clone3 with CLONE_INTO_CGROUP, as crun does): no migration, so no wait for its RCU
+/// grace period. The bool says whether that happened; if not, the caller moves the child
+/// in. The directory's fd is closed in both processes before this returns: a host
+/// directory's fd must not reach the container (CVE-2024-21626).
+pub(crate) fn fork_in_cgroup(flags: CloneFlags, cgroup: Option<&Cgroup>) -> Result<(Forked, bool)> {
+    let dir = cgroup.map_or(Ok(None), Cgroup::open_unified_only)?;
+    namespaces::fork_into(flags, dir.as_ref().map(|d| d.as_fd()))
+}
+
 /// Creates a container and returns once its init waits for `start`.
 pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
     state::validate_id(&opts.id)?;
@@ -176,21 +186,11 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
     // create hooks (they may look at the cgroup), no namespace to join (that forks).
     let overlap =
         fast && cgroup.is_some() && !has_create_hooks && !plan.creates(CloneFlags::CLONE_NEWCGROUP);
-    // On a pure v2 host there is no migration at all: the init is born in its cgroup
-    // (clone3 with CLONE_INTO_CGROUP, as crun does).
-    let cgroup_dir = cgroup
-        .as_ref()
-        .map(Cgroup::open_unified_only)
-        .transpose()?
-        .flatten();
-    let (forked, born_inside) =
-        namespaces::fork_into(clone_flags, cgroup_dir.as_ref().map(|d| d.as_fd()))?;
+    let (forked, born_inside) = fork_in_cgroup(clone_flags, cgroup.as_ref())?;
     let cgroup_joined_later = overlap && !born_inside;
     let child = match forked {
         Forked::Child => {
             drop(ours);
-            // A host directory's fd must not reach the container (CVE-2024-21626).
-            drop(cgroup_dir);
             init::run(Init {
                 bundle: &bundle,
                 channel: theirs,
@@ -214,7 +214,6 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
     drop(fifo);
     drop(console_socket);
     cleanup.pids.push(child);
-    drop(cgroup_dir);
 
     if let Some(cg) = cgroup
         .as_ref()

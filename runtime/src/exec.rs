@@ -5,7 +5,7 @@
 //! execs. Errors come back over the sync channel; its end of the channel closes at
 //! execve, which is how the runtime learns the exec happened.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::sched::CloneFlags;
@@ -14,7 +14,6 @@ use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxCapabilities, Process};
 
 use crate::capabilities::Sets;
-use crate::cgroups::Cgroup;
 use crate::config::{self, Bundle};
 use crate::container;
 use crate::error::{Error, Result};
@@ -118,20 +117,10 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
     }
 
     let (ours, theirs) = sync::pair()?;
-    // On pure v2 the process is born in the container's cgroup (see container::create).
-    let cgroup_dir = st
-        .cgroup
-        .as_ref()
-        .map(Cgroup::open_unified_only)
-        .transpose()?
-        .flatten();
-    let (forked, born_inside) =
-        namespaces::fork_into(CloneFlags::empty(), cgroup_dir.as_ref().map(|d| d.as_fd()))?;
+    let (forked, born_inside) = container::fork_in_cgroup(CloneFlags::empty(), st.cgroup.as_ref())?;
     let child = match forked {
         Forked::Child => {
             drop(ours);
-            // A host directory's fd must not reach the container (CVE-2024-21626).
-            drop(cgroup_dir);
             let ch = theirs;
             let r = child_side(
                 &ch,
@@ -152,7 +141,6 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
     };
     drop(theirs);
     drop(console);
-    drop(cgroup_dir);
     let mut guard = KillOnError(vec![child]);
     if let Some(cg) = st.cgroup.as_ref().filter(|_| !born_inside) {
         cg.add_pid(child.as_raw())?;

@@ -55,7 +55,8 @@ pub fn run(kind: &'static str, hook: &Hook, state_json: &str) -> Result<()> {
             .wait()
             .map_err(|e| err(format!("wait: {}", os_text(&e))))?,
         Some(t) => {
-            let pidfd = pidfd_open(child.id() as i32).map_err(|e| err(format!("pidfd: {e}")))?;
+            let pidfd = pidfd_open(child.id() as i32)
+                .map_err(|e| err(format!("pidfd: {}", os_text(&e))))?;
             let mut fds = [nix::poll::PollFd::new(
                 std::os::fd::AsFd::as_fd(&pidfd),
                 nix::poll::PollFlags::POLLIN,

@@ -13,7 +13,7 @@
 /// What kind of error sits at a position. serde_json reports each kind at a different
 /// place relative to the value it is about, so the kind decides which value is blamed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
+enum Cause {
     /// Malformed JSON. serde_json reports these on the offending byte, which is
     /// counted in the column.
     Syntax,
@@ -39,7 +39,7 @@ pub enum Cause {
 
 impl Cause {
     /// The cause of a serde_json error, from its category and message.
-    pub fn of(err: &serde_json::Error) -> Self {
+    fn of(err: &serde_json::Error) -> Self {
         use serde_json::error::Category;
         match err.classify() {
             Category::Syntax | Category::Io => {
@@ -87,7 +87,7 @@ pub fn error_path(text: &[u8], err: &serde_json::Error) -> String {
 /// The path of the value an error of kind `cause` at `line` and `column` of `text` is
 /// about. Lines are 1-based and counted by `\n`; the column is serde_json's: the number
 /// of bytes of that line read when the error was found (so 0 is the line's start).
-pub fn path_at(text: &[u8], line: usize, column: usize, cause: Cause) -> String {
+fn path_at(text: &[u8], line: usize, column: usize, cause: Cause) -> String {
     let mut end = line_start(text, line)
         .saturating_add(column)
         .min(text.len());

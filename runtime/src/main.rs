@@ -58,6 +58,20 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     let Some(cmd) = cli.cmd else {
         anyhow::bail!("no command given; see plinth --help");
     };
+    if let Cmd::Exec {
+        process_label,
+        apparmor,
+        ..
+    } = &cmd
+    {
+        // Refused before the re-exec below, which would be wasted on them.
+        if process_label.is_some() {
+            anyhow::bail!("--process-label: SELinux labels are not supported by plinth");
+        }
+        if apparmor.is_some() {
+            anyhow::bail!("--apparmor: AppArmor profiles are not supported by plinth");
+        }
+    }
     if matches!(cmd, Cmd::Create(_) | Cmd::Run { .. } | Cmd::Exec { .. }) {
         // These put a process of ours into the container (CVE-2019-5736). The state
         // root is the read-only view's spare layer: made first, if the view is tried.
@@ -87,17 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             std::fs::write(&path, text + "\n")
                 .map_err(|e| anyhow::anyhow!("write {}: {e}", path.display()))?;
         }
-        Cmd::Exec {
-            opts,
-            process_label,
-            apparmor,
-        } => {
-            if process_label.is_some() {
-                anyhow::bail!("--process-label: SELinux labels are not supported by plinth");
-            }
-            if apparmor.is_some() {
-                anyhow::bail!("--apparmor: AppArmor profiles are not supported by plinth");
-            }
+        Cmd::Exec { opts, .. } => {
             let code = plinth_runtime::exec::exec(&root, &opts)?;
             return Ok(code.clamp(0, 255) as u8);
         }

@@ -18,7 +18,7 @@
 # network again (remove the file to retry). The benchmark prints which libc the binary
 # it measured carries.
 set -euo pipefail
-target=${PLINTH_TARGET-x86_64-unknown-linux-musl}
+target=${PLINTH_TARGET:-x86_64-unknown-linux-musl}
 read -ra cargo <<<"${CARGO:-cargo}"
 rustc=${RUSTC:-rustc}
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -27,7 +27,7 @@ stamp=${PLINTH_CACHE:+$PLINTH_CACHE/musl-unavailable}
 
 # The std of $target for the rustc cargo runs (not whatever rustup thinks is active).
 have_target() {
-  [ -n "$target" ] && [ "$target" != none ] || return 1
+  [ "$target" != none ] || return 1
   local libdir
   libdir=$("$rustc" --print target-libdir --target "$target" 2>/dev/null) || return 1
   compgen -G "$libdir/libstd-*.rlib" >/dev/null
@@ -41,7 +41,7 @@ fi
 dir=$1
 bins=(-p plinth-runtime -p plinth-provisioner --bin plinth --bin plinth-init)
 
-if [ -n "$target" ] && [ "$target" != none ] && ! have_target; then
+if [ "$target" != none ] && ! have_target; then
   if [ -n "$stamp" ] && [ -e "$stamp" ]; then
     echo "build-plinth: $target was unavailable before ($stamp); not asking rustup again" >&2
   elif command -v rustup >/dev/null && rustup target add "$target"; then
@@ -55,7 +55,7 @@ if have_target; then
   src=$targetdir/$target/release
 else
   [ "$target" = none ] ||
-    echo "build-plinth: no ${target:-musl} standard library (rustup could not add it);" \
+    echo "build-plinth: no $target standard library (rustup could not add it);" \
       "shipping the glibc builds, which are larger" >&2
   (cd "$root" && "${cargo[@]}" build --release "${bins[@]}")
   src=$targetdir/release

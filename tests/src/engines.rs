@@ -25,7 +25,7 @@ pub fn missing_tools() -> Option<String> {
         "podman",
         "conmon",
     ] {
-        if which(t).is_none() {
+        if crate::which(t).is_none() {
             return Some(format!(
                 "{t} is not installed (`make test` installs it: mk/engines.mk)"
             ));
@@ -43,14 +43,6 @@ pub fn missing_tools() -> Option<String> {
 /// The crictl the Makefile builds from the Go module proxy.
 pub fn crictl() -> PathBuf {
     crate::cache().join("bin/crictl")
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
 }
 
 /// Runs a command and panics with its output unless it succeeds; returns stdout.

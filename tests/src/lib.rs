@@ -33,6 +33,15 @@ pub fn plinth_bin() -> PathBuf {
     p
 }
 
+/// The path of a program on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
 /// The cache directory the Makefile fills.
 pub fn cache() -> PathBuf {
     std::env::var_os("PLINTH_CACHE")

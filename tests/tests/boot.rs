@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -248,13 +249,7 @@ fn initrd_holds_every_dt_needed_library() {
             continue;
         }
         std::fs::write(&scratch, body).unwrap();
-        // binutils' readelf as the independent judge of what the file needs.
-        let out = Command::new("readelf")
-            .args(["-d", "-l", "-W"])
-            .arg(&scratch)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = readelf(&scratch);
         for line in text.lines() {
             if let Some(i) = line.find("[Requesting program interpreter: ") {
                 let interp = line[i + 33..].trim_end_matches(']');
@@ -293,8 +288,15 @@ fn the_named_runtime_is_the_images_plinth() {
     let Some(k) = kernel("the_named_runtime_is_the_images_plinth") else {
         return;
     };
-    let runtime = plinth_bin();
+    let shipped = plinth_bin();
     let t = TempDir::new("plinth-boot-runtime");
+    // A copy one byte longer than the shipped binary (which the default plinth
+    // directory also holds), so only --runtime can have put it in the image.
+    let runtime = t.0.join("plinth-marked");
+    let mut bytes = std::fs::read(&shipped).unwrap();
+    bytes.push(0);
+    std::fs::write(&runtime, &bytes).unwrap();
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = t.0.join("img");
     build_ok(
         &out,
@@ -316,25 +318,15 @@ fn the_named_runtime_is_the_images_plinth() {
         "usr/bin/plinth is not executable: {mode:o}"
     );
     assert!(
-        *body == std::fs::read(&runtime).unwrap(),
+        *body == bytes,
         "usr/bin/plinth is not {}",
         runtime.display()
     );
-    let elf = Command::new("readelf")
-        .args(["-d", "-l", "-W"])
-        .arg(&runtime)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&elf.stdout);
-    assert!(
-        elf.status.success(),
-        "readelf failed on {}",
-        runtime.display()
-    );
+    let text = readelf(&shipped);
     assert!(
         !text.contains("program interpreter") && !text.contains("(NEEDED)"),
         "{} is not static:\n{text}",
-        runtime.display()
+        shipped.display()
     );
 }
 
@@ -369,6 +361,18 @@ fn the_default_image_carries_the_shipped_binaries() {
             "{entry} is not target/dist/{file}"
         );
     }
+}
+
+/// binutils' readelf (dynamic section and program headers) as the independent judge of
+/// what an ELF file needs.
+fn readelf(path: &Path) -> String {
+    let out = Command::new("readelf")
+        .args(["-d", "-l", "-W"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "readelf failed on {}", path.display());
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn assert_build_fails(test: &str, args: &[&str], needle: &str) {

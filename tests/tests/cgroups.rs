@@ -197,12 +197,7 @@ fn without_a_path_the_cgroup_is_the_id_below_the_callers_own() {
 /// unified one) mounted in its place. strace shows the clone3 call.
 #[test]
 fn on_pure_v2_the_init_is_born_in_its_cgroup() {
-    let name = "on_pure_v2_the_init_is_born_in_its_cgroup";
-    if !need_root(name) {
-        return;
-    }
-    let Ok(strace) = which("strace") else {
-        println!("SKIP {name}: strace is not installed (make deps installs it)");
+    let Some(strace) = root_and_strace("on_pure_v2_the_init_is_born_in_its_cgroup") else {
         return;
     };
     // Without a cgroup namespace /proc/self/cgroup shows the full path; with one, the
@@ -240,14 +235,13 @@ fn on_pure_v2_the_init_is_born_in_its_cgroup() {
         );
         assert_cloned_into_cgroup(&trace);
         // The same hierarchy is mounted at /sys/fs/cgroup/unified here: run removed it.
-        if let Some(unified) = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        let unified = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
             .iter()
             .map(Path::new)
             .find(|m| m.join("cgroup.controllers").exists())
-        {
-            let left = unified.join(path.trim_start_matches('/'));
-            assert!(!left.exists(), "{} left behind", left.display());
-        }
+            .expect("no cgroup2 mount on the host to look for leftovers in");
+        let left = unified.join(path.trim_start_matches('/'));
+        assert!(!left.exists(), "{} left behind", left.display());
     }
 }
 
@@ -255,12 +249,8 @@ fn on_pure_v2_the_init_is_born_in_its_cgroup() {
 /// (clone3 with CLONE_INTO_CGROUP), in the same pure-v2 view as the test above.
 #[test]
 fn on_pure_v2_an_exec_is_born_in_the_containers_cgroup() {
-    let name = "on_pure_v2_an_exec_is_born_in_the_containers_cgroup";
-    if !need_root(name) {
-        return;
-    }
-    let Ok(strace) = which("strace") else {
-        println!("SKIP {name}: strace is not installed (make deps installs it)");
+    let Some(strace) = root_and_strace("on_pure_v2_an_exec_is_born_in_the_containers_cgroup")
+    else {
         return;
     };
     let mut b = Bundle::busybox("sleep 30");
@@ -295,6 +285,18 @@ fn on_pure_v2_an_exec_is_born_in_the_containers_cgroup() {
     assert_cloned_into_cgroup(&trace);
 }
 
+/// strace's path, for a test that needs it and root; None (with the SKIP line) otherwise.
+fn root_and_strace(test: &str) -> Option<PathBuf> {
+    if !need_root(test) {
+        return None;
+    }
+    let strace = plinth_tests::which("strace");
+    if strace.is_none() {
+        println!("SKIP {test}: strace is not installed (make deps installs it)");
+    }
+    strace
+}
+
 /// Runs `sh -c SCRIPT` in a private mount namespace where /sys/fs/cgroup is cgroup2:
 /// a pure-v2 view of a hybrid host. Returns (exit code, stdout, stderr).
 fn on_pure_v2_view(script: &str) -> (i32, String, String) {
@@ -316,14 +318,4 @@ fn assert_cloned_into_cgroup(trace: &Path) {
             .any(|l| l.contains("clone3(") && l.contains("CLONE_INTO_CGROUP")),
         "no clone3 with CLONE_INTO_CGROUP: {calls}"
     );
-}
-
-/// The path of a program on PATH.
-fn which(prog: &str) -> Result<PathBuf, ()> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(prog))
-        .find(|p| p.is_file())
-        .ok_or(())
 }

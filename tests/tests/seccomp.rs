@@ -166,7 +166,10 @@ fn a_filter_before_the_user_switch_sees_only_the_runtimes_last_calls() {
     // Not busybox: as a non-root user it stats /etc/busybox.conf. A static C program's
     // start-up makes none of the calls the filter kills (checked with strace).
     let exe = b.tmp.0.join("quiet");
-    if !plinth_tests::compile_static("int main(void) { return 7; }\n", &exe, test) {
+    // With an argument it makes one of those calls itself: the filter's own proof.
+    let src = "#include <fcntl.h>\nint main(int argc, char **argv) {\n\
+               if (argc > 1) fcntl(0, F_GETFD);\n return 7;\n}\n";
+    if !plinth_tests::compile_static(src, &exe, test) {
         return;
     }
     std::fs::copy(&exe, b.dir.join("rootfs/bin/quiet")).unwrap();
@@ -184,4 +187,8 @@ fn a_filter_before_the_user_switch_sees_only_the_runtimes_last_calls() {
     let (code, out, err) = b.run(&unique("scu"));
     // 7 is the program's own status: it ran. 159 would be SIGSYS.
     assert_eq!(code, 7, "stdout: {out}\nstderr: {err}");
+    // The same filter is in place: the program's own fcntl is killed (128 + SIGSYS).
+    b.config["process"]["args"] = json!(["/bin/quiet", "fcntl"]);
+    let (code, out, err) = b.run(&unique("scu"));
+    assert_eq!(code, 159, "stdout: {out}\nstderr: {err}");
 }

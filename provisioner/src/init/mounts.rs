@@ -10,69 +10,61 @@ use crate::error::{io, Error, Result};
 const NOSUID_NODEV: MsFlags = MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV);
 const NOSUID_NODEV_NOEXEC: MsFlags = NOSUID_NODEV.union(MsFlags::MS_NOEXEC);
 
-/// (source, target, fstype, flags, data)
-const MOUNTS: &[(&str, &str, &str, MsFlags, &str)] = &[
-    ("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, ""),
-    ("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, ""),
+/// (source, target, fstype, flags, data): each data string is tried in turn while the
+/// kernel refuses it (EINVAL), for options an older kernel lacks.
+const MOUNTS: &[(&str, &str, &str, MsFlags, &[&str])] = &[
+    ("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, &[""]),
+    ("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, &[""]),
     (
         "devtmpfs",
         "/dev",
         "devtmpfs",
         MsFlags::MS_NOSUID,
-        "mode=0755",
+        &["mode=0755"],
     ),
     (
         "devpts",
         "/dev/pts",
         "devpts",
         MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
-        "mode=0620,ptmxmode=0666",
+        &["mode=0620,ptmxmode=0666"],
     ),
-    ("tmpfs", "/dev/shm", "tmpfs", NOSUID_NODEV, "mode=1777"),
-    ("tmpfs", "/run", "tmpfs", NOSUID_NODEV, "mode=0755"),
-    ("tmpfs", "/tmp", "tmpfs", NOSUID_NODEV, "mode=1777"),
+    ("tmpfs", "/dev/shm", "tmpfs", NOSUID_NODEV, &["mode=1777"]),
+    ("tmpfs", "/run", "tmpfs", NOSUID_NODEV, &["mode=0755"]),
+    ("tmpfs", "/tmp", "tmpfs", NOSUID_NODEV, &["mode=1777"]),
+    // Pure cgroup v2, where containers and kubelet expect the unified hierarchy, with
+    // the options systemd mounts it with: `nsdelegate` (a cgroup namespace is a
+    // delegation boundary) and `memory_recursiveprot` (memory.min and memory.low protect
+    // a whole subtree, as kubelet's memory QoS assumes; Linux 5.7).
+    (
+        "cgroup2",
+        "/sys/fs/cgroup",
+        "cgroup2",
+        NOSUID_NODEV_NOEXEC,
+        &["nsdelegate,memory_recursiveprot", "nsdelegate"],
+    ),
 ];
 
-/// Pure cgroup v2 on /sys/fs/cgroup, where containers and kubelet expect the unified
-/// hierarchy, with the options systemd mounts it with: `nsdelegate` (a cgroup namespace
-/// is a delegation boundary) and `memory_recursiveprot` (memory.min and memory.low
-/// protect a whole subtree, as kubelet's memory QoS assumes; Linux 5.7). A kernel that
-/// refuses the second gets the first alone.
-const CGROUP2_OPTIONS: [&str; 2] = ["nsdelegate,memory_recursiveprot", "nsdelegate"];
-
-/// Mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run, /tmp, then cgroup2 under `root`.
+/// Mounts /proc, /sys, /dev, /dev/pts, /dev/shm, /run, /tmp and cgroup2 under `root`.
 /// Returns the targets that were already mounted.
 pub fn mount_all(root: &Path) -> Result<Vec<String>> {
     let mut busy = Vec::new();
-    for (src, target, fstype, flags, data) in MOUNTS {
+    for (src, target, fstype, flags, datas) in MOUNTS {
         let path = root.join(target.trim_start_matches('/'));
         std::fs::create_dir_all(&path).map_err(io("creating mount point", &path))?;
-        let data = if data.is_empty() { None } else { Some(*data) };
-        match mount(Some(*src), &path, Some(*fstype), *flags, data) {
+        let mut result = Err(nix::Error::EINVAL);
+        for data in datas.iter() {
+            let data = Some(*data).filter(|d| !d.is_empty());
+            result = mount(Some(*src), &path, Some(*fstype), *flags, data);
+            if result != Err(nix::Error::EINVAL) {
+                break;
+            }
+        }
+        match result {
             Ok(()) => {}
             Err(nix::Error::EBUSY) => busy.push(target.to_string()),
             Err(e) => return Err(mount_error(fstype, &path, e)),
         }
-    }
-    let cgroup = root.join("sys/fs/cgroup");
-    std::fs::create_dir_all(&cgroup).map_err(io("creating mount point", &cgroup))?;
-    let mut result = Err(nix::Error::EINVAL);
-    for data in CGROUP2_OPTIONS {
-        result = mount(
-            Some("cgroup2"),
-            &cgroup,
-            Some("cgroup2"),
-            NOSUID_NODEV_NOEXEC,
-            Some(data),
-        );
-        if result != Err(nix::Error::EINVAL) {
-            break;
-        }
-    }
-    match result {
-        Ok(()) => {}
-        Err(nix::Error::EBUSY) => busy.push("/sys/fs/cgroup".to_string()),
-        Err(e) => return Err(mount_error("cgroup2", &cgroup, e)),
     }
     Ok(busy)
 }
@@ -85,41 +77,17 @@ fn mount_error(fstype: &str, path: &Path, source: nix::Error) -> Error {
 }
 
 /// The superblock options of the mount on `target` in a /proc/self/mountinfo text (the
-/// last one there, which is the one in view), e.g. "rw,nsdelegate" for cgroup2.
+/// last one there, which is the one in view), e.g. "rw,nsdelegate" for cgroup2. The
+/// target is compared as mountinfo writes it: one with a space or a backslash would
+/// have to be given escaped (`\040`).
 pub fn super_options(mountinfo: &str, target: &str) -> Option<String> {
     mountinfo.lines().rev().find_map(|line| {
         // id parent maj:min root mount-point options [optional...] - type source super
         let (left, right) = line.split_once(" - ")?;
         let point = left.split(' ').nth(4)?;
         let opts = right.split(' ').nth(2)?;
-        (unescape(point) == target).then(|| opts.to_string())
+        (point == target).then(|| opts.to_string())
     })
-}
-
-/// mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape(field: &str) -> String {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        // Three octal digits that make a byte (the kernel writes \040 and the like).
-        let byte = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
-            .map(|d| d.iter().fold(0u32, |n, c| n * 8 + u32::from(c - b'0')))
-            .and_then(|n| u8::try_from(n).ok());
-        match (b[i], byte) {
-            (b'\\', Some(v)) => {
-                out.push(v);
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -131,7 +99,6 @@ mod tests {
 30 22 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw,nsdelegate
 31 22 0:27 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
 40 22 0:30 / /mnt/a\\040b rw shared:5 - tmpfs tmpfs rw,size=64k
-41 22 0:31 / /mnt/\\777 rw - tmpfs tmpfs rw,size=1k
 ";
 
     #[test]
@@ -141,14 +108,10 @@ mod tests {
             Some("rw,nsdelegate,memory_recursiveprot")
         );
         assert_eq!(super_options(MOUNTINFO, "/proc").as_deref(), Some("rw"));
+        // As mountinfo writes it, escapes included.
         assert_eq!(
-            super_options(MOUNTINFO, "/mnt/a b").as_deref(),
+            super_options(MOUNTINFO, "/mnt/a\\040b").as_deref(),
             Some("rw,size=64k")
-        );
-        // Not a byte: kept as written, not wrapped around.
-        assert_eq!(
-            super_options(MOUNTINFO, "/mnt/\\777").as_deref(),
-            Some("rw,size=1k")
         );
         assert_eq!(super_options(MOUNTINFO, "/nowhere"), None);
     }

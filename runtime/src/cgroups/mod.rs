@@ -517,34 +517,22 @@ impl Cgroup {
             .or_else(|| self.unified())
     }
 
-    /// On a pure cgroup v2 host, the container's one directory: a process can be
-    /// born there (`clone3(CLONE_INTO_CGROUP)`) instead of being moved in. None on v1
+    /// On a pure cgroup v2 host, an fd of the container's one directory, where a process
+    /// can be born (`clone3(CLONE_INTO_CGROUP)`) instead of being moved in. None on v1
     /// and hybrid hosts, where the v1 hierarchies still need [`Cgroup::add_pid`].
-    pub fn unified_only(&self) -> Option<&Path> {
-        match self.mode {
-            Mode::Unified => self.unified().map(|d| d.path.as_path()),
-            _ => None,
-        }
-    }
-
-    /// An fd of [`Cgroup::unified_only`]'s directory, for clone3's CLONE_INTO_CGROUP;
-    /// None where there is no such directory.
     pub fn open_unified_only(&self) -> Result<Option<std::os::fd::OwnedFd>> {
-        let Some(dir) = self.unified_only() else {
+        let Some(dir) = self.unified().filter(|_| self.mode == Mode::Unified) else {
             return Ok(None);
         };
         nix::fcntl::open(
-            dir,
+            &dir.path,
             nix::fcntl::OFlag::O_RDONLY
                 | nix::fcntl::OFlag::O_DIRECTORY
                 | nix::fcntl::OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
         .map(Some)
-        .map_err(|e| Error::Cgroup {
-            path: dir.to_path_buf(),
-            msg: format!("open for clone3: {e}"),
-        })
+        .map_err(|e| Error::cgroup(&dir.path, format!("open for clone3: {e}")))
     }
 
     /// Moves `pid` into the container's cgroup in every hierarchy.
