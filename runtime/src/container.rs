@@ -186,6 +186,8 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
     // create hooks (they may look at the cgroup), no namespace to join (that forks).
     let overlap =
         fast && cgroup.is_some() && !has_create_hooks && !plan.creates(CloneFlags::CLONE_NEWCGROUP);
+    let dumpable_until_go = rootless
+        && (process.oom_score_adj().is_some() || fast && plan.creates(CloneFlags::CLONE_NEWUSER));
     let (forked, born_inside) = fork_in_cgroup(clone_flags, cgroup.as_ref())?;
     let cgroup_joined_later = overlap && !born_inside;
     let child = match forked {
@@ -206,6 +208,7 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
                 cloned_with_namespaces: fast,
                 rootless,
                 cgroup_joined_later,
+                dumpable_until_go,
             })
         }
         Forked::Parent(pid) => pid,

@@ -70,6 +70,10 @@ pub struct Init<'a> {
     /// `Go`, while the mounts are made: then the process's own settings wait for
     /// `CgroupJoined`.
     pub cgroup_joined_later: bool,
+    /// Whether an unprivileged runtime writes this process's /proc files before `Go`
+    /// (the id maps of the user namespace the clone made, oom_score_adj): it can open
+    /// them only while the process is dumpable.
+    pub dumpable_until_go: bool,
 }
 
 /// Runs the init; never returns. On failure the error goes to the runtime.
@@ -87,6 +91,13 @@ pub fn run(init: Init) -> ! {
 }
 
 fn setup(init: Init) -> Result<()> {
+    // Not dumpable from the first instruction to the execve: nothing in a container may
+    // ptrace this process or open its /proc files (root, cwd, fds) while it holds the
+    // host's root and the runtime's fds (CVE-2016-9962). The one exception waits for
+    // `Go`; until then this process has joined nothing, so no container can see it.
+    if !init.dumpable_until_go {
+        not_dumpable()?;
+    }
     // `run` blocks the signals it forwards; a blocked mask survives execve, and the
     // container's process must start with none blocked.
     nix::sys::signal::SigSet::empty()
@@ -105,14 +116,12 @@ fn setup(init: Init) -> Result<()> {
     let plan = &b.namespaces;
 
     init.channel.expect(&Msg::Go)?;
+    if init.dumpable_until_go {
+        not_dumpable()?;
+    }
     if !init.cloned_with_namespaces {
         join_and_unshare(&init)?;
     }
-    // Not dumpable until execve: nothing in the container may ptrace or open /proc
-    // files of this process while it holds the runtime's fds (CVE-2016-9962). Not
-    // before: a non-dumpable process's /proc files belong to root, and an
-    // unprivileged runtime must still write this process's uid_map and gid_map.
-    nix::sys::prctl::set_dumpable(false).map_err(|e| Error::sys("prctl(PR_SET_DUMPABLE)", e))?;
     let userns = plan.has(CloneFlags::CLONE_NEWUSER);
     if userns {
         // Become the namespace's root: the host id we run as may be unmapped.
@@ -383,9 +392,20 @@ fn join_and_unshare(init: &Init) -> Result<()> {
     if plan.creates(CloneFlags::CLONE_NEWUSER) {
         nix::sched::unshare(CloneFlags::CLONE_NEWUSER)
             .map_err(|e| Error::sys("unshare the user namespace", e))?;
+        // An unprivileged runtime (or its newuidmap) may open this process's uid_map
+        // only while it is dumpable: a non-dumpable process's /proc files belong to
+        // root. Dumpable for just that, as runc does; no joined pid namespace holds this
+        // process yet (it forks into one below), so no container can see it meanwhile.
+        if init.rootless {
+            nix::sys::prctl::set_dumpable(true)
+                .map_err(|e| Error::sys("prctl(PR_SET_DUMPABLE, 1)", e))?;
+        }
         init.channel
             .send(&Msg::MapIds(nix::unistd::getpid().as_raw()))?;
         init.channel.expect(&Msg::Go)?;
+        if init.rootless {
+            not_dumpable()?;
+        }
     }
     let rest = plan.new & !(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWCGROUP);
     if !rest.is_empty() {
@@ -406,7 +426,24 @@ fn join_and_unshare(init: &Init) -> Result<()> {
             Forked::Child => {}
         }
     }
+    hold_for_test();
     Ok(())
+}
+
+fn not_dumpable() -> Result<()> {
+    nix::sys::prctl::set_dumpable(false).map_err(|e| Error::sys("prctl(PR_SET_DUMPABLE, 0)", e))
+}
+
+/// A pause point for tests only: with `PLINTH_TEST_HOLD_AFTER_JOIN=FIFO` in the
+/// runtime's environment, the init stops here, inside every namespace it joined (and,
+/// for a joined pid namespace, already forked into it), until the test has opened FIFO
+/// for writing and closed it again. This is the one place a process already in a joined
+/// namespace can first see the init; tests/tests/escapes.rs holds it here to show what
+/// such a process can reach (CVE-2016-9962). Engines never set the variable.
+fn hold_for_test() {
+    if let Some(fifo) = std::env::var_os("PLINTH_TEST_HOLD_AFTER_JOIN") {
+        let _ = std::fs::read(fifo);
+    }
 }
 
 fn write_time_offsets(init: &Init) -> Result<()> {

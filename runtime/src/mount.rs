@@ -2,7 +2,8 @@
 //! resolved without leaving the rootfs, the rootfs itself, pivot_root, masked and
 //! read-only paths.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -499,7 +500,7 @@ fn open_existing(root: &OwnedFd, path: &Path) -> Result<Option<OwnedFd>> {
 
 /// Hides `paths` (inside the container, after the pivot): a directory gets a read-only
 /// empty tmpfs, anything else the container's /dev/null bound over it. The root and
-/// /dev/null are opened once for all of them.
+/// /dev/null are opened once for all of them; every mount is made fd to fd.
 pub fn mask_paths(paths: &[String]) -> Result<()> {
     let root = root_fd()?;
     let mut null = None;
@@ -509,22 +510,14 @@ pub fn mask_paths(paths: &[String]) -> Result<()> {
         };
         let st = nix::sys::stat::fstat(&target)
             .map_err(|e| Error::sys(format!("stat masked path {}", path.display()), e))?;
-        let p = fd_path(&target);
         if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-            do_mount(
-                Some(Path::new("tmpfs")),
-                &p,
-                Some("tmpfs"),
-                MsFlags::MS_RDONLY,
-                None,
-                path,
-            )?;
+            attach(&empty_read_only_tmpfs(path)?, &target, path)?;
         } else {
             let null = match &null {
                 Some(fd) => fd,
                 None => null.insert(open_dev_null()?),
             };
-            do_mount(Some(&fd_path(null)), &p, None, MsFlags::MS_BIND, None, path)?;
+            bind_fd(null, &target, path)?;
         }
     }
     Ok(())
@@ -551,30 +544,23 @@ pub fn open_dev_null() -> Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Makes each of `paths` (inside the container, after the pivot) read-only with a
-/// recursive bind mount of itself.
+/// Makes each of `paths` (inside the container, after the pivot) read-only: a
+/// recursive bind of itself, read-only, nosuid, nodev and noexec all the way down,
+/// made fd to fd.
 pub fn readonly_paths(paths: &[String]) -> Result<()> {
     let root = root_fd()?;
     for path in paths.iter().map(Path::new) {
         let Some(target) = open_existing(&root, path)? else {
             continue;
         };
-        let p = fd_path(&target);
-        do_mount(
-            Some(&p),
-            &p,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
+        let tree = clone_tree(&target, true, path)?;
+        set_recursive_attrs(
+            &tree,
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+            0,
             path,
         )?;
-        // Re-open: the new mount is on top of what the first fd points to.
-        let target = open_in_root(&root, path, Create::Nothing)?;
-        remount_bind(
-            &fd_path(&target),
-            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            path,
-        )?;
+        attach(&tree, &target, path)?;
     }
     Ok(())
 }
@@ -587,6 +573,98 @@ pub fn root_fd() -> Result<OwnedFd> {
         Mode::empty(),
     )
     .map_err(|e| Error::sys("open /", e))
+}
+
+// ---------------------------------------------------------------------------------
+// The fd-based mount API (Linux 5.2): nix has no wrappers. After the pivot the runtime
+// mounts only through these, fd to fd, so that no path is resolved through the
+// container's own /proc (which the image may fake, or the config may leave out).
+
+/// fsopen(2).
+pub(crate) fn fsopen(fs: &CStr) -> std::result::Result<OwnedFd, Errno> {
+    // SAFETY: fs is a NUL-terminated string that outlives the call; the flags are valid.
+    let fd = unsafe { libc::syscall(libc::SYS_fsopen, fs.as_ptr(), libc::FSOPEN_CLOEXEC) };
+    // SAFETY: on success the kernel returned a new fd that nothing else owns.
+    Errno::result(fd).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// fsconfig(2) with a string value, or a bare command when `value` is None.
+pub(crate) fn fsconfig(
+    ctx: &OwnedFd,
+    cmd: libc::c_uint,
+    key: Option<&CStr>,
+    value: Option<&CStr>,
+) -> std::result::Result<(), Errno> {
+    let key = key.map_or(std::ptr::null(), CStr::as_ptr);
+    let value = value.map_or(std::ptr::null(), CStr::as_ptr);
+    // SAFETY: ctx is an open fs context; key and value are NUL-terminated strings (or
+    // null where the command takes none) that outlive the call.
+    let r = unsafe { libc::syscall(libc::SYS_fsconfig, ctx.as_raw_fd(), cmd, key, value, 0) };
+    Errno::result(r).map(drop)
+}
+
+/// fsmount(2): a detached mount of a created fs context.
+pub(crate) fn fsmount(ctx: &OwnedFd, attrs: u64) -> std::result::Result<OwnedFd, Errno> {
+    // SAFETY: ctx is an fs context after FSCONFIG_CMD_CREATE; flags and attributes
+    // are valid constants.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            ctx.as_raw_fd(),
+            libc::FSMOUNT_CLOEXEC,
+            attrs,
+        )
+    };
+    // SAFETY: on success the kernel returned a new fd that nothing else owns.
+    Errno::result(fd).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// open_tree(2) with OPEN_TREE_CLONE: a detached bind mount of what `fd` is (a file
+/// or a directory), with every mount below it when `recursive`.
+fn clone_tree(fd: &OwnedFd, recursive: bool, shown: &Path) -> Result<OwnedFd> {
+    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as u32;
+    }
+    // SAFETY: an empty NUL-terminated path with AT_EMPTY_PATH on an fd we own.
+    let r = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
+    let r =
+        Errno::result(r).map_err(|e| Error::sys(format!("open_tree {}", shown.display()), e))?;
+    // SAFETY: on success the kernel returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// move_mount(2): attaches the detached mount `mnt` on `target`, both by fd.
+fn attach(mnt: &OwnedFd, target: &OwnedFd, shown: &Path) -> Result<()> {
+    // SAFETY: both fds are ours; the empty paths are NUL-terminated and, with the
+    // EMPTY_PATH flags, name the fds themselves.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    Errno::result(r)
+        .map(drop)
+        .map_err(|e| Error::sys(format!("move_mount onto {}", shown.display()), e))
+}
+
+/// Bind-mounts what `source` is onto what `target` is, both open fds (any kind, O_PATH
+/// included), resolving no path.
+pub fn bind_fd(source: &OwnedFd, target: &OwnedFd, shown: &Path) -> Result<()> {
+    attach(&clone_tree(source, false, shown)?, target, shown)
+}
+
+/// A new empty read-only tmpfs, detached, for masking directories.
+fn empty_read_only_tmpfs(shown: &Path) -> Result<OwnedFd> {
+    let fail = |what: &str, e: Errno| Error::sys(format!("{what} to mask {}", shown.display()), e);
+    let ctx = fsopen(c"tmpfs").map_err(|e| fail("fsopen tmpfs", e))?;
+    fsconfig(&ctx, libc::FSCONFIG_CMD_CREATE, None, None).map_err(|e| fail("create tmpfs", e))?;
+    fsmount(&ctx, libc::MOUNT_ATTR_RDONLY).map_err(|e| fail("fsmount tmpfs", e))
 }
 
 #[cfg(test)]

@@ -16,10 +16,10 @@
 //! Either way /proc/PID/exe then leads to a file no one can write: the view's mount is
 //! read-only (EROFS), the memfd is sealed (EPERM).
 
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::fs::File;
 use std::io::Seek;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -29,6 +29,7 @@ use nix::sys::memfd::{memfd_create, MFdFlags};
 use nix::sys::statvfs::{fstatvfs, FsFlags};
 
 use crate::error::{Error, Result};
+use crate::mount::{fsconfig, fsmount, fsopen};
 
 /// The seals that make the copy immutable.
 fn seals() -> SealFlag {
@@ -83,45 +84,6 @@ fn escape_lowerdir(p: &Path) -> Vec<u8> {
         out.push(b);
     }
     out
-}
-
-/// fsopen(2); nix has no wrapper.
-fn fsopen(fs: &CStr) -> std::result::Result<OwnedFd, Errno> {
-    // SAFETY: fs is a NUL-terminated string that outlives the call; the flags are valid.
-    let fd = unsafe { libc::syscall(libc::SYS_fsopen, fs.as_ptr(), libc::FSOPEN_CLOEXEC) };
-    // SAFETY: on success the kernel returned a new fd that nothing else owns.
-    Errno::result(fd).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// fsconfig(2) with a string value, or a bare command when `value` is None.
-fn fsconfig(
-    ctx: &OwnedFd,
-    cmd: libc::c_uint,
-    key: Option<&CStr>,
-    value: Option<&CStr>,
-) -> std::result::Result<(), Errno> {
-    let key = key.map_or(std::ptr::null(), CStr::as_ptr);
-    let value = value.map_or(std::ptr::null(), CStr::as_ptr);
-    // SAFETY: ctx is an open fs context; key and value are NUL-terminated strings (or
-    // null where the command takes none) that outlive the call.
-    let r = unsafe { libc::syscall(libc::SYS_fsconfig, ctx.as_raw_fd(), cmd, key, value, 0) };
-    Errno::result(r).map(drop)
-}
-
-/// fsmount(2): a detached mount of a created fs context.
-fn fsmount(ctx: &OwnedFd, attrs: u64) -> std::result::Result<OwnedFd, Errno> {
-    // SAFETY: ctx is an fs context after FSCONFIG_CMD_CREATE; flags and attributes
-    // are valid constants.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_fsmount,
-            ctx.as_raw_fd(),
-            libc::FSMOUNT_CLOEXEC,
-            attrs,
-        )
-    };
-    // SAFETY: on success the kernel returned a new fd that nothing else owns.
-    Errno::result(fd).map(|fd| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// The runtime's binary, opened through a detached, read-only overlayfs of its own

@@ -1,5 +1,5 @@
 //! The state directory: one folder per container under `--root`, holding `state.json`
-//! (written atomically: write, fsync, rename) and the `exec.fifo` that `start` opens.
+//! (written atomically: write, rename) and the `exec.fifo` that `start` opens.
 
 use std::collections::HashMap;
 use std::fs;
@@ -143,17 +143,55 @@ impl Root {
         self.0.join(id)
     }
 
-    /// Creates the root (mode 0700) if needed.
+    /// Creates the root (mode 0700) if needed, and checks it as [`Root::check`] does.
     pub fn ensure(&self) -> Result<()> {
         use std::os::unix::fs::DirBuilderExt;
-        match fs::DirBuilder::new()
+        fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.0)
-        {
-            Ok(()) => Ok(()),
-            Err(e) => Err(Error::io("create state root", &self.0, e)),
+            .map_err(|e| Error::io("create state root", &self.0, e))?;
+        self.check().map(drop)
+    }
+
+    /// Whether the root exists; an error unless it is a directory the caller owns that
+    /// no one else may enter (mode 0700). A state file is trusted (its hooks run as the
+    /// caller), so a root that another user made, or may write into, is refused: with
+    /// no XDG_RUNTIME_DIR the default is a name in /tmp anyone could take first.
+    pub fn check(&self) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let md = match fs::symlink_metadata(&self.0) {
+            Ok(md) => md,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("stat state root", &self.0, e)),
+        };
+        let shown = self.0.display();
+        if !md.is_dir() {
+            return Err(Error::Invalid(format!(
+                "state root {shown} is not a directory (a symlink or a file): refusing it"
+            )));
         }
+        let me = nix::unistd::geteuid().as_raw();
+        if md.uid() != me {
+            let owner = nix::unistd::User::from_uid(md.uid().into())
+                .ok()
+                .flatten()
+                .map(|u| format!("{} (uid {})", u.name, md.uid()))
+                .unwrap_or_else(|| format!("uid {}", md.uid()));
+            return Err(Error::Invalid(format!(
+                "state root {shown} is owned by {owner}, not by this user (uid {me}): refusing \
+                 it, since its owner could plant containers whose hooks would run as you; \
+                 remove it or give --root a directory of your own"
+            )));
+        }
+        if md.mode() & 0o077 != 0 {
+            return Err(Error::Invalid(format!(
+                "state root {shown} has mode {:04o}: refusing it, since others may enter it; \
+                 it must be 0700 (chmod 700 {shown})",
+                md.mode() & 0o7777
+            )));
+        }
+        Ok(true)
     }
 
     /// Claims a new container directory; fails if the id exists.
@@ -174,6 +212,9 @@ impl Root {
     /// Loads a container's state.
     pub fn load(&self, id: &str) -> Result<State> {
         validate_id(id)?;
+        if !self.check()? {
+            return Err(Error::NotFound(id.to_string()));
+        }
         let path = self.dir(id).join(STATE_FILE);
         let data = match fs::read(&path) {
             Ok(d) => d,
@@ -195,6 +236,9 @@ impl Root {
 
     /// The ids of all containers, sorted.
     pub fn list(&self) -> Result<Vec<String>> {
+        if !self.check()? {
+            return Ok(vec![]);
+        }
         let rd = match fs::read_dir(&self.0) {
             Ok(rd) => rd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
@@ -230,16 +274,39 @@ pub fn parse(data: &[u8]) -> std::result::Result<State, String> {
     Ok(st)
 }
 
-/// Write to a temporary file in the same directory, fsync, rename over `path`.
+/// Writes `data` to `path` atomically: a new temporary file in the same directory, then
+/// a rename over `path`. The temporary file gets a random name and is created with
+/// O_EXCL and O_NOFOLLOW: the directory may be shared (a `--pid-file` anywhere), and a
+/// symlink or file planted at a name known in advance must never be written through.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    use std::hash::{BuildHasher, Hasher};
+    use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
-        std::process::id()
-    ));
-    let mut f = fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-    f.write_all(data).map_err(|e| Error::io("write", &tmp, e))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let mut attempt = 0;
+    let (tmp, mut f) = loop {
+        // RandomState's keys come from the kernel's random source.
+        let r = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let tmp = dir.join(format!(".{name}.{r:016x}.tmp"));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+        {
+            Ok(f) => break (tmp, f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
+            Err(e) => return Err(Error::io("create", &tmp, e)),
+        }
+    };
+    if let Err(e) = f.write_all(data) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io("write", &tmp, e));
+    }
+    drop(f);
     // No fsync: the rename alone makes the update atomic for every reader, and state
     // only describes processes, which a crash or power loss takes with it (the state
     // root is /run, a tmpfs on a normal host). On a disk-backed /run the fsync cost ~5 ms

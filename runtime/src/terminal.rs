@@ -117,8 +117,8 @@ pub fn make_controlling(peer: &OwnedFd) -> Result<()> {
     Ok(())
 }
 
-/// Bind-mounts the pty peer on /dev/console (after the pivot), through the fd so that
-/// no path in the container can redirect it.
+/// Bind-mounts the pty peer on /dev/console (after the pivot), fd to fd, so that no
+/// path in the container can redirect it.
 pub fn mount_console(peer: &OwnedFd) -> Result<()> {
     use nix::fcntl::{openat2, OpenHow, ResolveFlag};
     let root = crate::mount::root_fd()?;
@@ -169,12 +169,6 @@ pub fn mount_console(peer: &OwnedFd) -> Result<()> {
             "/dev/console is neither a file nor a device".into(),
         ));
     }
-    crate::mount::do_mount(
-        Some(&crate::mount::fd_path(peer)),
-        &crate::mount::fd_path(&target),
-        None,
-        nix::mount::MsFlags::MS_BIND,
-        None,
-        Path::new("/dev/console"),
-    )
+    // fd to fd: no path through the container's /proc, which the image may fake.
+    crate::mount::bind_fd(peer, &target, Path::new("/dev/console"))
 }

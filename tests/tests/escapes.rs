@@ -1392,3 +1392,335 @@ fn cve_2026_30892_exec_user_1_runs_as_uid_1() {
     assert!(!out.contains("root-only"), "{out}");
     let _ = b.plinth(&["delete", "--force", &id]);
 }
+
+// ---------------------------------------------------------------------------------
+// 11. the create path joining a pod's namespaces (CVE-2016-9962, create side)
+
+/// Gives the bundle's process CAP_SYS_PTRACE in every set it lists (within its own user
+/// namespace, as a "privileged in a user namespace" pod has it).
+fn grant_ptrace(b: &mut Bundle) {
+    for set in ["bounding", "effective", "permitted"] {
+        b.config["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push(json!("CAP_SYS_PTRACE"));
+    }
+}
+
+/// Gives everything below `dir` to host uid and gid `id` (a user namespace's root).
+fn chown_tree(dir: &Path, id: u32) {
+    let out = Command::new("chown")
+        .arg("-hR")
+        .arg(format!("{id}:{id}"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chown: {out:?}");
+}
+
+/// The host pid of the process (other than this one) that holds `path` open.
+fn holder_of(path: &Path) -> Option<i32> {
+    let me = std::process::id() as i32;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(e.path().join("fd")) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|f| std::fs::read_link(f.path()).ok().as_deref() == Some(path))
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// The pid of host process `pid` in its innermost pid namespace (NSpid's last field).
+fn inner_pid(pid: i32) -> i32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    line.split_whitespace().last().unwrap().parse().unwrap()
+}
+
+/// A pod: a sandbox container with its own user namespace (container root is host uid
+/// 100000), pid and mount namespaces, whose processes hold CAP_SYS_PTRACE inside that
+/// user namespace. A second container joins the sandbox's user and pid namespaces by
+/// path, and its init is held (the runtime's test-only pause point) right after it has
+/// forked into the joined pid namespace: the first moment the pod can see it. From
+/// inside the sandbox, root then tries the init's /proc/<pid>/root, cwd and fd: the
+/// kernel must refuse each (EACCES), as the init is not dumpable.
+#[test]
+fn cve_2016_9962_create_joining_a_pods_namespaces_is_not_dumpable() {
+    let name = "cve_2016_9962_create_joining_a_pods_namespaces_is_not_dumpable";
+    if !need_root(name) {
+        return;
+    }
+    let mut sandbox = Bundle::busybox("sleep 1000");
+    grant_ptrace(&mut sandbox);
+    sandbox.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    sandbox.config["linux"]["uidMappings"] = map.clone();
+    sandbox.config["linux"]["gidMappings"] = map;
+    // No cgroup namespace or mount: the sandbox only needs /proc to look from.
+    remove_mount(&mut sandbox, "/sys/fs/cgroup");
+    std::fs::set_permissions(&sandbox.tmp.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown_tree(&sandbox.dir.join("rootfs"), 100000);
+    let pod = unique("pod");
+    sandbox.create(&pod);
+    sandbox.start(&pod);
+    let pod_pid = sandbox.state(&pod)["pid"].as_i64().unwrap();
+
+    let mut joiner = Bundle::busybox("true");
+    joiner.config["linux"]["namespaces"] = json!([
+        {"type": "user", "path": format!("/proc/{pod_pid}/ns/user")},
+        {"type": "pid", "path": format!("/proc/{pod_pid}/ns/pid")},
+        {"type": "mount"}, {"type": "ipc"}, {"type": "uts"}, {"type": "network"},
+    ]);
+    remove_mount(&mut joiner, "/sys/fs/cgroup");
+    std::fs::set_permissions(&joiner.tmp.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown_tree(&joiner.dir.join("rootfs"), 100000);
+    joiner.write();
+    let fifo = joiner.tmp.0.join("hold.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let id = unique("joiner");
+    let log = joiner.tmp.0.join("joiner.err");
+    let mut create = joiner
+        .cmd()
+        .env("PLINTH_TEST_HOLD_AFTER_JOIN", &fifo)
+        .args(["create", "--bundle"])
+        .arg(&joiner.dir)
+        .arg(&id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+
+    // The init has reached the pause point once it has the fifo open for reading.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let writer = loop {
+        match nix::fcntl::open(
+            &fifo,
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_NONBLOCK,
+            nix::sys::stat::Mode::empty(),
+        ) {
+            Ok(fd) => break fd,
+            Err(nix::errno::Errno::ENXIO) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Err(e) => panic!(
+                "the init never reached the pause point ({e}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ),
+        }
+    };
+    let host_pid = holder_of(&fifo).expect("the held init");
+    let n = inner_pid(host_pid);
+    assert_ne!(
+        n, host_pid,
+        "the held init is not in the pod's pid namespace"
+    );
+    let look = format!(
+        "echo \"root sees: $(ls /proc/{n}/root/ 2>/dev/null | head -4 | tr '\\n' ' ')\"; \
+         for f in root cwd fd; do ls /proc/{n}/$f/ >/dev/null 2>/dev/shm/err; echo \"$f rc=$? $(cat /dev/shm/err)\"; done; \
+         for f in /proc/{n}/fd/*; do cat $f >/dev/null 2>/dev/shm/err; echo \"fdfile rc=$? $(cat /dev/shm/err)\"; done"
+    );
+    let seen = sandbox.plinth(&["exec", &pod, "sh", "-c", &look]);
+    drop(writer);
+    let _ = create.wait();
+    let _ = joiner.plinth(&["delete", "--force", &id]);
+    let _ = sandbox.plinth(&["delete", "--force", &pod]);
+    let (code, out, err) = text(&seen);
+    assert_eq!(code, 0, "exec in the pod: {err}");
+    for what in ["root", "cwd", "fd"] {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{what} rc=")))
+            .unwrap_or_else(|| panic!("no {what} line: {out}"));
+        assert!(
+            line.contains("rc=1") && line.contains("Permission denied"),
+            "the pod reached the init's /proc/{n}/{what} while it joined (it must get EACCES): {line}\n{out}"
+        );
+    }
+    for line in out.lines().filter(|l| l.starts_with("fdfile ")) {
+        assert!(
+            line.contains("Permission denied") || line.contains("No such file"),
+            "the pod opened one of the init's fds: {line}\n{out}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// 12. masks, read-only paths and the console never go through the image's /proc
+
+/// Ships `proc/self/fd/0..63` in the image as plain directories. With no /proc mount in
+/// the config, a runtime that reaches its mount targets through `/proc/self/fd/N` after
+/// the pivot reaches these instead.
+fn fake_proc_self_fd(b: &Bundle) {
+    for i in 0..64 {
+        std::fs::create_dir_all(b.dir.join(format!("rootfs/proc/self/fd/{i}"))).unwrap();
+    }
+}
+
+#[test]
+fn masked_paths_never_go_through_the_images_proc() {
+    if !need_root("masked_paths_never_go_through_the_images_proc") {
+        return;
+    }
+    let mut b = Bundle::busybox(
+        "echo firmware entries $(ls -A /sys/firmware | wc -l); echo secret \"$(cat /secret.txt)\"",
+    );
+    fake_proc_self_fd(&b);
+    std::fs::write(b.dir.join("rootfs/secret.txt"), "SECRET").unwrap();
+    remove_mount(&mut b, "/proc");
+    remove_mount(&mut b, "/sys/fs/cgroup");
+    b.config["linux"]["maskedPaths"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("/secret.txt"));
+    assert!(
+        std::fs::read_dir("/sys/firmware").unwrap().count() > 0,
+        "this host's /sys/firmware is empty: the mask would not show"
+    );
+    let (code, out, err) = b.run(&unique("fakefd"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("firmware entries 0\n"),
+        "the masked /sys/firmware is readable: {out}"
+    );
+    assert!(
+        out.contains("secret \n"),
+        "the masked /secret.txt is readable: {out}"
+    );
+    assert_no_mounts(&b.tmp.0);
+}
+
+#[test]
+fn readonly_paths_never_go_through_the_images_proc() {
+    if !need_root("readonly_paths_never_go_through_the_images_proc") {
+        return;
+    }
+    let mut b = Bundle::busybox("touch /ro/x 2>/dev/null; echo ro rc=$?");
+    fake_proc_self_fd(&b);
+    std::fs::create_dir(b.dir.join("rootfs/ro")).unwrap();
+    remove_mount(&mut b, "/proc");
+    remove_mount(&mut b, "/sys/fs/cgroup");
+    b.config["linux"]["readonlyPaths"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!("/ro"));
+    let (code, out, err) = b.run(&unique("fakefdro"));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("ro rc=1\n"),
+        "the read-only /ro is writable: {out}"
+    );
+    assert!(!b.dir.join("rootfs/ro/x").exists());
+    assert_no_mounts(&b.tmp.0);
+}
+
+#[test]
+fn the_console_never_goes_through_the_images_proc() {
+    if !need_root("the_console_never_goes_through_the_images_proc") {
+        return;
+    }
+    let mut b = Bundle::busybox("stat -c 'console %F %t' /dev/console");
+    fake_proc_self_fd(&b);
+    remove_mount(&mut b, "/proc");
+    remove_mount(&mut b, "/sys/fs/cgroup");
+    b.config["process"]["terminal"] = json!(true);
+    b.write();
+    let sock = b.tmp.0.join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let id = unique("fakefdcon");
+    let (code, _, err) = b.plinth_detached(&[
+        "create",
+        "--bundle",
+        b.dir.to_str().unwrap(),
+        "--console-socket",
+        sock.to_str().unwrap(),
+        &id,
+    ]);
+    assert_eq!(code, 0, "create: {err}");
+    let (conn, _) = listener.accept().unwrap();
+    conn.set_nonblocking(false).unwrap();
+    let master = plinth_tests::recv_pty_master(&conn);
+    b.start(&id);
+    let text = plinth_tests::read_pty(master);
+    let _ = b.plinth(&["delete", "--force", &id]);
+    assert!(
+        text.contains("console character special file 88"),
+        "/dev/console is not the pty: {text}"
+    );
+    assert_no_mounts(&b.tmp.0);
+}
+
+// ---------------------------------------------------------------------------------
+// 13. --pid-file's temporary file and a planted symlink
+
+/// The pid file's directory is shared with someone else, who plants symlinks at the
+/// names the temporary file could take. plinth runs as pid 1 of a pid namespace of its
+/// own, so that a name derived from its pid is known in advance (`.NAME.tmp1`); the
+/// symlinks point at a file of the test's. It must stay untouched, and the pid file must
+/// be a regular file holding the init's pid.
+#[test]
+fn pid_file_never_follows_a_planted_symlink() {
+    if !need_root("pid_file_never_follows_a_planted_symlink") {
+        return;
+    }
+    let b = Bundle::busybox("sleep 100");
+    let shared = TempDir::new("plinth-pidshared");
+    let victim = shared.0.join("victim");
+    std::fs::write(&victim, "VICTIM\n").unwrap();
+    for pid in 1..=3 {
+        std::os::unix::fs::symlink(&victim, shared.0.join(format!(".container.pid.tmp{pid}")))
+            .unwrap();
+    }
+    let pid_file = shared.0.join("container.pid");
+    let id = unique("pidfile");
+    let err = b.tmp.0.join("pidfile.err");
+    let status = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(plinth_bin())
+        .arg("--root")
+        .arg(&b.root)
+        .args(["create", "--bundle"])
+        .arg(&b.dir)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .arg(&id)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .status()
+        .unwrap();
+    let _ = b.plinth(&["delete", "--force", &id]);
+    assert!(
+        status.success(),
+        "create: {}",
+        std::fs::read_to_string(&err).unwrap_or_default()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "VICTIM\n",
+        "the pid was written through a planted symlink"
+    );
+    let md = std::fs::symlink_metadata(&pid_file).unwrap();
+    assert!(md.is_file(), "the pid file is not a regular file: {md:?}");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(pid > 1, "pid file: {pid}");
+}

@@ -3,6 +3,7 @@
 //! can and cannot do. As root it sets things up; the containers run unprivileged.
 #![allow(clippy::unwrap_used)]
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -388,4 +389,110 @@ fn cgroup_mounts_are_read_only_when_rootless() {
             "cgroupns={cgroupns}: a writable cgroup mount: {out}"
         );
     }
+}
+
+/// `plinth ARGS` as `uid`, with no XDG_RUNTIME_DIR (so the fallback state root).
+fn plinth_without_xdg(b: &RootlessBundle, args: &[&str]) -> (i32, String, String) {
+    text(
+        &Command::new(plinth_bin())
+            .args(args)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", &b.tmp.0)
+            .current_dir(&b.tmp.0)
+            .stdin(Stdio::null())
+            .uid(b.uid)
+            .gid(b.gid)
+            .output()
+            .unwrap(),
+    )
+}
+
+/// Plants `dir/evil/state.json`, a stopped container whose poststop hook writes the
+/// uid it runs as into `marker`.
+fn plant_state(dir: &Path, marker: &Path) {
+    std::fs::create_dir_all(dir.join("evil")).unwrap();
+    let st = json!({
+        "oci_version": "1.2.0", "id": "evil", "pid": 0, "pid_start": 0,
+        "bundle": "/", "rootfs": "/", "created": "", "owner": "",
+        "hooks": {"poststop": [{"path": "/bin/sh", "args": ["sh", "-c", format!("id -u > {}", marker.display())]}]},
+    });
+    std::fs::write(
+        dir.join("evil/state.json"),
+        serde_json::to_vec(&st).unwrap(),
+    )
+    .unwrap();
+}
+
+/// Without XDG_RUNTIME_DIR the state root is /tmp/plinth-UID. Another user who makes
+/// that directory first (or any directory the victim is pointed at) must not get the
+/// victim to run their hooks: the root is refused, naming it and its owner, and so is
+/// one of the victim's own with group or other access.
+#[test]
+fn a_state_root_the_caller_does_not_own_alone_is_refused() {
+    if !need_root("a_state_root_the_caller_does_not_own_alone_is_refused") {
+        return;
+    }
+    let b = RootlessBundle::new("plinth-rl-a", "true");
+    let (other, other_uid, other_gid) = user("plinth-rl-b");
+    let marker = b.tmp.0.join("hook-ran");
+    let fallback = PathBuf::from(format!("/tmp/plinth-{}", b.uid));
+    let _ = std::fs::remove_dir_all(&fallback);
+    let cases: [(&str, u32, u32, u32); 3] = [
+        ("own, 0777", b.uid, b.gid, 0o777),
+        ("foreign, 0777", other_uid, other_gid, 0o777),
+        ("foreign, 0700", other_uid, other_gid, 0o700),
+    ];
+    for (what, uid, gid, mode) in cases {
+        plant_state(&fallback, &marker);
+        let out = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{uid}:{gid}"))
+            .arg(&fallback)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        std::fs::set_permissions(&fallback, std::fs::Permissions::from_mode(mode)).unwrap();
+        for args in [&["delete", "evil"][..], &["list"], &["state", "evil"]] {
+            let (code, out, err) = plinth_without_xdg(&b, args);
+            assert!(
+                !marker.exists(),
+                "{what}: {args:?}: the planted hook ran as the victim, uid {:?}",
+                std::fs::read_to_string(&marker)
+            );
+            assert_eq!(
+                code, 1,
+                "{what}: {args:?} used the planted root: {out}{err}"
+            );
+            assert!(
+                err.contains(&fallback.display().to_string()),
+                "{what}: the error names the directory: {err}"
+            );
+            if uid == other_uid {
+                assert!(
+                    err.contains(&other) && err.contains(&other_uid.to_string()),
+                    "{what}: the error names the owner: {err}"
+                );
+            } else {
+                assert!(
+                    err.contains("0777"),
+                    "{what}: the error names the mode: {err}"
+                );
+            }
+        }
+        // The same through --root.
+        let root = fallback.display().to_string();
+        let (code, _, err) = plinth_without_xdg(&b, &["--root", &root, "delete", "evil"]);
+        assert_eq!(code, 1, "{what}: --root: {err}");
+        assert!(!marker.exists(), "{what}: --root: the planted hook ran");
+        std::fs::remove_dir_all(&fallback).unwrap();
+    }
+    // Unplanted, the fallback is made by the caller, 0700, and works.
+    let (code, _, err) =
+        plinth_without_xdg(&b, &["run", "--bundle", b.dir.to_str().unwrap(), "ok"]);
+    assert_eq!(code, 0, "{err}");
+    let md = std::fs::metadata(&fallback).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&md), b.uid);
+    assert_eq!(md.permissions().mode() & 0o777, 0o700);
+    std::fs::remove_dir_all(&fallback).unwrap();
 }
