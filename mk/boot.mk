@@ -9,25 +9,30 @@ BOOT_PACKAGES_BPO := qemu-system-x86 ipxe-qemu
 # the tests' independent checkers.
 BOOT_PACKAGES := kmod binutils gzip curl
 
-.PHONY: boot-deps kernel boot-image boot-demo
+.PHONY: boot-deps boot-tools kernel boot-image boot-demo
 
 test: boot-deps kernel
 
 # qemu-system-x86 and the iPXE ROMs come from backports: the preinstalled qemu-utils is
 # from there and the plain bookworm qemu-system-x86 conflicts with it.
-boot-deps:
+boot-deps: boot-tools
 	tests/scripts/apt-install.sh --backports $(BOOT_PACKAGES_BPO)
+
+# What building the image uses (depmod, for the kernel's modules.dep) and what the boot
+# tests check it with; each target below that uses them depends on this one.
+boot-tools:
 	tests/scripts/apt-install.sh $(BOOT_PACKAGES)
 
 # Debian's kernel: linux-image-amd64 is a metapackage; fetch the real image package it
-# depends on and unpack it with dpkg-deb (no root needed, nothing touches /boot).
-kernel: $(BOOT_CACHE)/.extracted
-$(BOOT_CACHE)/.extracted:
+# depends on and unpack it with dpkg-deb (no root needed, nothing touches /boot), then
+# depmod it.
+kernel: boot-tools $(BOOT_CACHE)/.extracted
+$(BOOT_CACHE)/.extracted: | boot-tools
 	tests/scripts/boot-kernel.sh "$(BOOT_CACHE)"
 	touch $@
 
 # Build the node image with the default inputs into $(CACHE)/boot.
-boot-image: build kernel
+boot-image: build kernel boot-tools
 	target/release/plinth-boot build -o $(CACHE)/boot --plinth-dir $(PLINTH_DIST_DIR) --runtime $(PLINTH)
 
 # plinth-init linked statically against glibc (static-pie), for comparison with the musl

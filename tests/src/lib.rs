@@ -49,12 +49,28 @@ pub fn cache() -> PathBuf {
         .unwrap_or_else(|| workspace().join(".cache"))
 }
 
-/// True when running as root; otherwise prints why the test is skipped.
+/// Whether this run is CI's (`CI` set and not empty; `.ci/run` sets it).
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty())
+}
+
+/// Skips `test` because something it needs is missing: prints a SKIP line saying
+/// `why`, or, in CI, fails the test instead. `make` installs everything the tests use,
+/// so a skip in CI means a missing install step, and must not pass unseen.
+pub fn skip(test: &str, why: &str) {
+    assert!(
+        !in_ci(),
+        "{test}: {why} (CI is set: a missing part fails instead of skipping)"
+    );
+    println!("SKIP {test}: {why}");
+}
+
+/// True when running as root; otherwise skips the test (see [`skip`]).
 pub fn need_root(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    println!("SKIP {test}: needs root (real namespaces, mounts and cgroups)");
+    skip(test, "needs root (real namespaces, mounts and cgroups)");
     false
 }
 
@@ -420,7 +436,10 @@ pub fn compile_static(source: &str, out: &Path, test: &str) -> bool {
             String::from_utf8_lossy(&o.stderr)
         ),
         Err(e) => {
-            println!("SKIP {test}: no C compiler (cc: {e}); make deps installs gcc and libc6-dev");
+            skip(
+                test,
+                &format!("no C compiler (cc: {e}); make deps installs gcc and libc6-dev"),
+            );
             false
         }
     }

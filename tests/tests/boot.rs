@@ -41,9 +41,9 @@ fn kernel(test: &str) -> Option<PathBuf> {
                 .starts_with("vmlinuz-")
         });
     if k.is_none() {
-        println!(
-            "SKIP {test}: no kernel in {} (run `make kernel`)",
-            boot.display()
+        plinth_tests::skip(
+            test,
+            &format!("no kernel in {} (run `make kernel`)", boot.display()),
         );
     }
     k
@@ -59,7 +59,7 @@ fn can_boot(test: &str) -> bool {
         .output()
         .is_err()
     {
-        println!("SKIP {test}: qemu-system-x86_64 is not installed (make boot-deps)");
+        plinth_tests::skip(test, "qemu-system-x86_64 is not installed (make boot-deps)");
         return false;
     }
     true
@@ -339,9 +339,12 @@ fn the_default_image_carries_the_shipped_binaries() {
     };
     let dist = workspace().join("target/dist");
     if !dist.join("plinth-init").is_file() {
-        println!(
-            "SKIP the_default_image_carries_the_shipped_binaries: {} has no plinth-init (make build writes it)",
-            dist.display()
+        plinth_tests::skip(
+            "the_default_image_carries_the_shipped_binaries",
+            &format!(
+                "{} has no plinth-init (make build writes it)",
+                dist.display()
+            ),
         );
         return;
     }
@@ -864,7 +867,7 @@ fn tftp_serves_the_boot_chain_read_only() {
     let test = "tftp_serves_the_boot_chain_read_only";
     let Some(k) = kernel(test) else { return };
     if Command::new("curl").arg("--version").output().is_err() {
-        println!("SKIP {test}: curl (the TFTP client used here) is not installed");
+        plinth_tests::skip(test, "curl (the TFTP client used here) is not installed");
         return;
     }
     let t = TempDir::new("plinth-boot-tftp");

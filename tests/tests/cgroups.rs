@@ -292,7 +292,7 @@ fn root_and_strace(test: &str) -> Option<PathBuf> {
     }
     let strace = plinth_tests::which("strace");
     if strace.is_none() {
-        println!("SKIP {test}: strace is not installed (make deps installs it)");
+        plinth_tests::skip(test, "strace is not installed (make deps installs it)");
     }
     strace
 }

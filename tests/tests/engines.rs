@@ -13,7 +13,7 @@ fn ready(test: &str) -> bool {
         return false;
     }
     if let Some(why) = missing_tools() {
-        println!("SKIP {test}: {why}");
+        plinth_tests::skip(test, &why);
         return false;
     }
     true
