@@ -22,6 +22,16 @@ pub struct Bundle {
     pub namespaces: Plan,
 }
 
+impl Bundle {
+    /// `linux.seccomp`, when the config has one.
+    pub fn seccomp(&self) -> Option<&oci_spec::runtime::LinuxSeccomp> {
+        self.spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+    }
+}
+
 /// Parses config.json text; a type error names the JSON path of the bad value.
 pub fn parse(text: &[u8]) -> Result<Spec> {
     serde_json::from_slice(text).map_err(|e| {

@@ -307,6 +307,62 @@ pub fn parse_interval(s: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// `ps ID`: the container's pids as JSON (`--format json`), or ps(1)'s table with the
+/// given options (default `-ef`) cut to the container's processes, as runc prints it.
+pub fn ps(root: &Root, id: &str, format: &str, ps_args: &[String]) -> Result<String> {
+    if format != "json" && format != "table" {
+        return Err(Error::Invalid(format!(
+            "--format: {format:?} is not table or json"
+        )));
+    }
+    let pids = pids(root, id)?;
+    if format == "json" {
+        let text = serde_json::to_string(&pids).map_err(|e| Error::Invalid(e.to_string()))?;
+        return Ok(text + "\n");
+    }
+    ps_table(&pids, ps_args)
+}
+
+/// ps(1) with `args`, keeping the header and the lines whose PID column is one of
+/// `pids`.
+fn ps_table(pids: &[i32], args: &[String]) -> Result<String> {
+    let args: Vec<String> = if args.is_empty() {
+        vec!["-ef".into()]
+    } else {
+        args.to_vec()
+    };
+    let shown = args.join(" ");
+    let out = std::process::Command::new("ps")
+        .args(&args)
+        .output()
+        .map_err(|e| Error::io("run", "ps", e))?;
+    if !out.status.success() {
+        return Err(Error::Invalid(format!(
+            "ps {shown}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let header = lines.next().unwrap_or_default();
+    let col = header
+        .split_whitespace()
+        .position(|h| h == "PID")
+        .ok_or_else(|| Error::Invalid(format!("ps {shown}: no PID column in its output")))?;
+    let mut table = format!("{header}\n");
+    for l in lines {
+        let pid = l
+            .split_whitespace()
+            .nth(col)
+            .and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(|p| pids.contains(&p)) {
+            table.push_str(l);
+            table.push('\n');
+        }
+    }
+    Ok(table)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,8 @@ use crate::error::{Error, Result};
 use crate::init;
 use crate::jsonpath;
 use crate::namespaces::{self, Forked};
-use crate::state::{Root, Status};
+use crate::signals;
+use crate::state::{self, Root, Status};
 use crate::sync::{self, Channel, Msg};
 use crate::terminal;
 
@@ -109,7 +110,7 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| Error::sys("prctl(PR_SET_CHILD_SUBREAPER)", e))?;
     }
-    let forward = container::forwarded_signals();
+    let forward = signals::forwarded();
     if !o.detach {
         forward
             .thread_block()
@@ -117,7 +118,8 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
     }
 
     let (ours, theirs) = sync::pair()?;
-    let (forked, born_inside) = container::fork_in_cgroup(CloneFlags::empty(), st.cgroup.as_ref())?;
+    let (forked, born_inside) =
+        namespaces::fork_in_cgroup(CloneFlags::empty(), st.cgroup.as_ref())?;
     let child = match forked {
         Forked::Child => {
             drop(ours);
@@ -161,7 +163,7 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
                 if let Some(p) = pid {
                     s.pid = p.as_raw();
                 }
-                container::send_to_seccomp_agent(&bundle, &s, fd)?;
+                container::send_listener(&bundle, &s, fd)?;
                 ours.send(&Msg::Go)?;
             }
             Some(Msg::Error(e)) => return Err(Error::Invalid(e)),
@@ -180,13 +182,13 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
         ));
     };
     if let Some(p) = &o.pid_file {
-        container::write_pid_file(p, pid.as_raw())?;
+        state::write_pid_file(p, pid.as_raw())?;
     }
     guard.0.clear();
     if o.detach {
         return Ok(0);
     }
-    container::wait_forwarding(pid, &forward)
+    signals::wait_forwarding(pid, &forward)
 }
 
 /// Kills the half-started process when exec fails after the fork.

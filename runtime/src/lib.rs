@@ -1,12 +1,17 @@
 //! plinth-runtime: a small, narrow, runc-compatible OCI runtime.
 //!
-//! Layers, lowest first: `error` and `jsonpath` (the path of a bad JSON value); the
-//! Linux mechanisms (`cgroups`, `seccomp`, `mount`, `mountinfo`, `namespaces`,
-//! `idmap`, `devices`, `capabilities`, `process`, `terminal`, `hooks`, `sync`,
-//! `fdpass`), which know nothing of containers; `config` and `state` (the bundle and
-//! the state directory); `init` (the container's side of create); `container` (the
-//! lifecycle commands); `spec` (default configs). The
-//! binary's `main.rs` maps the runc command line onto `container`.
+//! Layers, lowest first (a module imports only from layers below it):
+//! - `error`, `jsonpath` (the path of a bad JSON value), `logging`;
+//! - the Linux mechanisms, which know nothing of containers: `cgroups`, `seccomp`,
+//!   `mount`, `mountinfo`, `namespaces`, `idmap`, `devices`, `capabilities`,
+//!   `process`, `procfs`, `signals`, `terminal`, `hooks`, `sync`, `fdpass`, `sealed`;
+//! - the bundle and the state directory: `config`, `state`, `spec`, `features`;
+//! - the container's side of create: `rootfs` (its file system, before the pivot) and
+//!   `init` (from the clone to the execve);
+//! - the commands: `container` (create, start, state, kill, delete, run, list),
+//!   `exec`, `control` (ps, pause, resume, update, events).
+//!
+//! The binary's `main.rs` maps the runc command line onto the commands.
 
 pub mod capabilities;
 pub mod cgroups;
@@ -27,8 +32,11 @@ pub mod mount;
 pub mod mountinfo;
 pub mod namespaces;
 pub mod process;
+pub mod procfs;
+pub mod rootfs;
 pub mod sealed;
 pub mod seccomp;
+pub mod signals;
 pub mod spec;
 pub mod state;
 pub mod sync;

@@ -92,15 +92,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let code = container::run(&root, &create, detach)?;
             return Ok(code.clamp(0, 255) as u8);
         }
-        Cmd::Spec { rootless, bundle } => {
-            let path = bundle.join("config.json");
-            if path.exists() {
-                anyhow::bail!("{} exists already; remove it first", path.display());
-            }
-            let text = serde_json::to_string_pretty(&plinth_runtime::spec::default_spec(rootless))?;
-            std::fs::write(&path, text + "\n")
-                .map_err(|e| anyhow::anyhow!("write {}: {e}", path.display()))?;
-        }
+        Cmd::Spec { rootless, bundle } => plinth_runtime::spec::write(&bundle, rootless)?,
         Cmd::Exec { opts, .. } => {
             let code = plinth_runtime::exec::exec(&root, &opts)?;
             return Ok(code.clamp(0, 255) as u8);
@@ -110,12 +102,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             id,
             ps_args,
         } => {
-            let pids = control::pids(&root, &id)?;
-            match format.as_str() {
-                "json" => println!("{}", serde_json::to_string(&pids)?),
-                "table" => print_ps_table(&pids, &ps_args)?,
-                f => anyhow::bail!("--format: {f:?} is not table or json"),
-            }
+            let text = control::ps(&root, &id, &format, &ps_args)?;
+            std::io::stdout().lock().write_all(text.as_bytes())?;
         }
         Cmd::Pause { id } => control::pause(&root, &id)?,
         Cmd::Resume { id } => control::resume(&root, &id)?,
@@ -153,92 +141,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             );
         }
         Cmd::List { format, quiet } => {
-            let all = container::list(&root)?;
-            let mut out = std::io::stdout().lock();
-            if quiet {
-                for (st, _) in &all {
-                    writeln!(out, "{}", st.id)?;
-                }
-            } else if format == "json" {
-                let v: Vec<_> = all
-                    .iter()
-                    .map(|(st, s)| {
-                        serde_json::json!({
-                            "ociVersion": st.oci_version, "id": st.id,
-                            "pid": if *s == plinth_runtime::state::Status::Stopped { 0 } else { st.pid },
-                            "status": s.to_string(), "bundle": st.bundle, "rootfs": st.rootfs,
-                            "created": st.created, "owner": st.owner,
-                        })
-                    })
-                    .collect();
-                writeln!(out, "{}", serde_json::to_string(&v)?)?;
-            } else if format == "table" {
-                writeln!(
-                    out,
-                    "{:<12} {:<8} {:<10} {:<40} {:<30} OWNER",
-                    "ID", "PID", "STATUS", "BUNDLE", "CREATED"
-                )?;
-                for (st, s) in &all {
-                    let pid = if *s == plinth_runtime::state::Status::Stopped {
-                        0
-                    } else {
-                        st.pid
-                    };
-                    writeln!(
-                        out,
-                        "{:<12} {:<8} {:<10} {:<40} {:<30} {}",
-                        st.id,
-                        pid,
-                        s,
-                        st.bundle.display(),
-                        st.created,
-                        st.owner
-                    )?;
-                }
-            } else {
-                anyhow::bail!("--format: {format:?} is not table or json");
-            }
+            let text = container::list_text(&root, &format, quiet)?;
+            std::io::stdout().lock().write_all(text.as_bytes())?;
         }
     }
     Ok(0)
-}
-
-/// `ps` in table form: ps(1) with the given options (default `-ef`), keeping the
-/// header and the lines whose PID column is one of the container's, as runc does.
-fn print_ps_table(pids: &[i32], args: &[String]) -> anyhow::Result<()> {
-    let args: Vec<String> = if args.is_empty() {
-        vec!["-ef".into()]
-    } else {
-        args.to_vec()
-    };
-    let out = std::process::Command::new("ps")
-        .args(&args)
-        .output()
-        .map_err(|e| anyhow::anyhow!("run ps: {e}"))?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "ps {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mut lines = text.lines();
-    let header = lines.next().unwrap_or_default();
-    let col = header
-        .split_whitespace()
-        .position(|h| h == "PID")
-        .ok_or_else(|| anyhow::anyhow!("ps {}: no PID column in its output", args.join(" ")))?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{header}")?;
-    for l in lines {
-        let pid = l
-            .split_whitespace()
-            .nth(col)
-            .and_then(|p| p.parse::<i32>().ok());
-        if pid.is_some_and(|p| pids.contains(&p)) {
-            writeln!(stdout, "{l}")?;
-        }
-    }
-    Ok(())
 }

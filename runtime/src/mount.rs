@@ -575,6 +575,31 @@ pub fn root_fd() -> Result<OwnedFd> {
     .map_err(|e| Error::sys("open /", e))
 }
 
+/// The ids of the mounts whose mount point is `path`.
+pub fn mounts_at(path: &Path) -> Vec<u32> {
+    crate::mountinfo::read()
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e.mount_point == path)
+        .map(|e| e.id)
+        .collect()
+}
+
+/// Detaches the mounts a container without a mount namespace stacked on its rootfs
+/// (the private bind and everything under it), leaving those that were there before
+/// (an engine's overlay, say) alone.
+pub fn detach_host_mounts(rootfs: &Path, before: &[u32]) {
+    for _ in 0..16 {
+        if mounts_at(rootfs).iter().all(|id| before.contains(id)) {
+            return;
+        }
+        if let Err(e) = nix::mount::umount2(rootfs, nix::mount::MntFlags::MNT_DETACH) {
+            crate::logging::warn(&format!("detach the mounts on {}: {e}", rootfs.display()));
+            return;
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------
 // The fd-based mount API (Linux 5.2): nix has no wrappers. After the pivot the runtime
 // mounts only through these, fd to fd, so that no path is resolved through the

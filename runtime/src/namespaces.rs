@@ -1,7 +1,7 @@
 //! Linux namespaces: which to create, which to join, and the raw clone that makes the
 //! container's first process.
 
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::fcntl::{open, OFlag};
@@ -10,6 +10,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespace, LinuxNamespaceType};
 
+use crate::cgroups::Cgroup;
 use crate::error::{Error, Result};
 
 /// The namespace plan of one container: what is new, what is joined by path.
@@ -254,6 +255,16 @@ pub fn fork_into(flags: CloneFlags, cgroup: Option<BorrowedFd<'_>>) -> Result<(F
         }
         pid => Ok((Forked::Parent(Pid::from_raw(pid as i32)), false)),
     }
+}
+
+/// Forks with `flags`, the child born in `cgroup` where the host is pure cgroup v2
+/// (clone3 with CLONE_INTO_CGROUP, as crun does): no migration, so no wait for its RCU
+/// grace period. The bool says whether that happened; if not, the caller moves the child
+/// in. The directory's fd is closed in both processes before this returns: a host
+/// directory's fd must not reach the container (CVE-2024-21626).
+pub fn fork_in_cgroup(flags: CloneFlags, cgroup: Option<&Cgroup>) -> Result<(Forked, bool)> {
+    let dir = cgroup.map_or(Ok(None), Cgroup::open_unified_only)?;
+    fork_into(flags, dir.as_ref().map(|d| d.as_fd()))
 }
 
 /// The exit status of a child of [`fork_into`] that panicked.

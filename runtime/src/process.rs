@@ -181,3 +181,36 @@ impl Exec {
         }
     }
 }
+
+/// A fresh session keyring, so the container does not see the caller's keys. Kernels
+/// without keyrings, or that refuse it in a user namespace, simply go without.
+pub fn join_session_keyring() {
+    const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+    // SAFETY: keyctl with a NULL name creates an anonymous session keyring.
+    unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        );
+    }
+}
+
+/// Marks every fd from `first` up close-on-exec: only stdio and the preserved fds
+/// reach the container's program.
+pub fn close_range_cloexec(first: u32) -> Result<()> {
+    // SAFETY: close_range only changes flags of fds in the range; CLOSE_RANGE_CLOEXEC
+    // closes nothing now, so no fd this process still uses goes away.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r != 0 {
+        return Err(Error::sys("close_range", nix::errno::Errno::last()));
+    }
+    Ok(())
+}

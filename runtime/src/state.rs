@@ -264,6 +264,37 @@ impl Root {
     }
 }
 
+impl State {
+    /// The state a hook reads on stdin, and a seccomp agent gets beside its fd
+    /// (runtime-spec's state, with `status` as the hook's moment sees it).
+    pub fn hook_json(&self, status: &str) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "ociVersion": self.oci_version,
+            "id": self.id,
+            "status": status,
+            "pid": self.pid,
+            "bundle": self.bundle,
+        });
+        if !self.annotations.is_empty() {
+            v["annotations"] = serde_json::json!(self.annotations);
+        }
+        v
+    }
+}
+
+/// Writes `--pid-file` (relative to the caller's directory) atomically, as engines
+/// read it as soon as it exists.
+pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let path = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| Error::io("getcwd", ".", e))?
+            .join(path)
+    };
+    write_atomic(&path, pid.to_string().as_bytes())
+}
+
 /// Parses a state file; never panics, whatever the bytes.
 pub fn parse(data: &[u8]) -> std::result::Result<State, String> {
     let st: State = serde_json::from_slice(data).map_err(|e| e.to_string())?;

@@ -73,6 +73,7 @@
 //!   reach this module: deserializing config.json refuses them, naming the field.
 //! - At most 4096 instructions (BPF_MAXINSNS); beyond that, an error.
 
+pub mod agent;
 mod bpf;
 mod tables;
 #[cfg(test)]

@@ -12,7 +12,11 @@
 
 pub mod seccomp_default;
 
+use std::path::Path;
+
 use serde_json::{json, Value};
+
+use crate::error::{Error, Result};
 
 /// containerd's default capabilities, in containerd's order.
 pub const DEFAULT_CAPS: [&str; 14] = [
@@ -132,6 +136,21 @@ pub fn default_spec(rootless: bool) -> Value {
         }
     }
     spec
+}
+
+/// `spec`: writes the default config (rootless or not) to `bundle/config.json`, which
+/// must not exist yet.
+pub fn write(bundle: &Path, rootless: bool) -> Result<()> {
+    let path = bundle.join("config.json");
+    if path.exists() {
+        return Err(Error::Invalid(format!(
+            "{} exists already; remove it first",
+            path.display()
+        )));
+    }
+    let text = serde_json::to_string_pretty(&default_spec(rootless))
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    std::fs::write(&path, text + "\n").map_err(|e| Error::io("write", &path, e))
 }
 
 #[cfg(test)]

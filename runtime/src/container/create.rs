@@ -1,0 +1,465 @@
+//! `create`, on the runtime's side: check the bundle, claim the state directory, make
+//! the cgroup, fork the init, place it (cgroup, oom_score_adj, id maps), then answer
+//! what the init asks for while it sets itself up (id maps, hooks, the seccomp agent)
+//! until it waits for `start`. Every step undone if a later one fails.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill as send_signal, Signal};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use oci_spec::runtime::{Hooks, Process};
+
+use super::cgroup;
+use crate::capabilities::Sets;
+use crate::cgroups::Cgroup;
+use crate::config::{self, Bundle};
+use crate::error::{Error, Result};
+use crate::hooks;
+use crate::init::{self, Init};
+use crate::logging;
+use crate::mount;
+use crate::namespaces::{self, Forked};
+use crate::procfs;
+use crate::seccomp;
+use crate::state::{self, Root, State};
+use crate::sync::{self, Channel, Msg};
+
+/// The flags of `create` (and `run`).
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    /// Container id.
+    pub id: String,
+    /// Bundle directory.
+    pub bundle: PathBuf,
+    /// `--pid-file`.
+    pub pid_file: Option<PathBuf>,
+    /// `--console-socket`.
+    pub console_socket: Option<PathBuf>,
+    /// `--preserve-fds`.
+    pub preserve_fds: i32,
+    /// `--no-pivot`.
+    pub no_pivot: bool,
+    /// `--no-new-keyring`.
+    pub no_new_keyring: bool,
+}
+
+/// Creates a container and returns once its init waits for `start`.
+pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
+    state::validate_id(&opts.id)?;
+    let bundle = config::load(&opts.bundle)?;
+    let checked = Checked::new(&bundle, opts)?;
+    let dir = root.claim(&opts.id)?;
+    let mut cleanup = Cleanup::new(root, &opts.id, &bundle);
+    let fifo = exec_fifo(&dir)?;
+    let cgroup = cgroup::setup(&bundle, &opts.id)?;
+    cleanup.cgroup = cgroup.clone();
+    let how = How::decide(&bundle, checked.process, cgroup.as_ref());
+    let (child, born_inside, ours) =
+        fork_init(&bundle, opts, checked, &how, cgroup.as_ref(), fifo)?;
+    cleanup.pids.push(child);
+    let joined_later = place_init(&bundle, &how, child, cgroup.as_ref(), born_inside, &ours)?;
+    let mut st = new_state(&bundle, &opts.id, child, cgroup, &cleanup);
+    if joined_later {
+        if let Some(cg) = &st.cgroup {
+            cg.add_pid(child.as_raw())?;
+            // If the init failed meanwhile, this send fails (EPIPE) and the init's own
+            // error is read next.
+            let _ = ours.send(&Msg::CgroupJoined);
+        }
+    }
+    serve_init(&ours, &bundle, &mut st, &mut cleanup, child)?;
+    st.pid_start = state::proc_start(st.pid).map(|(s, _)| s).unwrap_or(0);
+    root.save(&st)?;
+    if let Some(p) = &opts.pid_file {
+        state::write_pid_file(p, st.pid)?;
+    }
+    cleanup.armed = false;
+    Ok(st)
+}
+
+/// What the init needs from the config, checked before anything is made.
+struct Checked<'a> {
+    process: &'a Process,
+    caps: Sets,
+    seccomp: Option<seccomp::Program>,
+    console_socket: Option<OwnedFd>,
+}
+
+impl<'a> Checked<'a> {
+    fn new(bundle: &'a Bundle, opts: &CreateOptions) -> Result<Checked<'a>> {
+        let spec = &bundle.spec;
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| Error::config("process", "missing"))?;
+        let linux = spec
+            .linux()
+            .as_ref()
+            .ok_or_else(|| Error::config("linux", "missing"))?;
+        let terminal = process.terminal() == Some(true);
+        if terminal && opts.console_socket.is_none() {
+            return Err(Error::config(
+                "process.terminal",
+                "is true, so --console-socket must be given",
+            ));
+        }
+        if !terminal && opts.console_socket.is_some() {
+            return Err(Error::Invalid(
+                "--console-socket: the config does not ask for a terminal (process.terminal)"
+                    .into(),
+            ));
+        }
+        let caps = Sets::from_config(process.capabilities().as_ref())?;
+        if !caps.unavailable.is_empty() {
+            let names: Vec<String> = caps.unavailable.iter().map(|c| c.to_string()).collect();
+            logging::warn(&format!(
+                "process.capabilities: {} not in the runtime's own bounding set; not granted",
+                names.join(", ")
+            ));
+        }
+        let seccomp = linux.seccomp().as_ref().map(seccomp::compile).transpose()?;
+        let console_socket = opts
+            .console_socket
+            .as_deref()
+            .map(crate::terminal::connect_console_socket)
+            .transpose()?;
+        Ok(Checked {
+            process,
+            caps,
+            seccomp,
+            console_socket,
+        })
+    }
+}
+
+/// The fifo the init waits on until `start` opens it, opened for reading before any
+/// writer exists (non-blocking, so the open returns).
+fn exec_fifo(dir: &Path) -> Result<OwnedFd> {
+    let path = dir.join(state::FIFO);
+    nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o622))
+        .map_err(|e| Error::sys(format!("mkfifo {}", path.display()), e))?;
+    nix::fcntl::open(
+        &path,
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::sys(format!("open {}", path.display()), e))
+}
+
+/// How the init is started, decided from the config before the fork.
+struct How {
+    /// The clone itself makes every namespace (none is joined, no time namespace):
+    /// the child is the container's pid 1 at once.
+    fast: bool,
+    /// createRuntime, createContainer or prestart hooks are asked for.
+    create_hooks: bool,
+    /// The runtime runs unprivileged. Decided here: in the child, once the parent has
+    /// mapped a new user namespace's ids, geteuid() says 0.
+    rootless: bool,
+    /// The init makes its mounts while the runtime moves it into the cgroup (see
+    /// [`How::decide`]).
+    overlap: bool,
+    /// An unprivileged runtime writes the child's /proc files before `Go`.
+    dumpable_until_go: bool,
+}
+
+impl How {
+    fn decide(bundle: &Bundle, process: &Process, cgroup: Option<&Cgroup>) -> How {
+        let plan = &bundle.namespaces;
+        let fast = plan.join.is_empty()
+            && !plan.creates(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME));
+        let create_hooks = bundle.spec.hooks().as_ref().is_some_and(has_create_hooks);
+        let rootless = !nix::unistd::geteuid().is_root();
+        // The first cgroup.procs write of a migration can wait for an RCU grace period
+        // (cgroup_threadgroup_rwsem taken for writing): about 6 ms here when no other
+        // migration happened in the last few ms (docs/performance.md). The init makes
+        // its mounts meanwhile, as long as nothing it does depends on being in the
+        // cgroup yet: no cgroup namespace to make (its root is the cgroup the process
+        // is in), no create hooks (they may look at the cgroup), no namespace to join
+        // (that forks).
+        let overlap =
+            fast && cgroup.is_some() && !create_hooks && !plan.creates(CloneFlags::CLONE_NEWCGROUP);
+        let dumpable_until_go = rootless
+            && (process.oom_score_adj().is_some()
+                || fast && plan.creates(CloneFlags::CLONE_NEWUSER));
+        How {
+            fast,
+            create_hooks,
+            rootless,
+            overlap,
+            dumpable_until_go,
+        }
+    }
+}
+
+#[allow(deprecated)]
+fn has_create_hooks(h: &Hooks) -> bool {
+    [h.prestart(), h.create_runtime(), h.create_container()]
+        .into_iter()
+        .any(|l| l.as_ref().is_some_and(|l| !l.is_empty()))
+}
+
+/// Forks the init (born in its cgroup where the host allows it); the child runs
+/// [`init::run`] and never comes back. Returns the child's pid, whether it was born
+/// inside the cgroup, and the runtime's end of the channel to it.
+fn fork_init(
+    bundle: &Bundle,
+    opts: &CreateOptions,
+    checked: Checked,
+    how: &How,
+    cgroup: Option<&Cgroup>,
+    fifo: OwnedFd,
+) -> Result<(Pid, bool, Channel)> {
+    let plan = &bundle.namespaces;
+    let clone_flags = if how.fast {
+        plan.new & !CloneFlags::CLONE_NEWCGROUP
+    } else {
+        CloneFlags::empty()
+    };
+    let cgroup_mounts = cgroup::mounts(bundle, cgroup);
+    let (ours, theirs) = sync::pair()?;
+    let (forked, born_inside) = namespaces::fork_in_cgroup(clone_flags, cgroup)?;
+    match forked {
+        Forked::Child => init::run(Init {
+            bundle,
+            // The runtime's end closes here, so that the init sees the runtime go.
+            channel: {
+                drop(ours);
+                theirs
+            },
+            fifo,
+            console_socket: checked.console_socket,
+            preserve_fds: opts.preserve_fds,
+            no_pivot: opts.no_pivot,
+            no_new_keyring: opts.no_new_keyring,
+            caps: checked.caps,
+            seccomp: checked.seccomp,
+            cgroup_mounts,
+            has_create_hooks: how.create_hooks,
+            cloned_with_namespaces: how.fast,
+            rootless: how.rootless,
+            cgroup_joined_later: how.overlap && !born_inside,
+            dumpable_until_go: how.dumpable_until_go,
+        }),
+        // The init's end of the channel, the fifo and the console socket close here.
+        Forked::Parent(pid) => Ok((pid, born_inside, ours)),
+    }
+}
+
+/// What the runtime does to the child before letting it go: the cgroup (unless the
+/// child was born inside it, or joins it while it makes its mounts), oom_score_adj,
+/// and the id maps of a user namespace the clone made; then `Go`. Returns whether the
+/// cgroup is still to be joined.
+fn place_init(
+    bundle: &Bundle,
+    how: &How,
+    child: Pid,
+    cgroup: Option<&Cgroup>,
+    born_inside: bool,
+    ours: &Channel,
+) -> Result<bool> {
+    let joined_later = how.overlap && !born_inside;
+    if let Some(cg) = cgroup.filter(|_| !born_inside && !joined_later) {
+        cg.add_pid(child.as_raw())?;
+    }
+    let process = bundle.spec.process().as_ref();
+    if let Some(adj) = process.and_then(|p| p.oom_score_adj()) {
+        procfs::write_oom_score_adj(child, adj)?;
+    }
+    if how.fast && bundle.namespaces.creates(CloneFlags::CLONE_NEWUSER) {
+        map_ids(child, bundle)?;
+    }
+    ours.send(&Msg::Go)?;
+    Ok(joined_later && cgroup.is_some())
+}
+
+/// The state as it is written once the init waits for `start`.
+fn new_state(
+    bundle: &Bundle,
+    id: &str,
+    child: Pid,
+    cgroup: Option<Cgroup>,
+    cleanup: &Cleanup,
+) -> State {
+    let spec = &bundle.spec;
+    State {
+        oci_version: spec.version().clone(),
+        id: id.to_string(),
+        pid: child.as_raw(),
+        pid_start: 0,
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        created: state::now_rfc3339(),
+        owner: String::new(),
+        annotations: spec.annotations().clone().unwrap_or_default(),
+        hooks: spec.hooks().clone(),
+        cgroup,
+        own_pid_ns: bundle.namespaces.creates(CloneFlags::CLONE_NEWPID),
+        host_mounts: cleanup
+            .host_mounts
+            .as_ref()
+            .map(|(_, before)| before.clone()),
+    }
+}
+
+/// Answers the init until it is ready: id maps of a user namespace it made after
+/// joining others, the pid of the real init after a fork into a pid namespace, the
+/// create hooks, the seccomp listener for the agent.
+fn serve_init(
+    ours: &Channel,
+    bundle: &Bundle,
+    st: &mut State,
+    cleanup: &mut Cleanup,
+    child: Pid,
+) -> Result<()> {
+    loop {
+        match ours.recv()? {
+            Some(Msg::MapIds(p)) => {
+                map_ids(Pid::from_raw(p), bundle)?;
+                ours.send(&Msg::Go)?;
+            }
+            Some(Msg::Pid(p)) => {
+                // The intermediate process forked the real init and exits.
+                let _ = waitpid(child, None);
+                cleanup.pids.retain(|x| *x != child);
+                cleanup.pids.push(Pid::from_raw(p));
+                st.pid = p;
+            }
+            Some(Msg::Hooks) => {
+                if let Err(e) = run_create_hooks(bundle, st) {
+                    let _ = ours.send(&Msg::Error(e.to_string()));
+                    return Err(e);
+                }
+                ours.send(&Msg::HooksDone)?;
+            }
+            Some(Msg::SeccompFd) => {
+                let fd = crate::fdpass::recv_fd(ours.0.as_raw_fd(), "the seccomp listener")?;
+                send_listener(bundle, st, fd)?;
+                ours.send(&Msg::Go)?;
+            }
+            Some(Msg::Ready) => return Ok(()),
+            Some(Msg::Error(e)) => return Err(Error::Invalid(e)),
+            Some(m) => {
+                return Err(Error::Invalid(format!(
+                    "unexpected message from init: {m:?}"
+                )))
+            }
+            None => {
+                return Err(Error::Invalid(format!(
+                    "container init exited during setup{}",
+                    describe_exit(child)
+                )))
+            }
+        }
+    }
+}
+
+/// The hooks that run while the container is being created, in runtime-spec's order.
+/// The legacy prestart hooks run once the environment is made and see "created"
+/// (runtime-tools checks it); the newer ones see "creating".
+fn run_create_hooks(bundle: &Bundle, st: &State) -> Result<()> {
+    let Some(h) = bundle.spec.hooks() else {
+        return Ok(());
+    };
+    #[allow(deprecated)]
+    let lists = [
+        ("prestart", h.prestart(), "created"),
+        ("createRuntime", h.create_runtime(), "creating"),
+        ("createContainer", h.create_container(), "creating"),
+    ];
+    for (kind, list, status) in lists {
+        if let Some(list) = list {
+            hooks::run_all(kind, list, &st.hook_json(status).to_string())?;
+        }
+    }
+    Ok(())
+}
+
+/// Undoes a half-made create when dropped while armed.
+struct Cleanup<'a> {
+    root: &'a Root,
+    id: String,
+    cgroup: Option<Cgroup>,
+    pids: Vec<Pid>,
+    /// The rootfs and the mounts it had before, for a container without a mount
+    /// namespace, whose mounts are made on the host.
+    host_mounts: Option<(PathBuf, Vec<u32>)>,
+    armed: bool,
+}
+
+impl<'a> Cleanup<'a> {
+    fn new(root: &'a Root, id: &str, bundle: &Bundle) -> Cleanup<'a> {
+        let host_mounts = (!bundle.namespaces.has(CloneFlags::CLONE_NEWNS))
+            .then(|| (bundle.rootfs.clone(), mount::mounts_at(&bundle.rootfs)));
+        Cleanup {
+            root,
+            id: id.to_string(),
+            cgroup: None,
+            pids: vec![],
+            host_mounts,
+            armed: true,
+        }
+    }
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for p in &self.pids {
+            let _ = send_signal(*p, Signal::SIGKILL);
+            let _ = waitpid(*p, None);
+        }
+        if let Some((rootfs, before)) = &self.host_mounts {
+            mount::detach_host_mounts(rootfs, before);
+        }
+        if let Some(cg) = &self.cgroup {
+            if let Err(e) = cg.destroy() {
+                logging::warn(&format!("cleanup: {e}"));
+            }
+        }
+        let _ = self.root.remove(&self.id);
+    }
+}
+
+fn describe_exit(pid: Pid) -> String {
+    match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::Exited(_, c)) => format!(" (exit status {c})"),
+        Ok(WaitStatus::Signaled(_, s, _)) => format!(" (killed by {s})"),
+        _ => String::new(),
+    }
+}
+
+fn map_ids(pid: Pid, bundle: &Bundle) -> Result<()> {
+    let linux = bundle
+        .spec
+        .linux()
+        .as_ref()
+        .ok_or_else(|| Error::config("linux", "missing"))?;
+    crate::idmap::write(
+        pid.as_raw(),
+        linux.uid_mappings().as_deref().unwrap_or(&[]),
+        linux.gid_mappings().as_deref().unwrap_or(&[]),
+    )
+}
+
+/// Passes the init's (or an exec'd process's) seccomp listener on to the profile's
+/// agent, with the container's state as it stands while it is being created.
+pub(crate) fn send_listener(bundle: &Bundle, st: &State, fd: OwnedFd) -> Result<()> {
+    let profile = bundle
+        .seccomp()
+        .ok_or_else(|| Error::config("linux.seccomp", "missing"))?;
+    seccomp::agent::send_listener(
+        profile,
+        &st.oci_version,
+        st.pid,
+        st.hook_json("creating"),
+        fd,
+    )
+}
