@@ -6,7 +6,6 @@ use nix::sched::CloneFlags;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::error::{os_text, Error, Result};
-use crate::jsonpath;
 use crate::namespaces::Plan;
 
 /// A loaded, validated bundle.
@@ -34,10 +33,7 @@ impl Bundle {
 
 /// Parses config.json text; a type error names the JSON path of the bad value.
 pub fn parse(text: &[u8]) -> Result<Spec> {
-    serde_json::from_slice(text).map_err(|e| {
-        // The path is worked out from the error's position only on failure: a path
-        // tracking deserializer would instantiate every oci-spec type's parser twice.
-        let path = jsonpath::error_path(text, &e);
+    from_json(text).map_err(|(path, e)| {
         let field = if path == "." {
             "(top level)".to_string()
         } else {
@@ -45,6 +41,15 @@ pub fn parse(text: &[u8]) -> Result<Spec> {
         };
         Error::config(field, e.to_string())
     })
+}
+
+/// Deserializes JSON text, giving on failure the JSON path of the bad value (as
+/// `linux.namespaces[2].type`, `.` for the top level) with serde's error.
+pub fn from_json<T: serde::de::DeserializeOwned>(
+    text: &[u8],
+) -> std::result::Result<T, (String, serde_json::Error)> {
+    let de = &mut serde_json::Deserializer::from_slice(text);
+    serde_path_to_error::deserialize(de).map_err(|e| (e.path().to_string(), e.into_inner()))
 }
 
 /// Loads `<bundle>/config.json` and validates it.

@@ -10,7 +10,6 @@ use oci_spec::runtime::LinuxResources;
 use crate::cgroups::Cgroup;
 use crate::container::status;
 use crate::error::{Error, Result};
-use crate::jsonpath;
 use crate::state::{Root, State, Status};
 
 fn cgroup_of(st: &State) -> Result<&Cgroup> {
@@ -93,16 +92,13 @@ pub fn update(
 }
 
 /// The merged `--resources` JSON as `LinuxResources`; an error names the bad value's
-/// path. Read back from text rather than from the Value: the text parser of
-/// LinuxResources is already in the binary (config.json), and the text gives the error
-/// a position to find the path from.
+/// path.
 fn resources(v: &serde_json::Value) -> Result<LinuxResources> {
-    let text = serde_json::to_vec(v).map_err(|e| Error::Invalid(format!("--resources: {e}")))?;
-    serde_json::from_slice(&text).map_err(|e| {
+    serde_path_to_error::deserialize(v).map_err(|e| {
         Error::Invalid(format!(
             "--resources: {}: {}",
-            jsonpath::error_path(&text, &e),
-            without_position(&e)
+            e.path(),
+            without_position(e.inner())
         ))
     })
 }

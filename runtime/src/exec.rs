@@ -18,7 +18,6 @@ use crate::config::{self, Bundle};
 use crate::container;
 use crate::error::{Error, Result};
 use crate::init;
-use crate::jsonpath;
 use crate::namespaces::{self, Forked};
 use crate::signals;
 use crate::state::{self, Root, Status};
@@ -298,13 +297,8 @@ fn child_side(
 fn build_process(bundle: &Bundle, o: &ExecOptions) -> Result<Process> {
     if let Some(path) = &o.process {
         let text = std::fs::read(path).map_err(|e| Error::io("--process: read", path, e))?;
-        let p: Process = serde_json::from_slice(&text).map_err(|e| {
-            Error::Invalid(format!(
-                "--process {}: {}: {}",
-                path.display(),
-                jsonpath::error_path(&text, &e),
-                e
-            ))
+        let p: Process = config::from_json(&text).map_err(|(at, e)| {
+            Error::Invalid(format!("--process {}: {at}: {e}", path.display()))
         })?;
         if p.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(Error::Invalid(format!(

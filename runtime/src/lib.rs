@@ -1,7 +1,7 @@
 //! plinth-runtime: a small, narrow, runc-compatible OCI runtime.
 //!
 //! Layers, lowest first (a module imports only from layers below it):
-//! - `error`, `jsonpath` (the path of a bad JSON value), `logging`;
+//! - `error`, `logging`;
 //! - the Linux mechanisms, which know nothing of containers: `cgroups`, `seccomp`,
 //!   `mount`, `mountinfo`, `namespaces`, `idmap`, `devices`, `capabilities`,
 //!   `process`, `procfs`, `signals`, `terminal`, `hooks`, `sync`, `fdpass`, `sealed`;
@@ -26,7 +26,6 @@ pub mod features;
 pub mod hooks;
 pub mod idmap;
 pub mod init;
-pub mod jsonpath;
 pub mod logging;
 pub mod mount;
 pub mod mountinfo;

@@ -476,7 +476,7 @@ fn profile_errors_name_the_field() {
         "linux.seccomp.syscalls[3].names[0]"
     );
     // ... and unknown operators, actions and flags never reach compile(): the config
-    // parser refuses them with the path (config.rs finds it with jsonpath).
+    // parser refuses them with the path.
     for (bad, want) in [
         (
             json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW",
@@ -490,9 +490,8 @@ fn profile_errors_name_the_field() {
         (json!({"defaultAction": "SCMP_ACT_FOO"}), "defaultAction"),
     ] {
         let text = bad.to_string();
-        let e =
-            serde_json::from_str::<LinuxSeccomp>(&text).expect_err("unknown enum value refused");
-        let path = crate::jsonpath::error_path(text.as_bytes(), &e);
+        let (path, e) = crate::config::from_json::<LinuxSeccomp>(text.as_bytes())
+            .expect_err("unknown enum value refused");
         assert_eq!(path, want, "{e}");
     }
 }
