@@ -94,10 +94,11 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
     }
     let caps = Sets::from_config(process.capabilities().as_ref())?;
     let linux = bundle.spec.linux().as_ref();
-    let seccomp = match linux.and_then(|l| l.seccomp().as_ref()) {
-        Some(s) => Some(crate::seccomp::compile(s)?),
-        None => None,
-    };
+    let cache = root.seccomp_cache();
+    let seccomp = linux
+        .and_then(|l| l.seccomp().as_ref())
+        .map(|p| crate::seccomp::cache::compile(p, &cache))
+        .transpose()?;
     let ns = namespace_files(&bundle, st.pid);
     let console = match &o.console_socket {
         Some(p) => Some(terminal::connect_console_socket(p)?),

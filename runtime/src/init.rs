@@ -51,9 +51,9 @@ pub struct Init<'a> {
     /// Whether the runtime runs unprivileged: then every cgroup mount is read-only,
     /// whatever the config says (CVE-2023-25809).
     pub rootless: bool,
-    /// Whether the runtime moves this process into the container's cgroup only after
-    /// `Go`, while the mounts are made: then the process's own settings wait for
-    /// `CgroupJoined`.
+    /// Whether the runtime makes the container's cgroup and moves this process into it
+    /// only after `Go`, while the mounts are made: then the first cgroup mount and the
+    /// process's own settings wait for `CgroupJoined`.
     pub cgroup_joined_later: bool,
     /// Whether an unprivileged runtime writes this process's /proc files before `Go`
     /// (the id maps of the user namespace the clone made, oom_score_adj): it can open
@@ -106,7 +106,16 @@ fn setup(init: Init) -> Result<()> {
     // Device nodes and masks are made with exact modes.
     nix::sys::stat::umask(Mode::empty());
     let fs = Rootfs::prepare(init.bundle, &init.cgroup_mounts, init.rootless)?;
-    let mounted = fs.mount_all()?;
+    // Whether the runtime has put this process in its cgroup: the cgroup mounts and
+    // the container's own code wait for it (see `Init::cgroup_joined_later`).
+    let in_cgroup = std::cell::Cell::new(!init.cgroup_joined_later);
+    let join_cgroup = || -> Result<()> {
+        if !in_cgroup.replace(true) {
+            init.channel.expect(&Msg::CgroupJoined)?;
+        }
+        Ok(())
+    };
+    let mounted = fs.mount_all(join_cgroup)?;
     fs.create_devices(linux, &mounted)?;
     fs.make_cwd(process.cwd())?;
     if init.has_create_hooks {
@@ -130,10 +139,8 @@ fn setup(init: Init) -> Result<()> {
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
         mount::remount_bind(Path::new("/"), MsFlags::MS_RDONLY, Path::new("/"))?;
     }
-    if init.cgroup_joined_later {
-        // Nothing of the container's own runs before its limits apply.
-        init.channel.expect(&Msg::CgroupJoined)?;
-    }
+    // Nothing of the container's own runs before its limits apply.
+    join_cgroup()?;
     let exec = enter_process(
         process,
         &init.caps,

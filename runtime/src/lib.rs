@@ -1,7 +1,7 @@
 //! plinth-runtime: a small, narrow, runc-compatible OCI runtime.
 //!
 //! Layers, lowest first (a module imports only from layers below it):
-//! - `error`, `logging`;
+//! - `error`, `logging`, `atomic` (files replaced atomically);
 //! - the Linux mechanisms, which know nothing of containers: `cgroups`, `seccomp`,
 //!   `mount`, `mountinfo`, `namespaces`, `idmap`, `devices`, `capabilities`,
 //!   `process`, `procfs`, `signals`, `terminal`, `hooks`, `sync`, `fdpass`, `sealed`;
@@ -13,6 +13,7 @@
 //!
 //! The binary's `main.rs` maps the runc command line onto the commands.
 
+pub mod atomic;
 pub mod capabilities;
 pub mod cgroups;
 pub mod config;

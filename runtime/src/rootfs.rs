@@ -92,13 +92,19 @@ impl<'a> Rootfs<'a> {
         })
     }
 
-    /// Makes the config's mounts, in order.
-    pub fn mount_all(&self) -> Result<Mounted> {
+    /// Makes the config's mounts, in order. `before_cgroup` runs before the first
+    /// cgroup mount: the container's cgroup may still be in the making.
+    pub fn mount_all(&self, mut before_cgroup: impl FnMut() -> Result<()>) -> Result<Mounted> {
         let mut made = Mounted {
             dev_bound: false,
             devpts: false,
         };
+        let mut cgroup_seen = false;
         for (i, m) in self.bundle.spec.mounts().iter().flatten().enumerate() {
+            if !cgroup_seen && matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2")) {
+                cgroup_seen = true;
+                before_cgroup()?;
+            }
             self.mount_one(m, i)?;
             let dest = m.destination();
             let bind = m.typ().as_deref() == Some("bind")

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Hooks;
@@ -143,6 +142,12 @@ impl Root {
         self.0.join(id)
     }
 
+    /// The compiled seccomp filters ([`crate::seccomp::cache`]). `#` is not allowed in a
+    /// container id, so no container's directory can take the name.
+    pub fn seccomp_cache(&self) -> PathBuf {
+        self.0.join("#seccomp-cache")
+    }
+
     /// Creates the root (mode 0700) if needed, and checks it as [`Root::check`] does.
     pub fn ensure(&self) -> Result<()> {
         use std::os::unix::fs::DirBuilderExt;
@@ -231,7 +236,7 @@ impl Root {
         let dir = self.dir(&st.id);
         let data =
             serde_json::to_vec(st).map_err(|e| Error::Invalid(format!("serialise state: {e}")))?;
-        write_atomic(&dir.join(STATE_FILE), &data)
+        crate::atomic::write(&dir.join(STATE_FILE), &data, 0o600)
     }
 
     /// The ids of all containers, sorted.
@@ -292,7 +297,7 @@ pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
             .map_err(|e| Error::io("getcwd", ".", e))?
             .join(path)
     };
-    write_atomic(&path, pid.to_string().as_bytes())
+    crate::atomic::write(&path, pid.to_string().as_bytes(), 0o644)
 }
 
 /// Parses a state file; never panics, whatever the bytes.
@@ -303,50 +308,6 @@ pub fn parse(data: &[u8]) -> std::result::Result<State, String> {
         return Err(format!("negative pid {}", st.pid));
     }
     Ok(st)
-}
-
-/// Writes `data` to `path` atomically: a new temporary file in the same directory, then
-/// a rename over `path`. The temporary file gets a random name and is created with
-/// O_EXCL and O_NOFOLLOW: the directory may be shared (a `--pid-file` anywhere), and a
-/// symlink or file planted at a name known in advance must never be written through.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    use std::hash::{BuildHasher, Hasher};
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
-    let mut attempt = 0;
-    let (tmp, mut f) = loop {
-        // RandomState's keys come from the kernel's random source.
-        let r = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        let tmp = dir.join(format!(".{name}.{r:016x}.tmp"));
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&tmp)
-        {
-            Ok(f) => break (tmp, f),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 8 => attempt += 1,
-            Err(e) => return Err(Error::io("create", &tmp, e)),
-        }
-    };
-    if let Err(e) = f.write_all(data) {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io("write", &tmp, e));
-    }
-    drop(f);
-    // No fsync: the rename alone makes the update atomic for every reader, and state
-    // only describes processes, which a crash or power loss takes with it (the state
-    // root is /run, a tmpfs on a normal host). On a disk-backed /run the fsync cost ~5 ms
-    // per write, a third of a container's start (docs/performance.md); runc and crun
-    // do not sync either.
-    fs::rename(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io("rename into place", path, e)
-    })
 }
 
 /// The start time of `pid` (clock ticks since boot, /proc/PID/stat field 22) and

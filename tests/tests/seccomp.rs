@@ -192,3 +192,115 @@ fn a_filter_before_the_user_switch_sees_only_the_runtimes_last_calls() {
     let (code, out, err) = b.run(&unique("scu"));
     assert_eq!(code, 159, "stdout: {out}\nstderr: {err}");
 }
+
+/// The entries of the compiled-filter cache under `root`: (path, bytes).
+fn cache_entries(root: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let dir = root.join("#seccomp-cache");
+    let mut out: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.path(), std::fs::read(e.path()).unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The length of an entry's header: magic, build id and profile fields (each a
+/// little-endian u32 length and the bytes); the program and flags follow.
+fn header_len(entry: &[u8]) -> usize {
+    let field = |at: usize| u32::from_le_bytes(entry[at..at + 4].try_into().unwrap()) as usize;
+    let build_end = 8 + 4 + field(8);
+    build_end + 4 + field(build_end)
+}
+
+/// A compiled filter is kept under the state root (0700) and used again; an entry that
+/// is foreign-owned, writable by others or corrupt is ignored and replaced. To show that
+/// an entry is really used, and really ignored, one is forged: profile B's key and
+/// JSON with the program of profile A, which allows what B denies.
+#[test]
+fn compiled_filters_are_cached_and_doubtful_entries_ignored() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !need_root("compiled_filters_are_cached_and_doubtful_entries_ignored") {
+        return;
+    }
+    let script = "mkdir /dev/shm/x 2>/dev/null && echo MADE || echo DENIED";
+    let mut a = Bundle::busybox(script);
+    a.config["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["getpriority"], "action": "SCMP_ACT_ERRNO"}]
+    });
+    let mut b = Bundle::busybox(script);
+    b.root = a.root.clone();
+    b.config["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    });
+    let run_b = |what: &str| -> String {
+        let (code, out, err) = b.run(&unique("cache"));
+        assert_eq!(code, 0, "{what}: {err}");
+        out.trim().to_string()
+    };
+
+    assert_eq!(a.run(&unique("cache")).1.trim(), "MADE");
+    assert_eq!(run_b("first run of B"), "DENIED");
+    let dir = a.root.join("#seccomp-cache");
+    let md = std::fs::metadata(&dir).unwrap();
+    assert_eq!(md.mode() & 0o777, 0o700, "the cache directory's mode");
+    let entries = cache_entries(&a.root);
+    assert_eq!(entries.len(), 2, "one entry per profile: {entries:?}");
+    let has = |e: &[u8], s: &[u8]| e.windows(s.len()).any(|w| w == s);
+    let (b_path, b_entry) = entries
+        .iter()
+        .find(|(_, e)| has(e, b"mkdirat"))
+        .unwrap()
+        .clone();
+    let (_, a_entry) = entries
+        .iter()
+        .find(|(_, e)| !has(e, b"mkdirat"))
+        .unwrap()
+        .clone();
+    for (p, _) in &entries {
+        let m = std::fs::metadata(p).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o600), "{}", p.display());
+    }
+    let mut forged = b_entry[..header_len(&b_entry)].to_vec();
+    forged.extend_from_slice(&a_entry[header_len(&a_entry)..]);
+
+    // A sound entry of the caller's is used as it is: the forged program runs.
+    std::fs::write(&b_path, &forged).unwrap();
+    std::fs::set_permissions(&b_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        run_b("trusted forged entry"),
+        "MADE",
+        "the cache was not used"
+    );
+
+    // Foreign-owned, or writable by others: ignored, compiled afresh, replaced.
+    for (what, uid, mode) in [
+        ("foreign-owned", 65534, 0o600),
+        ("world-writable", 0, 0o666),
+    ] {
+        std::fs::write(&b_path, &forged).unwrap();
+        std::os::unix::fs::chown(&b_path, Some(uid), None).unwrap();
+        std::fs::set_permissions(&b_path, std::fs::Permissions::from_mode(mode)).unwrap();
+        assert_eq!(run_b(what), "DENIED", "{what}: the entry was used");
+        assert_eq!(
+            std::fs::read(&b_path).unwrap(),
+            b_entry,
+            "{what}: not replaced"
+        );
+        let m = std::fs::metadata(&b_path).unwrap();
+        assert_eq!((m.uid(), m.mode() & 0o777), (0, 0o600), "{what}");
+    }
+
+    // Corrupt: cut short, or not an entry at all.
+    for garbage in [&forged[..forged.len() - 3], b"not an entry".as_slice()] {
+        std::fs::write(&b_path, garbage).unwrap();
+        assert_eq!(run_b("corrupt entry"), "DENIED");
+        assert_eq!(
+            std::fs::read(&b_path).unwrap(),
+            b_entry,
+            "corrupt: not replaced"
+        );
+    }
+}

@@ -517,6 +517,12 @@ impl Cgroup {
             .or_else(|| self.unified())
     }
 
+    /// Whether the host is pure cgroup v2: then a process can be born in the cgroup
+    /// ([`Cgroup::open_unified_only`]) once it exists.
+    pub fn is_pure_v2(&self) -> bool {
+        self.mode == Mode::Unified
+    }
+
     /// On a pure cgroup v2 host, an fd of the container's one directory, where a process
     /// can be born (`clone3(CLONE_INTO_CGROUP)`) instead of being moved in. None on v1
     /// and hybrid hosts, where the v1 hierarchies still need [`Cgroup::add_pid`].

@@ -10,28 +10,43 @@ use crate::error::{Error, Result};
 use crate::logging;
 use crate::rootfs::CgroupMount;
 
-pub(super) fn setup(bundle: &Bundle, id: &str) -> Result<Option<Cgroup>> {
+/// Where the container's cgroup goes, without making anything yet: None for a rootless
+/// runtime without a delegated cgroup v2 subtree (then no limit may be asked for).
+pub(super) fn resolve(bundle: &Bundle, id: &str) -> Result<Option<Cgroup>> {
     let linux = bundle.spec.linux().as_ref();
     let resources = linux.and_then(|l| l.resources().as_ref());
     let path = linux.and_then(|l| l.cgroups_path().as_deref());
-    if !nix::unistd::geteuid().is_root() {
-        match delegated(path, id)? {
-            Some(cg) => return create_cgroup(cg, bundle, resources).map(Some),
-            None => {
-                if let Some(field) = resources.and_then(limit_field) {
-                    return Err(Error::config(
-                        field,
-                        "a rootless container gets limits only from a delegated cgroup v2 \
-                         subtree, and this user has none here",
-                    ));
-                }
-                // No cgroup at all, said once.
-                logging::warn("running rootless without cgroups: no delegated cgroup v2 subtree");
-                return Ok(None);
-            }
-        }
+    if nix::unistd::geteuid().is_root() {
+        return Cgroup::resolve(path, id).map(Some);
     }
-    create_cgroup(Cgroup::resolve(path, id)?, bundle, resources).map(Some)
+    if let Some(cg) = delegated(path, id)? {
+        return Ok(Some(cg));
+    }
+    if let Some(field) = resources.and_then(limit_field) {
+        return Err(Error::config(
+            field,
+            "a rootless container gets limits only from a delegated cgroup v2 \
+             subtree, and this user has none here",
+        ));
+    }
+    // No cgroup at all, said once.
+    logging::warn("running rootless without cgroups: no delegated cgroup v2 subtree");
+    Ok(None)
+}
+
+/// Makes the cgroup [`resolve`] found, with the config's limits and device rules and
+/// the devices runc allows implicitly.
+pub(super) fn make(cg: &mut Cgroup, bundle: &Bundle) -> Result<()> {
+    let resources = bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref());
+    cg.create(resources, &implicit_devices(bundle)?)?;
+    for w in cg.warnings() {
+        logging::warn(w);
+    }
+    Ok(())
 }
 
 /// For a rootless run: the container's cgroup when the user's own cgroup v2 subtree is
@@ -71,18 +86,6 @@ fn limit_field(r: &oci_spec::runtime::LinuxResources) -> Option<&'static str> {
     } else {
         None
     }
-}
-
-fn create_cgroup(
-    mut cg: Cgroup,
-    bundle: &Bundle,
-    resources: Option<&oci_spec::runtime::LinuxResources>,
-) -> Result<Cgroup> {
-    cg.create(resources, &implicit_devices(bundle)?)?;
-    for w in cg.warnings() {
-        logging::warn(w);
-    }
-    Ok(cg)
 }
 
 /// The device rules allowed after the config's own, as runc allows them: mknod of

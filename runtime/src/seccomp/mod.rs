@@ -75,6 +75,7 @@
 
 pub mod agent;
 mod bpf;
+pub mod cache;
 mod tables;
 #[cfg(test)]
 mod tests;
