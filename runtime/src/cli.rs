@@ -17,7 +17,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use plinth_runtime::container::CreateOptions;
+use plinth_runtime::container::{CreateOptions, RunOptions};
 use plinth_runtime::control::UpdateFlags;
 use plinth_runtime::exec::ExecOptions;
 
@@ -56,6 +56,9 @@ pub struct Cli {
     pub debug: bool,
     /// `--systemd-cgroup`: refused by `main`, but accepted here so the error says why.
     pub systemd_cgroup: bool,
+    /// `--rootless true|false|auto`: runc's switch for ignoring cgroup permission
+    /// errors. Accepted (engines pass it); plinth decides from its own uid.
+    pub rootless: Option<String>,
     /// `-v`/`--version`.
     pub version: bool,
     /// None when only global flags were given.
@@ -79,8 +82,11 @@ pub enum Cmd {
     },
     /// `delete [-f] ID`.
     Delete { force: bool, id: String },
-    /// `run [-d] ...create's flags`.
-    Run { detach: bool, create: CreateOptions },
+    /// `run [-d] [--keep] [--no-subreaper] ...create's flags`.
+    Run {
+        run: RunOptions,
+        create: CreateOptions,
+    },
     /// `spec [--rootless] [-b DIR]`.
     Spec { rootless: bool, bundle: PathBuf },
     /// `exec [flags] ID [COMMAND...]`.
@@ -134,7 +140,8 @@ const GLOBAL: &str = "\
 --log <FILE>\tLog file (default: none; errors always go to stderr)
 --log-format <FORMAT>\tLog format: text or json [default: text]
 --debug\tDebug logging
---systemd-cgroup\tUse systemd to manage cgroups (not supported: an error)";
+--systemd-cgroup\tUse systemd to manage cgroups (not supported: an error)
+--rootless <true|false|auto>\tAccepted for runc's callers; plinth runs rootless when its uid is not 0 [default: auto]";
 
 const ID: &str = "<ID>\tContainer id";
 
@@ -186,7 +193,12 @@ const COMMANDS: &[Help] = &[
         name: "run",
         about: "Create, start, wait and delete",
         args: ID,
-        opts: concat!("-d, --detach\tDo not wait for the container\n", create_opts!()),
+        opts: concat!(
+            "-d, --detach\tDo not wait for the container\n",
+            "--keep\tKeep the stopped container (delete removes it)\n",
+            "--no-subreaper\tDo not become the init's subreaper\n",
+            create_opts!()
+        ),
     },
     Help {
         name: "spec",
@@ -214,6 +226,7 @@ const COMMANDS: &[Help] = &[
 --no-new-privs\tSet no_new_privs
 --preserve-fds <N>\tPass N extra fds (3, 4, ...) [default: 0]
 --ignore-paused\tExec even into a paused container
+--cgroup <PATH>\tRun in this sub-cgroup of the container's (CONTROLLER:PATH for one v1 hierarchy)
 --process-label <LABEL>\tSELinux label (not supported: refused when given)
 --apparmor <PROFILE>\tAppArmor profile (not supported: refused when given)",
     },
@@ -252,7 +265,11 @@ const COMMANDS: &[Help] = &[
 --memory <BYTES>\tMemory limit (bytes, or with a k/m/g suffix)
 --memory-reservation <BYTES>\tMemory reservation (soft limit)
 --memory-swap <BYTES>\tMemory plus swap limit
---pids-limit <N>\tMaximum number of processes",
+--pids-limit <N>\tMaximum number of processes
+--kernel-memory <BYTES>\tIgnored, as runc 1.1 ignores it (the kernel dropped kernel memory limits)
+--kernel-memory-tcp <BYTES>\tIgnored, as runc 1.1 ignores it
+--l3-cache-schema <SCHEMA>\tIntel RDT L3 cache schema (not supported: an error)
+--mem-bw-schema <SCHEMA>\tIntel RDT memory bandwidth schema (not supported: an error)",
     },
     Help {
         name: "events",
@@ -295,6 +312,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, Usage> 
             systemd_cgroup: false,
             version: false,
             cmd: None,
+            rootless: None,
         },
     };
     match p.top() {
@@ -391,6 +409,15 @@ impl P {
             "--log-format" => self.cli.log_format = self.string(f)?,
             "--debug" => self.cli.debug = true,
             "--systemd-cgroup" => self.cli.systemd_cgroup = true,
+            "--rootless" => {
+                let v = self.string(f)?;
+                if !matches!(v.as_str(), "true" | "false" | "auto") {
+                    return Err(
+                        self.usage(format_args!("--rootless: {v:?} is not true, false or auto"))
+                    );
+                }
+                self.cli.rootless = Some(v);
+            }
             "-h" | "--help" => return Err(Stop::Help(self.help)),
             _ => return Ok(false),
         }
@@ -431,7 +458,9 @@ impl P {
         while let Some(t) = self.next()? {
             match t {
                 Tok::Flag(f) => {
-                    if !self.global(&f)? && !flag(self, &f)? {
+                    // The command's own flags first: `spec --rootless` is spec's
+                    // switch, while the global `--rootless` takes a value.
+                    if !flag(self, &f)? && !self.global(&f)? {
                         return Err(self.unknown(&f));
                     }
                 }
@@ -506,9 +535,9 @@ impl P {
         Ok(match h.name {
             "create" => Cmd::Create(self.create(None)?),
             "run" => {
-                let mut detach = false;
-                let create = self.create(Some(&mut detach))?;
-                Cmd::Run { detach, create }
+                let mut run = RunOptions::default();
+                let create = self.create(Some(&mut run))?;
+                Cmd::Run { run, create }
             }
             "start" => Cmd::Start {
                 id: self.just_id()?,
@@ -627,7 +656,7 @@ impl P {
     }
 
     /// `create`'s flags; `run` passes where its `-d` goes.
-    fn create(&mut self, mut detach: Option<&mut bool>) -> Result<CreateOptions, Stop> {
+    fn create(&mut self, mut run: Option<&mut RunOptions>) -> Result<CreateOptions, Stop> {
         let mut c = CreateOptions {
             bundle: ".".into(),
             ..CreateOptions::default()
@@ -640,8 +669,10 @@ impl P {
                 "--preserve-fds" => c.preserve_fds = p.num(f)?,
                 "--no-pivot" => c.no_pivot = true,
                 "--no-new-keyring" => c.no_new_keyring = true,
-                "-d" | "--detach" => match detach.as_deref_mut() {
-                    Some(d) => *d = true,
+                "-d" | "--detach" | "--keep" | "--no-subreaper" => match run.as_deref_mut() {
+                    Some(r) if f == "--keep" => r.keep = true,
+                    Some(r) if f == "--no-subreaper" => r.no_subreaper = true,
+                    Some(r) => r.detach = true,
                     None => return Ok(false),
                 },
                 _ => return Ok(false),
@@ -670,6 +701,7 @@ impl P {
                 "--no-new-privs" => o.no_new_privs = true,
                 "--preserve-fds" => o.preserve_fds = p.num(f)?,
                 "--ignore-paused" => o.ignore_paused = true,
+                "--cgroup" => o.cgroup = Some(p.string(f)?),
                 "--process-label" => process_label = Some(p.string(f)?),
                 "--apparmor" => apparmor = Some(p.string(f)?),
                 _ => return Ok(false),
@@ -700,6 +732,10 @@ impl P {
             "--memory-reservation" => u.memory_reservation = Some(self.string(f)?),
             "--memory-swap" => u.memory_swap = Some(self.string(f)?),
             "--pids-limit" => u.pids_limit = Some(self.num(f)?),
+            "--kernel-memory" => u.kernel_memory = Some(self.string(f)?),
+            "--kernel-memory-tcp" => u.kernel_memory_tcp = Some(self.string(f)?),
+            "--l3-cache-schema" => u.l3_cache_schema = Some(self.string(f)?),
+            "--mem-bw-schema" => u.mem_bw_schema = Some(self.string(f)?),
             _ => return Ok(false),
         }
         Ok(true)
@@ -856,12 +892,37 @@ mod tests {
         );
         assert_eq!(c.preserve_fds, 2);
         assert!(c.no_pivot && c.no_new_keyring);
-        let Cmd::Run { detach, create } = cmd("run -d -b /b x") else {
+        let Cmd::Run {
+            run: RunOptions { detach, .. },
+            create,
+        } = cmd("run -d -b /b x")
+        else {
             panic!()
         };
         assert!(detach);
         assert_eq!((create.bundle, create.id.as_str()), ("/b".into(), "x"));
-        assert!(matches!(cmd("run x"), Cmd::Run { detach: false, .. }));
+        assert!(matches!(
+            cmd("run x"),
+            Cmd::Run {
+                run: RunOptions {
+                    detach: false,
+                    keep: false,
+                    no_subreaper: false
+                },
+                ..
+            }
+        ));
+        assert!(matches!(
+            cmd("run --keep --no-subreaper x"),
+            Cmd::Run {
+                run: RunOptions {
+                    detach: false,
+                    keep: true,
+                    no_subreaper: true
+                },
+                ..
+            }
+        ));
         assert!(
             err("create -d x").contains("unknown flag -d"),
             "-d is run's"
@@ -1115,11 +1176,32 @@ mod tests {
             let rows: Vec<_> = rows_of(c.opts).chain(rows_of(GLOBAL)).collect();
             assert_eq!(
                 rows.len(),
-                c.opts.lines().count() + 5,
+                c.opts.lines().count() + GLOBAL.lines().count(),
                 "a row without its tab"
             );
-            for (flags, _) in rows {
-                let value = if flags.contains('<') { " 1" } else { "" };
+            // A command's own flag hides a global one of the same name (spec's
+            // --rootless switch, the global --rootless VALUE).
+            let own: Vec<&str> = rows_of(c.opts).map(|r| r.0).collect();
+            let shadowed = |flags: &str| {
+                flags
+                    .split([',', ' '])
+                    .filter(|f| f.starts_with("--"))
+                    .any(|f| own.iter().any(|o| o.split([',', ' ']).any(|x| x == f)))
+            };
+            let globals: Vec<&str> = rows_of(GLOBAL).map(|r| r.0).collect();
+            for (flags, _) in rows
+                .into_iter()
+                .filter(|(f, _)| !(globals.contains(f) && !own.contains(f) && shadowed(f)))
+            {
+                // A placeholder listing its choices (`<true|false|auto>`) takes the
+                // first; any other takes a number.
+                let value = match flags.split_once('<').and_then(|(_, v)| v.split_once('>')) {
+                    Some((v, _)) if v.contains('|') => {
+                        format!(" {}", v.split('|').next().unwrap_or(""))
+                    }
+                    Some(_) => " 1".to_string(),
+                    None => String::new(),
+                };
                 for f in flags.split([',', ' ']).filter(|f| f.starts_with('-')) {
                     let line = format!("{} {f}{value}{}", c.name, " id".repeat(ids));
                     assert!(

@@ -64,6 +64,27 @@ pub fn update(
     resources_json: Option<&[u8]>,
     flags: &UpdateFlags,
 ) -> Result<()> {
+    for (flag, given) in [
+        ("--l3-cache-schema", &flags.l3_cache_schema),
+        ("--mem-bw-schema", &flags.mem_bw_schema),
+    ] {
+        if given.is_some() {
+            return Err(Error::Invalid(format!(
+                "{flag}: Intel RDT (resctrl) is not supported by plinth"
+            )));
+        }
+    }
+    for (flag, given) in [
+        ("--kernel-memory", &flags.kernel_memory),
+        ("--kernel-memory-tcp", &flags.kernel_memory_tcp),
+    ] {
+        if given.is_some() {
+            crate::logging::warn(&format!(
+                "{flag} is ignored: kernel memory limits are not supported by the kernel \
+                 (runc 1.1 ignores it too)"
+            ));
+        }
+    }
     let st = root.load(id)?;
     let s = status(root, &st);
     if s == Status::Stopped {
@@ -143,6 +164,14 @@ pub struct UpdateFlags {
     pub memory_swap: Option<String>,
     /// `--pids-limit`: maximum number of processes.
     pub pids_limit: Option<i64>,
+    /// `--kernel-memory`: ignored, as runc 1.1 ignores it (with a warning).
+    pub kernel_memory: Option<String>,
+    /// `--kernel-memory-tcp`: ignored likewise.
+    pub kernel_memory_tcp: Option<String>,
+    /// `--l3-cache-schema`: Intel RDT, refused.
+    pub l3_cache_schema: Option<String>,
+    /// `--mem-bw-schema`: Intel RDT, refused.
+    pub mem_bw_schema: Option<String>,
 }
 
 impl UpdateFlags {

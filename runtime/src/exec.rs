@@ -57,6 +57,8 @@ pub struct ExecOptions {
     pub preserve_fds: i32,
     /// `--ignore-paused`.
     pub ignore_paused: bool,
+    /// `--cgroup [CONTROLLER:]PATH`: a sub-cgroup of the container's to run in.
+    pub cgroup: Option<String>,
 }
 
 /// Runs `exec`; returns the process's exit code (128+signal when killed), or 0 with
@@ -118,8 +120,10 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
     }
 
     let (ours, theirs) = sync::pair()?;
-    let (forked, born_inside) =
-        namespaces::fork_in_cgroup(CloneFlags::empty(), st.cgroup.as_ref())?;
+    // Born in the container's cgroup where the host allows it, unless a sub-cgroup is
+    // asked for: then moved there.
+    let born_in = st.cgroup.as_ref().filter(|_| o.cgroup.is_none());
+    let (forked, born_inside) = namespaces::fork_in_cgroup(CloneFlags::empty(), born_in)?;
     let child = match forked {
         Forked::Child => {
             drop(ours);
@@ -136,16 +140,22 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
             if let Err(e) = r {
                 let _ = ch.send(&Msg::Error(e.to_string()));
             }
-            // SAFETY: _exit skips atexit handlers and buffers that belong to the runtime.
-            unsafe { libc::_exit(1) }
+            crate::process::exit_child(1)
         }
         Forked::Parent(pid) => pid,
     };
     drop(theirs);
     drop(console);
     let mut guard = KillOnError(vec![child]);
-    if let Some(cg) = st.cgroup.as_ref().filter(|_| !born_inside) {
-        cg.add_pid(child.as_raw())?;
+    match (&st.cgroup, &o.cgroup) {
+        (Some(cg), Some(sub)) => cg.add_pid_to(child.as_raw(), sub)?,
+        (Some(cg), None) if !born_inside => cg.add_pid(child.as_raw())?,
+        (None, Some(sub)) => {
+            return Err(Error::Invalid(format!(
+                "--cgroup {sub:?}: the container has no cgroup of its own"
+            )))
+        }
+        _ => {}
     }
     ours.send(&Msg::Go)?;
 
@@ -242,6 +252,12 @@ fn child_side(
     console: Option<OwnedFd>,
     preserve_fds: i32,
 ) -> Result<()> {
+    // The process's own oom_score_adj (--process's, else the container's), as runc
+    // gives it; written while this process is still dumpable (its /proc files are then
+    // its owner's, which an unprivileged runtime needs) and has joined nothing yet.
+    if let Some(adj) = process.oom_score_adj() {
+        crate::procfs::write_oom_score_adj(nix::unistd::getpid(), adj)?;
+    }
     // Nothing in the container may ptrace or open /proc files of this process while
     // it holds the runtime's fds (CVE-2016-9962).
     nix::sys::prctl::set_dumpable(false).map_err(|e| Error::sys("prctl(PR_SET_DUMPABLE)", e))?;
@@ -298,9 +314,18 @@ fn child_side(
 fn build_process(bundle: &Bundle, o: &ExecOptions) -> Result<Process> {
     if let Some(path) = &o.process {
         let text = std::fs::read(path).map_err(|e| Error::io("--process: read", path, e))?;
-        let p: Process = config::from_json(&text).map_err(|(at, e)| {
+        let mut p: Process = config::from_json(&text).map_err(|(at, e)| {
             Error::Invalid(format!("--process {}: {at}: {e}", path.display()))
         })?;
+        if p.oom_score_adj().is_none() {
+            // As runc: the container's, unless the process names its own.
+            let own = bundle
+                .spec
+                .process()
+                .as_ref()
+                .and_then(|c| c.oom_score_adj());
+            p.set_oom_score_adj(own);
+        }
         if p.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err(Error::Invalid(format!(
                 "--process {}: args: at least the executable is required",
@@ -342,10 +367,8 @@ fn build_process(bundle: &Bundle, o: &ExecOptions) -> Result<Process> {
     if let Some(u) = &o.user {
         let (uid, gid) = parse_user(u)?;
         user.set_uid(uid);
+        // Without a group the config's stays, as runc keeps it.
         user.set_gid(gid.unwrap_or(user.gid()));
-        if gid.is_none() && uid != p.user().uid() {
-            user.set_gid(0);
-        }
     }
     if !o.additional_gids.is_empty() {
         user.set_additional_gids(Some(o.additional_gids.clone()));

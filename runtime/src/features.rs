@@ -5,6 +5,9 @@
 
 use serde_json::{json, Value};
 
+/// The newest runtime-spec version this build implements (`--version` prints it).
+pub const SPEC_VERSION: &str = "1.3.0";
+
 /// Mount options `mounts[].options` accepts (mount.rs).
 const MOUNT_OPTIONS: &[&str] = &[
     "async",
@@ -71,7 +74,7 @@ pub fn features() -> Value {
     };
     json!({
         "ociVersionMin": "1.0.0",
-        "ociVersionMax": "1.3.0",
+        "ociVersionMax": SPEC_VERSION,
         "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
         "mountOptions": MOUNT_OPTIONS,
         "linux": {

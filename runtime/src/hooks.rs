@@ -31,10 +31,14 @@ pub fn run(kind: &'static str, hook: &Hook, state_json: &str) -> Result<()> {
     if let Some((argv0, rest)) = args.split_first() {
         cmd.arg0(argv0).args(rest);
     }
-    cmd.env_clear();
-    for kv in hook.env().iter().flatten() {
-        if let Some((k, v)) = kv.split_once('=') {
-            cmd.env(k, v);
+    // A hook without `env` inherits the runtime's environment, as runc's do (Go's
+    // exec.Cmd with a nil Env); `"env": []` gives it none.
+    if let Some(env) = hook.env() {
+        cmd.env_clear();
+        for kv in env {
+            if let Some((k, v)) = kv.split_once('=') {
+                cmd.env(k, v);
+            }
         }
     }
     cmd.stdin(Stdio::piped());

@@ -70,9 +70,7 @@ pub fn run(init: Init) -> ! {
     if let Err(e) = setup(init) {
         let _ = ch.send(&Msg::Error(e.to_string()));
     }
-    // SAFETY: _exit skips the atexit handlers and buffers inherited from the runtime,
-    // which must not run twice.
-    unsafe { libc::_exit(1) }
+    process::exit_child(1)
 }
 
 fn setup(init: Init) -> Result<()> {
@@ -179,6 +177,9 @@ fn enter_namespaces(init: &Init) -> Result<()> {
         nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| Error::sys("unshare the cgroup namespace", e))?;
     }
+    if plan.creates(CloneFlags::CLONE_NEWNET) {
+        namespaces::loopback_up()?;
+    }
     Ok(())
 }
 
@@ -240,11 +241,6 @@ pub fn enter_process(
     if let Some(r) = process.rlimits() {
         process::set_rlimits(r)?;
     }
-    let args = process.args().clone().unwrap_or_default();
-    let env = process.env().clone().unwrap_or_default();
-    let exe = process::find_executable(&args[0], &env)?;
-    let exec = Exec::new(&exe, &args, &env)?;
-
     let user = process.user();
     nix::sys::stat::umask(Mode::from_bits_truncate(user.umask().unwrap_or(0o022)));
     nix::unistd::chdir(process.cwd()).map_err(|e| {
@@ -263,6 +259,22 @@ pub fn enter_process(
                 "the working directory is outside the container's root",
             ))
         }
+    }
+    // The executable is found from the working directory, as runc finds it (a relative
+    // args[0] such as ./busybox is relative to process.cwd).
+    let args = process.args().clone().unwrap_or_default();
+    let mut env = process.env().clone().unwrap_or_default();
+    if process::env_value(&env, "HOME").is_none() {
+        // runc sets HOME from the container's /etc/passwd, else to /: programs that
+        // read it would otherwise fail.
+        env.push(format!("HOME={}", process::home_dir(user.uid())));
+    }
+    let exe = process::find_executable(&args[0], &env)?;
+    let exec = Exec::new(&exe, &args, &env)?;
+    // A session and process group of its own inside the container, as runc gives its
+    // init and every exec'd process (a terminal's setup made one already).
+    if nix::unistd::getsid(None).ok() != Some(nix::unistd::getpid()) {
+        nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
     }
 
     // Read before any filter: without no_new_privs the filter comes first, and what runs

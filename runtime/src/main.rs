@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             "commit: {}",
             option_env!("PLINTH_COMMIT").unwrap_or("unknown")
         );
-        println!("spec: 1.2.0");
+        println!("spec: {}", plinth_runtime::features::SPEC_VERSION);
         return ExitCode::SUCCESS;
     }
     if let Err(e) = logging::init(cli.log.as_deref(), &cli.log_format, cli.debug) {
@@ -88,8 +88,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             container::kill(&root, &id, sig, all)?
         }
         Cmd::Delete { force, id } => container::delete(&root, &id, force)?,
-        Cmd::Run { detach, create } => {
-            let code = container::run(&root, &create, detach)?;
+        Cmd::Run { run, create } => {
+            let code = container::run(&root, &create, &run)?;
             return Ok(code.clamp(0, 255) as u8);
         }
         Cmd::Spec { rootless, bundle } => plinth_runtime::spec::write(&bundle, rootless)?,

@@ -397,6 +397,26 @@ fn statvfs_flags(path: &Path) -> MsFlags {
     out
 }
 
+/// The read-only, nosuid, nodev and noexec flags among `flags`, set on the whole tree
+/// at `target` (mount_setattr, AT_RECURSIVE); other flags are left as they are.
+pub fn set_recursive_flags(target: &OwnedFd, flags: MsFlags, shown: &Path) -> Result<()> {
+    let mut attrs = 0;
+    for (f, a) in [
+        (MsFlags::MS_RDONLY, MOUNT_ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, MOUNT_ATTR_NOSUID),
+        (MsFlags::MS_NODEV, MOUNT_ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, MOUNT_ATTR_NOEXEC),
+    ] {
+        if flags.contains(f) {
+            attrs |= a;
+        }
+    }
+    if attrs == 0 {
+        return Ok(());
+    }
+    set_recursive_attrs(target, attrs, 0, shown)
+}
+
 /// mount_setattr(2) on the tree at `target` (AT_RECURSIVE).
 pub fn set_recursive_attrs(target: &OwnedFd, set: u64, clr: u64, shown: &Path) -> Result<()> {
     #[repr(C)]

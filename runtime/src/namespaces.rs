@@ -150,6 +150,49 @@ pub fn join(path: &std::path::Path, f: CloneFlags) -> Result<()> {
         .map_err(|e| Error::sys(format!("setns {} ({})", path.display(), flag_name(f)), e))
 }
 
+/// Brings up the loopback interface of the calling process's network namespace, as
+/// runc does for a new one: without it the container cannot reach its own 127.0.0.1.
+pub fn loopback_up() -> Result<()> {
+    /// struct ifreq with the ifr_flags member of its union (40 bytes on 64-bit).
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: libc::c_short,
+        _rest: [u8; 22],
+    }
+    const SIOCGIFFLAGS: libc::c_ulong = 0x8913;
+    const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
+    let sock = nix::sys::socket::socket(
+        nix::sys::socket::AddressFamily::Inet,
+        nix::sys::socket::SockType::Datagram,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::sys("socket for bringing lo up", e))?;
+    let mut req = IfReq {
+        name: *b"lo\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        flags: 0,
+        _rest: [0; 22],
+    };
+    for (request, what) in [
+        (SIOCGIFFLAGS, "SIOCGIFFLAGS"),
+        (SIOCSIFFLAGS, "SIOCSIFFLAGS"),
+    ] {
+        if request == SIOCSIFFLAGS {
+            req.flags |= libc::IFF_UP as libc::c_short;
+        }
+        // SAFETY: both requests read (and SIOCGIFFLAGS writes) one struct ifreq, which
+        // `req` is, laid out as the kernel's and alive for the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), request as _, &mut req as *mut IfReq) } < 0 {
+            return Err(Error::sys(
+                format!("bring lo up: ioctl({what})"),
+                nix::errno::Errno::last(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Result of [`fork_with`] in each process.
 pub enum Forked {
     /// In the parent: the child's pid.

@@ -89,6 +89,20 @@ pub fn switch_user(uid: u32, gid: u32, groups: &[u32], setgroups_allowed: bool) 
     Ok(())
 }
 
+/// The home directory of `uid` in the container's /etc/passwd (after the pivot), or
+/// `/` when it has none, as runc picks HOME.
+pub fn home_dir(uid: u32) -> String {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 6 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[5].to_string())
+        })
+        .find(|h| !h.is_empty())
+        .unwrap_or_else(|| "/".to_string())
+}
+
 /// The value of `name` in an environment list of `KEY=value` strings.
 pub fn env_value<'a>(env: &'a [String], name: &str) -> Option<&'a str> {
     env.iter().rev().find_map(|kv| {
@@ -97,8 +111,9 @@ pub fn env_value<'a>(env: &'a [String], name: &str) -> Option<&'a str> {
     })
 }
 
-/// Finds the executable for `arg0` as execvp would, using the container's PATH. Runs
-/// after the pivot, so the lookup sees the container's file system.
+/// Finds the executable for `arg0` as runc does (Go's exec.LookPath), using the
+/// container's PATH, from the working directory: after the pivot and the chdir. A name
+/// found only through a relative PATH entry ("", ".") is refused, as Go refuses it.
 pub fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf> {
     if arg0.is_empty() {
         return Err(Error::config("process.args[0]", "empty executable name"));
@@ -114,6 +129,11 @@ pub fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf> {
         let dir = if dir.is_empty() { "." } else { dir };
         let cand = Path::new(dir).join(arg0);
         match check_executable(&cand) {
+            Ok(()) if cand.is_relative() => {
+                return Err(Error::Invalid(format!(
+                    "exec: {arg0:?}: cannot run executable found relative to current directory"
+                )))
+            }
             Ok(()) => return Ok(cand),
             Err(e) => last = Some(e),
         }
@@ -213,4 +233,17 @@ pub fn close_range_cloexec(first: u32) -> Result<()> {
         return Err(Error::sys("close_range", nix::errno::Errno::last()));
     }
     Ok(())
+}
+
+/// Ends a child of the runtime at once (no atexit handlers, no buffers: they belong to
+/// the runtime). When a seccomp filter already installed denies exit itself, libc's
+/// _exit would retry forever at full speed; this falls back to abort(), whose last
+/// resort is a faulting instruction the kernel ends the process for.
+pub fn exit_child(code: i32) -> ! {
+    // SAFETY: exit_group and exit take an int and, when allowed, do not return.
+    unsafe {
+        libc::syscall(libc::SYS_exit_group, libc::c_long::from(code));
+        libc::syscall(libc::SYS_exit, libc::c_long::from(code));
+    }
+    std::process::abort()
 }

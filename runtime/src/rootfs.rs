@@ -228,9 +228,20 @@ impl<'a> Rootfs<'a> {
             if fstype == "proc" || fstype == "sysfs" {
                 check_not_symlink(&self.root, dest, &field)?;
             }
+            // A tmpfs without mode= over a directory the image has takes that
+            // directory's mode, as runc does (tmpfs would make it 1777).
+            let keep_mode = (fstype == "tmpfs" && !o.data.iter().any(|d| d.starts_with("mode=")))
+                .then(|| existing_dir_mode(&self.root, dest))
+                .flatten();
             target = mount::open_in_root(&self.root, dest, Create::Dir)?;
             check_target_not_in_proc(&target, dest, &field)?;
-            let data = o.data.join(",");
+            let mut data = o.data.join(",");
+            if let Some(mode) = keep_mode {
+                if !data.is_empty() {
+                    data.push(',');
+                }
+                data.push_str(&format!("mode={mode:o}"));
+            }
             let src = m.source().clone().unwrap_or_else(|| PathBuf::from(fstype));
             let r = mount::do_mount(
                 Some(&src),
@@ -260,11 +271,13 @@ impl<'a> Rootfs<'a> {
                         None,
                         dest,
                     )?;
+                    // The host's mounts below it (its /sys/fs/cgroup hierarchies among
+                    // them) come along, under whatever the config mounts over them; the
+                    // container may unmount those covers. So the config's ro, nosuid,
+                    // nodev and noexec apply to the whole tree, not only its top
+                    // (CVE-2023-25809 for a rootless container's cgroups).
                     let t = mount::open_in_root(&self.root, dest, Create::Nothing)?;
-                    let extra = o.flags & !(MsFlags::MS_REMOUNT);
-                    if !extra.is_empty() {
-                        mount::remount_bind(&mount::fd_path(&t), extra, dest)?;
-                    }
+                    mount::set_recursive_flags(&t, o.flags, dest)?;
                 }
                 other => other?,
             }
@@ -519,4 +532,11 @@ fn check_not_symlink(root: &OwnedFd, dest: &Path, field: &str) -> Result<()> {
         )),
         Err(e) => Err(Error::sys(format!("open {}", dest.display()), e)),
     }
+}
+
+/// The permission bits of `dest` when it is a directory the rootfs already has.
+fn existing_dir_mode(root: &OwnedFd, dest: &Path) -> Option<u32> {
+    let fd = mount::open_in_root(root, dest, Create::Nothing).ok()?;
+    let st = nix::sys::stat::fstat(&fd).ok()?;
+    (st.st_mode & libc::S_IFMT == libc::S_IFDIR).then_some(st.st_mode & 0o7777)
 }

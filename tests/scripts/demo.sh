@@ -15,6 +15,7 @@ echo "root:x:0:" > "$bundle/rootfs/etc/group"
 python3 - "$bundle/config.json" <<'PY'
 import json, sys
 p = sys.argv[1]; c = json.load(open(p))
+c["process"]["terminal"] = False  # plinth spec asks for one, as runc spec does
 c["process"]["args"] = ["sh", "-c",
   "echo \"hello from $(hostname): $(id)\"; echo; echo 'processes:'; ps; echo; echo 'mounts:'; "
   "cut -d' ' -f2,3 /proc/mounts | head -20; echo; grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status"]

@@ -182,6 +182,8 @@ impl Bundle {
         let text = std::fs::read(dir.join("config.json")).unwrap();
         let mut config: Value = serde_json::from_slice(&text).unwrap();
         config["process"]["args"] = serde_json::json!(["sh", "-c", script]);
+        // `plinth spec` asks for a terminal, as `runc spec` does; these tests need none.
+        config["process"]["terminal"] = serde_json::json!(false);
         let b = Bundle {
             tmp,
             dir,
@@ -246,6 +248,35 @@ impl Bundle {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         child
+    }
+
+    /// `RUNTIME run --bundle DIR ID` with a runtime binary of the caller's choice (runc,
+    /// for side-by-side tests) and a state root of its own: (exit code, stdout, stderr).
+    pub fn run_with(&self, runtime: &Path, id: &str) -> (i32, String, String) {
+        self.write();
+        text(
+            &self
+                .cmd_with(runtime)
+                .args(["run", "--bundle"])
+                .arg(&self.dir)
+                .arg(id)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap(),
+        )
+    }
+
+    /// A command of `runtime` with a state root of its own below this bundle's
+    /// scratch directory.
+    pub fn cmd_with(&self, runtime: &Path) -> Command {
+        if runtime == plinth_bin() {
+            return self.cmd();
+        }
+        let name = runtime.file_name().unwrap().to_string_lossy().into_owned();
+        let mut c = Command::new(runtime);
+        c.arg("--root")
+            .arg(self.tmp.0.join(format!("state-{name}")));
+        c
     }
 
     /// `plinth create`; panics with its stderr on failure. The container's init keeps
@@ -337,6 +368,20 @@ impl Bundle {
 
 impl Drop for Bundle {
     fn drop(&mut self) {
+        // Containers another runtime left (side-by-side tests).
+        if let Some(runc) = which("runc") {
+            let root = self.tmp.0.join("state-runc");
+            if let Ok(rd) = std::fs::read_dir(&root) {
+                for e in rd.flatten() {
+                    let id = e.file_name().to_string_lossy().into_owned();
+                    let _ = Command::new(&runc)
+                        .arg("--root")
+                        .arg(&root)
+                        .args(["delete", "--force", &id])
+                        .output();
+                }
+            }
+        }
         // Leave nothing running behind a failed test.
         if let Ok(rd) = std::fs::read_dir(&self.root) {
             for e in rd.flatten() {

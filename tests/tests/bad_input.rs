@@ -82,11 +82,10 @@ fn unknown_namespace_is_named() {
         return;
     }
     let mut b = Bundle::busybox("true");
-    b.config["linux"]["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .push(serde_json::json!({"type": "bogus"}));
-    assert_create_fails(&b, &unique("bad"), "linux.namespaces[6]");
+    let ns = b.config["linux"]["namespaces"].as_array_mut().unwrap();
+    ns.push(serde_json::json!({"type": "bogus"}));
+    let at = format!("linux.namespaces[{}]", ns.len() - 1);
+    assert_create_fails(&b, &unique("bad"), &at);
 }
 
 #[test]

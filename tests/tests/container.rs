@@ -96,6 +96,11 @@ fn namespaces_are_new_and_hostname_set() {
     let mut b = Bundle::busybox(
         "hostname; cat /proc/sys/kernel/domainname; echo $$; for n in net ipc uts mnt pid cgroup; do readlink /proc/self/ns/$n; done",
     );
+    // runc's spec (and so plinth's) has no cgroup namespace: asked for here.
+    b.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "cgroup"}));
     b.config["hostname"] = json!("box");
     b.config["domainname"] = json!("example.test");
     let out = run_ok(&b);

@@ -97,6 +97,7 @@ impl RootlessBundle {
         assert!(out.status.success(), "plinth spec --rootless: {out:?}");
         let mut c = b.config();
         c["process"]["args"] = json!(["sh", "-c", script]);
+        c["process"]["terminal"] = json!(false);
         b.write(&c);
         b
     }
@@ -357,8 +358,11 @@ fn cgroup_mounts_are_read_only_when_rootless() {
     if !need_root("cgroup_mounts_are_read_only_when_rootless") {
         return;
     }
-    // CVE-2023-25809: whatever the config says, with and without a cgroup namespace.
-    for cgroupns in [true, false] {
+    // CVE-2023-25809: whatever the config says, with and without a cgroup namespace,
+    // and with and without a network namespace of the container's (without one, the
+    // kernel refuses a new sysfs and the host's /sys is bound, its cgroup mounts with
+    // it, under the config's cgroup mount: those must be read-only too).
+    for (cgroupns, netns) in [(true, true), (false, true), (true, false), (false, false)] {
         let b = RootlessBundle::new(
             "plinth-rl-a",
             "for d in /sys/fs/cgroup /sys/fs/cgroup/*; do [ -d $d ] && (mkdir $d/plinth-x 2>/dev/null && echo WRITABLE $d); done; \
@@ -370,16 +374,20 @@ fn cgroup_mounts_are_read_only_when_rootless() {
                 m["options"] = json!(["nosuid", "noexec", "nodev", "rw"]);
             }
         }
-        if !cgroupns {
-            let ns: Vec<Value> = c["linux"]["namespaces"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|n| n["type"] != "cgroup")
-                .cloned()
-                .collect();
-            c["linux"]["namespaces"] = json!(ns);
+        let mut ns: Vec<Value> = c["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["type"] != "cgroup" && n["type"] != "network")
+            .cloned()
+            .collect();
+        for (wanted, typ) in [(cgroupns, "cgroup"), (netns, "network")] {
+            if wanted {
+                ns.push(json!({"type": typ}));
+            }
         }
+        c["linux"]["namespaces"] = json!(ns);
+        let cgroupns = format!("{cgroupns}, netns={netns}");
         b.write(&c);
         let (code, out, err) = b.run(&unique("rlcg"));
         assert_eq!(code, 0, "cgroupns={cgroupns}: {err}");

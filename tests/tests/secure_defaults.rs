@@ -495,6 +495,7 @@ fn rootless_default_config_runs_as_an_unprivileged_user() {
     // The config exactly as `plinth spec --rootless` writes it for that user.
     let (_t, mut config) = spec(true, Some(nobody));
     config["process"]["args"] = b.config["process"]["args"].clone();
+    config["process"]["terminal"] = json!(false);
     b.config = config;
     b.write();
     chown_tree(&b.tmp.0, nobody);

@@ -550,6 +550,53 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Moves `pid` into an existing sub-cgroup of the container's: `spec` is runc's
+    /// `exec --cgroup` value, `PATH` (every hierarchy) or `CONTROLLER:PATH` (the v1
+    /// hierarchy of that controller, or the unified one for `unified`). Where a
+    /// hierarchy is not named, the process goes to the container's own cgroup.
+    pub fn add_pid_to(&self, pid: i32, spec: &str) -> Result<()> {
+        let (controller, sub) = match spec.split_once(':') {
+            Some((c, p)) => (Some(c), p),
+            None => (None, spec),
+        };
+        let sub = Path::new(sub.trim_start_matches('/'));
+        if sub.as_os_str().is_empty()
+            || sub
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(Error::Invalid(format!(
+                "--cgroup {spec:?}: a path below the container's cgroup, without . or .."
+            )));
+        }
+        let named = |d: &Dir| match controller {
+            None => true,
+            Some("unified") => d.v2,
+            Some(c) => !d.v2 && d.has(c),
+        };
+        if !self.dirs.iter().any(named) {
+            return Err(Error::Invalid(format!(
+                "--cgroup {spec:?}: no such controller in the container's cgroups"
+            )));
+        }
+        let pid = pid.to_string();
+        for d in &self.dirs {
+            let dir = if named(d) {
+                d.path.join(sub)
+            } else {
+                d.path.clone()
+            };
+            if !dir.is_dir() {
+                return Err(Error::Invalid(format!(
+                    "--cgroup {spec:?}: {} does not exist",
+                    dir.display()
+                )));
+            }
+            write(&dir, "cgroup.procs", &pid)?;
+        }
+        Ok(())
+    }
+
     /// Every process in the container's cgroup, its sub-cgroups included, sorted.
     pub fn pids(&self) -> Result<Vec<i32>> {
         let Some(d) = self.primary() else {

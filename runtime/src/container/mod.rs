@@ -277,10 +277,24 @@ pub fn list_text(root: &Root, format: &str, quiet: bool) -> Result<String> {
     Ok(out)
 }
 
+/// The flags of `run` beyond create's.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--detach`: return once the container runs.
+    pub detach: bool,
+    /// `--keep`: leave the stopped container for `delete` to remove.
+    pub keep: bool,
+    /// `--no-subreaper`: do not become the init's subreaper (as runc: an init that
+    /// is not our child, after a fork into a joined pid namespace, is then not waited
+    /// for).
+    pub no_subreaper: bool,
+}
+
 /// `run`: create, start, and unless detached wait for the process and delete the
-/// container; returns the exit code (128+signal when killed).
-pub fn run(root: &Root, opts: &CreateOptions, detach: bool) -> Result<i32> {
-    if !detach {
+/// container (unless kept); returns the exit code (128+signal when killed).
+pub fn run(root: &Root, opts: &CreateOptions, run: &RunOptions) -> Result<i32> {
+    let detach = run.detach;
+    if !detach && !run.no_subreaper {
         // The init may be a grandchild (after a fork into a joined pid namespace):
         // become its subreaper so its exit status comes back here.
         nix::sys::prctl::set_child_subreaper(true)
@@ -305,6 +319,8 @@ pub fn run(root: &Root, opts: &CreateOptions, detach: bool) -> Result<i32> {
     if st.init_alive() {
         kill_and_wait(&st)?;
     }
-    destroy(root, &st)?;
+    if !run.keep {
+        destroy(root, &st)?;
+    }
     code
 }

@@ -6,9 +6,10 @@
 //! default seccomp profile ([`seccomp_default`]) for those capabilities.
 //!
 //! Kept from runc's `spec`, since containerd's base spec leaves them to the engine and
-//! a bundle from `plinth spec` should run as is: the `sh` process, a read-only root,
-//! the hostname, a cgroup namespace and a read-only /sys/fs/cgroup mount (which
-//! containerd's CRI plugin adds too).
+//! scripts written for `runc spec` should work unchanged: the process (`sh` on a
+//! terminal), runc's namespaces (pid, network, ipc, uts, mount; rootless: no network,
+//! a user namespace), a read-only root, the hostname, and a read-only /sys/fs/cgroup
+//! mount (which containerd's CRI plugin adds too).
 
 pub mod seccomp_default;
 
@@ -61,15 +62,17 @@ pub const READONLY_PATHS: [&str; 5] = [
 ];
 
 /// The default config; `rootless` maps the caller's ids to root in a user namespace
-/// and drops what an unprivileged user cannot have (a network namespace of its own
-/// stays, cgroup limits and gid-5 devpts go). The seccomp profile stays in both: an
-/// unprivileged process may install one once no_new_privs is set, which it is.
+/// and drops what an unprivileged user cannot have (cgroup limits, gid-5 devpts, and,
+/// as runc's rootless spec, a network namespace of its own). The seccomp profile stays
+/// in both: an unprivileged process may install one once no_new_privs is set, which it
+/// is. The process and the namespaces are runc's `spec` defaults (a terminal, `sh`),
+/// so that scripts written for `runc spec` work unchanged.
 pub fn default_spec(rootless: bool) -> Value {
     let caps = json!(DEFAULT_CAPS);
     let mut spec = json!({
         "ociVersion": "1.2.0",
         "process": {
-            "terminal": false,
+            "terminal": true,
             "user": {"uid": 0, "gid": 0},
             "args": ["sh"],
             "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TERM=xterm"],
@@ -102,7 +105,7 @@ pub fn default_spec(rootless: bool) -> Value {
             "resources": {"devices": [{"allow": false, "access": "rwm"}]},
             "namespaces": [
                 {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
-                {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}
+                {"type": "uts"}, {"type": "mount"}
             ],
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
@@ -114,6 +117,7 @@ pub fn default_spec(rootless: bool) -> Value {
         let gid = nix::unistd::getegid().as_raw();
         let linux = &mut spec["linux"];
         if let Some(ns) = linux["namespaces"].as_array_mut() {
+            ns.retain(|n| n["type"] != "network");
             ns.push(json!({"type": "user"}));
         }
         linux["uidMappings"] = json!([{"containerID": 0, "hostID": uid, "size": 1}]);
