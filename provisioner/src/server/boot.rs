@@ -1,0 +1,361 @@
+//! The plain-HTTP listener: the boot chain and nothing else (every other path is 404 and
+//! recorded). Stock iPXE has no HTTPS, so the per-machine script carries the HTTPS URL,
+//! the CA pin and a single-use token: minted only for a declared machine whose firmware
+//! reports the declared UUID, at most one outstanding; a second mint while one is
+//! outstanding is a `security` event and puts the machine in quarantine.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path as AxPath, Query, State as AxState};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::crypto::{random_token, token_hash};
+use crate::error::Result;
+use crate::schema::{normalize_mac, unix_time, valid_uuid};
+use crate::server::store::{Pxe, Token};
+use crate::server::{host_of, log, tftp, url_host, ApiError, State};
+
+/// The plain-HTTP routes.
+pub fn router(st: Arc<State>) -> Router {
+    Router::new()
+        .route("/boot.ipxe", get(script))
+        .route("/{file}", get(file))
+        .fallback(refused)
+        .with_state(st)
+}
+
+/// What a machine's script gets beyond the image's own template.
+struct Sets {
+    server: String,
+    pin: String,
+    token: Option<String>,
+    ntp: Option<String>,
+}
+
+/// The image's iPXE script with `set` lines for the node's kernel command line.
+fn render(boot_dir: &Path, sets: &Sets) -> std::result::Result<String, String> {
+    let path = boot_dir.join("boot.ipxe");
+    let template =
+        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let (first, rest) = template.split_once('\n').unwrap_or((template.as_str(), ""));
+    let mut out = format!(
+        "{first}\nset plinth-server {}\nset plinth-ca {}\n",
+        sets.server, sets.pin
+    );
+    if let Some(t) = &sets.token {
+        out.push_str(&format!("set plinth-token {t}\n"));
+    }
+    if let Some(n) = &sets.ntp {
+        out.push_str(&format!("set plinth-ntp {n}\n"));
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The HTTPS URL and SNTP address to put in a script, from `--advertise-tls` or the
+/// host the firmware reached us at.
+fn advertised(st: &State, host_header: Option<&str>) -> Option<(String, Option<String>)> {
+    let host = match (&st.cfg.advertise_tls, host_header) {
+        (Some(a), _) => url_host(a).to_string(),
+        (None, Some(h)) if !h.is_empty() && !h.contains(char::is_whitespace) => {
+            host_of(h).to_string()
+        }
+        _ => return None,
+    };
+    let server = match &st.cfg.advertise_tls {
+        Some(a) => a.trim_end_matches('/').to_string(),
+        None => format!("https://{host}:{}", st.https_port),
+    };
+    let ntp = st.sntp.map(|a| format!("{host}:{}", a.port()));
+    Some((server, ntp))
+}
+
+/// Decides whether `mac` gets a token now, under the store's lock; records why not.
+fn mint(
+    st: &State,
+    mac: &str,
+    uuid: Option<String>,
+    serial: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    let now = unix_time();
+    let ttl = st.cfg.token_ttl.as_secs();
+    let (token, security) = st.with_store(|s| {
+        let m = s.machine(mac);
+        let declared = m.and_then(|m| m.declared.as_ref());
+        let mut security = None;
+        let token = match (declared, m) {
+            (None, _) | (_, None) => None,
+            (Some(_), Some(m)) if m.quarantine.is_some() => None,
+            (Some(d), _) if uuid.as_deref() != Some(d.uuid.as_str()) => {
+                security = Some(format!(
+                    "boot script asked for {mac} with uuid {:?}, declared {}: no token",
+                    uuid.as_deref().unwrap_or(""),
+                    d.uuid
+                ));
+                None
+            }
+            (Some(_), Some(m)) if m.token.as_ref().is_some_and(|t| t.outstanding(now)) => {
+                let msg =
+                    format!("a second token asked for {mac} while one is outstanding: quarantine");
+                s.quarantine(mac, &msg)?;
+                security = Some(msg);
+                None
+            }
+            (Some(d), Some(_)) => Some((random_token()?, d.uuid.clone())),
+        };
+        let record = token.as_ref().map(|(t, u)| Token {
+            hash: token_hash(t),
+            uuid: u.clone(),
+            minted_at: now,
+            expires_at: now + ttl,
+            spent_at: None,
+        });
+        let pxe = Pxe {
+            at: now,
+            uuid: uuid.clone(),
+            serial: serial.clone(),
+            token_minted: token.is_some(),
+        };
+        s.note_pxe(mac, pxe, record)?;
+        Ok((token.map(|(t, _)| t), security))
+    })?;
+    if let Some(msg) = security {
+        let mut d = serde_json::Map::new();
+        d.insert("reason".into(), serde_json::json!(msg));
+        let _ = st.with_store(|s| s.server_event(mac, "", crate::schema::EventKind::Security, d));
+        log(&format!("security: {msg}"));
+    }
+    if token.is_some() {
+        log(&format!(
+            "minted an enrolment token for {mac}, valid {ttl}s"
+        ));
+    }
+    Ok(token)
+}
+
+/// `GET /boot.ipxe?mac=&uuid=&serial=`.
+async fn script(
+    AxState(st): AxState<Arc<State>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    method: Method,
+) -> Result<Response, ApiError> {
+    log(&format!(
+        "{addr} {method} /boot.ipxe mac={:?}",
+        q.get("mac")
+    ));
+    let Some((server, ntp)) =
+        advertised(&st, headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+    else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Host header missing and no --advertise-tls URL",
+        ));
+    };
+    let mut token = None;
+    if let Some(raw) = q.get("mac") {
+        let mac = normalize_mac(raw).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("mac: {raw:?} is not a MAC address"),
+            )
+        })?;
+        let uuid = q
+            .get("uuid")
+            .filter(|u| valid_uuid(u))
+            .map(|u| u.to_ascii_lowercase());
+        let serial = q
+            .get("serial")
+            .filter(|s| s.len() <= 128 && !s.is_empty())
+            .cloned();
+        token = mint(&st, &mac, uuid, serial)?;
+    }
+    let sets = Sets {
+        server,
+        pin: st.ca.pin.clone(),
+        token,
+        ntp,
+    };
+    let body = render(&st.cfg.boot_dir, &sets)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let body = if method == Method::HEAD {
+        Vec::new()
+    } else {
+        body.into_bytes()
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `GET /vmlinuz`, `GET /initrd`, with `Range`.
+async fn file(
+    AxState(st): AxState<Arc<State>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    AxPath(name): AxPath<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if name != "vmlinuz" && name != "initrd" {
+        return refused_at(&st, addr, &method, &uri);
+    }
+    log(&format!("{addr} {method} /{name}"));
+    let path = st.cfg.boot_dir.join(&name);
+    let data = match tokio::fs::read(&path).await {
+        Ok(d) => d,
+        Err(e) => {
+            return ApiError::new(StatusCode::NOT_FOUND, format!("{}: {e}", path.display()))
+                .into_response()
+        }
+    };
+    let len = data.len() as u64;
+    let range = headers.get(header::RANGE).and_then(|h| h.to_str().ok());
+    let (status, start, end) = match parse_range(range, len) {
+        RangeSpec::Whole => (StatusCode::OK, 0, len),
+        RangeSpec::Part(s, e) => (StatusCode::PARTIAL_CONTENT, s, e + 1),
+        RangeSpec::Unsatisfiable => {
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            )
+                .into_response()
+        }
+    };
+    let mut resp = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, end - start);
+    if status == StatusCode::PARTIAL_CONTENT {
+        resp = resp.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{len}", end - 1),
+        );
+    }
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from(data[start as usize..end as usize].to_vec())
+    };
+    resp.body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn refused_at(st: &State, addr: SocketAddr, method: &Method, uri: &Uri) -> Response {
+    st.audit(
+        "anonymous",
+        addr,
+        &format!("{method} {}", uri.path()),
+        "refused: the plain-HTTP listener serves the boot chain only",
+    );
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "{}: not found (plain HTTP serves the boot chain only)",
+            uri.path()
+        ),
+    )
+    .into_response()
+}
+
+/// Everything else on plain HTTP.
+async fn refused(
+    AxState(st): AxState<Arc<State>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    method: Method,
+    uri: Uri,
+) -> Response {
+    refused_at(&st, addr, &method, &uri)
+}
+
+/// TFTP's view of the boot directory: `boot.ipxe` there chains to the per-machine
+/// script over HTTP (TFTP has no query string to mint a token from), when the HTTP URL
+/// is known (`--advertise-http`).
+pub fn tftp_resolver(st: Arc<State>) -> tftp::Resolver {
+    let files = tftp::dir_resolver(st.cfg.boot_dir.clone());
+    Arc::new(
+        move |name: &str| match (&st.cfg.advertise_http, name.trim_start_matches('/')) {
+            (Some(base), "boot.ipxe") => Some(
+                format!(
+                "#!ipxe\nchain {}/boot.ipxe?mac=${{net0/mac}}&uuid=${{uuid}}&serial=${{serial}}\n",
+                base.trim_end_matches('/')
+            )
+                .into_bytes(),
+            ),
+            _ => files(name),
+        },
+    )
+}
+
+/// What a `Range` header asks of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// No (usable) range: the whole file.
+    Whole,
+    /// Bytes `start..=end`.
+    Part(u64, u64),
+    /// A range outside the file (416).
+    Unsatisfiable,
+}
+
+/// Parses a single `bytes=` range against a file of `len` bytes.
+pub fn parse_range(h: Option<&str>, len: u64) -> RangeSpec {
+    let Some(spec) = h.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return RangeSpec::Whole;
+    };
+    if spec.contains(',') {
+        return RangeSpec::Whole; // multipart ranges: send the whole file, as the RFC allows
+    }
+    let parsed = (|| -> Option<(u64, u64)> {
+        let (a, b) = spec.split_once('-')?;
+        let last = len.checked_sub(1)?;
+        match (a.trim(), b.trim()) {
+            ("", n) => {
+                let n: u64 = n.parse().ok().filter(|n| *n > 0)?;
+                Some((len.saturating_sub(n), last))
+            }
+            (s, "") => Some((s.parse().ok()?, last)),
+            (s, e) => Some((s.parse().ok()?, e.parse::<u64>().ok()?.min(last))),
+        }
+    })();
+    match parsed {
+        Some((start, end)) if start < len && start <= end => RangeSpec::Part(start, end),
+        _ => RangeSpec::Unsatisfiable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_range, RangeSpec};
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(Some("bytes=0-9"), 100), RangeSpec::Part(0, 9));
+        assert_eq!(parse_range(Some("bytes=90-"), 100), RangeSpec::Part(90, 99));
+        assert_eq!(parse_range(Some("bytes=-10"), 100), RangeSpec::Part(90, 99));
+        assert_eq!(
+            parse_range(Some("bytes=0-1000"), 100),
+            RangeSpec::Part(0, 99)
+        );
+        assert_eq!(
+            parse_range(Some("bytes=100-"), 100),
+            RangeSpec::Unsatisfiable
+        );
+        assert_eq!(parse_range(Some("bytes=x-"), 100), RangeSpec::Unsatisfiable);
+        assert_eq!(parse_range(None, 100), RangeSpec::Whole);
+    }
+}
