@@ -89,6 +89,14 @@ pub struct Client {
     name: ServerName<'static>,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Client {
     /// An anonymous client (for enrolment).
     pub fn new(url: Url, pin: &str) -> Result<Client> {

@@ -350,6 +350,8 @@ impl Store {
         for c in m.certs.iter_mut().filter(|c| c.revoked.is_none()) {
             c.revoked = Some(format!("quarantine: {reason}"));
         }
+        // An outstanding token is void too: after a release, the next boot gets a new one.
+        m.token = None;
         self.save(mac)
     }
 
