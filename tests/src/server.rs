@@ -121,6 +121,14 @@ impl Server {
         }
     }
 
+    /// Stops this server and starts another on the same data directory.
+    pub fn restart(mut self, boot: &Path, extra: &[&str]) -> Server {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, TempDir(PathBuf::new()));
+        Server::start_in(dir, boot, extra)
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.0.join("data")
     }

@@ -165,7 +165,6 @@ pub fn check(cfg: &Config) -> Result<()> {
             });
         }
     }
-    std::fs::create_dir_all(&cfg.data).map_err(io("creating --data directory", &cfg.data))?;
     for (flag, url, scheme) in [
         ("--advertise-http", &cfg.advertise_http, "http://"),
         ("--advertise-tls", &cfg.advertise_tls, "https://"),
@@ -180,6 +179,8 @@ pub fn check(cfg: &Config) -> Result<()> {
             }
         }
     }
+    // Last: a refused start leaves nothing behind.
+    std::fs::create_dir_all(&cfg.data).map_err(io("creating --data directory", &cfg.data))?;
     Ok(())
 }
 
