@@ -606,9 +606,10 @@ fn a_known_machine_boots_enrols_applies_its_config_and_renews() {
     assert_eq!(state["sysctls"]["net.ipv4.ip_forward"], "1", "{state}");
 
     // Renewal at half-life: a second certificate, the first revoked as renewed; the
-    // node goes on with the new one (the poweroff below reaches it through it).
+    // node goes on with the new one: its log lines after the renewal reach the server,
+    // which no longer takes the old certificate.
     let renew_start = Instant::now();
-    loop {
+    let renewed_serial = loop {
         let (_, m) = server.op("GET", &format!("/v1/machines/{MAC}"), None);
         let certs = m["certificates"].as_array().unwrap().clone();
         if certs.len() >= 2 {
@@ -620,14 +621,32 @@ fn a_known_machine_boots_enrols_applies_its_config_and_renews() {
                 "{m}"
             );
             assert!(certs[1]["revoked"].is_null(), "{m}");
-            break;
+            break certs[1]["serial"].as_str().unwrap().to_string();
         }
         if renew_start.elapsed() > Duration::from_secs(90) || qemu.try_wait().unwrap().is_some() {
             console_panic(&format!("no renewal: {m}"), &serial);
         }
         std::thread::sleep(Duration::from_millis(500));
-    }
+    };
     let renewed_at = start.elapsed();
+    let boot_id = evs[0]["bootId"].as_str().unwrap().to_string();
+    let log_url = format!("{}/v1/machines/{MAC}/logs/{boot_id}", server.https);
+    let bearer = format!("Authorization: Bearer {}", server.operator);
+    let renewed_line = format!("plinth-init: renewed: certificate {renewed_serial}");
+    let seen = Instant::now();
+    while !server
+        .curl(&["-H", &bearer, &log_url])
+        .1
+        .contains(&renewed_line)
+    {
+        if seen.elapsed() > Duration::from_secs(30) {
+            console_panic(
+                "the node's log after renewal never reached the server",
+                &serial,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let (code, body) = server.op("POST", &format!("/v1/machines/{MAC}/poweroff"), None);
     assert_eq!(code, 200, "{body}");
     wait_exit(&mut qemu, Duration::from_secs(60), &serial);
@@ -659,12 +678,7 @@ fn a_known_machine_boots_enrols_applies_its_config_and_renews() {
         64,
         "the kernel command line on the console carries the token"
     );
-    let boot_id = evs[0]["bootId"].as_str().unwrap().to_string();
-    let (code, streamed) = server.curl(&[
-        "-H",
-        &format!("Authorization: Bearer {}", server.operator),
-        &format!("{}/v1/machines/{MAC}/logs/{boot_id}", server.https),
-    ]);
+    let (code, streamed) = server.curl(&["-H", &bearer, &log_url]);
     assert_eq!(code, 200, "{streamed}");
     assert!(
         streamed.contains("kmsg "),
