@@ -172,6 +172,8 @@ struct Agent {
     /// An action that came with an event's reply.
     action: Cell<Option<Action>>,
     woken: tokio::sync::Notify,
+    /// One delivery of the queue at a time: the log loop and the steps both flush.
+    flushing: tokio::sync::Mutex<()>,
     token: Option<String>,
     pin: Option<String>,
 }
@@ -185,6 +187,7 @@ impl Agent {
             session: RefCell::new(None),
             action: Cell::new(None),
             woken: tokio::sync::Notify::new(),
+            flushing: tokio::sync::Mutex::new(()),
             token: params.token.clone(),
             pin: params.ca.clone(),
         }
@@ -214,6 +217,7 @@ impl Agent {
     /// Delivers queued events in order; stops at the first failure (kept for later).
     async fn flush(&self) {
         let Some(c) = self.session() else { return };
+        let _one = self.flushing.lock().await;
         loop {
             let Some(ev) = self.queue.borrow().first().cloned() else {
                 return;
@@ -223,7 +227,7 @@ impl Agent {
                 .await
             {
                 Ok(reply) => {
-                    self.queue.borrow_mut().remove(0);
+                    drop_first(&self.queue);
                     if let Some(a) = reply.action {
                         self.action.set(Some(a));
                         self.woken.notify_one();
@@ -234,7 +238,7 @@ impl Agent {
                 }) => {
                     // The server will never take it: drop it rather than block the rest.
                     log(&format!("event {:?} refused: {body}", ev.kind));
-                    self.queue.borrow_mut().remove(0);
+                    drop_first(&self.queue);
                 }
                 Err(e) => {
                     log(&format!("reporting {:?}: {e}; kept for later", ev.kind));
@@ -528,6 +532,14 @@ impl Agent {
             }
             tokio::time::sleep(LOG_EVERY).await;
         }
+    }
+}
+
+/// Drops the first queued event (delivered, or refused for good).
+fn drop_first(q: &RefCell<Vec<Event>>) {
+    let mut q = q.borrow_mut();
+    if !q.is_empty() {
+        q.remove(0);
     }
 }
 

@@ -25,8 +25,9 @@ use crate::server::{host_of, log, tftp, url_host, ApiError, State};
 /// The plain-HTTP routes.
 pub fn router(st: Arc<State>) -> Router {
     Router::new()
-        .route("/boot.ipxe", get(script))
-        .route("/{file}", get(file))
+        // Other methods on these paths are refused like any other path: 404, recorded.
+        .route("/boot.ipxe", get(script).fallback(refused))
+        .route("/{file}", get(file).fallback(refused))
         .fallback(refused)
         .with_state(st)
 }
