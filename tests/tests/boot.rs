@@ -1145,3 +1145,43 @@ fn wait_exit(qemu: &mut Machine, within: Duration, serial: &Path) {
         serial,
     );
 }
+
+#[test]
+fn a_config_that_fails_to_apply_is_reported_and_the_node_stays_reachable() {
+    let test = "a_config_that_fails_to_apply_is_reported_and_the_node_stays_reachable";
+    if !can_boot(test) {
+        return;
+    }
+    let t = TempDir::new("plinth-boot-fault");
+    let img = t.0.join("img");
+    build_ok(&img, &[]);
+    let server = start_server(&img, &[]);
+    let uuid = random_uuid();
+    // Valid by the schema, impossible on the node: this kernel has no such parameter.
+    server.declare_with(
+        MAC,
+        &uuid,
+        json!({"apiVersion": "plinth/v1", "sysctls": {"kernel.plinth_no_such_knob": "1"}}),
+    );
+    let serial = t.0.join("serial.log");
+    let mut qemu = boot(&img, &server, &uuid, &serial, None, &[]);
+    wait_events(&server, &mut qemu, "error", 1, &serial);
+    let evs = node_events(&server);
+    let err = evs.iter().find(|e| e["type"] == "error").unwrap();
+    assert_eq!(err["details"]["step"], "apply", "{err}");
+    assert!(
+        err["details"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("kernel/plinth_no_such_knob"),
+        "the error names the sysctl: {err}"
+    );
+    assert!(!evs.iter().any(|e| e["type"] == "applied"), "{evs:?}");
+    // Still failing, still retrying, still reachable: the operator powers it off.
+    let (code, body) = server.op("POST", &format!("/v1/machines/{MAC}/poweroff"), None);
+    assert_eq!(code, 200, "{body}");
+    wait_exit(&mut qemu, Duration::from_secs(60), &serial);
+    assert!(std::fs::read_to_string(&serial)
+        .unwrap()
+        .contains("reboot: Power down"));
+}
