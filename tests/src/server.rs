@@ -99,8 +99,9 @@ impl Server {
                 .find(|l| l.contains(what))
                 .map(|l| l.trim().rsplit(' ').next().unwrap().to_string())
         };
+        // Empty when the installer has taken the file away (see `restart`).
         let operator = std::fs::read_to_string(dir.0.join("data/operator-token"))
-            .unwrap()
+            .unwrap_or_default()
             .trim()
             .to_string();
         assert!(words[0].starts_with("http://127.0.0.1:"), "{words:?}");
@@ -126,7 +127,11 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let dir = std::mem::replace(&mut self.dir, TempDir(PathBuf::new()));
-        Server::start_in(dir, boot, extra)
+        let mut again = Server::start_in(dir, boot, extra);
+        if again.operator.is_empty() {
+            again.operator = self.operator.clone();
+        }
+        again
     }
 
     pub fn data(&self) -> PathBuf {
@@ -241,6 +246,31 @@ impl Server {
             .collect()
     }
 
+    /// `POST /v1/enroll` with `body` as it is, through curl: (status, answer).
+    pub fn enroll_raw(&self, body: &str) -> (u16, Value) {
+        let url = format!("{}/v1/enroll", self.https);
+        let (code, text) = self.curl(&["-X", "POST", "--data-binary", body, &url]);
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// The machine's token as operators see it (mint, expiry, spend times), or null.
+    pub fn token_view(&self, mac: &str) -> Value {
+        self.machine(mac)["token"].clone()
+    }
+
+    /// Whether the machine is in quarantine.
+    pub fn quarantined(&self, mac: &str) -> bool {
+        self.machine(mac)["quarantine"].is_object()
+    }
+
+    /// The server's log (its stderr) so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("server.log")).unwrap_or_default()
+    }
+
     pub fn audit(&self) -> String {
         std::fs::read_to_string(self.data().join("audit.jsonl")).unwrap_or_default()
     }
@@ -260,6 +290,13 @@ pub fn call(c: &Client, method: &str, path: &str, body: Option<Value>) -> (u16, 
         .block_on(c.request(method, path, bytes, Duration::from_secs(40)))
         .unwrap();
     (code, serde_json::from_slice(&text).unwrap_or(Value::Null))
+}
+
+/// An enrolment body as plinth-init sends it, for a fresh P-256 key.
+pub fn enroll_body(mac: &str, uuid: &str, token: &str) -> Value {
+    let fresh = enroll::fresh_key(mac).unwrap();
+    json!({"apiVersion": "plinth/v1", "token": token, "mac": mac, "uuid": uuid,
+           "bootId": "0f0f0f0f-0000-4000-8000-000000000001", "csr": fresh.csr_pem})
 }
 
 /// An event body as a node sends it.

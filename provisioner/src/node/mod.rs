@@ -107,13 +107,15 @@ async fn agent(mut details: Map<String, Value>, mut timings: Map<String, Value>)
     };
     timings.insert("linkUpMs".into(), json!(link.link_up_ms));
     timings.insert("dhcpMs".into(), json!(link.dhcp_ms));
+    let (boot_id, boot_id_problem) = boot_id(Path::new("/proc/sys/kernel/random/boot_id"));
+    if let Some(p) = &boot_id_problem {
+        log(p);
+    }
     let id = Identity {
         mac: crate::netif::format_mac(&link.mac),
         uuid: init::smbios_uuid(Path::new("/sys")),
         serial: init::smbios_serial(Path::new("/sys")),
-        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default(),
+        boot_id,
     };
     log(&format!("machine {} uuid {}", id.mac, id.uuid));
     if let Some(opts) = std::fs::read_to_string("/proc/self/mountinfo")
@@ -131,13 +133,49 @@ async fn agent(mut details: Map<String, Value>, mut timings: Map<String, Value>)
     let agent = Agent::new(id, &params);
     let stop = tokio::select! {
         s = signalled(&mut signals) => (s, match s { Stop::Poweroff => "signal: poweroff", Stop::Reboot => "signal: reboot" }),
-        s = agent.provision(&params, link, details, timings) => s,
+        s = agent.provision(&params, link, details, timings, boot_id_problem) => s,
     };
     let mut d = Map::new();
     d.insert("reason".into(), json!(stop.1));
     let _ =
         tokio::time::timeout(Duration::from_secs(5), agent.report(EventKind::Shutdown, d)).await;
     stop.0
+}
+
+/// Whether `b` has the shape of a boot id the server takes (hex and dashes, 1-64).
+fn valid_boot_id(b: &str) -> bool {
+    !b.is_empty() && b.len() <= 64 && b.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+}
+
+/// The kernel's boot id from `path`; when it cannot be read (or is not one), a random
+/// one and why, for an `error` event: certificates and timelines are per boot, and an
+/// empty id would only have the server refuse the enrolment.
+fn boot_id(path: &Path) -> (String, Option<String>) {
+    let why = match std::fs::read_to_string(path) {
+        Ok(s) if valid_boot_id(s.trim()) => return (s.trim().to_ascii_lowercase(), None),
+        Ok(s) => format!(
+            "{} holds {:?}, not a boot id",
+            path.display(),
+            s.trim().chars().take(80).collect::<String>()
+        ),
+        Err(e) => format!("reading {}: {e}", path.display()),
+    };
+    let id = match crate::crypto::random_bytes(16) {
+        Ok(b) => {
+            let h = crate::crypto::hex(&b);
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            )
+        }
+        Err(_) => format!("{:016x}-{:016x}", unix_time(), uptime_ms()),
+    };
+    let msg = format!("{why}; this boot is {id} instead");
+    (id, Some(msg))
 }
 
 /// Runs `f` until it succeeds, with exponential back-off (1 s .. 30 s).
@@ -261,9 +299,16 @@ impl Agent {
         link: network::Link,
         mut details: Map<String, Value>,
         timings: Map<String, Value>,
+        boot_id_problem: Option<String>,
     ) -> (Stop, &'static str) {
         details.insert("timings".into(), Value::Object(timings));
         self.report(EventKind::Booted, details).await;
+        if let Some(p) = boot_id_problem {
+            let mut d = Map::new();
+            d.insert("step".into(), json!("identity"));
+            d.insert("error".into(), json!(p));
+            self.report(EventKind::Error, d).await;
+        }
         let mut net = Map::new();
         net.insert("interface".into(), json!(link.name));
         net.insert("address".into(), json!(link.lease.address.to_string()));
@@ -588,4 +633,35 @@ async fn set_clock(ntp: &str) -> Value {
     }
     log(&format!("SNTP {ntp}: {last}; clock left as it is"));
     json!({ "server": ntp, "error": last })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_boot_id_is_replaced_and_said() {
+        let dir = std::env::temp_dir().join(format!("plinth-bootid-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let good = dir.join("good");
+        std::fs::write(&good, "6E4A2B1C-0000-4000-8000-000000000001\n").expect("write");
+        assert_eq!(
+            boot_id(&good),
+            ("6e4a2b1c-0000-4000-8000-000000000001".to_string(), None)
+        );
+        for (path, why) in [
+            (dir.join("missing"), "reading"),
+            (dir.join("empty"), "not a boot id"),
+        ] {
+            if path.ends_with("empty") {
+                std::fs::write(&path, "").expect("write");
+            }
+            let (id, problem) = boot_id(&path);
+            assert!(valid_boot_id(&id), "{id}");
+            let problem = problem.expect("a problem said");
+            assert!(problem.contains(why) && problem.contains(&id), "{problem}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

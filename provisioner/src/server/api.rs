@@ -38,6 +38,8 @@ pub struct TokenView {
     minted_at: u64,
     expires_at: u64,
     spent_at: Option<u64>,
+    /// Why it was voided (an enrolment presenting it was refused), if it was.
+    voided: Option<String>,
 }
 
 /// One boot's timeline.
@@ -97,6 +99,7 @@ fn detail(m: &Machine) -> Detail {
             minted_at: t.minted_at,
             expires_at: t.expires_at,
             spent_at: t.spent_at,
+            voided: t.voided.clone(),
         }),
         certificates: m.certs.clone(),
         pending_action: m.pending_action,
@@ -105,13 +108,19 @@ fn detail(m: &Machine) -> Detail {
     }
 }
 
-fn mac_param(raw: &str) -> Result<String, ApiError> {
+fn mac_param(raw: &str, who: &str) -> Result<String, ApiError> {
     normalize_mac(raw).ok_or_else(|| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("mac: {raw:?} is not a MAC address"),
         )
+        .who(format!("operator:{who}"))
     })
+}
+
+fn not_known(mac: &str, who: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("machine {mac}: not known"))
+        .who(format!("operator:{who}"))
 }
 
 /// `GET /v1/machines`.
@@ -148,11 +157,11 @@ pub async fn show(
     method: Method,
     uri: Uri,
 ) -> Result<Json<Detail>, ApiError> {
-    auth::operator(&st, &peer, &headers, &request_line(&method, &uri))?;
-    let mac = mac_param(&mac)?;
+    let who = auth::operator(&st, &peer, &headers, &request_line(&method, &uri))?;
+    let mac = mac_param(&mac, &who)?;
     st.with_store(|s| Ok(s.machine(&mac).map(detail)))?
         .map(Json)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("machine {mac}: not known")))
+        .ok_or_else(|| not_known(&mac, &who))
 }
 
 /// The body of `PUT /v1/machines/{mac}`.
@@ -177,16 +186,9 @@ pub async fn declare(
 ) -> Result<Json<Detail>, ApiError> {
     let request = request_line(&method, &uri);
     let who = auth::operator(&st, &peer, &headers, &request)?;
-    let mac = mac_param(&mac)?;
-    let refuse = |msg: String| {
-        st.audit(
-            &format!("operator:{who}"),
-            peer.addr,
-            &request,
-            &format!("refused: {msg}"),
-        );
-        ApiError::new(StatusCode::BAD_REQUEST, msg)
-    };
+    let mac = mac_param(&mac, &who)?;
+    let refuse =
+        |msg: String| ApiError::new(StatusCode::BAD_REQUEST, msg).who(format!("operator:{who}"));
     let d: Declaration =
         serde_json::from_slice(&body).map_err(|e| refuse(format!("machine: {e}")))?;
     if !valid_uuid(&d.uuid) {
@@ -225,13 +227,10 @@ pub async fn act(
 ) -> Result<Json<Value>, ApiError> {
     let request = request_line(&method, &uri);
     let who = auth::operator(&st, &peer, &headers, &request)?;
-    let mac = mac_param(&mac)?;
+    let mac = mac_param(&mac, &who)?;
     let known = st.with_store(|s| Ok(s.machine(&mac).is_some()))?;
     if !known {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("machine {mac}: not known"),
-        ));
+        return Err(not_known(&mac, &who));
     }
     let answer = match verb.as_str() {
         "poweroff" | "reboot" => {
@@ -251,8 +250,12 @@ pub async fn act(
         other => {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
-                format!("{other}: no such action (poweroff, reboot, release)"),
-            ))
+                format!(
+                    "{}: no such action (poweroff, reboot, release)",
+                    crate::server::store::cut(other, 64)
+                ),
+            )
+            .who(format!("operator:{who}")))
         }
     };
     st.audit(&format!("operator:{who}"), peer.addr, &request, "ok");
@@ -268,13 +271,20 @@ pub async fn boot_log(
     method: Method,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    auth::operator(&st, &peer, &headers, &request_line(&method, &uri))?;
-    let mac = mac_param(&mac)?;
-    if boot.is_empty() || !boot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+    let who = auth::operator(&st, &peer, &headers, &request_line(&method, &uri))?;
+    let mac = mac_param(&mac, &who)?;
+    if boot.is_empty()
+        || boot.len() > 64
+        || !boot.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+    {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("boot: {boot:?} is not a boot id"),
-        ));
+            format!(
+                "boot: {:?} is not a boot id",
+                crate::server::store::cut(&boot, 64)
+            ),
+        )
+        .who(format!("operator:{who}")));
     }
     let path = st.with_store(|s| Ok(s.log_dir(&mac).join(format!("{boot}.log"))))?;
     match tokio::fs::read(&path).await {
@@ -289,11 +299,15 @@ pub async fn boot_log(
         Err(_) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no log for {mac} boot {boot}"),
-        )),
+        )
+        .who(format!("operator:{who}"))),
     }
 }
 
-/// Anything else on the HTTPS listener.
+/// Anything else on the HTTPS listener (audited, as every refusal).
 pub async fn not_found(uri: Uri) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, format!("{}: not found", uri.path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("{}: not found", crate::server::store::cut(uri.path(), 128)),
+    )
 }

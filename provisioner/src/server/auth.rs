@@ -2,14 +2,12 @@
 //! revoked nor expired, issued to one machine and one boot. An operator is a bearer
 //! token; a node's certificate is never an operator. Every refusal is recorded: on the
 //! machine's timeline as a `security` event when a node's certificate was used, and in
-//! the audit trail always.
+//! the audit trail always (the errors here name who, for [`crate::server::audit_refusals`]).
 
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use serde_json::{json, Map};
-
-use crate::schema::{unix_time, EventKind};
+use crate::schema::unix_time;
 use crate::server::https::Peer;
 use crate::server::{operators, ApiError, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 
 /// A node, as its certificate says.
 #[derive(Debug, Clone)]
@@ -27,13 +25,11 @@ pub fn request_line(method: &Method, uri: &Uri) -> String {
     format!("{method} {}", uri.path())
 }
 
-/// Records a `security` event on a machine's timeline (errors are logged only: the
-/// refusal stands either way).
+/// Records a `security` event on a declared machine's timeline (nothing for any other
+/// MAC; errors are logged only: the refusal stands either way, and is audited).
 pub fn security(st: &State, mac: &str, boot_id: &str, what: &str, peer: &Peer) {
-    let mut d = Map::new();
-    d.insert("reason".into(), json!(what));
-    d.insert("from".into(), json!(peer.addr.to_string()));
-    if let Err(e) = st.with_store(|s| s.server_event(mac, boot_id, EventKind::Security, d)) {
+    let from = peer.addr.to_string();
+    if let Err(e) = st.with_store(|s| s.security_event(mac, boot_id, what, Some(&from))) {
         crate::server::log(&format!("recording a security event for {mac}: {}", e.msg));
     }
 }
@@ -42,16 +38,11 @@ pub fn security(st: &State, mac: &str, boot_id: &str, what: &str, peer: &Peer) {
 /// (revoked, expired, quarantined machine) is itself a security event.
 pub fn node(st: &State, peer: &Peer, request: &str) -> Result<Node, ApiError> {
     let Some(serial) = &peer.serial else {
-        st.audit(
-            "anonymous",
-            peer.addr,
-            request,
-            "refused: no client certificate",
-        );
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "a node endpoint: present the client certificate enrolment gave you",
-        ));
+        )
+        .who("anonymous"));
     };
     let now = unix_time();
     let found = st.with_store(|s| {
@@ -72,26 +63,13 @@ pub fn node(st: &State, peer: &Peer, request: &str) -> Result<Node, ApiError> {
                 .unwrap_or_else(|| "expired".into());
             let msg = format!("certificate {serial} is no longer valid ({why})");
             security(st, &mac, "", &format!("{request}: {msg}"), peer);
-            st.audit(
-                &format!("node:{mac}"),
-                peer.addr,
-                request,
-                &format!("refused: {msg}"),
-            );
-            Err(ApiError::new(StatusCode::UNAUTHORIZED, msg))
+            Err(ApiError::new(StatusCode::UNAUTHORIZED, msg).who(format!("node:{mac}")))
         }
-        None => {
-            st.audit(
-                "unknown-certificate",
-                peer.addr,
-                request,
-                "refused: serial not issued here",
-            );
-            Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                format!("certificate {serial} was not issued by this server"),
-            ))
-        }
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            format!("certificate {serial} was not issued by this server"),
+        )
+        .who("unknown-certificate")),
     }
 }
 
@@ -112,9 +90,9 @@ pub fn operator(
         return Ok(name);
     }
     let why = if bearer.is_some() {
-        "refused: unknown or revoked operator token"
+        "unknown or revoked operator token"
     } else {
-        "refused: no operator token"
+        "no operator token"
     };
     let mut who = "anonymous".to_string();
     if let Some(serial) = &peer.serial {
@@ -133,9 +111,9 @@ pub fn operator(
             who = format!("node:{mac}");
         }
     }
-    st.audit(&who, peer.addr, request, why);
     Err(ApiError::new(
         StatusCode::UNAUTHORIZED,
-        "an operator endpoint: send Authorization: Bearer <operator token>",
-    ))
+        format!("an operator endpoint ({why}): send Authorization: Bearer <operator token>"),
+    )
+    .who(who))
 }

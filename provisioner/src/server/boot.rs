@@ -2,34 +2,67 @@
 //! recorded). Stock iPXE has no HTTPS, so the per-machine script carries the HTTPS URL,
 //! the CA pin and a single-use token: minted only for a declared machine whose firmware
 //! reports the declared UUID, at most one outstanding; a second mint while one is
-//! outstanding is a `security` event and puts the machine in quarantine.
+//! outstanding is a `security` event and puts the machine in quarantine. Only GET mints
+//! (HEAD is 405). The files are read once, at start, and served from memory.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Path as AxPath, Query, State as AxState};
-use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
 use crate::crypto::{random_token, token_hash};
-use crate::error::Result;
+use crate::error::{io, Result};
 use crate::schema::{normalize_mac, unix_time, valid_uuid};
 use crate::server::store::{Pxe, Token};
-use crate::server::{host_of, log, tftp, url_host, ApiError, State};
+use crate::server::{
+    audit_refusals, host_of, join_host_port, log, tftp, url_host, ApiError, State,
+};
 
-/// The plain-HTTP routes.
+/// The plain-HTTP routes. Every refusal is audited ([`audit_refusals`]).
 pub fn router(st: Arc<State>) -> Router {
     Router::new()
         // Other methods on these paths are refused like any other path: 404, recorded.
         .route("/boot.ipxe", get(script).fallback(refused))
         .route("/{file}", get(file).fallback(refused))
         .fallback(refused)
+        .layer(axum::middleware::from_fn_with_state(
+            st.clone(),
+            audit_refusals,
+        ))
         .with_state(st)
+}
+
+/// The boot chain, read once at start: the script's template, the kernel and the
+/// initrd, served as slices of one buffer each (no copy per request).
+#[derive(Debug, Clone)]
+pub struct Files {
+    template: String,
+    vmlinuz: Bytes,
+    initrd: Bytes,
+}
+
+impl Files {
+    /// Reads `boot.ipxe`, `vmlinuz` and `initrd` from `dir`.
+    pub fn load(dir: &Path) -> Result<Files> {
+        let read = |name: &str| {
+            let p = dir.join(name);
+            std::fs::read(&p).map_err(io("reading the boot chain", p))
+        };
+        let template = dir.join("boot.ipxe");
+        Ok(Files {
+            template: std::fs::read_to_string(&template)
+                .map_err(io("reading the boot chain", template))?,
+            vmlinuz: Bytes::from(read("vmlinuz")?),
+            initrd: Bytes::from(read("initrd")?),
+        })
+    }
 }
 
 /// What a machine's script gets beyond the image's own template.
@@ -41,11 +74,8 @@ struct Sets {
 }
 
 /// The image's iPXE script with `set` lines for the node's kernel command line.
-fn render(boot_dir: &Path, sets: &Sets) -> std::result::Result<String, String> {
-    let path = boot_dir.join("boot.ipxe");
-    let template =
-        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let (first, rest) = template.split_once('\n').unwrap_or((template.as_str(), ""));
+fn render(template: &str, sets: &Sets) -> String {
+    let (first, rest) = template.split_once('\n').unwrap_or((template, ""));
     let mut out = format!(
         "{first}\nset plinth-server {}\nset plinth-ca {}\n",
         sets.server, sets.pin
@@ -57,7 +87,7 @@ fn render(boot_dir: &Path, sets: &Sets) -> std::result::Result<String, String> {
         out.push_str(&format!("set plinth-ntp {n}\n"));
     }
     out.push_str(rest);
-    Ok(out)
+    out
 }
 
 /// The HTTPS URL and SNTP address to put in a script, from `--advertise-tls` or the
@@ -72,66 +102,86 @@ fn advertised(st: &State, host_header: Option<&str>) -> Option<(String, Option<S
     };
     let server = match &st.cfg.advertise_tls {
         Some(a) => a.trim_end_matches('/').to_string(),
-        None => format!("https://{host}:{}", st.https_port),
+        None => format!("https://{}", join_host_port(&host, st.https_port)),
     };
-    let ntp = st.sntp.map(|a| format!("{host}:{}", a.port()));
+    let ntp = st.sntp.map(|a| join_host_port(&host, a.port()));
     Some((server, ntp))
 }
 
-/// Decides whether `mac` gets a token now, under the store's lock; records why not.
+/// Decides whether `mac` gets a token now, under the store's lock. Why not is a line of
+/// the audit trail and, for a declared machine whose firmware gave another UUID or asked
+/// twice, a `security` event on its timeline; MACs nobody declared leave no record.
 fn mint(
     st: &State,
+    from: SocketAddr,
     mac: &str,
     uuid: Option<String>,
     serial: Option<String>,
 ) -> Result<Option<String>, ApiError> {
     let now = unix_time();
     let ttl = st.cfg.token_ttl.as_secs();
-    let (token, security) = st.with_store(|s| {
-        let m = s.machine(mac);
-        let declared = m.and_then(|m| m.declared.as_ref());
-        let mut security = None;
-        let token = match (declared, m) {
-            (None, _) | (_, None) => None,
-            (Some(_), Some(m)) if m.quarantine.is_some() => None,
-            (Some(d), _) if uuid.as_deref() != Some(d.uuid.as_str()) => {
-                security = Some(format!(
-                    "boot script asked for {mac} with uuid {:?}, declared {}: no token",
-                    uuid.as_deref().unwrap_or(""),
-                    d.uuid
-                ));
-                None
-            }
-            (Some(_), Some(m)) if m.token.as_ref().is_some_and(|t| t.outstanding(now)) => {
-                let msg =
-                    format!("a second token asked for {mac} while one is outstanding: quarantine");
-                s.quarantine(mac, &msg)?;
-                security = Some(msg);
-                None
-            }
-            (Some(d), Some(_)) => Some((random_token()?, d.uuid.clone())),
+    let from_s = from.to_string();
+    let (token, refusal) = st.with_store(|s| {
+        let Some(m) = s.declared(mac) else {
+            return Ok((None, Some(format!("no token: {mac} is not declared"))));
         };
-        let record = token.as_ref().map(|(t, u)| Token {
-            hash: token_hash(t),
-            uuid: u.clone(),
-            minted_at: now,
-            expires_at: now + ttl,
-            spent_at: None,
-        });
-        let pxe = Pxe {
+        let declared_uuid = m.declared.as_ref().map(|d| d.uuid.clone()).unwrap_or_default();
+        let quarantined = m.quarantine.is_some();
+        let outstanding = m.token.as_ref().is_some_and(|t| t.outstanding(now));
+        let pxe = |minted: bool| Pxe {
             at: now,
             uuid: uuid.clone(),
             serial: serial.clone(),
-            token_minted: token.is_some(),
+            token_minted: minted,
         };
-        s.note_pxe(mac, pxe, record)?;
-        Ok((token.map(|(t, _)| t), security))
+        let refusal = if quarantined {
+            Some(format!("no token: {mac} is in quarantine"))
+        } else if uuid.as_deref() != Some(declared_uuid.as_str()) {
+            // The UUID asked with stays out of the reason, so that repeats count on one
+            // event whatever UUIDs a flood makes up; the audit line has it.
+            s.security_event(
+                mac,
+                "",
+                &format!(
+                    "boot script asked for {mac} with a uuid other than the declared {declared_uuid}: no token"
+                ),
+                Some(&from_s),
+            )?;
+            Some(format!(
+                "no token: uuid {:?} is not the declared one",
+                uuid.as_deref().unwrap_or("")
+            ))
+        } else if outstanding {
+            let msg = format!("a second token asked for {mac} while one is outstanding: quarantine");
+            s.quarantine(mac, &msg)?;
+            s.security_event(mac, "", &msg, Some(&from_s))?;
+            Some(msg)
+        } else {
+            None
+        };
+        if refusal.is_some() {
+            s.note_pxe(mac, pxe(false), None)?;
+            return Ok((None, refusal));
+        }
+        let token = random_token()?;
+        let record = Token {
+            hash: token_hash(&token),
+            uuid: declared_uuid,
+            minted_at: now,
+            expires_at: now + ttl,
+            spent_at: None,
+            voided: None,
+        };
+        s.note_pxe(mac, pxe(true), Some(record))?;
+        Ok((Some(token), None))
     })?;
-    if let Some(msg) = security {
-        let mut d = serde_json::Map::new();
-        d.insert("reason".into(), serde_json::json!(msg));
-        let _ = st.with_store(|s| s.server_event(mac, "", crate::schema::EventKind::Security, d));
-        log(&format!("security: {msg}"));
+    if let Some(why) = refusal {
+        st.audit(
+            "anonymous",
+            from,
+            "GET /boot.ipxe",
+            &format!("refused: {why}"),
+        );
     }
     if token.is_some() {
         log(&format!(
@@ -141,7 +191,8 @@ fn mint(
     Ok(token)
 }
 
-/// `GET /boot.ipxe?mac=&uuid=&serial=`.
+/// `GET /boot.ipxe?mac=&uuid=&serial=`. Any other method (HEAD, which axum would
+/// otherwise answer with the GET handler) is 405: only a GET mints.
 async fn script(
     AxState(st): AxState<Arc<State>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -149,6 +200,16 @@ async fn script(
     headers: HeaderMap,
     method: Method,
 ) -> Result<Response, ApiError> {
+    if method != Method::GET {
+        let mut r = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} /boot.ipxe: the boot script (which mints the token) is GET only"),
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return Ok(r);
+    }
     log(&format!(
         "{addr} {method} /boot.ipxe mac={:?}",
         q.get("mac")
@@ -177,7 +238,7 @@ async fn script(
             .get("serial")
             .filter(|s| s.len() <= 128 && !s.is_empty())
             .cloned();
-        token = mint(&st, &mac, uuid, serial)?;
+        token = mint(&st, addr, &mac, uuid, serial)?;
     }
     let sets = Sets {
         server,
@@ -185,24 +246,17 @@ async fn script(
         token,
         ntp,
     };
-    let body = render(&st.cfg.boot_dir, &sets)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
-    let body = if method == Method::HEAD {
-        Vec::new()
-    } else {
-        body.into_bytes()
-    };
     Ok((
         [
             (header::CONTENT_TYPE, "text/plain"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        body,
+        render(&st.boot.template, &sets),
     )
         .into_response())
 }
 
-/// `GET /vmlinuz`, `GET /initrd`, with `Range`.
+/// `GET /vmlinuz`, `GET /initrd`, with `Range`; HEAD too (no side effect).
 async fn file(
     AxState(st): AxState<Arc<State>>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
@@ -211,18 +265,12 @@ async fn file(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    if name != "vmlinuz" && name != "initrd" {
-        return refused_at(&st, addr, &method, &uri);
-    }
-    log(&format!("{addr} {method} /{name}"));
-    let path = st.cfg.boot_dir.join(&name);
-    let data = match tokio::fs::read(&path).await {
-        Ok(d) => d,
-        Err(e) => {
-            return ApiError::new(StatusCode::NOT_FOUND, format!("{}: {e}", path.display()))
-                .into_response()
-        }
+    let data = match name.as_str() {
+        "vmlinuz" => st.boot.vmlinuz.clone(),
+        "initrd" => st.boot.initrd.clone(),
+        _ => return refused_at(&method, &uri),
     };
+    log(&format!("{addr} {method} /{name}"));
     let len = data.len() as u64;
     let range = headers.get(header::RANGE).and_then(|h| h.to_str().ok());
     let (status, start, end) = match parse_range(range, len) {
@@ -250,37 +298,28 @@ async fn file(
     let body = if method == Method::HEAD {
         Body::empty()
     } else {
-        Body::from(data[start as usize..end as usize].to_vec())
+        // A view of the one buffer: no copy.
+        Body::from(data.slice(start as usize..end as usize))
     };
     resp.body(body)
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
-fn refused_at(st: &State, addr: SocketAddr, method: &Method, uri: &Uri) -> Response {
-    st.audit(
-        "anonymous",
-        addr,
-        &format!("{method} {}", uri.path()),
-        "refused: the plain-HTTP listener serves the boot chain only",
-    );
+/// 404 for anything but the boot chain (audited by [`audit_refusals`]).
+fn refused_at(method: &Method, uri: &Uri) -> Response {
     ApiError::new(
         StatusCode::NOT_FOUND,
         format!(
-            "{}: not found (plain HTTP serves the boot chain only)",
-            uri.path()
+            "{method} {}: not found (plain HTTP serves the boot chain only)",
+            crate::server::store::cut(uri.path(), 128)
         ),
     )
     .into_response()
 }
 
 /// Everything else on plain HTTP.
-async fn refused(
-    AxState(st): AxState<Arc<State>>,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    method: Method,
-    uri: Uri,
-) -> Response {
-    refused_at(&st, addr, &method, &uri)
+async fn refused(method: Method, uri: Uri) -> Response {
+    refused_at(&method, &uri)
 }
 
 /// TFTP's view of the boot directory: `boot.ipxe` there chains to the per-machine

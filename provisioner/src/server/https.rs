@@ -33,7 +33,7 @@ const MAX_BODY: usize = crate::schema::config::MAX_CONFIG_BYTES + 64 * 1024;
 /// How long a TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Every HTTPS route.
+/// Every HTTPS route; every refusal is audited ([`crate::server::audit_refusals`]).
 pub fn router(st: Arc<State>) -> Router {
     Router::new()
         .route("/v1/enroll", post(enroll::enroll))
@@ -48,6 +48,10 @@ pub fn router(st: Arc<State>) -> Router {
         .route("/v1/machines/{mac}/{verb}", post(api::act))
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            st.clone(),
+            crate::server::audit_refusals,
+        ))
         .with_state(st)
 }
 

@@ -24,17 +24,20 @@ pub mod tftp;
 pub mod tls;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::extract::{ConnectInfo, Request, State as AxState};
 use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::error::{io, net, Error, Result};
 use crate::schema::unix_time;
-use store::{Audit, Store};
+use https::Peer;
+use store::{Audit, AuditTrail, Store};
 use tls::Ca;
 
 /// Server settings.
@@ -86,46 +89,72 @@ pub struct State {
     cfg: Config,
     ca: Ca,
     store: Mutex<Store>,
+    audit: Mutex<AuditTrail>,
+    /// The boot chain, read once at start.
+    boot: boot::Files,
     /// Woken when an operator queues an action, for the nodes' long polls.
     actions: tokio::sync::Notify,
     https_port: u16,
     sntp: Option<SocketAddr>,
 }
 
+/// Runs `f`, which blocks on a lock or on file I/O (fsync), without stalling the
+/// runtime: on a worker of the multi-thread runtime through `block_in_place` (the
+/// worker's other tasks move to another thread meanwhile); anywhere else directly.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 impl State {
-    /// Runs `f` on the store under its lock (never held across an await).
+    /// Runs `f` on the store under its lock (never held across an await), off the
+    /// runtime's workers (see [`blocking`]): every change is written and synced there.
     fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T, ApiError> {
-        let mut s = self
-            .store
-            .lock()
-            .map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store lock poisoned"))?;
-        f(&mut s).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        blocking(|| {
+            let mut s = self.store.lock().map_err(|_| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store lock poisoned")
+            })?;
+            f(&mut s).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        })
     }
 
-    /// Appends to the audit trail; a failure is logged, not fatal to the request.
+    /// Appends to the audit trail (its own lock, off the runtime's workers); a failure is
+    /// logged, not fatal to the request.
     fn audit(&self, who: &str, from: SocketAddr, request: &str, outcome: &str) {
         let a = Audit {
             at: unix_time(),
-            who: who.to_string(),
+            who: store::cut(who, store::MAX_AUDIT_TEXT),
             from: from.to_string(),
-            request: request.to_string(),
-            outcome: outcome.to_string(),
+            request: store::cut(request, store::MAX_AUDIT_REQUEST),
+            outcome: store::cut(outcome, store::MAX_AUDIT_TEXT),
         };
-        log(&format!("audit: {who} from {from}: {request}: {outcome}"));
-        if let Ok(s) = self.store.lock() {
-            if let Err(e) = s.audit(&a) {
-                log(&format!("audit trail: {e}"));
+        log(&format!(
+            "audit: {} from {from}: {}: {}",
+            a.who, a.request, a.outcome
+        ));
+        blocking(|| match self.audit.lock() {
+            Ok(mut t) => {
+                if let Err(e) = t.append(&a) {
+                    log(&format!("audit trail: {e}"));
+                }
             }
-        }
+            Err(_) => log("audit trail: lock poisoned"),
+        });
     }
 }
 
 /// An error answer: a status and a message (JSON `{"error": ...}`). Messages never carry
-/// a token.
+/// a token. Every one is a line of the audit trail ([`audit_refusals`]), with `who` when
+/// the handler knows better than the connection does.
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     msg: String,
+    who: Option<String>,
 }
 
 impl ApiError {
@@ -134,14 +163,91 @@ impl ApiError {
         ApiError {
             status,
             msg: msg.into(),
+            who: None,
         }
     }
+
+    /// The same error, audited as coming from `who` (`node:MAC`, `operator:NAME`,
+    /// `enrolling:MAC`).
+    pub fn who(mut self, who: impl Into<String>) -> ApiError {
+        self.who.get_or_insert(who.into());
+        self
+    }
+}
+
+/// What a refused request's response carries to [`audit_refusals`].
+#[derive(Debug, Clone)]
+struct Refusal {
+    who: Option<String>,
+    msg: String,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "error": self.msg }))).into_response()
+        let mut r = (self.status, axum::Json(json!({ "error": self.msg }))).into_response();
+        r.extensions_mut().insert(Refusal {
+            who: self.who,
+            msg: self.msg,
+        });
+        r
     }
+}
+
+/// Middleware on both listeners: every answer of 400 or more is a line of the audit
+/// trail (who, from where, the request, the status and why), whichever handler or
+/// extractor (a body over the limit, a method not routed) gave it.
+pub async fn audit_refusals(
+    AxState(st): AxState<Arc<State>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let request = format!("{} {}", req.method(), req.uri().path());
+    let peer = req.extensions().get::<Peer>().cloned();
+    let from = peer
+        .as_ref()
+        .map(|p| p.addr)
+        .or_else(|| {
+            req.extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0)
+        })
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if status.as_u16() < 400 {
+        return resp;
+    }
+    let refusal = resp.extensions().get::<Refusal>().cloned();
+    let who = match refusal.as_ref().and_then(|r| r.who.clone()) {
+        Some(w) => w,
+        None => match peer.and_then(|p| p.serial) {
+            Some(serial) => st
+                .with_store(|s| Ok(s.machine_of_serial(&serial).map(|m| m.mac.clone())))
+                .ok()
+                .flatten()
+                .map_or_else(
+                    || "unknown-certificate".to_string(),
+                    |m| format!("node:{m}"),
+                ),
+            None => "anonymous".to_string(),
+        },
+    };
+    let msg = refusal.map_or_else(
+        || status.canonical_reason().unwrap_or("").to_string(),
+        |r| r.msg,
+    );
+    let verb = if status.is_server_error() {
+        "failed"
+    } else {
+        "refused"
+    };
+    st.audit(
+        &who,
+        from,
+        &request,
+        &format!("{verb}: {} {msg}", status.as_u16()),
+    );
+    resp
 }
 
 /// One line on stderr, the server's log.
@@ -180,8 +286,54 @@ pub fn check(cfg: &Config) -> Result<()> {
         }
     }
     // Last: a refused start leaves nothing behind.
-    std::fs::create_dir_all(&cfg.data).map_err(io("creating --data directory", &cfg.data))?;
-    Ok(())
+    private_data_dir(&cfg.data)
+}
+
+/// The `--data` directory, private: made 0700 when missing; an existing one open to
+/// group or others is refused (it holds the CA key and the operators' tokens), naming it.
+fn private_data_dir(data: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(data) {
+        Ok(md) if !md.is_dir() => Err(Error::Config {
+            what: format!("--data {}", data.display()),
+            reason: "is not a directory".into(),
+        }),
+        Ok(md) => {
+            let mode = md.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                return Err(Error::Config {
+                    what: format!("--data {}", data.display()),
+                    reason: format!(
+                        "is mode {mode:04o}, open to group or others, and it holds the CA key \
+                         and the operators' tokens: chmod 700 {}",
+                        data.display()
+                    ),
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::os::unix::fs::DirBuilderExt;
+            if let Some(parent) = data.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(io("creating the parent of --data", parent))?;
+            }
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(data)
+                .map_err(io("creating --data directory", data))
+        }
+        Err(e) => Err(io("reading --data directory", data)(e)),
+    }
+}
+
+/// `host:port`, an IPv6 literal in brackets (`[::1]:8443`).
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 /// The host part of a URL (`https://host:port/path` -> `host`).
@@ -216,6 +368,9 @@ fn serving_names(cfg: &Config, https: SocketAddr) -> Vec<String> {
                 if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
                     names.push(IpAddr::V4(sin.ip()).to_string());
                 }
+                if let Some(sin6) = a.address.as_ref().and_then(|s| s.as_sockaddr_in6()) {
+                    names.push(IpAddr::V6(sin6.ip()).to_string());
+                }
             }
         }
     } else {
@@ -241,7 +396,15 @@ pub fn serve(cfg: Config, on_ready: impl FnOnce(&Ready)) -> Result<()> {
 async fn serve_async(cfg: Config, on_ready: impl FnOnce(&Ready)) -> Result<()> {
     let (ca, _made) = Ca::load_or_create(&cfg.data)?;
     let operator_token = operators::ensure_first(&cfg.data)?;
+    let first_token = cfg.data.join(operators::FIRST_TOKEN);
+    if first_token.exists() {
+        log(&format!(
+            "warning: {} holds the first operator's token in clear: move it somewhere safe and delete it",
+            first_token.display()
+        ));
+    }
     let store = Store::open(&cfg.data)?;
+    let boot_files = boot::Files::load(&cfg.boot_dir)?;
     let http = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(net(format!("binding --listen {}", cfg.listen)))?;
@@ -272,6 +435,8 @@ async fn serve_async(cfg: Config, on_ready: impl FnOnce(&Ready)) -> Result<()> {
         cfg: cfg.clone(),
         ca,
         store: Mutex::new(store),
+        audit: Mutex::new(AuditTrail::new(&cfg.data)),
+        boot: boot_files,
         actions: tokio::sync::Notify::new(),
         https_port: https_addr.port(),
         sntp: sntp_addr,
@@ -343,5 +508,20 @@ mod tests {
         assert_eq!(url_host("https://10.0.2.2:8443/x"), "10.0.2.2");
         assert_eq!(url_host("https://[::1]:8443"), "::1");
         assert_eq!(host_of("example:80"), "example");
+        assert_eq!(host_of("[::1]:8080"), "::1");
+    }
+
+    #[test]
+    fn ipv6_literals_are_bracketed() {
+        assert_eq!(join_host_port("::1", 8443), "[::1]:8443");
+        assert_eq!(join_host_port("fe80::1", 123), "[fe80::1]:123");
+        assert_eq!(join_host_port("10.0.2.2", 8443), "10.0.2.2:8443");
+        assert_eq!(join_host_port("boot.example", 80), "boot.example:80");
+        // What the node parses back: the URL's host and an SNTP socket address.
+        let url = format!("https://{}", join_host_port("::1", 8443));
+        assert_eq!(url_host(&url), "::1");
+        let parsed = crate::node::client::Url::parse(&url).expect("url");
+        assert_eq!((parsed.host.as_str(), parsed.port), ("::1", 8443));
+        assert!(join_host_port("::1", 123).parse::<SocketAddr>().is_ok());
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::crypto::{random_token, same, token_hash};
 use crate::error::{io, Error, Result};
-use crate::server::store::write_atomic_mode;
+use crate::server::store::{private_dir, write_atomic_mode};
 
 /// The directory of operator hashes under `--data`.
 pub const DIR: &str = "operators";
@@ -34,7 +34,7 @@ pub fn create(data: &Path, name: &str) -> Result<String> {
         });
     }
     let dir = data.join(DIR);
-    std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
+    private_dir(&dir)?;
     let token = format!("{name}.{}", random_token()?);
     write_atomic_mode(
         &dir.join(name),

@@ -189,14 +189,22 @@ impl Ca {
         boot_id: &str,
         lifetime: Duration,
     ) -> Result<Signed> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| Error::Tls {
+        use rustls::pki_types::pem::PemObject;
+        let der =
+            rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+                .map_err(|e| Error::Tls {
+                    what: "csr".into(),
+                    reason: format!("not a PEM CERTIFICATE REQUEST: {e}"),
+                })?;
+        let csr = CertificateSigningRequestParams::from_der(&der).map_err(|e| Error::Tls {
             what: "csr".into(),
             reason: format!("not a valid signed PKCS#10 request: {e}"),
         })?;
+        check_p256(der.as_ref())?;
         if csr.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
             return Err(Error::Tls {
                 what: "csr".into(),
-                reason: "the key must be ECDSA P-256".into(),
+                reason: "the key must be ECDSA P-256, signed with SHA-256".into(),
             });
         }
         let mut params = CertificateParams::default();
@@ -269,6 +277,51 @@ impl Ca {
     }
 }
 
+/// Checks that a CSR's key is ECDSA P-256 (an uncompressed point on prime256v1): its
+/// signature algorithm alone does not say, since a P-384 key may sign with SHA-256 too.
+fn check_p256(csr_der: &[u8]) -> Result<()> {
+    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
+    use x509_parser::prelude::FromDer;
+    let refuse = |what: String| Error::Tls {
+        what: "csr".into(),
+        reason: format!("the key must be ECDSA P-256; this one is {what}"),
+    };
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(csr_der)
+        .map_err(|e| Error::Tls {
+            what: "csr".into(),
+            reason: format!("not a PKCS#10 request: {e}"),
+        })?;
+    let spki = &csr.certification_request_info.subject_pki;
+    if spki.algorithm.algorithm != OID_KEY_TYPE_EC_PUBLIC_KEY {
+        return Err(refuse(format!("of algorithm {}", spki.algorithm.algorithm)));
+    }
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok());
+    match curve {
+        Some(c) if c == OID_EC_P256 => {}
+        Some(c) => {
+            let name = if c == x509_parser::oid_registry::OID_NIST_EC_P384 {
+                "P-384".to_string()
+            } else {
+                format!("on curve {c}")
+            };
+            return Err(refuse(name));
+        }
+        None => return Err(refuse("an EC key without a named curve".into())),
+    }
+    let point = &spki.subject_public_key.data;
+    if point.len() != 65 || point.first() != Some(&4) {
+        return Err(refuse(format!(
+            "a P-256 key of {} bytes (an uncompressed point is 65)",
+            point.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The serial of a presented certificate as the store keys it (lower-case hex, no
 /// leading zero bytes), or why it cannot be read.
 pub fn serial_of(der: &CertificateDer<'_>) -> Result<String> {
@@ -331,6 +384,21 @@ mod tests {
         assert_eq!(
             crate::crypto::pin_of_spki(cert.subject_public_key_info().as_ref()),
             crate::crypto::pin_of_spki(&rcgen::PublicKeyData::subject_public_key_info(&key))
+        );
+        // A P-384 key is refused, whatever its CSR's signature algorithm.
+        let p384 = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("key");
+        let csr = CertificateParams::default()
+            .serialize_request(&p384)
+            .expect("csr")
+            .pem()
+            .expect("pem");
+        let err = again
+            .sign_client(&csr, "52:54:00:12:34:56", "boot", Duration::from_secs(60))
+            .expect_err("a P-384 key signed");
+        assert!(
+            err.to_string()
+                .contains("must be ECDSA P-256; this one is P-384"),
+            "{err}"
         );
         // A key without its certificate is refused, naming both files.
         std::fs::remove_file(dir.join(CA_CERT)).expect("rm");
