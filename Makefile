@@ -16,7 +16,8 @@ PLINTH_TARGET ?= x86_64-unknown-linux-musl
 # opencontainers/runtime-tools, the commit the runc baseline in ../shared/baselines was measured with.
 RUNTIME_TOOLS_VERSION ?= v0.9.1-0.20251205004911-5e639034dcdc
 RUNTIME_TOOLS := $(CACHE)/runtime-tools
-DEB_PACKAGES := busybox-static runc crun uidmap strace gcc libc6-dev
+# musl-tools: musl-gcc, for ring's C and assembly in the static musl plinth-init.
+DEB_PACKAGES := busybox-static runc crun uidmap strace gcc libc6-dev musl-tools
 
 export PLINTH_CACHE := $(CACHE)
 export PLINTH PLINTH_TARGET
@@ -25,7 +26,7 @@ export PLINTH PLINTH_TARGET
 
 all: build
 
-build:
+build: deps
 	$(CARGO) build --release --workspace
 	CARGO="$(CARGO)" tests/scripts/build-plinth.sh "$(PLINTH_DIST_DIR)"
 

@@ -87,6 +87,10 @@ enum Cmd {
         /// Expose qemu's monitor on this unix socket.
         #[arg(long)]
         monitor: Option<PathBuf>,
+        /// Start the machine's clock (its RTC) at this date, YYYY-MM-DD, e.g. a dead
+        /// CMOS battery's 2000-01-01.
+        #[arg(long)]
+        rtc_base: Option<String>,
     },
 }
 
@@ -153,6 +157,7 @@ fn main() -> anyhow::Result<()> {
             timeout,
             qemu,
             monitor,
+            rtc_base,
         } => {
             let opts = RunOptions {
                 boot_dir,
@@ -168,6 +173,7 @@ fn main() -> anyhow::Result<()> {
                 timeout: timeout.map(Duration::from_secs),
                 qemu,
                 monitor,
+                rtc_base,
             };
             let out = qemu::run(&opts)?;
             eprintln!(

@@ -41,6 +41,25 @@ pub struct RunOptions {
     pub qemu: PathBuf,
     /// A unix socket for qemu's human monitor (e.g. `sendkey ctrl-alt-delete`).
     pub monitor: Option<PathBuf>,
+    /// The RTC's starting date (`YYYY-MM-DD`); `None` is the host's time.
+    pub rtc_base: Option<String>,
+}
+
+/// Checks a `--rtc-base` date: YYYY-MM-DD, digits only.
+pub fn parse_date(d: &str) -> Result<String> {
+    let parts: Vec<&str> = d.split('-').collect();
+    let ok = parts.len() == 3
+        && [4, 2, 2]
+            .iter()
+            .zip(&parts)
+            .all(|(n, p)| p.len() == *n && p.chars().all(|c| c.is_ascii_digit()));
+    if !ok {
+        return Err(Error::BadArgument {
+            arg: format!("--rtc-base {d}"),
+            reason: "expected a date like 2000-01-01".into(),
+        });
+    }
+    Ok(d.to_string())
 }
 
 /// How a run ended.
@@ -115,6 +134,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         }
     }
     let mac = parse_mac(&opts.mac)?;
+    let rtc = opts.rtc_base.as_deref().map(parse_date).transpose()?;
     let uuid = match &opts.uuid {
         Some(u) => u.clone(),
         None => random_uuid()?,
@@ -158,6 +178,11 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         None => "none".into(),
     })
     .args(["-uuid", &uuid, "-boot", "n", "-no-reboot"])
+    .args(
+        rtc.map(|d| ["-rtc".to_string(), format!("base={d}")])
+            .into_iter()
+            .flatten(),
+    )
     .arg("-netdev")
     .arg(format!(
         "user,id=n0,tftp={},bootfile={bootfile}",
@@ -207,5 +232,7 @@ mod tests {
         assert!(guest_url("https://x").is_err());
         assert!(parse_mac("52:54:00:12:34:56").is_ok());
         assert!(parse_mac("52:54:00:12:34").is_err());
+        assert!(parse_date("2000-01-01").is_ok());
+        assert!(parse_date("2000-1-1").is_err());
     }
 }

@@ -1,14 +1,28 @@
 //! The kernel command line: `plinth.*` parameters for the node agent.
 
 /// The parameters plinth-init reads from /proc/cmdline.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Params {
     /// `plinth.server=`: the provisioning server's base URL.
     pub server: Option<String>,
-    /// `plinth.ca=`: the pinned CA (not used over plain HTTP yet).
+    /// `plinth.ca=`: the pin of the server's CA, `sha256:<hex of its DER SubjectPublicKeyInfo>`.
     pub ca: Option<String>,
-    /// `plinth.token=`: the boot token.
+    /// `plinth.token=`: the single-use enrolment token.
     pub token: Option<String>,
+    /// `plinth.ntp=`: an SNTP server (`ADDRESS:PORT`) to set the clock from before any TLS.
+    pub ntp: Option<String>,
+}
+
+/// The token is a secret: never printed through `{:?}`.
+impl std::fmt::Debug for Params {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Params")
+            .field("server", &self.server)
+            .field("ca", &self.ca)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("ntp", &self.ntp)
+            .finish()
+    }
 }
 
 /// Parses a kernel command line (space-separated `key=value`; double quotes group).
@@ -40,6 +54,7 @@ pub fn parse(line: &str) -> Params {
             "plinth.server" => p.server = v.map(|s| s.trim_end_matches('/').to_string()),
             "plinth.ca" => p.ca = v,
             "plinth.token" => p.token = v,
+            "plinth.ntp" => p.ntp = v,
             _ => {}
         }
     }

@@ -47,6 +47,24 @@ pub enum Error {
         /// serde's complaint (names the field).
         source: serde_json::Error,
     },
+    /// Certificates, keys or a TLS handshake.
+    #[error("{what}: {reason}")]
+    Tls {
+        /// What was being done (names the peer or file).
+        what: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A peer answered an HTTP request with an error status.
+    #[error("{what}: status {status}: {body}")]
+    Status {
+        /// The request.
+        what: String,
+        /// Its status code.
+        status: u16,
+        /// The error the peer gave.
+        body: String,
+    },
     /// A configuration value (kernel command line, flag) is wrong.
     #[error("{what}: {reason}")]
     Config {

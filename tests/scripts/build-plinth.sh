@@ -51,6 +51,12 @@ if [ "$target" != none ] && ! have_target; then
   fi
 fi
 if have_target; then
+  # ring (rustls' crypto) compiles C and assembly: for musl, with Debian's musl-gcc
+  # (musl-tools), unless the caller named a compiler.
+  if [ "$target" = x86_64-unknown-linux-musl ] && [ -z "${CC_x86_64_unknown_linux_musl:-}" ] &&
+    command -v musl-gcc >/dev/null; then
+    export CC_x86_64_unknown_linux_musl=musl-gcc
+  fi
   (cd "$root" && "${cargo[@]}" build --release "${bins[@]}" --target "$target")
   src=$targetdir/$target/release
 else

@@ -3,53 +3,85 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use plinth_provisioner::server::{self, Config};
+use plinth_provisioner::server::{self, parse_duration, Config};
 
 #[derive(Parser)]
 #[command(
     name = "plinth-server",
-    about = "Serve the Plinth boot chain and record what nodes report"
+    about = "Serve the Plinth boot chain, enrol nodes and hand them their config"
 )]
 struct Cli {
-    /// HTTP listen address (ADDR:PORT; port 0 picks a free one, printed at start).
+    /// Plain-HTTP listen address for the boot chain (ADDR:PORT; port 0 picks a free one).
     #[arg(long)]
     listen: SocketAddr,
+    /// HTTPS listen address (default: the --listen host, the next port).
+    #[arg(long)]
+    listen_tls: Option<SocketAddr>,
+    /// SNTP listen address (UDP), which nodes set their clock from before any TLS.
+    #[arg(long)]
+    listen_sntp: Option<SocketAddr>,
     /// The directory `plinth-boot build` wrote (boot.ipxe, vmlinuz, initrd).
     #[arg(long)]
     boot_dir: PathBuf,
-    /// Where the embedded store keeps its files.
+    /// The server's state: CA, operators, machines, logs, audit trail.
     #[arg(long)]
     data: PathBuf,
-    /// The URL nodes use to reach this server (default: the Host header of each request).
+    /// The plain-HTTP URL machines' firmware uses (default: the Host of each request).
     #[arg(long)]
-    advertise: Option<String>,
-    /// Answer every `booted` event with a poweroff action.
+    advertise_http: Option<String>,
+    /// The HTTPS URL nodes use (default: the host each boot script was asked at, TLS port).
     #[arg(long)]
-    poweroff_after_boot: bool,
+    advertise_tls: Option<String>,
+    /// Another name (DNS or IP) for the serving certificate; may be repeated.
+    #[arg(long = "tls-name")]
+    tls_names: Vec<String>,
     /// Also serve the boot directory read-only over TFTP on this address (e.g. 0.0.0.0:69).
     #[arg(long)]
     tftp: Option<SocketAddr>,
+    /// How long an enrolment token is accepted (90s, 10m, 1h).
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    token_ttl: Duration,
+    /// How long a node's client certificate lives; nodes renew at half-life.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    cert_lifetime: Duration,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    server::check_data_dir(&cli.data)?;
     let cfg = Config {
         listen: cli.listen,
+        listen_tls: cli.listen_tls,
+        listen_sntp: cli.listen_sntp,
         boot_dir: cli.boot_dir,
         data: cli.data,
-        advertise: cli.advertise,
-        poweroff_after_boot: cli.poweroff_after_boot,
+        advertise_http: cli.advertise_http,
+        advertise_tls: cli.advertise_tls,
+        tls_names: cli.tls_names,
         tftp: cli.tftp,
+        token_ttl: cli.token_ttl,
+        cert_lifetime: cli.cert_lifetime,
     };
-    server::serve(cfg, |addr, tftp| {
+    server::serve(cfg, |r| {
         let mut out = std::io::stdout();
-        let _ = writeln!(out, "plinth-server listening on http://{addr}");
-        if let Some(t) = tftp {
+        let _ = writeln!(out, "plinth-server listening on http://{}", r.http);
+        let _ = writeln!(out, "plinth-server HTTPS on https://{}", r.https);
+        let _ = writeln!(out, "plinth-server CA pin {}", r.pin);
+        if let Some(s) = r.sntp {
+            let _ = writeln!(out, "plinth-server SNTP on {s}");
+        }
+        if let Some(t) = r.tftp {
             let _ = writeln!(out, "plinth-server TFTP on {t}");
+        }
+        if let Some(p) = &r.operator_token {
+            let _ = writeln!(
+                out,
+                "plinth-server first operator token written to {}",
+                p.display()
+            );
         }
         let _ = out.flush();
     })

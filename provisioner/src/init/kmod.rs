@@ -48,3 +48,31 @@ pub fn load(path: &Path) -> Result<bool> {
         }),
     }
 }
+
+/// Loads module `name` and what it depends on, found through `modules.dep` under
+/// `moddir` (`/lib/modules/$(uname -r)`). Returns whether anything was loaded.
+pub fn load_by_name(moddir: &Path, name: &str) -> Result<bool> {
+    let dep_path = moddir.join("modules.dep");
+    let deps = std::fs::read_to_string(&dep_path).map_err(io("reading", &dep_path))?;
+    let want = name.replace('-', "_");
+    for line in deps.lines() {
+        let Some((module, needs)) = line.split_once(':') else {
+            continue;
+        };
+        let file = module.rsplit('/').next().unwrap_or(module);
+        let stem = file.split(".ko").next().unwrap_or(file).replace('-', "_");
+        if stem != want {
+            continue;
+        }
+        let mut loaded = false;
+        // modules.dep lists dependencies deepest last: load from the end.
+        for d in needs.split_whitespace().rev().chain([module]) {
+            loaded |= load(&moddir.join(d))?;
+        }
+        return Ok(loaded);
+    }
+    Err(Error::Config {
+        what: format!("kernel module {name}"),
+        reason: format!("not in {}", dep_path.display()),
+    })
+}

@@ -1,17 +1,14 @@
-//! The duties of PID 1: signals (through a signalfd, so they are handled in the main loop
-//! rather than in async handlers), reaping orphans, and an orderly shutdown.
+//! The duties of PID 1: signals (tokio streams, handled in the agent's loop), reaping
+//! orphans, and an orderly shutdown.
 
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::reboot::{reboot, set_cad_enabled, RebootMode};
-use nix::sys::signal::{kill, SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::error::{sys, Result};
+use crate::error::Result;
 use crate::init::console::log;
 
 /// How the machine should stop.
@@ -23,68 +20,53 @@ pub enum Stop {
     Poweroff,
 }
 
-/// The signals PID 1 acts on, delivered through a signalfd.
+/// The signals PID 1 acts on, as tokio streams: the node agent's one loop waits on
+/// them beside its timers and the server connection.
 pub struct Signals {
-    fd: SignalFd,
+    term: Signal_,
+    int: Signal_,
+    usr2: Signal_,
+    pwr: Signal_,
+    chld: Signal_,
 }
 
+type Signal_ = tokio::signal::unix::Signal;
+
 impl Signals {
-    /// Blocks the signals PID 1 handles and opens a signalfd for them. Ctrl-alt-del is
-    /// turned into SIGINT for us rather than an immediate reboot by the kernel.
+    /// Installs the handlers (inside a tokio runtime). Ctrl-alt-del is turned into
+    /// SIGINT for us rather than an immediate reboot by the kernel.
     pub fn install() -> Result<Signals> {
-        let mut mask = SigSet::empty();
-        for s in [
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGUSR2,
-            Signal::SIGPWR,
-            Signal::SIGCHLD,
-            Signal::SIGHUP,
-        ] {
-            mask.add(s);
-        }
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
-            .map_err(sys("blocking signals"))?;
-        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(sys("signalfd"))?;
+        use tokio::signal::unix::{signal, SignalKind};
+        let on = |k: SignalKind, name: &str| {
+            signal(k).map_err(|e| crate::error::Error::Net {
+                what: format!("handling {name}"),
+                source: e,
+            })
+        };
+        let s = Signals {
+            term: on(SignalKind::terminate(), "SIGTERM")?,
+            int: on(SignalKind::interrupt(), "SIGINT")?,
+            usr2: on(SignalKind::user_defined2(), "SIGUSR2")?,
+            pwr: on(SignalKind::from_raw(libc::SIGPWR), "SIGPWR")?,
+            chld: on(SignalKind::child(), "SIGCHLD")?,
+        };
         if let Err(e) = set_cad_enabled(false) {
             log(&format!("cannot route ctrl-alt-del to SIGINT: {e}"));
         }
-        Ok(Signals { fd })
+        Ok(s)
     }
 
-    /// Waits up to `timeout` for a signal, reaping children on SIGCHLD. Returns the stop
-    /// requested, if any: SIGTERM and SIGINT (ctrl-alt-del) reboot, SIGUSR2 and SIGPWR power off.
-    pub fn wait(&mut self, timeout: Duration) -> Option<Stop> {
-        let deadline = Instant::now() + timeout;
+    /// Waits for a stop request, reaping children on the way: SIGTERM and SIGINT
+    /// (ctrl-alt-del) reboot, SIGUSR2 and SIGPWR power off.
+    pub async fn stop(&mut self) -> Stop {
         loop {
-            while let Ok(Some(info)) = self.fd.read_signal() {
-                match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(Signal::SIGCHLD) => reap(),
-                    Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => {
-                        log(&format!(
-                            "signal {} from pid {}: rebooting",
-                            info.ssi_signo, info.ssi_pid
-                        ));
-                        return Some(Stop::Reboot);
-                    }
-                    Ok(Signal::SIGUSR2) | Ok(Signal::SIGPWR) => {
-                        log(&format!(
-                            "signal {} from pid {}: powering off",
-                            info.ssi_signo, info.ssi_pid
-                        ));
-                        return Some(Stop::Poweroff);
-                    }
-                    _ => {}
-                }
+            tokio::select! {
+                _ = self.chld.recv() => reap(),
+                _ = self.term.recv() => { log("signal 15 (SIGTERM): rebooting"); return Stop::Reboot }
+                _ = self.int.recv() => { log("signal 2 (SIGINT): rebooting"); return Stop::Reboot }
+                _ = self.usr2.recv() => { log("signal 12 (SIGUSR2): powering off"); return Stop::Poweroff }
+                _ = self.pwr.recv() => { log("signal 30 (SIGPWR): powering off"); return Stop::Poweroff }
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-            let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
-            let _ = poll(&mut fds, PollTimeout::from(ms));
         }
     }
 }

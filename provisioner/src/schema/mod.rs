@@ -1,6 +1,9 @@
-//! The protocol between node and server: events a node reports and the server's reply.
+//! The protocol between node and server: enrolment, events a node reports, log lines,
+//! the server's reply, and (in [`config`]) the machine configuration a node applies.
 //! Versioned (`apiVersion: plinth/v1`) and strict: unknown fields are rejected so that a
 //! typo is an error, not silently dropped data.
+
+pub mod config;
 
 use serde::{Deserialize, Serialize};
 
@@ -40,10 +43,12 @@ pub struct Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EventKind {
-    /// plinth-init is up with network and identity.
+    /// plinth-init is up with identity.
     Booted,
     /// Network configured.
     Network,
+    /// Enrolled: the node holds a client certificate.
+    Enrolled,
     /// Config fetched.
     Config,
     /// Config applied.
@@ -54,6 +59,8 @@ pub enum EventKind {
     Joined,
     /// Something failed.
     Error,
+    /// Something that looks like an attack (recorded by the server).
+    Security,
     /// The node is shutting down.
     Shutdown,
 }
@@ -77,9 +84,91 @@ pub struct Reply {
     pub action: Option<Action>,
 }
 
+/// The largest log batch the server accepts.
+pub const MAX_LOG_BYTES: usize = 256 * 1024;
+
+/// The largest enrolment or renewal request the server accepts.
+pub const MAX_ENROLL_BYTES: usize = 16 * 1024;
+
+/// `POST /v1/enroll`: a booting node's first call, over HTTPS checked against the pin.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EnrollRequest {
+    /// Must be [`API_VERSION`].
+    pub api_version: String,
+    /// `plinth.token=` from the kernel command line.
+    pub token: String,
+    /// The boot NIC's MAC.
+    pub mac: String,
+    /// The SMBIOS UUID.
+    pub uuid: String,
+    /// The SMBIOS serial, when the firmware has one.
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// The kernel's boot id: certificates are issued per boot.
+    pub boot_id: String,
+    /// A PKCS#10 request (PEM) for the node's fresh key; only its public key is used.
+    pub csr: String,
+}
+
+/// The token is a secret: it never reaches a log through `{:?}`.
+impl std::fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("mac", &self.mac)
+            .field("uuid", &self.uuid)
+            .field("bootId", &self.boot_id)
+            .field("token", &"[redacted]")
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /v1/renew` (mutual TLS): a new key's CSR, signed while the current certificate
+/// is still valid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RenewRequest {
+    /// A PKCS#10 request (PEM) for the node's new key.
+    pub csr: String,
+}
+
+/// The server's answer to an enrolment or a renewal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Issued {
+    /// The client certificate (PEM).
+    pub certificate: String,
+    /// Its serial number, lower-case hex.
+    pub serial: String,
+    /// When it stops being valid, seconds since the epoch.
+    pub not_after: u64,
+    /// When the node should renew it (half its life), seconds since the epoch.
+    pub renew_at: u64,
+}
+
+/// `POST /v1/logs` (mutual TLS): console and kernel lines, the token already redacted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LogBatch {
+    /// The boot the lines belong to (the certificate's).
+    pub boot_id: String,
+    /// The lines, oldest first.
+    pub lines: Vec<LogLine>,
+}
+
+/// One log line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LogLine {
+    /// Where it came from: `console` (plinth-init) or `kmsg` (the kernel).
+    pub source: String,
+    /// The text, without the newline.
+    pub text: String,
+}
+
 /// This machine's wall clock in seconds since the epoch (0 if it is set before 1970):
 /// [`Event::wall_time`] on the node, receipt times on the server.
-pub(crate) fn unix_time() -> u64 {
+pub fn unix_time() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -1,0 +1,298 @@
+//! The node's HTTPS client: one connection per request (a node makes few), rustls with
+//! the [`PinVerifier`], and the client certificate once enrolment gave one. hyper speaks
+//! HTTP/1.1 over it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio_rustls::TlsConnector;
+
+use crate::crypto::provider;
+use crate::error::{Error, Result};
+use crate::node::verify::PinVerifier;
+
+/// The largest answer read.
+const MAX_ANSWER: usize = 2 << 20;
+
+/// An `https://host:port[/prefix]` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    /// Host name or IP address (no brackets).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Path prefix, without a trailing slash (possibly empty).
+    pub prefix: String,
+}
+
+impl Url {
+    /// Parses an https URL; the error says what is wrong with it.
+    pub fn parse(s: &str) -> Result<Url> {
+        let bad = |reason: &str| Error::Config {
+            what: format!("plinth.server={s}"),
+            reason: reason.to_string(),
+        };
+        let rest = s
+            .strip_prefix("https://")
+            .ok_or_else(|| bad("must be an https:// URL"))?;
+        let (hostport, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (h, p) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
+            (h, p.strip_prefix(':'))
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (hostport, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(bad("no host"));
+        }
+        let port = match port {
+            Some(p) => p.parse().map_err(|_| bad("bad port"))?,
+            None => 443,
+        };
+        Ok(Url {
+            host: host.to_string(),
+            port,
+            prefix: prefix
+                .trim_end_matches('/')
+                .split('/')
+                .filter(|c| !c.is_empty())
+                .map(|c| format!("/{c}"))
+                .collect(),
+        })
+    }
+}
+
+impl std::fmt::Display for Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "https://[{}]:{}{}", self.host, self.port, self.prefix)
+        } else {
+            write!(f, "https://{}:{}{}", self.host, self.port, self.prefix)
+        }
+    }
+}
+
+/// A client for one server, checked against one pin; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    url: Url,
+    tls: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// An anonymous client (for enrolment).
+    pub fn new(url: Url, pin: &str) -> Result<Client> {
+        Client::build(url, pin, None)
+    }
+
+    /// A client presenting `cert` (PEM) and `key` (PKCS#8 DER).
+    pub fn with_identity(&self, pin: &str, cert_pem: &str, key_der: Vec<u8>) -> Result<Client> {
+        use rustls::pki_types::pem::PemObject;
+        let cert = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| Error::Tls {
+            what: "the certificate the server issued".into(),
+            reason: e.to_string(),
+        })?;
+        let key = PrivateKeyDer::Pkcs8(key_der.into());
+        Client::build(self.url.clone(), pin, Some((vec![cert], key)))
+    }
+
+    fn build(
+        url: Url,
+        pin: &str,
+        identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    ) -> Result<Client> {
+        let tls_err = |what: &str| {
+            let what = what.to_string();
+            move |e: rustls::Error| Error::Tls {
+                what,
+                reason: e.to_string(),
+            }
+        };
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_err("TLS versions"))?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinVerifier::new(pin, provider())));
+        let mut cfg = match identity {
+            Some((chain, key)) => builder
+                .with_client_auth_cert(chain, key)
+                .map_err(tls_err("the client certificate"))?,
+            None => builder.with_no_client_auth(),
+        };
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = ServerName::try_from(url.host.clone()).map_err(|e| Error::Config {
+            what: format!("plinth.server host {}", url.host),
+            reason: e.to_string(),
+        })?;
+        Ok(Client {
+            url,
+            tls: Arc::new(cfg),
+            name,
+        })
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// One request; returns the status and body. `what` names it in errors.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<(u16, Vec<u8>)> {
+        let what = format!("{method} {}{path}", self.url);
+        match tokio::time::timeout(timeout, self.request_inner(method, path, body, &what)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Protocol {
+                what,
+                reason: format!("no answer within {timeout:?}"),
+            }),
+        }
+    }
+
+    async fn request_inner(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+        what: &str,
+    ) -> Result<(u16, Vec<u8>)> {
+        let net = |e: std::io::Error| Error::Net {
+            what: what.to_string(),
+            source: e,
+        };
+        let tcp = tokio::net::TcpStream::connect((self.url.host.as_str(), self.url.port))
+            .await
+            .map_err(net)?;
+        let tls = TlsConnector::from(self.tls.clone())
+            .connect(self.name.clone(), tcp)
+            .await
+            .map_err(|e| Error::Tls {
+                what: format!("{what}: TLS"),
+                reason: e.to_string(),
+            })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| http_err(what, e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let host = if self.url.port == 443 {
+            self.url.host.clone()
+        } else {
+            format!("{}:{}", self.url.host, self.url.port)
+        };
+        let req = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url.prefix))
+            .header(hyper::header::HOST, host)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::CONNECTION, "close")
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| Error::Protocol {
+                what: what.to_string(),
+                reason: e.to_string(),
+            })?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| http_err(what, e))?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map_err(|e| Error::Protocol {
+                what: what.to_string(),
+                reason: format!("reading the answer: {e}"),
+            })?
+            .to_bytes()
+            .to_vec();
+        Ok((status, body))
+    }
+
+    /// A JSON call: `body` out, `T` back; a status other than 200 is [`Error::Status`]
+    /// with the server's error text.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&impl Serialize>,
+        timeout: Duration,
+    ) -> Result<T> {
+        let what = format!("{method} {path}");
+        let bytes = match body {
+            Some(b) => Some(serde_json::to_vec(b).map_err(|source| Error::Json {
+                what: format!("encoding {what}"),
+                source,
+            })?),
+            None => None,
+        };
+        let (status, answer) = self.request(method, path, bytes, timeout).await?;
+        if status != 200 {
+            let text = serde_json::from_slice::<serde_json::Value>(&answer)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+                .unwrap_or_else(|| String::from_utf8_lossy(&answer).trim().to_string());
+            return Err(Error::Status {
+                what,
+                status,
+                body: text,
+            });
+        }
+        serde_json::from_slice(&answer).map_err(|source| Error::Json {
+            what: format!("the answer to {what}"),
+            source,
+        })
+    }
+}
+
+fn http_err(what: &str, e: hyper::Error) -> Error {
+    Error::Protocol {
+        what: what.to_string(),
+        reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Url;
+
+    #[test]
+    fn urls() {
+        let u = Url::parse("https://10.0.2.2:8443/").expect("url");
+        assert_eq!(
+            (u.host.as_str(), u.port, u.prefix.as_str()),
+            ("10.0.2.2", 8443, "")
+        );
+        assert_eq!(u.to_string(), "https://10.0.2.2:8443");
+        let u = Url::parse("https://[::1]/p/").expect("v6");
+        assert_eq!(
+            (u.host.as_str(), u.port, u.prefix.as_str()),
+            ("::1", 443, "/p")
+        );
+        assert!(Url::parse("http://x").is_err());
+        assert!(Url::parse("https://:1").is_err());
+    }
+}

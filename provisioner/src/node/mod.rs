@@ -1,0 +1,667 @@
+//! The node agent, plinth-init's main: on one current-thread tokio loop (signals,
+//! timers, the server connection) it brings the network up, sets the clock (SNTP),
+//! enrols with the token from the kernel command line over HTTPS checked against the CA
+//! pin, fetches its config over mutual TLS, applies it, and then keeps its certificate
+//! renewed, its logs streaming and an ear open for the operator's poweroff or reboot.
+//! Every step is an event; events made before enrolment wait and go right after it.
+
+pub mod apply;
+pub mod client;
+pub mod config;
+pub mod enroll;
+pub mod logs;
+pub mod network;
+pub mod verify;
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::cmdline::{self, Params};
+use crate::error::Error;
+use crate::init::console::log;
+use crate::init::pid1::{self, Signals, Stop};
+use crate::init::{self, kmod, mounts, uptime_ms};
+use crate::schema::config::Network;
+use crate::schema::{unix_time, Action, Event, EventKind, LogBatch, Reply, API_VERSION};
+use client::{Client, Url};
+use enroll::Identity;
+
+/// How often logs go to the server.
+const LOG_EVERY: Duration = Duration::from_secs(2);
+/// The most log lines sent in one batch.
+const LOG_BATCH: usize = 200;
+/// Lines kept while the server cannot take them.
+const LOG_BACKLOG: usize = 5000;
+/// How long a refused enrolment waits before the reboot that fetches a new token.
+const REBOOT_AFTER_REFUSAL: Duration = Duration::from_secs(30);
+
+/// PID 1's main. Never returns.
+pub fn run() -> ! {
+    init::panic_reboots();
+    let mut timings = Map::new();
+    timings.insert("initMs".into(), json!(uptime_ms()));
+    log("starting");
+    match mounts::mount_all(Path::new("/")) {
+        Ok(busy) if !busy.is_empty() => log(&format!("already mounted: {}", busy.join(" "))),
+        Ok(_) => {}
+        Err(e) => log(&format!("mounts: {e}")),
+    }
+    timings.insert("mountedMs".into(), json!(uptime_ms()));
+    let mut details = Map::new();
+    match kmod::load_listed(Path::new(init::MODULES_LIST)) {
+        Ok((loaded, present, failed)) => {
+            log(&format!(
+                "modules: {loaded} loaded, {present} already present, {} failed",
+                failed.len()
+            ));
+            for f in &failed {
+                log(f);
+            }
+            details.insert("modulesLoaded".into(), json!(loaded));
+            details.insert("modulesFailed".into(), json!(failed));
+        }
+        Err(e) => log(&format!("modules: {e}")),
+    }
+    timings.insert("modulesMs".into(), json!(uptime_ms()));
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log(&format!(
+                "cannot start the event loop: {e}; rebooting in 30s"
+            ));
+            std::thread::sleep(Duration::from_secs(30));
+            pid1::shutdown(Stop::Reboot)
+        }
+    };
+    let stop = rt.block_on(agent(details, timings));
+    pid1::shutdown(stop)
+}
+
+/// Waits for a stop signal, or forever when signals could not be installed.
+async fn signalled(signals: &mut Option<Signals>) -> Stop {
+    match signals {
+        Some(s) => s.stop().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn agent(mut details: Map<String, Value>, mut timings: Map<String, Value>) -> Stop {
+    let mut signals = match Signals::install() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log(&format!("signals: {e}; shutdown requests will not be seen"));
+            None
+        }
+    };
+    let params = cmdline::parse(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
+    let link = tokio::select! {
+        s = signalled(&mut signals) => return s,
+        l = retry("network", network::up) => l,
+    };
+    timings.insert("linkUpMs".into(), json!(link.link_up_ms));
+    timings.insert("dhcpMs".into(), json!(link.dhcp_ms));
+    let (boot_id, boot_id_problem) = boot_id(Path::new("/proc/sys/kernel/random/boot_id"));
+    if let Some(p) = &boot_id_problem {
+        log(p);
+    }
+    let id = Identity {
+        mac: crate::netif::format_mac(&link.mac),
+        uuid: init::smbios_uuid(Path::new("/sys")),
+        serial: init::smbios_serial(Path::new("/sys")),
+        boot_id,
+    };
+    log(&format!("machine {} uuid {}", id.mac, id.uuid));
+    if let Some(opts) = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|m| mounts::super_options(&m, "/sys/fs/cgroup"))
+    {
+        details.insert("cgroup2Options".into(), json!(opts));
+    }
+    details.insert(
+        "kernel".into(),
+        json!(std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()),
+    );
+    let agent = Agent::new(id, &params);
+    let stop = tokio::select! {
+        s = signalled(&mut signals) => (s, match s { Stop::Poweroff => "signal: poweroff", Stop::Reboot => "signal: reboot" }),
+        s = agent.provision(&params, link, details, timings, boot_id_problem) => s,
+    };
+    let mut d = Map::new();
+    d.insert("reason".into(), json!(stop.1));
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), agent.report(EventKind::Shutdown, d)).await;
+    stop.0
+}
+
+/// Whether `b` has the shape of a boot id the server takes (hex and dashes, 1-64).
+fn valid_boot_id(b: &str) -> bool {
+    !b.is_empty() && b.len() <= 64 && b.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+}
+
+/// The kernel's boot id from `path`; when it cannot be read (or is not one), a random
+/// one and why, for an `error` event: certificates and timelines are per boot, and an
+/// empty id would only have the server refuse the enrolment.
+fn boot_id(path: &Path) -> (String, Option<String>) {
+    let why = match std::fs::read_to_string(path) {
+        Ok(s) if valid_boot_id(s.trim()) => return (s.trim().to_ascii_lowercase(), None),
+        Ok(s) => format!(
+            "{} holds {:?}, not a boot id",
+            path.display(),
+            s.trim().chars().take(80).collect::<String>()
+        ),
+        Err(e) => format!("reading {}: {e}", path.display()),
+    };
+    let id = match crate::crypto::random_bytes(16) {
+        Ok(b) => {
+            let h = crate::crypto::hex(&b);
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            )
+        }
+        Err(_) => format!("{:016x}-{:016x}", unix_time(), uptime_ms()),
+    };
+    let msg = format!("{why}; this boot is {id} instead");
+    (id, Some(msg))
+}
+
+/// Runs `f` until it succeeds, with exponential back-off (1 s .. 30 s).
+async fn retry<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::Result<T>>,
+{
+    let mut delay = Duration::from_secs(1);
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => log(&format!(
+                "{what} failed (attempt {attempt}): {e}; retrying in {}s",
+                delay.as_secs()
+            )),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+        attempt += 1;
+    }
+}
+
+/// This boot's agent: identity, event sequence, the session once enrolled.
+struct Agent {
+    id: Identity,
+    seq: Cell<u64>,
+    /// Events not yet delivered (all of them, before enrolment).
+    queue: RefCell<Vec<Event>>,
+    session: RefCell<Option<Client>>,
+    /// An action that came with an event's reply.
+    action: Cell<Option<Action>>,
+    woken: tokio::sync::Notify,
+    /// One delivery of the queue at a time: the log loop and the steps both flush.
+    flushing: tokio::sync::Mutex<()>,
+    token: Option<String>,
+    pin: Option<String>,
+}
+
+impl Agent {
+    fn new(id: Identity, params: &Params) -> Agent {
+        Agent {
+            id,
+            seq: Cell::new(0),
+            queue: RefCell::new(Vec::new()),
+            session: RefCell::new(None),
+            action: Cell::new(None),
+            woken: tokio::sync::Notify::new(),
+            flushing: tokio::sync::Mutex::new(()),
+            token: params.token.clone(),
+            pin: params.ca.clone(),
+        }
+    }
+
+    fn session(&self) -> Option<Client> {
+        self.session.borrow().clone()
+    }
+
+    /// Queues an event and delivers the queue if enrolled.
+    async fn report(&self, kind: EventKind, details: Map<String, Value>) {
+        self.seq.set(self.seq.get() + 1);
+        self.queue.borrow_mut().push(Event {
+            api_version: API_VERSION.into(),
+            kind,
+            mac: self.id.mac.clone(),
+            uuid: self.id.uuid.clone(),
+            boot_id: self.id.boot_id.clone(),
+            seq: self.seq.get(),
+            uptime_ms: uptime_ms(),
+            wall_time: unix_time(),
+            details,
+        });
+        self.flush().await;
+    }
+
+    /// Delivers queued events in order; stops at the first failure (kept for later).
+    async fn flush(&self) {
+        let Some(c) = self.session() else { return };
+        let _one = self.flushing.lock().await;
+        loop {
+            let Some(ev) = self.queue.borrow().first().cloned() else {
+                return;
+            };
+            match c
+                .call::<Reply>("POST", "/v1/events", Some(&ev), Duration::from_secs(15))
+                .await
+            {
+                Ok(reply) => {
+                    drop_first(&self.queue);
+                    if let Some(a) = reply.action {
+                        self.action.set(Some(a));
+                        self.woken.notify_one();
+                    }
+                }
+                Err(Error::Status {
+                    status: 400, body, ..
+                }) => {
+                    // The server will never take it: drop it rather than block the rest.
+                    log(&format!("event {:?} refused: {body}", ev.kind));
+                    drop_first(&self.queue);
+                }
+                Err(e) => {
+                    log(&format!("reporting {:?}: {e}; kept for later", ev.kind));
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn error(&self, step: &str, e: &Error) {
+        let mut d = Map::new();
+        d.insert("step".into(), json!(step));
+        d.insert("error".into(), json!(e.to_string()));
+        self.report(EventKind::Error, d).await;
+    }
+
+    async fn provision(
+        &self,
+        params: &Params,
+        link: network::Link,
+        mut details: Map<String, Value>,
+        timings: Map<String, Value>,
+        boot_id_problem: Option<String>,
+    ) -> (Stop, &'static str) {
+        details.insert("timings".into(), Value::Object(timings));
+        self.report(EventKind::Booted, details).await;
+        if let Some(p) = boot_id_problem {
+            let mut d = Map::new();
+            d.insert("step".into(), json!("identity"));
+            d.insert("error".into(), json!(p));
+            self.report(EventKind::Error, d).await;
+        }
+        let mut net = Map::new();
+        net.insert("interface".into(), json!(link.name));
+        net.insert("address".into(), json!(link.lease.address.to_string()));
+        net.insert("leaseSecs".into(), json!(link.lease.lease_secs));
+        if let Some(ntp) = &params.ntp {
+            net.insert("clock".into(), set_clock(ntp).await);
+        }
+        self.report(EventKind::Network, net).await;
+
+        let (Some(server), Some(pin)) = (params.server.as_deref(), self.pin.as_deref()) else {
+            log("no plinth.server= or plinth.ca= on the kernel command line: nowhere to enrol; rebooting in 5 minutes");
+            tokio::time::sleep(Duration::from_secs(300)).await;
+            return (Stop::Reboot, "no server on the kernel command line");
+        };
+        let url = match Url::parse(server) {
+            Ok(u) => u,
+            Err(e) => {
+                log(&format!("{e}; rebooting in 5 minutes"));
+                tokio::time::sleep(Duration::from_secs(300)).await;
+                return (Stop::Reboot, "bad plinth.server");
+            }
+        };
+        let Some(token) = self.token.as_deref() else {
+            log(&format!(
+                "no plinth.token= on the kernel command line: {server} minted none (machine not declared, or in quarantine); rebooting in {}s to ask again",
+                REBOOT_AFTER_REFUSAL.as_secs()
+            ));
+            tokio::time::sleep(REBOOT_AFTER_REFUSAL).await;
+            return (Stop::Reboot, "no enrolment token");
+        };
+        let anon = match Client::new(url, pin) {
+            Ok(c) => c,
+            Err(e) => {
+                log(&format!("{e}; rebooting in 5 minutes"));
+                tokio::time::sleep(Duration::from_secs(300)).await;
+                return (Stop::Reboot, "bad plinth.server");
+            }
+        };
+        let (issued, key) = match self.enrol(&anon, token).await {
+            Ok(x) => x,
+            Err(stop) => return stop,
+        };
+        let session = match anon.with_identity(pin, &issued.certificate, key) {
+            Ok(c) => c,
+            Err(e) => {
+                log(&format!("using the certificate: {e}; rebooting in 30s"));
+                tokio::time::sleep(REBOOT_AFTER_REFUSAL).await;
+                return (Stop::Reboot, "unusable certificate");
+            }
+        };
+        *self.session.borrow_mut() = Some(session);
+        log(&format!(
+            "enrolled: certificate {} until {}",
+            issued.serial, issued.not_after
+        ));
+        let mut d = Map::new();
+        d.insert("serial".into(), json!(issued.serial));
+        d.insert("notAfter".into(), json!(issued.not_after));
+        d.insert("renewAt".into(), json!(issued.renew_at));
+        self.report(EventKind::Enrolled, d).await;
+
+        tokio::select! {
+            s = self.actions() => s,
+            s = self.renewals(pin, issued.renew_at, issued.not_after) => s,
+            _ = self.configure(link) => (Stop::Reboot, "configuration ended"),
+            _ = self.stream_logs() => (Stop::Reboot, "log streaming ended"),
+        }
+    }
+
+    /// Enrols; a refusal (expired, spent or foreign token, quarantine) ends in a reboot
+    /// for a new token, after a pause; a server out of reach is retried.
+    async fn enrol(
+        &self,
+        anon: &Client,
+        token: &str,
+    ) -> Result<(crate::schema::Issued, Vec<u8>), (Stop, &'static str)> {
+        let mut delay = Duration::from_secs(1);
+        let started = tokio::time::Instant::now();
+        loop {
+            let fresh = match enroll::fresh_key(&self.id.mac) {
+                Ok(f) => f,
+                Err(e) => {
+                    log(&format!("{e}"));
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
+            match enroll::enroll(anon, &self.id, token, &fresh).await {
+                Ok(issued) => return Ok((issued, fresh.key_der)),
+                Err(Error::Status { status, body, .. }) if (400..500).contains(&status) => {
+                    log(&format!(
+                        "enrolment refused ({status}): {body}; rebooting in {}s for a new token",
+                        REBOOT_AFTER_REFUSAL.as_secs()
+                    ));
+                    tokio::time::sleep(REBOOT_AFTER_REFUSAL).await;
+                    return Err((Stop::Reboot, "enrolment refused"));
+                }
+                Err(e) => log(&format!(
+                    "enrolment with {}: {e}; retrying in {}s",
+                    anon.url(),
+                    delay.as_secs()
+                )),
+            }
+            if started.elapsed() > Duration::from_secs(3600) {
+                return Err((Stop::Reboot, "server out of reach for an hour"));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// Fetches and applies the config until it applies, reporting each failure; then
+    /// keeps the DHCP lease.
+    async fn configure(&self, link: network::Link) {
+        let mut delay = Duration::from_secs(2);
+        let cfg = loop {
+            let Some(c) = self.session() else { return };
+            match config::fetch(&c).await {
+                Ok(cfg) => {
+                    let mut d = Map::new();
+                    d.insert("hostname".into(), json!(cfg.hostname));
+                    d.insert("files".into(), json!(cfg.files.len()));
+                    d.insert("users".into(), json!(cfg.users.len()));
+                    d.insert("sysctls".into(), json!(cfg.sysctls.len()));
+                    self.report(EventKind::Config, d).await;
+                    match apply::apply(&cfg, Path::new("/")) {
+                        Ok(r) => {
+                            log(&format!("applied: {} changes", r.changed.len()));
+                            let mut d = Map::new();
+                            d.insert("changed".into(), json!(r.changed));
+                            d.insert("state".into(), Value::Object(r.state));
+                            self.report(EventKind::Applied, d).await;
+                            break cfg;
+                        }
+                        Err(e) => {
+                            log(&format!("applying the config: {e}"));
+                            self.error("apply", &e).await;
+                        }
+                    }
+                }
+                Err(e) => {
+                    log(&format!("fetching the config: {e}"));
+                    self.error("config", &e).await;
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(60));
+        };
+        match &cfg.network {
+            Some(Network::Static(s)) => {
+                if let Err(e) = network::set_static(&link, s) {
+                    log(&format!("static network: {e}"));
+                    self.error("network", &e).await;
+                }
+                std::future::pending::<()>().await
+            }
+            Some(Network::Dhcp) | None => network::renew_forever(link).await,
+        }
+    }
+
+    /// The operator's actions: from event replies, or the long poll.
+    async fn actions(&self) -> (Stop, &'static str) {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            if let Some(a) = self.action.take() {
+                return stop_for(a);
+            }
+            let Some(c) = self.session() else {
+                self.woken.notified().await;
+                continue;
+            };
+            tokio::select! {
+                r = c.call::<Reply>("POST", "/v1/action", None::<&()>, Duration::from_secs(40)) => match r {
+                    Ok(reply) => {
+                        delay = Duration::from_secs(1);
+                        if let Some(a) = reply.action {
+                            return stop_for(a);
+                        }
+                    }
+                    Err(e) => {
+                        log(&format!("polling for actions: {e}; again in {}s", delay.as_secs()));
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(30));
+                    }
+                },
+                _ = self.woken.notified() => {}
+            }
+        }
+    }
+
+    /// Renews the certificate at half its life with a new key; a certificate that ran
+    /// out means enrolling again, which takes a reboot.
+    async fn renewals(
+        &self,
+        pin: &str,
+        mut renew_at: u64,
+        mut not_after: u64,
+    ) -> (Stop, &'static str) {
+        loop {
+            let wait = renew_at.saturating_sub(unix_time()).max(1);
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            let Some(c) = self.session() else { continue };
+            let result = match enroll::fresh_key(&self.id.mac) {
+                Ok(fresh) => enroll::renew(&c, &fresh).await.and_then(|i| {
+                    c.with_identity(pin, &i.certificate, fresh.key_der)
+                        .map(|s| (i, s))
+                }),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok((issued, session)) => {
+                    *self.session.borrow_mut() = Some(session);
+                    log(&format!(
+                        "renewed: certificate {} until {}",
+                        issued.serial, issued.not_after
+                    ));
+                    renew_at = issued.renew_at;
+                    not_after = issued.not_after;
+                }
+                Err(e) => {
+                    log(&format!("renewing the certificate: {e}"));
+                    if unix_time() >= not_after {
+                        log("the certificate expired: rebooting to enrol again");
+                        return (Stop::Reboot, "certificate expired");
+                    }
+                    renew_at = unix_time() + 10.min(not_after.saturating_sub(unix_time()));
+                }
+            }
+        }
+    }
+
+    /// Streams console and kernel lines (token redacted) and retries queued events.
+    async fn stream_logs(&self) {
+        let mut kmsg = logs::Kmsg::open();
+        let mut backlog: Vec<crate::schema::LogLine> = Vec::new();
+        loop {
+            backlog.extend(logs::collect(&mut kmsg, self.token.as_deref()));
+            if backlog.len() > LOG_BACKLOG {
+                let drop = backlog.len() - LOG_BACKLOG;
+                backlog.drain(..drop);
+            }
+            if let Some(c) = self.session() {
+                while !backlog.is_empty() {
+                    let n = backlog.len().min(LOG_BATCH);
+                    let batch = LogBatch {
+                        boot_id: self.id.boot_id.clone(),
+                        lines: backlog[..n].to_vec(),
+                    };
+                    match c
+                        .call::<Value>("POST", "/v1/logs", Some(&batch), Duration::from_secs(15))
+                        .await
+                    {
+                        Ok(_) => {
+                            backlog.drain(..n);
+                        }
+                        Err(e) => {
+                            // Not logged through the console: that would feed itself.
+                            let _ = e;
+                            break;
+                        }
+                    }
+                }
+                if !self.queue.borrow().is_empty() {
+                    self.flush().await;
+                }
+            }
+            tokio::time::sleep(LOG_EVERY).await;
+        }
+    }
+}
+
+/// Drops the first queued event (delivered, or refused for good).
+fn drop_first(q: &RefCell<Vec<Event>>) {
+    let mut q = q.borrow_mut();
+    if !q.is_empty() {
+        q.remove(0);
+    }
+}
+
+fn stop_for(a: Action) -> (Stop, &'static str) {
+    match a {
+        Action::Poweroff => {
+            log("server asked to power off");
+            (Stop::Poweroff, "poweroff")
+        }
+        Action::Reboot => {
+            log("server asked to reboot");
+            (Stop::Reboot, "reboot")
+        }
+    }
+}
+
+/// Sets the clock from `host:port` (SNTP) before any TLS; what happened goes into the
+/// `network` event.
+async fn set_clock(ntp: &str) -> Value {
+    let Ok(addr) = ntp.parse::<SocketAddr>() else {
+        log(&format!(
+            "plinth.ntp={ntp}: not ADDRESS:PORT; clock left as it is"
+        ));
+        return json!({ "server": ntp, "error": "not ADDRESS:PORT" });
+    };
+    let mut last = String::new();
+    for _ in 0..3 {
+        let r =
+            tokio::task::spawn_blocking(move || crate::sntp::query(addr, Duration::from_secs(2)))
+                .await;
+        match r {
+            Ok(Ok(offset)) => {
+                let stepped = offset.abs() > 0.5;
+                if stepped {
+                    if let Err(e) = crate::sntp::step_clock(offset) {
+                        log(&format!("{e}"));
+                        return json!({ "server": ntp, "offsetSec": offset, "error": e.to_string() });
+                    }
+                    log(&format!("clock stepped by {offset:+.3}s from {ntp}"));
+                }
+                return json!({ "server": ntp, "offsetSec": offset, "stepped": stepped });
+            }
+            Ok(Err(e)) => last = e.to_string(),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    log(&format!("SNTP {ntp}: {last}; clock left as it is"));
+    json!({ "server": ntp, "error": last })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreadable_boot_id_is_replaced_and_said() {
+        let dir = std::env::temp_dir().join(format!("plinth-bootid-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let good = dir.join("good");
+        std::fs::write(&good, "6E4A2B1C-0000-4000-8000-000000000001\n").expect("write");
+        assert_eq!(
+            boot_id(&good),
+            ("6e4a2b1c-0000-4000-8000-000000000001".to_string(), None)
+        );
+        for (path, why) in [
+            (dir.join("missing"), "reading"),
+            (dir.join("empty"), "not a boot id"),
+        ] {
+            if path.ends_with("empty") {
+                std::fs::write(&path, "").expect("write");
+            }
+            let (id, problem) = boot_id(&path);
+            assert!(valid_boot_id(&id), "{id}");
+            let problem = problem.expect("a problem said");
+            assert!(problem.contains(why) && problem.contains(&id), "{problem}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,401 @@
+//! The plain-HTTP listener: the boot chain and nothing else (every other path is 404 and
+//! recorded). Stock iPXE has no HTTPS, so the per-machine script carries the HTTPS URL,
+//! the CA pin and a single-use token: minted only for a declared machine whose firmware
+//! reports the declared UUID, at most one outstanding; a second mint while one is
+//! outstanding is a `security` event and puts the machine in quarantine. Only GET mints
+//! (HEAD is 405). The files are read once, at start, and served from memory.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Path as AxPath, Query, State as AxState};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::crypto::{random_token, token_hash};
+use crate::error::{io, Result};
+use crate::schema::{normalize_mac, unix_time, valid_uuid};
+use crate::server::store::{Pxe, Token};
+use crate::server::{
+    audit_refusals, host_of, join_host_port, log, tftp, url_host, ApiError, State,
+};
+
+/// The plain-HTTP routes. Every refusal is audited ([`audit_refusals`]).
+pub fn router(st: Arc<State>) -> Router {
+    Router::new()
+        // Other methods on these paths are refused like any other path: 404, recorded.
+        .route("/boot.ipxe", get(script).fallback(refused))
+        .route("/{file}", get(file).fallback(refused))
+        .fallback(refused)
+        .layer(axum::middleware::from_fn_with_state(
+            st.clone(),
+            audit_refusals,
+        ))
+        .with_state(st)
+}
+
+/// The boot chain, read once at start: the script's template, the kernel and the
+/// initrd, served as slices of one buffer each (no copy per request).
+#[derive(Debug, Clone)]
+pub struct Files {
+    template: String,
+    vmlinuz: Bytes,
+    initrd: Bytes,
+}
+
+impl Files {
+    /// Reads `boot.ipxe`, `vmlinuz` and `initrd` from `dir`.
+    pub fn load(dir: &Path) -> Result<Files> {
+        let read = |name: &str| {
+            let p = dir.join(name);
+            std::fs::read(&p).map_err(io("reading the boot chain", p))
+        };
+        let template = dir.join("boot.ipxe");
+        Ok(Files {
+            template: std::fs::read_to_string(&template)
+                .map_err(io("reading the boot chain", template))?,
+            vmlinuz: Bytes::from(read("vmlinuz")?),
+            initrd: Bytes::from(read("initrd")?),
+        })
+    }
+}
+
+/// What a machine's script gets beyond the image's own template.
+struct Sets {
+    server: String,
+    pin: String,
+    token: Option<String>,
+    ntp: Option<String>,
+}
+
+/// The image's iPXE script with `set` lines for the node's kernel command line.
+fn render(template: &str, sets: &Sets) -> String {
+    let (first, rest) = template.split_once('\n').unwrap_or((template, ""));
+    let mut out = format!(
+        "{first}\nset plinth-server {}\nset plinth-ca {}\n",
+        sets.server, sets.pin
+    );
+    if let Some(t) = &sets.token {
+        out.push_str(&format!("set plinth-token {t}\n"));
+    }
+    if let Some(n) = &sets.ntp {
+        out.push_str(&format!("set plinth-ntp {n}\n"));
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The HTTPS URL and SNTP address to put in a script, from `--advertise-tls` or the
+/// host the firmware reached us at.
+fn advertised(st: &State, host_header: Option<&str>) -> Option<(String, Option<String>)> {
+    let host = match (&st.cfg.advertise_tls, host_header) {
+        (Some(a), _) => url_host(a).to_string(),
+        (None, Some(h)) if !h.is_empty() && !h.contains(char::is_whitespace) => {
+            host_of(h).to_string()
+        }
+        _ => return None,
+    };
+    let server = match &st.cfg.advertise_tls {
+        Some(a) => a.trim_end_matches('/').to_string(),
+        None => format!("https://{}", join_host_port(&host, st.https_port)),
+    };
+    let ntp = st.sntp.map(|a| join_host_port(&host, a.port()));
+    Some((server, ntp))
+}
+
+/// Decides whether `mac` gets a token now, under the store's lock. Why not is a line of
+/// the audit trail and, for a declared machine whose firmware gave another UUID or asked
+/// twice, a `security` event on its timeline; MACs nobody declared leave no record.
+fn mint(
+    st: &State,
+    from: SocketAddr,
+    mac: &str,
+    uuid: Option<String>,
+    serial: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    let now = unix_time();
+    let ttl = st.cfg.token_ttl.as_secs();
+    let from_s = from.to_string();
+    let (token, refusal) = st.with_store(|s| {
+        let Some(m) = s.declared(mac) else {
+            return Ok((None, Some(format!("no token: {mac} is not declared"))));
+        };
+        let declared_uuid = m.declared.as_ref().map(|d| d.uuid.clone()).unwrap_or_default();
+        let quarantined = m.quarantine.is_some();
+        let outstanding = m.token.as_ref().is_some_and(|t| t.outstanding(now));
+        let pxe = |minted: bool| Pxe {
+            at: now,
+            uuid: uuid.clone(),
+            serial: serial.clone(),
+            token_minted: minted,
+        };
+        let refusal = if quarantined {
+            Some(format!("no token: {mac} is in quarantine"))
+        } else if uuid.as_deref() != Some(declared_uuid.as_str()) {
+            // The UUID asked with stays out of the reason, so that repeats count on one
+            // event whatever UUIDs a flood makes up; the audit line has it.
+            s.security_event(
+                mac,
+                "",
+                &format!(
+                    "boot script asked for {mac} with a uuid other than the declared {declared_uuid}: no token"
+                ),
+                Some(&from_s),
+            )?;
+            Some(format!(
+                "no token: uuid {:?} is not the declared one",
+                uuid.as_deref().unwrap_or("")
+            ))
+        } else if outstanding {
+            let msg = format!("a second token asked for {mac} while one is outstanding: quarantine");
+            s.quarantine(mac, &msg)?;
+            s.security_event(mac, "", &msg, Some(&from_s))?;
+            Some(msg)
+        } else {
+            None
+        };
+        if refusal.is_some() {
+            s.note_pxe(mac, pxe(false), None)?;
+            return Ok((None, refusal));
+        }
+        let token = random_token()?;
+        let record = Token {
+            hash: token_hash(&token),
+            uuid: declared_uuid,
+            minted_at: now,
+            expires_at: now + ttl,
+            spent_at: None,
+            voided: None,
+        };
+        s.note_pxe(mac, pxe(true), Some(record))?;
+        Ok((Some(token), None))
+    })?;
+    if let Some(why) = refusal {
+        st.audit(
+            "anonymous",
+            from,
+            "GET /boot.ipxe",
+            &format!("refused: {why}"),
+        );
+    }
+    if token.is_some() {
+        log(&format!(
+            "minted an enrolment token for {mac}, valid {ttl}s"
+        ));
+    }
+    Ok(token)
+}
+
+/// `GET /boot.ipxe?mac=&uuid=&serial=`. Any other method (HEAD, which axum would
+/// otherwise answer with the GET handler) is 405: only a GET mints.
+async fn script(
+    AxState(st): AxState<Arc<State>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    method: Method,
+) -> Result<Response, ApiError> {
+    if method != Method::GET {
+        let mut r = ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} /boot.ipxe: the boot script (which mints the token) is GET only"),
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET"));
+        return Ok(r);
+    }
+    log(&format!(
+        "{addr} {method} /boot.ipxe mac={:?}",
+        q.get("mac")
+    ));
+    let Some((server, ntp)) =
+        advertised(&st, headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+    else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "Host header missing and no --advertise-tls URL",
+        ));
+    };
+    let mut token = None;
+    if let Some(raw) = q.get("mac") {
+        let mac = normalize_mac(raw).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("mac: {raw:?} is not a MAC address"),
+            )
+        })?;
+        let uuid = q
+            .get("uuid")
+            .filter(|u| valid_uuid(u))
+            .map(|u| u.to_ascii_lowercase());
+        let serial = q
+            .get("serial")
+            .filter(|s| s.len() <= 128 && !s.is_empty())
+            .cloned();
+        token = mint(&st, addr, &mac, uuid, serial)?;
+    }
+    let sets = Sets {
+        server,
+        pin: st.ca.pin.clone(),
+        token,
+        ntp,
+    };
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/plain"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        render(&st.boot.template, &sets),
+    )
+        .into_response())
+}
+
+/// `GET /vmlinuz`, `GET /initrd`, with `Range`; HEAD too (no side effect).
+async fn file(
+    AxState(st): AxState<Arc<State>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    AxPath(name): AxPath<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let data = match name.as_str() {
+        "vmlinuz" => st.boot.vmlinuz.clone(),
+        "initrd" => st.boot.initrd.clone(),
+        _ => return refused_at(&method, &uri),
+    };
+    log(&format!("{addr} {method} /{name}"));
+    let len = data.len() as u64;
+    let range = headers.get(header::RANGE).and_then(|h| h.to_str().ok());
+    let (status, start, end) = match parse_range(range, len) {
+        RangeSpec::Whole => (StatusCode::OK, 0, len),
+        RangeSpec::Part(s, e) => (StatusCode::PARTIAL_CONTENT, s, e + 1),
+        RangeSpec::Unsatisfiable => {
+            return (
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                [(header::CONTENT_RANGE, format!("bytes */{len}"))],
+            )
+                .into_response()
+        }
+    };
+    let mut resp = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CONTENT_LENGTH, end - start);
+    if status == StatusCode::PARTIAL_CONTENT {
+        resp = resp.header(
+            header::CONTENT_RANGE,
+            format!("bytes {start}-{}/{len}", end - 1),
+        );
+    }
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        // A view of the one buffer: no copy.
+        Body::from(data.slice(start as usize..end as usize))
+    };
+    resp.body(body)
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// 404 for anything but the boot chain (audited by [`audit_refusals`]).
+fn refused_at(method: &Method, uri: &Uri) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "{method} {}: not found (plain HTTP serves the boot chain only)",
+            crate::server::store::cut(uri.path(), 128)
+        ),
+    )
+    .into_response()
+}
+
+/// Everything else on plain HTTP.
+async fn refused(method: Method, uri: Uri) -> Response {
+    refused_at(&method, &uri)
+}
+
+/// TFTP's view of the boot directory: `boot.ipxe` there chains to the per-machine
+/// script over HTTP (TFTP has no query string to mint a token from), when the HTTP URL
+/// is known (`--advertise-http`).
+pub fn tftp_resolver(st: Arc<State>) -> tftp::Resolver {
+    let files = tftp::dir_resolver(st.cfg.boot_dir.clone());
+    Arc::new(
+        move |name: &str| match (&st.cfg.advertise_http, name.trim_start_matches('/')) {
+            (Some(base), "boot.ipxe") => Some(
+                format!(
+                "#!ipxe\nchain {}/boot.ipxe?mac=${{net0/mac}}&uuid=${{uuid}}&serial=${{serial}}\n",
+                base.trim_end_matches('/')
+            )
+                .into_bytes(),
+            ),
+            _ => files(name),
+        },
+    )
+}
+
+/// What a `Range` header asks of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeSpec {
+    /// No (usable) range: the whole file.
+    Whole,
+    /// Bytes `start..=end`.
+    Part(u64, u64),
+    /// A range outside the file (416).
+    Unsatisfiable,
+}
+
+/// Parses a single `bytes=` range against a file of `len` bytes.
+pub fn parse_range(h: Option<&str>, len: u64) -> RangeSpec {
+    let Some(spec) = h.and_then(|h| h.trim().strip_prefix("bytes=")) else {
+        return RangeSpec::Whole;
+    };
+    if spec.contains(',') {
+        return RangeSpec::Whole; // multipart ranges: send the whole file, as the RFC allows
+    }
+    let parsed = (|| -> Option<(u64, u64)> {
+        let (a, b) = spec.split_once('-')?;
+        let last = len.checked_sub(1)?;
+        match (a.trim(), b.trim()) {
+            ("", n) => {
+                let n: u64 = n.parse().ok().filter(|n| *n > 0)?;
+                Some((len.saturating_sub(n), last))
+            }
+            (s, "") => Some((s.parse().ok()?, last)),
+            (s, e) => Some((s.parse().ok()?, e.parse::<u64>().ok()?.min(last))),
+        }
+    })();
+    match parsed {
+        Some((start, end)) if start < len && start <= end => RangeSpec::Part(start, end),
+        _ => RangeSpec::Unsatisfiable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_range, RangeSpec};
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range(Some("bytes=0-9"), 100), RangeSpec::Part(0, 9));
+        assert_eq!(parse_range(Some("bytes=90-"), 100), RangeSpec::Part(90, 99));
+        assert_eq!(parse_range(Some("bytes=-10"), 100), RangeSpec::Part(90, 99));
+        assert_eq!(
+            parse_range(Some("bytes=0-1000"), 100),
+            RangeSpec::Part(0, 99)
+        );
+        assert_eq!(
+            parse_range(Some("bytes=100-"), 100),
+            RangeSpec::Unsatisfiable
+        );
+        assert_eq!(parse_range(Some("bytes=x-"), 100), RangeSpec::Unsatisfiable);
+        assert_eq!(parse_range(None, 100), RangeSpec::Whole);
+    }
+}

@@ -1,0 +1,527 @@
+//! plinth-server: the boot chain over plain HTTP (nothing else there), and over HTTPS
+//! (rustls, its own CA) enrolment, the node endpoints (mutual TLS) and the operators'
+//! JSON API (bearer tokens). tokio and axum/hyper; the state lives in [`store`].
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`boot`] | the plain-HTTP listener: iPXE script (mints the token), kernel, initrd |
+//! | [`enroll`] | `POST /v1/enroll`, `POST /v1/renew` |
+//! | [`node`] | mTLS: `GET /v1/config`, `POST /v1/events`, `POST /v1/logs`, `POST /v1/action` |
+//! | [`api`] | operators: machines, timelines, logs, actions, release |
+//! | [`auth`] | who a request comes from: a node's certificate, an operator's token |
+//! | [`tls`] | the CA, the serving certificate, signing CSRs |
+//! | [`https`] | the TLS accept loop that tags each request with its client certificate |
+
+pub mod api;
+pub mod auth;
+pub mod boot;
+pub mod enroll;
+pub mod https;
+pub mod node;
+pub mod operators;
+pub mod store;
+pub mod tftp;
+pub mod tls;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, Request, State as AxState};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::error::{io, net, Error, Result};
+use crate::schema::unix_time;
+use https::Peer;
+use store::{Audit, AuditTrail, Store};
+use tls::Ca;
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Plain-HTTP listen address (the boot chain only).
+    pub listen: SocketAddr,
+    /// HTTPS listen address; default: the same host, the next port.
+    pub listen_tls: Option<SocketAddr>,
+    /// SNTP listen address (UDP); `None`: none.
+    pub listen_sntp: Option<SocketAddr>,
+    /// The directory `plinth-boot build` wrote.
+    pub boot_dir: PathBuf,
+    /// The store's directory (CA, operators, machines, logs, audit).
+    pub data: PathBuf,
+    /// The plain-HTTP URL nodes' firmware uses; default: the Host of each request.
+    pub advertise_http: Option<String>,
+    /// The HTTPS URL nodes use; default: the host of each boot-script request, TLS port.
+    pub advertise_tls: Option<String>,
+    /// Extra names (DNS or IP) for the serving certificate.
+    pub tls_names: Vec<String>,
+    /// TFTP listen address, when wanted.
+    pub tftp: Option<SocketAddr>,
+    /// How long a minted enrolment token is accepted.
+    pub token_ttl: Duration,
+    /// How long a node's client certificate lives.
+    pub cert_lifetime: Duration,
+}
+
+/// What the server bound, for the caller to print.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// The plain-HTTP address.
+    pub http: SocketAddr,
+    /// The HTTPS address.
+    pub https: SocketAddr,
+    /// The SNTP address, if any.
+    pub sntp: Option<SocketAddr>,
+    /// The TFTP address, if any.
+    pub tftp: Option<SocketAddr>,
+    /// The CA pin.
+    pub pin: String,
+    /// Where the first operator's token was written, on a first start.
+    pub operator_token: Option<PathBuf>,
+}
+
+/// Shared by every request.
+pub struct State {
+    cfg: Config,
+    ca: Ca,
+    store: Mutex<Store>,
+    audit: Mutex<AuditTrail>,
+    /// The boot chain, read once at start.
+    boot: boot::Files,
+    /// Woken when an operator queues an action, for the nodes' long polls.
+    actions: tokio::sync::Notify,
+    https_port: u16,
+    sntp: Option<SocketAddr>,
+}
+
+/// Runs `f`, which blocks on a lock or on file I/O (fsync), without stalling the
+/// runtime: on a worker of the multi-thread runtime through `block_in_place` (the
+/// worker's other tasks move to another thread meanwhile); anywhere else directly.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+impl State {
+    /// Runs `f` on the store under its lock (never held across an await), off the
+    /// runtime's workers (see [`blocking`]): every change is written and synced there.
+    fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T, ApiError> {
+        blocking(|| {
+            let mut s = self.store.lock().map_err(|_| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store lock poisoned")
+            })?;
+            f(&mut s).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        })
+    }
+
+    /// Appends to the audit trail (its own lock, off the runtime's workers); a failure is
+    /// logged, not fatal to the request.
+    fn audit(&self, who: &str, from: SocketAddr, request: &str, outcome: &str) {
+        let a = Audit {
+            at: unix_time(),
+            who: store::cut(who, store::MAX_AUDIT_TEXT),
+            from: from.to_string(),
+            request: store::cut(request, store::MAX_AUDIT_REQUEST),
+            outcome: store::cut(outcome, store::MAX_AUDIT_TEXT),
+        };
+        log(&format!(
+            "audit: {} from {from}: {}: {}",
+            a.who, a.request, a.outcome
+        ));
+        blocking(|| match self.audit.lock() {
+            Ok(mut t) => {
+                if let Err(e) = t.append(&a) {
+                    log(&format!("audit trail: {e}"));
+                }
+            }
+            Err(_) => log("audit trail: lock poisoned"),
+        });
+    }
+}
+
+/// An error answer: a status and a message (JSON `{"error": ...}`). Messages never carry
+/// a token. Every one is a line of the audit trail ([`audit_refusals`]), with `who` when
+/// the handler knows better than the connection does.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    msg: String,
+    who: Option<String>,
+}
+
+impl ApiError {
+    /// An error with `status`.
+    pub fn new(status: StatusCode, msg: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            msg: msg.into(),
+            who: None,
+        }
+    }
+
+    /// The same error, audited as coming from `who` (`node:MAC`, `operator:NAME`,
+    /// `enrolling:MAC`).
+    pub fn who(mut self, who: impl Into<String>) -> ApiError {
+        self.who.get_or_insert(who.into());
+        self
+    }
+}
+
+/// What a refused request's response carries to [`audit_refusals`].
+#[derive(Debug, Clone)]
+struct Refusal {
+    who: Option<String>,
+    msg: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, axum::Json(json!({ "error": self.msg }))).into_response();
+        r.extensions_mut().insert(Refusal {
+            who: self.who,
+            msg: self.msg,
+        });
+        r
+    }
+}
+
+/// Middleware on both listeners: every answer of 400 or more is a line of the audit
+/// trail (who, from where, the request, the status and why), whichever handler or
+/// extractor (a body over the limit, a method not routed) gave it.
+pub async fn audit_refusals(
+    AxState(st): AxState<Arc<State>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let request = format!("{} {}", req.method(), req.uri().path());
+    let peer = req.extensions().get::<Peer>().cloned();
+    let from = peer
+        .as_ref()
+        .map(|p| p.addr)
+        .or_else(|| {
+            req.extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0)
+        })
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if status.as_u16() < 400 {
+        return resp;
+    }
+    let refusal = resp.extensions().get::<Refusal>().cloned();
+    let who = match refusal.as_ref().and_then(|r| r.who.clone()) {
+        Some(w) => w,
+        None => match peer.and_then(|p| p.serial) {
+            Some(serial) => st
+                .with_store(|s| Ok(s.machine_of_serial(&serial).map(|m| m.mac.clone())))
+                .ok()
+                .flatten()
+                .map_or_else(
+                    || "unknown-certificate".to_string(),
+                    |m| format!("node:{m}"),
+                ),
+            None => "anonymous".to_string(),
+        },
+    };
+    let msg = refusal.map_or_else(
+        || status.canonical_reason().unwrap_or("").to_string(),
+        |r| r.msg,
+    );
+    let verb = if status.is_server_error() {
+        "failed"
+    } else {
+        "refused"
+    };
+    st.audit(
+        &who,
+        from,
+        &request,
+        &format!("{verb}: {} {msg}", status.as_u16()),
+    );
+    resp
+}
+
+/// One line on stderr, the server's log.
+pub fn log(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{msg}");
+}
+
+/// Checks the boot directory and the data directory before anything binds.
+pub fn check(cfg: &Config) -> Result<()> {
+    for f in ["boot.ipxe", "vmlinuz", "initrd"] {
+        let p = cfg.boot_dir.join(f);
+        if !p.is_file() {
+            return Err(Error::Config {
+                what: format!("--boot-dir {}", cfg.boot_dir.display()),
+                reason: format!(
+                    "{} is missing (run `plinth-boot build -o {}`)",
+                    p.display(),
+                    cfg.boot_dir.display()
+                ),
+            });
+        }
+    }
+    for (flag, url, scheme) in [
+        ("--advertise-http", &cfg.advertise_http, "http://"),
+        ("--advertise-tls", &cfg.advertise_tls, "https://"),
+    ] {
+        if let Some(u) = url {
+            if !u.starts_with(scheme) || u.len() == scheme.len() || u.contains(char::is_whitespace)
+            {
+                return Err(Error::Config {
+                    what: format!("{flag} {u}"),
+                    reason: format!("must be a {scheme} URL"),
+                });
+            }
+        }
+    }
+    // Last: a refused start leaves nothing behind.
+    private_data_dir(&cfg.data)
+}
+
+/// The `--data` directory, private: made 0700 when missing; an existing one open to
+/// group or others is refused (it holds the CA key and the operators' tokens), naming it.
+fn private_data_dir(data: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(data) {
+        Ok(md) if !md.is_dir() => Err(Error::Config {
+            what: format!("--data {}", data.display()),
+            reason: "is not a directory".into(),
+        }),
+        Ok(md) => {
+            let mode = md.permissions().mode() & 0o7777;
+            if mode & 0o077 != 0 {
+                return Err(Error::Config {
+                    what: format!("--data {}", data.display()),
+                    reason: format!(
+                        "is mode {mode:04o}, open to group or others, and it holds the CA key \
+                         and the operators' tokens: chmod 700 {}",
+                        data.display()
+                    ),
+                });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use std::os::unix::fs::DirBuilderExt;
+            if let Some(parent) = data.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)
+                    .map_err(io("creating the parent of --data", parent))?;
+            }
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(data)
+                .map_err(io("creating --data directory", data))
+        }
+        Err(e) => Err(io("reading --data directory", data)(e)),
+    }
+}
+
+/// `host:port`, an IPv6 literal in brackets (`[::1]:8443`).
+pub fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// The host part of a URL (`https://host:port/path` -> `host`).
+pub fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    host_of(hostport)
+}
+
+/// The host of `host:port` (or of `[v6]:port`).
+pub fn host_of(hostport: &str) -> &str {
+    if let Some(v6) = hostport.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or(v6);
+    }
+    hostport.rsplit_once(':').map_or(hostport, |(h, _)| h)
+}
+
+/// The names the serving certificate covers: the advertised host, the listen address
+/// (every local address when it is unspecified), localhost, and `--tls-name`s.
+fn serving_names(cfg: &Config, https: SocketAddr) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if let Some(u) = &cfg.advertise_tls {
+        names.push(url_host(u).to_string());
+    }
+    if let Some(u) = &cfg.advertise_http {
+        names.push(url_host(u).to_string());
+    }
+    names.extend(cfg.tls_names.iter().cloned());
+    if https.ip().is_unspecified() {
+        if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+            for a in addrs {
+                if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
+                    names.push(IpAddr::V4(sin.ip()).to_string());
+                }
+                if let Some(sin6) = a.address.as_ref().and_then(|s| s.as_sockaddr_in6()) {
+                    names.push(IpAddr::V6(sin6.ip()).to_string());
+                }
+            }
+        }
+    } else {
+        names.push(https.ip().to_string());
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Binds everything and serves until the process is killed. `on_ready` is called once
+/// the listeners are bound.
+pub fn serve(cfg: Config, on_ready: impl FnOnce(&Ready)) -> Result<()> {
+    check(&cfg)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(net("starting the tokio runtime"))?;
+    rt.block_on(serve_async(cfg, on_ready))
+}
+
+async fn serve_async(cfg: Config, on_ready: impl FnOnce(&Ready)) -> Result<()> {
+    let (ca, _made) = Ca::load_or_create(&cfg.data)?;
+    let operator_token = operators::ensure_first(&cfg.data)?;
+    let first_token = cfg.data.join(operators::FIRST_TOKEN);
+    if first_token.exists() {
+        log(&format!(
+            "warning: {} holds the first operator's token in clear: move it somewhere safe and delete it",
+            first_token.display()
+        ));
+    }
+    let store = Store::open(&cfg.data)?;
+    let boot_files = boot::Files::load(&cfg.boot_dir)?;
+    let http = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(net(format!("binding --listen {}", cfg.listen)))?;
+    let http_addr = http.local_addr().map_err(net("local address"))?;
+    let tls_addr = cfg.listen_tls.unwrap_or_else(|| {
+        let port = if http_addr.port() == 0 || cfg.listen.port() == 0 {
+            0
+        } else {
+            http_addr.port().wrapping_add(1)
+        };
+        SocketAddr::new(http_addr.ip(), port)
+    });
+    let tls_listener = tokio::net::TcpListener::bind(tls_addr)
+        .await
+        .map_err(net(format!("binding --listen-tls {tls_addr}")))?;
+    let https_addr = tls_listener.local_addr().map_err(net("local address"))?;
+    let server_config = ca.server_config(&serving_names(&cfg, https_addr))?;
+    let sntp_sock = match cfg.listen_sntp {
+        Some(a) => Some(UdpSocket::bind(a).map_err(net(format!("binding --listen-sntp {a}")))?),
+        None => None,
+    };
+    let sntp_addr = match &sntp_sock {
+        Some(s) => Some(s.local_addr().map_err(net("SNTP local address"))?),
+        None => None,
+    };
+    let pin = ca.pin.clone();
+    let state = Arc::new(State {
+        cfg: cfg.clone(),
+        ca,
+        store: Mutex::new(store),
+        audit: Mutex::new(AuditTrail::new(&cfg.data)),
+        boot: boot_files,
+        actions: tokio::sync::Notify::new(),
+        https_port: https_addr.port(),
+        sntp: sntp_addr,
+    });
+    let mut tftp_addr = None;
+    if let Some(t) = cfg.tftp {
+        let sock = UdpSocket::bind(t).map_err(net(format!("binding --tftp {t}")))?;
+        tftp_addr = Some(sock.local_addr().map_err(net("TFTP local address"))?);
+        let resolver = boot::tftp_resolver(state.clone());
+        std::thread::spawn(move || tftp::serve(sock, resolver));
+    }
+    if let Some(sock) = sntp_sock {
+        std::thread::spawn(move || crate::sntp::serve(sock));
+    }
+    on_ready(&Ready {
+        http: http_addr,
+        https: https_addr,
+        sntp: sntp_addr,
+        tftp: tftp_addr,
+        pin,
+        operator_token,
+    });
+    let boot_app = boot::router(state.clone());
+    let https_app = https::router(state.clone());
+    let plain = async move {
+        axum::serve(
+            http,
+            boot_app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .map_err(net("serving plain HTTP"))
+    };
+    let tls = https::serve(tls_listener, server_config, https_app);
+    tokio::try_join!(plain, tls)?;
+    Ok(())
+}
+
+/// Parses `90s`, `10m`, `24h`, `7d` or plain seconds.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86400),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 10m, 24h or 7d"))?;
+    if n == 0 {
+        return Err(format!("{s:?} must be more than zero"));
+    }
+    n.checked_mul(mult)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_hosts() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(url_host("https://10.0.2.2:8443/x"), "10.0.2.2");
+        assert_eq!(url_host("https://[::1]:8443"), "::1");
+        assert_eq!(host_of("example:80"), "example");
+        assert_eq!(host_of("[::1]:8080"), "::1");
+    }
+
+    #[test]
+    fn ipv6_literals_are_bracketed() {
+        assert_eq!(join_host_port("::1", 8443), "[::1]:8443");
+        assert_eq!(join_host_port("fe80::1", 123), "[fe80::1]:123");
+        assert_eq!(join_host_port("10.0.2.2", 8443), "10.0.2.2:8443");
+        assert_eq!(join_host_port("boot.example", 80), "boot.example:80");
+        // What the node parses back: the URL's host and an SNTP socket address.
+        let url = format!("https://{}", join_host_port("::1", 8443));
+        assert_eq!(url_host(&url), "::1");
+        let parsed = crate::node::client::Url::parse(&url).expect("url");
+        assert_eq!((parsed.host.as_str(), parsed.port), ("::1", 8443));
+        assert!(join_host_port("::1", 123).parse::<SocketAddr>().is_ok());
+    }
+}

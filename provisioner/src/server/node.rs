@@ -1,0 +1,219 @@
+//! The node endpoints, mutual TLS only: a certificate reaches its own machine's data and
+//! nothing else. Asking for another machine's config, or reporting as another machine
+//! or boot, is refused and recorded as a `security` event, on both machines' timelines
+//! when another declared machine is named.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State as AxState};
+use axum::http::{Method, StatusCode, Uri};
+use axum::{Extension, Json};
+
+use crate::schema::config::MachineConfig;
+use crate::schema::{normalize_mac, Event, LogBatch, Reply, MAX_LOG_BYTES};
+use crate::server::auth::{self, request_line, security, Node};
+use crate::server::https::Peer;
+use crate::server::{ApiError, State};
+
+/// How long a node's action poll is held open.
+pub const POLL: Duration = Duration::from_secs(25);
+
+/// The longest log line kept; longer ones are cut.
+const MAX_LINE: usize = 4096;
+
+/// A refusal of `node`'s request: a `security` event on its machine's timeline and, when
+/// the request named another declared machine (`victim`), on that one's too.
+fn forbidden(
+    st: &State,
+    node: &Node,
+    peer: &Peer,
+    request: &str,
+    msg: String,
+    victim: Option<&str>,
+) -> ApiError {
+    let reason = format!("{request}: {msg}");
+    security(st, &node.mac, &node.boot_id, &reason, peer);
+    if let Some(v) = victim.filter(|v| *v != node.mac) {
+        security(st, v, "", &reason, peer);
+    }
+    ApiError::new(StatusCode::FORBIDDEN, msg).who(format!("node:{}", node.mac))
+}
+
+/// `GET /v1/config[?mac=MAC]`: the machine's `MachineConfig`. `mac`, when given, must be
+/// the certificate's own.
+pub async fn config(
+    AxState(st): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    method: Method,
+    uri: Uri,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<MachineConfig>, ApiError> {
+    let request = request_line(&method, &uri);
+    let node = auth::node(&st, &peer, &request)?;
+    let who = format!("node:{}", node.mac);
+    if let Some(asked) = q.get("mac") {
+        let asked_mac = normalize_mac(asked).unwrap_or_else(|| asked.clone());
+        if asked_mac != node.mac {
+            let msg = format!(
+                "the certificate of {} asked for the config of {asked_mac}",
+                node.mac
+            );
+            return Err(forbidden(
+                &st,
+                &node,
+                &peer,
+                &request,
+                msg,
+                Some(&asked_mac),
+            ));
+        }
+    }
+    let m = st.with_store(|s| Ok(s.machine(&node.mac).cloned()))?;
+    let Some(m) = m else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "machine not found").who(who));
+    };
+    if let Some(q) = &m.quarantine {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("machine {} is in quarantine: {}", m.mac, q.reason),
+        )
+        .who(who));
+    }
+    match m.declared {
+        Some(d) => Ok(Json(d.config)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("machine {} has no config", m.mac),
+        )
+        .who(who)),
+    }
+}
+
+/// `POST /v1/events`: one event of the certificate's machine and boot.
+pub async fn events(
+    AxState(st): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Json<Reply>, ApiError> {
+    let request = request_line(&method, &uri);
+    let node = auth::node(&st, &peer, &request)?;
+    let who = format!("node:{}", node.mac);
+    let ev = Event::parse(&body).map_err(|msg| {
+        if msg.contains("bytes, more than") {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, msg).who(&who)
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, msg).who(&who)
+        }
+    })?;
+    if ev.mac != node.mac || ev.boot_id != node.boot_id {
+        let msg = format!(
+            "the certificate of {} (boot {}) reported an event as {} (boot {})",
+            node.mac,
+            node.boot_id,
+            ev.mac,
+            crate::server::store::cut(&ev.boot_id, 64)
+        );
+        return Err(forbidden(&st, &node, &peer, &request, msg, Some(&ev.mac)));
+    }
+    if ev.kind == crate::schema::EventKind::Security {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "type: security events are the server's own",
+        )
+        .who(who));
+    }
+    let action = st.with_store(|s| s.record(&node.mac, ev))?;
+    Ok(Json(Reply { action }))
+}
+
+/// `POST /v1/logs`: lines of the certificate's boot.
+pub async fn logs(
+    AxState(st): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let request = request_line(&method, &uri);
+    let node = auth::node(&st, &peer, &request)?;
+    let who = format!("node:{}", node.mac);
+    if body.len() > MAX_LOG_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "log batch is {} bytes, more than {MAX_LOG_BYTES}",
+                body.len()
+            ),
+        )
+        .who(who));
+    }
+    let batch: LogBatch = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("logs: {e}")).who(&who))?;
+    if batch.boot_id != node.boot_id {
+        let msg = format!(
+            "the certificate of boot {} sent logs of boot {}",
+            node.boot_id,
+            crate::server::store::cut(&batch.boot_id, 64)
+        );
+        return Err(forbidden(&st, &node, &peer, &request, msg, None));
+    }
+    let lines: Vec<String> = batch
+        .lines
+        .iter()
+        .map(|l| {
+            let mut t: String = l
+                .text
+                .chars()
+                .filter(|c| *c != '\n' && *c != '\r')
+                .collect();
+            if t.len() > MAX_LINE {
+                let mut cut = MAX_LINE;
+                while !t.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                t.truncate(cut);
+            }
+            format!(
+                "{} {t}",
+                if l.source == "kmsg" {
+                    "kmsg"
+                } else {
+                    "console"
+                }
+            )
+        })
+        .collect();
+    let kept = st.with_store(|s| s.append_log(&node.mac, &node.boot_id, &lines))?;
+    Ok(Json(serde_json::json!({ "kept": kept })))
+}
+
+/// `POST /v1/action`: the node's long poll; answers at once with a pending action, else
+/// when an operator queues one, else after [`POLL`] with none.
+pub async fn action(
+    AxState(st): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    method: Method,
+    uri: Uri,
+) -> Result<Json<Reply>, ApiError> {
+    let request = request_line(&method, &uri);
+    let node = auth::node(&st, &peer, &request)?;
+    let deadline = tokio::time::Instant::now() + POLL;
+    loop {
+        // Registered before the check, so a wake-up between the two is not lost.
+        let notified = st.actions.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let action = st.with_store(|s| s.take_action(&node.mac))?;
+        if action.is_some() {
+            return Ok(Json(Reply { action }));
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Ok(Json(Reply { action: None }));
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! A running `plinth-server` for the tests, and the clients that talk to it: curl (an
+//! independent TLS client) for operators and anonymous callers, the node agent's own
+//! HTTPS client for nodes.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use plinth_provisioner::node::client::{Client, Url};
+use plinth_provisioner::node::enroll::{self, Identity};
+use serde_json::{json, Value};
+
+use crate::{workspace, TempDir};
+
+/// A current-thread runtime for the node client.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A running plinth-server with its own data directory, killed on drop.
+pub struct Server {
+    child: Child,
+    /// Its directory: `data/`, `server.log` (stderr), `boot/` when placeholder files.
+    pub dir: TempDir,
+    /// `http://127.0.0.1:PORT`, the boot chain.
+    pub http: String,
+    /// `https://127.0.0.1:PORT`.
+    pub https: String,
+    /// The CA pin it printed.
+    pub pin: String,
+    /// The SNTP address, with --listen-sntp.
+    pub sntp: Option<String>,
+    /// The TFTP address, with --tftp.
+    pub tftp: Option<String>,
+    /// The first operator's bearer token.
+    pub operator: String,
+}
+
+impl Server {
+    /// A server over a boot directory of placeholder files (for tests that boot nothing).
+    pub fn start(extra: &[&str]) -> Server {
+        let dir = TempDir::new("plinth-enroll");
+        let boot = dir.0.join("boot");
+        std::fs::create_dir_all(&boot).unwrap();
+        std::fs::write(
+            boot.join("boot.ipxe"),
+            "#!ipxe\nkernel vmlinuz plinth.server=${plinth-server} plinth.ca=${plinth-ca} plinth.token=${plinth-token}\ninitrd initrd\nboot\n",
+        )
+        .unwrap();
+        std::fs::write(boot.join("vmlinuz"), b"placeholder kernel").unwrap();
+        std::fs::write(boot.join("initrd"), b"placeholder initrd").unwrap();
+        Server::start_in(dir, &boot, extra)
+    }
+
+    /// A server over `boot` (an image `plinth-boot build` wrote), its data and log in `dir`.
+    pub fn start_in(dir: TempDir, boot: &Path, extra: &[&str]) -> Server {
+        let bin = workspace().join("target/release/plinth-server");
+        assert!(
+            bin.exists(),
+            "{} is missing: run `make build`",
+            bin.display()
+        );
+        let mut child = Command::new(bin)
+            .args(["--listen", "127.0.0.1:0", "--boot-dir"])
+            .arg(boot)
+            .arg("--data")
+            .arg(dir.0.join("data"))
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(dir.0.join("server.log"))
+                    .unwrap(),
+            )
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut words = Vec::new();
+        let mut lines = Vec::new();
+        let expect = 3
+            + usize::from(extra.contains(&"--listen-sntp"))
+            + usize::from(extra.contains(&"--tftp"));
+        for _ in 0..expect {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            words.push(line.trim().rsplit(' ').next().unwrap().to_string());
+            lines.push(line);
+        }
+        let find = |what: &str| {
+            lines
+                .iter()
+                .find(|l| l.contains(what))
+                .map(|l| l.trim().rsplit(' ').next().unwrap().to_string())
+        };
+        // Empty when the installer has taken the file away (see `restart`).
+        let operator = std::fs::read_to_string(dir.0.join("data/operator-token"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        assert!(words[0].starts_with("http://127.0.0.1:"), "{words:?}");
+        assert!(words[1].starts_with("https://127.0.0.1:"), "{words:?}");
+        assert!(
+            words[2].starts_with("sha256:") && words[2].len() == 71,
+            "{words:?}"
+        );
+        Server {
+            child,
+            http: words[0].clone(),
+            https: words[1].clone(),
+            pin: words[2].clone(),
+            sntp: find(" SNTP on "),
+            tftp: find(" TFTP on "),
+            operator,
+            dir,
+        }
+    }
+
+    /// Stops this server and starts another on the same data directory.
+    pub fn restart(mut self, boot: &Path, extra: &[&str]) -> Server {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, TempDir(PathBuf::new()));
+        let mut again = Server::start_in(dir, boot, extra);
+        if again.operator.is_empty() {
+            again.operator = self.operator.clone();
+        }
+        again
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.0.join("data")
+    }
+
+    /// curl against this server: `args` after the common ones; returns (status, body).
+    pub fn curl(&self, args: &[&str]) -> (u16, String) {
+        let o = Command::new("curl")
+            .args(["-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"])
+            .arg("--cacert")
+            .arg(self.data().join("ca.crt"))
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// An operator's call (bearer token) on the HTTPS listener.
+    pub fn op(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let auth = format!("Authorization: Bearer {}", self.operator);
+        let url = format!("{}{path}", self.https);
+        let mut args = vec!["-X", method, "-H", &auth, url.as_str()];
+        let b;
+        if let Some(v) = body {
+            b = v.to_string();
+            args.extend(["-H", "Content-Type: application/json", "--data-binary", &b]);
+        }
+        let (code, text) = self.curl(&args);
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Declares `mac` with a config holding only a host name, `node-` and the MAC's last octet.
+    pub fn declare(&self, mac: &str, uuid: &str) {
+        let name = format!("node-{}", mac.rsplit(':').next().unwrap());
+        self.declare_with(
+            mac,
+            uuid,
+            json!({"apiVersion": "plinth/v1", "hostname": name}),
+        );
+    }
+
+    /// Declares `mac` with `config`.
+    pub fn declare_with(&self, mac: &str, uuid: &str, config: Value) {
+        let body = json!({"uuid": uuid, "config": config});
+        let (code, answer) = self.op("PUT", &format!("/v1/machines/{mac}"), Some(&body));
+        assert_eq!(code, 200, "declaring {mac}: {answer}");
+    }
+
+    /// The firmware's request for its boot script; returns the token in it, if any.
+    pub fn mint(&self, mac: &str, uuid: &str) -> Option<String> {
+        let (code, script) =
+            self.curl(&[&format!("{}/boot.ipxe?mac={mac}&uuid={uuid}", self.http)]);
+        assert_eq!(code, 200, "{script}");
+        assert!(
+            script.contains(&format!("set plinth-ca {}\n", self.pin)),
+            "{script}"
+        );
+        assert!(
+            script.contains(&format!("set plinth-server {}\n", self.https)),
+            "{script}"
+        );
+        script
+            .lines()
+            .find_map(|l| l.strip_prefix("set plinth-token "))
+            .map(String::from)
+    }
+
+    pub fn anon(&self) -> Client {
+        Client::new(Url::parse(&self.https).unwrap(), &self.pin).unwrap()
+    }
+
+    /// Enrols as `mac`/`uuid` with `token`, as plinth-init does; the client holding the
+    /// certificate, or the error.
+    pub fn enrol(&self, mac: &str, uuid: &str, token: &str) -> Result<Client, String> {
+        let id = Identity {
+            mac: mac.into(),
+            uuid: uuid.into(),
+            serial: None,
+            boot_id: "0f0f0f0f-0000-4000-8000-000000000001".into(),
+        };
+        let fresh = enroll::fresh_key(mac).unwrap();
+        let anon = self.anon();
+        let issued = rt()
+            .block_on(enroll::enroll(&anon, &id, token, &fresh))
+            .map_err(|e| e.to_string())?;
+        Ok(anon
+            .with_identity(&self.pin, &issued.certificate, fresh.key_der)
+            .unwrap())
+    }
+
+    pub fn machine(&self, mac: &str) -> Value {
+        let (code, m) = self.op("GET", &format!("/v1/machines/{mac}"), None);
+        assert_eq!(code, 200, "{m}");
+        m
+    }
+
+    /// The reasons of the `security` events on a machine's timeline.
+    pub fn security(&self, mac: &str) -> Vec<String> {
+        self.machine(mac)["boots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b["events"].as_array().unwrap().clone())
+            .filter(|e| e["type"] == "security")
+            .map(|e| e["details"]["reason"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// `POST /v1/enroll` with `body` as it is, through curl: (status, answer).
+    pub fn enroll_raw(&self, body: &str) -> (u16, Value) {
+        let url = format!("{}/v1/enroll", self.https);
+        let (code, text) = self.curl(&["-X", "POST", "--data-binary", body, &url]);
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// The machine's token as operators see it (mint, expiry, spend times), or null.
+    pub fn token_view(&self, mac: &str) -> Value {
+        self.machine(mac)["token"].clone()
+    }
+
+    /// Whether the machine is in quarantine.
+    pub fn quarantined(&self, mac: &str) -> bool {
+        self.machine(mac)["quarantine"].is_object()
+    }
+
+    /// The server's log (its stderr) so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("server.log")).unwrap_or_default()
+    }
+
+    pub fn audit(&self) -> String {
+        std::fs::read_to_string(self.data().join("audit.jsonl")).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A node's call with its client: (status, body).
+pub fn call(c: &Client, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let bytes = body.map(|b| b.to_string().into_bytes());
+    let (code, text) = rt()
+        .block_on(c.request(method, path, bytes, Duration::from_secs(40)))
+        .unwrap();
+    (code, serde_json::from_slice(&text).unwrap_or(Value::Null))
+}
+
+/// An enrolment body as plinth-init sends it, for a fresh P-256 key.
+pub fn enroll_body(mac: &str, uuid: &str, token: &str) -> Value {
+    let fresh = enroll::fresh_key(mac).unwrap();
+    json!({"apiVersion": "plinth/v1", "token": token, "mac": mac, "uuid": uuid,
+           "bootId": "0f0f0f0f-0000-4000-8000-000000000001", "csr": fresh.csr_pem})
+}
+
+/// An event body as a node sends it.
+pub fn event(mac: &str, uuid: &str, kind: &str) -> Value {
+    json!({"apiVersion": "plinth/v1", "type": kind, "mac": mac, "uuid": uuid,
+           "bootId": "0f0f0f0f-0000-4000-8000-000000000001", "seq": 1, "uptimeMs": 1, "wallTime": 2})
+}
