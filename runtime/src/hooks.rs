@@ -1,10 +1,10 @@
 //! OCI hooks: each runs as its own process with the container's state JSON on stdin,
 //! with the environment and arguments the config gives, killed at its timeout.
 
-use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use oci_spec::runtime::Hook;
 
@@ -50,42 +50,82 @@ pub fn run(kind: &'static str, hook: &Hook, state_json: &str) -> Result<()> {
     let mut child = cmd
         .spawn()
         .map_err(|e| err(format!("start: {}", os_text(&e))))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A hook that does not read its stdin is fine: ignore EPIPE.
-        let _ = stdin.write_all(state_json.as_bytes());
-    }
-    let status = match timeout {
-        None => child
-            .wait()
-            .map_err(|e| err(format!("wait: {}", os_text(&e))))?,
-        Some(t) => {
-            let pidfd = pidfd_open(child.id() as i32)
-                .map_err(|e| err(format!("pidfd: {}", os_text(&e))))?;
-            let mut fds = [nix::poll::PollFd::new(
-                std::os::fd::AsFd::as_fd(&pidfd),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            let ms = (t as u64).saturating_mul(1000).min(i32::MAX as u64) as i32;
-            let ready = loop {
-                match nix::poll::poll(
-                    &mut fds,
-                    nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX),
-                ) {
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => return Err(err(format!("poll: {e}"))),
-                    Ok(n) => break n > 0,
-                }
-            };
-            if !ready {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(err(format!("timed out after {t}s")));
-            }
-            child
-                .wait()
-                .map_err(|e| err(format!("wait: {}", os_text(&e))))?
+    // The state is written while waiting, both bounded by the timeout: a hook that
+    // neither reads its stdin nor exits must not hold the runtime past it, whatever
+    // the state's size (a pipe takes 64 KiB before a write blocks).
+    let deadline = timeout.map(|t| Instant::now() + Duration::from_secs(t as u64));
+    let pidfd = match pidfd_open(child.id() as i32) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(err(format!("pidfd: {}", os_text(&e))));
         }
     };
+    let mut stdin = child.stdin.take().map(std::os::fd::OwnedFd::from);
+    if let Some(fd) = &stdin {
+        let _ = nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+    }
+    let mut left = state_json.as_bytes();
+    loop {
+        let wait = match deadline {
+            None => nix::poll::PollTimeout::NONE,
+            Some(d) => {
+                let ms = d.saturating_duration_since(Instant::now()).as_millis();
+                nix::poll::PollTimeout::try_from(ms.min(i32::MAX as u128) as i32)
+                    .unwrap_or(nix::poll::PollTimeout::MAX)
+            }
+        };
+        let mut fds = vec![nix::poll::PollFd::new(
+            pidfd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if let Some(fd) = &stdin {
+            fds.push(nix::poll::PollFd::new(
+                fd.as_fd(),
+                nix::poll::PollFlags::POLLOUT,
+            ));
+        }
+        let n = match nix::poll::poll(&mut fds, wait) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(err(format!("poll: {e}"))),
+            Ok(n) => n,
+        };
+        if n == 0 {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(err(format!(
+                "timed out after {}s",
+                timeout.unwrap_or_default()
+            )));
+        }
+        let exited = fds[0].any().unwrap_or(false);
+        let writable = fds.get(1).and_then(|f| f.any()).unwrap_or(false);
+        drop(fds);
+        if writable {
+            if let Some(fd) = &stdin {
+                match nix::unistd::write(fd, left) {
+                    Ok(w) => left = &left[w..],
+                    Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                    // A hook that does not read its stdin is fine (EPIPE once it closed).
+                    Err(_) => left = &[],
+                }
+            }
+            if left.is_empty() {
+                stdin = None;
+            }
+        }
+        if exited {
+            break;
+        }
+    }
+    drop(stdin);
+    let status = child
+        .wait()
+        .map_err(|e| err(format!("wait: {}", os_text(&e))))?;
     if status.success() {
         return Ok(());
     }

@@ -23,6 +23,8 @@ use crate::terminal;
 
 /// Everything the init needs, prepared by the runtime before the clone.
 pub struct Init<'a> {
+    /// The container's id.
+    pub id: &'a str,
     /// The bundle.
     pub bundle: &'a Bundle,
     /// The init's end of the sync channel.
@@ -97,6 +99,12 @@ fn setup(init: Init) -> Result<()> {
         .ok_or_else(|| Error::config("process", "missing"))?;
 
     enter_namespaces(&init)?;
+    // This process's pid as the runtime sees it, for the state the startContainer hooks
+    // read: /proc is still the runtime's here (it is the container's after the pivot).
+    let runtime_pid = nix::fcntl::readlink("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str()?.parse::<i32>().ok())
+        .unwrap_or(0);
     set_names(spec)?;
     if !init.no_new_keyring {
         process::join_session_keyring();
@@ -117,8 +125,7 @@ fn setup(init: Init) -> Result<()> {
     fs.create_devices(linux, &mounted)?;
     fs.make_cwd(process.cwd())?;
     if init.has_create_hooks {
-        init.channel.send(&Msg::Hooks)?;
-        init.channel.expect(&Msg::HooksDone)?;
+        run_create_container_hooks(&init)?;
     }
     fs.enter(init.no_pivot)?;
     // Sysctls first: /proc/sys is usually among the read-only paths.
@@ -147,9 +154,18 @@ fn setup(init: Init) -> Result<()> {
         init.preserve_fds,
     )?;
     init.channel.send(&Msg::Ready)?;
+    let start_hooks = init
+        .bundle
+        .spec
+        .hooks()
+        .as_ref()
+        .and_then(|h| h.start_container().clone())
+        .map(|h| (h, hook_state(init.id, init.bundle, "created", runtime_pid)));
     wait_for_start(&init.fifo)?;
     drop(init.fifo);
-    run_start_container_hooks(init.bundle)?;
+    if let Some((hooks, state)) = start_hooks {
+        run_start_container_hooks(&hooks, &state)?;
+    }
     Err(exec.exec())
 }
 
@@ -200,22 +216,53 @@ fn set_names(spec: &oci_spec::runtime::Spec) -> Result<()> {
     Ok(())
 }
 
-/// The startContainer hooks, run in the container after `start`, before the execve.
-fn run_start_container_hooks(bundle: &Bundle) -> Result<()> {
+/// The state a hook run by the init reads: runtime-spec's, with the pid as the runtime
+/// sees it.
+fn hook_state(id: &str, bundle: &Bundle, status: &str, pid: i32) -> String {
     let spec = &bundle.spec;
-    let Some(hooks) = spec
+    let mut v = serde_json::json!({
+        "ociVersion": spec.version(), "id": id, "status": status,
+        "pid": pid, "bundle": bundle.dir,
+    });
+    if let Some(a) = spec.annotations().as_ref().filter(|a| !a.is_empty()) {
+        v["annotations"] = serde_json::json!(a);
+    }
+    v.to_string()
+}
+
+/// Asks the runtime to run the prestart and createRuntime hooks (in its namespaces),
+/// then runs the createContainer hooks here, in the container's namespaces before the
+/// pivot (their paths still resolve on the host), as runtime-spec says and runc does.
+fn run_create_container_hooks(init: &Init) -> Result<()> {
+    init.channel.send(&Msg::Hooks)?;
+    let pid = match init.channel.recv()? {
+        Some(Msg::HooksDone(pid)) => pid,
+        Some(Msg::Error(e)) => return Err(Error::Invalid(e)),
+        other => {
+            return Err(Error::Invalid(format!(
+                "expected the runtime's hooks-done, got {other:?}"
+            )))
+        }
+    };
+    let Some(list) = init
+        .bundle
+        .spec
         .hooks()
         .as_ref()
-        .and_then(|h| h.start_container().clone())
+        .and_then(|h| h.create_container().clone())
     else {
         return Ok(());
     };
-    let state = serde_json::json!({
-        "ociVersion": spec.version(), "id": "", "status": "created",
-        "pid": std::process::id(), "bundle": bundle.dir,
-    })
-    .to_string();
-    crate::hooks::run_all("startContainer", &hooks, &state).inspect_err(|e| {
+    crate::hooks::run_all(
+        "createContainer",
+        &list,
+        &hook_state(init.id, init.bundle, "creating", pid),
+    )
+}
+
+/// The startContainer hooks, run in the container after `start`, before the execve.
+fn run_start_container_hooks(hooks: &[oci_spec::runtime::Hook], state: &str) -> Result<()> {
+    crate::hooks::run_all("startContainer", hooks, state).inspect_err(|e| {
         // `start` has returned and nothing reads the channel any more: the
         // container's stderr is the one place left to say why it stopped.
         use std::io::Write;

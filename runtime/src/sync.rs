@@ -24,8 +24,10 @@ pub enum Msg {
     Pid(i32),
     /// init -> runtime: mounts are done; run the createRuntime/createContainer hooks.
     Hooks,
-    /// runtime -> init: the hooks ran.
-    HooksDone,
+    /// runtime -> init: the runtime's hooks ran; the number is the init's pid as the
+    /// runtime sees it, for the state the createContainer hooks (run by the init, in
+    /// the container's namespaces) read.
+    HooksDone(i32),
     /// init -> runtime: the seccomp listener fd follows (SCM_RIGHTS); pass it to the
     /// agent, then answer Go.
     SeccompFd,
@@ -43,7 +45,7 @@ impl Msg {
             Msg::MapIds(p) => format!("mapids {p}").into_bytes(),
             Msg::Pid(p) => format!("pid {p}").into_bytes(),
             Msg::Hooks => b"hooks".to_vec(),
-            Msg::HooksDone => b"hooks-done".to_vec(),
+            Msg::HooksDone(p) => format!("hooks-done {p}").into_bytes(),
             Msg::SeccompFd => b"seccomp-fd".to_vec(),
             Msg::Ready => b"ready".to_vec(),
             Msg::Error(s) => format!("error {s}").into_bytes(),
@@ -63,7 +65,7 @@ impl Msg {
             "mapids" => Msg::MapIds(num()?),
             "pid" => Msg::Pid(num()?),
             "hooks" => Msg::Hooks,
-            "hooks-done" => Msg::HooksDone,
+            "hooks-done" => Msg::HooksDone(num()?),
             "seccomp-fd" => Msg::SeccompFd,
             "ready" => Msg::Ready,
             "error" => Msg::Error(rest.to_string()),

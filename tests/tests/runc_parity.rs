@@ -510,3 +510,111 @@ fn version_names_the_spec_version_features_gives() {
         f["ociVersionMax"].as_str().unwrap()
     );
 }
+
+/// The state JSON each runtime gives a startContainer hook (run in the container,
+/// after `start`) and a createContainer hook, and the namespaces the latter runs in,
+/// as seen from the container's process.
+#[test]
+fn hooks_get_the_state_and_namespaces_runtime_spec_names() {
+    let Some(runc) = runc("hooks_get_the_state_and_namespaces_runtime_spec_names") else {
+        return;
+    };
+    let mut b = Bundle::busybox(
+        "cat /dev/shm/start; echo; cat /dev/shm/create-ns; readlink /proc/self/ns/mnt; readlink /proc/self/ns/uts",
+    );
+    b.config["annotations"] = json!({"org.example/k": "v"});
+    // A tmpfs the createContainer hook writes through from the host's side: mounted
+    // before the hooks run, so a hook in the container's mount namespace sees it.
+    let scratch = b.tmp.0.join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    b.config["hooks"] = json!({
+        "startContainer": [{"path": "/bin/sh", "args": ["sh", "-c", "cat > /dev/shm/start"]}],
+        "createContainer": [{"path": "/bin/sh", "args": ["sh", "-c", format!(
+            "cat > /dev/null; (readlink /proc/self/ns/mnt; readlink /proc/self/ns/uts) > {}/rootfs/dev/shm/create-ns", b.dir.display()
+        )]}],
+    });
+    b.write();
+    for runtime in [runc.clone(), plinth_bin()] {
+        let id = unique("parhk");
+        let (code, out, err) = b.run_with(&runtime, &id);
+        let name = runtime.display();
+        assert_eq!(code, 0, "{name}: {out}{err}");
+        let mut lines = out.lines();
+        let start: Value = serde_json::from_str(lines.next().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("{name}: the startContainer hook's state: {e}: {out}"));
+        assert_eq!(start["id"], id.as_str(), "{name}: {start}");
+        assert_eq!(
+            start["annotations"]["org.example/k"], "v",
+            "{name}: {start}"
+        );
+        // runtime-spec's pid is the host's view: plinth's; runc 1.1.5 gives the
+        // container's own (1) to this hook, which runs inside (docs/compat.md).
+        let pid = start["pid"].as_i64().unwrap_or(0);
+        if runtime == runc {
+            assert_eq!(pid, 1, "runc 1.1.5 changed: {start}");
+        } else {
+            assert!(pid > 1, "{name}: the pid as the host sees it: {start}");
+        }
+        let rest: Vec<&str> = lines.filter(|l| !l.is_empty()).collect();
+        // The createContainer hook's mount and uts namespaces are the container's.
+        assert_eq!(rest.len(), 4, "{name}: {out}");
+        assert_eq!(
+            rest[0], rest[2],
+            "{name}: createContainer's mount namespace: {out}"
+        );
+        assert_eq!(
+            rest[1], rest[3],
+            "{name}: createContainer's uts namespace: {out}"
+        );
+    }
+}
+
+/// A hook that neither reads its stdin nor exits, given a state larger than a pipe
+/// holds: its timeout still ends it, and create fails in about that time.
+#[test]
+fn a_hook_that_does_not_read_a_large_state_is_bounded_by_its_timeout() {
+    if !need_root("a_hook_that_does_not_read_a_large_state_is_bounded_by_its_timeout") {
+        return;
+    }
+    let mut b = Bundle::busybox("true");
+    b.config["annotations"] = json!({"big": "x".repeat(256 * 1024)});
+    b.config["hooks"] = json!({"createRuntime": [
+        {"path": "/bin/sh", "args": ["sh", "-c", "sleep 60"], "timeout": 1}
+    ]});
+    b.write();
+    let start = std::time::Instant::now();
+    // stderr to a file: the killed hook's own child (sleep) keeps the runtime's
+    // stderr open until it exits, and a pipe read would wait for it.
+    let err_path = b.tmp.0.join("bighook.err");
+    let mut child = b
+        .cmd()
+        .args(["create", "--bundle"])
+        .arg(&b.dir)
+        .arg(unique("bighook"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap();
+    // A runtime that blocks in the write would hang: give up at 20 s.
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > std::time::Duration::from_secs(20) {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let took = start.elapsed();
+    let err = std::fs::read_to_string(&err_path).unwrap();
+    let status = status.expect("create still running after 20 s: the state write blocked");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("timed out after 1s"), "{err}");
+    assert!(
+        start.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+}

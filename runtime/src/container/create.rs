@@ -249,6 +249,7 @@ fn fork_init(
     let (forked, born_inside) = namespaces::fork_in_cgroup(clone_flags, cgroup)?;
     match forked {
         Forked::Child => init::run(Init {
+            id: &opts.id,
             bundle,
             // The runtime's end closes here, so that the init sees the runtime go.
             channel: {
@@ -358,7 +359,7 @@ fn serve_init(
                     let _ = ours.send(&Msg::Error(e.to_string()));
                     return Err(e);
                 }
-                ours.send(&Msg::HooksDone)?;
+                ours.send(&Msg::HooksDone(st.pid))?;
             }
             Some(Msg::SeccompFd) => {
                 let fd = crate::fdpass::recv_fd(ours.0.as_raw_fd(), "the seccomp listener")?;
@@ -382,9 +383,10 @@ fn serve_init(
     }
 }
 
-/// The hooks that run while the container is being created, in runtime-spec's order.
-/// The legacy prestart hooks run once the environment is made and see "created"
-/// (runtime-tools checks it); the newer ones see "creating".
+/// The hooks the runtime runs while the container is being created, in runtime-spec's
+/// order, in the runtime's namespaces: prestart (legacy; they see "created", as
+/// runtime-tools checks), then createRuntime ("creating"). The createContainer hooks
+/// follow, run by the init in the container's namespaces.
 fn run_create_hooks(bundle: &Bundle, st: &State) -> Result<()> {
     let Some(h) = bundle.spec.hooks() else {
         return Ok(());
@@ -393,7 +395,6 @@ fn run_create_hooks(bundle: &Bundle, st: &State) -> Result<()> {
     let lists = [
         ("prestart", h.prestart(), "created"),
         ("createRuntime", h.create_runtime(), "creating"),
-        ("createContainer", h.create_container(), "creating"),
     ];
     for (kind, list, status) in lists {
         if let Some(list) = list {
