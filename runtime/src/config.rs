@@ -33,6 +33,16 @@ impl Bundle {
 
 /// Parses config.json text; a type error names the JSON path of the bad value.
 pub fn parse(text: &[u8]) -> Result<Spec> {
+    // runtime-spec's scheduler flag names differ from the crate's for two flags: a
+    // config with a scheduler goes through a JSON value first, its names mapped.
+    const KEY: &[u8] = b"\"scheduler\"";
+    if text.windows(KEY.len()).any(|w| w == KEY) {
+        return parse_with_scheduler(text);
+    }
+    parse_text(text)
+}
+
+fn parse_text(text: &[u8]) -> Result<Spec> {
     from_json(text).map_err(|(path, e)| {
         let field = if path == "." {
             "(top level)".to_string()
@@ -40,6 +50,46 @@ pub fn parse(text: &[u8]) -> Result<Spec> {
             path
         };
         Error::config(field, e.to_string())
+    })
+}
+
+/// [`parse`] for a config with `process.scheduler`: its flags' runtime-spec names are
+/// mapped to the crate's (an unknown name, the crate's own spellings included, is an
+/// error naming the field).
+fn parse_with_scheduler(text: &[u8]) -> Result<Spec> {
+    let mut v: serde_json::Value = match serde_json::from_slice(text) {
+        Ok(v) => v,
+        Err(_) => return parse_text(text),
+    };
+    if let Some(flags) = v
+        .pointer_mut("/process/scheduler/flags")
+        .and_then(|f| f.as_array_mut())
+    {
+        for (i, f) in flags.iter_mut().enumerate() {
+            let Some(name) = f.as_str() else { continue };
+            let Some((_, ours)) = crate::sched::FLAG_NAMES
+                .iter()
+                .find(|(spec, _)| *spec == name)
+            else {
+                return Err(Error::config(
+                    format!("process.scheduler.flags[{i}]"),
+                    format!(
+                        "unknown flag {name:?}; runtime-spec's are {}",
+                        crate::sched::FLAG_NAMES.map(|(s, _)| s).join(", ")
+                    ),
+                ));
+            };
+            *f = serde_json::Value::String(ours.to_string());
+        }
+    }
+    serde_path_to_error::deserialize(&v).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." {
+            "(top level)".to_string()
+        } else {
+            path
+        };
+        Error::config(field, e.into_inner().to_string())
     })
 }
 
@@ -148,11 +198,13 @@ pub fn validate(dir: &Path, spec: Spec) -> Result<Bundle> {
     if let Some(hooks) = spec.hooks() {
         check_hooks(hooks)?;
     }
+    check_process_extras(process)?;
 
     let linux = spec
         .linux()
         .as_ref()
         .ok_or_else(|| Error::config("linux", "missing"))?;
+    check_linux_extras(linux)?;
     let plan = Plan::from_config(linux.namespaces().as_deref().unwrap_or(&[]))?;
     let has_maps = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
         || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty());
@@ -347,6 +399,72 @@ fn check_sysctl(key: &str, plan: &Plan) -> Result<()> {
         field,
         "not a namespaced sysctl: it would change the host",
     ))
+}
+
+/// The process settings plinth applies with checks of their own, and the LSM ones it
+/// refuses: neither AppArmor nor SELinux is supported (`features` says so), and a
+/// label silently dropped would leave the container less confined than asked.
+fn check_process_extras(p: &oci_spec::runtime::Process) -> Result<()> {
+    if let Some(s) = p.scheduler() {
+        crate::sched::check_scheduler(s)?;
+    }
+    if let Some(io) = p.io_priority() {
+        crate::sched::check_io_priority(io)?;
+    }
+    if let Some(a) = p.exec_cpu_affinity() {
+        for (field, list) in [
+            ("process.execCPUAffinity.initial", a.initial()),
+            ("process.execCPUAffinity.final", a.cpu_affinity_final()),
+        ] {
+            if let Some(l) = list {
+                crate::sched::parse_cpu_list(l, field)?;
+            }
+        }
+    }
+    for (field, given) in [
+        ("process.apparmorProfile", p.apparmor_profile()),
+        ("process.selinuxLabel", p.selinux_label()),
+    ] {
+        if given.as_ref().is_some_and(|v| !v.is_empty()) {
+            return Err(Error::config(
+                field,
+                "not supported by plinth (no AppArmor or SELinux support; see `plinth features`)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `linux` fields plinth cannot honour, refused by name rather than ignored.
+fn check_linux_extras(linux: &oci_spec::runtime::Linux) -> Result<()> {
+    if linux.mount_label().as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err(Error::config(
+            "linux.mountLabel",
+            "not supported by plinth (no SELinux support)",
+        ));
+    }
+    if linux.intel_rdt().is_some() {
+        return Err(Error::config(
+            "linux.intelRdt",
+            "not supported by plinth (no Intel RDT / resctrl support)",
+        ));
+    }
+    if linux.memory_policy().is_some() {
+        return Err(Error::config(
+            "linux.memoryPolicy",
+            "not supported by plinth (set_mempolicy is not applied)",
+        ));
+    }
+    if linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()) {
+        return Err(Error::config(
+            "linux.netDevices",
+            "not supported by plinth (no network device is moved into the container)",
+        ));
+    }
+    if let Some(p) = linux.personality() {
+        crate::sched::check_personality(p)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

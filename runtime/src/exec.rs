@@ -132,6 +132,11 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
                 &ch,
                 &ns,
                 &process,
+                bundle
+                    .spec
+                    .linux()
+                    .as_ref()
+                    .and_then(|l| l.personality().as_ref()),
                 &caps,
                 seccomp.as_ref(),
                 console,
@@ -243,15 +248,19 @@ fn namespace_files(bundle: &Bundle, pid: i32) -> Vec<(CloneFlags, PathBuf)> {
     out
 }
 
+// The exec'd process's whole setup, passed from exec() in one place.
+#[allow(clippy::too_many_arguments)]
 fn child_side(
     ch: &Channel,
     ns: &[(CloneFlags, PathBuf)],
     process: &Process,
+    personality: Option<&oci_spec::runtime::LinuxPersonality>,
     caps: &Sets,
     seccomp: Option<&crate::seccomp::Program>,
     console: Option<OwnedFd>,
     preserve_fds: i32,
 ) -> Result<()> {
+    init::initial_affinity(Some(process))?;
     // The process's own oom_score_adj (--process's, else the container's), as runc
     // gives it; written while this process is still dumpable (its /proc files are then
     // its owner's, which an unprivileged runtime needs) and has joined nothing yet.
@@ -305,7 +314,7 @@ fn child_side(
             .map(|s| (s.width() as u16, s.height() as u16));
         terminal::hand_over(&sock, size, false)?;
     }
-    let exec = init::enter_process(process, caps, seccomp, ch, preserve_fds)?;
+    let exec = init::enter_process(process, personality, caps, seccomp, ch, preserve_fds)?;
     Err(exec.exec())
 }
 

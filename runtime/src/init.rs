@@ -17,6 +17,7 @@ use crate::namespaces::{self, Forked};
 use crate::process::{self, Exec};
 use crate::procfs;
 use crate::rootfs::{self, Rootfs};
+use crate::sched;
 use crate::seccomp;
 use crate::sync::{Channel, Msg};
 use crate::terminal;
@@ -83,6 +84,7 @@ fn setup(init: Init) -> Result<()> {
     if !init.dumpable_until_go {
         not_dumpable()?;
     }
+    initial_affinity(init.bundle.spec.process().as_ref())?;
     // `run` blocks the signals it forwards; a blocked mask survives execve, and the
     // container's process must start with none blocked.
     nix::sys::signal::SigSet::empty()
@@ -148,6 +150,7 @@ fn setup(init: Init) -> Result<()> {
     join_cgroup()?;
     let exec = enter_process(
         process,
+        linux.personality().as_ref(),
         &init.caps,
         init.seccomp.as_ref(),
         &init.channel,
@@ -216,6 +219,19 @@ fn set_names(spec: &oci_spec::runtime::Spec) -> Result<()> {
     Ok(())
 }
 
+/// `process.execCPUAffinity.initial`: the CPUs the process runs on until it is in the
+/// container's cgroup (the init and `exec`'s child apply it first thing).
+pub fn initial_affinity(process: Option<&oci_spec::runtime::Process>) -> Result<()> {
+    let initial = process
+        .and_then(|p| p.exec_cpu_affinity().as_ref())
+        .and_then(|a| a.initial().as_deref());
+    if let Some(cpus) = initial {
+        let field = "process.execCPUAffinity.initial";
+        sched::set_affinity(&sched::parse_cpu_list(cpus, field)?, field)?;
+    }
+    Ok(())
+}
+
 /// The state a hook run by the init reads: runtime-spec's, with the pid as the runtime
 /// sees it.
 fn hook_state(id: &str, bundle: &Bundle, status: &str, pid: i32) -> String {
@@ -276,6 +292,7 @@ fn run_start_container_hooks(hooks: &[oci_spec::runtime::Hook], state: &str) -> 
 /// Returns the prepared execve, which allocates nothing.
 pub fn enter_process(
     process: &oci_spec::runtime::Process,
+    personality: Option<&oci_spec::runtime::LinuxPersonality>,
     caps: &Sets,
     seccomp: Option<&seccomp::Program>,
     channel: &Channel,
@@ -287,6 +304,24 @@ pub fn enter_process(
 
     if let Some(r) = process.rlimits() {
         process::set_rlimits(r)?;
+    }
+    // Scheduling while the capabilities it may need (CAP_SYS_NICE) are still held.
+    if let Some(s) = process.scheduler() {
+        sched::set_scheduler(s)?;
+    }
+    if let Some(io) = process.io_priority() {
+        sched::set_io_priority(io)?;
+    }
+    if let Some(cpus) = process
+        .exec_cpu_affinity()
+        .as_ref()
+        .and_then(|a| a.cpu_affinity_final().as_deref())
+    {
+        let field = "process.execCPUAffinity.final";
+        sched::set_affinity(&sched::parse_cpu_list(cpus, field)?, field)?;
+    }
+    if let Some(p) = personality {
+        sched::set_personality(p)?;
     }
     let user = process.user();
     nix::sys::stat::umask(Mode::from_bits_truncate(user.umask().unwrap_or(0o022)));

@@ -4,7 +4,7 @@
 //! - `error`, `logging`, `atomic` (files replaced atomically);
 //! - the Linux mechanisms, which know nothing of containers: `cgroups`, `seccomp`,
 //!   `mount`, `mountinfo`, `namespaces`, `idmap`, `devices`, `capabilities`,
-//!   `process`, `procfs`, `signals`, `terminal`, `hooks`, `sync`, `fdpass`, `sealed`;
+//!   `process`, `procfs`, `sched`, `signals`, `terminal`, `hooks`, `sync`, `fdpass`, `sealed`;
 //! - the bundle and the state directory: `config`, `state`, `spec`, `features`;
 //! - the container's side of create: `rootfs` (its file system, before the pivot) and
 //!   `init` (from the clone to the execve);
@@ -34,6 +34,7 @@ pub mod namespaces;
 pub mod process;
 pub mod procfs;
 pub mod rootfs;
+pub mod sched;
 pub mod sealed;
 pub mod seccomp;
 pub mod signals;

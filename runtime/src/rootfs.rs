@@ -190,6 +190,20 @@ impl<'a> Rootfs<'a> {
         self.check_proc_destination(m, &field, bind)?;
         let target;
         if bind {
+            // A bind mount takes no filesystem data: an option that is none of the
+            // flags is a mistake (["rbind", "readonly"] would be a writable mount).
+            if let Some(d) = o.data.first() {
+                let j = m
+                    .options()
+                    .iter()
+                    .flatten()
+                    .position(|x| x == d)
+                    .unwrap_or(0);
+                return Err(Error::config(
+                    format!("{field}.options[{j}]"),
+                    format!("{d:?} is not a mount option a bind mount takes"),
+                ));
+            }
             let src = m.source().as_ref().ok_or_else(|| {
                 Error::config(format!("{field}.source"), "a bind mount needs a source")
             })?;

@@ -155,3 +155,91 @@ fn non_namespaced_sysctl_is_refused() {
     b.config["linux"]["sysctl"] = serde_json::json!({"vm.swappiness": "10"});
     assert_create_fails(&b, &unique("bad"), "linux.sysctl.vm.swappiness");
 }
+
+/// What plinth cannot honour is refused by name, never ignored: the LSM labels (no
+/// AppArmor or SELinux support, as `features` says), Intel RDT, memory policies,
+/// network devices, a bind mount option that is no flag, and scheduler values outside
+/// what runtime-spec and the kernel take.
+#[test]
+fn fields_plinth_cannot_honour_are_refused_by_name() {
+    if !need_root("fields_plinth_cannot_honour_are_refused_by_name") {
+        return;
+    }
+    let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+        (
+            "/process/apparmorProfile",
+            serde_json::json!("docker-default"),
+            "process.apparmorProfile",
+        ),
+        (
+            "/process/selinuxLabel",
+            serde_json::json!("system_u:system_r:container_t:s0"),
+            "process.selinuxLabel",
+        ),
+        (
+            "/linux/mountLabel",
+            serde_json::json!("system_u:object_r:container_file_t:s0"),
+            "linux.mountLabel",
+        ),
+        (
+            "/linux/intelRdt",
+            serde_json::json!({"closID": "x"}),
+            "linux.intelRdt",
+        ),
+        (
+            "/linux/memoryPolicy",
+            serde_json::json!({"mode": "MPOL_BIND", "nodes": "0"}),
+            "linux.memoryPolicy",
+        ),
+        (
+            "/linux/netDevices",
+            serde_json::json!({"eth9": {}}),
+            "linux.netDevices",
+        ),
+        (
+            "/process/scheduler",
+            serde_json::json!({"policy": "SCHED_DEADLINE", "runtime": 100, "deadline": 1000000}),
+            "process.scheduler.runtime",
+        ),
+        (
+            "/process/scheduler",
+            serde_json::json!({"policy": "SCHED_DEADLINE", "runtime": 2000000, "deadline": 1000000}),
+            "process.scheduler.deadline",
+        ),
+        (
+            "/process/scheduler",
+            serde_json::json!({"policy": "SCHED_FIFO"}),
+            "process.scheduler.priority",
+        ),
+        (
+            "/process/scheduler",
+            serde_json::json!({"policy": "SCHED_OTHER", "nice": 30}),
+            "process.scheduler.nice",
+        ),
+        (
+            "/process/scheduler",
+            serde_json::json!({"policy": "SCHED_OTHER", "flags": ["SCHED_RESET_ON_FORK"]}),
+            "process.scheduler.flags[0]",
+        ),
+        (
+            "/process/ioPriority",
+            serde_json::json!({"class": "IOPRIO_CLASS_BE", "priority": 9}),
+            "process.ioPriority.priority",
+        ),
+    ];
+    for (at, value, field) in cases {
+        let mut b = Bundle::busybox("true");
+        let (parent, key) = at.rsplit_once('/').unwrap();
+        b.config.pointer_mut(parent).unwrap()[key] = value;
+        assert_create_fails(&b, &unique("bad"), field);
+    }
+    // ["rbind", "readonly"]: "readonly" is no flag; runc 1.1.5 drops it and gives a
+    // writable mount (docs/compat.md).
+    let mut b = Bundle::busybox("true");
+    let src = b.tmp.0.join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mounts = b.config["mounts"].as_array_mut().unwrap();
+    mounts.push(serde_json::json!({"destination": "/m", "type": "bind", "source": src, "options": ["rbind", "readonly"]}));
+    let i = mounts.len() - 1;
+    assert_create_fails(&b, &unique("bad"), &format!("mounts[{i}].options[1]"));
+}

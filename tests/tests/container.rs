@@ -340,3 +340,90 @@ fn cwd_through_a_leaked_fd_is_refused() {
         assert!(err.contains("process.cwd"), "fd {n}: {err}");
     }
 }
+
+/// A script printing its shell's (nice, rt_priority, policy) from /proc/$$/stat
+/// (fields 19, 40 and 41): sourced, the container's process's; run, a child's.
+const SCHED_FIELDS: &str = "tr -d '\\n' < /proc/$$/stat | sed 's/.*) //' | cut -d' ' -f17,38,39";
+
+/// `process.scheduler` (runtime-spec 1.2; runc 1.2 applies it too, runc 1.1.5 has no
+/// such field): the policy and nice value reach the process, and
+/// SCHED_FLAG_RESET_ON_FORK (runtime-spec's name) resets its children.
+#[test]
+fn the_scheduler_reaches_the_process() {
+    if !need_root("the_scheduler_reaches_the_process") {
+        return;
+    }
+    let mut b = Bundle::busybox(". /bin/sched-fields");
+    let script = b.dir.join("rootfs/bin/sched-fields");
+    std::fs::write(&script, format!("#!/bin/sh\n{SCHED_FIELDS}\n")).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    b.config["process"]["scheduler"] = json!({"policy": "SCHED_BATCH", "nice": 7});
+    // nice 7, rt_priority 0, policy 3 (SCHED_BATCH).
+    assert_eq!(run_ok(&b).trim(), "7 0 3");
+    // A negative nice with SCHED_FLAG_RESET_ON_FORK: the process has it, its children
+    // are back to 0. (A real-time policy would show the same reset, but this host's
+    // cgroups give real-time tasks no runtime: sched_setattr refuses them there.)
+    // (`; true`: busybox sh execs a last command in place instead of forking it.)
+    b.config["process"]["args"] =
+        json!(["sh", "-c", ". /bin/sched-fields; /bin/sched-fields; true"]);
+    b.config["process"]["scheduler"] = json!({"policy": "SCHED_OTHER", "nice": -5,
+        "flags": ["SCHED_FLAG_RESET_ON_FORK"]});
+    let out = run_ok(&b);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["-5 0 0", "0 0 0"], "{out}");
+    b.config["process"]["args"] = json!(["sh", "-c", ". /bin/sched-fields"]);
+    b.config["process"]["scheduler"] = json!({"policy": "SCHED_IDLE"});
+    assert_eq!(run_ok(&b).trim(), "0 0 5");
+}
+
+/// `process.ioPriority` (runtime-spec 1.2; runc 1.2 applies it): the class and
+/// priority reach the process, as ioprio_get reads them from the host.
+#[test]
+fn the_io_priority_and_cpu_affinity_reach_the_process() {
+    if !need_root("the_io_priority_and_cpu_affinity_reach_the_process") {
+        return;
+    }
+    let mut b = Bundle::busybox("grep Cpus_allowed_list /proc/self/status; sleep 100");
+    b.config["process"]["ioPriority"] = json!({"class": "IOPRIO_CLASS_IDLE", "priority": 5});
+    b.config["process"]["execCPUAffinity"] = json!({"initial": "0", "final": "0"});
+    let id = unique("ioprio");
+    let out = b.tmp.0.join("ioprio.out");
+    b.write();
+    let status = b
+        .cmd()
+        .args(["run", "-d", "--bundle"])
+        .arg(&b.dir)
+        .arg(&id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pid = b.state(&id)["pid"].as_i64().unwrap();
+    // SAFETY: ioprio_get(IOPRIO_WHO_PROCESS, pid) takes integers and returns one.
+    let prio = unsafe { libc::syscall(libc::SYS_ioprio_get, 1, pid) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut text = String::new();
+    while !text.contains('\n') && std::time::Instant::now() < deadline {
+        text = std::fs::read_to_string(&out).unwrap_or_default();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = b.plinth(&["delete", "--force", &id]);
+    // IOPRIO_CLASS_IDLE (3) << 13 | 5.
+    assert_eq!(prio, (3 << 13) | 5, "ioprio_get of the container's process");
+    assert_eq!(text.split_whitespace().nth(1), Some("0"), "{text}");
+}
+
+/// `linux.personality` LINUX32 (runc 1.2 applies it): uname reports a 32-bit machine.
+#[test]
+fn the_personality_reaches_the_process() {
+    if !need_root("the_personality_reaches_the_process") {
+        return;
+    }
+    let mut b = Bundle::busybox("uname -m");
+    b.config["linux"]["personality"] = json!({"domain": "LINUX32"});
+    assert_eq!(run_ok(&b).trim(), "i686");
+    b.config["linux"]["personality"] = json!({"domain": "LINUX"});
+    assert_eq!(run_ok(&b).trim(), std::env::consts::ARCH);
+}
