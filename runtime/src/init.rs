@@ -100,7 +100,7 @@ fn setup(init: Init) -> Result<()> {
         .as_ref()
         .ok_or_else(|| Error::config("process", "missing"))?;
 
-    enter_namespaces(&init)?;
+    let sources = enter_namespaces(&init)?;
     // This process's pid as the runtime sees it, for the state the startContainer hooks
     // read: /proc is still the runtime's here (it is the container's after the pivot).
     let runtime_pid = nix::fcntl::readlink("/proc/self")
@@ -113,7 +113,7 @@ fn setup(init: Init) -> Result<()> {
     }
     // Device nodes and masks are made with exact modes.
     nix::sys::stat::umask(Mode::empty());
-    let fs = Rootfs::prepare(init.bundle, &init.cgroup_mounts, init.rootless)?;
+    let fs = Rootfs::prepare(init.bundle, &init.cgroup_mounts, init.rootless, sources)?;
     // Whether the runtime has put this process in its cgroup: the cgroup mounts and
     // the container's own code wait for it (see `Init::cgroup_joined_later`).
     let in_cgroup = std::cell::Cell::new(!init.cgroup_joined_later);
@@ -175,8 +175,9 @@ fn setup(init: Init) -> Result<()> {
 /// Waits for `Go`, then enters the container's namespaces: joins those given by path
 /// and makes the others (the slow path; the clone made them otherwise), becomes root
 /// of a user namespace, and makes the cgroup namespace, rooted at the container's
-/// cgroup now that the runtime has put this process there.
-fn enter_namespaces(init: &Init) -> Result<()> {
+/// cgroup now that the runtime has put this process there. Returns the bind mounts'
+/// sources, opened before the switch to the user namespace's root.
+fn enter_namespaces(init: &Init) -> Result<Vec<Option<OwnedFd>>> {
     let plan = &init.bundle.namespaces;
     init.channel.expect(&Msg::Go)?;
     if init.dumpable_until_go {
@@ -185,6 +186,7 @@ fn enter_namespaces(init: &Init) -> Result<()> {
     if !init.cloned_with_namespaces {
         join_and_unshare(init)?;
     }
+    let sources = rootfs::open_bind_sources(init.bundle);
     if plan.has(CloneFlags::CLONE_NEWUSER) {
         // Become the namespace's root: the host id we run as may be unmapped.
         nix::unistd::setresgid(0.into(), 0.into(), 0.into())
@@ -199,7 +201,7 @@ fn enter_namespaces(init: &Init) -> Result<()> {
     if plan.creates(CloneFlags::CLONE_NEWNET) {
         namespaces::loopback_up()?;
     }
-    Ok(())
+    Ok(sources)
 }
 
 /// The UTS namespace's host and domain names.

@@ -226,6 +226,14 @@ fn how(flags: OFlag, resolve: ResolveFlag) -> OpenHow {
 /// as an O_PATH fd, resolving every symlink as if `root` were `/` so that nothing
 /// outside it is ever reached; creates what is missing when asked.
 pub fn open_in_root(root: &OwnedFd, path: &Path, create: Create) -> Result<OwnedFd> {
+    open_in_root_at(root, path, create, 0)
+}
+
+/// How many dangling symlinks [`open_in_root`] follows to create their targets (the
+/// kernel's own limit on symlinks in one lookup).
+const MAX_LINKS: usize = 40;
+
+fn open_in_root_at(root: &OwnedFd, path: &Path, create: Create, links: usize) -> Result<OwnedFd> {
     let rel = relative(path);
     let resolve = ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS;
     match openat2(root, &rel, how(OFlag::O_PATH, resolve)) {
@@ -290,8 +298,36 @@ pub fn open_in_root(root: &OwnedFd, path: &Path, create: Create) -> Result<Owned
                 }
             }
         }
-        parent = openat2(root, &cur, how(OFlag::O_PATH, resolve))
-            .map_err(|e| Error::sys(format!("open {} in the rootfs", cur.display()), e))?;
+        match openat2(root, &cur, how(OFlag::O_PATH, resolve)) {
+            Ok(fd) => parent = fd,
+            // What is there is a symlink whose target does not exist: make the target,
+            // inside the root, as runc does (a relative one from the link's directory).
+            Err(Errno::ENOENT) => {
+                let dirfd = reopen_dir(&parent, &cur)?;
+                let target = nix::fcntl::readlinkat(&dirfd, name)
+                    .map_err(|e| Error::sys(format!("open {} in the rootfs", cur.display()), e))?;
+                if links >= MAX_LINKS {
+                    return Err(Error::sys(
+                        format!("open {} in the rootfs", path.display()),
+                        Errno::ELOOP,
+                    ));
+                }
+                let mut next = match cur.parent() {
+                    Some(dir) if !Path::new(&target).is_absolute() => dir.join(&target),
+                    _ => PathBuf::from(&target),
+                };
+                for rest in &comps[i + 1..] {
+                    next.push(rest);
+                }
+                return open_in_root_at(root, &next, create, links + 1);
+            }
+            Err(e) => {
+                return Err(Error::sys(
+                    format!("open {} in the rootfs", cur.display()),
+                    e,
+                ))
+            }
+        }
     }
     Ok(parent)
 }

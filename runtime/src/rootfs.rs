@@ -48,6 +48,42 @@ pub struct Rootfs<'a> {
     host_mounts: bool,
     propagation: Option<MsFlags>,
     root: OwnedFd,
+    /// The bind mounts' sources, opened (O_PATH) by index in `mounts` before the init
+    /// became root of its user namespace (see [`open_bind_sources`]).
+    sources: Vec<Option<OwnedFd>>,
+}
+
+/// Opens every bind mount's source (O_PATH), by index in `mounts`, with the
+/// credentials the process has now. Called before the init becomes root of a user
+/// namespace: until then it still has the runtime's uid, so a source only root may
+/// read is still reachable, as runc reaches it. A source that cannot be opened is
+/// None; the mount itself then reports why, by field.
+pub fn open_bind_sources(bundle: &Bundle) -> Vec<Option<OwnedFd>> {
+    bundle
+        .spec
+        .mounts()
+        .iter()
+        .flatten()
+        .map(|m| {
+            let bind = m.typ().as_deref() == Some("bind")
+                || m.options()
+                    .iter()
+                    .flatten()
+                    .any(|o| o == "bind" || o == "rbind");
+            let src = m.source().as_ref().filter(|_| bind)?;
+            let src = if src.is_absolute() {
+                src.clone()
+            } else {
+                bundle.dir.join(src)
+            };
+            nix::fcntl::open(
+                &src,
+                nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()
+        })
+        .collect()
 }
 
 /// What the config's mounts already provide, which decides the default devices.
@@ -65,6 +101,7 @@ impl<'a> Rootfs<'a> {
         bundle: &'a Bundle,
         cgroup_mounts: &'a [CgroupMount],
         rootless: bool,
+        sources: Vec<Option<OwnedFd>>,
     ) -> Result<Rootfs<'a>> {
         let plan = &bundle.namespaces;
         let linux = bundle.spec.linux().as_ref();
@@ -89,6 +126,7 @@ impl<'a> Rootfs<'a> {
             host_mounts,
             propagation,
             root,
+            sources,
         })
     }
 
@@ -212,6 +250,9 @@ impl<'a> Rootfs<'a> {
             } else {
                 self.bundle.dir.join(src)
             };
+            // The source opened beforehand, with the runtime's uid, where there is one.
+            let opened = self.sources.get(i).and_then(Option::as_ref);
+            let src = opened.map_or(src, mount::fd_path);
             let md = std::fs::metadata(&src).map_err(|e| {
                 Error::config(
                     format!("{field}.source"),

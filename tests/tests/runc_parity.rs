@@ -614,3 +614,83 @@ fn a_hook_that_does_not_read_a_large_state_is_bounded_by_its_timeout() {
     assert!(err.contains("timed out after 1s"), "{err}");
     assert!(took < std::time::Duration::from_secs(10), "{took:?}");
 }
+
+/// A mount whose destination is a dangling symlink in the image is made where the
+/// link points, inside the rootfs (absolute and relative links alike); and, in a user
+/// namespace, a bind source only root may enter is opened with the runtime's
+/// credentials, before the switch to the namespace's root.
+#[test]
+fn dangling_destinations_and_root_only_sources() {
+    let Some(runc) = runc("dangling_destinations_and_root_only_sources") else {
+        return;
+    };
+    let mut b = Bundle::busybox("ls /abs; ls /rel");
+    let src = b.tmp.0.join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("marker"), "").unwrap();
+    let rootfs = b.dir.join("rootfs");
+    let mounts = b.config["mounts"].as_array_mut().unwrap();
+    for dest in ["/abs", "/rel"] {
+        mounts.push(
+            json!({"destination": dest, "type": "bind", "source": src, "options": ["rbind"]}),
+        );
+    }
+    b.write();
+    for runtime in [runc.clone(), plinth_bin()] {
+        for d in ["abs", "rel", "targets"] {
+            let _ = std::fs::remove_file(rootfs.join(d));
+            let _ = std::fs::remove_dir_all(rootfs.join(d));
+        }
+        std::os::unix::fs::symlink("/targets/a", rootfs.join("abs")).unwrap();
+        std::os::unix::fs::symlink("targets/b", rootfs.join("rel")).unwrap();
+        let (code, out, err) = b.run_with(&runtime, &unique("pardl"));
+        let name = runtime.display();
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "marker\nmarker\n"),
+            "{name}: {err}"
+        );
+        for made in ["targets/a", "targets/b"] {
+            assert!(
+                rootfs.join(made).is_dir(),
+                "{name}: {made} was not made in the rootfs"
+            );
+        }
+    }
+
+    // A user namespace, and a source directory only (host) root may enter.
+    let mut b = Bundle::busybox("true");
+    let secret = b.tmp.0.join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(
+        &b.tmp.0,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    // The image belongs to the namespace's root (host uid 100000), as an engine's would.
+    let out = Command::new("chown")
+        .args(["-hR", "100000:100000"])
+        .arg(b.dir.join("rootfs"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chown: {out:?}");
+    b.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    b.config["linux"]["uidMappings"] = map.clone();
+    b.config["linux"]["gidMappings"] = map;
+    b.config["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/secret", "type": "bind", "source": secret, "options": ["rbind"]}),
+    );
+    b.config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["type"] != "cgroup");
+    for runtime in [runc.clone(), plinth_bin()] {
+        let (code, out, err) = b.run_with(&runtime, &unique("parsec"));
+        assert_eq!(code, 0, "{}: {out}{err}", runtime.display());
+    }
+}
