@@ -1523,7 +1523,16 @@ fn cve_2016_9962_create_joining_a_pods_namespaces_is_not_dumpable() {
             ),
         }
     };
-    let host_pid = holder_of(&fifo).expect("the held init");
+    // The reader counts as one as soon as its open() starts waiting for a writer, so
+    // the writer's open succeeds before the reader's fd is in its table: look again
+    // until it is.
+    let host_pid = loop {
+        match holder_of(&fifo) {
+            Some(pid) => break pid,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            None => panic!("no process holds {} open", fifo.display()),
+        }
+    };
     let n = inner_pid(host_pid);
     assert_ne!(
         n, host_pid,
