@@ -206,6 +206,7 @@ pub fn validate(dir: &Path, spec: Spec) -> Result<Bundle> {
         .ok_or_else(|| Error::config("linux", "missing"))?;
     check_linux_extras(linux)?;
     let plan = Plan::from_config(linux.namespaces().as_deref().unwrap_or(&[]))?;
+    check_idmapped_mounts(&spec, linux, &plan)?;
     let has_maps = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
         || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty());
     if plan.creates(CloneFlags::CLONE_NEWUSER) {
@@ -430,6 +431,64 @@ fn check_process_extras(p: &oci_spec::runtime::Process) -> Result<()> {
                 field,
                 "not supported by plinth (no AppArmor or SELinux support; see `plinth features`)",
             ));
+        }
+    }
+    Ok(())
+}
+
+/// Id-mapped mounts (`idmap`/`ridmap`, runtime-spec 1.2): bind mounts only, in a
+/// container with a user namespace, whose mappings (when the mount gives its own) are
+/// that namespace's: the mount is id-mapped through it.
+fn check_idmapped_mounts(spec: &Spec, linux: &oci_spec::runtime::Linux, plan: &Plan) -> Result<()> {
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        let field = format!("mounts[{i}]");
+        let opts = m.options().as_deref().unwrap_or(&[]);
+        let idmap_at = opts.iter().position(|o| o == "idmap" || o == "ridmap");
+        let has_maps = m.uid_mappings().is_some() || m.gid_mappings().is_some();
+        let Some(j) = idmap_at else {
+            if has_maps {
+                return Err(Error::config(
+                    format!("{field}.uidMappings"),
+                    "id mappings on a mount need the idmap or ridmap option",
+                ));
+            }
+            continue;
+        };
+        let bind =
+            m.typ().as_deref() == Some("bind") || opts.iter().any(|o| o == "bind" || o == "rbind");
+        if !bind {
+            return Err(Error::config(
+                format!("{field}.options[{j}]"),
+                "an id-mapped mount must be a bind mount",
+            ));
+        }
+        if !plan.has(CloneFlags::CLONE_NEWUSER) {
+            return Err(Error::config(
+                format!("{field}.options[{j}]"),
+                "an id-mapped mount needs a user namespace (linux.namespaces)",
+            ));
+        }
+        if !has_maps {
+            continue;
+        }
+        for (key, own, container) in [
+            ("uidMappings", m.uid_mappings(), linux.uid_mappings()),
+            ("gidMappings", m.gid_mappings(), linux.gid_mappings()),
+        ] {
+            let Some(own) = own else {
+                return Err(Error::config(
+                    format!("{field}.{key}"),
+                    "uidMappings and gidMappings go together",
+                ));
+            };
+            // A joined namespace's mappings are its own business; a new one's are the
+            // config's, and the mount is id-mapped through that very namespace.
+            if plan.creates(CloneFlags::CLONE_NEWUSER) && Some(own) != container.as_ref() {
+                return Err(Error::config(
+                    format!("{field}.{key}"),
+                    format!("must be the container's user namespace mappings (linux.{key})"),
+                ));
+            }
         }
     }
     Ok(())

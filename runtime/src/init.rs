@@ -177,7 +177,7 @@ fn setup(init: Init) -> Result<()> {
 /// of a user namespace, and makes the cgroup namespace, rooted at the container's
 /// cgroup now that the runtime has put this process there. Returns the bind mounts'
 /// sources, opened before the switch to the user namespace's root.
-fn enter_namespaces(init: &Init) -> Result<Vec<Option<OwnedFd>>> {
+fn enter_namespaces(init: &Init) -> Result<rootfs::Sources> {
     let plan = &init.bundle.namespaces;
     init.channel.expect(&Msg::Go)?;
     if init.dumpable_until_go {
@@ -186,6 +186,7 @@ fn enter_namespaces(init: &Init) -> Result<Vec<Option<OwnedFd>>> {
     if !init.cloned_with_namespaces {
         join_and_unshare(init)?;
     }
+    let idmapped = receive_idmapped_mounts(init)?;
     let sources = rootfs::open_bind_sources(init.bundle);
     if plan.has(CloneFlags::CLONE_NEWUSER) {
         // Become the namespace's root: the host id we run as may be unmapped.
@@ -201,7 +202,10 @@ fn enter_namespaces(init: &Init) -> Result<Vec<Option<OwnedFd>>> {
     if plan.creates(CloneFlags::CLONE_NEWNET) {
         namespaces::loopback_up()?;
     }
-    Ok(sources)
+    Ok(rootfs::Sources {
+        opened: sources,
+        idmapped,
+    })
 }
 
 /// The UTS namespace's host and domain names.
@@ -219,6 +223,30 @@ fn set_names(spec: &oci_spec::runtime::Spec) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The id-mapped mounts the runtime made (one per `idmap`/`ridmap` mount, in order,
+/// each a detached mount passed over the channel), by index in `mounts`. Read once the
+/// user namespace exists: the runtime sends them right after the `Go` that follows it.
+fn receive_idmapped_mounts(init: &Init) -> Result<Vec<Option<OwnedFd>>> {
+    let mounts = init.bundle.spec.mounts().as_deref().unwrap_or(&[]);
+    let mut out = Vec::with_capacity(mounts.len());
+    for m in mounts {
+        let idmapped = m
+            .options()
+            .iter()
+            .flatten()
+            .any(|o| o == "idmap" || o == "ridmap");
+        out.push(if idmapped {
+            Some(crate::fdpass::recv_fd(
+                init.channel.0.as_raw_fd(),
+                "an id-mapped mount from the runtime",
+            )?)
+        } else {
+            None
+        });
+    }
+    Ok(out)
 }
 
 /// `process.execCPUAffinity.initial`: the CPUs the process runs on until it is in the

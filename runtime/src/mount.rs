@@ -31,6 +31,8 @@ pub struct Options {
     pub data: Vec<String>,
     /// `bind` or `rbind` was given.
     pub bind: bool,
+    /// `idmap` (false) or `ridmap` (true, every mount below too) was given.
+    pub idmap: Option<bool>,
 }
 
 impl Default for Options {
@@ -43,6 +45,7 @@ impl Default for Options {
             attr_clr: 0,
             data: vec![],
             bind: false,
+            idmap: None,
         }
     }
 }
@@ -158,10 +161,8 @@ impl Options {
                     continue;
                 }
                 "idmap" | "ridmap" => {
-                    return Err(Error::config(
-                        format!("{field}.options[{i}]"),
-                        format!("{opt:?}: id-mapped mounts are not supported by this runtime"),
-                    ))
+                    o.idmap = Some(opt == "ridmap");
+                    continue;
                 }
                 // runc's extension: copy the image's content up into a new tmpfs.
                 "tmpcopyup" => {
@@ -716,7 +717,7 @@ fn clone_tree(fd: &OwnedFd, recursive: bool, shown: &Path) -> Result<OwnedFd> {
 }
 
 /// move_mount(2): attaches the detached mount `mnt` on `target`, both by fd.
-fn attach(mnt: &OwnedFd, target: &OwnedFd, shown: &Path) -> Result<()> {
+pub fn attach(mnt: &OwnedFd, target: &OwnedFd, shown: &Path) -> Result<()> {
     // SAFETY: both fds are ours; the empty paths are NUL-terminated and, with the
     // EMPTY_PATH flags, name the fds themselves.
     let r = unsafe {
@@ -732,6 +733,58 @@ fn attach(mnt: &OwnedFd, target: &OwnedFd, shown: &Path) -> Result<()> {
     Errno::result(r)
         .map(drop)
         .map_err(|e| Error::sys(format!("move_mount onto {}", shown.display()), e))
+}
+
+/// A detached bind mount of `source` (and every mount below it, `recursive`), id-mapped
+/// through the user namespace `userns` (mount_setattr MOUNT_ATTR_IDMAP): files of host
+/// uid N show as the uid N maps to in that namespace. Made by the runtime, which holds
+/// CAP_SYS_ADMIN over the source's file system; the container's init attaches it.
+pub fn idmapped_clone(source: &Path, userns: &OwnedFd, recursive: bool) -> Result<OwnedFd> {
+    const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+    let shown = source;
+    let path = std::ffi::CString::new(source.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::Invalid(format!("{}: a NUL byte in the path", source.display())))?;
+    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as u32;
+    }
+    // SAFETY: open_tree reads a NUL-terminated path that outlives the call.
+    let r = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
+    let r =
+        Errno::result(r).map_err(|e| Error::sys(format!("open_tree {}", shown.display()), e))?;
+    // SAFETY: on success the kernel returned a new fd that nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(r as RawFd) };
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    let mut at = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        at |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: mount_setattr reads `size` bytes of a struct we own; both fds are ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            at,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(r)
+        .map_err(|e| Error::sys(format!("id-map the mount of {}", shown.display()), e))?;
+    Ok(tree)
 }
 
 /// Bind-mounts what `source` is onto what `target` is, both open fds (any kind, O_PATH
@@ -786,7 +839,7 @@ mod tests {
 
     #[test]
     fn unsupported_options_name_the_field() {
-        let v = vec!["idmap".to_string()];
+        let v = vec!["tmpcopyup".to_string()];
         let e = Options::parse(&v, "mounts[3]").expect_err("idmap");
         assert!(e.to_string().contains("mounts[3].options[0]"), "{e}");
     }

@@ -48,9 +48,18 @@ pub struct Rootfs<'a> {
     host_mounts: bool,
     propagation: Option<MsFlags>,
     root: OwnedFd,
-    /// The bind mounts' sources, opened (O_PATH) by index in `mounts` before the init
-    /// became root of its user namespace (see [`open_bind_sources`]).
-    sources: Vec<Option<OwnedFd>>,
+    /// The bind mounts' sources, made ready by index in `mounts`.
+    sources: Sources,
+}
+
+/// What the init has of the bind mounts' sources before it builds the rootfs, each by
+/// index in `mounts`.
+pub struct Sources {
+    /// Opened (O_PATH) before the init became root of its user namespace (see
+    /// [`open_bind_sources`]).
+    pub opened: Vec<Option<OwnedFd>>,
+    /// Id-mapped mounts the runtime made, detached, to attach as they are.
+    pub idmapped: Vec<Option<OwnedFd>>,
 }
 
 /// Opens every bind mount's source (O_PATH), by index in `mounts`, with the
@@ -101,7 +110,7 @@ impl<'a> Rootfs<'a> {
         bundle: &'a Bundle,
         cgroup_mounts: &'a [CgroupMount],
         rootless: bool,
-        sources: Vec<Option<OwnedFd>>,
+        sources: Sources,
     ) -> Result<Rootfs<'a>> {
         let plan = &bundle.namespaces;
         let linux = bundle.spec.linux().as_ref();
@@ -251,7 +260,10 @@ impl<'a> Rootfs<'a> {
                 self.bundle.dir.join(src)
             };
             // The source opened beforehand, with the runtime's uid, where there is one.
-            let opened = self.sources.get(i).and_then(Option::as_ref);
+            if let Some(tree) = self.sources.idmapped.get(i).and_then(Option::as_ref) {
+                return self.attach_idmapped(tree, m, &o, i);
+            }
+            let opened = self.sources.opened.get(i).and_then(Option::as_ref);
             let src = opened.map_or(src, mount::fd_path);
             let md = std::fs::metadata(&src).map_err(|e| {
                 Error::config(
@@ -360,6 +372,32 @@ impl<'a> Rootfs<'a> {
     /// Refuses a mount at or below /proc that is not procfs (CVE-2019-16884): a fake
     /// tree over /proc would take every later write the runtime makes through /proc
     /// (masks, sysctls, LSM attributes) somewhere else.
+    /// Attaches an id-mapped mount the runtime made at the mount's destination, then
+    /// the flags the options ask for (over the whole tree for `ridmap`).
+    fn attach_idmapped(&self, tree: &OwnedFd, m: &Mount, o: &Options, i: usize) -> Result<()> {
+        let field = format!("mounts[{i}]");
+        let dest = m.destination();
+        let st = nix::sys::stat::fstat(tree)
+            .map_err(|e| Error::sys(format!("{field}: stat the id-mapped mount"), e))?;
+        let kind = if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+            Create::Dir
+        } else {
+            Create::File
+        };
+        let target = mount::open_in_root(&self.root, dest, kind)?;
+        check_target_not_in_proc(&target, dest, &field)?;
+        mount::attach(tree, &target, dest)?;
+        let extra = o.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
+        let t = mount::open_in_root(&self.root, dest, Create::Nothing)?;
+        if o.idmap == Some(true) {
+            mount::set_recursive_flags(&t, extra, dest)
+        } else if !extra.is_empty() {
+            mount::remount_bind(&mount::fd_path(&t), extra, dest)
+        } else {
+            Ok(())
+        }
+    }
+
     fn check_proc_destination(&self, m: &Mount, field: &str, bind: bool) -> Result<()> {
         let dest = lexical(m.destination());
         if !dest.starts_with("/proc") {

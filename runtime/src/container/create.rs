@@ -299,7 +299,60 @@ fn place_init(
         map_ids(child, bundle)?;
     }
     ours.send(&Msg::Go)?;
+    // Id-mapped mounts go through the container's user namespace, which exists now
+    // when the clone made it or the config joins it (else once the init made it).
+    let plan = &bundle.namespaces;
+    if how.fast && plan.creates(CloneFlags::CLONE_NEWUSER) {
+        let userns = procfs_userns(child)?;
+        send_idmapped_mounts(bundle, &userns, ours)?;
+    } else if let Some(path) = plan.joined(CloneFlags::CLONE_NEWUSER) {
+        let userns = crate::namespaces::open_ns(path, CloneFlags::CLONE_NEWUSER)?;
+        send_idmapped_mounts(bundle, &userns, ours)?;
+    }
     Ok(joined_later && cgroup.is_some())
+}
+
+/// The user namespace of `pid`, opened.
+fn procfs_userns(pid: Pid) -> Result<OwnedFd> {
+    let path = PathBuf::from(format!("/proc/{}/ns/user", pid.as_raw()));
+    crate::namespaces::open_ns(&path, CloneFlags::CLONE_NEWUSER)
+}
+
+/// Makes each id-mapped mount of the config (in order) as a detached mount mapped
+/// through `userns`, with the runtime's privileges over the source's file system, and
+/// passes it to the init, which attaches it where it belongs.
+fn send_idmapped_mounts(bundle: &Bundle, userns: &OwnedFd, ours: &Channel) -> Result<()> {
+    for (i, m) in bundle.spec.mounts().iter().flatten().enumerate() {
+        let Some(recursive) = idmap_option(m) else {
+            continue;
+        };
+        let src = m.source().as_ref().ok_or_else(|| {
+            Error::config(format!("mounts[{i}].source"), "a bind mount needs a source")
+        })?;
+        let src = if src.is_absolute() {
+            src.clone()
+        } else {
+            bundle.dir.join(src)
+        };
+        let tree = mount::idmapped_clone(&src, userns, recursive)
+            .map_err(|e| Error::config(format!("mounts[{i}]"), e.to_string()))?;
+        crate::fdpass::send_fd(
+            ours.0.as_raw_fd(),
+            tree.as_raw_fd(),
+            b"idmapped-mount",
+            "an id-mapped mount to the init",
+        )?;
+    }
+    Ok(())
+}
+
+/// Whether a mount is id-mapped: Some(true) for `ridmap`, Some(false) for `idmap`.
+pub(crate) fn idmap_option(m: &oci_spec::runtime::Mount) -> Option<bool> {
+    let opts = m.options().as_deref().unwrap_or(&[]);
+    opts.iter()
+        .rev()
+        .find(|o| *o == "idmap" || *o == "ridmap")
+        .map(|o| o == "ridmap")
 }
 
 /// The state as it is written once the init waits for `start`.
@@ -346,6 +399,8 @@ fn serve_init(
             Some(Msg::MapIds(p)) => {
                 map_ids(Pid::from_raw(p), bundle)?;
                 ours.send(&Msg::Go)?;
+                let userns = procfs_userns(Pid::from_raw(p))?;
+                send_idmapped_mounts(bundle, &userns, ours)?;
             }
             Some(Msg::Pid(p)) => {
                 // The intermediate process forked the real init and exits.
