@@ -237,9 +237,11 @@ impl<'a> Rootfs<'a> {
         self.check_proc_destination(m, &field, bind)?;
         let target;
         if bind {
-            // A bind mount takes no filesystem data: an option that is none of the
-            // flags is a mistake (["rbind", "readonly"] would be a writable mount).
-            if let Some(d) = o.data.first() {
+            // A bind mount takes no filesystem data. A KEY=VALUE option (a tmpfs's
+            // mode=755, which runtime-tools' mounts.t puts on bind mounts too) is
+            // ignored, as runc ignores it; a bare word that is none of the flags is a
+            // mistake (["rbind", "readonly"] would be a writable mount).
+            if let Some(d) = o.data.iter().find(|d| !d.contains('=')) {
                 let j = m
                     .options()
                     .iter()
