@@ -65,8 +65,13 @@ impl Server {
             "{} is missing: run `make build`",
             bin.display()
         );
-        let mut child = Command::new(bin)
-            .args(["--listen", "127.0.0.1:0", "--boot-dir"])
+        let mut cmd = Command::new(bin);
+        // A fixed --listen among `extra` (a restart on the same ports) replaces the default.
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
+            .arg("--boot-dir")
             .arg(boot)
             .arg("--data")
             .arg(dir.0.join("data"))
@@ -132,6 +137,14 @@ impl Server {
             again.operator = self.operator.clone();
         }
         again
+    }
+
+    /// Kills this server (SIGKILL: no clean shutdown) and hands back its directory, for a
+    /// later `start_in` on the same data.
+    pub fn kill(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, TempDir(PathBuf::new()))
     }
 
     pub fn data(&self) -> PathBuf {

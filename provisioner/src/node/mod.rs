@@ -36,6 +36,8 @@ const LOG_EVERY: Duration = Duration::from_secs(2);
 const LOG_BATCH: usize = 200;
 /// Lines kept while the server cannot take them.
 const LOG_BACKLOG: usize = 5000;
+/// How many distinct enrolment failures one boot reports as `error` events.
+const MAX_ENROL_ERRORS: usize = 5;
 /// How long a refused enrolment waits before the reboot that fetches a new token.
 const REBOOT_AFTER_REFUSAL: Duration = Duration::from_secs(30);
 
@@ -387,7 +389,13 @@ impl Agent {
     ) -> Result<(crate::schema::Issued, Vec<u8>), (Stop, &'static str)> {
         let mut delay = Duration::from_secs(1);
         let started = tokio::time::Instant::now();
+        let mut attempt: u64 = 0;
+        // What went wrong is queued as an `error` event, delivered the moment enrolment
+        // succeeds; each distinct failure once (a server down for an hour is one event,
+        // not 120), and a few at most.
+        let mut said: Vec<String> = Vec::new();
         loop {
+            attempt += 1;
             let fresh = match enroll::fresh_key(&self.id.mac) {
                 Ok(f) => f,
                 Err(e) => {
@@ -406,11 +414,24 @@ impl Agent {
                     tokio::time::sleep(REBOOT_AFTER_REFUSAL).await;
                     return Err((Stop::Reboot, "enrolment refused"));
                 }
-                Err(e) => log(&format!(
-                    "enrolment with {}: {e}; retrying in {}s",
-                    anon.url(),
-                    delay.as_secs()
-                )),
+                Err(e) => {
+                    let msg = e.to_string();
+                    log(&format!(
+                        "enrolment with {} failed (attempt {attempt}): {msg}; retrying in {}s",
+                        anon.url(),
+                        delay.as_secs()
+                    ));
+                    if said.len() < MAX_ENROL_ERRORS && !said.contains(&msg) {
+                        let mut d = Map::new();
+                        d.insert("step".into(), json!("enroll"));
+                        d.insert("error".into(), json!(msg));
+                        d.insert("server".into(), json!(anon.url().to_string()));
+                        d.insert("attempt".into(), json!(attempt));
+                        d.insert("retryInSecs".into(), json!(delay.as_secs()));
+                        self.report(EventKind::Error, d).await;
+                        said.push(msg);
+                    }
+                }
             }
             if started.elapsed() > Duration::from_secs(3600) {
                 return Err((Stop::Reboot, "server out of reach for an hour"));
