@@ -216,6 +216,10 @@ struct Agent {
     flushing: tokio::sync::Mutex<()>,
     token: Option<String>,
     pin: Option<String>,
+    /// Enrolled with a discovery-only certificate, not yet accepted: no config, no logs.
+    discovery: Cell<bool>,
+    /// Told when the server says the config is there to fetch.
+    config_ready: tokio::sync::Notify,
 }
 
 impl Agent {
@@ -230,6 +234,8 @@ impl Agent {
             flushing: tokio::sync::Mutex::new(()),
             token: params.token.clone(),
             pin: params.ca.clone(),
+            discovery: Cell::new(false),
+            config_ready: tokio::sync::Notify::new(),
         }
     }
 
@@ -366,10 +372,15 @@ impl Agent {
             "enrolled: certificate {} until {}",
             issued.serial, issued.not_after
         ));
+        if issued.discovery {
+            self.discovery.set(true);
+            log("this machine is not declared: a discovery-only certificate; waiting for an operator to accept it");
+        }
         let mut d = Map::new();
         d.insert("serial".into(), json!(issued.serial));
         d.insert("notAfter".into(), json!(issued.not_after));
         d.insert("renewAt".into(), json!(issued.renew_at));
+        d.insert("discovery".into(), json!(issued.discovery));
         self.report(EventKind::Enrolled, d).await;
 
         tokio::select! {
@@ -444,6 +455,11 @@ impl Agent {
     /// Fetches and applies the config until it applies, reporting each failure; then
     /// keeps the DHCP lease.
     async fn configure(&self, link: network::Link) {
+        // A discovered machine has no config until an operator accepts it; the server
+        // says so through the action poll (`configure`).
+        while self.discovery.get() {
+            self.config_ready.notified().await;
+        }
         let mut delay = Duration::from_secs(2);
         let cfg = loop {
             let Some(c) = self.session() else { return };
@@ -495,7 +511,11 @@ impl Agent {
         let mut delay = Duration::from_secs(1);
         loop {
             if let Some(a) = self.action.take() {
-                return stop_for(a);
+                match stop_for(a) {
+                    Some(stop) => return stop,
+                    None => self.accepted(),
+                }
+                continue;
             }
             let Some(c) = self.session() else {
                 self.woken.notified().await;
@@ -506,7 +526,10 @@ impl Agent {
                     Ok(reply) => {
                         delay = Duration::from_secs(1);
                         if let Some(a) = reply.action {
-                            return stop_for(a);
+                            match stop_for(a) {
+                                Some(stop) => return stop,
+                                None => self.accepted(),
+                            }
                         }
                     }
                     Err(e) => {
@@ -518,6 +541,14 @@ impl Agent {
                 _ = self.woken.notified() => {}
             }
         }
+    }
+
+    /// The server says the config is there: an operator accepted this machine.
+    fn accepted(&self) {
+        if self.discovery.replace(false) {
+            log("accepted by an operator: fetching the config");
+        }
+        self.config_ready.notify_one();
     }
 
     /// Renews the certificate at half its life with a new key; a certificate that ran
@@ -571,7 +602,7 @@ impl Agent {
                 let drop = backlog.len() - LOG_BACKLOG;
                 backlog.drain(..drop);
             }
-            if let Some(c) = self.session() {
+            if let Some(c) = self.session().filter(|_| !self.discovery.get()) {
                 while !backlog.is_empty() {
                     let n = backlog.len().min(LOG_BATCH);
                     let batch = LogBatch {
@@ -609,16 +640,18 @@ fn drop_first(q: &RefCell<Vec<Event>>) {
     }
 }
 
-fn stop_for(a: Action) -> (Stop, &'static str) {
+/// The stop an action asks for (`configure` asks for none).
+fn stop_for(a: Action) -> Option<(Stop, &'static str)> {
     match a {
         Action::Poweroff => {
             log("server asked to power off");
-            (Stop::Poweroff, "poweroff")
+            Some((Stop::Poweroff, "poweroff"))
         }
         Action::Reboot => {
             log("server asked to reboot");
-            (Stop::Reboot, "reboot")
+            Some((Stop::Reboot, "reboot"))
         }
+        Action::Configure => None,
     }
 }
 
