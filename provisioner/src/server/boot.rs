@@ -171,7 +171,11 @@ fn mint(
             (None, _) => {
                 // A new machine: a discovery record, within the limits.
                 let limits = &st.cfg.limits;
-                let why = if s.discovered_count()? >= limits.max_discovered {
+                let why = if limits.max_discovered == 0 {
+                    Some(format!(
+                        "no token: {mac} is not declared, and discovery is off (--max-discovered 0)"
+                    ))
+                } else if s.discovered_count()? >= limits.max_discovered {
                     Some(format!(
                         "no token: {mac} is not declared, and {} discovered machines wait for an operator already (--max-discovered)",
                         limits.max_discovered
