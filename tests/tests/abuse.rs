@@ -22,14 +22,19 @@ fn has_curl(test: &str) -> bool {
 }
 
 fn addr(url: &str) -> String {
-    url.split("://").nth(1).unwrap().trim_end_matches('/').to_string()
+    url.split("://")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string()
 }
 
 /// Reads until the server closes the connection (or `limit` passes); returns what came
 /// and how long it took.
 fn read_to_close(c: &mut TcpStream, limit: Duration) -> (Vec<u8>, Duration) {
     let start = Instant::now();
-    c.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     while start.elapsed() < limit {
@@ -54,7 +59,8 @@ fn a_request_trickling_in_is_cut_at_its_deadline() {
     let s = Server::start(&["--request-timeout", "2s"]);
     // Headers, a byte every 300 ms: each read is quick, the request never ends.
     let mut c = TcpStream::connect(addr(&s.http)).unwrap();
-    c.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\n").unwrap();
+    c.write_all(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
     let start = Instant::now();
     let mut closed_at = None;
     for _ in 0..40 {
@@ -100,7 +106,9 @@ fn a_request_trickling_in_is_cut_at_its_deadline() {
         s.audit().contains("refused: 408"),
         "the cut request is in the audit trail"
     );
-    assert!(s.metric("plinth_refusals_total{listener=\"https\",reason=\"request_timeout\"}") >= 1.0);
+    assert!(
+        s.metric("plinth_refusals_total{listener=\"https\",reason=\"request_timeout\"}") >= 1.0
+    );
 }
 
 /// `--max-body`: a body over it is refused (413) whether it says its length or not.
@@ -127,7 +135,11 @@ fn a_body_over_the_cap_is_refused() {
     }
     let _ = std::fs::remove_file(&file);
     // Under the cap, the same endpoint reads the body (and refuses it for what it says).
-    let (code, answer) = s.op("PUT", "/v1/machines/52:54:00:00:00:01", Some(&serde_json::json!({})));
+    let (code, answer) = s.op(
+        "PUT",
+        "/v1/machines/52:54:00:00:00:01",
+        Some(&serde_json::json!({})),
+    );
     assert_eq!(code, 400, "{answer}");
     assert!(s.metric("plinth_refusals_total{listener=\"https\",reason=\"body_too_large\"}") >= 2.0);
 }
@@ -169,8 +181,7 @@ fn connections_per_address_are_capped() {
     let (answer, _) = read_to_close(&mut again, Duration::from_secs(5));
     assert!(answer.starts_with(b"HTTP/1.1 200"));
     assert!(
-        s.metric("plinth_refusals_total{listener=\"http\",reason=\"too_many_connections\"}")
-            >= 3.0
+        s.metric("plinth_refusals_total{listener=\"http\",reason=\"too_many_connections\"}") >= 3.0
     );
 }
 
@@ -214,7 +225,8 @@ fn a_flood_of_made_up_macs_makes_a_bounded_number_of_records() {
 
 /// Packets `sock` receives within `within`, and from how many server ports.
 fn received(sock: &UdpSocket, within: Duration) -> (usize, std::collections::BTreeSet<u16>) {
-    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
     let start = Instant::now();
     let mut n = 0;
     let mut ports = std::collections::BTreeSet::new();
@@ -255,7 +267,9 @@ fn tftp_answers_a_spoofed_request_with_a_few_packets_and_runs_a_bounded_pool() {
     let (n, ports) = received(&silent, Duration::from_secs(6));
     assert_eq!(n, 3, "packets sent to a requester that never acknowledges");
     assert_eq!(ports.len(), 1);
-    // Six silent requesters at once: two workers, so two are answered, four dropped.
+    // Six silent requesters at once: two workers, so two are answered (the next two wait
+    // in the queue, as long as the pool, for the first two's three seconds; the last two
+    // are dropped).
     let socks: Vec<UdpSocket> = (0..6)
         .map(|_| UdpSocket::bind("127.0.0.1:0").unwrap())
         .collect();
@@ -273,11 +287,14 @@ fn tftp_answers_a_spoofed_request_with_a_few_packets_and_runs_a_bounded_pool() {
             .count()
     });
     assert_eq!(answered, 2, "transfers answered at once");
-    assert!(s.metric("plinth_refusals_total{listener=\"tftp\",reason=\"busy\"}") >= 4.0);
-    // After they gave up, a real client gets the whole file.
-    std::thread::sleep(Duration::from_secs(3));
+    assert!(s.metric("plinth_refusals_total{listener=\"tftp\",reason=\"busy\"}") >= 2.0);
+    // After they (and the queued two) gave up, a real client gets the whole file.
+    std::thread::sleep(Duration::from_secs(7));
     if Command::new("curl").arg("--version").output().is_err() {
-        plinth_tests::skip("tftp (download)", "curl (the TFTP client here) is not installed");
+        plinth_tests::skip(
+            "tftp (download)",
+            "curl (the TFTP client here) is not installed",
+        );
         return;
     }
     let o = Command::new("curl")
@@ -286,5 +303,8 @@ fn tftp_answers_a_spoofed_request_with_a_few_packets_and_runs_a_bounded_pool() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(o.stdout, std::fs::read(s.dir.0.join("boot/vmlinuz")).unwrap());
+    assert_eq!(
+        o.stdout,
+        std::fs::read(s.dir.0.join("boot/vmlinuz")).unwrap()
+    );
 }

@@ -45,7 +45,12 @@ fn worker(s: &Server, id: u32, round: u32, stop: &AtomicBool, acked: &Mutex<Acke
     while !stop.load(Ordering::Relaxed) {
         let n = round * 1000 + id * 100 + k;
         k += 1;
-        let mac = format!("52:54:01:{:02x}:{:02x}:{:02x}", n >> 16, (n >> 8) & 0xff, n & 0xff);
+        let mac = format!(
+            "52:54:01:{:02x}:{:02x}:{:02x}",
+            n >> 16,
+            (n >> 8) & 0xff,
+            n & 0xff
+        );
         let uuid = format!("6e4a2b1c-0000-4000-8000-{n:012x}");
         let body = json!({"uuid": uuid, "config": {"apiVersion": "plinth/v1", "hostname": format!("m{n}")}});
         let (code, _) = s.op("PUT", &format!("/v1/machines/{mac}"), Some(&body));
@@ -188,7 +193,10 @@ fn no_acknowledged_write_is_lost_to_kill_9() {
             .map(|e| e["seq"].as_u64().unwrap())
             .collect();
         for seq in seqs {
-            assert!(have.contains(&seq), "event {seq} of {mac} was lost: {have:?}");
+            assert!(
+                have.contains(&seq),
+                "event {seq} of {mac} was lost: {have:?}"
+            );
         }
     }
 }

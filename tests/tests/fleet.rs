@@ -116,12 +116,15 @@ fn start(dir: TempDir, cfg: &Path, extra: &[&str]) -> Server {
 /// that has them; the secret filled in for the node only.
 #[test]
 fn files_render_machine_over_profiles_over_defaults_and_secrets_reach_only_the_node() {
-    if !has_curl("files_render_machine_over_profiles_over_defaults_and_secrets_reach_only_the_node") {
+    if !has_curl("files_render_machine_over_profiles_over_defaults_and_secrets_reach_only_the_node")
+    {
         return;
     }
     let (dir, cfg) = site();
     let s = start(dir, &cfg, &[]);
-    let token = s.mint(MAC, UUID).expect("a machine a file selects gets a token");
+    let token = s
+        .mint(MAC, UUID)
+        .expect("a machine a file selects gets a token");
     let (node, issued) = s
         .enrol_boot(MAC, UUID, &token, "0f0f0f0f-0000-4000-8000-000000000001")
         .unwrap();
@@ -153,11 +156,17 @@ fn files_render_machine_over_profiles_over_defaults_and_secrets_reach_only_the_n
     let node = s.enrol(MAC, UUID, &token).unwrap();
     let (code, c) = call(&node, "GET", "/v1/config", None);
     assert_eq!(code, 200, "{c}");
-    assert_eq!(c["files"][0]["contents"], SECRET, "the node gets the secret: {c}");
+    assert_eq!(
+        c["files"][0]["contents"], SECRET,
+        "the node gets the secret: {c}"
+    );
     // The operator sees where the config comes from, and the secret redacted.
     let m = s.machine(MAC);
     assert_eq!(m["origin"], json!({"file": "machines/node1.yaml"}), "{m}");
-    assert_eq!(m["config"]["files"][0]["contents"], "[secret registry]", "{m}");
+    assert_eq!(
+        m["config"]["files"][0]["contents"], "[secret registry]",
+        "{m}"
+    );
     // A node echoing the secret in its log: kept redacted.
     let (code, _) = call(
         &node,
@@ -240,7 +249,10 @@ fn refused_start(case: &str, cfg: &Path, data: &Path, needles: &[&str]) {
     for n in needles {
         assert!(err.contains(n), "{case}: {n:?} not in: {err}");
     }
-    assert!(!err.contains(SECRET), "{case}: the error shows the secret: {err}");
+    assert!(
+        !err.contains(SECRET),
+        "{case}: the error shows the secret: {err}"
+    );
 }
 
 /// Each bad file stops the start with an error naming the file, the line and the field,
@@ -388,7 +400,9 @@ fn a_bad_file_on_reload_keeps_the_last_good_set_and_says_why() {
     assert_eq!(ev["ok"], false, "{ev}");
     let msg = ev["message"].as_str().unwrap();
     assert!(
-        msg.contains("machines/node1.yaml:5") && msg.contains("parms") && msg.contains("last good set"),
+        msg.contains("machines/node1.yaml:5")
+            && msg.contains("parms")
+            && msg.contains("last good set"),
         "{msg}"
     );
     assert!(s.log().contains("unknown field `parms`"), "{}", s.log());
@@ -405,7 +419,10 @@ fn a_bad_file_on_reload_keeps_the_last_good_set_and_says_why() {
     assert_eq!(ev["ok"], true, "{ev}");
     let ev = wait_reload(&s, 2);
     assert_eq!(ev["ok"], true, "{ev}");
-    assert!(ev["message"].as_str().unwrap().starts_with("SIGHUP"), "{ev}");
+    assert!(
+        ev["message"].as_str().unwrap().starts_with("SIGHUP"),
+        "{ev}"
+    );
     assert_eq!(hostname(&node), "node-one");
 }
 
@@ -442,10 +459,17 @@ fn identifiers_that_identify_nothing_never_match_and_are_flagged() {
         ),
     );
     let s = start(dir, &cfg, &[]);
-    let (a, b, c) = ("52:54:00:00:05:0a", "52:54:00:00:05:0b", "52:54:00:00:05:0c");
+    let (a, b, c) = (
+        "52:54:00:00:05:0a",
+        "52:54:00:00:05:0b",
+        "52:54:00:00:05:0c",
+    );
     // A presents the UUID first: the file selects it.
     assert!(s.mint(a, shared).is_some());
-    assert_eq!(s.machine(a)["origin"], json!({"file": "machines/by-uuid.yaml"}));
+    assert_eq!(
+        s.machine(a)["origin"],
+        json!({"file": "machines/by-uuid.yaml"})
+    );
     // B presents the same UUID: it identifies neither any more.
     assert!(s.mint(b, shared).is_some(), "B is discovered instead");
     for mac in [a, b] {
@@ -491,8 +515,16 @@ fn discovery_then_acceptance_gives_the_config_at_once() {
     assert!(issued.discovery, "a discovery-only certificate");
     let (code, body) = call(&node, "GET", "/v1/config", None);
     assert_eq!(code, 403, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("not accepted"), "{body}");
-    let (code, _) = call(&node, "POST", "/v1/events", Some(event(mac, uuid, "booted")));
+    assert!(
+        body["error"].as_str().unwrap().contains("not accepted"),
+        "{body}"
+    );
+    let (code, _) = call(
+        &node,
+        "POST",
+        "/v1/events",
+        Some(event(mac, uuid, "booted")),
+    );
     assert_eq!(code, 200, "events are allowed");
     let (code, _) = call(
         &node,
@@ -526,7 +558,10 @@ fn discovery_then_acceptance_gives_the_config_at_once() {
     assert_eq!(code, 200, "{body}");
     let ((code, reply), waited, node) = poll.join().unwrap();
     assert_eq!((code, &reply), (200, &json!({"action": "configure"})));
-    assert!(waited < Duration::from_secs(10), "the poll was answered at once: {waited:?}");
+    assert!(
+        waited < Duration::from_secs(10),
+        "the poll was answered at once: {waited:?}"
+    );
     let (code, c) = call(&node, "GET", "/v1/config", None);
     assert_eq!(code, 200, "{c}");
     assert_eq!(c["hostname"], "found-1");

@@ -1,7 +1,7 @@
 //! A read-only TFTP server (RFC 1350 with the blksize and tsize options of RFC 2347-2349,
 //! which iPXE and PXE ROMs use) for the first file of the boot chain. Transfers run on a
-//! fixed pool of threads (`--tftp-workers`); a request that finds them all busy is
-//! dropped unanswered (the client asks again). A file is streamed block by block from
+//! fixed pool of threads (`--tftp-workers`) with a queue as long as the pool; a request
+//! that finds the queue full is dropped unanswered (the client asks again). A file is streamed block by block from
 //! disk, never read whole, and each packet is sent at most `--tftp-sends` times: a
 //! request with a spoofed source address makes the server send that many packets to it,
 //! and no more. Paths are confined to the served directory.
@@ -104,8 +104,9 @@ struct Job {
 /// Serves forever on `sock`.
 pub fn serve(sock: UdpSocket, resolve: Resolver, pool: Pool, refused: OnRefusal) -> Result<()> {
     let workers = pool.workers.max(1);
-    // No queue beyond the workers: a request nobody can take now is dropped.
-    let (tx, rx) = sync_channel::<Job>(0);
+    // A queue as long as the pool (so that a request arriving while a worker is between
+    // two transfers waits for it); a request finding the queue full too is dropped.
+    let (tx, rx) = sync_channel::<Job>(workers);
     let rx = Arc::new(Mutex::new(rx));
     for _ in 0..workers {
         let rx: Arc<Mutex<Receiver<Job>>> = rx.clone();

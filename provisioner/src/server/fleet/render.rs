@@ -228,8 +228,10 @@ mod tests {
     #[test]
     fn layers_merge_machine_first_and_params_fill_in() {
         let machine = obj(json!({"hostname": "{{name}}", "sysctls": {"a": "1"}}));
-        let profile = obj(json!({"hostname": "p", "sysctls": {"a": "2", "b": "v{{b}}"},
-                                  "users": [{"name": "x", "uid": "{{uid}}"}]}));
+        let profile = obj(
+            json!({"hostname": "p", "sysctls": {"a": "2", "b": "v{{b}}"},
+                                  "users": [{"name": "x", "uid": "{{uid}}"}]}),
+        );
         let defaults = obj(json!({"ntp": ["10.0.0.1"], "users": []}));
         let merged = merge(&[&machine, &profile, &defaults]);
         assert_eq!(
