@@ -690,8 +690,8 @@ fn the_data_directory_is_private_and_the_first_token_is_flagged() {
         "operator-token",
         "operators/admin",
         "audit.jsonl",
-        "machines/52-54-00-00-00-0a.json",
-        "logs/52-54-00-00-00-0a/0f0f0f0f-0000-4000-8000-000000000001.log",
+        "store/store.redb",
+        "secrets",
     ] {
         assert!(seen.iter().any(|p| p == f), "{f} not in {seen:?}");
     }
