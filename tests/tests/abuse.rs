@@ -243,7 +243,8 @@ fn received(sock: &UdpSocket, within: Duration) -> (usize, std::collections::BTr
 fn rrq(file: &str) -> Vec<u8> {
     let mut p = vec![0, 1];
     p.extend_from_slice(file.as_bytes());
-    p.extend_from_slice(b"\0octet\0blksize\01468\0");
+    p.extend_from_slice(b"\0octet\0blksize\0");
+    p.extend_from_slice(b"1468\0");
     p
 }
 
@@ -307,4 +308,63 @@ fn tftp_answers_a_spoofed_request_with_a_few_packets_and_runs_a_bounded_pool() {
         o.stdout,
         std::fs::read(s.dir.0.join("boot/vmlinuz")).unwrap()
     );
+}
+
+/// What the store keeps of one machine is bounded: the last `--keep-boots` boots (events
+/// and logs) and `--max-log-per-boot` bytes of log per boot, the rest dropped and counted.
+#[test]
+fn retention_keeps_the_last_boots_and_caps_each_boots_log() {
+    if !has_curl("retention_keeps_the_last_boots_and_caps_each_boots_log") {
+        return;
+    }
+    let s = Server::start(&["--keep-boots", "2", "--max-log-per-boot", "1K"]);
+    let (mac, uuid) = ("52:54:00:00:0e:01", "6e4a2b1c-0000-4000-8000-000000000e01");
+    s.declare(mac, uuid);
+    let boots: Vec<String> = (1..=3)
+        .map(|b| format!("0f0f0f0f-0000-4000-8000-00000000000{b}"))
+        .collect();
+    for boot in &boots {
+        let token = s.mint(mac, uuid).unwrap();
+        let (node, _) = s.enrol_boot(mac, uuid, &token, boot).unwrap();
+        let ev = serde_json::json!({"apiVersion": "plinth/v1", "type": "booted", "mac": mac,
+            "uuid": uuid, "bootId": boot, "seq": 1, "uptimeMs": 1, "wallTime": 2});
+        assert_eq!(
+            plinth_tests::server::call(&node, "POST", "/v1/events", Some(ev)).0,
+            200
+        );
+        // 3 batches of 10 lines of 40 bytes: 1230 bytes, over the 1 KiB cap.
+        for _ in 0..3 {
+            let lines: Vec<_> = (0..10)
+                .map(|i| serde_json::json!({"source": "console", "text": format!("{i:0>32}")}))
+                .collect();
+            let batch = serde_json::json!({"bootId": boot, "lines": lines});
+            assert_eq!(
+                plinth_tests::server::call(&node, "POST", "/v1/logs", Some(batch)).0,
+                200
+            );
+        }
+    }
+    let m = s.machine(mac);
+    let kept: Vec<&str> = m["boots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["bootId"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, [boots[1].as_str(), boots[2].as_str()], "{m}");
+    let last = &m["boots"][1]["kept"];
+    assert!(last["logBytes"].as_u64().unwrap() <= 1024, "{last}");
+    assert!(last["logDropped"].as_u64().unwrap() > 0, "{last}");
+    let auth = format!("Authorization: Bearer {}", s.operator);
+    let log_of = |boot: &str| {
+        s.curl(&[
+            "-H",
+            &auth,
+            &format!("{}/v1/machines/{mac}/logs/{boot}", s.https),
+        ])
+    };
+    assert_eq!(log_of(&boots[0]).0, 404, "the oldest boot's log is gone");
+    let (code, text) = log_of(&boots[2]);
+    assert_eq!(code, 200);
+    assert!(text.len() <= 1024 && text.len() > 900, "{}", text.len());
 }

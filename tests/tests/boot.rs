@@ -1457,3 +1457,68 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// A machine nobody declared PXE-boots: it gets a discovery token, enrols with a
+/// discovery-only certificate and reports its events, but gets no config; an operator
+/// accepts it with a profile of `--config-dir`, and the running node fetches and applies
+/// that config at once, in the same boot.
+#[test]
+fn an_unknown_machine_is_discovered_and_configured_once_accepted() {
+    let test = "an_unknown_machine_is_discovered_and_configured_once_accepted";
+    if !can_boot(test) {
+        return;
+    }
+    let t = TempDir::new("plinth-boot-discovery");
+    let img = t.0.join("img");
+    build_ok(&img, &[]);
+    let cfg = t.0.join("config");
+    std::fs::create_dir_all(cfg.join("profiles")).unwrap();
+    std::fs::write(
+        cfg.join("profiles/worker.yaml"),
+        "apiVersion: plinth/v1\nconfig:\n  hostname: \"{{hostname}}\"\n  files:\n    - path: /etc/plinth-test/role\n      contents: \"worker {{hostname}}\\n\"\n",
+    )
+    .unwrap();
+    let server = start_server(&img, &["--config-dir", cfg.to_str().unwrap()]);
+    let uuid = random_uuid();
+    let serial = t.0.join("serial.log");
+    let mut qemu = boot(&img, &server, &uuid, &serial, None, &[]);
+    wait_events(&server, &mut qemu, "enrolled", 1, &serial);
+    let evs = node_events(&server);
+    let enrolled = evs.iter().find(|e| e["type"] == "enrolled").unwrap();
+    assert_eq!(enrolled["details"]["discovery"], true, "{enrolled}");
+    assert_eq!(server.machine(MAC)["origin"], "discovered");
+    wait_console(
+        &mut qemu,
+        &serial,
+        "waiting for an operator to accept it",
+        1,
+        Duration::from_secs(60),
+    );
+    // Nothing is applied while it waits.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        !node_events(&server).iter().any(|e| e["type"] == "config"),
+        "a config before acceptance"
+    );
+    let (code, body) = server.op(
+        "POST",
+        &format!("/v1/machines/{MAC}/accept"),
+        Some(&json!({"profile": "worker", "params": {"hostname": "found-node"}})),
+    );
+    assert_eq!(code, 200, "{body}");
+    wait_events(&server, &mut qemu, "applied", 1, &serial);
+    let evs = node_events(&server);
+    let applied = evs.iter().find(|e| e["type"] == "applied").unwrap();
+    assert_eq!(
+        applied["details"]["state"]["hostname"], "found-node",
+        "{applied}"
+    );
+    assert_eq!(
+        applied["bootId"], enrolled["bootId"],
+        "configured in the same boot, without a reboot"
+    );
+    assert_eq!(evs.iter().filter(|e| e["type"] == "booted").count(), 1);
+    let (code, body) = server.op("POST", &format!("/v1/machines/{MAC}/poweroff"), None);
+    assert_eq!(code, 200, "{body}");
+    wait_exit(&mut qemu, Duration::from_secs(60), &serial);
+}

@@ -198,6 +198,17 @@ fn files_render_machine_over_profiles_over_defaults_and_secrets_reach_only_the_n
     ] {
         assert!(!text.contains(SECRET), "{what} holds the secret");
     }
+    // The operators' metrics (of this server process, since its restart) saw it all: the
+    // boot script, the enrolment, the node's config request's latency, the store's size.
+    let metrics = s.metrics();
+    for needle in [
+        "plinth_boot_scripts_total{outcome=\"token\"} 1",
+        "plinth_enrolments_total{outcome=\"machine\"} 1",
+        "plinth_request_duration_seconds_count{listener=\"https\",route=\"/v1/config\",status=\"2xx\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle} not in:\n{metrics}");
+    }
+    assert!(s.metric("plinth_store_bytes") > 0.0, "{metrics}");
     for f in walk(&s.data()) {
         if f.starts_with(s.data().join("secrets")) {
             continue;

@@ -512,6 +512,21 @@ async fn serve_async(cfg: Config, fleet: Fleet, on_ready: impl FnOnce(&Ready)) -
         ));
     }
     let store = Store::open(&cfg.data, cfg.retention)?;
+    if cfg.data.join("machines").is_dir() {
+        // The one-file-per-machine store of the first releases is not read any more.
+        log(&format!(
+            "warning: {} is the store of an earlier version and is not read: declare those machines again (or keep them in --config-dir), then remove it",
+            cfg.data.join("machines").display()
+        ));
+    }
+    if let Some(dir) = &fleet.dir {
+        log(&format!(
+            "config: loaded {}: {} machine files, {} profiles",
+            dir.display(),
+            fleet.machines.len(),
+            fleet.profiles.len()
+        ));
+    }
     files::private_dir(&cfg.data.join(secrets::DIR))?;
     let boot_files = boot::Files::load(&cfg.boot_dir)?;
     let http = tokio::net::TcpListener::bind(cfg.listen)
