@@ -80,7 +80,6 @@ pub fn watch(st: Arc<State>) -> Result<()> {
         | AddWatchFlags::IN_DELETE;
     let watched: Vec<PathBuf> = vec![dir.clone(), dir.join("machines"), dir.join("profiles")];
     for d in &watched {
-        // A subdirectory made later is seen as a change of the top one, which reloads.
         if d.is_dir() {
             inotify
                 .add_watch(d, flags)
@@ -88,6 +87,14 @@ pub fn watch(st: Arc<State>) -> Result<()> {
         }
     }
     std::thread::spawn(move || loop {
+        // A subdirectory made (or made again) since is watched from now on; its making
+        // was a change of the top directory, which reloaded. Watching a watched
+        // directory again changes nothing.
+        for d in &watched[1..] {
+            if d.is_dir() {
+                let _ = inotify.add_watch(d, flags);
+            }
+        }
         // Blocks until something changes; a failure ends the watch (SIGHUP still works).
         match inotify.read_events() {
             Ok(evs) if evs.is_empty() => continue,
