@@ -2,7 +2,9 @@
 //! closure, clean failures) and real PXE boots in qemu (TCG, iPXE ROM, slirp) against a
 //! real `plinth-server` on loopback: a declared machine sets its clock, enrols, fetches
 //! and applies its config, renews its certificate, streams its logs with the token
-//! redacted, and powers off or reboots when asked.
+//! redacted, and powers off or reboots when asked; a node outlives a server down at its
+//! boot, an expired token and a server outside its pin; an unknown machine is discovered
+//! and configured once an operator accepts it, in the same boot.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
