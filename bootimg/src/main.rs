@@ -91,6 +91,10 @@ enum Cmd {
         /// CMOS battery's 2000-01-01.
         #[arg(long)]
         rtc_base: Option<String>,
+        /// Let a reboot of the guest boot it again over PXE, as real firmware does
+        /// (default: a reboot ends qemu, like a power-off).
+        #[arg(long)]
+        reboot: bool,
     },
 }
 
@@ -158,6 +162,7 @@ fn main() -> anyhow::Result<()> {
             qemu,
             monitor,
             rtc_base,
+            reboot,
         } => {
             let opts = RunOptions {
                 boot_dir,
@@ -174,6 +179,7 @@ fn main() -> anyhow::Result<()> {
                 qemu,
                 monitor,
                 rtc_base,
+                reboot,
             };
             let out = qemu::run(&opts)?;
             eprintln!(

@@ -43,6 +43,8 @@ pub struct RunOptions {
     pub monitor: Option<PathBuf>,
     /// The RTC's starting date (`YYYY-MM-DD`); `None` is the host's time.
     pub rtc_base: Option<String>,
+    /// Whether a guest reboot boots it again (over PXE) instead of ending qemu.
+    pub reboot: bool,
 }
 
 /// Checks a `--rtc-base` date: YYYY-MM-DD, digits only.
@@ -177,7 +179,8 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         Some(p) => format!("unix:{},server=on,wait=off", p.display()),
         None => "none".into(),
     })
-    .args(["-uuid", &uuid, "-boot", "n", "-no-reboot"])
+    .args(["-uuid", &uuid, "-boot", "n"])
+    .args((!opts.reboot).then_some("-no-reboot"))
     .args(
         rtc.map(|d| ["-rtc".to_string(), format!("base={d}")])
             .into_iter()

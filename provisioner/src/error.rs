@@ -65,6 +65,27 @@ pub enum Error {
         /// The error the peer gave.
         body: String,
     },
+    /// The store failed (its backend's error, said with what was being done).
+    #[error("store: {what}: {reason}")]
+    Store {
+        /// What was being done.
+        what: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A file of `--config-dir` (or a secret it names) is wrong: the file, the line when
+    /// known, the field and why.
+    #[error("{file}{}: {field}: {reason}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    File {
+        /// The file.
+        file: PathBuf,
+        /// Its line (from 1), when known.
+        line: Option<usize>,
+        /// The field, as a path (`config.files[0].path`), or `-` for the whole file.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A configuration value (kernel command line, flag) is wrong.
     #[error("{what}: {reason}")]
     Config {

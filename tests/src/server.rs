@@ -10,9 +10,24 @@ use std::time::Duration;
 
 use plinth_provisioner::node::client::{Client, Url};
 use plinth_provisioner::node::enroll::{self, Identity};
+use plinth_provisioner::schema::Issued;
 use serde_json::{json, Value};
 
 use crate::{workspace, TempDir};
+
+/// Writes a boot directory of placeholder files under `dir`; returns it.
+pub fn placeholder_boot(dir: &Path) -> PathBuf {
+    let boot = dir.join("boot");
+    std::fs::create_dir_all(&boot).unwrap();
+    std::fs::write(
+        boot.join("boot.ipxe"),
+        "#!ipxe\nkernel vmlinuz plinth.server=${plinth-server} plinth.ca=${plinth-ca} plinth.token=${plinth-token}\ninitrd initrd\nboot\n",
+    )
+    .unwrap();
+    std::fs::write(boot.join("vmlinuz"), b"placeholder kernel").unwrap();
+    std::fs::write(boot.join("initrd"), b"placeholder initrd").unwrap();
+    boot
+}
 
 /// A current-thread runtime for the node client.
 pub fn rt() -> tokio::runtime::Runtime {
@@ -45,15 +60,7 @@ impl Server {
     /// A server over a boot directory of placeholder files (for tests that boot nothing).
     pub fn start(extra: &[&str]) -> Server {
         let dir = TempDir::new("plinth-enroll");
-        let boot = dir.0.join("boot");
-        std::fs::create_dir_all(&boot).unwrap();
-        std::fs::write(
-            boot.join("boot.ipxe"),
-            "#!ipxe\nkernel vmlinuz plinth.server=${plinth-server} plinth.ca=${plinth-ca} plinth.token=${plinth-token}\ninitrd initrd\nboot\n",
-        )
-        .unwrap();
-        std::fs::write(boot.join("vmlinuz"), b"placeholder kernel").unwrap();
-        std::fs::write(boot.join("initrd"), b"placeholder initrd").unwrap();
+        let boot = placeholder_boot(&dir.0);
         Server::start_in(dir, &boot, extra)
     }
 
@@ -65,8 +72,13 @@ impl Server {
             "{} is missing: run `make build`",
             bin.display()
         );
-        let mut child = Command::new(bin)
-            .args(["--listen", "127.0.0.1:0", "--boot-dir"])
+        let mut cmd = Command::new(bin);
+        // A fixed --listen among `extra` (a restart on the same ports) replaces the default.
+        if !extra.contains(&"--listen") {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
+            .arg("--boot-dir")
             .arg(boot)
             .arg("--data")
             .arg(dir.0.join("data"))
@@ -132,6 +144,22 @@ impl Server {
             again.operator = self.operator.clone();
         }
         again
+    }
+
+    /// Kills this server (SIGKILL: no clean shutdown) and hands back its directory, for a
+    /// later `start_in` on the same data.
+    pub fn kill(mut self) -> TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, TempDir(PathBuf::new()))
+    }
+
+    /// SIGKILLs the server process, leaving this handle (for `kill` to reap it).
+    pub fn sigkill(&self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 
     pub fn data(&self) -> PathBuf {
@@ -212,20 +240,49 @@ impl Server {
     /// Enrols as `mac`/`uuid` with `token`, as plinth-init does; the client holding the
     /// certificate, or the error.
     pub fn enrol(&self, mac: &str, uuid: &str, token: &str) -> Result<Client, String> {
+        self.enrol_boot(mac, uuid, token, "0f0f0f0f-0000-4000-8000-000000000001")
+            .map(|(c, _)| c)
+    }
+
+    /// Enrols as `mac`/`uuid` for boot `boot_id`; the client and what the server issued.
+    pub fn enrol_boot(
+        &self,
+        mac: &str,
+        uuid: &str,
+        token: &str,
+        boot_id: &str,
+    ) -> Result<(Client, Issued), String> {
         let id = Identity {
             mac: mac.into(),
             uuid: uuid.into(),
             serial: None,
-            boot_id: "0f0f0f0f-0000-4000-8000-000000000001".into(),
+            boot_id: boot_id.into(),
         };
         let fresh = enroll::fresh_key(mac).unwrap();
         let anon = self.anon();
         let issued = rt()
             .block_on(enroll::enroll(&anon, &id, token, &fresh))
             .map_err(|e| e.to_string())?;
-        Ok(anon
+        let c = anon
             .with_identity(&self.pin, &issued.certificate, fresh.key_der)
-            .unwrap())
+            .unwrap();
+        Ok((c, issued))
+    }
+
+    /// `/metrics`, as an operator scrapes it.
+    pub fn metrics(&self) -> String {
+        let auth = format!("Authorization: Bearer {}", self.operator);
+        let (code, text) = self.curl(&["-H", &auth, &format!("{}/metrics", self.https)]);
+        assert_eq!(code, 200, "{text}");
+        text
+    }
+
+    /// The value of one sample of `/metrics` (0 when it is not there).
+    pub fn metric(&self, sample: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
     }
 
     pub fn machine(&self, mac: &str) -> Value {

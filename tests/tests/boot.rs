@@ -2,7 +2,9 @@
 //! closure, clean failures) and real PXE boots in qemu (TCG, iPXE ROM, slirp) against a
 //! real `plinth-server` on loopback: a declared machine sets its clock, enrols, fetches
 //! and applies its config, renews its certificate, streams its logs with the token
-//! redacted, and powers off or reboots when asked.
+//! redacted, and powers off or reboots when asked; a node outlives a server down at its
+//! boot, an expired token and a server outside its pin; an unknown machine is discovered
+//! and configured once an operator accepts it, in the same boot.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -1184,4 +1186,341 @@ fn a_config_that_fails_to_apply_is_reported_and_the_node_stays_reachable() {
     assert!(std::fs::read_to_string(&serial)
         .unwrap()
         .contains("reboot: Power down"));
+}
+
+/// The listen arguments of a server on fixed ports (`http`, `tls`), advertised to guests
+/// behind slirp at 10.0.2.2, so that a second server process can take over the same
+/// ports and data directory later.
+fn fixed_ports(http: u16, tls: u16) -> Vec<String> {
+    vec![
+        "--listen".into(),
+        format!("127.0.0.1:{http}"),
+        "--listen-tls".into(),
+        format!("127.0.0.1:{tls}"),
+        "--advertise-tls".into(),
+        format!("https://10.0.2.2:{tls}"),
+        "--listen-sntp".into(),
+        "127.0.0.1:0".into(),
+    ]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Waits until the serial console holds `needle` `n` times; fails (with the console) when
+/// qemu exits first or `within` passes.
+fn wait_console(qemu: &mut Machine, serial: &Path, needle: &str, n: usize, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let log = std::fs::read_to_string(serial).unwrap_or_default();
+        if log.matches(needle).count() >= n {
+            return;
+        }
+        let exited = qemu.try_wait().unwrap();
+        if exited.is_some() || start.elapsed() > within {
+            let _ = qemu.kill();
+            console_panic(
+                &format!("{needle:?} not seen {n} times on the console (qemu: {exited:?})"),
+                serial,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The server's HTTPS listener is down when the node comes up: a real fault, the server
+/// process killed once the machine has its kernel and initrd, and a second server process
+/// started later on the same data directory and ports. The node keeps trying with
+/// back-off, enrols with the token the first one minted, and the `error` it queued
+/// reaches the timeline ahead of `enrolled`.
+#[test]
+fn a_node_outlives_a_server_down_at_boot_and_reports_it() {
+    let test = "a_node_outlives_a_server_down_at_boot_and_reports_it";
+    if !can_boot(test) {
+        return;
+    }
+    let t = TempDir::new("plinth-boot-down");
+    let img = t.0.join("img");
+    build_ok(&img, &[]);
+    let (http, tls) = (free_port(), free_port());
+    let args = fixed_ports(http, tls);
+    let server = Server::start_in(TempDir::new("plinth-boot-down-server"), &img, &strs(&args));
+    let uuid = random_uuid();
+    server.declare(MAC, &uuid);
+    let serial = t.0.join("serial.log");
+    let mut qemu = boot(&img, &server, &uuid, &serial, None, &[]);
+    wait_console(
+        &mut qemu,
+        &serial,
+        "plinth-init: starting",
+        1,
+        Duration::from_secs(180),
+    );
+    let dir = server.kill();
+    let failed = format!("enrolment with https://10.0.2.2:{tls} failed");
+    wait_console(&mut qemu, &serial, &failed, 3, Duration::from_secs(120));
+    let server = Server::start_in(dir, &img, &strs(&args));
+    wait_events(&server, &mut qemu, "applied", 1, &serial);
+    let log = std::fs::read_to_string(&serial).unwrap();
+    // Back-off: the waits between attempts grow.
+    for n in [1, 2, 4] {
+        assert!(
+            log.contains(&format!("retrying in {n}s")),
+            "no retry after {n}s:\n{log}"
+        );
+    }
+    let evs = node_events(&server);
+    let kinds: Vec<&str> = evs.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let enrolled = kinds.iter().position(|k| *k == "enrolled").unwrap();
+    let errors: Vec<&Value> = evs[..enrolled]
+        .iter()
+        .filter(|e| e["type"] == "error")
+        .collect();
+    assert!(!errors.is_empty(), "no error before enrolled: {kinds:?}");
+    let e = errors[0];
+    assert_eq!(e["details"]["step"], "enroll", "{e}");
+    assert!(
+        e["details"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("onnection refused"),
+        "the error names what failed: {e}"
+    );
+    assert_eq!(
+        e["details"]["server"],
+        format!("https://10.0.2.2:{tls}"),
+        "{e}"
+    );
+    assert_eq!(
+        kinds[enrolled..enrolled + 3],
+        ["enrolled", "config", "applied"],
+        "{kinds:?}"
+    );
+    // One enrolment, with the token the first server process minted.
+    let m = server.machine(MAC);
+    assert_eq!(m["certificates"].as_array().unwrap().len(), 1, "{m}");
+    assert!(m["token"]["spentAt"].is_u64(), "{m}");
+    assert!(m["quarantine"].is_null(), "{m}");
+}
+
+/// A token that expired before the node could enrol (a token life of 1 s, shorter than
+/// the boot): the server refuses it and records an `error` naming the expiry on that
+/// boot's timeline, the node says so on its console and reboots after its back-off; by
+/// then the operator has restarted the server with a sane token life, and the second boot
+/// (a real reboot: qemu PXE-boots again) gets a new token and enrols.
+#[test]
+fn an_expired_token_is_reported_and_the_next_boot_enrols() {
+    let test = "an_expired_token_is_reported_and_the_next_boot_enrols";
+    if !can_boot(test) {
+        return;
+    }
+    let t = TempDir::new("plinth-boot-expired");
+    let img = t.0.join("img");
+    build_ok(&img, &[]);
+    let (http, tls) = (free_port(), free_port());
+    let mut args = fixed_ports(http, tls);
+    args.extend(["--token-ttl".to_string(), "1s".to_string()]);
+    let server = Server::start_in(
+        TempDir::new("plinth-boot-expired-server"),
+        &img,
+        &strs(&args),
+    );
+    let uuid = random_uuid();
+    server.declare(MAC, &uuid);
+    let serial = t.0.join("serial.log");
+    let mut qemu = boot(&img, &server, &uuid, &serial, None, &["--reboot"]);
+    wait_events(&server, &mut qemu, "error", 1, &serial);
+    let expired = events(&server)
+        .into_iter()
+        .find(|e| e["type"] == "error")
+        .unwrap();
+    assert_eq!(expired["source"], "server", "{expired}");
+    assert_eq!(expired["details"]["step"], "enroll", "{expired}");
+    assert!(
+        expired["details"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("token expired"),
+        "{expired}"
+    );
+    let first_boot = expired["bootId"].as_str().unwrap().to_string();
+    let dir = server.kill();
+    let args = fixed_ports(http, tls);
+    let server = Server::start_in(dir, &img, &strs(&args));
+    wait_events(&server, &mut qemu, "applied", 1, &serial);
+    let log = std::fs::read_to_string(&serial).unwrap();
+    assert!(
+        log.contains("enrolment refused (401)") && log.contains("token expired"),
+        "the node says why:\n{log}"
+    );
+    assert!(
+        log.contains("reboot: Restarting system"),
+        "a real reboot:\n{log}"
+    );
+    assert_eq!(log.matches("plinth-init: starting").count(), 2, "{log}");
+    let evs = node_events(&server);
+    let enrolled = evs.iter().find(|e| e["type"] == "enrolled").unwrap();
+    assert_ne!(
+        enrolled["bootId"], first_boot,
+        "the second boot enrolled: {evs:?}"
+    );
+    let m = server.machine(MAC);
+    assert_eq!(m["certificates"].as_array().unwrap().len(), 1, "{m}");
+    assert!(m["quarantine"].is_null(), "{m}");
+}
+
+/// The boot chain points the node at an HTTPS server whose certificate does not chain to
+/// the pinned CA (another plinth-server, with a CA of its own and a certificate naming
+/// the address the node uses): the node refuses the handshake, so its token never leaves
+/// it, and says why on its console.
+#[test]
+fn a_node_sends_no_token_to_a_server_outside_its_pin_and_says_why() {
+    let test = "a_node_sends_no_token_to_a_server_outside_its_pin_and_says_why";
+    if !can_boot(test) {
+        return;
+    }
+    let t = TempDir::new("plinth-boot-pin");
+    let img = t.0.join("img");
+    build_ok(&img, &[]);
+    let other_tls = free_port();
+    let other_listen = format!("127.0.0.1:{other_tls}");
+    let impostor = Server::start_in(
+        TempDir::new("plinth-boot-pin-impostor"),
+        &img,
+        &["--listen-tls", &other_listen, "--tls-name", "10.0.2.2"],
+    );
+    let advertise = format!("https://10.0.2.2:{other_tls}");
+    let server = Server::start_in(
+        TempDir::new("plinth-boot-pin-server"),
+        &img,
+        &["--advertise-tls", &advertise],
+    );
+    assert_ne!(impostor.pin, server.pin);
+    let uuid = random_uuid();
+    server.declare(MAC, &uuid);
+    let serial = t.0.join("serial.log");
+    let mut qemu = boot(&img, &server, &uuid, &serial, None, &[]);
+    let refusal = format!("does not chain to the pinned CA {}", server.pin);
+    wait_console(&mut qemu, &serial, &refusal, 2, Duration::from_secs(240));
+    drop(qemu);
+    let log = std::fs::read_to_string(&serial).unwrap();
+    assert!(
+        log.contains(&format!("enrolment with {advertise} failed")),
+        "{log}"
+    );
+    // The token the real server minted (the kernel printed its command line).
+    let token = log
+        .split("plinth.token=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    assert!(token.len() >= 20, "{token}");
+    // The impostor saw handshakes refused by the client and nothing else: no request,
+    // no token in its log, audit trail or store.
+    assert!(
+        impostor.log().contains("TLS handshake refused"),
+        "{}",
+        impostor.log()
+    );
+    assert!(
+        !impostor.audit().contains("/v1/enroll"),
+        "{}",
+        impostor.audit()
+    );
+    for entry in walk(&impostor.dir.0) {
+        let body = std::fs::read(&entry).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&body).contains(&token),
+            "{} holds the token",
+            entry.display()
+        );
+    }
+    // And the real server's token was never spent.
+    let m = server.machine(MAC);
+    assert!(m["token"]["spentAt"].is_null(), "{m}");
+    assert!(m["certificates"].as_array().unwrap().is_empty(), "{m}");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A machine nobody declared PXE-boots: it gets a discovery token, enrols with a
+/// discovery-only certificate and reports its events, but gets no config; an operator
+/// accepts it with a profile of `--config-dir`, and the running node fetches and applies
+/// that config at once, in the same boot.
+#[test]
+fn an_unknown_machine_is_discovered_and_configured_once_accepted() {
+    let test = "an_unknown_machine_is_discovered_and_configured_once_accepted";
+    if !can_boot(test) {
+        return;
+    }
+    let t = TempDir::new("plinth-boot-discovery");
+    let img = t.0.join("img");
+    build_ok(&img, &[]);
+    let cfg = t.0.join("config");
+    std::fs::create_dir_all(cfg.join("profiles")).unwrap();
+    std::fs::write(
+        cfg.join("profiles/worker.yaml"),
+        "apiVersion: plinth/v1\nconfig:\n  hostname: \"{{hostname}}\"\n  files:\n    - path: /etc/plinth-test/role\n      contents: \"worker {{hostname}}\\n\"\n",
+    )
+    .unwrap();
+    let server = start_server(&img, &["--config-dir", cfg.to_str().unwrap()]);
+    let uuid = random_uuid();
+    let serial = t.0.join("serial.log");
+    let mut qemu = boot(&img, &server, &uuid, &serial, None, &[]);
+    wait_events(&server, &mut qemu, "enrolled", 1, &serial);
+    let evs = node_events(&server);
+    let enrolled = evs.iter().find(|e| e["type"] == "enrolled").unwrap();
+    assert_eq!(enrolled["details"]["discovery"], true, "{enrolled}");
+    assert_eq!(server.machine(MAC)["origin"], "discovered");
+    wait_console(
+        &mut qemu,
+        &serial,
+        "waiting for an operator to accept it",
+        1,
+        Duration::from_secs(60),
+    );
+    // Nothing is applied while it waits.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        !node_events(&server).iter().any(|e| e["type"] == "config"),
+        "a config before acceptance"
+    );
+    let (code, body) = server.op(
+        "POST",
+        &format!("/v1/machines/{MAC}/accept"),
+        Some(&json!({"profile": "worker", "params": {"hostname": "found-node"}})),
+    );
+    assert_eq!(code, 200, "{body}");
+    wait_events(&server, &mut qemu, "applied", 1, &serial);
+    let evs = node_events(&server);
+    let applied = evs.iter().find(|e| e["type"] == "applied").unwrap();
+    assert_eq!(
+        applied["details"]["state"]["hostname"], "found-node",
+        "{applied}"
+    );
+    assert_eq!(
+        applied["bootId"], enrolled["bootId"],
+        "configured in the same boot, without a reboot"
+    );
+    assert_eq!(evs.iter().filter(|e| e["type"] == "booted").count(), 1);
+    let (code, body) = server.op("POST", &format!("/v1/machines/{MAC}/poweroff"), None);
+    assert_eq!(code, 200, "{body}");
+    wait_exit(&mut qemu, Duration::from_secs(60), &serial);
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use plinth_provisioner::server::limits::{parse_size, Limits};
+use plinth_provisioner::server::store::Limits as Retention;
 use plinth_provisioner::server::{self, parse_duration, Config};
 
 #[derive(Parser)]
@@ -48,6 +50,37 @@ struct Cli {
     /// How long a node's client certificate lives; nodes renew at half-life.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     cert_lifetime: Duration,
+    /// The fleet's files, kept in git: machines/*.yaml, profiles/*.yaml, defaults.yaml
+    /// (reloaded on SIGHUP and when a file changes).
+    #[arg(long)]
+    config_dir: Option<PathBuf>,
+    /// Connections one client address may hold open at once, per listener.
+    #[arg(long, default_value_t = 32)]
+    max_conns_per_addr: usize,
+    /// The time a request may take from its first byte to its answer, however it trickles.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    request_timeout: Duration,
+    /// The largest request body (4096, 64K, 2M).
+    #[arg(long, default_value = "2M", value_parser = parse_size)]
+    max_body: u64,
+    /// New discovery records (machines nobody declared) per minute.
+    #[arg(long, default_value_t = 10)]
+    discoveries_per_minute: u32,
+    /// Discovered machines waiting for an operator, at most.
+    #[arg(long, default_value_t = 256)]
+    max_discovered: usize,
+    /// Boots kept per machine (events and logs).
+    #[arg(long, default_value_t = 10)]
+    keep_boots: usize,
+    /// Log bytes kept per boot (10M).
+    #[arg(long, default_value = "10M", value_parser = parse_size)]
+    max_log_per_boot: u64,
+    /// TFTP transfers at once; more requests are dropped until one ends.
+    #[arg(long, default_value_t = 8)]
+    tftp_workers: usize,
+    /// Sends of one TFTP packet at most (the first and its retransmits).
+    #[arg(long, default_value_t = 4)]
+    tftp_sends: u32,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +97,20 @@ fn main() -> anyhow::Result<()> {
         tftp: cli.tftp,
         token_ttl: cli.token_ttl,
         cert_lifetime: cli.cert_lifetime,
+        config_dir: cli.config_dir,
+        limits: Limits {
+            conns_per_addr: cli.max_conns_per_addr.max(1),
+            request_timeout: cli.request_timeout,
+            max_body: usize::try_from(cli.max_body).unwrap_or(usize::MAX),
+            discoveries_per_minute: cli.discoveries_per_minute,
+            max_discovered: cli.max_discovered,
+        },
+        retention: Retention {
+            keep_boots: cli.keep_boots.max(1),
+            max_log_bytes_per_boot: cli.max_log_per_boot,
+        },
+        tftp_workers: cli.tftp_workers.max(1),
+        tftp_sends: cli.tftp_sends.max(1),
     };
     server::serve(cfg, |r| {
         let mut out = std::io::stdout();

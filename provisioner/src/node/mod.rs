@@ -36,6 +36,8 @@ const LOG_EVERY: Duration = Duration::from_secs(2);
 const LOG_BATCH: usize = 200;
 /// Lines kept while the server cannot take them.
 const LOG_BACKLOG: usize = 5000;
+/// How many distinct enrolment failures one boot reports as `error` events.
+const MAX_ENROL_ERRORS: usize = 5;
 /// How long a refused enrolment waits before the reboot that fetches a new token.
 const REBOOT_AFTER_REFUSAL: Duration = Duration::from_secs(30);
 
@@ -214,6 +216,10 @@ struct Agent {
     flushing: tokio::sync::Mutex<()>,
     token: Option<String>,
     pin: Option<String>,
+    /// Enrolled with a discovery-only certificate, not yet accepted: no config, no logs.
+    discovery: Cell<bool>,
+    /// Told when the server says the config is there to fetch.
+    config_ready: tokio::sync::Notify,
 }
 
 impl Agent {
@@ -228,6 +234,8 @@ impl Agent {
             flushing: tokio::sync::Mutex::new(()),
             token: params.token.clone(),
             pin: params.ca.clone(),
+            discovery: Cell::new(false),
+            config_ready: tokio::sync::Notify::new(),
         }
     }
 
@@ -364,10 +372,15 @@ impl Agent {
             "enrolled: certificate {} until {}",
             issued.serial, issued.not_after
         ));
+        if issued.discovery {
+            self.discovery.set(true);
+            log("this machine is not declared: a discovery-only certificate; waiting for an operator to accept it");
+        }
         let mut d = Map::new();
         d.insert("serial".into(), json!(issued.serial));
         d.insert("notAfter".into(), json!(issued.not_after));
         d.insert("renewAt".into(), json!(issued.renew_at));
+        d.insert("discovery".into(), json!(issued.discovery));
         self.report(EventKind::Enrolled, d).await;
 
         tokio::select! {
@@ -387,7 +400,13 @@ impl Agent {
     ) -> Result<(crate::schema::Issued, Vec<u8>), (Stop, &'static str)> {
         let mut delay = Duration::from_secs(1);
         let started = tokio::time::Instant::now();
+        let mut attempt: u64 = 0;
+        // What went wrong is queued as an `error` event, delivered the moment enrolment
+        // succeeds; each distinct failure once (a server down for an hour is one event,
+        // not 120), and a few at most.
+        let mut said: Vec<String> = Vec::new();
         loop {
+            attempt += 1;
             let fresh = match enroll::fresh_key(&self.id.mac) {
                 Ok(f) => f,
                 Err(e) => {
@@ -406,11 +425,24 @@ impl Agent {
                     tokio::time::sleep(REBOOT_AFTER_REFUSAL).await;
                     return Err((Stop::Reboot, "enrolment refused"));
                 }
-                Err(e) => log(&format!(
-                    "enrolment with {}: {e}; retrying in {}s",
-                    anon.url(),
-                    delay.as_secs()
-                )),
+                Err(e) => {
+                    let msg = e.to_string();
+                    log(&format!(
+                        "enrolment with {} failed (attempt {attempt}): {msg}; retrying in {}s",
+                        anon.url(),
+                        delay.as_secs()
+                    ));
+                    if said.len() < MAX_ENROL_ERRORS && !said.contains(&msg) {
+                        let mut d = Map::new();
+                        d.insert("step".into(), json!("enroll"));
+                        d.insert("error".into(), json!(msg));
+                        d.insert("server".into(), json!(anon.url().to_string()));
+                        d.insert("attempt".into(), json!(attempt));
+                        d.insert("retryInSecs".into(), json!(delay.as_secs()));
+                        self.report(EventKind::Error, d).await;
+                        said.push(msg);
+                    }
+                }
             }
             if started.elapsed() > Duration::from_secs(3600) {
                 return Err((Stop::Reboot, "server out of reach for an hour"));
@@ -423,6 +455,11 @@ impl Agent {
     /// Fetches and applies the config until it applies, reporting each failure; then
     /// keeps the DHCP lease.
     async fn configure(&self, link: network::Link) {
+        // A discovered machine has no config until an operator accepts it; the server
+        // says so through the action poll (`configure`).
+        while self.discovery.get() {
+            self.config_ready.notified().await;
+        }
         let mut delay = Duration::from_secs(2);
         let cfg = loop {
             let Some(c) = self.session() else { return };
@@ -474,7 +511,11 @@ impl Agent {
         let mut delay = Duration::from_secs(1);
         loop {
             if let Some(a) = self.action.take() {
-                return stop_for(a);
+                match stop_for(a) {
+                    Some(stop) => return stop,
+                    None => self.accepted(),
+                }
+                continue;
             }
             let Some(c) = self.session() else {
                 self.woken.notified().await;
@@ -485,7 +526,10 @@ impl Agent {
                     Ok(reply) => {
                         delay = Duration::from_secs(1);
                         if let Some(a) = reply.action {
-                            return stop_for(a);
+                            match stop_for(a) {
+                                Some(stop) => return stop,
+                                None => self.accepted(),
+                            }
                         }
                     }
                     Err(e) => {
@@ -497,6 +541,14 @@ impl Agent {
                 _ = self.woken.notified() => {}
             }
         }
+    }
+
+    /// The server says the config is there: an operator accepted this machine.
+    fn accepted(&self) {
+        if self.discovery.replace(false) {
+            log("accepted by an operator: fetching the config");
+        }
+        self.config_ready.notify_one();
     }
 
     /// Renews the certificate at half its life with a new key; a certificate that ran
@@ -550,7 +602,7 @@ impl Agent {
                 let drop = backlog.len() - LOG_BACKLOG;
                 backlog.drain(..drop);
             }
-            if let Some(c) = self.session() {
+            if let Some(c) = self.session().filter(|_| !self.discovery.get()) {
                 while !backlog.is_empty() {
                     let n = backlog.len().min(LOG_BATCH);
                     let batch = LogBatch {
@@ -588,16 +640,18 @@ fn drop_first(q: &RefCell<Vec<Event>>) {
     }
 }
 
-fn stop_for(a: Action) -> (Stop, &'static str) {
+/// The stop an action asks for (`configure` asks for none).
+fn stop_for(a: Action) -> Option<(Stop, &'static str)> {
     match a {
         Action::Poweroff => {
             log("server asked to power off");
-            (Stop::Poweroff, "poweroff")
+            Some((Stop::Poweroff, "poweroff"))
         }
         Action::Reboot => {
             log("server asked to reboot");
-            (Stop::Reboot, "reboot")
+            Some((Stop::Reboot, "reboot"))
         }
+        Action::Configure => None,
     }
 }
 

@@ -73,6 +73,8 @@ pub enum Action {
     Poweroff,
     /// Stop services, sync, reboot.
     Reboot,
+    /// Fetch the config now: an operator accepted the (discovered) machine.
+    Configure,
 }
 
 /// The server's reply to an event or an action poll.
@@ -144,6 +146,10 @@ pub struct Issued {
     pub not_after: u64,
     /// When the node should renew it (half its life), seconds since the epoch.
     pub renew_at: u64,
+    /// A discovery-only certificate: events and the action poll, no config until an
+    /// operator accepts the machine (the poll then says `configure`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discovery: bool,
 }
 
 /// `POST /v1/logs` (mutual TLS): console and kernel lines, the token already redacted.

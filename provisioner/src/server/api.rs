@@ -14,9 +14,13 @@ use serde_json::{json, Value};
 
 use crate::schema::config::MachineConfig;
 use crate::schema::{normalize_mac, unix_time, valid_uuid, Action};
+use crate::server::assign;
 use crate::server::auth::{self, request_line};
-use crate::server::https::Peer;
-use crate::server::store::{Cert, Declared, Machine, Pxe, Quarantine};
+use crate::server::fleet::render::Reveal;
+use crate::server::listener::Peer;
+use crate::server::store::{
+    Accepted, BootInfo, Cert, Declared, Discovered, Machine, Pxe, Quarantine, Recorded, Store,
+};
 use crate::server::{ApiError, State};
 
 /// A machine in the list.
@@ -26,6 +30,10 @@ pub struct Summary {
     mac: String,
     uuid: Option<String>,
     declared: bool,
+    /// Where its config comes from: `"api"`, `{"file": ...}`, `{"profile": ...}` or
+    /// `"discovered"`.
+    origin: Value,
+    flags: Vec<String>,
     quarantine: Option<Quarantine>,
     pending_action: Option<Action>,
     last_event: Option<Value>,
@@ -47,6 +55,8 @@ pub struct TokenView {
 #[serde(rename_all = "camelCase")]
 pub struct Boot {
     boot_id: String,
+    /// What the store keeps of it (counts, log bytes, dropped log lines).
+    kept: Option<BootInfo>,
     events: Vec<Value>,
 }
 
@@ -56,8 +66,14 @@ pub struct Boot {
 pub struct Detail {
     mac: String,
     uuid: Option<String>,
-    config: Option<MachineConfig>,
+    origin: Value,
+    /// The config as the node gets it, secrets shown as `[secret NAME]`; or why it does
+    /// not render.
+    config: Value,
     declared_by: Option<String>,
+    discovered: Option<Discovered>,
+    accepted: Option<Accepted>,
+    flags: Vec<String>,
     quarantine: Option<Quarantine>,
     token: Option<TokenView>,
     certificates: Vec<Cert>,
@@ -78,22 +94,53 @@ fn event_view(r: &crate::server::store::Recorded) -> Value {
     })
 }
 
-fn detail(m: &Machine) -> Detail {
+/// Where the machine's config comes from, and the config (redacted), or why not.
+fn origin_and_config(st: &State, s: &Store, m: &Machine) -> (Value, Value) {
+    let fleet = st.fleet();
+    match assign::config(&fleet, &st.secrets, s, m, Reveal::Redacted) {
+        Ok((origin, Some(c))) => (
+            origin.view(),
+            serde_json::to_value(c).unwrap_or(Value::Null),
+        ),
+        Ok((origin, None)) => (origin.view(), Value::Null),
+        Err(e) => (json!("error"), json!({"error": e.to_string()})),
+    }
+}
+
+fn detail(st: &State, s: &Store, m: &Machine, events: &[Recorded]) -> Detail {
     let mut boots: Vec<Boot> = Vec::new();
-    for r in &m.events {
+    for r in events {
         match boots.iter_mut().find(|b| b.boot_id == r.event.boot_id) {
             Some(b) => b.events.push(event_view(r)),
             None => boots.push(Boot {
                 boot_id: r.event.boot_id.clone(),
+                kept: None,
                 events: vec![event_view(r)],
             }),
         }
     }
+    for b in &mut boots {
+        let key = if b.boot_id.is_empty() {
+            "-"
+        } else {
+            &b.boot_id
+        };
+        b.kept = m.boots.iter().find(|i| i.boot_id == key).cloned();
+    }
+    let (origin, config) = origin_and_config(st, s, m);
     Detail {
         mac: m.mac.clone(),
-        uuid: m.declared.as_ref().map(|d| d.uuid.clone()),
-        config: m.declared.as_ref().map(|d| d.config.clone()),
+        uuid: m
+            .declared
+            .as_ref()
+            .map(|d| d.uuid.clone())
+            .or_else(|| m.last_pxe.as_ref().and_then(|p| p.uuid.clone())),
+        origin,
+        config,
         declared_by: m.declared.as_ref().map(|d| d.by.clone()),
+        discovered: m.discovered.clone(),
+        accepted: m.accepted.clone(),
+        flags: m.flags.clone(),
         quarantine: m.quarantine.clone(),
         token: m.token.as_ref().map(|t| TokenView {
             minted_at: t.minted_at,
@@ -132,18 +179,35 @@ pub async fn list(
     uri: Uri,
 ) -> Result<Json<Vec<Summary>>, ApiError> {
     auth::operator(&st, &peer, &headers, &request_line(&method, &uri))?;
+    let fleet = st.fleet();
     let list = st.with_store(|s| {
-        Ok(s.machines()
-            .into_iter()
-            .map(|m| Summary {
+        let mut out = Vec::new();
+        for m in s.machines()? {
+            let origin = match assign::matched(&fleet, s, &m)? {
+                Some(f) => assign::Origin::File(f),
+                None if m.declared.is_some() => assign::Origin::Api,
+                None => match &m.accepted {
+                    Some(a) => assign::Origin::Accepted(a.profile.clone()),
+                    None => assign::Origin::Discovered,
+                },
+            };
+            let last = s.events(&m.mac)?.last().map(event_view);
+            out.push(Summary {
                 mac: m.mac.clone(),
-                uuid: m.declared.as_ref().map(|d| d.uuid.clone()),
+                uuid: m
+                    .declared
+                    .as_ref()
+                    .map(|d| d.uuid.clone())
+                    .or_else(|| m.last_pxe.as_ref().and_then(|p| p.uuid.clone())),
                 declared: m.declared.is_some(),
+                origin: origin.view(),
+                flags: m.flags.clone(),
                 quarantine: m.quarantine.clone(),
                 pending_action: m.pending_action,
-                last_event: m.events.last().map(event_view),
-            })
-            .collect())
+                last_event: last,
+            });
+        }
+        Ok(out)
     })?;
     Ok(Json(list))
 }
@@ -159,9 +223,15 @@ pub async fn show(
 ) -> Result<Json<Detail>, ApiError> {
     let who = auth::operator(&st, &peer, &headers, &request_line(&method, &uri))?;
     let mac = mac_param(&mac, &who)?;
-    st.with_store(|s| Ok(s.machine(&mac).map(detail)))?
-        .map(Json)
-        .ok_or_else(|| not_known(&mac, &who))
+    st.with_store(|s| {
+        let Some(m) = s.machine(&mac)? else {
+            return Ok(None);
+        };
+        let events = s.events(&mac)?;
+        Ok(Some(detail(&st, s, &m, &events)))
+    })?
+    .map(Json)
+    .ok_or_else(|| not_known(&mac, &who))
 }
 
 /// The body of `PUT /v1/machines/{mac}`.
@@ -197,6 +267,26 @@ pub async fn declare(
     d.config
         .validate()
         .map_err(|e| refuse(format!("config.{e}")))?;
+    // One source per machine: a file in --config-dir that names this MAC wins, so a
+    // declaration beside it would never be used.
+    if let Some(r) = st.fleet().machines.iter().find(|r| {
+        r.doc
+            .selector
+            .mac
+            .as_deref()
+            .and_then(normalize_mac)
+            .as_deref()
+            == Some(mac.as_str())
+    }) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{mac} is declared by {}: change that file instead",
+                r.path.display()
+            ),
+        )
+        .who(format!("operator:{who}")));
+    }
     let declared = Declared {
         uuid: d.uuid.to_ascii_lowercase(),
         config: d.config,
@@ -205,7 +295,11 @@ pub async fn declare(
     };
     let m = st.with_store(|s| {
         s.declare(&mac, declared)?;
-        Ok(s.machine(&mac).map(detail))
+        let Some(m) = s.machine(&mac)? else {
+            return Ok(None);
+        };
+        let events = s.events(&mac)?;
+        Ok(Some(detail(&st, s, &m, &events)))
     })?;
     st.audit(&format!("operator:{who}"), peer.addr, &request, "ok");
     m.map(Json).ok_or_else(|| {
@@ -228,7 +322,7 @@ pub async fn act(
     let request = request_line(&method, &uri);
     let who = auth::operator(&st, &peer, &headers, &request)?;
     let mac = mac_param(&mac, &who)?;
-    let known = st.with_store(|s| Ok(s.machine(&mac).is_some()))?;
+    let known = st.with_store(|s| Ok(s.machine(&mac)?.is_some()))?;
     if !known {
         return Err(not_known(&mac, &who));
     }
@@ -251,8 +345,8 @@ pub async fn act(
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "{}: no such action (poweroff, reboot, release)",
-                    crate::server::store::cut(other, 64)
+                    "{}: no such action (poweroff, reboot, release, accept)",
+                    crate::server::audit::cut(other, 64)
                 ),
             )
             .who(format!("operator:{who}")))
@@ -281,14 +375,13 @@ pub async fn boot_log(
             StatusCode::BAD_REQUEST,
             format!(
                 "boot: {:?} is not a boot id",
-                crate::server::store::cut(&boot, 64)
+                crate::server::audit::cut(&boot, 64)
             ),
         )
         .who(format!("operator:{who}")));
     }
-    let path = st.with_store(|s| Ok(s.log_dir(&mac).join(format!("{boot}.log"))))?;
-    match tokio::fs::read(&path).await {
-        Ok(b) => Ok((
+    match st.with_store(|s| s.log(&mac, &boot))? {
+        Some(b) => Ok((
             [(
                 axum::http::header::CONTENT_TYPE,
                 "text/plain; charset=utf-8",
@@ -296,7 +389,7 @@ pub async fn boot_log(
             b,
         )
             .into_response()),
-        Err(_) => Err(ApiError::new(
+        None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no log for {mac} boot {boot}"),
         )
@@ -304,10 +397,122 @@ pub async fn boot_log(
     }
 }
 
+/// The body of `POST /v1/machines/{mac}/accept`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Acceptance {
+    /// The profile (`--config-dir/profiles/NAME.yaml`) its config is rendered from.
+    pub profile: String,
+    /// Parameters over the profile's and the defaults'.
+    #[serde(default)]
+    pub params: serde_json::Map<String, Value>,
+    /// Labels machine files may select it by.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// `POST /v1/machines/{mac}/accept` `{profile, params?, labels?}`: an operator accepts a
+/// machine (a discovered one, typically): its config is rendered from the profile, and
+/// a node waiting with a discovery-only certificate is told at once to fetch it.
+pub async fn accept(
+    AxState(st): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    AxPath(mac): AxPath<String>,
+    headers: HeaderMap,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+) -> Result<Json<Detail>, ApiError> {
+    let request = request_line(&method, &uri);
+    let who = auth::operator(&st, &peer, &headers, &request)?;
+    let mac = mac_param(&mac, &who)?;
+    let refuse =
+        |msg: String| ApiError::new(StatusCode::BAD_REQUEST, msg).who(format!("operator:{who}"));
+    let a: Acceptance =
+        serde_json::from_slice(&body).map_err(|e| refuse(format!("acceptance: {e}")))?;
+    // The profile must render with these parameters (and its secrets) now, not fail on
+    // the node later.
+    st.fleet()
+        .render_profile(&a.profile, &a.params, &st.secrets, Reveal::Secrets)
+        .map_err(|e| refuse(format!("profile {:?}: {e}", a.profile)))?;
+    let accepted = Accepted {
+        profile: a.profile,
+        params: a.params,
+        labels: a.labels,
+        by: who.clone(),
+        at: unix_time(),
+    };
+    let d = st.with_store(|s| {
+        if s.accept(&mac, accepted.clone())?.is_none() {
+            return Ok(None);
+        }
+        // A node waiting on its discovery-only certificate fetches its config now.
+        s.set_action(&mac, Action::Configure)?;
+        let Some(m) = s.machine(&mac)? else {
+            return Ok(None);
+        };
+        let events = s.events(&mac)?;
+        Ok(Some(detail(&st, s, &m, &events)))
+    })?;
+    let Some(d) = d else {
+        return Err(not_known(&mac, &who));
+    };
+    st.actions.notify_waiters();
+    st.audit(&format!("operator:{who}"), peer.addr, &request, "ok");
+    Ok(Json(d))
+}
+
+/// `GET /v1/server`: the fleet's files as loaded, and the server's own events (reloads).
+pub async fn server(
+    AxState(st): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    method: Method,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    auth::operator(&st, &peer, &headers, &request_line(&method, &uri))?;
+    let fleet = st.fleet();
+    let events = st.with_store(|s| s.server_events())?;
+    Ok(Json(json!({
+        "configDir": fleet.dir,
+        "loadedAt": fleet.loaded_at,
+        "machineFiles": fleet.machines.iter().map(|r| r.path.display().to_string()).collect::<Vec<_>>(),
+        "profiles": fleet.profiles.keys().collect::<Vec<_>>(),
+        "defaults": fleet.defaults.as_ref().map(|d| d.path.display().to_string()),
+        "events": events,
+    })))
+}
+
+/// `GET /metrics`: Prometheus' text format, for operators.
+pub async fn metrics(
+    AxState(st): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    method: Method,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    auth::operator(&st, &peer, &headers, &request_line(&method, &uri))?;
+    let (size, machines) = st.with_store(|s| Ok((s.size()?, s.machines()?.len())))?;
+    st.metrics
+        .store_bytes
+        .set(i64::try_from(size).unwrap_or(i64::MAX));
+    st.metrics
+        .machines
+        .set(i64::try_from(machines).unwrap_or(i64::MAX));
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.encode(),
+    )
+        .into_response())
+}
+
 /// Anything else on the HTTPS listener (audited, as every refusal).
 pub async fn not_found(uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        format!("{}: not found", crate::server::store::cut(uri.path(), 128)),
+        format!("{}: not found", crate::server::audit::cut(uri.path(), 128)),
     )
 }

@@ -5,7 +5,7 @@
 //! the audit trail always (the errors here name who, for [`crate::server::audit_refusals`]).
 
 use crate::schema::unix_time;
-use crate::server::https::Peer;
+use crate::server::listener::Peer;
 use crate::server::{operators, ApiError, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 
@@ -18,6 +18,8 @@ pub struct Node {
     pub boot_id: String,
     /// The certificate's serial.
     pub serial: String,
+    /// A discovery-only certificate of a machine nobody has accepted yet.
+    pub discovery: bool,
 }
 
 /// The request line, for the audit trail.
@@ -46,18 +48,25 @@ pub fn node(st: &State, peer: &Peer, request: &str) -> Result<Node, ApiError> {
     };
     let now = unix_time();
     let found = st.with_store(|s| {
-        Ok(s.machine_of_serial(serial).map(|m| {
+        Ok(s.machine_of_serial(serial)?.map(|m| {
             let cert = m.certs.iter().find(|c| &c.serial == serial).cloned();
-            (m.mac.clone(), cert, m.valid_cert(serial, now).is_some())
+            let pending = m.declared.is_none() && m.accepted.is_none();
+            (
+                m.mac.clone(),
+                cert,
+                m.valid_cert(serial, now).is_some(),
+                pending,
+            )
         }))
     })?;
     match found {
-        Some((mac, Some(cert), true)) => Ok(Node {
+        Some((mac, Some(cert), true, pending)) => Ok(Node {
             mac,
+            discovery: cert.discovery && pending,
             boot_id: cert.boot_id,
             serial: serial.clone(),
         }),
-        Some((mac, cert, _)) => {
+        Some((mac, cert, _, _)) => {
             let why = cert
                 .and_then(|c| c.revoked)
                 .unwrap_or_else(|| "expired".into());
@@ -97,7 +106,7 @@ pub fn operator(
     let mut who = "anonymous".to_string();
     if let Some(serial) = &peer.serial {
         let mac = st
-            .with_store(|s| Ok(s.machine_of_serial(serial).map(|m| m.mac.clone())))
+            .with_store(|s| Ok(s.machine_of_serial(serial)?.map(|m| m.mac)))
             .ok()
             .flatten();
         if let Some(mac) = mac {

@@ -20,6 +20,10 @@ use axum::Router;
 use crate::crypto::{random_token, token_hash};
 use crate::error::{io, Result};
 use crate::schema::{normalize_mac, unix_time, valid_uuid};
+use crate::server::assign::identifiers;
+use crate::server::fleet::Match;
+use crate::server::ident::placeholder_uuid;
+use crate::server::metrics::Metrics;
 use crate::server::store::{Pxe, Token};
 use crate::server::{
     audit_refusals, host_of, join_host_port, log, tftp, url_host, ApiError, State,
@@ -108,9 +112,24 @@ fn advertised(st: &State, host_header: Option<&str>) -> Option<(String, Option<S
     Some((server, ntp))
 }
 
-/// Decides whether `mac` gets a token now, under the store's lock. Why not is a line of
-/// the audit trail and, for a declared machine whose firmware gave another UUID or asked
-/// twice, a `security` event on its timeline; MACs nobody declared leave no record.
+/// How a machine is known to the server when its firmware asks for its script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Known {
+    /// A file of `--config-dir/machines/` selects it.
+    File(String),
+    /// An operator declared it through the API, with this UUID.
+    Api(String),
+    /// An operator accepted it after its discovery.
+    Accepted,
+    /// Nobody declared it: a discovery token, a discovery-only certificate.
+    Discovery,
+}
+
+/// Decides whether `mac` gets a token now, under the store's lock, and which kind. Why
+/// not is a line of the audit trail and, for a machine with a record whose firmware gave
+/// another UUID or asked twice, a `security` event on its timeline; a MAC nobody
+/// declared gets a discovery record, as fast as `--discoveries-per-minute` and up to
+/// `--max-discovered` allow, and otherwise leaves no record.
 fn mint(
     st: &State,
     from: SocketAddr,
@@ -121,24 +140,115 @@ fn mint(
     let now = unix_time();
     let ttl = st.cfg.token_ttl.as_secs();
     let from_s = from.to_string();
-    let (token, refusal) = st.with_store(|s| {
-        let Some(m) = s.declared(mac) else {
-            return Ok((None, Some(format!("no token: {mac} is not declared"))));
+    let fleet = st.fleet();
+    let (token, refusal, known) = st.with_store(|s| {
+        let record = s.machine(mac)?;
+        let labels = record
+            .as_ref()
+            .and_then(|m| m.accepted.as_ref())
+            .map(|a| a.labels.clone())
+            .unwrap_or_default();
+        let ids = identifiers(s, mac, uuid.as_deref(), serial.as_deref(), labels)?;
+        let mut flags = ids.flags;
+        let matched = match fleet.find(&ids.ident) {
+            Match::One(r) => Some(r.name()),
+            Match::None => None,
+            Match::Ambiguous(files) => {
+                flags.push(format!(
+                    "selected equally by {}: none of them is used",
+                    files.join(", ")
+                ));
+                None
+            }
         };
-        let declared_uuid = m.declared.as_ref().map(|d| d.uuid.clone()).unwrap_or_default();
-        let quarantined = m.quarantine.is_some();
-        let outstanding = m.token.as_ref().is_some_and(|t| t.outstanding(now));
+        let known = match (&matched, &record) {
+            (Some(f), _) => Known::File(f.clone()),
+            (None, Some(m)) if m.declared.is_some() => Known::Api(
+                m.declared.as_ref().map(|d| d.uuid.clone()).unwrap_or_default(),
+            ),
+            (None, Some(m)) if m.accepted.is_some() => Known::Accepted,
+            (None, Some(m)) if m.discovered.is_some() => Known::Discovery,
+            (None, _) => {
+                // A new machine: a discovery record, within the limits.
+                let limits = &st.cfg.limits;
+                let why = if limits.max_discovered == 0 {
+                    Some(format!(
+                        "no token: {mac} is not declared, and discovery is off (--max-discovered 0)"
+                    ))
+                } else if s.discovered_count()? >= limits.max_discovered {
+                    Some(format!(
+                        "no token: {mac} is not declared, and {} discovered machines wait for an operator already (--max-discovered)",
+                        limits.max_discovered
+                    ))
+                } else if !st.discoveries.take() {
+                    Some(format!(
+                        "no token: {mac} is not declared, and discoveries are over their rate (--discoveries-per-minute {})",
+                        limits.discoveries_per_minute
+                    ))
+                } else {
+                    None
+                };
+                if let Some(why) = why {
+                    return Ok((None, Some((why, "discovery_limit")), None));
+                }
+                s.discover(mac, &from_s)?;
+                Known::Discovery
+            }
+        };
+        if matched.is_some() && record.is_none() {
+            // A machine a file selects has a record from its first boot on.
+            s.ensure(mac)?;
+        }
+        if let Some(u) = &uuid {
+            if !placeholder_uuid(u) {
+                let others = s.note_uuid(u, mac)?;
+                if !others.is_empty() {
+                    let flag = format!(
+                        "uuid {u} is also presented by {}: not used to match",
+                        others.join(", ")
+                    );
+                    if !flags.contains(&flag) {
+                        flags.push(flag);
+                    }
+                    for o in &others {
+                        s.flag(
+                            o,
+                            &[format!("uuid {u} is also presented by {mac}: not used to match")],
+                        )?;
+                    }
+                }
+            }
+        }
+        if !flags.is_empty() {
+            s.flag(mac, &flags)?;
+        }
+        let m = s.machine(mac)?;
+        let quarantined = m.as_ref().is_some_and(|m| m.quarantine.is_some());
+        let outstanding = m
+            .as_ref()
+            .and_then(|m| m.token.as_ref())
+            .is_some_and(|t| t.outstanding(now));
         let pxe = |minted: bool| Pxe {
             at: now,
             uuid: uuid.clone(),
             serial: serial.clone(),
             token_minted: minted,
         };
+        let bound = match &known {
+            Known::Api(declared) => Some(declared.clone()),
+            _ => uuid.clone(),
+        };
         let refusal = if quarantined {
-            Some(format!("no token: {mac} is in quarantine"))
-        } else if uuid.as_deref() != Some(declared_uuid.as_str()) {
+            Some((format!("no token: {mac} is in quarantine"), "quarantine"))
+        } else if uuid.is_none() {
+            Some((
+                format!("no token: no uuid was sent for {mac} (the token is bound to one)"),
+                "no_uuid",
+            ))
+        } else if matches!(&known, Known::Api(_)) && uuid != bound {
             // The UUID asked with stays out of the reason, so that repeats count on one
             // event whatever UUIDs a flood makes up; the audit line has it.
+            let declared_uuid = bound.clone().unwrap_or_default();
             s.security_event(
                 mac,
                 "",
@@ -147,35 +257,41 @@ fn mint(
                 ),
                 Some(&from_s),
             )?;
-            Some(format!(
-                "no token: uuid {:?} is not the declared one",
-                uuid.as_deref().unwrap_or("")
+            Some((
+                format!(
+                    "no token: uuid {:?} is not the declared one",
+                    uuid.as_deref().unwrap_or("")
+                ),
+                "uuid_mismatch",
             ))
         } else if outstanding {
             let msg = format!("a second token asked for {mac} while one is outstanding: quarantine");
             s.quarantine(mac, &msg)?;
             s.security_event(mac, "", &msg, Some(&from_s))?;
-            Some(msg)
+            Some((msg, "second_mint"))
         } else {
             None
         };
         if refusal.is_some() {
             s.note_pxe(mac, pxe(false), None)?;
-            return Ok((None, refusal));
+            return Ok((None, refusal, Some(known)));
         }
         let token = random_token()?;
         let record = Token {
             hash: token_hash(&token),
-            uuid: declared_uuid,
+            uuid: bound.unwrap_or_default(),
             minted_at: now,
             expires_at: now + ttl,
             spent_at: None,
             voided: None,
+            discovery: known == Known::Discovery,
         };
         s.note_pxe(mac, pxe(true), Some(record))?;
-        Ok((Some(token), None))
+        Ok((Some(token), None, Some(known)))
     })?;
-    if let Some(why) = refusal {
+    if let Some((why, code)) = refusal {
+        Metrics::count(&st.metrics.boots, "no_token");
+        st.metrics.refused("http", code);
         st.audit(
             "anonymous",
             from,
@@ -184,8 +300,18 @@ fn mint(
         );
     }
     if token.is_some() {
+        let discovery = known == Some(Known::Discovery);
+        Metrics::count(
+            &st.metrics.boots,
+            if discovery { "discovery" } else { "token" },
+        );
         log(&format!(
-            "minted an enrolment token for {mac}, valid {ttl}s"
+            "minted {} enrolment token for {mac}{}, valid {ttl}s",
+            if discovery { "a discovery" } else { "an" },
+            match &known {
+                Some(Known::File(f)) => format!(" (machines/{f}.yaml)"),
+                _ => String::new(),
+            }
         ));
     }
     Ok(token)
@@ -311,7 +437,7 @@ fn refused_at(method: &Method, uri: &Uri) -> Response {
         StatusCode::NOT_FOUND,
         format!(
             "{method} {}: not found (plain HTTP serves the boot chain only)",
-            crate::server::store::cut(uri.path(), 128)
+            crate::server::audit::cut(uri.path(), 128)
         ),
     )
     .into_response()
@@ -329,13 +455,13 @@ pub fn tftp_resolver(st: Arc<State>) -> tftp::Resolver {
     let files = tftp::dir_resolver(st.cfg.boot_dir.clone());
     Arc::new(
         move |name: &str| match (&st.cfg.advertise_http, name.trim_start_matches('/')) {
-            (Some(base), "boot.ipxe") => Some(
+            (Some(base), "boot.ipxe") => Some(tftp::Source::Bytes(
                 format!(
                 "#!ipxe\nchain {}/boot.ipxe?mac=${{net0/mac}}&uuid=${{uuid}}&serial=${{serial}}\n",
                 base.trim_end_matches('/')
             )
                 .into_bytes(),
-            ),
+            )),
             _ => files(name),
         },
     )

@@ -23,7 +23,8 @@ use crate::schema::{
     API_VERSION, MAX_ENROLL_BYTES,
 };
 use crate::server::auth::{self, request_line, security};
-use crate::server::https::Peer;
+use crate::server::listener::Peer;
+use crate::server::metrics::Metrics;
 use crate::server::store::{Renewal, Store};
 use crate::server::tls::Signed;
 use crate::server::{ApiError, State};
@@ -36,19 +37,20 @@ fn valid_boot_id(b: &str) -> bool {
     !b.is_empty() && b.len() <= 64 && b.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
 }
 
-fn issued(s: &Signed) -> Issued {
+fn issued(s: &Signed, discovery: bool) -> Issued {
     let life = s.record.not_after.saturating_sub(s.record.issued_at);
     Issued {
         certificate: s.pem.clone(),
         serial: s.record.serial.clone(),
         not_after: s.record.not_after,
         renew_at: s.record.issued_at + life / 2,
+        discovery,
     }
 }
 
 /// What an enrolment attempt comes to, decided under the store's lock.
 enum Verdict {
-    Issue(Box<Signed>),
+    Issue(Box<Signed>, bool),
     Refuse(ApiError),
 }
 
@@ -72,25 +74,25 @@ fn check(body: &[u8]) -> Result<(EnrollRequest, String, String), String> {
     if req.api_version != API_VERSION {
         return Err(format!(
             "apiVersion: {:?} is not {API_VERSION:?}",
-            crate::server::store::cut(&req.api_version, 64)
+            crate::server::audit::cut(&req.api_version, 64)
         ));
     }
     let mac = normalize_mac(&req.mac).ok_or_else(|| {
         format!(
             "mac: {:?} is not a MAC address",
-            crate::server::store::cut(&req.mac, 64)
+            crate::server::audit::cut(&req.mac, 64)
         )
     })?;
     if !valid_uuid(&req.uuid) {
         return Err(format!(
             "uuid: {:?} is not a UUID",
-            crate::server::store::cut(&req.uuid, 64)
+            crate::server::audit::cut(&req.uuid, 64)
         ));
     }
     if !valid_boot_id(&req.boot_id) {
         return Err(format!(
             "bootId: {:?} is not a boot id",
-            crate::server::store::cut(&req.boot_id, 64)
+            crate::server::audit::cut(&req.boot_id, 64)
         ));
     }
     let uuid = req.uuid.to_ascii_lowercase();
@@ -100,13 +102,13 @@ fn check(body: &[u8]) -> Result<(EnrollRequest, String, String), String> {
 /// Voids the token with `hash` if a machine holds it unspent, with an `error` event on
 /// that machine's timeline saying why (`why`).
 fn void_with_error(
-    s: &mut Store,
+    s: &Store,
     hash: &str,
     boot_id: &str,
     why: &str,
     from: &str,
 ) -> crate::Result<()> {
-    let Some(owner) = s.machine_of_token(hash).map(|m| m.mac.clone()) else {
+    let Some(owner) = s.machine_of_token(hash)?.map(|m| m.mac) else {
         return Ok(());
     };
     if s.void_token(&owner, hash, why)? {
@@ -164,7 +166,7 @@ pub async fn enroll(
     let lifetime = st.cfg.cert_lifetime;
     let verdict = st.with_store(|s| {
         let now = unix_time();
-        let held = s.machine(&mac).and_then(|m| {
+        let held = s.machine(&mac)?.and_then(|m| {
             m.token
                 .as_ref()
                 .filter(|t| crate::crypto::same(&t.hash, &hash))
@@ -172,13 +174,16 @@ pub async fn enroll(
                 .map(|t| (t, m.quarantine.is_some()))
         });
         let Some((token, quarantined)) = held else {
-            let refuse = Verdict::Refuse(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "token refused: not minted for this machine",
-            ));
+            let refuse = Verdict::Refuse(
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "token refused: not minted for this machine",
+                )
+                .reason("token_unknown"),
+            );
             // A token nobody holds (made up, or replaced by a newer mint) says nothing
             // about the MAC it claims, which anyone can name: the audit line is all.
-            let Some(owner) = s.machine_of_token(&hash).map(|m| m.mac.clone()) else {
+            let Some(owner) = s.machine_of_token(&hash)?.map(|m| m.mac) else {
                 return Ok(refuse);
             };
             let msg = format!("enrolment as {mac} with the token minted for {owner}");
@@ -201,7 +206,7 @@ pub async fn enroll(
             return Ok(Verdict::Refuse(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "token refused: void (an enrolment presenting it was refused); reboot for a new one",
-            )));
+            ).reason("token_void")));
         }
         if token.spent_at.is_some() {
             let msg = format!("replay: the token of {mac}, spent already, presented again");
@@ -210,7 +215,7 @@ pub async fn enroll(
             return Ok(Verdict::Refuse(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "token refused: already spent (the machine is now in quarantine)",
-            )));
+            ).reason("token_spent")));
         }
         if now >= token.expires_at {
             let mut d = Map::new();
@@ -222,10 +227,10 @@ pub async fn enroll(
             d.insert("expiredSecsAgo".into(), json!(now - token.expires_at));
             d.insert("from".into(), json!(from));
             s.server_event(&mac, &boot, EventKind::Error, d)?;
-            return Ok(Verdict::Refuse(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "token expired: reboot for a new one",
-            )));
+            return Ok(Verdict::Refuse(
+                ApiError::new(StatusCode::UNAUTHORIZED, "token expired: reboot for a new one")
+                    .reason("token_expired"),
+            ));
         }
         if token.uuid != uuid {
             let msg = format!(
@@ -242,44 +247,55 @@ pub async fn enroll(
             return Ok(Verdict::Refuse(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "token refused: bound to another uuid",
-            )));
+            ).reason("uuid_mismatch")));
         }
         if quarantined {
             s.void_token(&mac, &hash, "the machine is in quarantine")?;
             let reason = s
-                .machine(&mac)
-                .and_then(|m| m.quarantine.as_ref())
-                .map(|q| q.reason.clone())
+                .machine(&mac)?
+                .and_then(|m| m.quarantine)
+                .map(|q| q.reason)
                 .unwrap_or_default();
-            return Ok(Verdict::Refuse(ApiError::new(
-                StatusCode::FORBIDDEN,
-                format!("machine {mac} is in quarantine: {reason}"),
-            )));
+            return Ok(Verdict::Refuse(
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    format!("machine {mac} is in quarantine: {reason}"),
+                )
+                .reason("quarantine"),
+            ));
         }
-        let signed = match st.ca.sign_client(&req.csr, &mac, &boot, lifetime) {
+        let mut signed = match st.ca.sign_client(&req.csr, &mac, &boot, lifetime) {
             Ok(sig) => sig,
             Err(e) => {
                 void_with_error(s, &hash, &boot, &format!("enrolment refused: {e}"), &from)?;
                 return Ok(Verdict::Refuse(bad(e.to_string())));
             }
         };
-        s.spend_token(&mac)?;
-        s.add_cert(
+        signed.record.discovery = token.discovery;
+        s.enrol(
             &mac,
             signed.record.clone(),
             &format!("superseded by the enrolment of boot {boot}"),
         )?;
-        Ok(Verdict::Issue(Box::new(signed)))
+        Ok(Verdict::Issue(Box::new(signed), token.discovery))
     })?;
     match verdict {
-        Verdict::Issue(signed) => {
+        Verdict::Issue(signed, discovery) => {
+            Metrics::count(
+                &st.metrics.enrolments,
+                if discovery { "discovery" } else { "machine" },
+            );
             st.audit(
                 &format!("node:{mac}"),
                 peer.addr,
                 &request,
-                &format!("ok: certificate {} for boot {boot}", signed.record.serial),
+                &format!(
+                    "ok: {}certificate {} for boot {boot}",
+                    if discovery { "discovery-only " } else { "" },
+                    signed.record.serial
+                ),
             );
-            Ok(Json(issued(&signed)))
+            Ok(Json(issued(&signed, discovery)))
         }
         // Audited by the middleware, with `who`.
         Verdict::Refuse(e) => Err(e.who(who)),
@@ -304,10 +320,11 @@ pub async fn renew(
     }
     let req: RenewRequest =
         serde_json::from_slice(&body).map_err(|e| bad(format!("renewal: {e}")).who(&who))?;
-    let signed = st
+    let mut signed = st
         .ca
         .sign_client(&req.csr, &node.mac, &node.boot_id, st.cfg.cert_lifetime)
         .map_err(|e| bad(e.to_string()).who(&who))?;
+    signed.record.discovery = node.discovery;
     let outcome =
         st.with_store(|s| s.renew_cert(&node.mac, &node.serial, signed.record.clone()))?;
     match outcome {
@@ -318,7 +335,7 @@ pub async fn renew(
                 &request,
                 &format!("ok: {} renewed as {}", node.serial, signed.record.serial),
             );
-            Ok(Json(issued(&signed)))
+            Ok(Json(issued(&signed, node.discovery)))
         }
         Renewal::Refused(why) => {
             security(

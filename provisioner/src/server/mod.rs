@@ -4,28 +4,50 @@
 //!
 //! | module | what |
 //! | --- | --- |
-//! | [`boot`] | the plain-HTTP listener: iPXE script (mints the token), kernel, initrd |
+//! | [`boot`] | the plain-HTTP routes: iPXE script (mints the token), kernel, initrd |
 //! | [`enroll`] | `POST /v1/enroll`, `POST /v1/renew` |
 //! | [`node`] | mTLS: `GET /v1/config`, `POST /v1/events`, `POST /v1/logs`, `POST /v1/action` |
-//! | [`api`] | operators: machines, timelines, logs, actions, release |
+//! | [`api`] | operators: machines, timelines, logs, actions, acceptance, release |
 //! | [`auth`] | who a request comes from: a node's certificate, an operator's token |
 //! | [`tls`] | the CA, the serving certificate, signing CSRs |
-//! | [`https`] | the TLS accept loop that tags each request with its client certificate |
+//! | [`https`] | the HTTPS routes |
+//! | [`listener`] | the accept loop: per-address connection caps, TLS, request deadlines |
+//! | [`limits`] | the limits each client is held to |
+//! | [`fleet`] | `--config-dir`: machines, profiles, defaults, rendering |
+//! | [`secrets`] | `--data/secrets/`, and redaction |
+//! | [`ident`] | placeholder identifiers |
+//! | [`reload`] | SIGHUP and the file watch on `--config-dir` |
+//! | [`store`], [`kv`], [`kv_redb`] | the state, its interface, the embedded backend |
+//! | [`audit`], [`files`] | the audit trail; private files |
+//! | [`metrics`] | Prometheus `/metrics` |
+//! | [`tftp`] | TFTP with a bounded pool |
 
 pub mod api;
+pub mod assign;
+pub mod audit;
 pub mod auth;
 pub mod boot;
 pub mod enroll;
+pub mod files;
+pub mod fleet;
 pub mod https;
+pub mod ident;
+pub mod kv;
+pub mod kv_redb;
+pub mod limits;
+pub mod listener;
+pub mod metrics;
 pub mod node;
 pub mod operators;
+pub mod reload;
+pub mod secrets;
 pub mod store;
 pub mod tftp;
 pub mod tls;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State as AxState};
@@ -36,8 +58,12 @@ use serde_json::json;
 
 use crate::error::{io, net, Error, Result};
 use crate::schema::unix_time;
-use https::Peer;
-use store::{Audit, AuditTrail, Store};
+use audit::{Audit, AuditTrail};
+use fleet::Fleet;
+use listener::{Listener, Peer};
+use metrics::Metrics;
+use secrets::Secrets;
+use store::Store;
 use tls::Ca;
 
 /// Server settings.
@@ -65,6 +91,16 @@ pub struct Config {
     pub token_ttl: Duration,
     /// How long a node's client certificate lives.
     pub cert_lifetime: Duration,
+    /// The fleet's files (`machines/`, `profiles/`, `defaults.yaml`), when kept in git.
+    pub config_dir: Option<PathBuf>,
+    /// What each client is allowed.
+    pub limits: limits::Limits,
+    /// What the store keeps per machine.
+    pub retention: store::Limits,
+    /// TFTP transfers at once.
+    pub tftp_workers: usize,
+    /// TFTP sends of one packet at most (the first and its retransmits).
+    pub tftp_sends: u32,
 }
 
 /// What the server bound, for the caller to print.
@@ -96,6 +132,13 @@ pub struct State {
     actions: tokio::sync::Notify,
     https_port: u16,
     sntp: Option<SocketAddr>,
+    /// The fleet's files as last loaded well.
+    fleet: RwLock<Arc<Fleet>>,
+    secrets: Secrets,
+    metrics: Metrics,
+    conns: Arc<limits::Conns>,
+    /// New discovery records.
+    discoveries: limits::Rate,
 }
 
 /// Runs `f`, which blocks on a lock or on file I/O (fsync), without stalling the
@@ -122,15 +165,23 @@ impl State {
         })
     }
 
+    /// The fleet's files as last loaded well.
+    fn fleet(&self) -> Arc<Fleet> {
+        match self.fleet.read() {
+            Ok(f) => f.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
     /// Appends to the audit trail (its own lock, off the runtime's workers); a failure is
     /// logged, not fatal to the request.
     fn audit(&self, who: &str, from: SocketAddr, request: &str, outcome: &str) {
         let a = Audit {
             at: unix_time(),
-            who: store::cut(who, store::MAX_AUDIT_TEXT),
+            who: audit::cut(who, audit::MAX_AUDIT_TEXT),
             from: from.to_string(),
-            request: store::cut(request, store::MAX_AUDIT_REQUEST),
-            outcome: store::cut(outcome, store::MAX_AUDIT_TEXT),
+            request: audit::cut(request, audit::MAX_AUDIT_REQUEST),
+            outcome: audit::cut(outcome, audit::MAX_AUDIT_TEXT),
         };
         log(&format!(
             "audit: {} from {from}: {}: {}",
@@ -155,6 +206,7 @@ pub struct ApiError {
     status: StatusCode,
     msg: String,
     who: Option<String>,
+    reason: Option<&'static str>,
 }
 
 impl ApiError {
@@ -164,7 +216,15 @@ impl ApiError {
             status,
             msg: msg.into(),
             who: None,
+            reason: None,
         }
+    }
+
+    /// The same error, counted under `reason` (a short code for `/metrics`) instead of
+    /// its status.
+    pub fn reason(mut self, reason: &'static str) -> ApiError {
+        self.reason = Some(reason);
+        self
     }
 
     /// The same error, audited as coming from `who` (`node:MAC`, `operator:NAME`,
@@ -180,6 +240,7 @@ impl ApiError {
 struct Refusal {
     who: Option<String>,
     msg: String,
+    reason: Option<&'static str>,
 }
 
 impl IntoResponse for ApiError {
@@ -188,12 +249,31 @@ impl IntoResponse for ApiError {
         r.extensions_mut().insert(Refusal {
             who: self.who,
             msg: self.msg,
+            reason: self.reason,
         });
         r
     }
 }
 
-/// Middleware on both listeners: every answer of 400 or more is a line of the audit
+/// The short code a refusal is counted under when the handler gave none.
+fn status_reason(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        409 => "conflict",
+        413 => "body_too_large",
+        429 => "rate_limited",
+        s if s >= 500 => "server_error",
+        _ => "other",
+    }
+}
+
+/// Middleware on both listeners: each request's latency, by route template and status
+/// class; and every answer of 400 or more is counted by reason and is a line of the audit
 /// trail (who, from where, the request, the status and why), whichever handler or
 /// extractor (a body over the limit, a method not routed) gave it.
 pub async fn audit_refusals(
@@ -201,7 +281,13 @@ pub async fn audit_refusals(
     req: Request,
     next: Next,
 ) -> Response {
+    let started = std::time::Instant::now();
     let request = format!("{} {}", req.method(), req.uri().path());
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "other".to_string(), |m| m.as_str().to_string());
+    let listener = req.extensions().get::<Listener>().map_or("http", |l| l.0);
     let peer = req.extensions().get::<Peer>().cloned();
     let from = peer
         .as_ref()
@@ -214,15 +300,30 @@ pub async fn audit_refusals(
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     let resp = next.run(req).await;
     let status = resp.status();
+    st.metrics
+        .latency
+        .get_or_create(&metrics::Route {
+            listener: listener.to_string(),
+            route,
+            status: format!("{}xx", status.as_u16() / 100),
+        })
+        .observe(started.elapsed().as_secs_f64());
     if status.as_u16() < 400 {
         return resp;
     }
     let refusal = resp.extensions().get::<Refusal>().cloned();
+    st.metrics.refused(
+        listener,
+        refusal
+            .as_ref()
+            .and_then(|r| r.reason)
+            .unwrap_or_else(|| status_reason(status)),
+    );
     let who = match refusal.as_ref().and_then(|r| r.who.clone()) {
         Some(w) => w,
         None => match peer.and_then(|p| p.serial) {
             Some(serial) => st
-                .with_store(|s| Ok(s.machine_of_serial(&serial).map(|m| m.mac.clone())))
+                .with_store(|s| Ok(s.machine_of_serial(&serial)?.map(|m| m.mac)))
                 .ok()
                 .flatten()
                 .map_or_else(
@@ -256,8 +357,9 @@ pub fn log(msg: &str) {
     let _ = writeln!(std::io::stderr(), "{msg}");
 }
 
-/// Checks the boot directory and the data directory before anything binds.
-pub fn check(cfg: &Config) -> Result<()> {
+/// Checks the boot directory, the fleet's files and the data directory before anything
+/// binds; returns the fleet (empty without `--config-dir`).
+pub fn check(cfg: &Config) -> Result<Fleet> {
     for f in ["boot.ipxe", "vmlinuz", "initrd"] {
         let p = cfg.boot_dir.join(f);
         if !p.is_file() {
@@ -285,8 +387,14 @@ pub fn check(cfg: &Config) -> Result<()> {
             }
         }
     }
+    // A bad file stops the server here, before --data is made: nothing is left behind.
+    let fleet = match &cfg.config_dir {
+        Some(dir) => Fleet::load(dir, &Secrets::new(&cfg.data))?,
+        None => Fleet::default(),
+    };
     // Last: a refused start leaves nothing behind.
-    private_data_dir(&cfg.data)
+    private_data_dir(&cfg.data)?;
+    Ok(fleet)
 }
 
 /// The `--data` directory, private: made 0700 when missing; an existing one open to
@@ -384,16 +492,16 @@ fn serving_names(cfg: &Config, https: SocketAddr) -> Vec<String> {
 /// Binds everything and serves until the process is killed. `on_ready` is called once
 /// the listeners are bound.
 pub fn serve(cfg: Config, on_ready: impl FnOnce(&Ready)) -> Result<()> {
-    check(&cfg)?;
+    let fleet = check(&cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(net("starting the tokio runtime"))?;
-    rt.block_on(serve_async(cfg, on_ready))
+    rt.block_on(serve_async(cfg, fleet, on_ready))
 }
 
-async fn serve_async(cfg: Config, on_ready: impl FnOnce(&Ready)) -> Result<()> {
+async fn serve_async(cfg: Config, fleet: Fleet, on_ready: impl FnOnce(&Ready)) -> Result<()> {
     let (ca, _made) = Ca::load_or_create(&cfg.data)?;
     let operator_token = operators::ensure_first(&cfg.data)?;
     let first_token = cfg.data.join(operators::FIRST_TOKEN);
@@ -403,7 +511,23 @@ async fn serve_async(cfg: Config, on_ready: impl FnOnce(&Ready)) -> Result<()> {
             first_token.display()
         ));
     }
-    let store = Store::open(&cfg.data)?;
+    let store = Store::open(&cfg.data, cfg.retention)?;
+    if cfg.data.join("machines").is_dir() {
+        // The one-file-per-machine store of the first releases is not read any more.
+        log(&format!(
+            "warning: {} is the store of an earlier version and is not read: declare those machines again (or keep them in --config-dir), then remove it",
+            cfg.data.join("machines").display()
+        ));
+    }
+    if let Some(dir) = &fleet.dir {
+        log(&format!(
+            "config: loaded {}: {} machine files, {} profiles",
+            dir.display(),
+            fleet.machines.len(),
+            fleet.profiles.len()
+        ));
+    }
+    files::private_dir(&cfg.data.join(secrets::DIR))?;
     let boot_files = boot::Files::load(&cfg.boot_dir)?;
     let http = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -440,13 +564,24 @@ async fn serve_async(cfg: Config, on_ready: impl FnOnce(&Ready)) -> Result<()> {
         actions: tokio::sync::Notify::new(),
         https_port: https_addr.port(),
         sntp: sntp_addr,
+        fleet: RwLock::new(Arc::new(fleet)),
+        secrets: Secrets::new(&cfg.data),
+        metrics: Metrics::new(),
+        conns: Arc::new(limits::Conns::default()),
+        discoveries: limits::Rate::new(cfg.limits.discoveries_per_minute),
     });
     let mut tftp_addr = None;
     if let Some(t) = cfg.tftp {
         let sock = UdpSocket::bind(t).map_err(net(format!("binding --tftp {t}")))?;
         tftp_addr = Some(sock.local_addr().map_err(net("TFTP local address"))?);
         let resolver = boot::tftp_resolver(state.clone());
-        std::thread::spawn(move || tftp::serve(sock, resolver));
+        let pool = tftp::Pool {
+            workers: cfg.tftp_workers,
+            sends: cfg.tftp_sends,
+        };
+        let st = state.clone();
+        let refused: tftp::OnRefusal = Arc::new(move |why: &str| st.metrics.refused("tftp", why));
+        std::thread::spawn(move || tftp::serve(sock, resolver, pool, refused));
     }
     if let Some(sock) = sntp_sock {
         std::thread::spawn(move || crate::sntp::serve(sock));
@@ -459,17 +594,13 @@ async fn serve_async(cfg: Config, on_ready: impl FnOnce(&Ready)) -> Result<()> {
         pin,
         operator_token,
     });
+    if cfg.config_dir.is_some() {
+        reload::watch(state.clone())?;
+    }
     let boot_app = boot::router(state.clone());
     let https_app = https::router(state.clone());
-    let plain = async move {
-        axum::serve(
-            http,
-            boot_app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .map_err(net("serving plain HTTP"))
-    };
-    let tls = https::serve(tls_listener, server_config, https_app);
+    let plain = listener::serve(http, None, boot_app, state.clone());
+    let tls = listener::serve(tls_listener, Some(server_config), https_app, state);
     tokio::try_join!(plain, tls)?;
     Ok(())
 }

@@ -14,8 +14,10 @@ use axum::{Extension, Json};
 
 use crate::schema::config::MachineConfig;
 use crate::schema::{normalize_mac, Event, LogBatch, Reply, MAX_LOG_BYTES};
+use crate::server::assign;
 use crate::server::auth::{self, request_line, security, Node};
-use crate::server::https::Peer;
+use crate::server::fleet::render::Reveal;
+use crate::server::listener::Peer;
 use crate::server::{ApiError, State};
 
 /// How long a node's action poll is held open.
@@ -71,25 +73,54 @@ pub async fn config(
             ));
         }
     }
-    let m = st.with_store(|s| Ok(s.machine(&node.mac).cloned()))?;
-    let Some(m) = m else {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, "machine not found").who(who));
-    };
-    if let Some(q) = &m.quarantine {
-        return Err(ApiError::new(
+    let fleet = st.fleet();
+    let answer = st.with_store(|s| {
+        let Some(m) = s.machine(&node.mac)? else {
+            return Ok(Answer::Missing);
+        };
+        if let Some(q) = &m.quarantine {
+            return Ok(Answer::Quarantine(format!(
+                "machine {} is in quarantine: {}",
+                m.mac, q.reason
+            )));
+        }
+        // Secrets are filled in here, and only here.
+        Ok(
+            match assign::config(&fleet, &st.secrets, s, &m, Reveal::Secrets) {
+                Ok((_, Some(c))) => Answer::Config(Box::new(c)),
+                Ok((_, None)) => Answer::Pending,
+                Err(e) => Answer::Failed(format!("the config of {} does not render: {e}", m.mac)),
+            },
+        )
+    })?;
+    match answer {
+        Answer::Missing => Err(ApiError::new(StatusCode::NOT_FOUND, "machine not found").who(who)),
+        Answer::Quarantine(msg) => Err(ApiError::new(StatusCode::FORBIDDEN, msg)
+            .reason("quarantine")
+            .who(who)),
+        Answer::Failed(msg) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg)
+            .reason("config_render")
+            .who(who)),
+        Answer::Config(cfg) => Ok(Json(*cfg)),
+        Answer::Pending => Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            format!("machine {} is in quarantine: {}", m.mac, q.reason),
+            format!(
+                "machine {} is discovered, not accepted: no config until an operator accepts it (POST /v1/machines/{}/accept)",
+                node.mac, node.mac
+            ),
         )
-        .who(who));
-    }
-    match m.declared {
-        Some(d) => Ok(Json(d.config)),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("machine {} has no config", m.mac),
-        )
+        .reason("not_accepted")
         .who(who)),
     }
+}
+
+/// What `GET /v1/config` comes to, decided under the store's lock.
+enum Answer {
+    Missing,
+    Quarantine(String),
+    Failed(String),
+    Config(Box<MachineConfig>),
+    Pending,
 }
 
 /// `POST /v1/events`: one event of the certificate's machine and boot.
@@ -116,7 +147,7 @@ pub async fn events(
             node.mac,
             node.boot_id,
             ev.mac,
-            crate::server::store::cut(&ev.boot_id, 64)
+            crate::server::audit::cut(&ev.boot_id, 64)
         );
         return Err(forbidden(&st, &node, &peer, &request, msg, Some(&ev.mac)));
     }
@@ -142,6 +173,14 @@ pub async fn logs(
     let request = request_line(&method, &uri);
     let node = auth::node(&st, &peer, &request)?;
     let who = format!("node:{}", node.mac);
+    if node.discovery {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "a discovery-only certificate posts events and polls for actions; logs wait for the machine's acceptance",
+        )
+        .reason("discovery_only")
+        .who(who));
+    }
     if body.len() > MAX_LOG_BYTES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -158,10 +197,12 @@ pub async fn logs(
         let msg = format!(
             "the certificate of boot {} sent logs of boot {}",
             node.boot_id,
-            crate::server::store::cut(&batch.boot_id, 64)
+            crate::server::audit::cut(&batch.boot_id, 64)
         );
         return Err(forbidden(&st, &node, &peer, &request, msg, None));
     }
+    // A secret a node echoes (a file it printed) is not kept in the clear.
+    let secrets = st.secrets.all();
     let lines: Vec<String> = batch
         .lines
         .iter()
@@ -179,12 +220,13 @@ pub async fn logs(
                 t.truncate(cut);
             }
             format!(
-                "{} {t}",
+                "{} {}",
                 if l.source == "kmsg" {
                     "kmsg"
                 } else {
                     "console"
-                }
+                },
+                crate::server::secrets::redact(&t, &secrets)
             )
         })
         .collect();
@@ -202,7 +244,9 @@ pub async fn action(
 ) -> Result<Json<Reply>, ApiError> {
     let request = request_line(&method, &uri);
     let node = auth::node(&st, &peer, &request)?;
-    let deadline = tokio::time::Instant::now() + POLL;
+    // Answered well within the request deadline, so that a poll is never cut.
+    let poll = POLL.min(st.cfg.limits.request_timeout / 2);
+    let deadline = tokio::time::Instant::now() + poll;
     loop {
         // Registered before the check, so a wake-up between the two is not lost.
         let notified = st.actions.notified();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::crypto::{random_token, same, token_hash};
 use crate::error::{io, Error, Result};
-use crate::server::store::{private_dir, write_atomic_mode};
+use crate::server::files::{private_dir, write_atomic_mode};
 
 /// The directory of operator hashes under `--data`.
 pub const DIR: &str = "operators";

@@ -1,30 +1,40 @@
-//! The embedded store: one JSON file per machine under `<data>/machines/`, each written
-//! atomically (temp file, fsync, rename, fsync of the directory) so that a kill -9 leaves
-//! either the old or the new record; everything is read back at start. It holds what an
-//! operator declared, the machine's one enrolment token (as a hash), the certificates
-//! issued to it, its quarantine, and its timeline. Only declared machines have records:
-//! what anyone says about another MAC goes to the audit trail alone. Logs and the audit
-//! trail are append-only files beside it. Every file is private (0600, directories
-//! 0700).
+//! The server's state, over the store interface ([`Kv`]): each machine's record, its
+//! timeline per boot, its logs per boot, and the indexes from a certificate serial or a
+//! token hash to the machine. Every change is one transaction that compares the
+//! machine's record version, so a change made by someone else in between (another
+//! server, once an etcd backend exists) is retried rather than overwritten.
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `m/<mac>` | [`Machine`]: what is known and decided about it, and its boots |
+//! | `e/<mac>/<boot>/<n>` | one [`Recorded`] event; `<boot>` is `-` for events of no boot |
+//! | `l/<mac>/<boot>/<n>` | a batch of log lines |
+//! | `s/<serial>` | the MAC a certificate was issued to |
+//! | `t/<token hash>` | the MAC the token was minted for |
+//! | `u/<uuid>` | the MACs a UUID was seen on (two make it a duplicate) |
+//! | `srv/events` | the server's own events (config reloads) |
+//!
+//! Retention per machine: the last [`Limits::keep_boots`] boots (their events and logs),
+//! at most [`Limits::max_log_bytes_per_boot`] of log per boot, and per boot (and for the
+//! events of no boot) the last [`MAX_EVENTS`] events and, counted apart, the last
+//! [`MAX_SECURITY_EVENTS`] `security` ones.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::error::{io, Error, Result};
+use crate::error::{Error, Result};
 use crate::schema::config::MachineConfig;
 use crate::schema::{unix_time, Action, Event, EventKind, API_VERSION};
+use crate::server::kv::{Kv, Txn};
 
-/// How many events other than `security` ones are kept per machine (oldest dropped
-/// first).
-pub const MAX_EVENTS: usize = 500;
+/// How many events other than `security` ones are kept per boot (oldest dropped first).
+pub const MAX_EVENTS: u32 = 500;
 
-/// How many `security` events are kept per machine, counted apart from the others: no
+/// How many `security` events are kept per boot, counted apart from the others: no
 /// number of ordinary events trims one (oldest dropped first).
-pub const MAX_SECURITY_EVENTS: usize = 200;
+pub const MAX_SECURITY_EVENTS: u32 = 200;
 
 /// A server event repeating one of the last this many events of its machine and boot
 /// (same type and reason, within [`REPEAT_WINDOW_SECS`]) is counted on it (`count`,
@@ -34,21 +44,32 @@ const REPEAT_LOOKBACK: usize = 32;
 /// How long a server event gathers its repeats.
 const REPEAT_WINDOW_SECS: u64 = 3600;
 
-/// The audit trail is rotated at this size: `audit.jsonl` becomes `audit.jsonl.1`
-/// (replacing the one before) and a new one starts.
-pub const MAX_AUDIT_BYTES: u64 = 64 << 20;
-
-/// The longest `request` an audit line keeps (longer ones are cut and say so).
-pub const MAX_AUDIT_REQUEST: usize = 512;
-
-/// The longest `who` or `outcome` an audit line keeps.
-pub const MAX_AUDIT_TEXT: usize = 1024;
-
 /// How many certificate records are kept per machine (oldest dropped first).
 pub const MAX_CERTS: usize = 50;
 
-/// The most log bytes kept per boot; later lines are dropped (and counted).
-pub const MAX_LOG_BYTES_PER_BOOT: u64 = 8 << 20;
+/// How many of the server's own events are kept.
+pub const MAX_SERVER_EVENTS: usize = 100;
+
+/// The boot key of events that belong to no boot (refusals before enrolment).
+const NO_BOOT: &str = "-";
+
+/// Retention, from the server's flags.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Boots kept per machine (events and logs); older ones are dropped whole.
+    pub keep_boots: usize,
+    /// Log bytes kept per boot; later lines are dropped and counted.
+    pub max_log_bytes_per_boot: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            keep_boots: 10,
+            max_log_bytes_per_boot: 10 << 20,
+        }
+    }
+}
 
 /// Who produced an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,7 +93,7 @@ pub struct Recorded {
     pub event: Event,
 }
 
-/// What an operator declared about a machine.
+/// What an operator declared about a machine through the API.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Declared {
@@ -83,6 +104,35 @@ pub struct Declared {
     /// Which operator declared it last.
     pub by: String,
     /// When, seconds since the epoch.
+    pub at: u64,
+}
+
+/// A machine nobody declared, seen at PXE and given a discovery token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Discovered {
+    /// When it was first seen.
+    pub at: u64,
+    /// From where.
+    pub from: String,
+}
+
+/// An operator's acceptance of a discovered machine: the profile (and parameters) its
+/// config is rendered from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Accepted {
+    /// The profile of `--config-dir/profiles/` its config comes from.
+    pub profile: String,
+    /// Parameters for the profile, over the profile's and the defaults'.
+    #[serde(default)]
+    pub params: Map<String, Value>,
+    /// Labels, which machine files may select it by.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Which operator accepted it.
+    pub by: String,
+    /// When.
     pub at: u64,
 }
 
@@ -105,6 +155,9 @@ pub struct Token {
     /// too, but bought no certificate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub voided: Option<String>,
+    /// A discovery token: it buys a discovery-only certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discovery: bool,
 }
 
 impl Token {
@@ -129,6 +182,9 @@ pub struct Cert {
     /// Why it no longer counts, if it does not.
     #[serde(default)]
     pub revoked: Option<String>,
+    /// Issued for a discovery token: no config until the machine is accepted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discovery: bool,
 }
 
 /// Why a machine is in quarantine.
@@ -158,15 +214,46 @@ pub struct Pxe {
     pub token_minted: bool,
 }
 
+/// One boot the store keeps events or logs of.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BootInfo {
+    /// The boot id (`-` for events of no boot).
+    pub boot_id: String,
+    /// When the store first heard of it.
+    pub first_at: u64,
+    /// Events kept, other than `security` ones.
+    #[serde(default)]
+    pub events: u32,
+    /// `security` events kept.
+    #[serde(default)]
+    pub security: u32,
+    /// Log bytes kept.
+    #[serde(default)]
+    pub log_bytes: u64,
+    /// Log batches kept (the next batch's number).
+    #[serde(default)]
+    pub log_batches: u64,
+    /// Log lines dropped over the limit.
+    #[serde(default)]
+    pub log_dropped: u64,
+}
+
 /// What the server knows about one machine.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Machine {
     /// The boot NIC's MAC (the key).
     pub mac: String,
-    /// What an operator declared; `None` for a machine only seen at PXE.
+    /// What an operator declared through the API.
     #[serde(default)]
     pub declared: Option<Declared>,
+    /// Set when the machine was first seen undeclared and given a discovery token.
+    #[serde(default)]
+    pub discovered: Option<Discovered>,
+    /// An operator's acceptance (of a discovered machine): its profile.
+    #[serde(default)]
+    pub accepted: Option<Accepted>,
     /// Set while the machine gets no token, no config and no secrets.
     #[serde(default)]
     pub quarantine: Option<Quarantine>,
@@ -179,12 +266,19 @@ pub struct Machine {
     /// An action waiting for the machine to pick it up.
     #[serde(default)]
     pub pending_action: Option<Action>,
-    /// Its events, oldest first.
-    #[serde(default)]
-    pub events: Vec<Recorded>,
     /// The last time its firmware fetched the boot script.
     #[serde(default)]
     pub last_pxe: Option<Pxe>,
+    /// What is wrong with its identity (placeholder or duplicate identifiers), each said
+    /// once: such identifiers are never used to match it.
+    #[serde(default)]
+    pub flags: Vec<String>,
+    /// The boots kept, oldest first.
+    #[serde(default)]
+    pub boots: Vec<BootInfo>,
+    /// The next event's number (orders a machine's events across boots).
+    #[serde(default)]
+    pub next_event: u64,
 }
 
 impl Machine {
@@ -192,18 +286,27 @@ impl Machine {
         Machine {
             mac: mac.to_string(),
             declared: None,
+            discovered: None,
+            accepted: None,
             quarantine: None,
             token: None,
             certs: Vec::new(),
             pending_action: None,
-            events: Vec::new(),
             last_pxe: None,
+            flags: Vec::new(),
+            boots: Vec::new(),
+            next_event: 0,
         }
     }
 
-    /// Whether an operator declared it.
+    /// Whether an operator declared it through the API.
     pub fn is_declared(&self) -> bool {
         self.declared.is_some()
+    }
+
+    /// Whether it is only discovered: nobody declared or accepted it.
+    pub fn discovery_only(&self) -> bool {
+        self.declared.is_none() && self.accepted.is_none()
     }
 
     /// The certificate with `serial`, when it is neither revoked nor expired at `now`.
@@ -212,22 +315,37 @@ impl Machine {
             .iter()
             .find(|c| c.serial == serial && c.revoked.is_none() && now < c.not_after)
     }
-}
 
-/// One line of the audit trail (`<data>/audit.jsonl`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Audit {
-    /// Seconds since the epoch.
-    pub at: u64,
-    /// `operator:NAME`, `node:MAC`, or `anonymous`.
-    pub who: String,
-    /// The peer's address.
-    pub from: String,
-    /// `METHOD /path`.
-    pub request: String,
-    /// `ok`, or `refused: why`.
-    pub outcome: String,
+    /// Adds `flag` unless it is there.
+    pub fn flag(&mut self, flag: String) -> bool {
+        if self.flags.contains(&flag) {
+            return false;
+        }
+        self.flags.push(flag);
+        true
+    }
+
+    fn boot(&mut self, boot_id: &str, now: u64) -> (&mut BootInfo, bool) {
+        let key = boot_key(boot_id).to_string();
+        let fresh = !self.boots.iter().any(|b| b.boot_id == key);
+        if fresh {
+            self.boots.push(BootInfo {
+                boot_id: key.clone(),
+                first_at: now,
+                events: 0,
+                security: 0,
+                log_bytes: 0,
+                log_batches: 0,
+                log_dropped: 0,
+            });
+        }
+        let b = self
+            .boots
+            .iter_mut()
+            .rfind(|b| b.boot_id == key)
+            .unwrap_or_else(|| unreachable!("pushed above"));
+        (b, fresh)
+    }
 }
 
 /// What a renewal came to, decided under the store's lock.
@@ -240,191 +358,433 @@ pub enum Renewal {
     Refused(String),
 }
 
-/// The store.
-#[derive(Debug)]
-pub struct Store {
-    data: PathBuf,
-    dir: PathBuf,
-    machines: BTreeMap<String, Machine>,
-    /// Certificate serial -> MAC, for every certificate ever issued.
-    serials: HashMap<String, String>,
+/// One of the server's own events (a config reload), shown to operators.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerEvent {
+    /// Seconds since the epoch.
+    pub at: u64,
+    /// `config` (a reload of `--config-dir`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Whether it went well.
+    pub ok: bool,
+    /// What happened.
+    pub message: String,
 }
 
+fn boot_key(boot_id: &str) -> &str {
+    if boot_id.is_empty() {
+        NO_BOOT
+    } else {
+        boot_id
+    }
+}
+
+fn machine_key(mac: &str) -> String {
+    format!("m/{mac}")
+}
+
+fn events_prefix(mac: &str, boot: &str) -> String {
+    format!("e/{mac}/{}/", boot_key(boot))
+}
+
+fn logs_prefix(mac: &str, boot: &str) -> String {
+    format!("l/{mac}/{}/", boot_key(boot))
+}
+
+fn json_bytes<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|source| Error::Json {
+        what: format!("encoding {what}"),
+        source,
+    })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T> {
+    serde_json::from_slice(b).map_err(|source| Error::Json {
+        what: format!("reading {what} from the store"),
+        source,
+    })
+}
+
+/// The store.
+pub struct Store {
+    kv: Box<dyn Kv>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many times a change is tried again when the machine's record changed under it.
+const RETRIES: usize = 16;
+
 impl Store {
-    /// Opens (creating) the store under `data`, loading every machine record; temp files
-    /// a crash left behind are removed.
-    pub fn open(data: &Path) -> Result<Store> {
-        let dir = data.join("machines");
-        private_dir(&dir)?;
-        let mut machines = BTreeMap::new();
-        let mut serials = HashMap::new();
-        let rd = std::fs::read_dir(&dir).map_err(io("listing", &dir))?;
-        for e in rd.filter_map(|e| e.ok()) {
-            let p = e.path();
-            if is_temp(&p) {
-                let _ = std::fs::remove_file(&p);
-                continue;
+    /// The store over `kv`.
+    pub fn new(kv: Box<dyn Kv>, limits: Limits) -> Store {
+        Store { kv, limits }
+    }
+
+    /// The embedded store in `<data>/store/`.
+    pub fn open(data: &Path, limits: Limits) -> Result<Store> {
+        let kv = crate::server::kv_redb::RedbKv::open(&data.join("store"))?;
+        Ok(Store::new(Box::new(kv), limits))
+    }
+
+    /// Bytes the store takes on disk.
+    pub fn size(&self) -> Result<u64> {
+        self.kv.size()
+    }
+
+    /// Runs `f` on the machine's record (a new one when `create` and there is none) and
+    /// commits the record with whatever `f` added to the transaction, compared against the
+    /// version read. `None` when there is no record and `create` is false (nothing done).
+    fn update<T>(
+        &self,
+        mac: &str,
+        create: bool,
+        mut f: impl FnMut(&mut Machine, &mut Txn) -> Result<T>,
+    ) -> Result<Option<T>> {
+        let key = machine_key(mac);
+        for _ in 0..RETRIES {
+            let entry = self.kv.get(&key)?;
+            let (mut m, version) = match &entry {
+                Some(e) => (from_json::<Machine>(&key, &e.value)?, Some(e.version)),
+                None if create => (Machine::new(mac), None),
+                None => return Ok(None),
+            };
+            let mut txn = Txn::default();
+            let out = f(&mut m, &mut txn)?;
+            txn.compare.push((key.clone(), version));
+            txn.put.push((key.clone(), json_bytes(&key, &m)?));
+            if self.kv.commit(txn)? {
+                return Ok(Some(out));
             }
-            if p.extension().is_none_or(|x| x != "json") {
-                continue;
-            }
-            let text = std::fs::read(&p).map_err(io("reading", &p))?;
-            let m: Machine = serde_json::from_slice(&text).map_err(|source| Error::Json {
-                what: format!("loading {}", p.display()),
-                source,
-            })?;
-            for c in &m.certs {
-                serials.insert(c.serial.clone(), m.mac.clone());
-            }
-            machines.insert(m.mac.clone(), m);
         }
-        Ok(Store {
-            data: data.to_path_buf(),
-            dir,
-            machines,
-            serials,
+        Err(Error::Store {
+            what: format!("changing {key}"),
+            reason: format!("it kept changing under {RETRIES} tries"),
         })
-    }
-
-    fn path_for(&self, mac: &str) -> PathBuf {
-        self.dir.join(format!("{}.json", mac.replace(':', "-")))
-    }
-
-    fn save(&self, mac: &str) -> Result<()> {
-        let Some(m) = self.machines.get(mac) else {
-            return Ok(());
-        };
-        let path = self.path_for(mac);
-        let body = serde_json::to_vec_pretty(m).map_err(|source| Error::Json {
-            what: format!("encoding {}", path.display()),
-            source,
-        })?;
-        write_atomic(&path, &body)
     }
 
     /// Every machine, by MAC.
-    pub fn machines(&self) -> Vec<&Machine> {
-        self.machines.values().collect()
+    pub fn machines(&self) -> Result<Vec<Machine>> {
+        self.kv
+            .range("m/")?
+            .into_iter()
+            .map(|(k, e)| from_json(&k, &e.value))
+            .collect()
     }
 
     /// One machine.
-    pub fn machine(&self, mac: &str) -> Option<&Machine> {
-        self.machines.get(mac)
+    pub fn machine(&self, mac: &str) -> Result<Option<Machine>> {
+        let key = machine_key(mac);
+        self.kv
+            .get(&key)?
+            .map(|e| from_json(&key, &e.value))
+            .transpose()
     }
 
-    /// A machine an operator declared.
-    pub fn declared(&self, mac: &str) -> Option<&Machine> {
-        self.machines.get(mac).filter(|m| m.is_declared())
+    fn indexed(&self, key: &str) -> Result<Option<Machine>> {
+        match self.kv.get(key)? {
+            Some(e) => self.machine(&String::from_utf8_lossy(&e.value)),
+            None => Ok(None),
+        }
     }
 
     /// The machine a certificate serial was issued to.
-    pub fn machine_of_serial(&self, serial: &str) -> Option<&Machine> {
-        self.serials.get(serial).and_then(|m| self.machines.get(m))
+    pub fn machine_of_serial(&self, serial: &str) -> Result<Option<Machine>> {
+        self.indexed(&format!("s/{serial}"))
     }
 
     /// The machine whose last token has this hash.
-    pub fn machine_of_token(&self, hash: &str) -> Option<&Machine> {
-        self.machines.values().find(|m| {
+    pub fn machine_of_token(&self, hash: &str) -> Result<Option<Machine>> {
+        Ok(self.indexed(&format!("t/{hash}"))?.filter(|m| {
             m.token
                 .as_ref()
                 .is_some_and(|t| crate::crypto::same(&t.hash, hash))
+        }))
+    }
+
+    /// Declares (or re-declares) a machine with its UUID and config.
+    pub fn declare(&self, mac: &str, declared: Declared) -> Result<()> {
+        self.update(mac, true, |m, _| {
+            m.declared = Some(declared.clone());
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Makes the record of a machine seen undeclared at PXE (the caller rate-limits
+    /// this); returns whether it made one.
+    pub fn discover(&self, mac: &str, from: &str) -> Result<bool> {
+        let made = self.update(mac, true, |m, _| {
+            let fresh = m.discovered.is_none() && m.declared.is_none();
+            if fresh {
+                m.discovered = Some(Discovered {
+                    at: unix_time(),
+                    from: from.to_string(),
+                });
+            }
+            Ok(fresh)
+        })?;
+        Ok(made.unwrap_or(false))
+    }
+
+    /// Makes an empty record for `mac` if it has none (a machine a file selects).
+    pub fn ensure(&self, mac: &str) -> Result<()> {
+        if self.machine(mac)?.is_none() {
+            self.update(mac, true, |_, _| Ok(()))?;
+        }
+        Ok(())
+    }
+
+    /// How many machines are only discovered (nobody declared or accepted them).
+    pub fn discovered_count(&self) -> Result<usize> {
+        Ok(self
+            .machines()?
+            .iter()
+            .filter(|m| m.discovered.is_some() && m.discovery_only())
+            .count())
+    }
+
+    /// Records an operator's acceptance; `None` when there is no such machine.
+    pub fn accept(&self, mac: &str, accepted: Accepted) -> Result<Option<()>> {
+        self.update(mac, false, |m, _| {
+            m.accepted = Some(accepted.clone());
+            Ok(())
         })
     }
 
-    /// Declares (or re-declares) a machine with its UUID and config: the only way a
-    /// record is made.
-    pub fn declare(&mut self, mac: &str, declared: Declared) -> Result<()> {
-        self.machines
-            .entry(mac.to_string())
-            .or_insert_with(|| Machine::new(mac))
-            .declared = Some(declared);
-        self.save(mac)
+    /// Flags the machine's identity (placeholder or duplicate identifiers); returns
+    /// whether a flag was new.
+    pub fn flag(&self, mac: &str, flags: &[String]) -> Result<bool> {
+        Ok(self
+            .update(mac, false, |m, _| {
+                let mut new = false;
+                for f in flags {
+                    new |= m.flag(f.clone());
+                }
+                Ok(new)
+            })?
+            .unwrap_or(false))
+    }
+
+    /// Notes that `uuid` was presented by `mac`; returns the other MACs it was seen on
+    /// (none: it identifies this machine alone).
+    pub fn note_uuid(&self, uuid: &str, mac: &str) -> Result<Vec<String>> {
+        let key = format!("u/{uuid}");
+        for _ in 0..RETRIES {
+            let entry = self.kv.get(&key)?;
+            let mut macs: Vec<String> = match &entry {
+                Some(e) => from_json(&key, &e.value)?,
+                None => Vec::new(),
+            };
+            let others: Vec<String> = macs.iter().filter(|m| *m != mac).cloned().collect();
+            // Three MACs are enough to know a UUID is shared; a flood adds no more.
+            if macs.iter().any(|m| m == mac) || macs.len() >= 3 {
+                return Ok(others);
+            }
+            macs.push(mac.to_string());
+            let txn = Txn {
+                compare: vec![(key.clone(), entry.as_ref().map(|e| e.version))],
+                put: vec![(key.clone(), json_bytes(&key, &macs)?)],
+                delete: vec![],
+            };
+            if self.kv.commit(txn)? {
+                return Ok(others);
+            }
+        }
+        Err(Error::Store {
+            what: format!("changing {key}"),
+            reason: format!("it kept changing under {RETRIES} tries"),
+        })
+    }
+
+    /// The MACs `uuid` was seen on.
+    pub fn uuid_macs(&self, uuid: &str) -> Result<Vec<String>> {
+        let key = format!("u/{uuid}");
+        match self.kv.get(&key)? {
+            Some(e) => from_json(&key, &e.value),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Adds an event to the machine's record and transaction: its key, the boot's
+    /// counters, the boot retention and the per-boot caps.
+    fn push_event(&self, m: &mut Machine, txn: &mut Txn, rec: &Recorded) -> Result<()> {
+        let now = rec.received_at;
+        let boot = rec.event.boot_id.clone();
+        let security = rec.event.kind == EventKind::Security;
+        let n = m.next_event;
+        m.next_event += 1;
+        let key = format!("{}{n:016x}", events_prefix(&m.mac, &boot));
+        txn.put.push((key, json_bytes("an event", rec)?));
+        let mac = m.mac.clone();
+        let (info, fresh) = m.boot(&boot, now);
+        if security {
+            info.security += 1;
+        } else {
+            info.events += 1;
+        }
+        let (over_security, over_other) = (
+            info.security.saturating_sub(MAX_SECURITY_EVENTS),
+            info.events.saturating_sub(MAX_EVENTS),
+        );
+        if over_security > 0 || over_other > 0 {
+            // Oldest first, each kind against its own cap.
+            let (mut drop_s, mut drop_o) = (over_security, over_other);
+            for (k, e) in self.kv.range(&events_prefix(&mac, &boot))? {
+                if drop_s == 0 && drop_o == 0 {
+                    break;
+                }
+                let r: Recorded = from_json(&k, &e.value)?;
+                let budget = if r.event.kind == EventKind::Security {
+                    &mut drop_s
+                } else {
+                    &mut drop_o
+                };
+                if *budget > 0 {
+                    *budget -= 1;
+                    txn.delete.push(k);
+                }
+            }
+            info.security -= over_security - drop_s;
+            info.events -= over_other - drop_o;
+        }
+        if fresh && boot_key(&boot) != NO_BOOT {
+            self.retire_boots(m, txn)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the oldest boots beyond [`Limits::keep_boots`] (the events of no boot stay).
+    fn retire_boots(&self, m: &mut Machine, txn: &mut Txn) -> Result<()> {
+        loop {
+            let real = m.boots.iter().filter(|b| b.boot_id != NO_BOOT).count();
+            if real <= self.limits.keep_boots {
+                return Ok(());
+            }
+            let Some(i) = m.boots.iter().position(|b| b.boot_id != NO_BOOT) else {
+                return Ok(());
+            };
+            let old = m.boots.remove(i);
+            for prefix in [
+                events_prefix(&m.mac, &old.boot_id),
+                logs_prefix(&m.mac, &old.boot_id),
+            ] {
+                for (k, _) in self.kv.range(&prefix)? {
+                    txn.delete.push(k);
+                }
+            }
+        }
     }
 
     /// Records a node's event and returns the machine's pending action, clearing it (the
     /// reply delivers it). Nothing is recorded for a machine without a record.
-    pub fn record(&mut self, mac: &str, ev: Event) -> Result<Option<Action>> {
-        let Some(m) = self.machines.get_mut(mac) else {
-            return Ok(None);
-        };
-        m.events.push(Recorded {
+    pub fn record(&self, mac: &str, ev: Event) -> Result<Option<Action>> {
+        let rec = Recorded {
             received_at: unix_time(),
             source: Source::Node,
             event: ev,
-        });
-        trim_events(&mut m.events);
-        let action = m.pending_action.take();
-        self.save(mac)?;
-        Ok(action)
+        };
+        Ok(self
+            .update(mac, false, |m, txn| {
+                self.push_event(m, txn, &rec)?;
+                Ok(m.pending_action.take())
+            })?
+            .flatten())
     }
 
-    /// Records an event the server itself makes about a declared machine (nothing for
-    /// any other MAC: the caller's audit line is all there is of it); returns whether it
-    /// did. A repeat of a recent server event (same type, boot and `reason` or `error`)
+    /// A machine's events, every boot, oldest first.
+    pub fn events(&self, mac: &str) -> Result<Vec<Recorded>> {
+        let mut all: Vec<(u64, Recorded)> = Vec::new();
+        for (k, e) in self.kv.range(&format!("e/{mac}/"))? {
+            let n = k
+                .rsplit('/')
+                .next()
+                .and_then(|n| u64::from_str_radix(n, 16).ok())
+                .unwrap_or(0);
+            all.push((n, from_json(&k, &e.value)?));
+        }
+        all.sort_by_key(|(n, _)| *n);
+        Ok(all.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// Records an event the server itself makes about a machine with a record (nothing
+    /// for any other MAC: the caller's audit line is all there is of it); returns whether
+    /// it did. A repeat of a recent server event (same type, boot and `reason` or `error`)
     /// is counted on it instead.
     pub fn server_event(
-        &mut self,
+        &self,
         mac: &str,
         boot_id: &str,
         kind: EventKind,
         details: Map<String, Value>,
     ) -> Result<bool> {
         let now = unix_time();
-        let Some(m) = self.machines.get_mut(mac).filter(|m| m.is_declared()) else {
-            return Ok(false);
-        };
-        let key = ["reason", "error"]
-            .iter()
-            .find_map(|k| details.get(*k).map(|v| (*k, v.clone())));
-        if let Some((field, value)) = key {
-            let repeat = m.events.iter_mut().rev().take(REPEAT_LOOKBACK).find(|r| {
-                r.source == Source::Server
-                    && r.event.kind == kind
-                    && r.event.boot_id == boot_id
-                    && now.saturating_sub(r.received_at) < REPEAT_WINDOW_SECS
-                    && r.event.details.get(field) == Some(&value)
-            });
-            if let Some(r) = repeat {
-                let d = &mut r.event.details;
-                let count = d.get("count").and_then(Value::as_u64).unwrap_or(1);
-                d.insert("count".into(), json!(count.saturating_add(1)));
-                d.insert("lastAt".into(), json!(now));
-                if let Some(from) = details.get("from") {
-                    d.insert("lastFrom".into(), from.clone());
+        let prefix = events_prefix(mac, boot_id);
+        let done = self.update(mac, false, |m, txn| {
+            let key = ["reason", "error"]
+                .iter()
+                .find_map(|k| details.get(*k).map(|v| (*k, v.clone())));
+            if let Some((field, value)) = &key {
+                let recent = self.kv.range(&prefix)?;
+                for (k, e) in recent.into_iter().rev().take(REPEAT_LOOKBACK) {
+                    let mut r: Recorded = from_json(&k, &e.value)?;
+                    let repeat = r.source == Source::Server
+                        && r.event.kind == kind
+                        && now.saturating_sub(r.received_at) < REPEAT_WINDOW_SECS
+                        && r.event.details.get(*field) == Some(value);
+                    if !repeat {
+                        continue;
+                    }
+                    let d = &mut r.event.details;
+                    let count = d.get("count").and_then(Value::as_u64).unwrap_or(1);
+                    d.insert("count".into(), json!(count.saturating_add(1)));
+                    d.insert("lastAt".into(), json!(now));
+                    if let Some(from) = details.get("from") {
+                        d.insert("lastFrom".into(), from.clone());
+                    }
+                    txn.put.push((k, json_bytes("an event", &r)?));
+                    return Ok(());
                 }
-                self.save(mac)?;
-                return Ok(true);
             }
-        }
-        let uuid = m
-            .declared
-            .as_ref()
-            .map(|d| d.uuid.clone())
-            .unwrap_or_default();
-        m.events.push(Recorded {
-            received_at: now,
-            source: Source::Server,
-            event: Event {
-                api_version: API_VERSION.into(),
-                kind,
-                mac: mac.to_string(),
-                uuid,
-                boot_id: boot_id.to_string(),
-                seq: 0,
-                uptime_ms: 0,
-                wall_time: now,
-                details,
-            },
-        });
-        trim_events(&mut m.events);
-        self.save(mac)?;
-        Ok(true)
+            let uuid = m
+                .declared
+                .as_ref()
+                .map(|d| d.uuid.clone())
+                .or_else(|| m.last_pxe.as_ref().and_then(|p| p.uuid.clone()))
+                .unwrap_or_default();
+            let rec = Recorded {
+                received_at: now,
+                source: Source::Server,
+                event: Event {
+                    api_version: API_VERSION.into(),
+                    kind,
+                    mac: mac.to_string(),
+                    uuid,
+                    boot_id: boot_id.to_string(),
+                    seq: 0,
+                    uptime_ms: 0,
+                    wall_time: now,
+                    details: details.clone(),
+                },
+            };
+            self.push_event(m, txn, &rec)
+        })?;
+        Ok(done.is_some())
     }
 
     /// A `security` event (`reason`, and the peer's address when there is one) on a
-    /// declared machine; see [`Store::server_event`].
+    /// machine with a record; see [`Store::server_event`].
     pub fn security_event(
-        &mut self,
+        &self,
         mac: &str,
         boot_id: &str,
         reason: &str,
@@ -439,374 +799,280 @@ impl Store {
     }
 
     /// Puts a machine in quarantine and revokes every certificate it holds.
-    pub fn quarantine(&mut self, mac: &str, reason: &str) -> Result<()> {
+    pub fn quarantine(&self, mac: &str, reason: &str) -> Result<()> {
         let now = unix_time();
-        let Some(m) = self.machines.get_mut(mac) else {
-            return Ok(());
-        };
-        if m.quarantine.is_none() {
-            m.quarantine = Some(Quarantine {
-                since: now,
-                reason: reason.to_string(),
-            });
-        }
-        for c in m.certs.iter_mut().filter(|c| c.revoked.is_none()) {
-            c.revoked = Some(format!("quarantine: {reason}"));
-        }
-        // An outstanding token is void too: after a release, the next boot gets a new one.
-        m.token = None;
-        self.save(mac)
+        self.update(mac, false, |m, txn| {
+            if m.quarantine.is_none() {
+                m.quarantine = Some(Quarantine {
+                    since: now,
+                    reason: reason.to_string(),
+                });
+            }
+            for c in m.certs.iter_mut().filter(|c| c.revoked.is_none()) {
+                c.revoked = Some(format!("quarantine: {reason}"));
+            }
+            // An outstanding token is void too: after a release, the next boot gets a
+            // new one.
+            if let Some(t) = m.token.take() {
+                txn.delete.push(format!("t/{}", t.hash));
+            }
+            Ok(())
+        })?;
+        Ok(())
     }
 
     /// Lifts a machine's quarantine; returns whether it was in one.
-    pub fn release(&mut self, mac: &str) -> Result<bool> {
-        let Some(m) = self.machines.get_mut(mac) else {
-            return Ok(false);
-        };
-        let was = m.quarantine.take().is_some();
-        self.save(mac)?;
-        Ok(was)
+    pub fn release(&self, mac: &str) -> Result<bool> {
+        Ok(self
+            .update(mac, false, |m, _| Ok(m.quarantine.take().is_some()))?
+            .unwrap_or(false))
     }
 
-    /// Notes a declared machine's boot-script fetch and stores a freshly minted token's
-    /// hash, if any; nothing for any other MAC.
-    pub fn note_pxe(&mut self, mac: &str, pxe: Pxe, token: Option<Token>) -> Result<()> {
-        let Some(m) = self.machines.get_mut(mac).filter(|m| m.is_declared()) else {
-            return Ok(());
-        };
-        m.last_pxe = Some(pxe);
-        if token.is_some() {
-            m.token = token;
-        }
-        self.save(mac)
+    /// Notes a machine's boot-script fetch and stores a freshly minted token's hash, if
+    /// any; nothing for a MAC without a record.
+    pub fn note_pxe(&self, mac: &str, pxe: Pxe, token: Option<Token>) -> Result<()> {
+        self.update(mac, false, |m, txn| {
+            m.last_pxe = Some(pxe.clone());
+            if let Some(t) = &token {
+                if let Some(old) = m.token.replace(t.clone()) {
+                    txn.delete.push(format!("t/{}", old.hash));
+                }
+                txn.put
+                    .push((format!("t/{}", t.hash), mac.as_bytes().to_vec()));
+            }
+            Ok(())
+        })?;
+        Ok(())
     }
 
     /// Marks the machine's token spent.
-    pub fn spend_token(&mut self, mac: &str) -> Result<()> {
+    pub fn spend_token(&self, mac: &str) -> Result<()> {
         let now = unix_time();
-        if let Some(t) = self.machines.get_mut(mac).and_then(|m| m.token.as_mut()) {
-            t.spent_at.get_or_insert(now);
-        }
-        self.save(mac)
+        self.update(mac, false, |m, _| {
+            if let Some(t) = m.token.as_mut() {
+                t.spent_at.get_or_insert(now);
+            }
+            Ok(())
+        })?;
+        Ok(())
     }
 
     /// Voids the machine's token when it is the one with `hash` and unspent: an
     /// enrolment presenting it was refused, so the next boot-script fetch mints a new
     /// one instead of counting as a second mint. Returns whether it did.
-    pub fn void_token(&mut self, mac: &str, hash: &str, why: &str) -> Result<bool> {
+    pub fn void_token(&self, mac: &str, hash: &str, why: &str) -> Result<bool> {
         let now = unix_time();
-        let Some(t) = self
-            .machines
-            .get_mut(mac)
-            .and_then(|m| m.token.as_mut())
-            .filter(|t| t.spent_at.is_none() && crate::crypto::same(&t.hash, hash))
-        else {
-            return Ok(false);
-        };
-        t.spent_at = Some(now);
-        t.voided = Some(why.to_string());
-        self.save(mac)?;
-        Ok(true)
+        Ok(self
+            .update(mac, false, |m, _| {
+                let Some(t) = m
+                    .token
+                    .as_mut()
+                    .filter(|t| t.spent_at.is_none() && crate::crypto::same(&t.hash, hash))
+                else {
+                    return Ok(false);
+                };
+                t.spent_at = Some(now);
+                t.voided = Some(why.to_string());
+                Ok(true)
+            })?
+            .unwrap_or(false))
     }
 
     /// Adds a certificate, first revoking the machine's other valid ones with `why`.
-    pub fn add_cert(&mut self, mac: &str, cert: Cert, why: &str) -> Result<()> {
-        let Some(m) = self.machines.get_mut(mac) else {
-            return Err(Error::Protocol {
-                what: format!("storing a certificate for {mac}"),
-                reason: "no such machine".into(),
-            });
-        };
-        for c in m.certs.iter_mut().filter(|c| c.revoked.is_none()) {
-            c.revoked = Some(why.to_string());
-        }
-        m.certs.push(cert.clone());
-        if m.certs.len() > MAX_CERTS {
-            let drop = m.certs.len() - MAX_CERTS;
-            m.certs.drain(..drop);
-        }
-        self.serials.insert(cert.serial, mac.to_string());
-        self.save(mac)
-    }
-
-    /// Stores a renewal's certificate, if the one it was presented with (`presented`) is
-    /// still valid now and the machine is not in quarantine: checked here, under the
-    /// lock that adds it, so that nothing revoking the presented certificate (a newer
-    /// enrolment, a quarantine, another renewal) can slip between the check and the add.
-    pub fn renew_cert(&mut self, mac: &str, presented: &str, cert: Cert) -> Result<Renewal> {
-        let now = unix_time();
-        let Some(m) = self.machines.get(mac) else {
-            return Ok(Renewal::Refused(format!("machine {mac} is not known")));
-        };
-        if let Some(q) = &m.quarantine {
-            return Ok(Renewal::Refused(format!(
-                "machine {mac} is in quarantine: {}",
-                q.reason
-            )));
-        }
-        if m.valid_cert(presented, now).is_none() {
-            let why = m
-                .certs
-                .iter()
-                .find(|c| c.serial == presented)
-                .and_then(|c| c.revoked.clone())
-                .unwrap_or_else(|| "expired".into());
-            return Ok(Renewal::Refused(format!(
-                "certificate {presented} is no longer valid ({why})"
-            )));
-        }
-        let why = format!("renewed as {}", cert.serial);
-        self.add_cert(mac, cert, &why)?;
-        Ok(Renewal::Issued)
-    }
-
-    /// Queues an action for a machine (none for a MAC without a record).
-    pub fn set_action(&mut self, mac: &str, action: Action) -> Result<()> {
-        let Some(m) = self.machines.get_mut(mac) else {
-            return Ok(());
-        };
-        m.pending_action = Some(action);
-        self.save(mac)
-    }
-
-    /// Takes a machine's pending action, if any.
-    pub fn take_action(&mut self, mac: &str) -> Result<Option<Action>> {
-        let Some(m) = self.machines.get_mut(mac) else {
-            return Ok(None);
-        };
-        let a = m.pending_action.take();
-        if a.is_some() {
-            self.save(mac)?;
-        }
-        Ok(a)
-    }
-
-    /// The directory holding a machine's logs, one file per boot.
-    pub fn log_dir(&self, mac: &str) -> PathBuf {
-        self.data.join("logs").join(mac.replace(':', "-"))
-    }
-
-    /// Appends lines to a boot's log, up to [`MAX_LOG_BYTES_PER_BOOT`]; returns how many
-    /// lines were kept.
-    pub fn append_log(&self, mac: &str, boot_id: &str, lines: &[String]) -> Result<usize> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let dir = self.log_dir(mac);
-        private_dir(&dir)?;
-        let path = dir.join(format!("{boot_id}.log"));
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(io("opening log", &path))?;
-        let mut len = f.metadata().map_err(io("reading log size", &path))?.len();
-        let mut kept = 0;
-        let mut buf = Vec::new();
-        for l in lines {
-            if len + l.len() as u64 + 1 > MAX_LOG_BYTES_PER_BOOT {
-                break;
-            }
-            buf.extend_from_slice(l.as_bytes());
-            buf.push(b'\n');
-            len += l.len() as u64 + 1;
-            kept += 1;
-        }
-        f.write_all(&buf).map_err(io("appending to log", &path))?;
-        Ok(kept)
-    }
-}
-
-/// Drops the oldest events beyond the caps: [`MAX_EVENTS`] for the ordinary ones and,
-/// counted apart, [`MAX_SECURITY_EVENTS`] for `security` ones.
-fn trim_events(events: &mut Vec<Recorded>) {
-    let security = events
-        .iter()
-        .filter(|r| r.event.kind == EventKind::Security)
-        .count();
-    let mut drop_security = security.saturating_sub(MAX_SECURITY_EVENTS);
-    let mut drop_other = (events.len() - security).saturating_sub(MAX_EVENTS);
-    if drop_security == 0 && drop_other == 0 {
-        return;
-    }
-    events.retain(|r| {
-        let budget = if r.event.kind == EventKind::Security {
-            &mut drop_security
-        } else {
-            &mut drop_other
-        };
-        if *budget > 0 {
-            *budget -= 1;
-            false
-        } else {
-            true
-        }
-    });
-}
-
-/// The audit trail, `<data>/audit.jsonl`: one JSON line per refusal and per change,
-/// each synced; lines are cut to a bounded length and the file is rotated at
-/// [`MAX_AUDIT_BYTES`]. It has its own lock, apart from the store's.
-#[derive(Debug)]
-pub struct AuditTrail {
-    path: PathBuf,
-    file: Option<std::fs::File>,
-    len: u64,
-    max: u64,
-}
-
-impl AuditTrail {
-    /// The trail under `data` (opened at the first line).
-    pub fn new(data: &Path) -> AuditTrail {
-        AuditTrail::with_limit(data, MAX_AUDIT_BYTES)
-    }
-
-    /// The trail under `data`, rotated at `max` bytes.
-    pub fn with_limit(data: &Path, max: u64) -> AuditTrail {
-        AuditTrail {
-            path: data.join("audit.jsonl"),
-            file: None,
-            len: 0,
-            max,
-        }
-    }
-
-    fn open(&mut self) -> Result<&mut std::fs::File> {
-        use std::os::unix::fs::OpenOptionsExt;
-        if self.file.is_none() {
-            let f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&self.path)
-                .map_err(io("opening audit trail", &self.path))?;
-            self.len = f
-                .metadata()
-                .map_err(io("reading the size of", &self.path))?
-                .len();
-            self.file = Some(f);
-        }
-        self.file.as_mut().ok_or_else(|| Error::Protocol {
-            what: "the audit trail".into(),
-            reason: "not open".into(),
+    pub fn add_cert(&self, mac: &str, cert: Cert, why: &str) -> Result<()> {
+        let done = self.update(mac, false, |m, txn| {
+            add_cert_to(m, txn, &cert, why);
+            Ok(())
+        })?;
+        done.ok_or_else(|| Error::Protocol {
+            what: format!("storing a certificate for {mac}"),
+            reason: "no such machine".into(),
         })
     }
 
-    /// Appends one line, synced: what an operator did, and every refused request,
-    /// survive a crash.
-    pub fn append(&mut self, a: &Audit) -> Result<()> {
-        let a = Audit {
-            at: a.at,
-            who: cut(&a.who, MAX_AUDIT_TEXT),
-            from: cut(&a.from, MAX_AUDIT_TEXT),
-            request: cut(&a.request, MAX_AUDIT_REQUEST),
-            outcome: cut(&a.outcome, MAX_AUDIT_TEXT),
-        };
-        let mut line = serde_json::to_vec(&a).map_err(|source| Error::Json {
-            what: "encoding an audit line".into(),
-            source,
+    /// Spends the machine's token and adds the certificate enrolment bought, in one
+    /// transaction: an acknowledged enrolment is never half stored.
+    pub fn enrol(&self, mac: &str, cert: Cert, why: &str) -> Result<()> {
+        let now = unix_time();
+        let done = self.update(mac, false, |m, txn| {
+            if let Some(t) = m.token.as_mut() {
+                t.spent_at.get_or_insert(now);
+            }
+            add_cert_to(m, txn, &cert, why);
+            Ok(())
         })?;
-        line.push(b'\n');
-        self.open()?;
-        if self.len > 0 && self.len + line.len() as u64 > self.max {
-            self.file = None;
-            let old = self.path.with_extension("jsonl.1");
-            std::fs::rename(&self.path, &old).map_err(io("rotating", &self.path))?;
-            self.open()?;
-        }
-        let path = self.path.clone();
-        let f = self.open()?;
-        f.write_all(&line).map_err(io("appending to", &path))?;
-        f.sync_data().map_err(io("syncing", &path))?;
-        self.len += line.len() as u64;
+        done.ok_or_else(|| Error::Protocol {
+            what: format!("storing a certificate for {mac}"),
+            reason: "no such machine".into(),
+        })
+    }
+
+    /// Stores a renewal's certificate, if the one it was presented with (`presented`) is
+    /// still valid now and the machine is not in quarantine: checked in the transaction
+    /// that adds it, so that nothing revoking the presented certificate (a newer
+    /// enrolment, a quarantine, another renewal) can slip between the check and the add.
+    pub fn renew_cert(&self, mac: &str, presented: &str, cert: Cert) -> Result<Renewal> {
+        let now = unix_time();
+        let r = self.update(mac, false, |m, txn| {
+            if let Some(q) = &m.quarantine {
+                return Ok(Renewal::Refused(format!(
+                    "machine {mac} is in quarantine: {}",
+                    q.reason
+                )));
+            }
+            if m.valid_cert(presented, now).is_none() {
+                let why = m
+                    .certs
+                    .iter()
+                    .find(|c| c.serial == presented)
+                    .and_then(|c| c.revoked.clone())
+                    .unwrap_or_else(|| "expired".into());
+                return Ok(Renewal::Refused(format!(
+                    "certificate {presented} is no longer valid ({why})"
+                )));
+            }
+            add_cert_to(m, txn, &cert, &format!("renewed as {}", cert.serial));
+            Ok(Renewal::Issued)
+        })?;
+        Ok(r.unwrap_or_else(|| Renewal::Refused(format!("machine {mac} is not known"))))
+    }
+
+    /// Queues an action for a machine (none for a MAC without a record).
+    pub fn set_action(&self, mac: &str, action: Action) -> Result<()> {
+        self.update(mac, false, |m, _| {
+            m.pending_action = Some(action);
+            Ok(())
+        })?;
         Ok(())
     }
-}
 
-/// `s` cut to at most `max` bytes (on a character boundary), saying how long it was.
-pub fn cut(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
+    /// Takes a machine's pending action, if any.
+    pub fn take_action(&self, mac: &str) -> Result<Option<Action>> {
+        // Read first: a poll that finds nothing writes nothing.
+        if self
+            .machine(mac)?
+            .is_none_or(|m| m.pending_action.is_none())
+        {
+            return Ok(None);
+        }
+        Ok(self
+            .update(mac, false, |m, _| Ok(m.pending_action.take()))?
+            .flatten())
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
+
+    /// Appends lines to a boot's log, up to [`Limits::max_log_bytes_per_boot`]; returns
+    /// how many lines were kept (the rest are counted as dropped).
+    pub fn append_log(&self, mac: &str, boot_id: &str, lines: &[String]) -> Result<usize> {
+        let max = self.limits.max_log_bytes_per_boot;
+        let now = unix_time();
+        Ok(self
+            .update(mac, false, |m, txn| {
+                let mac = m.mac.clone();
+                let (info, fresh) = m.boot(boot_id, now);
+                let mut kept = 0;
+                let mut buf = String::new();
+                for l in lines {
+                    if info.log_bytes + buf.len() as u64 + l.len() as u64 + 1 > max {
+                        break;
+                    }
+                    buf.push_str(l);
+                    buf.push('\n');
+                    kept += 1;
+                }
+                info.log_dropped += (lines.len() - kept) as u64;
+                if !buf.is_empty() {
+                    info.log_bytes += buf.len() as u64;
+                    let key = format!("{}{:08x}", logs_prefix(&mac, boot_id), info.log_batches);
+                    info.log_batches += 1;
+                    txn.put.push((key, buf.into_bytes()));
+                }
+                if fresh {
+                    self.retire_boots(m, txn)?;
+                }
+                Ok(kept)
+            })?
+            .unwrap_or(0))
     }
-    format!("{}... [{} bytes]", &s[..end], s.len())
-}
 
-/// Creates `dir` (and its parents) as 0700 where missing.
-pub fn private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io("creating directory", dir))
-}
-
-/// Writes `body` to `path` atomically and durably (temp file, fsync, rename, fsync dir),
-/// private (0600).
-pub fn write_atomic(path: &Path, body: &[u8]) -> Result<()> {
-    write_atomic_mode(path, body, 0o600)
-}
-
-/// Whether `p` is one of [`write_atomic_mode`]'s temp files.
-fn is_temp(p: &Path) -> bool {
-    p.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
-}
-
-/// [`write_atomic`] with the file's permission bits. The temp file beside `path` has a
-/// name of its own (`.NAME.RANDOM.tmp`), is created exclusively (never through a
-/// symlink or into an existing file) and given `mode` exactly, whatever the umask.
-pub fn write_atomic_mode(path: &Path, body: &[u8], mode: u32) -> Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.{}.tmp",
-        crate::crypto::hex(&crate::crypto::random_bytes(8)?)
-    ));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(io("creating", &tmp))?;
-    let written = f
-        .set_permissions(std::fs::Permissions::from_mode(mode))
-        .map_err(io("setting the mode of", &tmp))
-        .and_then(|()| f.write_all(body).map_err(io("writing", &tmp)))
-        .and_then(|()| f.sync_all().map_err(io("syncing", &tmp)))
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(io("renaming into place", path)));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    /// A boot's log, when the store has one.
+    pub fn log(&self, mac: &str, boot_id: &str) -> Result<Option<Vec<u8>>> {
+        let chunks = self.kv.range(&logs_prefix(mac, boot_id))?;
+        if chunks.is_empty() {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        for (_, e) in chunks {
+            out.extend_from_slice(&e.value);
+        }
+        Ok(Some(out))
     }
-    written?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
+
+    /// Adds one of the server's own events (the last [`MAX_SERVER_EVENTS`] are kept).
+    pub fn server_log(&self, ev: ServerEvent) -> Result<()> {
+        let key = "srv/events";
+        for _ in 0..RETRIES {
+            let entry = self.kv.get(key)?;
+            let mut evs: Vec<ServerEvent> = match &entry {
+                Some(e) => from_json(key, &e.value)?,
+                None => Vec::new(),
+            };
+            evs.push(ev.clone());
+            if evs.len() > MAX_SERVER_EVENTS {
+                let drop = evs.len() - MAX_SERVER_EVENTS;
+                evs.drain(..drop);
+            }
+            let txn = Txn {
+                compare: vec![(key.to_string(), entry.as_ref().map(|e| e.version))],
+                put: vec![(key.to_string(), json_bytes(key, &evs)?)],
+                delete: vec![],
+            };
+            if self.kv.commit(txn)? {
+                return Ok(());
+            }
+        }
+        Err(Error::Store {
+            what: format!("changing {key}"),
+            reason: format!("it kept changing under {RETRIES} tries"),
+        })
     }
-    Ok(())
+
+    /// The server's own events, oldest first.
+    pub fn server_events(&self) -> Result<Vec<ServerEvent>> {
+        match self.kv.get("srv/events")? {
+            Some(e) => from_json("srv/events", &e.value),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Adds `cert` to `m`, revoking its other valid certificates with `why`, keeping at most
+/// [`MAX_CERTS`] (with their serial index).
+fn add_cert_to(m: &mut Machine, txn: &mut Txn, cert: &Cert, why: &str) {
+    for c in m.certs.iter_mut().filter(|c| c.revoked.is_none()) {
+        c.revoked = Some(why.to_string());
+    }
+    m.certs.push(cert.clone());
+    if m.certs.len() > MAX_CERTS {
+        let drop = m.certs.len() - MAX_CERTS;
+        for old in m.certs.drain(..drop) {
+            txn.delete.push(format!("s/{}", old.serial));
+        }
+    }
+    txn.put
+        .push((format!("s/{}", cert.serial), m.mac.as_bytes().to_vec()));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn event(seq: u64) -> Event {
+    fn event(boot: &str, seq: u64) -> Event {
         Event {
             api_version: API_VERSION.into(),
             kind: EventKind::Booted,
             mac: MAC.into(),
             uuid: "6e4a2b1c-0000-4000-8000-000000000001".into(),
-            boot_id: "b".into(),
+            boot_id: boot.into(),
             seq,
             uptime_ms: 1,
             wall_time: 2,
@@ -816,7 +1082,7 @@ mod tests {
 
     const MAC: &str = "52:54:00:12:34:56";
 
-    fn scratch(name: &str) -> PathBuf {
+    fn scratch(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("plinth-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
@@ -838,11 +1104,13 @@ mod tests {
             issued_at: 1,
             not_after: u64::MAX,
             revoked: None,
+            discovery: false,
         }
     }
 
     fn valid(s: &Store) -> Vec<String> {
         s.machine(MAC)
+            .expect("read")
             .expect("machine")
             .certs
             .iter()
@@ -855,40 +1123,45 @@ mod tests {
     fn survives_reopen_and_hands_out_actions_once() {
         let dir = scratch("reopen");
         {
-            let mut s = Store::open(&dir).expect("open");
+            let s = Store::open(&dir, Limits::default()).expect("open");
             s.declare(MAC, declared()).expect("declare");
-            assert_eq!(s.record(MAC, event(1)).expect("record"), None);
+            assert_eq!(s.record(MAC, event("b", 1)).expect("record"), None);
             s.set_action(MAC, Action::Poweroff).expect("set");
             s.add_cert(MAC, cert("0a"), "x").expect("cert");
         }
-        // A temp file a crash left is cleared at the next open.
-        std::fs::write(dir.join("machines/.x.json.0011.tmp"), b"{").expect("temp");
-        let mut s = Store::open(&dir).expect("reopen");
-        let m = s.machine(MAC).expect("machine kept");
-        assert_eq!(m.events.len(), 1);
+        let s = Store::open(&dir, Limits::default()).expect("reopen");
+        assert_eq!(s.events(MAC).expect("events").len(), 1);
+        let m = s.machine(MAC).expect("read").expect("machine kept");
         assert_eq!(m.pending_action, Some(Action::Poweroff));
-        assert_eq!(s.machine_of_serial("0a").map(|m| m.mac.as_str()), Some(MAC));
         assert_eq!(
-            s.record(MAC, event(2)).expect("record"),
+            s.machine_of_serial("0a").expect("read").map(|m| m.mac),
+            Some(MAC.to_string())
+        );
+        assert_eq!(
+            s.record(MAC, event("b", 2)).expect("record"),
             Some(Action::Poweroff)
         );
         assert_eq!(s.take_action(MAC).expect("take"), None);
         s.quarantine(MAC, "test").expect("quarantine");
-        assert!(s.machine(MAC).and_then(|m| m.valid_cert("0a", 0)).is_none());
-        // No temp files left beside the records.
-        let names: Vec<_> = std::fs::read_dir(dir.join("machines"))
+        assert!(s
+            .machine(MAC)
+            .expect("read")
+            .and_then(|m| m.valid_cert("0a", 0).cloned())
+            .is_none());
+        // One directory, one private file.
+        let names: Vec<_> = std::fs::read_dir(dir.join("store"))
             .expect("ls")
             .filter_map(|e| e.ok())
             .map(|e| e.file_name())
             .collect();
-        assert_eq!(names, [std::ffi::OsString::from("52-54-00-12-34-56.json")]);
+        assert_eq!(names, [std::ffi::OsString::from("store.redb")]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
-    fn a_renewal_is_checked_under_the_lock_that_adds_it() {
+    fn a_renewal_is_checked_in_the_transaction_that_adds_it() {
         let dir = scratch("renew");
-        let mut s = Store::open(&dir).expect("open");
+        let s = Store::open(&dir, Limits::default()).expect("open");
         s.declare(MAC, declared()).expect("declare");
         s.add_cert(MAC, cert("c1"), "x").expect("c1");
         // A newer enrolment superseded c1: a renewal presenting it is refused and leaves
@@ -900,7 +1173,7 @@ mod tests {
             "{r:?}"
         );
         assert_eq!(valid(&s), ["c2"]);
-        assert!(s.machine_of_serial("c3").is_none());
+        assert!(s.machine_of_serial("c3").expect("read").is_none());
         assert_eq!(
             s.renew_cert(MAC, "c2", cert("c3")).expect("renew"),
             Renewal::Issued
@@ -912,10 +1185,14 @@ mod tests {
             Renewal::Refused(_)
         ));
         // In quarantine, even a certificate still marked valid renews nothing.
-        s.machines.get_mut(MAC).expect("m").quarantine = Some(Quarantine {
-            since: 1,
-            reason: "replay".into(),
-        });
+        s.update(MAC, false, |m, _| {
+            m.quarantine = Some(Quarantine {
+                since: 1,
+                reason: "replay".into(),
+            });
+            Ok(())
+        })
+        .expect("quarantine");
         let r = s.renew_cert(MAC, "c3", cert("c5")).expect("renew");
         assert!(
             matches!(&r, Renewal::Refused(w) if w.contains("quarantine")),
@@ -928,8 +1205,8 @@ mod tests {
     #[test]
     fn floods_neither_make_records_nor_trim_security_events() {
         let dir = scratch("flood");
-        let mut s = Store::open(&dir).expect("open");
-        // Nothing for a MAC nobody declared.
+        let s = Store::open(&dir, Limits::default()).expect("open");
+        // Nothing for a MAC without a record.
         assert!(!s
             .security_event("02:00:00:00:00:01", "", "junk", None)
             .expect("event"));
@@ -944,113 +1221,117 @@ mod tests {
             None,
         )
         .expect("pxe");
-        assert!(s.machines().is_empty());
-        assert_eq!(
-            std::fs::read_dir(dir.join("machines")).expect("ls").count(),
-            0
-        );
+        assert!(s.machines().expect("list").is_empty());
         s.declare(MAC, declared()).expect("declare");
         assert!(s
-            .security_event(MAC, "", "the real one", None)
+            .security_event(MAC, "b", "the real one", None)
             .expect("event"));
         // Ordinary events never trim a security event.
-        for i in 0..(MAX_EVENTS as u64 + 100) {
-            s.record(MAC, event(i)).expect("record");
+        for i in 0..(u64::from(MAX_EVENTS) + 100) {
+            s.record(MAC, event("b", i)).expect("record");
         }
-        let m = s.machine(MAC).expect("m");
-        assert_eq!(m.events.len(), MAX_EVENTS + 1);
-        assert_eq!(m.events[0].event.kind, EventKind::Security);
+        let evs = s.events(MAC).expect("events");
+        assert_eq!(evs.len(), MAX_EVENTS as usize + 1);
+        assert_eq!(evs[0].event.kind, EventKind::Security);
         // A repeated security event is counted on one.
-        for _ in 0..600 {
-            s.security_event(MAC, "", "junk", Some("10.0.0.9:1"))
+        for _ in 0..300 {
+            s.security_event(MAC, "b", "junk", Some("10.0.0.9:1"))
                 .expect("event");
         }
         let junk: Vec<_> = s
-            .machine(MAC)
-            .expect("m")
-            .events
-            .iter()
+            .events(MAC)
+            .expect("events")
+            .into_iter()
             .filter(|r| r.event.details.get("reason") == Some(&json!("junk")))
             .collect();
         assert_eq!(junk.len(), 1);
-        assert_eq!(junk[0].event.details.get("count"), Some(&json!(600)));
+        assert_eq!(junk[0].event.details.get("count"), Some(&json!(300)));
         assert_eq!(
             junk[0].event.details.get("lastFrom"),
             Some(&json!("10.0.0.9:1"))
         );
         // Distinct ones beyond the cap drop the oldest security events only.
         for i in 0..MAX_SECURITY_EVENTS {
-            s.security_event(MAC, "", &format!("junk {i}"), None)
+            s.security_event(MAC, "b", &format!("junk {i}"), None)
                 .expect("event");
         }
-        let m = s.machine(MAC).expect("m");
-        let security = m
-            .events
+        let evs = s.events(MAC).expect("events");
+        let security = evs
             .iter()
             .filter(|r| r.event.kind == EventKind::Security)
             .count();
-        assert_eq!(security, MAX_SECURITY_EVENTS);
-        assert_eq!(m.events.len() - security, MAX_EVENTS);
+        assert_eq!(security, MAX_SECURITY_EVENTS as usize);
+        assert_eq!(evs.len() - security, MAX_EVENTS as usize);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
-    fn private_files_audit_lines_cut_and_rotated() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = scratch("files");
-        private_dir(&dir).expect("mkdir");
-        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
-        assert_eq!(mode(&dir), 0o700);
-        // A file that was 0644 is replaced by a 0600 one; a 0644 write stays 0644.
-        let f = dir.join("f");
-        std::fs::write(&f, b"old").expect("write");
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-        write_atomic(&f, b"new").expect("atomic");
-        assert_eq!(mode(&f), 0o600);
-        assert_eq!(std::fs::read(&f).expect("read"), b"new");
-        write_atomic_mode(&dir.join("g"), b"g", 0o644).expect("atomic");
-        assert_eq!(mode(&dir.join("g")), 0o644);
-        let mut a = AuditTrail::with_limit(&dir, 4096);
-        let line = |request: String| Audit {
-            at: 1,
-            who: "anonymous".into(),
-            from: "127.0.0.1:1".into(),
-            request,
-            outcome: "refused: 404 not found".into(),
+    fn retention_keeps_the_last_boots_and_bounds_each_boots_log() {
+        let dir = scratch("retention");
+        let limits = Limits {
+            keep_boots: 3,
+            max_log_bytes_per_boot: 100,
         };
-        a.append(&line(format!("GET /{}", "a".repeat(20_000))))
-            .expect("append");
-        let text = std::fs::read_to_string(dir.join("audit.jsonl")).expect("read");
-        assert!(text.len() < 1024, "{}", text.len());
-        assert!(text.contains("[20005 bytes]"), "{text}");
-        assert_eq!(mode(&dir.join("audit.jsonl")), 0o600);
-        for i in 0..100 {
-            a.append(&line(format!("GET /{i}"))).expect("append");
+        let s = Store::open(&dir, limits).expect("open");
+        s.declare(MAC, declared()).expect("declare");
+        // A security event of no boot stays whatever boots come and go.
+        s.security_event(MAC, "", "before any boot", None)
+            .expect("event");
+        for b in 0..5 {
+            let boot = format!("b{b}");
+            s.record(MAC, event(&boot, 1)).expect("record");
+            let line = "x".repeat(30);
+            let kept = s
+                .append_log(
+                    MAC,
+                    &boot,
+                    &[line.clone(), line.clone(), line.clone(), line],
+                )
+                .expect("log");
+            assert_eq!(kept, 3, "31 bytes a line, 100 bytes a boot");
         }
-        let now = std::fs::metadata(dir.join("audit.jsonl"))
-            .expect("stat")
-            .len();
-        let old = std::fs::metadata(dir.join("audit.jsonl.1"))
-            .expect("stat")
-            .len();
-        assert!(now <= 4096 && old <= 4096, "{now} {old}");
-        let names: Vec<_> = std::fs::read_dir(&dir)
-            .expect("ls")
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".tmp"))
+        let boots: Vec<String> = s
+            .events(MAC)
+            .expect("events")
+            .iter()
+            .map(|r| r.event.boot_id.clone())
             .collect();
-        assert!(names.is_empty(), "{names:?}");
+        assert_eq!(boots, ["", "b2", "b3", "b4"]);
+        assert!(s.log(MAC, "b1").expect("log").is_none());
+        assert_eq!(s.log(MAC, "b4").expect("log").expect("there").len(), 93);
+        let m = s.machine(MAC).expect("read").expect("m");
+        let b4 = m.boots.iter().find(|b| b.boot_id == "b4").expect("b4");
+        assert_eq!(b4.log_dropped, 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
-    fn corrupt_record_is_an_error_naming_the_file() {
+    fn a_uuid_on_two_macs_is_told() {
+        let dir = scratch("uuid");
+        let s = Store::open(&dir, Limits::default()).expect("open");
+        let u = "6e4a2b1c-0000-4000-8000-000000000001";
+        assert!(s.note_uuid(u, MAC).expect("note").is_empty());
+        assert!(s.note_uuid(u, MAC).expect("again").is_empty());
+        assert_eq!(
+            s.note_uuid(u, "52:54:00:00:00:02").expect("other"),
+            [MAC.to_string()]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_corrupt_value_is_an_error_naming_the_key() {
         let dir = scratch("bad");
-        std::fs::create_dir_all(dir.join("machines")).expect("mkdir");
-        std::fs::write(dir.join("machines/x.json"), b"{not json").expect("write");
-        let err = Store::open(&dir).expect_err("corrupt");
-        assert!(err.to_string().contains("x.json"), "{err}");
+        let kv = crate::server::kv_redb::RedbKv::open(&dir.join("store")).expect("open");
+        kv.commit(Txn {
+            compare: vec![],
+            put: vec![(format!("m/{MAC}"), b"{not json".to_vec())],
+            delete: vec![],
+        })
+        .expect("commit");
+        let s = Store::new(Box::new(kv), Limits::default());
+        let err = s.machine(MAC).expect_err("corrupt");
+        assert!(err.to_string().contains(&format!("m/{MAC}")), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -17,7 +17,8 @@ use time::OffsetDateTime;
 
 use crate::crypto::{hex, pin_of_cert, provider, random_bytes};
 use crate::error::{io, Error, Result};
-use crate::server::store::{write_atomic_mode, Cert};
+use crate::server::files::write_atomic_mode;
+use crate::server::store::Cert;
 
 /// The CA certificate's file under `--data` (PEM).
 pub const CA_CERT: &str = "ca.crt";
@@ -238,6 +239,7 @@ impl Ca {
                 issued_at,
                 not_after: issued_at + lifetime.as_secs(),
                 revoked: None,
+                discovery: false,
             },
         })
     }

@@ -1,0 +1,48 @@
+//! The store's one interface: a key-value store with etcd's shape, so that an etcd
+//! implementation can stand beside the embedded one ([`crate::server::kv_redb`]) without
+//! anything above it changing. Keys are strings (`PREFIX/...`), values bytes; every key
+//! has a version (the store-wide revision of its last change, as etcd's `mod_revision`);
+//! a transaction is etcd's `Txn`: compares on versions, then puts and deletes, all or
+//! nothing, durable when `commit` returns `Ok(true)`.
+
+use crate::error::Result;
+
+/// A value and its version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The bytes.
+    pub value: Vec<u8>,
+    /// The revision of the transaction that last wrote it (never 0).
+    pub version: u64,
+}
+
+/// One transaction: when every compare holds, every put and delete; else nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Txn {
+    /// `(key, version)`: the key must be at that version; `None`: the key must not exist.
+    pub compare: Vec<(String, Option<u64>)>,
+    /// Keys to write.
+    pub put: Vec<(String, Vec<u8>)>,
+    /// Keys to remove (missing ones are no error).
+    pub delete: Vec<String>,
+}
+
+impl Txn {
+    /// Whether the transaction changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.put.is_empty() && self.delete.is_empty()
+    }
+}
+
+/// What a store backend provides. Implementations are used from several threads.
+pub trait Kv: Send + Sync {
+    /// The value under `key`.
+    fn get(&self, key: &str) -> Result<Option<Entry>>;
+    /// Every key starting with `prefix`, in key order.
+    fn range(&self, prefix: &str) -> Result<Vec<(String, Entry)>>;
+    /// Applies `txn`: `Ok(true)` when it was committed (and is durable), `Ok(false)` when
+    /// a compare failed (nothing was written).
+    fn commit(&self, txn: Txn) -> Result<bool>;
+    /// Bytes the store takes on disk.
+    fn size(&self) -> Result<u64>;
+}
