@@ -6,6 +6,7 @@ use nix::sched::CloneFlags;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::error::{os_text, Error, Result};
+use crate::jsonpath;
 use crate::namespaces::Plan;
 
 /// A loaded, validated bundle.
@@ -43,7 +44,10 @@ pub fn parse(text: &[u8]) -> Result<Spec> {
 }
 
 fn parse_text(text: &[u8]) -> Result<Spec> {
-    from_json(text).map_err(|(path, e)| {
+    serde_json::from_slice(text).map_err(|e| {
+        // The path is worked out from the error's position only on failure: a path
+        // tracking deserializer would instantiate every oci-spec type's parser twice.
+        let path = jsonpath::error_path(text, &e);
         let field = if path == "." {
             "(top level)".to_string()
         } else {
@@ -82,24 +86,9 @@ fn parse_with_scheduler(text: &[u8]) -> Result<Spec> {
             *f = serde_json::Value::String(ours.to_string());
         }
     }
-    serde_path_to_error::deserialize(&v).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." {
-            "(top level)".to_string()
-        } else {
-            path
-        };
-        Error::config(field, e.into_inner().to_string())
-    })
-}
-
-/// Deserializes JSON text, giving on failure the JSON path of the bad value (as
-/// `linux.namespaces[2].type`, `.` for the top level) with serde's error.
-pub fn from_json<T: serde::de::DeserializeOwned>(
-    text: &[u8],
-) -> std::result::Result<T, (String, serde_json::Error)> {
-    let de = &mut serde_json::Deserializer::from_slice(text);
-    serde_path_to_error::deserialize(de).map_err(|e| (e.path().to_string(), e.into_inner()))
+    // Back to text, so that a later error's path comes from its position as usual.
+    let text = serde_json::to_vec(&v).map_err(|e| Error::config("(top level)", e.to_string()))?;
+    parse_text(&text)
 }
 
 /// Loads `<bundle>/config.json` and validates it.

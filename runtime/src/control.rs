@@ -10,6 +10,7 @@ use oci_spec::runtime::LinuxResources;
 use crate::cgroups::Cgroup;
 use crate::container::status;
 use crate::error::{Error, Result};
+use crate::jsonpath;
 use crate::state::{Root, State, Status};
 
 fn cgroup_of(st: &State) -> Result<&Cgroup> {
@@ -113,13 +114,16 @@ pub fn update(
 }
 
 /// The merged `--resources` JSON as `LinuxResources`; an error names the bad value's
-/// path.
+/// path. Read back from text rather than from the Value: the text parser of
+/// LinuxResources is already in the binary (config.json), and the text gives the error
+/// a position to find the path from.
 fn resources(v: &serde_json::Value) -> Result<LinuxResources> {
-    serde_path_to_error::deserialize(v).map_err(|e| {
+    let text = serde_json::to_vec(v).map_err(|e| Error::Invalid(format!("--resources: {e}")))?;
+    serde_json::from_slice(&text).map_err(|e| {
         Error::Invalid(format!(
             "--resources: {}: {}",
-            e.path(),
-            without_position(e.inner())
+            jsonpath::error_path(&text, &e),
+            without_position(&e)
         ))
     })
 }

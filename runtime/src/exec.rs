@@ -18,6 +18,7 @@ use crate::config::{self, Bundle};
 use crate::container;
 use crate::error::{Error, Result};
 use crate::init;
+use crate::jsonpath;
 use crate::namespaces::{self, Forked};
 use crate::signals;
 use crate::state::{self, Root, Status};
@@ -323,8 +324,13 @@ fn child_side(
 fn build_process(bundle: &Bundle, o: &ExecOptions) -> Result<Process> {
     if let Some(path) = &o.process {
         let text = std::fs::read(path).map_err(|e| Error::io("--process: read", path, e))?;
-        let mut p: Process = config::from_json(&text).map_err(|(at, e)| {
-            Error::Invalid(format!("--process {}: {at}: {e}", path.display()))
+        let mut p: Process = serde_json::from_slice(&text).map_err(|e| {
+            Error::Invalid(format!(
+                "--process {}: {}: {}",
+                path.display(),
+                jsonpath::error_path(&text, &e),
+                e
+            ))
         })?;
         if p.oom_score_adj().is_none() {
             // As runc: the container's, unless the process names its own.

@@ -1,7 +1,8 @@
 //! plinth-runtime: a small, narrow, runc-compatible OCI runtime.
 //!
 //! Layers, lowest first (a module imports only from layers below it):
-//! - `error`, `logging`, `atomic` (files replaced atomically);
+//! - `error`, `jsonpath` (the path of a bad JSON value), `logging`, `atomic` (files
+//!   replaced atomically);
 //! - the Linux mechanisms, which know nothing of containers: `cgroups`, `seccomp`,
 //!   `mount`, `mountinfo`, `namespaces`, `idmap`, `devices`, `capabilities`,
 //!   `process`, `procfs`, `sched`, `signals`, `terminal`, `hooks`, `sync`, `fdpass`, `sealed`;
@@ -27,6 +28,7 @@ pub mod features;
 pub mod hooks;
 pub mod idmap;
 pub mod init;
+pub mod jsonpath;
 pub mod logging;
 pub mod mount;
 pub mod mountinfo;
