@@ -168,6 +168,34 @@ pub fn busybox_rootfs(rootfs: &Path) {
 }
 
 impl Bundle {
+    /// Makes this a user-namespaced container whose root is host uid 100000 (65536 ids
+    /// mapped), with an image owned by that root as an engine's would be, and no cgroup
+    /// mount (a user namespace's root may not mount the host's cgroups).
+    pub fn user_namespaced(&mut self) {
+        std::fs::set_permissions(
+            &self.tmp.0,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let out = Command::new("chown")
+            .args(["-hR", "100000:100000"])
+            .arg(self.dir.join("rootfs"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "chown: {out:?}");
+        self.config["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "user"}));
+        let map = serde_json::json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+        self.config["linux"]["uidMappings"] = map.clone();
+        self.config["linux"]["gidMappings"] = map;
+        self.config["mounts"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|m| m["type"] != "cgroup");
+    }
+
     /// A bundle running `sh -c script`, with plinth's default config.
     pub fn busybox(script: &str) -> Bundle {
         let tmp = TempDir::new("plinth-test");

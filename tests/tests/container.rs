@@ -428,33 +428,6 @@ fn the_personality_reaches_the_process() {
     assert_eq!(run_ok(&b).trim(), std::env::consts::ARCH);
 }
 
-/// Makes `b` a user-namespaced container (container root is host uid 100000) whose
-/// image belongs to that root.
-fn user_namespaced(b: &mut Bundle) {
-    std::fs::set_permissions(
-        &b.tmp.0,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    let out = std::process::Command::new("chown")
-        .args(["-hR", "100000:100000"])
-        .arg(b.dir.join("rootfs"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "chown: {out:?}");
-    b.config["linux"]["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"type": "user"}));
-    let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-    b.config["linux"]["uidMappings"] = map.clone();
-    b.config["linux"]["gidMappings"] = map;
-    b.config["mounts"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|m| m["type"] != "cgroup");
-}
-
 /// Id-mapped mounts (runtime-spec 1.2 `idmap`/`ridmap`; runc 1.2 makes them, runc
 /// 1.1.5 has none), as containerd 2 asks for them for `hostUsers: false` pods: a host
 /// directory owned by root appears owned by the container's root inside a user
@@ -479,7 +452,7 @@ fn idmapped_mounts_show_host_files_as_the_containers_own() {
     };
 
     let mut b = Bundle::busybox(script);
-    user_namespaced(&mut b);
+    b.user_namespaced();
     b.config["mounts"]
         .as_array_mut()
         .unwrap()
@@ -495,7 +468,7 @@ fn idmapped_mounts_show_host_files_as_the_containers_own() {
 
     // The same with the mount's own mappings, the namespace's, and ridmap.
     let mut b = Bundle::busybox(script);
-    user_namespaced(&mut b);
+    b.user_namespaced();
     let mut m = mount(json!(["rbind", "ridmap"]));
     m["uidMappings"] = b.config["linux"]["uidMappings"].clone();
     m["gidMappings"] = b.config["linux"]["gidMappings"].clone();
@@ -506,7 +479,7 @@ fn idmapped_mounts_show_host_files_as_the_containers_own() {
     // Without idmap: host root is nobody there, and the write is refused.
     let mut b =
         Bundle::busybox("stat -c '%u %g' /data; touch /data/new 2>/dev/null || echo refused");
-    user_namespaced(&mut b);
+    b.user_namespaced();
     b.config["mounts"]
         .as_array_mut()
         .unwrap()
@@ -515,7 +488,7 @@ fn idmapped_mounts_show_host_files_as_the_containers_own() {
 
     // Mappings other than the namespace's: refused, naming the field.
     let mut b = Bundle::busybox("true");
-    user_namespaced(&mut b);
+    b.user_namespaced();
     let mut m = mount(json!(["rbind", "idmap"]));
     m["uidMappings"] = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
     m["gidMappings"] = b.config["linux"]["gidMappings"].clone();

@@ -663,32 +663,10 @@ fn dangling_destinations_and_root_only_sources() {
     let secret = b.tmp.0.join("secret");
     std::fs::create_dir(&secret).unwrap();
     std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    std::fs::set_permissions(
-        &b.tmp.0,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    // The image belongs to the namespace's root (host uid 100000), as an engine's would.
-    let out = Command::new("chown")
-        .args(["-hR", "100000:100000"])
-        .arg(b.dir.join("rootfs"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "chown: {out:?}");
-    b.config["linux"]["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({"type": "user"}));
-    let map = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
-    b.config["linux"]["uidMappings"] = map.clone();
-    b.config["linux"]["gidMappings"] = map;
+    b.user_namespaced();
     b.config["mounts"].as_array_mut().unwrap().push(
         json!({"destination": "/secret", "type": "bind", "source": secret, "options": ["rbind"]}),
     );
-    b.config["mounts"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|m| m["type"] != "cgroup");
     for runtime in [runc.clone(), plinth_bin()] {
         let (code, out, err) = b.run_with(&runtime, &unique("parsec"));
         assert_eq!(code, 0, "{}: {out}{err}", runtime.display());
