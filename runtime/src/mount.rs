@@ -191,6 +191,23 @@ impl Options {
     }
 }
 
+/// Sets the propagation type (`MS_SHARED`, `MS_SLAVE`, `MS_PRIVATE`, `MS_UNBINDABLE`)
+/// of the mount at `path` and of every mount below it; `what` names the step in an error.
+pub fn set_propagation<P: ?Sized + nix::NixPath>(
+    path: &P,
+    flag: MsFlags,
+    what: &str,
+) -> Result<()> {
+    mount(
+        None::<&str>,
+        path,
+        None::<&str>,
+        flag | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| Error::sys(what, e))
+}
+
 /// The mount(2) flag for a propagation name, or None if it is not one.
 pub fn propagation_flag(name: &str) -> Option<MsFlags> {
     Some(match name {
@@ -510,14 +527,7 @@ pub fn pivot_root(rootfs: &Path) -> Result<()> {
     nix::unistd::pivot_root(".", ".").map_err(|e| Error::sys("pivot_root", e))?;
     nix::unistd::fchdir(&old_root).map_err(|e| Error::sys("chdir to the old root", e))?;
     // Keep the unmount of the old root from propagating back to the host.
-    mount(
-        None::<&str>,
-        ".",
-        None::<&str>,
-        MsFlags::MS_SLAVE | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| Error::sys("make the old root a slave", e))?;
+    set_propagation(".", MsFlags::MS_SLAVE, "make the old root a slave")?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| Error::sys("detach the old root", e))?;
     nix::unistd::chdir("/").map_err(|e| Error::sys("chdir /", e))?;
     Ok(())

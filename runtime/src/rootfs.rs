@@ -213,14 +213,7 @@ impl<'a> Rootfs<'a> {
             mount::pivot_root(rootfs)?;
         }
         if let Some(p) = self.propagation {
-            nix::mount::mount(
-                None::<&str>,
-                "/",
-                None::<&str>,
-                p | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .map_err(|e| Error::sys("set the rootfs propagation", e))?;
+            mount::set_propagation("/", p, "set the rootfs propagation")?;
         }
         Ok(())
     }
@@ -512,14 +505,11 @@ fn prepare_rootfs(rootfs: &Path, propagation: Option<MsFlags>, host_mounts: bool
             None,
             rootfs,
         )?;
-        return nix::mount::mount(
-            None::<&str>,
+        return mount::set_propagation(
             rootfs,
-            None::<&str>,
-            MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(|e| Error::sys(format!("make {} private", rootfs.display()), e));
+            MsFlags::MS_PRIVATE,
+            &format!("make {} private", rootfs.display()),
+        );
     }
     let mut flag = propagation.unwrap_or(MsFlags::MS_SLAVE);
     if flag.contains(MsFlags::MS_UNBINDABLE) {
@@ -527,14 +517,7 @@ fn prepare_rootfs(rootfs: &Path, propagation: Option<MsFlags>, host_mounts: bool
         // until after the pivot, where the requested propagation is applied.
         flag = MsFlags::MS_PRIVATE;
     }
-    nix::mount::mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        flag | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| Error::sys("set the propagation of /", e))?;
+    mount::set_propagation("/", flag, "set the propagation of /")?;
     if flag.contains(MsFlags::MS_SHARED) {
         // pivot_root refuses a shared parent: make the mount holding the rootfs private.
         if let Ok(mi) = crate::mountinfo::read() {
