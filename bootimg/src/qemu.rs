@@ -1,11 +1,21 @@
-//! `plinth-boot run`: boots a machine in qemu over PXE. The NIC's iPXE ROM gets its
-//! address from qemu's user-mode (slirp) DHCP, fetches a one-line chain script from
-//! slirp's TFTP, and from there everything comes from plinth-server over HTTP
-//! (10.0.2.2 is the host's loopback as the guest sees it).
+//! `plinth-boot run`: powers on a machine in qemu that boots over PXE from a tap device,
+//! as a machine on a real network does: its firmware (SeaBIOS with the NIC's iPXE ROM,
+//! or OVMF's own UEFI PXE) asks the network's DHCP servers what to boot (in the lab,
+//! the site's dnsmasq for an address and plinth-server's proxyDHCP for the boot file),
+//! and everything after comes from plinth-server. Nothing is served from here.
+//!
+//! qemu ends with this process: a SIGTERM, SIGINT or SIGHUP stops it (then this process
+//! exits non-zero), and so does this process's parent dying (PR_SET_PDEATHSIG gives this
+//! process a SIGTERM) or this process dying any other way, SIGKILL included (qemu has
+//! PR_SET_PDEATHSIG SIGKILL).
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::error::{io, Error, Result};
 
@@ -18,13 +28,33 @@ pub enum Accel {
     Kvm,
 }
 
+/// The machine's firmware.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Firmware {
+    /// SeaBIOS; the NIC's option ROM (qemu's iPXE) does PXE. DHCP architecture 0.
+    Bios,
+    /// OVMF (Debian's `ovmf`), whose own PXE client boots; the NIC has no option ROM,
+    /// so the firmware's PXE is the one a UEFI machine's vendor ships, not iPXE.
+    /// DHCP architecture 7.
+    Uefi,
+}
+
+/// Debian's OVMF: the code and the template of the variable store.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// See [`OVMF_CODE`].
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
 /// Everything `run` needs.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// The built image (vmlinuz, initrd, boot.ipxe).
-    pub boot_dir: PathBuf,
-    /// plinth-server's URL as the host sees it; `None` boots from slirp's TFTP alone.
-    pub server: Option<String>,
+    /// The tap device the NIC is plugged into (it must exist, in this network namespace).
+    pub tap: String,
+    /// The firmware.
+    pub firmware: Firmware,
+    /// OVMF's code (UEFI only).
+    pub ovmf_code: PathBuf,
+    /// OVMF's variable-store template, copied for each run (UEFI only).
+    pub ovmf_vars: PathBuf,
     /// The NIC's MAC address.
     pub mac: String,
     /// The SMBIOS UUID; `None` makes a random one.
@@ -100,60 +130,84 @@ pub fn random_uuid() -> Result<String> {
         .to_string())
 }
 
-/// The server URL as the guest reaches it: loopback addresses become slirp's 10.0.2.2.
-pub fn guest_url(server: &str) -> Result<String> {
-    let rest = server
-        .strip_prefix("http://")
-        .ok_or_else(|| Error::BadArgument {
-            arg: format!("--server {server}"),
-            reason: "must be an http:// URL (iPXE has no TLS)".into(),
-        })?;
-    let (hostport, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap_or((rest, String::new()));
-    let (host, port) = hostport
-        .rsplit_once(':')
-        .map(|(h, p)| (h, format!(":{p}")))
-        .unwrap_or((hostport, String::new()));
-    let host = match host {
-        "127.0.0.1" | "localhost" | "0.0.0.0" | "[::1]" => "10.0.2.2",
-        h => h,
+/// Checks a `--tap` name: a tun/tap device of this network namespace.
+pub fn check_tap(tap: &str) -> Result<()> {
+    let bad = |reason: String| Error::BadArgument {
+        arg: format!("--tap {tap}"),
+        reason,
     };
-    Ok(format!("http://{host}{port}{}", path.trim_end_matches('/')))
+    if tap.is_empty() || tap.len() > 15 || tap.contains(['/', '\0']) || tap.starts_with('.') {
+        return Err(bad("not a network interface name".into()));
+    }
+    let dev = Path::new("/sys/class/net").join(tap);
+    if !dev.exists() {
+        return Err(bad(
+            "no such network interface here (make it first: ip tuntap add NAME mode tap; \
+             in a network namespace, run this there)"
+                .into(),
+        ));
+    }
+    if !dev.join("tun_flags").exists() {
+        return Err(bad("is a network interface, but not a tap device".into()));
+    }
+    Ok(())
 }
 
-/// Boots the machine and waits for qemu to exit (the guest powering off) or the timeout.
-pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
-    for f in ["vmlinuz", "initrd", "boot.ipxe"] {
-        let p = opts.boot_dir.join(f);
-        if !p.is_file() {
-            return Err(Error::Missing {
-                what: "image file",
-                path: p,
-                hint: " (run `plinth-boot build -o DIR` first)",
-            });
+/// The signals that end a run; blocked here and read from a signalfd, so that qemu is
+/// stopped before this process exits.
+fn ending_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    set
+}
+
+/// A file removed on drop (the run's copy of OVMF's variables).
+struct Scratch(Option<PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// Boots the machine and waits for qemu to exit (the guest powering off), the timeout,
+/// or a signal to this process.
+pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     let mac = parse_mac(&opts.mac)?;
     let rtc = opts.rtc_base.as_deref().map(parse_date).transpose()?;
+    check_tap(&opts.tap)?;
+    if opts.firmware == Firmware::Uefi {
+        for (flag, p) in [
+            ("--ovmf-code", &opts.ovmf_code),
+            ("--ovmf-vars", &opts.ovmf_vars),
+        ] {
+            if !p.is_file() {
+                return Err(Error::BadArgument {
+                    arg: format!("{flag} {}", p.display()),
+                    reason: "not found (Debian's `ovmf` package has it)".into(),
+                });
+            }
+        }
+    }
     let uuid = match &opts.uuid {
         Some(u) => u.clone(),
         None => random_uuid()?,
     };
-    // slirp's TFTP root: the chain script to the server, or the image itself.
-    let tftp_tmp = std::env::temp_dir().join(format!("plinth-boot-tftp-{}", std::process::id()));
-    let (tftp_root, bootfile) = match &opts.server {
-        Some(server) => {
-            let url = guest_url(server)?;
-            std::fs::create_dir_all(&tftp_tmp).map_err(io("creating", &tftp_tmp))?;
-            let script = format!("#!ipxe\nchain {url}/boot.ipxe?mac=${{net0/mac}}&uuid=${{uuid}}&serial=${{serial}}\n");
-            let p = tftp_tmp.join("chain.ipxe");
-            std::fs::write(&p, script).map_err(io("writing", &p))?;
-            (tftp_tmp.clone(), "chain.ipxe")
-        }
-        None => (opts.boot_dir.clone(), "boot.ipxe"),
-    };
+    // Blocked before anything can need stopping; the parent's death becomes a SIGTERM.
+    let ending = ending_signals();
+    ending
+        .thread_block()
+        .map_err(|e| Error::Qemu(format!("blocking signals: {e}")))?;
+    let sigfd = SignalFd::with_flags(&ending, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| Error::Qemu(format!("signalfd: {e}")))?;
+    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)
+        .map_err(|e| Error::Qemu(format!("PR_SET_PDEATHSIG: {e}")))?;
+
+    let mut vars = Scratch(None);
     let serial = match &opts.serial_log {
         Some(p) => format!("file:{}", p.display()),
         None => "stdio".to_string(),
@@ -179,7 +233,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         Some(p) => format!("unix:{},server=on,wait=off", p.display()),
         None => "none".into(),
     })
-    .args(["-uuid", &uuid, "-boot", "n"])
+    .args(["-uuid", &uuid])
     .args((!opts.reboot).then_some("-no-reboot"))
     .args(
         rtc.map(|d| ["-rtc".to_string(), format!("base={d}")])
@@ -188,11 +242,52 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     )
     .arg("-netdev")
     .arg(format!(
-        "user,id=n0,tftp={},bootfile={bootfile}",
-        tftp_root.display()
-    ))
-    .args(["-device", &format!("virtio-net-pci,netdev=n0,mac={mac}")])
-    .stdin(Stdio::null());
+        "tap,id=n0,ifname={},script=no,downscript=no",
+        opts.tap
+    ));
+    match opts.firmware {
+        Firmware::Bios => {
+            cmd.args([
+                "-device",
+                &format!("virtio-net-pci,netdev=n0,mac={mac},bootindex=1"),
+            ]);
+        }
+        Firmware::Uefi => {
+            let copy = std::env::temp_dir().join(format!(
+                "plinth-boot-ovmf-vars-{}-{}.fd",
+                std::process::id(),
+                mac.replace(':', "")
+            ));
+            std::fs::copy(&opts.ovmf_vars, &copy)
+                .map_err(io("copying OVMF's variables to", &copy))?;
+            vars.0 = Some(copy.clone());
+            cmd.arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={}",
+                    opts.ovmf_code.display()
+                ))
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    copy.display()
+                ))
+                // No option ROM: OVMF's own PXE client, not iPXE's UEFI driver.
+                .args([
+                    "-device",
+                    &format!("virtio-net-pci,netdev=n0,mac={mac},romfile=,bootindex=1"),
+                ]);
+        }
+    }
+    cmd.stdin(Stdio::null());
+    // SAFETY: between fork and exec the child makes two system calls (prctl and
+    // sigprocmask), both async-signal-safe, and touches no memory the parent shares.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+            nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+            Ok(())
+        });
+    }
     let start = Instant::now();
     let mut child = cmd
         .spawn()
@@ -201,16 +296,25 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         match child.try_wait() {
             Ok(Some(s)) => break Some(s),
             Ok(None) => {}
-            Err(e) => return Err(Error::Qemu(format!("waiting for qemu: {e}"))),
+            Err(e) => {
+                stop(&mut child);
+                return Err(Error::Qemu(format!("waiting for qemu: {e}")));
+            }
+        }
+        if let Ok(Some(info)) = sigfd.read_signal() {
+            stop(&mut child);
+            let name = Signal::try_from(info.ssi_signo as i32).map_or_else(
+                |_| format!("signal {}", info.ssi_signo),
+                |s| s.as_str().to_string(),
+            );
+            return Err(Error::Ended { signal: name });
         }
         if opts.timeout.is_some_and(|t| start.elapsed() > t) {
-            let _ = child.kill();
-            let _ = child.wait();
+            stop(&mut child);
             break None;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    let _ = std::fs::remove_dir_all(&tftp_tmp);
     Ok(RunOutcome {
         status,
         uuid,
@@ -218,21 +322,30 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     })
 }
 
+/// Stops qemu: SIGTERM (it exits at once, cleanly), SIGKILL after 5 s.
+fn stop(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn urls_and_macs() {
-        assert_eq!(
-            guest_url("http://127.0.0.1:8080/").ok().as_deref(),
-            Some("http://10.0.2.2:8080")
-        );
-        assert_eq!(
-            guest_url("http://boot.example:80").ok().as_deref(),
-            Some("http://boot.example:80")
-        );
-        assert!(guest_url("https://x").is_err());
+    fn taps_macs_and_dates() {
+        assert!(check_tap("lo").is_err(), "not a tap");
+        assert!(check_tap("plinth-no-such").is_err());
+        assert!(check_tap("../x").is_err());
         assert!(parse_mac("52:54:00:12:34:56").is_ok());
         assert!(parse_mac("52:54:00:12:34").is_err());
         assert!(parse_date("2000-01-01").is_ok());
