@@ -30,7 +30,41 @@ pub fn router(st: Arc<State>) -> Router {
         .layer(DefaultBodyLimit::max(st.cfg.limits.max_body))
         .layer(axum::middleware::from_fn_with_state(
             st.clone(),
+            refuse_declared_oversize,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            st.clone(),
             crate::server::audit_refusals,
         ))
         .with_state(st)
+}
+
+/// A body that says up front it is over `--max-body` is refused before a byte of it is
+/// read, and before hyper sends `100 Continue`: the client that asked first never sends
+/// it, and one that did not gets the 413 without the server reading what it cannot use.
+/// (A chunked body is counted as it comes, by [`DefaultBodyLimit`].)
+async fn refuse_declared_oversize(
+    axum::extract::State(st): axum::extract::State<Arc<State>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > st.cfg.limits.max_body as u64 => {
+            use axum::response::IntoResponse;
+            (
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the body is {n} bytes, over --max-body ({} bytes)\n",
+                    st.cfg.limits.max_body
+                ),
+            )
+                .into_response()
+        }
+        _ => next.run(req).await,
+    }
 }

@@ -298,15 +298,28 @@ fn place_init(
     if how.fast && bundle.namespaces.creates(CloneFlags::CLONE_NEWUSER) {
         map_ids(child, bundle)?;
     }
-    ours.send(&Msg::Go)?;
     // Id-mapped mounts go through the container's user namespace, which exists now
     // when the clone made it or the config joins it (else once the init made it).
+    // Opened before `Go`: a rootless init stops being dumpable then, and its
+    // /proc/<pid>/ns files become root's.
     let plan = &bundle.namespaces;
-    if how.fast && plan.creates(CloneFlags::CLONE_NEWUSER) {
-        let userns = procfs_userns(child)?;
-        send_idmapped_mounts(bundle, &userns, ours)?;
+    let any_idmap = bundle
+        .spec
+        .mounts()
+        .iter()
+        .flatten()
+        .any(|m| idmap_option(m).is_some());
+    let userns = if !any_idmap {
+        None
+    } else if how.fast && plan.creates(CloneFlags::CLONE_NEWUSER) {
+        Some(procfs_userns(child)?)
     } else if let Some(path) = plan.joined(CloneFlags::CLONE_NEWUSER) {
-        let userns = crate::namespaces::open_ns(path, CloneFlags::CLONE_NEWUSER)?;
+        Some(crate::namespaces::open_ns(path, CloneFlags::CLONE_NEWUSER)?)
+    } else {
+        None
+    };
+    ours.send(&Msg::Go)?;
+    if let Some(userns) = userns {
         send_idmapped_mounts(bundle, &userns, ours)?;
     }
     Ok(joined_later && cgroup.is_some())
