@@ -130,7 +130,7 @@ pub fn random_uuid() -> Result<String> {
         .to_string())
 }
 
-/// Checks a `--tap` name: a tun/tap device of this network namespace.
+/// Checks a `--tap` name: a tap device of this network namespace.
 pub fn check_tap(tap: &str) -> Result<()> {
     let bad = |reason: String| Error::BadArgument {
         arg: format!("--tap {tap}"),
@@ -139,18 +139,105 @@ pub fn check_tap(tap: &str) -> Result<()> {
     if tap.is_empty() || tap.len() > 15 || tap.contains(['/', '\0']) || tap.starts_with('.') {
         return Err(bad("not a network interface name".into()));
     }
-    let dev = Path::new("/sys/class/net").join(tap);
-    if !dev.exists() {
-        return Err(bad(
+    match driver_of(tap) {
+        Ok(None) => Err(bad(
             "no such network interface here (make it first: ip tuntap add NAME mode tap; \
              in a network namespace, run this there)"
                 .into(),
-        ));
+        )),
+        Ok(Some(info)) if info.driver == "tun" && info.bus == "tap" => Ok(()),
+        Ok(Some(_)) => Err(bad("is a network interface, but not a tap device".into())),
+        Err(e) => Err(bad(format!("cannot ask its driver: {e}"))),
     }
-    if !dev.join("tun_flags").exists() {
-        return Err(bad("is a network interface, but not a tap device".into()));
+}
+
+/// What ethtool says of an interface's driver.
+#[derive(Debug)]
+struct DriverInfo {
+    /// `tun` for tun and tap devices.
+    driver: String,
+    /// `tap` or `tun` for the tun driver.
+    bus: String,
+}
+
+/// `struct ethtool_drvinfo` (linux/ethtool.h).
+#[repr(C)]
+struct EthtoolDrvinfo {
+    cmd: u32,
+    driver: [u8; 32],
+    version: [u8; 32],
+    fw_version: [u8; 32],
+    bus_info: [u8; 32],
+    erom_version: [u8; 32],
+    reserved2: [u8; 12],
+    n_priv_flags: u32,
+    n_stats: u32,
+    testinfo_len: u32,
+    eedump_len: u32,
+    regdump_len: u32,
+}
+
+/// `struct ifreq` with the `ifr_data` member of its union (padded to the union's size).
+#[repr(C)]
+struct IfreqData {
+    name: [u8; 16],
+    data: *mut EthtoolDrvinfo,
+    pad: [u8; 16],
+}
+
+const ETHTOOL_GDRVINFO: u32 = 3;
+
+/// The driver of interface `name` in this process's network namespace, `None` when it
+/// has no such interface. Asked with ethtool's ioctl, not read from /sys/class/net:
+/// sysfs shows the namespace it was mounted in, which after `nsenter --net` is not ours.
+fn driver_of(name: &str) -> std::io::Result<Option<DriverInfo>> {
+    use std::os::fd::AsRawFd;
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    let mut info = EthtoolDrvinfo {
+        cmd: ETHTOOL_GDRVINFO,
+        driver: [0; 32],
+        version: [0; 32],
+        fw_version: [0; 32],
+        bus_info: [0; 32],
+        erom_version: [0; 32],
+        reserved2: [0; 12],
+        n_priv_flags: 0,
+        n_stats: 0,
+        testinfo_len: 0,
+        eedump_len: 0,
+        regdump_len: 0,
+    };
+    let mut req = IfreqData {
+        name: [0; 16],
+        data: &mut info,
+        pad: [0; 16],
+    };
+    // The caller checked the length: at most 15 bytes, so the name stays NUL-terminated.
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: SIOCETHTOOL reads `req` (a NUL-terminated name and a pointer) and writes at
+    // most size_of::<EthtoolDrvinfo>() bytes through `req.data`, which points at `info`,
+    // alive and exclusively borrowed for the call. nix has no wrapper for this ioctl.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut req) };
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENODEV) => Ok(None),
+            // A device without ethtool's driver info (lo, a bridge on old kernels).
+            Some(libc::EOPNOTSUPP) => Ok(Some(DriverInfo {
+                driver: String::new(),
+                bus: String::new(),
+            })),
+            _ => Err(e),
+        };
     }
-    Ok(())
+    let text = |b: &[u8]| {
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        String::from_utf8_lossy(&b[..end]).into_owned()
+    };
+    Ok(Some(DriverInfo {
+        driver: text(&info.driver),
+        bus: text(&info.bus_info),
+    }))
 }
 
 /// The signals that end a run; blocked here and read from a signalfd, so that qemu is
