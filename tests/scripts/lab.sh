@@ -26,6 +26,7 @@ set -uo pipefail
 
 ROOT=/run/plinth-lab
 SUBNET=10.33.0
+SUBNET6=fd33
 
 # The inode of the network namespace mounted at $1, or nothing.
 ns_inode() {
@@ -108,16 +109,22 @@ up() {
   "${site[@]}" ip link set lo up
   "${site[@]}" ip link add br0 type bridge
   "${site[@]}" ip addr add "$SUBNET.1/24" dev br0
+  # A ULA prefix for the site's router advertisements (below); nodad: usable at once.
+  "${site[@]}" ip -6 addr add "$SUBNET6::1/64" dev br0 nodad
   "${site[@]}" ip link set br0 up
   "${site[@]}" ip link add srv0 type veth peer name eth0 netns "$dir/server.net"
   "${site[@]}" ip link set srv0 master br0 up
   "${srv[@]}" ip link set lo up
   "${srv[@]}" ip addr add "$SUBNET.2/24" dev eth0
   "${srv[@]}" ip link set eth0 up
-  # The site's DHCP server: addresses for the machines, and nothing about PXE.
+  # The site's DHCP server: addresses for the machines, and nothing about PXE. It also
+  # sends IPv6 router advertisements (no DHCPv6, no route out), as a site's router does:
+  # iPXE configures IPv4 and IPv6 together and, on a network without a router, waits
+  # about 13 s for one before it boots.
   "${site[@]}" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --no-resolv \
     --no-hosts --interface=br0 --bind-interfaces --user=root --group=root \
     --dhcp-range="$SUBNET.100,$SUBNET.199,255.255.255.0,1h" --dhcp-authoritative \
+    --enable-ra --dhcp-range="$SUBNET6::,ra-only,64,1h" \
     --dhcp-leasefile="$dir/dnsmasq.leases" --log-dhcp --log-facility="$dir/dnsmasq.log" \
     </dev/null >>"$dir/dnsmasq.log" 2>&1 &
   echo $! >"$dir/dnsmasq.pid"
