@@ -287,7 +287,7 @@ pub fn events(server: &Server, mac: &str) -> Vec<Value> {
                 })
         })
         .collect();
-    all.sort_by_key(|e| event_ms(e));
+    all.sort_by_key(event_ms);
     all
 }
 

@@ -105,7 +105,7 @@ fn random_uuid() -> String {
         .to_string()
 }
 
-/// The first step of `kind` (from `source`) whose description contains `what`.
+/// The first step of `kind` whose description contains `what`.
 fn step<'a>(steps: &'a [Step], kind: &str, what: &str) -> Option<&'a Step> {
     steps
         .iter()

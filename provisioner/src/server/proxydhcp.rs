@@ -251,6 +251,9 @@ pub fn reply(req: &Request, msg: u8, server: Ipv4Addr, file: &str) -> Vec<u8> {
     p
 }
 
+/// Called with each request answered and what it was given, after the answer is sent.
+pub type OnAnswered = Arc<dyn Fn(&Request, &BootFile) + Send + Sync>;
+
 /// What the proxyDHCP service needs from the rest of the server.
 pub struct Handler {
     /// This server's address on the boot network (next server, server identifier).
@@ -258,7 +261,7 @@ pub struct Handler {
     /// The plain-HTTP base URL PXE clients reach the boot chain at.
     pub http_base: String,
     /// Called with each request answered and what it was given, after the answer is sent.
-    pub answered: Arc<dyn Fn(&Request, &BootFile) + Send + Sync>,
+    pub answered: OnAnswered,
 }
 
 /// The sockets: port 67 on every address of the interface holding `server` (broadcasts

@@ -43,10 +43,18 @@ struct Pending {
     details: Map<String, Value>,
 }
 
+/// Events waiting for their MAC's record, and the MACs in the order they came (the
+/// oldest is dropped first).
+#[derive(Debug, Default)]
+struct Waiting {
+    by_mac: HashMap<String, Vec<Pending>>,
+    order: VecDeque<String>,
+}
+
 /// The traffic recorder.
 #[derive(Debug, Default)]
 pub struct Traffic {
-    pending: Mutex<(HashMap<String, Vec<Pending>>, VecDeque<String>)>,
+    pending: Mutex<Waiting>,
     seen: Mutex<HashMap<(String, String), Instant>>,
 }
 
@@ -110,7 +118,7 @@ impl Traffic {
         let Ok(mut guard) = self.pending.lock() else {
             return;
         };
-        let (map, order) = &mut *guard;
+        let Waiting { by_mac: map, order } = &mut *guard;
         if !map.contains_key(mac) {
             if order.len() >= MAX_PENDING_MACS {
                 if let Some(old) = order.pop_front() {
@@ -132,7 +140,7 @@ impl Traffic {
             let Ok(mut guard) = self.pending.lock() else {
                 return;
             };
-            let (map, order) = &mut *guard;
+            let Waiting { by_mac: map, order } = &mut *guard;
             let Some(list) = map.remove(mac) else {
                 return;
             };
@@ -146,7 +154,7 @@ impl Traffic {
                 let mut back = vec![p];
                 back.extend(rest);
                 if let Ok(mut guard) = self.pending.lock() {
-                    let (map, order) = &mut *guard;
+                    let Waiting { by_mac: map, order } = &mut *guard;
                     order.push_back(mac.to_string());
                     map.insert(mac.to_string(), back);
                 }
