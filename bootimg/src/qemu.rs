@@ -9,6 +9,7 @@
 //! process a SIGTERM) or this process dying any other way, SIGKILL included (qemu has
 //! PR_SET_PDEATHSIG SIGKILL).
 
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -250,17 +251,6 @@ fn ending_signals() -> SigSet {
     set
 }
 
-/// A file removed on drop (the run's copy of OVMF's variables).
-struct Scratch(Option<PathBuf>);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Some(p) = &self.0 {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
 /// Boots the machine and waits for qemu to exit (the guest powering off), the timeout,
 /// or a signal to this process.
 pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
@@ -294,7 +284,8 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)
         .map_err(|e| Error::Qemu(format!("PR_SET_PDEATHSIG: {e}")))?;
 
-    let mut vars = Scratch(None);
+    // The run's copy of OVMF's variable store (UEFI), held open for qemu.
+    let mut vars: Option<std::fs::File> = None;
     let serial = match &opts.serial_log {
         Some(p) => format!("file:{}", p.display()),
         None => "stdio".to_string(),
@@ -340,6 +331,8 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
             ]);
         }
         Firmware::Uefi => {
+            // A copy per run, unlinked as soon as it is open: qemu writes it through the
+            // descriptor it inherits, and no file is left however this process ends.
             let copy = std::env::temp_dir().join(format!(
                 "plinth-boot-ovmf-vars-{}-{}.fd",
                 std::process::id(),
@@ -347,7 +340,14 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
             ));
             std::fs::copy(&opts.ovmf_vars, &copy)
                 .map_err(io("copying OVMF's variables to", &copy))?;
-            vars.0 = Some(copy.clone());
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&copy);
+            let _ = std::fs::remove_file(&copy);
+            let file = file.map_err(io("opening", &copy))?;
+            let fd = file.as_raw_fd();
+            vars = Some(file);
             cmd.arg("-drive")
                 .arg(format!(
                     "if=pflash,format=raw,unit=0,readonly=on,file={}",
@@ -355,8 +355,7 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
                 ))
                 .arg("-drive")
                 .arg(format!(
-                    "if=pflash,format=raw,unit=1,file={}",
-                    copy.display()
+                    "if=pflash,format=raw,unit=1,file=/proc/self/fd/{fd}"
                 ))
                 // No option ROM: OVMF's own PXE client, not iPXE's UEFI driver.
                 .args([
@@ -366,12 +365,19 @@ pub fn run(opts: &RunOptions) -> Result<RunOutcome> {
         }
     }
     cmd.stdin(Stdio::null());
-    // SAFETY: between fork and exec the child makes two system calls (prctl and
-    // sigprocmask), both async-signal-safe, and touches no memory the parent shares.
+    let vars_fd = vars.as_ref().map(|f| f.as_raw_fd());
+    // SAFETY: between fork and exec the child makes only async-signal-safe system calls
+    // (prctl, sigprocmask, fcntl) and touches no memory the parent shares.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
             nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+            // The variable store's descriptor survives the exec (std opens with CLOEXEC).
+            if let Some(fd) = vars_fd {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }

@@ -582,10 +582,20 @@ fn plinth_boot_run_ends_its_qemu_when_it_is_ended() {
         );
     }
     // SIGKILL: nothing runs in plinth-boot, and qemu dies with it (PR_SET_PDEATHSIG).
-    let mut m = lab.power_on(&Spec::new("bios", "52:54:00:16:00:21", &uuid, &t.0));
-    let qemu = qemu_of(m.child.id());
+    // A UEFI machine: its copy of OVMF's variables is not left behind either.
+    let mut m = lab.power_on(&Spec::new("uefi", "52:54:00:16:00:21", &uuid, &t.0));
+    let boot_pid = m.child.id();
+    let qemu = qemu_of(boot_pid);
     m.child.kill().unwrap();
     m.child.wait().unwrap();
+    let vars = format!("plinth-boot-ovmf-vars-{boot_pid}-");
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&vars))
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "a SIGKILLed run left {left:?}");
     assert!(
         wait_gone(qemu, Duration::from_secs(5)),
         "qemu {qemu} outlived a SIGKILLed plinth-boot"
