@@ -86,6 +86,12 @@ pub enum Error {
     /// qemu could not be started or failed.
     #[error("qemu: {0}")]
     Qemu(String),
+    /// A signal ended the run (qemu was stopped first).
+    #[error("ended by {signal}: the machine was stopped")]
+    Ended {
+        /// The signal's name.
+        signal: String,
+    },
 }
 
 /// The library's result type.

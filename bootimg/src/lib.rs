@@ -6,8 +6,8 @@
 //! plinth-boot build -o DIR           # vmlinuz, initrd, boot.ipxe; prints what went in
 //!     [--kernel FILE] [--extra SRC:DEST]... [--module NAME]... [--no-modules]
 //!     [--plinth-dir DIR | --no-plinth] [--init FILE] [--runtime FILE] [--cmdline ARGS]
-//! plinth-server --listen 127.0.0.1:8080 --boot-dir DIR --data STATE   # HTTPS on :8081
-//! plinth-boot run --boot-dir DIR --server http://127.0.0.1:8080 [--mac MAC] [--uuid UUID]
+//! plinth-server --listen 10.33.0.2:8080 --proxy-dhcp 10.33.0.2 --boot-dir DIR --data STATE
+//! plinth-boot run --tap TAP [--firmware bios|uefi] [--mac MAC] [--uuid UUID]
 //!     [--accel tcg|kvm] [--serial-log FILE] [--timeout SECS] [--monitor SOCKET]
 //! ```
 //!

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use plinth_bootimg::image::{self, BuildOptions, Extra};
-use plinth_bootimg::qemu::{self, Accel, RunOptions};
+use plinth_bootimg::qemu::{self, Accel, Firmware, RunOptions};
 
 #[derive(Parser)]
 #[command(
@@ -55,14 +55,21 @@ enum Cmd {
         #[arg(long, default_value = "")]
         cmdline: String,
     },
-    /// Boot DIR's image in qemu over PXE against a running plinth-server.
+    /// Power on a machine in qemu that boots over PXE from a tap device (in the lab: the
+    /// site's DHCP, plinth-server's proxyDHCP, TFTP and HTTP). Ends qemu when it ends.
     Run {
-        /// The built image.
+        /// The tap device the NIC is plugged into (it must exist in this network namespace).
         #[arg(long)]
-        boot_dir: PathBuf,
-        /// plinth-server's URL as this host reaches it (loopback becomes 10.0.2.2 in the guest).
-        #[arg(long)]
-        server: Option<String>,
+        tap: String,
+        /// The firmware: bios (SeaBIOS and the NIC's iPXE ROM) or uefi (OVMF's own PXE).
+        #[arg(long, value_enum, default_value = "bios")]
+        firmware: FirmwareArg,
+        /// OVMF's code (uefi).
+        #[arg(long, default_value = qemu::OVMF_CODE)]
+        ovmf_code: PathBuf,
+        /// OVMF's variable-store template, copied for each run (uefi).
+        #[arg(long, default_value = qemu::OVMF_VARS)]
+        ovmf_vars: PathBuf,
         /// The NIC's MAC address.
         #[arg(long, default_value = "52:54:00:12:34:56")]
         mac: String,
@@ -96,6 +103,12 @@ enum Cmd {
         #[arg(long)]
         reboot: bool,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FirmwareArg {
+    Bios,
+    Uefi,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -151,8 +164,10 @@ fn main() -> anyhow::Result<()> {
             print!("{report}");
         }
         Cmd::Run {
-            boot_dir,
-            server,
+            tap,
+            firmware,
+            ovmf_code,
+            ovmf_vars,
             mac,
             uuid,
             accel,
@@ -165,8 +180,13 @@ fn main() -> anyhow::Result<()> {
             reboot,
         } => {
             let opts = RunOptions {
-                boot_dir,
-                server,
+                tap,
+                firmware: match firmware {
+                    FirmwareArg::Bios => Firmware::Bios,
+                    FirmwareArg::Uefi => Firmware::Uefi,
+                },
+                ovmf_code,
+                ovmf_vars,
                 mac,
                 uuid,
                 accel: match accel {

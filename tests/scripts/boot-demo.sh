@@ -1,29 +1,37 @@
 #!/bin/bash
-# Boot the node image in $1 once over PXE against a fresh plinth-server on loopback:
-# declare the machine, show the serial console while it enrols and applies its config,
-# then power it off through the operator API and show its timeline.
+# Boot the node image in $1 once over PXE in the lab (tests/scripts/lab.sh): the site's
+# dnsmasq hands out the address, plinth-server on the provisioning host answers proxyDHCP
+# and serves the boot chain; one BIOS machine on a tap device, its serial console on the
+# terminal. Declare the machine, wait until it has applied its config, power it off
+# through the operator API and show its timeline. The lab goes when this script ends.
 set -euo pipefail
-boot=${1:?usage: boot-demo.sh BOOT_DIR}
-bin=$(cd "$(dirname "$0")/../.." && pwd)/target/release
+boot=$(cd "${1:?usage: boot-demo.sh BOOT_DIR}" && pwd)
+root=$(cd "$(dirname "$0")/../.." && pwd)
+bin=$root/target/release
+lab=/run/plinth-lab/boot-demo-$$
 data=$(mktemp -d)
-out=$(mktemp)
 mac=52:54:00:12:34:56
 uuid=$(cat /proc/sys/kernel/random/uuid)
-# A free port for HTTPS, advertised as qemu's slirp sees the host (10.0.2.2).
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$bin/plinth-server" --listen 127.0.0.1:0 --listen-tls "127.0.0.1:$port" \
-  --advertise-tls "https://10.0.2.2:$port" --listen-sntp 127.0.0.1:0 \
-  --boot-dir "$boot" --data "$data" >"$out" &
-server=$!
-trap 'kill $server 2>/dev/null; rm -rf "$data" "$out"' EXIT
-for _ in $(seq 50); do [ -s "$data/operator-token" ] && break; sleep 0.1; done
-url=$(awk '{print $NF; exit}' "$out")
-api=https://127.0.0.1:$port
-op=(curl -sS --cacert "$data/ca.crt" -H "Authorization: Bearer $(cat "$data/operator-token")")
+# The lab lives while this script holds the keeper's stdin.
+coproc KEEPER { "$root/tests/scripts/lab.sh" up "$lab"; }
+keeper=$KEEPER_PID
+trap 'exec {KEEPER[1]}>&-; wait $keeper 2>/dev/null; rm -rf "$data"' EXIT
+read -r ready <&"${KEEPER[0]}"
+echo "$ready"
+site=(nsenter --net="$lab/site.net")
+srv=(nsenter --net="$lab/server.net")
+"${srv[@]}" "$bin/plinth-server" --listen 10.33.0.2:8080 --listen-tls 10.33.0.2:8443 \
+  --listen-sntp 10.33.0.2:123 --proxy-dhcp 10.33.0.2 \
+  --boot-dir "$boot" --data "$data/state" >"$data/out" 2>"$data/server.log" &
+for _ in $(seq 100); do [ -s "$data/state/operator-token" ] && break; sleep 0.1; done
+api=https://10.33.0.2:8443
+op=("${srv[@]}" curl -sS --cacert "$data/state/ca.crt" -H "Authorization: Bearer $(cat "$data/state/operator-token")")
 "${op[@]}" -X PUT "$api/v1/machines/$mac" \
   -d "{\"uuid\":\"$uuid\",\"config\":{\"apiVersion\":\"plinth/v1\",\"hostname\":\"demo-node\"}}" >/dev/null
-echo "plinth-server at $url and $api; machine $mac declared"
-"$bin/plinth-boot" run --boot-dir "$boot" --server "$url" --mac "$mac" --uuid "$uuid" --timeout 300 &
+echo "plinth-server at http://10.33.0.2:8080 and $api (proxyDHCP, TFTP); machine $mac declared"
+"${site[@]}" ip tuntap add tap0 mode tap
+"${site[@]}" ip link set tap0 master br0 up
+"${site[@]}" "$bin/plinth-boot" run --tap tap0 --mac "$mac" --uuid "$uuid" --timeout 300 &
 qemu=$!
 until "${op[@]}" "$api/v1/machines/$mac" | grep -q '"applied"'; do
   kill -0 $qemu 2>/dev/null || break

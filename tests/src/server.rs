@@ -54,6 +54,8 @@ pub struct Server {
     pub tftp: Option<String>,
     /// The first operator's bearer token.
     pub operator: String,
+    /// The network namespace it runs in (a lab's provisioning host), if not this one.
+    pub netns: Option<PathBuf>,
 }
 
 impl Server {
@@ -66,13 +68,26 @@ impl Server {
 
     /// A server over `boot` (an image `plinth-boot build` wrote), its data and log in `dir`.
     pub fn start_in(dir: TempDir, boot: &Path, extra: &[&str]) -> Server {
+        Server::launch(dir, boot, extra, None)
+    }
+
+    /// A server in the network namespace mounted at `netns` (through nsenter, as a person
+    /// would start it on the provisioning host), over `boot`, its data and log in `dir`.
+    pub fn launch(dir: TempDir, boot: &Path, extra: &[&str], netns: Option<&Path>) -> Server {
         let bin = workspace().join("target/release/plinth-server");
         assert!(
             bin.exists(),
             "{} is missing: run `make build`",
             bin.display()
         );
-        let mut cmd = Command::new(bin);
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display())).arg("--").arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
         // A fixed --listen among `extra` (a restart on the same ports) replaces the default.
         if !extra.contains(&"--listen") {
             cmd.args(["--listen", "127.0.0.1:0"]);
@@ -98,7 +113,7 @@ impl Server {
         let mut lines = Vec::new();
         let expect = 3
             + usize::from(extra.contains(&"--listen-sntp"))
-            + usize::from(extra.contains(&"--tftp"));
+            + usize::from(extra.contains(&"--tftp") || extra.contains(&"--proxy-dhcp"));
         for _ in 0..expect {
             let mut line = String::new();
             out.read_line(&mut line).unwrap();
@@ -116,8 +131,8 @@ impl Server {
             .unwrap_or_default()
             .trim()
             .to_string();
-        assert!(words[0].starts_with("http://127.0.0.1:"), "{words:?}");
-        assert!(words[1].starts_with("https://127.0.0.1:"), "{words:?}");
+        assert!(words[0].starts_with("http://"), "{words:?}");
+        assert!(words[1].starts_with("https://"), "{words:?}");
         assert!(
             words[2].starts_with("sha256:") && words[2].len() == 71,
             "{words:?}"
@@ -131,6 +146,7 @@ impl Server {
             tftp: find(" TFTP on "),
             operator,
             dir,
+            netns: netns.map(Path::to_path_buf),
         }
     }
 
@@ -139,7 +155,7 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let dir = std::mem::replace(&mut self.dir, TempDir(PathBuf::new()));
-        let mut again = Server::start_in(dir, boot, extra);
+        let mut again = Server::launch(dir, boot, extra, self.netns.as_deref());
         if again.operator.is_empty() {
             again.operator = self.operator.clone();
         }
@@ -162,13 +178,28 @@ impl Server {
         );
     }
 
+    /// `program`, run where the server is (in its network namespace, if any).
+    pub fn command(&self, program: &str) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", ns.display()))
+                    .arg("--")
+                    .arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
     pub fn data(&self) -> PathBuf {
         self.dir.0.join("data")
     }
 
     /// curl against this server: `args` after the common ones; returns (status, body).
     pub fn curl(&self, args: &[&str]) -> (u16, String) {
-        let o = Command::new("curl")
+        let o = self
+            .command("curl")
             .args(["-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"])
             .arg("--cacert")
             .arg(self.data().join("ca.crt"))

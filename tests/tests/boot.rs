@@ -1,6 +1,7 @@
 //! The node image end to end: `plinth-boot build` (reproducible, complete DT_NEEDED
-//! closure, clean failures) and real PXE boots in qemu (TCG, iPXE ROM, slirp) against a
-//! real `plinth-server` on loopback: a declared machine sets its clock, enrols, fetches
+//! closure, clean failures) and real PXE boots in qemu (TCG, iPXE ROM) in the lab
+//! (`tests/src/lab.rs`: the site's dnsmasq, plinth-server's proxyDHCP and TFTP on the
+//! provisioning host): a declared machine sets its clock, enrols, fetches
 //! and applies its config, renews its certificate, streams its logs with the token
 //! redacted, and powers off or reboots when asked; a node outlives a server down at its
 //! boot, an expired token and a server outside its pin; an unknown machine is discovered
@@ -11,9 +12,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use plinth_tests::lab::{Lab, Machine, Spec};
 use plinth_tests::server::Server;
 use plinth_tests::{cache, plinth_bin, workspace, TempDir};
 use serde_json::{json, Value};
@@ -52,9 +54,14 @@ fn kernel(test: &str) -> Option<PathBuf> {
     k
 }
 
-/// True when a machine can be booted here: a cached kernel and qemu (else a SKIP line).
+/// True when a machine can be booted here: root (the lab's namespaces), the lab's
+/// parts, a cached kernel and qemu (else a SKIP line).
 fn can_boot(test: &str) -> bool {
-    if kernel(test).is_none() {
+    if !plinth_tests::need_root(test) || kernel(test).is_none() {
+        return false;
+    }
+    if !Path::new("/usr/sbin/dnsmasq").exists() || !Path::new("/usr/lib/ipxe/ipxe.efi").exists() {
+        plinth_tests::skip(test, "the lab needs dnsmasq and ipxe (make lab-deps)");
         return false;
     }
     if Command::new("qemu-system-x86_64")
@@ -464,31 +471,10 @@ fn bad_input_fails_cleanly() {
     );
 }
 
-/// A free TCP port on loopback (bound and released: the server binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// plinth-server over `img` for guests behind slirp, where the host's loopback is
-/// 10.0.2.2: HTTPS and SNTP are advertised there (the serving certificate names it).
-fn start_server(img: &Path, extra: &[&str]) -> Server {
-    let port = free_port();
-    let tls = format!("127.0.0.1:{port}");
-    let advertise = format!("https://10.0.2.2:{port}");
-    let mut args = vec![
-        "--listen-tls",
-        &tls,
-        "--advertise-tls",
-        &advertise,
-        "--listen-sntp",
-        "127.0.0.1:0",
-    ];
-    args.extend_from_slice(extra);
-    Server::start_in(TempDir::new("plinth-boot-server"), img, &args)
+/// plinth-server over `img` on the lab's provisioning host (10.33.0.2: HTTP on 8080,
+/// HTTPS on 8443, SNTP, proxyDHCP and TFTP).
+fn start_server(lab: &Lab, img: &Path, extra: &[&str]) -> Server {
+    lab.server(TempDir::new("plinth-boot-server"), img, extra)
 }
 
 /// The node's own events (not the server's), in order.
@@ -509,7 +495,8 @@ fn a_known_machine_boots_enrols_applies_its_config_and_renews() {
     let img = t.0.join("img");
     build_ok(&img, &[]);
     // Certificates of 40 s: the node renews at 20 s, while the test watches.
-    let server = start_server(&img, &["--cert-lifetime", "40s"]);
+    let lab = Lab::up("boot");
+    let server = start_server(&lab, &img, &["--cert-lifetime", "40s"]);
     let uuid = random_uuid();
     server.declare_with(
         MAC,
@@ -530,14 +517,7 @@ fn a_known_machine_boots_enrols_applies_its_config_and_renews() {
     let start = Instant::now();
     // The RTC starts in 2001, as after a dead CMOS battery: TLS works only if SNTP
     // set the clock first.
-    let mut qemu = boot(
-        &img,
-        &server,
-        &uuid,
-        &serial,
-        None,
-        &["--rtc-base", "2001-01-01"],
-    );
+    let mut qemu = boot(&lab, &uuid, &serial, None, &["--rtc-base", "2001-01-01"]);
     wait_events(&server, &mut qemu, "applied", 1, &serial);
     let applied_at = start.elapsed();
     let evs = node_events(&server);
@@ -625,7 +605,9 @@ fn a_known_machine_boots_enrols_applies_its_config_and_renews() {
             assert!(certs[1]["revoked"].is_null(), "{m}");
             break certs[1]["serial"].as_str().unwrap().to_string();
         }
-        if renew_start.elapsed() > Duration::from_secs(90) || qemu.try_wait().unwrap().is_some() {
+        if renew_start.elapsed() > Duration::from_secs(90)
+            || qemu.child.try_wait().unwrap().is_some()
+        {
             console_panic(&format!("no renewal: {m}"), &serial);
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -767,13 +749,14 @@ fn operator_poweroff_and_ctrl_alt_del_stop_a_running_machine() {
     let t = TempDir::new("plinth-boot-stop");
     let img = t.0.join("img");
     build_ok(&img, &[]);
-    let server = start_server(&img, &[]);
+    let lab = Lab::up("boot");
+    let server = start_server(&lab, &img, &[]);
     let uuid = random_uuid();
     server.declare(MAC, &uuid);
 
     // 1. The operator asks the server; the running node gets it by its long poll.
     let serial = t.0.join("serial1.log");
-    let mut qemu = boot(&img, &server, &uuid, &serial, None, &[]);
+    let mut qemu = boot(&lab, &uuid, &serial, None, &[]);
     wait_events(&server, &mut qemu, "applied", 1, &serial);
     let (code, body) = server.op("POST", &format!("/v1/machines/{MAC}/poweroff"), None);
     assert_eq!(code, 200, "{body}");
@@ -786,7 +769,7 @@ fn operator_poweroff_and_ctrl_alt_del_stop_a_running_machine() {
     //    (qemu runs with -no-reboot, so the reboot ends it). A new boot, a new token.
     let serial = t.0.join("serial2.log");
     let monitor = t.0.join("monitor.sock");
-    let mut qemu = boot(&img, &server, &uuid, &serial, Some(&monitor), &[]);
+    let mut qemu = boot(&lab, &uuid, &serial, Some(&monitor), &[]);
     wait_events(&server, &mut qemu, "applied", 2, &serial);
     let mut mon = std::os::unix::net::UnixStream::connect(&monitor).unwrap();
     mon.write_all(b"sendkey ctrl-alt-delete\n").unwrap();
@@ -837,7 +820,7 @@ fn tftp_serves_the_boot_chain_read_only() {
             "--tftp",
             "127.0.0.1:0",
             "--advertise-http",
-            "http://10.0.2.2:8080",
+            "http://10.33.0.2:8080",
         ],
     );
     let tftp = server.tftp.clone().unwrap();
@@ -870,7 +853,7 @@ fn tftp_serves_the_boot_chain_read_only() {
     let script = String::from_utf8_lossy(&o.stdout);
     assert_eq!(
         script,
-        "#!ipxe\nchain http://10.0.2.2:8080/boot.ipxe?mac=${net0/mac}&uuid=${uuid}&serial=${serial}\n"
+        "#!ipxe\nchain http://10.33.0.2:8080/boot.ipxe?mac=${net0/mac}&uuid=${uuid}&serial=${serial}\n"
     );
     // Nothing outside the boot directory, such as the server's data beside it.
     let o = fetch("../ca.crt", "512");
@@ -1004,83 +987,14 @@ fn the_plain_http_listener_serves_the_boot_chain_and_refuses_bad_setup() {
     assert_eq!(again.machine(MAC)["uuid"], uuid);
 }
 
-/// A `plinth-boot run` in progress; on drop (a failed assertion) its qemu, found by the
-/// test's unique serial-log path on its command line, is killed with it.
-struct Machine {
-    child: Child,
-    serial: PathBuf,
-}
-
-impl std::ops::Deref for Machine {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.child
-    }
-}
-
-impl std::ops::DerefMut for Machine {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.child
-    }
-}
-
-impl Drop for Machine {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let needle = self.serial.to_string_lossy().into_owned();
-        for e in std::fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmd).contains("qemu-system")
-                && String::from_utf8_lossy(&cmd).contains(&needle)
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Boots the image as machine MAC/uuid against `server`; `extra` goes to `plinth-boot run`.
-fn boot(
-    img: &Path,
-    server: &Server,
-    uuid: &str,
-    serial: &Path,
-    monitor: Option<&Path>,
-    extra: &[&str],
-) -> Machine {
-    let mut cmd = Command::new(bin("plinth-boot"));
-    cmd.args(["run", "--boot-dir"])
-        .arg(img)
-        .args([
-            "--server",
-            &server.http,
-            "--mac",
-            MAC,
-            "--uuid",
-            uuid,
-            "--timeout",
-            "180",
-            "--serial-log",
-        ])
-        .arg(serial);
-    if let Some(m) = monitor {
-        cmd.arg("--monitor").arg(m);
-    }
-    cmd.args(extra);
-    Machine {
-        child: cmd.spawn().unwrap(),
-        serial: serial.to_path_buf(),
-    }
+/// Powers machine MAC/uuid on in the lab (BIOS); `extra` goes to `plinth-boot run`.
+fn boot(lab: &Lab, uuid: &str, serial: &Path, monitor: Option<&Path>, extra: &[&str]) -> Machine {
+    let mut spec = Spec::new("bios", MAC, uuid, serial.parent().unwrap());
+    spec.console = serial.to_path_buf();
+    spec.monitor = monitor.map(Path::to_path_buf);
+    spec.timeout = Duration::from_secs(180);
+    spec.extra = extra.iter().map(|s| s.to_string()).collect();
+    lab.power_on(&spec)
 }
 
 /// Fails the test with `msg` and the machine's serial console.
@@ -1117,9 +1031,9 @@ fn wait_events(server: &Server, qemu: &mut Machine, kind: &str, n: usize, serial
         if events(server).iter().filter(|e| e["type"] == kind).count() >= n {
             return;
         }
-        let exited = qemu.try_wait().unwrap();
+        let exited = qemu.child.try_wait().unwrap();
         if exited.is_some() || start.elapsed() > Duration::from_secs(240) {
-            let _ = qemu.kill();
+            qemu.stop();
             console_panic(
                 &format!(
                     "no {kind} event #{n} (qemu: {exited:?}); events: {:?}",
@@ -1135,13 +1049,13 @@ fn wait_events(server: &Server, qemu: &mut Machine, kind: &str, n: usize, serial
 fn wait_exit(qemu: &mut Machine, within: Duration, serial: &Path) {
     let start = Instant::now();
     while start.elapsed() < within {
-        if let Some(s) = qemu.try_wait().unwrap() {
+        if let Some(s) = qemu.child.try_wait().unwrap() {
             assert!(s.success(), "plinth-boot run: {s}");
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let _ = qemu.kill();
+    qemu.stop();
     console_panic(
         &format!("the machine did not stop within {within:?}"),
         serial,
@@ -1157,7 +1071,8 @@ fn a_config_that_fails_to_apply_is_reported_and_the_node_stays_reachable() {
     let t = TempDir::new("plinth-boot-fault");
     let img = t.0.join("img");
     build_ok(&img, &[]);
-    let server = start_server(&img, &[]);
+    let lab = Lab::up("boot");
+    let server = start_server(&lab, &img, &[]);
     let uuid = random_uuid();
     // Valid by the schema, impossible on the node: this kernel has no such parameter.
     server.declare_with(
@@ -1166,7 +1081,7 @@ fn a_config_that_fails_to_apply_is_reported_and_the_node_stays_reachable() {
         json!({"apiVersion": "plinth/v1", "sysctls": {"kernel.plinth_no_such_knob": "1"}}),
     );
     let serial = t.0.join("serial.log");
-    let mut qemu = boot(&img, &server, &uuid, &serial, None, &[]);
+    let mut qemu = boot(&lab, &uuid, &serial, None, &[]);
     wait_events(&server, &mut qemu, "error", 1, &serial);
     let evs = node_events(&server);
     let err = evs.iter().find(|e| e["type"] == "error").unwrap();
@@ -1188,26 +1103,6 @@ fn a_config_that_fails_to_apply_is_reported_and_the_node_stays_reachable() {
         .contains("reboot: Power down"));
 }
 
-/// The listen arguments of a server on fixed ports (`http`, `tls`), advertised to guests
-/// behind slirp at 10.0.2.2, so that a second server process can take over the same
-/// ports and data directory later.
-fn fixed_ports(http: u16, tls: u16) -> Vec<String> {
-    vec![
-        "--listen".into(),
-        format!("127.0.0.1:{http}"),
-        "--listen-tls".into(),
-        format!("127.0.0.1:{tls}"),
-        "--advertise-tls".into(),
-        format!("https://10.0.2.2:{tls}"),
-        "--listen-sntp".into(),
-        "127.0.0.1:0".into(),
-    ]
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
 /// Waits until the serial console holds `needle` `n` times; fails (with the console) when
 /// qemu exits first or `within` passes.
 fn wait_console(qemu: &mut Machine, serial: &Path, needle: &str, n: usize, within: Duration) {
@@ -1217,9 +1112,9 @@ fn wait_console(qemu: &mut Machine, serial: &Path, needle: &str, n: usize, withi
         if log.matches(needle).count() >= n {
             return;
         }
-        let exited = qemu.try_wait().unwrap();
+        let exited = qemu.child.try_wait().unwrap();
         if exited.is_some() || start.elapsed() > within {
-            let _ = qemu.kill();
+            qemu.stop();
             console_panic(
                 &format!("{needle:?} not seen {n} times on the console (qemu: {exited:?})"),
                 serial,
@@ -1243,13 +1138,12 @@ fn a_node_outlives_a_server_down_at_boot_and_reports_it() {
     let t = TempDir::new("plinth-boot-down");
     let img = t.0.join("img");
     build_ok(&img, &[]);
-    let (http, tls) = (free_port(), free_port());
-    let args = fixed_ports(http, tls);
-    let server = Server::start_in(TempDir::new("plinth-boot-down-server"), &img, &strs(&args));
+    let lab = Lab::up("down");
+    let server = start_server(&lab, &img, &[]);
     let uuid = random_uuid();
     server.declare(MAC, &uuid);
     let serial = t.0.join("serial.log");
-    let mut qemu = boot(&img, &server, &uuid, &serial, None, &[]);
+    let mut qemu = boot(&lab, &uuid, &serial, None, &[]);
     wait_console(
         &mut qemu,
         &serial,
@@ -1258,9 +1152,9 @@ fn a_node_outlives_a_server_down_at_boot_and_reports_it() {
         Duration::from_secs(180),
     );
     let dir = server.kill();
-    let failed = format!("enrolment with https://10.0.2.2:{tls} failed");
-    wait_console(&mut qemu, &serial, &failed, 3, Duration::from_secs(120));
-    let server = Server::start_in(dir, &img, &strs(&args));
+    let failed = "enrolment with https://10.33.0.2:8443 failed";
+    wait_console(&mut qemu, &serial, failed, 3, Duration::from_secs(120));
+    let server = lab.server(dir, &img, &[]);
     wait_events(&server, &mut qemu, "applied", 1, &serial);
     let log = std::fs::read_to_string(&serial).unwrap();
     // Back-off: the waits between attempts grow.
@@ -1287,11 +1181,7 @@ fn a_node_outlives_a_server_down_at_boot_and_reports_it() {
             .contains("onnection refused"),
         "the error names what failed: {e}"
     );
-    assert_eq!(
-        e["details"]["server"],
-        format!("https://10.0.2.2:{tls}"),
-        "{e}"
-    );
+    assert_eq!(e["details"]["server"], "https://10.33.0.2:8443", "{e}");
     assert_eq!(
         kinds[enrolled..enrolled + 3],
         ["enrolled", "config", "applied"],
@@ -1318,18 +1208,12 @@ fn an_expired_token_is_reported_and_the_next_boot_enrols() {
     let t = TempDir::new("plinth-boot-expired");
     let img = t.0.join("img");
     build_ok(&img, &[]);
-    let (http, tls) = (free_port(), free_port());
-    let mut args = fixed_ports(http, tls);
-    args.extend(["--token-ttl".to_string(), "1s".to_string()]);
-    let server = Server::start_in(
-        TempDir::new("plinth-boot-expired-server"),
-        &img,
-        &strs(&args),
-    );
+    let lab = Lab::up("expired");
+    let server = start_server(&lab, &img, &["--token-ttl", "1s"]);
     let uuid = random_uuid();
     server.declare(MAC, &uuid);
     let serial = t.0.join("serial.log");
-    let mut qemu = boot(&img, &server, &uuid, &serial, None, &["--reboot"]);
+    let mut qemu = boot(&lab, &uuid, &serial, None, &["--reboot"]);
     wait_events(&server, &mut qemu, "error", 1, &serial);
     let expired = events(&server)
         .into_iter()
@@ -1346,8 +1230,7 @@ fn an_expired_token_is_reported_and_the_next_boot_enrols() {
     );
     let first_boot = expired["bootId"].as_str().unwrap().to_string();
     let dir = server.kill();
-    let args = fixed_ports(http, tls);
-    let server = Server::start_in(dir, &img, &strs(&args));
+    let server = lab.server(dir, &img, &[]);
     wait_events(&server, &mut qemu, "applied", 1, &serial);
     let log = std::fs::read_to_string(&serial).unwrap();
     assert!(
@@ -1383,24 +1266,27 @@ fn a_node_sends_no_token_to_a_server_outside_its_pin_and_says_why() {
     let t = TempDir::new("plinth-boot-pin");
     let img = t.0.join("img");
     build_ok(&img, &[]);
-    let other_tls = free_port();
-    let other_listen = format!("127.0.0.1:{other_tls}");
-    let impostor = Server::start_in(
+    // The impostor: another plinth-server on the provisioning host, with a CA of its own
+    // and a certificate naming the address the node is sent to.
+    let lab = Lab::up("pin");
+    let impostor = Server::launch(
         TempDir::new("plinth-boot-pin-impostor"),
         &img,
-        &["--listen-tls", &other_listen, "--tls-name", "10.0.2.2"],
+        &[
+            "--listen",
+            "10.33.0.2:9080",
+            "--listen-tls",
+            "10.33.0.2:9443",
+        ],
+        Some(&lab.server_host()),
     );
-    let advertise = format!("https://10.0.2.2:{other_tls}");
-    let server = Server::start_in(
-        TempDir::new("plinth-boot-pin-server"),
-        &img,
-        &["--advertise-tls", &advertise],
-    );
+    let advertise = "https://10.33.0.2:9443".to_string();
+    let server = start_server(&lab, &img, &["--advertise-tls", &advertise]);
     assert_ne!(impostor.pin, server.pin);
     let uuid = random_uuid();
     server.declare(MAC, &uuid);
     let serial = t.0.join("serial.log");
-    let mut qemu = boot(&img, &server, &uuid, &serial, None, &[]);
+    let mut qemu = boot(&lab, &uuid, &serial, None, &[]);
     let refusal = format!("does not chain to the pinned CA {}", server.pin);
     wait_console(&mut qemu, &serial, &refusal, 2, Duration::from_secs(240));
     drop(qemu);
@@ -1480,10 +1366,11 @@ fn an_unknown_machine_is_discovered_and_configured_once_accepted() {
         "apiVersion: plinth/v1\nconfig:\n  hostname: \"{{hostname}}\"\n  files:\n    - path: /etc/plinth-test/role\n      contents: \"worker {{hostname}}\\n\"\n",
     )
     .unwrap();
-    let server = start_server(&img, &["--config-dir", cfg.to_str().unwrap()]);
+    let lab = Lab::up("boot");
+    let server = start_server(&lab, &img, &["--config-dir", cfg.to_str().unwrap()]);
     let uuid = random_uuid();
     let serial = t.0.join("serial.log");
-    let mut qemu = boot(&img, &server, &uuid, &serial, None, &[]);
+    let mut qemu = boot(&lab, &uuid, &serial, None, &[]);
     wait_events(&server, &mut qemu, "enrolled", 1, &serial);
     let evs = node_events(&server);
     let enrolled = evs.iter().find(|e| e["type"] == "enrolled").unwrap();

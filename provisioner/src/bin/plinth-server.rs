@@ -41,9 +41,17 @@ struct Cli {
     /// Another name (DNS or IP) for the serving certificate; may be repeated.
     #[arg(long = "tls-name")]
     tls_names: Vec<String>,
-    /// Also serve the boot directory read-only over TFTP on this address (e.g. 0.0.0.0:69).
+    /// Also serve the boot directory read-only over TFTP on this address (e.g. 0.0.0.0:69;
+    /// with --proxy-dhcp, that address's port 69 by default).
     #[arg(long)]
     tftp: Option<SocketAddr>,
+    /// Answer PXE clients as proxyDHCP beside the site's DHCP server, as this address of
+    /// the boot network (BIOS ROMs get undionly.kpxe, UEFI ipxe.efi, iPXE its script).
+    #[arg(long, value_name = "ADDR")]
+    proxy_dhcp: Option<std::net::Ipv4Addr>,
+    /// Where undionly.kpxe and ipxe.efi come from (Debian's `ipxe` package).
+    #[arg(long, default_value = "/usr/lib/ipxe")]
+    ipxe_dir: PathBuf,
     /// How long an enrolment token is accepted (90s, 10m, 1h).
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     token_ttl: Duration,
@@ -95,6 +103,8 @@ fn main() -> anyhow::Result<()> {
         advertise_tls: cli.advertise_tls,
         tls_names: cli.tls_names,
         tftp: cli.tftp,
+        proxy_dhcp: cli.proxy_dhcp,
+        ipxe_dir: cli.ipxe_dir,
         token_ttl: cli.token_ttl,
         cert_lifetime: cli.cert_lifetime,
         config_dir: cli.config_dir,

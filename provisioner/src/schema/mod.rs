@@ -63,6 +63,21 @@ pub enum EventKind {
     Security,
     /// The node is shutting down.
     Shutdown,
+    /// A PXE client's DHCP packet the server answered (recorded by the server).
+    Dhcp,
+    /// A file of the boot chain the server served, over TFTP or HTTP (recorded by the
+    /// server).
+    File,
+}
+
+impl EventKind {
+    /// Whether only the server makes events of this kind (a node's is refused).
+    pub fn server_only(self) -> bool {
+        matches!(
+            self,
+            EventKind::Security | EventKind::Dhcp | EventKind::File
+        )
+    }
 }
 
 /// What the server asks the node to do.

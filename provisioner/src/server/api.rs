@@ -88,6 +88,7 @@ fn event_view(r: &crate::server::store::Recorded) -> Value {
         "source": r.source,
         "seq": r.event.seq,
         "receivedAt": r.received_at,
+        "receivedAtMs": r.received_at_ms,
         "wallTime": r.event.wall_time,
         "uptimeMs": r.event.uptime_ms,
         "details": r.event.details,

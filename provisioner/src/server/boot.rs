@@ -26,7 +26,7 @@ use crate::server::ident::placeholder_uuid;
 use crate::server::metrics::Metrics;
 use crate::server::store::{Pxe, Token};
 use crate::server::{
-    audit_refusals, host_of, join_host_port, log, tftp, url_host, ApiError, State,
+    audit_refusals, host_of, join_host_port, log, proxydhcp, tftp, url_host, ApiError, State,
 };
 
 /// The plain-HTTP routes. Every refusal is audited ([`audit_refusals`]).
@@ -349,6 +349,7 @@ async fn script(
         ));
     };
     let mut token = None;
+    let mut known_mac = None;
     if let Some(raw) = q.get("mac") {
         let mac = normalize_mac(raw).ok_or_else(|| {
             ApiError::new(
@@ -365,6 +366,7 @@ async fn script(
             .filter(|s| s.len() <= 128 && !s.is_empty())
             .cloned();
         token = mint(&st, addr, &mac, uuid, serial)?;
+        known_mac = Some(mac);
     }
     let sets = Sets {
         server,
@@ -372,12 +374,26 @@ async fn script(
         token,
         ntp,
     };
+    let body = render(&st.boot.template, &sets);
+    if let Some(mac) = known_mac {
+        // The script is the first request that can make a record (a discovery): what the
+        // server saw of this MAC before goes on its timeline now, then the script.
+        let started = std::time::Instant::now();
+        let st2 = st.clone();
+        let len = body.len() as u64;
+        crate::server::blocking(move || {
+            st2.flush_traffic(&mac);
+            let write = |m: &str, k, d| st2.traffic_event(m, k, d);
+            st2.traffic
+                .file(&write, &mac, "http", "boot.ipxe", len, started.elapsed());
+        });
+    }
     Ok((
         [
             (header::CONTENT_TYPE, "text/plain"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        render(&st.boot.template, &sets),
+        body,
     )
         .into_response())
 }
@@ -398,6 +414,12 @@ async fn file(
     };
     log(&format!("{addr} {method} /{name}"));
     let len = data.len() as u64;
+    if method == Method::GET {
+        let st2 = st.clone();
+        crate::server::blocking(move || {
+            st2.file_served(addr.ip(), "http", &name, len, std::time::Duration::ZERO)
+        });
+    }
     let range = headers.get(header::RANGE).and_then(|h| h.to_str().ok());
     let (status, start, end) = match parse_range(range, len) {
         RangeSpec::Whole => (StatusCode::OK, 0, len),
@@ -450,11 +472,13 @@ async fn refused(method: Method, uri: Uri) -> Response {
 
 /// TFTP's view of the boot directory: `boot.ipxe` there chains to the per-machine
 /// script over HTTP (TFTP has no query string to mint a token from), when the HTTP URL
-/// is known (`--advertise-http`).
+/// is known (`--advertise-http`, or the proxyDHCP address); with `--proxy-dhcp`, the
+/// iPXE binaries PXE ROMs are offered come from `--ipxe-dir`.
 pub fn tftp_resolver(st: Arc<State>) -> tftp::Resolver {
     let files = tftp::dir_resolver(st.cfg.boot_dir.clone());
+    let ipxe = tftp::dir_resolver(st.cfg.ipxe_dir.clone());
     Arc::new(
-        move |name: &str| match (&st.cfg.advertise_http, name.trim_start_matches('/')) {
+        move |name: &str| match (&st.http_base, name.trim_start_matches('/')) {
             (Some(base), "boot.ipxe") => Some(tftp::Source::Bytes(
                 format!(
                 "#!ipxe\nchain {}/boot.ipxe?mac=${{net0/mac}}&uuid=${{uuid}}&serial=${{serial}}\n",
@@ -462,6 +486,11 @@ pub fn tftp_resolver(st: Arc<State>) -> tftp::Resolver {
             )
                 .into_bytes(),
             )),
+            (_, f @ (proxydhcp::BIOS_FILE | proxydhcp::UEFI_FILE))
+                if st.cfg.proxy_dhcp.is_some() =>
+            {
+                ipxe(f)
+            }
             _ => files(name),
         },
     )

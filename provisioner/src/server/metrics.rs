@@ -44,6 +44,8 @@ pub struct Metrics {
     pub boots: Family<Outcome, Counter>,
     /// Enrolments, by kind (`machine`, `discovery`).
     pub enrolments: Family<Outcome, Counter>,
+    /// proxyDHCP answers, by what was offered (`undionly.kpxe`, `ipxe.efi`, `script`).
+    pub pxe_answers: Family<Outcome, Counter>,
     /// Refusals, by listener and reason.
     pub refusals: Family<Reason, Counter>,
     /// Request latency in seconds.
@@ -79,6 +81,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("plinth");
         let boots = Family::<Outcome, Counter>::default();
         let enrolments = Family::<Outcome, Counter>::default();
+        let pxe_answers = Family::<Outcome, Counter>::default();
         let refusals = Family::<Reason, Counter>::default();
         let latency =
             Family::<Route, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
@@ -94,6 +97,11 @@ impl Metrics {
             "enrolments",
             "Certificates issued at enrolment, by kind (machine, discovery)",
             enrolments.clone(),
+        );
+        registry.register(
+            "proxydhcp_answers",
+            "proxyDHCP answers to PXE clients, by what was offered (undionly.kpxe, ipxe.efi, script)",
+            pxe_answers.clone(),
         );
         registry.register(
             "refusals",
@@ -120,6 +128,7 @@ impl Metrics {
             registry,
             boots,
             enrolments,
+            pxe_answers,
             refusals,
             latency,
             reloads,

@@ -21,6 +21,8 @@
 //! | [`audit`], [`files`] | the audit trail; private files |
 //! | [`metrics`] | Prometheus `/metrics` |
 //! | [`tftp`] | TFTP with a bounded pool |
+//! | [`proxydhcp`] | proxyDHCP beside the site's DHCP server: which iPXE each firmware gets |
+//! | [`traffic`] | DHCP, TFTP and HTTP traffic on machines' timelines |
 
 pub mod api;
 pub mod assign;
@@ -39,13 +41,15 @@ pub mod listener;
 pub mod metrics;
 pub mod node;
 pub mod operators;
+pub mod proxydhcp;
 pub mod reload;
 pub mod secrets;
 pub mod store;
 pub mod tftp;
 pub mod tls;
+pub mod traffic;
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -85,8 +89,13 @@ pub struct Config {
     pub advertise_tls: Option<String>,
     /// Extra names (DNS or IP) for the serving certificate.
     pub tls_names: Vec<String>,
-    /// TFTP listen address, when wanted.
+    /// TFTP listen address, when wanted (with `proxy_dhcp`, that address's port 69 by
+    /// default).
     pub tftp: Option<SocketAddr>,
+    /// Answer PXE clients' DHCP as proxyDHCP, as this address of the boot network.
+    pub proxy_dhcp: Option<Ipv4Addr>,
+    /// Where the iPXE binaries PXE ROMs are given over TFTP come from (Debian's `ipxe`).
+    pub ipxe_dir: PathBuf,
     /// How long a minted enrolment token is accepted.
     pub token_ttl: Duration,
     /// How long a node's client certificate lives.
@@ -139,12 +148,17 @@ pub struct State {
     conns: Arc<limits::Conns>,
     /// New discovery records.
     discoveries: limits::Rate,
+    /// The plain-HTTP URL firmware reaches the boot chain at, when known
+    /// (`--advertise-http`, or the proxyDHCP address and the HTTP port).
+    http_base: Option<String>,
+    /// DHCP, TFTP and HTTP traffic on the timelines.
+    traffic: traffic::Traffic,
 }
 
 /// Runs `f`, which blocks on a lock or on file I/O (fsync), without stalling the
 /// runtime: on a worker of the multi-thread runtime through `block_in_place` (the
 /// worker's other tasks move to another thread meanwhile); anywhere else directly.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(f)
@@ -171,6 +185,32 @@ impl State {
             Ok(f) => f.clone(),
             Err(p) => p.into_inner().clone(),
         }
+    }
+
+    /// Puts the boot-chain traffic seen from `mac` on its timeline (see [`traffic`]).
+    fn traffic_event(
+        &self,
+        mac: &str,
+        kind: crate::schema::EventKind,
+        d: serde_json::Map<String, serde_json::Value>,
+    ) -> bool {
+        self.with_store(|s| s.server_event(mac, "", kind, d))
+            .unwrap_or(false)
+    }
+
+    /// Writes what [`traffic`] holds for `mac`, now that it may have a record.
+    fn flush_traffic(&self, mac: &str) {
+        let write = |m: &str, k, d| self.traffic_event(m, k, d);
+        self.traffic.flush(&write, mac);
+    }
+
+    /// A file of the boot chain served to `peer` (its MAC from the neighbour table).
+    fn file_served(&self, peer: IpAddr, protocol: &str, file: &str, bytes: u64, took: Duration) {
+        let Some(mac) = traffic::mac_of(peer) else {
+            return;
+        };
+        let write = |m: &str, k, d| self.traffic_event(m, k, d);
+        self.traffic.file(&write, &mac, protocol, file, bytes, took);
     }
 
     /// Appends to the audit trail (its own lock, off the runtime's workers); a failure is
@@ -387,6 +427,26 @@ pub fn check(cfg: &Config) -> Result<Fleet> {
             }
         }
     }
+    if cfg.proxy_dhcp.is_some() {
+        for f in [proxydhcp::BIOS_FILE, proxydhcp::UEFI_FILE] {
+            let p = cfg.ipxe_dir.join(f);
+            if !p.is_file() {
+                return Err(Error::Config {
+                    what: format!("--ipxe-dir {}", cfg.ipxe_dir.display()),
+                    reason: format!(
+                        "{} is missing: --proxy-dhcp hands it to PXE ROMs (Debian's `ipxe` package has it)",
+                        p.display()
+                    ),
+                });
+            }
+        }
+        if let Some(t) = cfg.tftp.filter(|t| t.port() != 69) {
+            return Err(Error::Config {
+                what: format!("--tftp {t}"),
+                reason: "with --proxy-dhcp, TFTP must be on port 69: PXE ROMs ask there".into(),
+            });
+        }
+    }
     // A bad file stops the server here, before --data is made: nothing is left behind.
     let fleet = match &cfg.config_dir {
         Some(dir) => Fleet::load(dir, &Secrets::new(&cfg.data))?,
@@ -555,6 +615,23 @@ async fn serve_async(cfg: Config, fleet: Fleet, on_ready: impl FnOnce(&Ready)) -
         None => None,
     };
     let pin = ca.pin.clone();
+    // The proxyDHCP sockets before anything is served: a port taken or an address no
+    // interface has stops the start, naming the flag.
+    let dhcp_socks = match cfg.proxy_dhcp {
+        Some(ip) => Some(proxydhcp::Sockets::bind(ip, "--proxy-dhcp")?),
+        None => None,
+    };
+    let http_base = cfg.advertise_http.clone().or_else(|| {
+        cfg.proxy_dhcp.map(|ip| {
+            format!(
+                "http://{}",
+                SocketAddr::new(IpAddr::V4(ip), http_addr.port())
+            )
+        })
+    });
+    let tftp_listen = cfg
+        .tftp
+        .or_else(|| cfg.proxy_dhcp.map(|ip| SocketAddr::new(IpAddr::V4(ip), 69)));
     let state = Arc::new(State {
         cfg: cfg.clone(),
         ca,
@@ -569,9 +646,11 @@ async fn serve_async(cfg: Config, fleet: Fleet, on_ready: impl FnOnce(&Ready)) -
         metrics: Metrics::new(),
         conns: Arc::new(limits::Conns::default()),
         discoveries: limits::Rate::new(cfg.limits.discoveries_per_minute),
+        http_base,
+        traffic: traffic::Traffic::default(),
     });
     let mut tftp_addr = None;
-    if let Some(t) = cfg.tftp {
+    if let Some(t) = tftp_listen {
         let sock = UdpSocket::bind(t).map_err(net(format!("binding --tftp {t}")))?;
         tftp_addr = Some(sock.local_addr().map_err(net("TFTP local address"))?);
         let resolver = boot::tftp_resolver(state.clone());
@@ -581,7 +660,29 @@ async fn serve_async(cfg: Config, fleet: Fleet, on_ready: impl FnOnce(&Ready)) -
         };
         let st = state.clone();
         let refused: tftp::OnRefusal = Arc::new(move |why: &str| st.metrics.refused("tftp", why));
-        std::thread::spawn(move || tftp::serve(sock, resolver, pool, refused));
+        let st = state.clone();
+        let served: tftp::OnServed = Arc::new(move |peer, file: &str, bytes, took| {
+            st.file_served(peer.ip(), "tftp", file.trim_start_matches('/'), bytes, took)
+        });
+        std::thread::spawn(move || tftp::serve(sock, resolver, pool, refused, served));
+    }
+    if let (Some(socks), Some(server)) = (dhcp_socks, cfg.proxy_dhcp) {
+        let st = state.clone();
+        log(&format!(
+            "proxyDHCP on {} ({server}, ports 67 and {})",
+            socks.interface(),
+            proxydhcp::PXE_PORT
+        ));
+        socks.serve(proxydhcp::Handler {
+            server,
+            http_base: state.http_base.clone().unwrap_or_default(),
+            answered: Arc::new(move |req, file| {
+                Metrics::count(&st.metrics.pxe_answers, file.label());
+                let write = |m: &str, k, d| st.traffic_event(m, k, d);
+                st.traffic
+                    .dhcp(&write, &req.mac, &req.stage(), file.label(), req.arch);
+            }),
+        });
     }
     if let Some(sock) = sntp_sock {
         std::thread::spawn(move || crate::sntp::serve(sock));

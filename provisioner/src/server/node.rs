@@ -151,10 +151,16 @@ pub async fn events(
         );
         return Err(forbidden(&st, &node, &peer, &request, msg, Some(&ev.mac)));
     }
-    if ev.kind == crate::schema::EventKind::Security {
+    if ev.kind.server_only() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "type: security events are the server's own",
+            format!(
+                "type: {} events are the server's own",
+                serde_json::to_value(ev.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            ),
         )
         .who(who));
     }

@@ -87,6 +87,9 @@ pub enum Source {
 pub struct Recorded {
     /// Server wall time at receipt, seconds since the epoch.
     pub received_at: u64,
+    /// The same in milliseconds (records of earlier versions have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at_ms: Option<u64>,
     /// Who made it.
     pub source: Source,
     /// The event.
@@ -688,8 +691,10 @@ impl Store {
     /// Records a node's event and returns the machine's pending action, clearing it (the
     /// reply delivers it). Nothing is recorded for a machine without a record.
     pub fn record(&self, mac: &str, ev: Event) -> Result<Option<Action>> {
+        let ms = crate::server::traffic::now_ms();
         let rec = Recorded {
-            received_at: unix_time(),
+            received_at: ms / 1000,
+            received_at_ms: Some(ms),
             source: Source::Node,
             event: ev,
         };
@@ -763,6 +768,7 @@ impl Store {
                 .unwrap_or_default();
             let rec = Recorded {
                 received_at: now,
+                received_at_ms: Some(crate::server::traffic::now_ms()),
                 source: Source::Server,
                 event: Event {
                     api_version: API_VERSION.into(),

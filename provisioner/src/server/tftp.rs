@@ -71,6 +71,10 @@ pub type Resolver = Arc<dyn Fn(&str) -> Option<Source> + Send + Sync>;
 /// Called with a short reason whenever a request or transfer is refused or given up.
 pub type OnRefusal = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// Called after a whole file was served: the client, the file as asked, its bytes and the
+/// transfer's time.
+pub type OnServed = Arc<dyn Fn(SocketAddr, &str, u64, Duration) + Send + Sync>;
+
 /// The pool's size and the retransmit cap.
 #[derive(Debug, Clone, Copy)]
 pub struct Pool {
@@ -102,7 +106,13 @@ struct Job {
 }
 
 /// Serves forever on `sock`.
-pub fn serve(sock: UdpSocket, resolve: Resolver, pool: Pool, refused: OnRefusal) -> Result<()> {
+pub fn serve(
+    sock: UdpSocket,
+    resolve: Resolver,
+    pool: Pool,
+    refused: OnRefusal,
+    served: OnServed,
+) -> Result<()> {
     let workers = pool.workers.max(1);
     // A queue as long as the pool (so that a request arriving while a worker is between
     // two transfers waits for it); a request finding the queue full too is dropped.
@@ -112,18 +122,22 @@ pub fn serve(sock: UdpSocket, resolve: Resolver, pool: Pool, refused: OnRefusal)
         let rx: Arc<Mutex<Receiver<Job>>> = rx.clone();
         let resolve = resolve.clone();
         let refused = refused.clone();
+        let served = served.clone();
         std::thread::spawn(move || loop {
             let job = match rx.lock() {
                 Ok(r) => r.recv(),
                 Err(_) => return,
             };
             let Ok(job) = job else { return };
-            if let Err(e) = transfer(job.peer, &job.req, &resolve, pool.sends) {
-                refused(if e.kind() == std::io::ErrorKind::TimedOut {
+            let started = std::time::Instant::now();
+            match transfer(job.peer, &job.req, &resolve, pool.sends) {
+                Ok(Some(bytes)) => served(job.peer, &job.req.file, bytes, started.elapsed()),
+                Ok(None) => {}
+                Err(e) => refused(if e.kind() == std::io::ErrorKind::TimedOut {
                     "no_ack"
                 } else {
                     "transfer_failed"
-                });
+                }),
             }
         });
     }
@@ -173,7 +187,14 @@ fn parse_rrq(p: &[u8]) -> Option<Rrq> {
     Some(r)
 }
 
-fn transfer(peer: SocketAddr, req: &Rrq, resolve: &Resolver, sends: u32) -> std::io::Result<()> {
+/// Sends the file; its length when it was all acknowledged, `None` when there is no
+/// such file.
+fn transfer(
+    peer: SocketAddr,
+    req: &Rrq,
+    resolve: &Resolver,
+    sends: u32,
+) -> std::io::Result<Option<u64>> {
     let bind: SocketAddr = if peer.is_ipv4() {
         "0.0.0.0:0"
     } else {
@@ -188,7 +209,7 @@ fn transfer(peer: SocketAddr, req: &Rrq, resolve: &Resolver, sends: u32) -> std:
         let mut p = vec![0, ERROR as u8, 0, 1];
         p.extend_from_slice(b"file not found\0");
         sock.send(&p)?;
-        return Ok(());
+        return Ok(None);
     };
     let len = data.len()?;
     let mut blksize = 512;
@@ -214,7 +235,7 @@ fn transfer(peer: SocketAddr, req: &Rrq, resolve: &Resolver, sends: u32) -> std:
         p.extend_from_slice(&chunk[..n]);
         send_until_ack(&sock, &p, block, sends)?;
         if n < blksize {
-            return Ok(());
+            return Ok(Some(off + n as u64));
         }
         off += n as u64;
         block = block.wrapping_add(1);

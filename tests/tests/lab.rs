@@ -1,0 +1,787 @@
+//! The lab (issue 16): a site network in network namespaces of its own, with Debian's
+//! dnsmasq as the site's DHCP server (no PXE option at all), plinth-server beside it
+//! answering proxyDHCP and TFTP, and qemu machines on tap devices.
+//!
+//! - A BIOS machine (SeaBIOS, qemu's iPXE ROM) and a UEFI machine (Debian's OVMF, its own
+//!   PXE client) boot together through dnsmasq + proxyDHCP + the server's TFTP and HTTP
+//!   to `applied`, and a third machine nobody declared is discovered; each timeline,
+//!   with the server's DHCP and file traffic, is printed (`make lab` shows them).
+//! - proxyDHCP's answer to a BIOS PXE ROM that is not iPXE (`undionly.kpxe`), to an
+//!   architecture it has nothing for, and to a DHCP client that is not PXE, checked with
+//!   packets sent on the lab's network (qemu's only BIOS PXE ROM is iPXE itself).
+//! - `plinth-boot run` ends its qemu when it is ended (SIGTERM, SIGINT, its parent
+//!   dying, SIGKILL) and refuses bad input naming the argument.
+//! - A lab whose owner is killed with SIGKILL leaves no namespace, tap, process or mount.
+#![allow(clippy::unwrap_used)]
+
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use plinth_tests::lab::{self, has, render, wait_for, Lab, Spec, Step};
+use plinth_tests::{cache, workspace, TempDir};
+use serde_json::json;
+
+fn bin(name: &str) -> PathBuf {
+    let p = workspace().join("target/release").join(name);
+    assert!(p.exists(), "{} is missing: run `make build`", p.display());
+    p
+}
+
+/// What a lab test needs, or a SKIP line saying what is missing.
+fn can_run_lab(test: &str, boots: bool) -> bool {
+    if !plinth_tests::need_root(test) {
+        return false;
+    }
+    for (tool, pkg) in [
+        ("dnsmasq", "dnsmasq-base"),
+        ("nsenter", "util-linux"),
+        ("ip", "iproute2"),
+        ("qemu-system-x86_64", "qemu-system-x86"),
+    ] {
+        if plinth_tests::which(tool).is_none() && !Path::new("/usr/sbin").join(tool).exists() {
+            plinth_tests::skip(
+                test,
+                &format!("{tool} is not installed ({pkg}; make lab-deps)"),
+            );
+            return false;
+        }
+    }
+    for f in ["/usr/lib/ipxe/undionly.kpxe", "/usr/lib/ipxe/ipxe.efi"] {
+        if !Path::new(f).exists() {
+            plinth_tests::skip(
+                test,
+                &format!("{f} is missing (Debian's ipxe; make lab-deps)"),
+            );
+            return false;
+        }
+    }
+    if boots && kernel().is_none() {
+        plinth_tests::skip(
+            test,
+            &format!(
+                "no kernel in {} (make kernel)",
+                cache().join("kernel/root/boot").display()
+            ),
+        );
+        return false;
+    }
+    true
+}
+
+fn kernel() -> Option<PathBuf> {
+    std::fs::read_dir(cache().join("kernel/root/boot"))
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("vmlinuz-")
+        })
+}
+
+fn build_image(out: &Path) {
+    let o = Command::new(bin("plinth-boot"))
+        .arg("build")
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "plinth-boot build: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn random_uuid() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// The first step of `kind` whose description contains `what`.
+fn step<'a>(steps: &'a [Step], kind: &str, what: &str) -> Option<&'a Step> {
+    steps
+        .iter()
+        .find(|s| s.kind == kind && s.what.contains(what))
+}
+
+/// Time from power-on to each step, as docs/performance.md shows it.
+fn per_step(name: &str, steps: &[Step]) -> String {
+    let mut out = format!("{name}:");
+    for s in steps {
+        let label = match s.kind.as_str() {
+            "dhcp" => format!(
+                "dhcp {}",
+                s.event["details"]["firmware"].as_str().unwrap_or("")
+            ),
+            "file" => s.event["details"]["file"]
+                .as_str()
+                .unwrap_or("")
+                .to_string(),
+            k => k.to_string(),
+        };
+        out.push_str(&format!(" {label} {:.1}s;", s.at_ms as f64 / 1000.0));
+    }
+    out
+}
+
+const BIOS_MAC: &str = "52:54:00:16:00:01";
+const UEFI_MAC: &str = "52:54:00:16:00:02";
+const UNKNOWN_MAC: &str = "52:54:00:16:00:03";
+
+#[test]
+fn a_bios_and_a_uefi_machine_boot_together_and_a_third_is_discovered() {
+    let test = "a_bios_and_a_uefi_machine_boot_together_and_a_third_is_discovered";
+    if !can_run_lab(test, true) {
+        return;
+    }
+    let t = TempDir::new("plinth-lab-three");
+    let img = t.0.join("img");
+    build_image(&img);
+    let lab = Lab::up("three");
+    let server = lab.server(TempDir::new("plinth-lab-three-server"), &img, &[]);
+    let (bios_uuid, uefi_uuid) = (random_uuid(), random_uuid());
+    for (mac, uuid, name) in [
+        (BIOS_MAC, &bios_uuid, "bios-node"),
+        (UEFI_MAC, &uefi_uuid, "uefi-node"),
+    ] {
+        server.declare_with(
+            mac,
+            uuid,
+            json!({"apiVersion": "plinth/v1", "hostname": name, "network": "dhcp",
+                   "files": [{"path": "/etc/plinth-test/firmware", "contents": format!("{name}\n")}]}),
+        );
+    }
+    // All three power on at once, as a rack does.
+    let mut bios = lab.power_on(&Spec::new("bios", BIOS_MAC, &bios_uuid, &t.0));
+    let mut uefi = lab.power_on(&Spec::new("uefi", UEFI_MAC, &uefi_uuid, &t.0));
+    let mut unknown = lab.power_on(&Spec::new("bios", UNKNOWN_MAC, &random_uuid(), &t.0));
+    let within = Duration::from_secs(300);
+    let bios_steps = wait_for(&server, &mut bios, "applied", within, |s| has(s, "applied"));
+    let uefi_steps = wait_for(&server, &mut uefi, "applied", within, |s| has(s, "applied"));
+    let unknown_steps = wait_for(&server, &mut unknown, "discovery enrolment", within, |s| {
+        has(s, "enrolled")
+    });
+    // Both were running at once: each reached `applied` while the other's qemu ran.
+    assert!(bios.child.try_wait().unwrap().is_none() && uefi.child.try_wait().unwrap().is_none());
+    let (b, u, x) = (
+        render(
+            &format!("BIOS machine {BIOS_MAC} (SeaBIOS + qemu's iPXE ROM)"),
+            &bios_steps,
+        ),
+        render(
+            &format!("UEFI machine {UEFI_MAC} (OVMF's PXE, then ipxe.efi)"),
+            &uefi_steps,
+        ),
+        render(
+            &format!("unknown machine {UNKNOWN_MAC} (BIOS)"),
+            &unknown_steps,
+        ),
+    );
+    println!("{b}\n{u}\n{x}");
+    let summary = format!(
+        "{}\n{}\n{}\n",
+        per_step("BIOS", &bios_steps),
+        per_step("UEFI", &uefi_steps),
+        per_step("unknown", &unknown_steps)
+    );
+    println!("{summary}");
+    let _ = std::fs::create_dir_all(workspace().join("target/lab"));
+    let _ = std::fs::write(
+        workspace().join("target/lab/timelines.txt"),
+        format!("{b}\n{u}\n{x}\n{summary}"),
+    );
+
+    // The BIOS machine: its NIC ROM is iPXE, so proxyDHCP gives it the script URL at
+    // once (the loop breaker); the chain comes over HTTP.
+    let d = step(&bios_steps, "dhcp", "ipxe asked, offered script")
+        .unwrap_or_else(|| panic!("no proxyDHCP answer to the BIOS ROM:\n{b}"));
+    assert_eq!(d.event["details"]["arch"], 0, "{b}");
+    // The UEFI machine: OVMF's PXE (arch 7) gets ipxe.efi, fetched from the server's
+    // TFTP whole; the iPXE it starts asks again and gets the script.
+    let d = step(&uefi_steps, "dhcp", "pxe-uefi asked, offered ipxe.efi")
+        .unwrap_or_else(|| panic!("no proxyDHCP answer to OVMF:\n{u}"));
+    assert_eq!(d.event["details"]["arch"], 7, "{u}");
+    let efi_len = std::fs::metadata("/usr/lib/ipxe/ipxe.efi").unwrap().len();
+    let f = step(&uefi_steps, "file", "tftp ipxe.efi").unwrap_or_else(|| panic!("{u}"));
+    assert_eq!(
+        f.event["details"]["bytes"], efi_len,
+        "the whole of ipxe.efi: {u}"
+    );
+    assert!(
+        step(&uefi_steps, "dhcp", "ipxe asked, offered script").is_some(),
+        "{u}"
+    );
+    for (name, steps, text) in [("BIOS", &bios_steps, &b), ("UEFI", &uefi_steps, &u)] {
+        // In order: DHCP, the files, then the node's own steps.
+        let order: Vec<&str> = steps
+            .iter()
+            .filter(|s| s.source == "node" || s.kind == "file")
+            .map(|s| match s.kind.as_str() {
+                "file" => s.event["details"]["file"].as_str().unwrap(),
+                k => k,
+            })
+            .filter(|k| *k != "ipxe.efi")
+            .collect();
+        assert_eq!(
+            order[..8],
+            [
+                "boot.ipxe",
+                "vmlinuz",
+                "initrd",
+                "booted",
+                "network",
+                "enrolled",
+                "config",
+                "applied"
+            ],
+            "{name}:\n{text}"
+        );
+        let dhcp_at = steps.iter().find(|s| s.kind == "dhcp").unwrap().at_ms;
+        assert!(dhcp_at > 0, "DHCP after power-on: {text}");
+        let mut last = 0;
+        for s in steps
+            .iter()
+            .filter(|s| s.source == "node" || s.kind == "file")
+        {
+            assert!(s.at_ms + 1000 >= last, "{name}: out of order:\n{text}");
+            last = s.at_ms;
+        }
+        // The node's address came from the site's dnsmasq.
+        let network = steps.iter().find(|s| s.kind == "network").unwrap();
+        let addr = network.event["details"]["address"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            addr.starts_with("10.33.0.1"),
+            "{name}: address {addr:?}: {text}"
+        );
+    }
+    let applied = |steps: &[Step]| {
+        steps.iter().find(|s| s.kind == "applied").unwrap().event["details"]["state"]["hostname"]
+            .clone()
+    };
+    assert_eq!(applied(&bios_steps), "bios-node");
+    assert_eq!(applied(&uefi_steps), "uefi-node");
+    // The site's DHCP server leased each machine its address; it was told nothing of PXE.
+    let dnsmasq = lab.dnsmasq_log();
+    for mac in [BIOS_MAC, UEFI_MAC, UNKNOWN_MAC] {
+        assert!(
+            dnsmasq
+                .lines()
+                .any(|l| l.contains("DHCPACK(br0) 10.33.0.1") && l.contains(mac)),
+            "dnsmasq leased nothing to {mac}:\n{dnsmasq}"
+        );
+    }
+    // What it sent (`--log-dhcp` logs each option): never a PXE one (43 vendor options,
+    // 60 `PXEClient`, 66 TFTP server, 67 boot file), nor a boot file in the header.
+    let sent: Vec<&str> = dnsmasq
+        .lines()
+        .filter(|l| l.contains(" sent size:"))
+        .collect();
+    assert!(!sent.is_empty(), "dnsmasq logged no options:\n{dnsmasq}");
+    for l in &sent {
+        let code = l
+            .split("option:")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|c| c.parse::<u8>().ok());
+        assert!(
+            !matches!(code, Some(43 | 60 | 66 | 67)),
+            "dnsmasq sent a PXE option: {l}"
+        );
+    }
+    assert!(
+        !dnsmasq.lines().any(|l| l.contains("bootfile name")),
+        "dnsmasq named a boot file:\n{dnsmasq}"
+    );
+    // The unknown machine: discovered, a discovery-only certificate, no config.
+    let m = server.machine(UNKNOWN_MAC);
+    assert_eq!(m["origin"], "discovered", "{m}");
+    let enrolled = unknown_steps.iter().find(|s| s.kind == "enrolled").unwrap();
+    assert_eq!(enrolled.event["details"]["discovery"], true, "{x}");
+    assert!(!has(&unknown_steps, "config"), "{x}");
+    assert!(
+        step(&unknown_steps, "dhcp", "offered script").is_some(),
+        "{x}"
+    );
+    // proxyDHCP's answers by what was offered.
+    let metrics = server.metrics();
+    for offered in ["script", "ipxe.efi"] {
+        assert!(
+            metrics.contains(&format!(
+                "plinth_proxydhcp_answers_total{{outcome=\"{offered}\"}}"
+            )),
+            "{metrics}"
+        );
+    }
+    drop((bios, uefi, unknown));
+    let dir = lab.dir.clone();
+    lab.down();
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+/// A DHCP client on the lab's site network (a thread in the site's namespace), for the
+/// exchanges no qemu firmware here makes: qemu's BIOS PXE ROM is iPXE itself, so a BIOS
+/// PXE ROM that is not iPXE (a vendor's) is played by packets as the PXE specification
+/// gives them. The server, the network and the TFTP transfer are real.
+fn site_exchange(lab: &Lab, packets: Vec<(Vec<u8>, SocketAddrV4)>) -> Vec<Vec<u8>> {
+    let ns = lab.site();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&ns).unwrap();
+        nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let sock = UdpSocket::bind("0.0.0.0:68").unwrap();
+        sock.set_broadcast(true).unwrap();
+        nix::sys::socket::setsockopt(
+            &sock.as_fd(),
+            nix::sys::socket::sockopt::BindToDevice,
+            &std::ffi::OsString::from("br0"),
+        )
+        .unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut answers = Vec::new();
+        for (p, to) in packets {
+            sock.send_to(&p, to).unwrap();
+            let until = Instant::now() + Duration::from_secs(3);
+            let mut buf = [0u8; 1500];
+            while Instant::now() < until {
+                if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                    // The proxy's answers only (dnsmasq answers discovers too).
+                    if from.ip().to_string() == lab::SERVER_IP {
+                        answers.push(buf[..n].to_vec());
+                    }
+                }
+            }
+        }
+        answers
+    })
+    .join()
+    .unwrap()
+}
+
+/// A PXE client's BOOTREQUEST: `msg` (1 discover, 3 request), arch, vendor class.
+fn pxe_packet(msg: u8, mac: [u8; 6], arch: u16, vendor: &str, ciaddr: [u8; 4]) -> Vec<u8> {
+    let mut p = vec![0u8; 236];
+    p[0] = 1;
+    p[1] = 1;
+    p[2] = 6;
+    p[4..8].copy_from_slice(&0x1600_0001u32.to_be_bytes());
+    p[10] = 0x80;
+    p[12..16].copy_from_slice(&ciaddr);
+    p[28..34].copy_from_slice(&mac);
+    p.extend_from_slice(&[99, 130, 83, 99, 53, 1, msg, 60, vendor.len() as u8]);
+    p.extend_from_slice(vendor.as_bytes());
+    p.extend_from_slice(&[93, 2]);
+    p.extend_from_slice(&arch.to_be_bytes());
+    p.extend_from_slice(&[97, 17, 0]);
+    p.extend_from_slice(&[0x16; 16]);
+    p.push(255);
+    p.resize(300, 0);
+    p
+}
+
+/// The value of option `code` in a DHCP packet.
+fn option(p: &[u8], code: u8) -> Option<Vec<u8>> {
+    let mut i = 240;
+    while i + 1 < p.len() && p[i] != 255 {
+        if p[i] == 0 {
+            i += 1;
+            continue;
+        }
+        let len = usize::from(p[i + 1]);
+        if p[i] == code {
+            return p.get(i + 2..i + 2 + len).map(<[u8]>::to_vec);
+        }
+        i += 2 + len;
+    }
+    None
+}
+
+#[test]
+fn proxy_dhcp_answers_each_firmware_by_the_pxe_specification() {
+    let test = "proxy_dhcp_answers_each_firmware_by_the_pxe_specification";
+    if !can_run_lab(test, false) {
+        return;
+    }
+    let t = TempDir::new("plinth-lab-pxe");
+    let boot = plinth_tests::server::placeholder_boot(&t.0);
+    let lab = Lab::up("pxe");
+    let server = lab.server(TempDir::new("plinth-lab-pxe-server"), &boot, &[]);
+    let bcast = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
+    let proxy = SocketAddrV4::new(lab::SERVER_IP.parse().unwrap(), 4011);
+    let mac = [0x52, 0x54, 0, 0x16, 0, 0x10];
+    // A BIOS PXE ROM (arch 0, PXE 2.1's vendor class): the offer, then the request to 4011
+    // from the address the site's server gave it (here the site's own, 10.33.0.1).
+    let answers = site_exchange(
+        &lab,
+        vec![
+            (
+                pxe_packet(1, mac, 0, "PXEClient:Arch:00000:UNDI:002001", [0; 4]),
+                bcast,
+            ),
+            (
+                pxe_packet(
+                    3,
+                    mac,
+                    0,
+                    "PXEClient:Arch:00000:UNDI:002001",
+                    [10, 33, 0, 1],
+                ),
+                proxy,
+            ),
+        ],
+    );
+    assert_eq!(answers.len(), 2, "an offer and an ack: {answers:?}");
+    for (a, msg) in answers.iter().zip([2u8, 5]) {
+        assert_eq!(option(a, 53), Some(vec![msg]));
+        assert_eq!(&a[16..20], &[0, 0, 0, 0], "no address from the proxy");
+        assert_eq!(&a[20..24], &[10, 33, 0, 2], "next server: the proxy");
+        assert_eq!(option(a, 54), Some(vec![10, 33, 0, 2]));
+        assert_eq!(option(a, 60), Some(b"PXEClient".to_vec()));
+        assert_eq!(option(a, 67), Some(b"undionly.kpxe".to_vec()));
+        assert_eq!(&a[108..121], b"undionly.kpxe");
+        let mut uuid = vec![0];
+        uuid.extend_from_slice(&[0x16; 16]);
+        assert_eq!(option(a, 97), Some(uuid), "the client's UUID echoed");
+    }
+    // What it was offered comes whole from the server's TFTP (curl, an independent
+    // client, on the site's network), byte for byte Debian's undionly.kpxe.
+    let o = lab
+        .in_site("curl")
+        .args(["-sS", "--max-time", "60", "tftp://10.33.0.2/undionly.kpxe"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.stdout == std::fs::read("/usr/lib/ipxe/undionly.kpxe").unwrap(),
+        "undionly.kpxe over TFTP differs from Debian's"
+    );
+    // ARM64 UEFI (arch 11): nothing to give, no answer. A DHCP client that is not PXE:
+    // the site's server's business, no answer.
+    let mac2 = [0x52, 0x54, 0, 0x16, 0, 0x11];
+    let mut plain = pxe_packet(1, mac2, 0, "udhcp 1.36.1", [0; 4]);
+    plain.truncate(300);
+    let answers = site_exchange(
+        &lab,
+        vec![
+            (
+                pxe_packet(1, mac2, 11, "PXEClient:Arch:00011:UNDI:003000", [0; 4]),
+                bcast,
+            ),
+            (plain, bcast),
+        ],
+    );
+    assert!(answers.is_empty(), "answered: {answers:?}");
+    assert!(
+        server
+            .log()
+            .contains("proxyDHCP: no boot file for 52:54:00:16:00:11"),
+        "{}",
+        server.log()
+    );
+    // Nobody declared these MACs: no record was made for them.
+    let (code, _) = server.op("GET", "/v1/machines/52:54:00:16:00:10", None);
+    assert_eq!(code, 404);
+}
+
+/// The PIDs of the children of `pid` (one level).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is gone for this purpose: it holds nothing.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+fn wait_gone(pid: u32, within: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if !alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// The qemu under a `plinth-boot run`, once it is there.
+fn qemu_of(boot_pid: u32) -> u32 {
+    let start = Instant::now();
+    loop {
+        if let Some(q) = children(boot_pid).into_iter().find(|c| {
+            std::fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|n| n.starts_with("qemu"))
+        }) {
+            return q;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no qemu under {boot_pid}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn plinth_boot_run_ends_its_qemu_when_it_is_ended() {
+    let test = "plinth_boot_run_ends_its_qemu_when_it_is_ended";
+    if !can_run_lab(test, false) {
+        return;
+    }
+    let t = TempDir::new("plinth-lab-ends");
+    let lab = Lab::up("ends");
+    let uuid = random_uuid();
+    // SIGTERM and SIGINT: qemu stopped, then plinth-boot exits non-zero, saying why.
+    for (sig, name, firmware) in [
+        (nix::sys::signal::Signal::SIGTERM, "SIGTERM", "bios"),
+        (nix::sys::signal::Signal::SIGINT, "SIGINT", "uefi"),
+    ] {
+        let mut spec = Spec::new(firmware, "52:54:00:16:00:20", &uuid, &t.0);
+        spec.timeout = Duration::from_secs(120);
+        let mut m = lab.power_on(&spec);
+        let pid = m.child.id();
+        let qemu = qemu_of(pid);
+        let o = {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+            let start = Instant::now();
+            loop {
+                if let Some(s) = m.child.try_wait().unwrap() {
+                    break s;
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(15),
+                    "{name}: still running"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        assert!(!o.success(), "{name}: {o}");
+        assert!(
+            wait_gone(qemu, Duration::from_secs(1)),
+            "{name}: qemu {qemu} outlived it"
+        );
+    }
+    // SIGKILL: nothing runs in plinth-boot, and qemu dies with it (PR_SET_PDEATHSIG).
+    // A UEFI machine: its copy of OVMF's variables is not left behind either.
+    let mut m = lab.power_on(&Spec::new("uefi", "52:54:00:16:00:21", &uuid, &t.0));
+    let boot_pid = m.child.id();
+    let qemu = qemu_of(boot_pid);
+    m.child.kill().unwrap();
+    m.child.wait().unwrap();
+    let vars = format!("plinth-boot-ovmf-vars-{boot_pid}-");
+    let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&vars))
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "a SIGKILLed run left {left:?}");
+    assert!(
+        wait_gone(qemu, Duration::from_secs(5)),
+        "qemu {qemu} outlived a SIGKILLed plinth-boot"
+    );
+    // Its parent dying: a shell that started it is SIGKILLed; plinth-boot gets SIGTERM
+    // and stops its qemu.
+    let tap = lab.tap();
+    let script = format!(
+        "{} run --tap {tap} --mac 52:54:00:16:00:22 --timeout 120 --serial-log {} & wait",
+        bin("plinth-boot").display(),
+        t.0.join("parent.log").display()
+    );
+    let mut sh = lab.in_site("sh").args(["-c", &script]).spawn().unwrap();
+    let boot = {
+        let start = Instant::now();
+        loop {
+            if let Some(b) = children(sh.id()).into_iter().next() {
+                break b;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10));
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let qemu = qemu_of(boot);
+    sh.kill().unwrap();
+    sh.wait().unwrap();
+    assert!(
+        wait_gone(qemu, Duration::from_secs(10)),
+        "qemu {qemu} outlived plinth-boot's parent"
+    );
+    assert!(
+        wait_gone(boot, Duration::from_secs(10)),
+        "plinth-boot {boot} outlived its parent"
+    );
+
+    // Bad input: an error naming the argument, non-zero, no qemu and no file left.
+    let before = std::fs::read_dir(std::env::temp_dir()).unwrap().count();
+    for (args, needle) in [
+        (vec!["--tap", "no-such-tap"], "--tap no-such-tap"),
+        (vec!["--tap", "br0"], "--tap br0"),
+        (vec!["--tap", "tap0", "--mac", "52:54"], "--mac 52:54"),
+        (
+            vec![
+                "--tap",
+                "tap0",
+                "--firmware",
+                "uefi",
+                "--ovmf-code",
+                "/nonexistent/OVMF.fd",
+            ],
+            "--ovmf-code /nonexistent/OVMF.fd",
+        ),
+        (
+            vec!["--tap", "tap0", "--firmware", "coreboot"],
+            "--firmware",
+        ),
+    ] {
+        let o = lab
+            .in_site(bin("plinth-boot"))
+            .arg("run")
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} accepted");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    assert_eq!(
+        std::fs::read_dir(std::env::temp_dir()).unwrap().count(),
+        before,
+        "a refused run left a file in {}",
+        std::env::temp_dir().display()
+    );
+}
+
+/// The process `a_killed_lab_leaves_nothing_behind` kills: a lab with plinth-server and
+/// a machine booting, held until it is killed. It prints the lab's directory and the
+/// namespaces' inodes, then waits.
+#[test]
+#[ignore = "run by a_killed_lab_leaves_nothing_behind, as the test process it kills"]
+fn lab_owner_to_be_killed() {
+    let lab = Lab::up("owner");
+    // Its files in the lab's directory, which lab.sh removes: a SIGKILL runs no
+    // destructor here.
+    let boot = plinth_tests::server::placeholder_boot(&lab.dir);
+    std::fs::create_dir_all(lab.dir.join("server")).unwrap();
+    let server = lab.server(TempDir(lab.dir.join("server")), &boot, &[]);
+    let m = lab.power_on(&Spec::new(
+        "bios",
+        "52:54:00:16:00:30",
+        &random_uuid(),
+        &lab.dir,
+    ));
+    let qemu = qemu_of(m.child.id());
+    println!(
+        "owner ready {} {} {} {} {}",
+        lab.dir.display(),
+        lab::netns_inode(&lab.site()),
+        lab::netns_inode(&lab.server_host()),
+        qemu,
+        server.http
+    );
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+#[test]
+fn a_killed_lab_leaves_nothing_behind() {
+    let test = "a_killed_lab_leaves_nothing_behind";
+    if !can_run_lab(test, false) {
+        return;
+    }
+    let host_before = lab::host_interfaces();
+    let mut owner = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "lab_owner_to_be_killed",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(owner.stdout.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(n > 0, "the owner ended before its lab was up");
+        // libtest prints `test NAME ... ` before the test's own output, on the same line.
+        if let Some(at) = line.find("owner ready ") {
+            line.drain(..at);
+            break;
+        }
+    }
+    let f: Vec<&str> = line.split_whitespace().collect();
+    let (dir, site, srv, qemu) = (
+        PathBuf::from(f[2]),
+        f[3].parse::<u64>().unwrap(),
+        f[4].parse::<u64>().unwrap(),
+        f[5].parse::<u32>().unwrap(),
+    );
+    assert!(
+        !lab::pids_in_netns(site).is_empty(),
+        "dnsmasq and qemu in the site"
+    );
+    assert!(
+        !lab::pids_in_netns(srv).is_empty(),
+        "plinth-server on its host"
+    );
+    assert_eq!(
+        lab::mounts_under(&dir).len(),
+        2,
+        "both namespace files mounted"
+    );
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    let start = Instant::now();
+    while dir.exists() && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert_eq!(
+        lab::mounts_under(&dir),
+        Vec::<String>::new(),
+        "mounts left behind"
+    );
+    for (name, ino) in [("site", site), ("provisioning host", srv)] {
+        let pids: Vec<i32> = lab::pids_in_netns(ino)
+            .into_iter()
+            .filter(|p| alive(*p as u32))
+            .collect();
+        assert!(
+            pids.is_empty(),
+            "processes left in the {name}'s namespace: {pids:?}"
+        );
+    }
+    assert!(!alive(qemu), "qemu {qemu} left running");
+    // No namespace is left: nothing is in it and nothing mounts it, so the kernel freed
+    // it with its bridge, veths and taps; none of them ever was in this namespace.
+    assert_eq!(
+        lab::host_interfaces(),
+        host_before,
+        "interfaces appeared on the host"
+    );
+    assert!(!std::fs::read_dir(lab::ROOT)
+        .map(|d| d.filter_map(|e| e.ok()).any(|e| e.path() == dir))
+        .unwrap_or(false));
+}
