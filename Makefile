@@ -17,7 +17,10 @@ PLINTH_TARGET ?= x86_64-unknown-linux-musl
 RUNTIME_TOOLS_VERSION ?= v0.9.1-0.20251205004911-5e639034dcdc
 RUNTIME_TOOLS := $(CACHE)/runtime-tools
 # musl-tools: musl-gcc, for ring's C and assembly in the static musl plinth-init.
-DEB_PACKAGES := busybox-static runc crun uidmap strace gcc libc6-dev musl-tools
+# protobuf-compiler: protoc, which etcd-client's build needs for etcd's .proto files;
+# etcd-server: the real etcd the shared-store tests start on loopback.
+DEB_PACKAGES := busybox-static runc crun uidmap strace gcc libc6-dev musl-tools \
+  protobuf-compiler etcd-server
 
 export PLINTH_CACHE := $(CACHE)
 export PLINTH PLINTH_TARGET
@@ -43,7 +46,7 @@ $(RUNTIME_TOOLS)/.built:
 demo: deps build
 	tests/scripts/demo.sh "$(PLINTH)"
 
-lint:
+lint: deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	@# The runtime's musl-only code paths (the shipped build).

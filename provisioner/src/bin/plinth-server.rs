@@ -83,6 +83,10 @@ struct Cli {
     /// Log bytes kept per boot (10M).
     #[arg(long, default_value = "10M", value_parser = parse_size)]
     max_log_per_boot: u64,
+    /// The state's store: the embedded one in --data (default), or etcd shared by
+    /// several servers (etcd://HOST:PORT[,HOST:PORT...]).
+    #[arg(long)]
+    store: Option<String>,
     /// TFTP transfers at once; more requests are dropped until one ends.
     #[arg(long, default_value_t = 8)]
     tftp_workers: usize,
@@ -119,6 +123,7 @@ fn main() -> anyhow::Result<()> {
             keep_boots: cli.keep_boots.max(1),
             max_log_bytes_per_boot: cli.max_log_per_boot,
         },
+        store: cli.store,
         tftp_workers: cli.tftp_workers.max(1),
         tftp_sends: cli.tftp_sends.max(1),
     };

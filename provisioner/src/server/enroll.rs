@@ -99,6 +99,21 @@ fn check(body: &[u8]) -> Result<(EnrollRequest, String, String), String> {
     Ok((req, mac, uuid))
 }
 
+/// A spent token presented again: the machine goes into quarantine (every certificate
+/// revoked) and the attempt is a security event.
+fn replay(s: &Store, mac: &str, boot: &str, from: &str) -> crate::Result<Verdict> {
+    let msg = format!("replay: the token of {mac}, spent already, presented again");
+    s.quarantine(mac, &msg)?;
+    s.security_event(mac, boot, &msg, Some(from))?;
+    Ok(Verdict::Refuse(
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "token refused: already spent (the machine is now in quarantine)",
+        )
+        .reason("token_spent"),
+    ))
+}
+
 /// Voids the token with `hash` if a machine holds it unspent, with an `error` event on
 /// that machine's timeline saying why (`why`).
 fn void_with_error(
@@ -209,13 +224,7 @@ pub async fn enroll(
             ).reason("token_void")));
         }
         if token.spent_at.is_some() {
-            let msg = format!("replay: the token of {mac}, spent already, presented again");
-            s.quarantine(&mac, &msg)?;
-            s.security_event(&mac, &boot, &msg, Some(&from))?;
-            return Ok(Verdict::Refuse(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "token refused: already spent (the machine is now in quarantine)",
-            ).reason("token_spent")));
+            return replay(s, &mac, &boot, &from);
         }
         if now >= token.expires_at {
             let mut d = Map::new();
@@ -272,11 +281,17 @@ pub async fn enroll(
             }
         };
         signed.record.discovery = token.discovery;
-        s.enrol(
+        let spent = s.enrol(
             &mac,
+            &hash,
             signed.record.clone(),
             &format!("superseded by the enrolment of boot {boot}"),
         )?;
+        if !spent {
+            // Another enrolment (on this server or another over the same store) spent
+            // the token between the checks above and this one: a second use of one token.
+            return replay(s, &mac, &boot, &from);
+        }
         Ok(Verdict::Issue(Box::new(signed), token.discovery))
     })?;
     match verdict {

@@ -35,6 +35,7 @@ pub mod fleet;
 pub mod https;
 pub mod ident;
 pub mod kv;
+pub mod kv_etcd;
 pub mod kv_redb;
 pub mod limits;
 pub mod listener;
@@ -106,6 +107,8 @@ pub struct Config {
     pub limits: limits::Limits,
     /// What the store keeps per machine.
     pub retention: store::Limits,
+    /// `--store`: `etcd://HOST:PORT,...`, or `None` for the embedded store in `data`.
+    pub store: Option<String>,
     /// TFTP transfers at once.
     pub tftp_workers: usize,
     /// TFTP sends of one packet at most (the first and its retransmits).
@@ -457,6 +460,16 @@ pub fn check(cfg: &Config) -> Result<Fleet> {
     Ok(fleet)
 }
 
+/// The store `--store` names, opened; etcd is asked once, so that a wrong or unreachable
+/// one stops the start before `--data` is made. The embedded store is opened later, in
+/// `--data`, by [`Store::open_url`].
+fn open_shared_store(cfg: &Config) -> Result<Option<Store>> {
+    match &cfg.store {
+        None => Ok(None),
+        Some(url) => Store::open_url(Some(url), &cfg.data, cfg.retention).map(Some),
+    }
+}
+
 /// The `--data` directory, private: made 0700 when missing; an existing one open to
 /// group or others is refused (it holds the CA key and the operators' tokens), naming it.
 fn private_data_dir(data: &Path) -> Result<()> {
@@ -552,16 +565,22 @@ fn serving_names(cfg: &Config, https: SocketAddr) -> Vec<String> {
 /// Binds everything and serves until the process is killed. `on_ready` is called once
 /// the listeners are bound.
 pub fn serve(cfg: Config, on_ready: impl FnOnce(&Ready)) -> Result<()> {
+    let shared = open_shared_store(&cfg)?;
     let fleet = check(&cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(net("starting the tokio runtime"))?;
-    rt.block_on(serve_async(cfg, fleet, on_ready))
+    rt.block_on(serve_async(cfg, fleet, shared, on_ready))
 }
 
-async fn serve_async(cfg: Config, fleet: Fleet, on_ready: impl FnOnce(&Ready)) -> Result<()> {
+async fn serve_async(
+    cfg: Config,
+    fleet: Fleet,
+    shared: Option<Store>,
+    on_ready: impl FnOnce(&Ready),
+) -> Result<()> {
     let (ca, _made) = Ca::load_or_create(&cfg.data)?;
     let operator_token = operators::ensure_first(&cfg.data)?;
     let first_token = cfg.data.join(operators::FIRST_TOKEN);
@@ -571,7 +590,10 @@ async fn serve_async(cfg: Config, fleet: Fleet, on_ready: impl FnOnce(&Ready)) -
             first_token.display()
         ));
     }
-    let store = Store::open(&cfg.data, cfg.retention)?;
+    let store = match shared {
+        Some(store) => store,
+        None => Store::open(&cfg.data, cfg.retention)?,
+    };
     if cfg.data.join("machines").is_dir() {
         // The one-file-per-machine store of the first releases is not read any more.
         log(&format!(

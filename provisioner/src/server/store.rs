@@ -439,6 +439,19 @@ impl Store {
         Ok(Store::new(Box::new(kv), limits))
     }
 
+    /// The store `--store` names: the embedded one in `<data>/store/` without it, etcd
+    /// for `etcd://HOST:PORT,...` (checked to answer before the server starts).
+    pub fn open_url(url: Option<&str>, data: &Path, limits: Limits) -> Result<Store> {
+        match url {
+            None => Store::open(data, limits),
+            Some(url) => {
+                let endpoints = crate::server::kv_etcd::parse_url(url)?;
+                let kv = crate::server::kv_etcd::EtcdKv::connect(endpoints)?;
+                Ok(Store::new(Box::new(kv), limits))
+            }
+        }
+    }
+
     /// Bytes the store takes on disk.
     pub fn size(&self) -> Result<u64> {
         self.kv.size()
@@ -896,16 +909,27 @@ impl Store {
         })
     }
 
-    /// Spends the machine's token and adds the certificate enrolment bought, in one
-    /// transaction: an acknowledged enrolment is never half stored.
-    pub fn enrol(&self, mac: &str, cert: Cert, why: &str) -> Result<()> {
+    /// Spends the machine's token (the one hashed `token`) and adds the certificate
+    /// enrolment bought, in one transaction: an acknowledged enrolment is never half
+    /// stored. The token is checked again inside that transaction, which commits only
+    /// over the version it read: of two enrolments racing with one token (on one server
+    /// or on two over a shared store) exactly one spends it. `false` when the token was
+    /// no longer there unspent (nothing stored), or the machine is in quarantine.
+    pub fn enrol(&self, mac: &str, token: &str, cert: Cert, why: &str) -> Result<bool> {
         let now = unix_time();
         let done = self.update(mac, false, |m, txn| {
-            if let Some(t) = m.token.as_mut() {
-                t.spent_at.get_or_insert(now);
+            let quarantined = m.quarantine.is_some();
+            let Some(t) = m.token.as_mut().filter(|t| {
+                t.spent_at.is_none() && t.voided.is_none() && crate::crypto::same(&t.hash, token)
+            }) else {
+                return Ok(false);
+            };
+            if quarantined {
+                return Ok(false);
             }
+            t.spent_at = Some(now);
             add_cert_to(m, txn, &cert, why);
-            Ok(())
+            Ok(true)
         })?;
         done.ok_or_else(|| Error::Protocol {
             what: format!("storing a certificate for {mac}"),

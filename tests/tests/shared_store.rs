@@ -1,0 +1,207 @@
+//! Several servers over one state: two real `plinth-server`s on one real etcd (Debian's
+//! etcd-server, started here on loopback ports of its own, its data in a temporary
+//! directory). What one server decides, the other sees; a token spent on one is spent
+//! for both, even when the two race for it.
+#![allow(clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use plinth_tests::server::{call, Server};
+use plinth_tests::TempDir;
+
+const A: &str = "52:54:00:00:00:2a";
+const B: &str = "52:54:00:00:00:2b";
+const UUID_A: &str = "6e4a2b1c-0000-4000-8000-00000000002a";
+const UUID_B: &str = "6e4a2b1c-0000-4000-8000-00000000002b";
+
+/// A single-member etcd on two free loopback ports, killed (and its data removed) when
+/// dropped.
+struct Etcd {
+    child: Child,
+    client: String,
+    _dir: TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Etcd {
+    fn start(test: &str) -> Option<Etcd> {
+        if Command::new("etcd").arg("--version").output().is_err() {
+            plinth_tests::skip(
+                test,
+                "etcd is not installed (make deps installs etcd-server)",
+            );
+            return None;
+        }
+        let dir = TempDir::new("plinth-etcd");
+        let (client, peer) = (free_port(), free_port());
+        let client = format!("http://127.0.0.1:{client}");
+        let peer = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "plinth-test", "--data-dir"])
+            .arg(dir.0.join("data"))
+            .args([
+                "--listen-client-urls",
+                &client,
+                "--advertise-client-urls",
+                &client,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("plinth-test={peer}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.0.join("etcd.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let etcd = Etcd {
+            child,
+            client,
+            _dir: dir,
+        };
+        let addr = etcd.client.trim_start_matches("http://").to_string();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "etcd did not listen on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(etcd)
+    }
+
+    fn url(&self) -> String {
+        self.client.replace("http://", "etcd://")
+    }
+}
+
+/// A second server for the same fleet: its own --data holding copies of the first one's
+/// CA and operator tokens (the CA key never goes into etcd), the same store.
+fn second(first: &Server, store: &str) -> Server {
+    let dir = TempDir::new("plinth-shared");
+    let data = dir.0.join("data");
+    copy_dir(&first.data(), &data, &|p| !p.ends_with("store"));
+    let boot = plinth_tests::server::placeholder_boot(&dir.0);
+    let mut s = Server::start_in(dir, &boot, &["--store", store]);
+    if s.operator.is_empty() {
+        s.operator = first.operator.clone();
+    }
+    s
+}
+
+fn copy_dir(from: &Path, to: &Path, keep: &dyn Fn(&Path) -> bool) {
+    std::fs::create_dir_all(to).unwrap();
+    std::fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if !keep(&e.path()) {
+            continue;
+        }
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest, keep);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn two_servers_on_one_etcd_share_machines_and_tokens() {
+    let Some(etcd) = Etcd::start("two_servers_on_one_etcd_share_machines_and_tokens") else {
+        return;
+    };
+    let store = etcd.url();
+    let a = Server::start(&["--store", &store, "--max-discovered", "0"]);
+    let b = second(&a, &store);
+    assert_eq!(a.pin, b.pin, "one CA for both");
+
+    // Declared on A, seen on B.
+    a.declare(A, UUID_A);
+    let m = b.machine(A);
+    assert_eq!(m["mac"].as_str(), Some(A), "{m}");
+
+    // The iPXE script (and its token) from A; enrolment and config from B.
+    let token = a.mint(A, UUID_A).expect("a token from A");
+    let node = b.enrol(A, UUID_A, &token).expect("enrolment on B");
+    let (code, cfg) = call(&node, "GET", "/v1/config", None);
+    assert_eq!(code, 200, "{cfg}");
+    assert!(
+        a.machine(A)["token"]["spentAt"].is_u64(),
+        "A sees the token spent"
+    );
+
+    // The same token replayed to A: refused as spent, and the machine quarantined on both.
+    let err = a
+        .enrol(A, UUID_A, &token)
+        .expect_err("a replay to A accepted");
+    assert!(err.contains("403") && err.contains("spent"), "{err}");
+    assert!(b.quarantined(A), "B sees the quarantine A decided");
+
+    // Two servers racing for one fresh token: exactly one wins.
+    a.declare(B, UUID_B);
+    let token = b.mint(B, UUID_B).expect("a token from B");
+    let (ra, rb) = std::thread::scope(|s| {
+        let ta = s.spawn(|| a.enrol(B, UUID_B, &token).map(|_| ()));
+        let tb = s.spawn(|| b.enrol(B, UUID_B, &token).map(|_| ()));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    assert_eq!(
+        ra.is_ok() as u8 + rb.is_ok() as u8,
+        1,
+        "one enrolment per token: A {ra:?}, B {rb:?}"
+    );
+    let lost = ra.err().or(rb.err()).unwrap();
+    assert!(lost.contains("403") && lost.contains("spent"), "{lost}");
+    assert!(
+        a.quarantined(B),
+        "a token used twice puts its machine in quarantine"
+    );
+}
+
+#[test]
+fn a_bad_or_unreachable_store_stops_the_start_and_makes_nothing() {
+    let dir = TempDir::new("plinth-store-bad");
+    let boot = plinth_tests::server::placeholder_boot(&dir.0);
+    let bin = plinth_tests::workspace().join("target/release/plinth-server");
+    let port = free_port();
+    for (store, says) in [
+        ("redis://127.0.0.1:6379".to_string(), "--store"),
+        ("etcd://127.0.0.1".to_string(), "--store"),
+        (format!("etcd://127.0.0.1:{port}"), "etcd"),
+    ] {
+        let data = dir.0.join("data");
+        let out = Command::new(&bin)
+            .args(["--listen", "127.0.0.1:0", "--boot-dir"])
+            .arg(&boot)
+            .arg("--data")
+            .arg(&data)
+            .args(["--store", &store])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{store}: started");
+        assert!(err.contains(says), "{store}: {err}");
+        assert!(!data.exists(), "{store}: --data was made");
+    }
+}
