@@ -56,6 +56,8 @@ pub struct Server {
     pub operator: String,
     /// The network namespace it runs in (a lab's provisioning host), if not this one.
     pub netns: Option<PathBuf>,
+    /// The CA's certificate (in `--ca-dir` when given, else in `--data`).
+    pub ca_cert: PathBuf,
 }
 
 impl Server {
@@ -137,7 +139,13 @@ impl Server {
             words[2].starts_with("sha256:") && words[2].len() == 71,
             "{words:?}"
         );
+        let ca_dir = extra
+            .iter()
+            .position(|a| *a == "--ca-dir")
+            .and_then(|i| extra.get(i + 1))
+            .map_or_else(|| dir.0.join("data"), PathBuf::from);
         Server {
+            ca_cert: ca_dir.join("ca.crt"),
             child,
             http: words[0].clone(),
             https: words[1].clone(),
@@ -202,7 +210,7 @@ impl Server {
             .command("curl")
             .args(["-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"])
             .arg("--cacert")
-            .arg(self.data().join("ca.crt"))
+            .arg(&self.ca_cert)
             .args(args)
             .output()
             .unwrap();

@@ -95,35 +95,22 @@ impl Etcd {
     }
 }
 
-/// A second server for the same fleet: its own --data holding copies of the first one's
-/// CA and operator tokens (the CA key never goes into etcd), the same store.
-fn second(first: &Server, store: &str) -> Server {
+/// A server of the fleet on `store`, with the CA and operators' tokens in `ca_dir`,
+/// shared by every server of the fleet (the CA key never goes into etcd).
+fn server(store: &str, ca_dir: &Path) -> Server {
     let dir = TempDir::new("plinth-shared");
-    let data = dir.0.join("data");
-    copy_dir(&first.data(), &data, &|p| !p.ends_with("store"));
     let boot = plinth_tests::server::placeholder_boot(&dir.0);
-    let mut s = Server::start_in(dir, &boot, &["--store", store]);
-    if s.operator.is_empty() {
-        s.operator = first.operator.clone();
-    }
+    let ca = ca_dir.to_str().unwrap();
+    let mut s = Server::start_in(
+        dir,
+        &boot,
+        &["--store", store, "--ca-dir", ca, "--max-discovered", "0"],
+    );
+    s.operator = std::fs::read_to_string(ca_dir.join("operator-token"))
+        .unwrap()
+        .trim()
+        .to_string();
     s
-}
-
-fn copy_dir(from: &Path, to: &Path, keep: &dyn Fn(&Path) -> bool) {
-    std::fs::create_dir_all(to).unwrap();
-    std::fs::set_permissions(to, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        if !keep(&e.path()) {
-            continue;
-        }
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest, keep);
-        } else {
-            std::fs::copy(e.path(), &dest).unwrap();
-        }
-    }
 }
 
 #[test]
@@ -132,9 +119,15 @@ fn two_servers_on_one_etcd_share_machines_and_tokens() {
         return;
     };
     let store = etcd.url();
-    let a = Server::start(&["--store", &store, "--max-discovered", "0"]);
-    let b = second(&a, &store);
+    let shared = TempDir::new("plinth-ca");
+    let ca_dir = shared.0.join("ca");
+    let a = server(&store, &ca_dir);
+    let b = server(&store, &ca_dir);
     assert_eq!(a.pin, b.pin, "one CA for both");
+    assert!(
+        !a.data().join("ca.key").exists(),
+        "the CA is in --ca-dir only"
+    );
 
     // Declared on A, seen on B.
     a.declare(A, UUID_A);

@@ -87,6 +87,10 @@ struct Cli {
     /// several servers (etcd://HOST:PORT[,HOST:PORT...]).
     #[arg(long)]
     store: Option<String>,
+    /// The CA and the operators' tokens, when several servers on one --store share them
+    /// (default: --data). The CA key stays in files; it never goes into the store.
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
     /// TFTP transfers at once; more requests are dropped until one ends.
     #[arg(long, default_value_t = 8)]
     tftp_workers: usize,
@@ -124,6 +128,7 @@ fn main() -> anyhow::Result<()> {
             max_log_bytes_per_boot: cli.max_log_per_boot,
         },
         store: cli.store,
+        ca_dir: cli.ca_dir,
         tftp_workers: cli.tftp_workers.max(1),
         tftp_sends: cli.tftp_sends.max(1),
     };

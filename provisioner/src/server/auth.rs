@@ -95,7 +95,7 @@ pub fn operator(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    if let Some(name) = bearer.and_then(|b| operators::check(&st.cfg.data, b)) {
+    if let Some(name) = bearer.and_then(|b| operators::check(st.cfg.shared_dir(), b)) {
         return Ok(name);
     }
     let why = if bearer.is_some() {

@@ -109,10 +109,20 @@ pub struct Config {
     pub retention: store::Limits,
     /// `--store`: `etcd://HOST:PORT,...`, or `None` for the embedded store in `data`.
     pub store: Option<String>,
+    /// `--ca-dir`: where the CA and the operators' tokens are, when several servers
+    /// share them (`None`: in `data`).
+    pub ca_dir: Option<PathBuf>,
     /// TFTP transfers at once.
     pub tftp_workers: usize,
     /// TFTP sends of one packet at most (the first and its retransmits).
     pub tftp_sends: u32,
+}
+
+impl Config {
+    /// The directory of the CA and the operators' tokens: `--ca-dir`, else `--data`.
+    pub fn shared_dir(&self) -> &Path {
+        self.ca_dir.as_deref().unwrap_or(&self.data)
+    }
 }
 
 /// What the server bound, for the caller to print.
@@ -456,6 +466,9 @@ pub fn check(cfg: &Config) -> Result<Fleet> {
         None => Fleet::default(),
     };
     // Last: a refused start leaves nothing behind.
+    if let Some(dir) = &cfg.ca_dir {
+        private_data_dir(dir)?;
+    }
     private_data_dir(&cfg.data)?;
     Ok(fleet)
 }
@@ -581,9 +594,9 @@ async fn serve_async(
     shared: Option<Store>,
     on_ready: impl FnOnce(&Ready),
 ) -> Result<()> {
-    let (ca, _made) = Ca::load_or_create(&cfg.data)?;
-    let operator_token = operators::ensure_first(&cfg.data)?;
-    let first_token = cfg.data.join(operators::FIRST_TOKEN);
+    let (ca, _made) = Ca::load_or_create(cfg.shared_dir())?;
+    let operator_token = operators::ensure_first(cfg.shared_dir())?;
+    let first_token = cfg.shared_dir().join(operators::FIRST_TOKEN);
     if first_token.exists() {
         log(&format!(
             "warning: {} holds the first operator's token in clear: move it somewhere safe and delete it",
