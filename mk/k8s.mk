@@ -16,7 +16,7 @@ K8S_CACHE ?= $(HOME)/.cache/plinth/k8s
 K8S_IMAGES := $(CURDIR)/target/k8s-images
 # What kubelet, containerd and the CNI plugins exec on a node, what the tests set the
 # node's network up with, and what the images are built from.
-K8S_PACKAGES := iptables iproute2 util-linux mount openssl busybox-static gcc libc6-dev runc
+K8S_PACKAGES := iptables iproute2 curl util-linux mount openssl busybox-static gcc libc6-dev runc
 
 export K8S_VERSION K8S_STAGING_VERSION CONTAINERD_VERSION CNI_PLUGINS_VERSION ETCD_VERSION CRI_TOOLS_VERSION
 # Where the tests find the binaries (bin/) and the images.

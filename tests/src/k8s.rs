@@ -84,7 +84,7 @@ pub fn missing() -> Option<String> {
             ));
         }
     }
-    for t in ["nsenter", "unshare", "ip", "iptables", "openssl"] {
+    for t in ["nsenter", "unshare", "ip", "iptables", "openssl", "curl"] {
         if crate::which(t).is_none() {
             return Some(format!("{t} is not installed (mk/k8s.mk installs it)"));
         }
@@ -322,7 +322,7 @@ impl Cluster {
             "name": self.cni_network(),
             "plugins": [
                 {
-                    "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+                    "type": "bridge", "bridge": "cni0", "isGateway": true, "isDefaultGateway": true, "ipMasq": false,
                     "hairpinMode": true,
                     "ipam": {
                         "type": "host-local", "ranges": [[{"subnet": POD_SUBNET}]],

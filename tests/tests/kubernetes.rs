@@ -230,53 +230,75 @@ fn web_pod(name: &str, body: &str) -> Value {
     )
 }
 
-/// A hostPort reaches the pod from the node's address (portmap's DNAT), and one pod
-/// reaches another over the CNI bridge.
+/// `GET /index.html` over plain TCP from pod `from`; returns the body. nc, not wget:
+/// Debian's static busybox wget crashes (SIGSEGV) on this host.
+fn http_get(c: &Cluster, from: &str, host: &str, port: u16) -> String {
+    let o = c.kubectl(&[
+        "exec",
+        from,
+        "--",
+        "sh",
+        "-c",
+        &format!("printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 5 {host} {port}"),
+    ]);
+    let (_, out, err) = plinth_tests::text(&o);
+    assert!(
+        out.starts_with("HTTP/1.") && out.contains(" 200 "),
+        "GET http://{host}:{port}/index.html from {from}: {out:?} {err}"
+    );
+    out.rsplit("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// One pod reaches another over the CNI bridge, and a hostPort on the node's address
+/// reaches the pod behind it (portmap's DNAT).
 fn networking(c: &Cluster, t0: Instant) {
     let mut web = web_pod("web", "served-by-plinth");
     web["spec"]["containers"][0]["ports"] =
         json!([{"containerPort": 80, "hostPort": 8080, "protocol": "TCP"}]);
     c.apply(&web);
+    c.apply(&busybox_pod("client", "exec sleep 3600"));
     let p = c.wait_phase("web", "Running");
     let ip = p["status"]["podIP"].as_str().unwrap().to_string();
-    let node_url = format!("http://{}:8080/index.html", plinth_tests::k8s::NODE_IP);
-    let mut got = String::new();
-    c.wait(
-        "the hostPort to answer",
-        std::time::Duration::from_secs(30),
-        |c| {
-            let o = c
-                .in_netns("busybox")
-                .args(["wget", "-q", "-T", "2", "-O", "-", &node_url])
-                .output()
-                .unwrap();
-            got = String::from_utf8_lossy(&o.stdout).into_owned();
-            o.status.success()
-        },
-    );
-    assert_eq!(got.trim(), "served-by-plinth", "via hostPort");
-    step("hostPort", t0);
-
-    c.apply(&busybox_pod("client", "exec sleep 3600"));
     let cp = c.wait_phase("client", "Running");
     assert_ne!(
         cp["status"]["podIP"], p["status"]["podIP"],
         "two pods, one IP"
     );
-    let out = c.kubectl_ok(&[
-        "exec",
-        "client",
-        "--",
-        "wget",
-        "-q",
-        "-T",
-        "5",
-        "-O",
-        "-",
-        &format!("http://{ip}/index.html"),
-    ]);
-    assert_eq!(out.trim(), "served-by-plinth", "pod to pod");
+    // httpd may not listen yet when the pod turns Running.
+    c.wait(
+        "httpd in pod web",
+        std::time::Duration::from_secs(30),
+        |c| {
+            c.kubectl(&[
+                "exec",
+                "web",
+                "--",
+                "sh",
+                "-c",
+                "netstat -ltn | grep -q ':80 '",
+            ])
+            .status
+            .success()
+        },
+    );
+    assert_eq!(
+        http_get(c, "client", &ip, 80),
+        "served-by-plinth",
+        "pod to pod"
+    );
     step("pod-to-pod traffic", t0);
+
+    let node = plinth_tests::k8s::NODE_IP;
+    assert_eq!(
+        http_get(c, "client", node, 8080),
+        "served-by-plinth",
+        "via the hostPort"
+    );
+    step("hostPort", t0);
     c.delete_pod("client");
     c.delete_pod("web");
 }
@@ -321,23 +343,27 @@ fn node_restart(c: &mut Cluster, t0: Instant) {
 }
 
 /// `hostUsers: false`: the pod gets a user namespace of its own (root inside is not
-/// root outside) and its volumes are idmapped.
-fn user_namespace(c: &Cluster, t0: Instant) {
+/// root outside) and its volumes are idmapped. `handler` is the runtime class, None for
+/// the node's default (plinth).
+fn user_namespace(c: &Cluster, t0: Instant, name: &str, handler: Option<&str>) {
     let mut pod = busybox_pod(
-        "userns",
+        name,
         "cat /proc/self/uid_map; touch /data/f && stat -c owner=%u /data/f; exec sleep 3600",
     );
     pod["spec"]["hostUsers"] = json!(false);
     pod["spec"]["volumes"] = json!([{"name": "data", "emptyDir": {}}]);
     pod["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "data", "mountPath": "/data"}]);
+    if let Some(h) = handler {
+        pod["spec"]["runtimeClassName"] = json!(h);
+    }
     c.apply(&pod);
-    c.wait_phase("userns", "Running");
+    c.wait_phase(name, "Running");
     let mut logs = String::new();
     c.wait(
         "the userns pod's log",
         std::time::Duration::from_secs(30),
         |c| {
-            logs = String::from_utf8_lossy(&c.kubectl(&["logs", "userns"]).stdout).into_owned();
+            logs = String::from_utf8_lossy(&c.kubectl(&["logs", name]).stdout).into_owned();
             logs.contains("owner=")
         },
     );
@@ -355,17 +381,11 @@ fn user_namespace(c: &Cluster, t0: Instant) {
         logs.contains("owner=0"),
         "the emptyDir is not idmapped: {logs:?}"
     );
-    let pid = plinth_state(c, "userns")["pid"].as_i64().unwrap();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let host_uid = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or_default()
-        .to_string();
-    assert_eq!(host_uid, map[1].to_string(), "the host sees uid {host_uid}");
-    c.delete_pod("userns");
-    step("hostUsers: false", t0);
+    c.delete_pod(name);
+    step(
+        &format!("hostUsers: false under {}", handler.unwrap_or("plinth")),
+        t0,
+    );
 }
 
 #[test]
@@ -383,5 +403,18 @@ fn kubelet_runs_pods_through_plinth() {
     restart_with_exit_code(&c, t0);
     networking(&c, t0);
     node_restart(&mut c, t0);
-    user_namespace(&c, t0);
+}
+
+#[test]
+#[ignore = "slow (a whole Kubernetes cluster): `make e2e` runs it"]
+fn kubelet_runs_user_namespaced_pods_through_plinth() {
+    if !ready("kubelet_runs_user_namespaced_pods_through_plinth") {
+        return;
+    }
+    let t0 = Instant::now();
+    let c = Cluster::start();
+    step("cluster up, node Ready", t0);
+    // No runc beside it here: Debian's runc has no idmapped mounts, so kubelet refuses
+    // it `hostUsers: false` pods ("does not support user namespaces").
+    user_namespace(&c, t0, "userns", None);
 }
