@@ -8,6 +8,8 @@ CONTAINERD_VERSION ?= v2.4.2
 CNI_PLUGINS_VERSION ?= v1.10.0
 ETCD_VERSION ?= v3.7.3
 CRI_TOOLS_VERSION ?= v1.37.0
+# The registry critest pulls the project's images from (github.com/distribution/distribution/v3).
+DISTRIBUTION_VERSION ?= v3.1.2
 # Outside the clone: CI clones afresh on this machine, and a cold build is 20 minutes.
 # Go's own caches (GOMODCACHE, GOCACHE) are its defaults under $HOME, outside it too;
 # build-k8s.sh refuses any of the three inside the clone.
@@ -18,7 +20,7 @@ K8S_IMAGES := $(CURDIR)/target/k8s-images
 # node's network up with, and what the images are built from.
 K8S_PACKAGES := iptables iproute2 curl util-linux mount openssl busybox-static gcc libc6-dev runc
 
-export K8S_VERSION K8S_STAGING_VERSION CONTAINERD_VERSION CNI_PLUGINS_VERSION ETCD_VERSION CRI_TOOLS_VERSION
+export K8S_VERSION K8S_STAGING_VERSION CONTAINERD_VERSION CNI_PLUGINS_VERSION ETCD_VERSION CRI_TOOLS_VERSION DISTRIBUTION_VERSION
 # Where the tests find the binaries (bin/) and the images.
 export PLINTH_K8S_DIR := $(K8S_CACHE)
 export PLINTH_K8S_IMAGES := $(K8S_IMAGES)
@@ -40,4 +42,4 @@ $(K8S_IMAGES)/.built: tests/scripts/build-images.sh tests/images/pause.c | k8s-d
 
 # The slow end-to-end tests (a whole cluster each): `.ci/run` runs them after `make test`.
 e2e: build k8s
-	$(CARGO) test --release -p plinth-tests --test kubernetes -- --ignored --test-threads=1 --nocapture
+	$(CARGO) test --release -p plinth-tests --test kubernetes --test critest -- --ignored --test-threads=1 --nocapture

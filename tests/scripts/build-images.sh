@@ -3,6 +3,7 @@
 # layout in a tar, what `ctr images import` reads): no registry is reachable here.
 #   pause.oci.tar    plinth.test/pause:1    tests/images/pause.c, static (the pod sandbox)
 #   busybox.oci.tar  plinth.test/busybox:1  Debian's busybox-static with its applet links
+#   web.oci.tar      plinth.test/web:1      the same, serving /www on port 80 (critest's web server)
 # The archives are byte-for-byte reproducible: fixed mtimes, owners and order.
 #   usage: build-images.sh OUTDIR
 set -euo pipefail
@@ -68,3 +69,7 @@ for a in $("$bb" --list); do
   [ "$a" = busybox ] || ln -s busybox "$r/bin/$a"
 done
 image busybox plinth.test/busybox:1 "$r" 'null' '["sh"]'
+
+echo plinth-web >"$r/index.html"
+mkdir -p "$r/www" && mv "$r/index.html" "$r/www/index.html"
+image web plinth.test/web:1 "$r" 'null' '["httpd","-f","-p","80","-h","/www"]'

@@ -5,11 +5,12 @@
 # same pins builds nothing, and a changed pin rebuilds only what it names.
 #   usage: build-k8s.sh OUTDIR
 # Environment: K8S_VERSION K8S_STAGING_VERSION CONTAINERD_VERSION CNI_PLUGINS_VERSION
-#              ETCD_VERSION CRI_TOOLS_VERSION (all required), GOMODCACHE, GOCACHE.
+#              ETCD_VERSION CRI_TOOLS_VERSION DISTRIBUTION_VERSION (all required),
+#              GOMODCACHE, GOCACHE.
 set -euo pipefail
 out=${1:?usage: build-k8s.sh OUTDIR}
 : "${K8S_VERSION:?}" "${K8S_STAGING_VERSION:?}" "${CONTAINERD_VERSION:?}" "${CNI_PLUGINS_VERSION:?}"
-: "${ETCD_VERSION:?}" "${CRI_TOOLS_VERSION:?}"
+: "${ETCD_VERSION:?}" "${CRI_TOOLS_VERSION:?}" "${DISTRIBUTION_VERSION:?}"
 export PATH="/usr/local/go/bin:$PATH"
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false GOTOOLCHAIN=local
 clone=$(cd "$(dirname "$0")/../.." && pwd)
@@ -129,6 +130,14 @@ if ! fresh crictl "$CRI_TOOLS_VERSION" || ! fresh critest "$CRI_TOOLS_VERSION"; 
     mv "$out/bin/critest.tmp" "$out/bin/critest"
     stamp critest "$CRI_TOOLS_VERSION"
   fi
+fi
+
+# critest pulls every image it runs, and no registry is reachable: the tests serve the
+# project's images from a registry of their own (CNCF distribution) in the namespace.
+if ! fresh registry "$DISTRIBUTION_VERSION"; then
+  dir=$(moddir "github.com/distribution/distribution/v3@$DISTRIBUTION_VERSION")
+  gobuild registry "$DISTRIBUTION_VERSION" "$dir" ./cmd/registry \
+    "-X github.com/distribution/distribution/v3/version.version=$DISTRIBUTION_VERSION"
 fi
 
 echo "build-k8s: $built built, $(ls "$out/bin" | wc -l) binaries in $out/bin"

@@ -48,6 +48,9 @@ pub fn images_dir() -> PathBuf {
         .unwrap_or_else(|| workspace().join("target/k8s-images"))
 }
 
+/// The image archives `make k8s-images` builds.
+pub const IMAGES: &[&str] = &["pause.oci.tar", "busybox.oci.tar", "web.oci.tar"];
+
 /// The binaries a cluster needs.
 pub const BINARIES: &[&str] = &[
     "etcd",
@@ -63,6 +66,8 @@ pub const BINARIES: &[&str] = &[
     "host-local",
     "loopback",
     "portmap",
+    "critest",
+    "registry",
 ];
 
 /// Why a cluster cannot start here, if it cannot (`make e2e` builds everything first).
@@ -76,7 +81,7 @@ pub fn missing() -> Option<String> {
             ));
         }
     }
-    for i in ["pause.oci.tar", "busybox.oci.tar"] {
+    for i in IMAGES {
         if !images_dir().join(i).is_file() {
             return Some(format!(
                 "{} is not built (`make k8s` builds it)",
@@ -155,6 +160,37 @@ impl Cluster {
     /// Starts the whole cluster and waits for the node to be Ready and the default
     /// service account to exist (pods are refused before).
     pub fn start() -> Cluster {
+        let mut c = Cluster::empty();
+        c.network();
+        c.pki();
+        c.write_configs();
+        c.start_control_plane();
+        c.spawn_node();
+        c.wait_node_ready();
+        c.wait(
+            "the default service account",
+            Duration::from_secs(120),
+            |c| {
+                c.kubectl(&["get", "serviceaccount", "default"])
+                    .status
+                    .success()
+            },
+        );
+        c
+    }
+
+    /// containerd alone (its CRI plugin with plinth, and runc as the `runc` handler, and
+    /// the CNI bridge), no kubelet, which would stop pods it does not know: what
+    /// critest drives.
+    pub fn containerd_only() -> Cluster {
+        let mut c = Cluster::empty();
+        c.network();
+        c.write_configs();
+        c.spawn_containerd();
+        c
+    }
+
+    fn empty() -> Cluster {
         let name = unique("plinth-k8s");
         let root = std::env::temp_dir().join(&name);
         std::fs::create_dir_all(root.join("logs")).unwrap();
@@ -177,17 +213,18 @@ impl Cluster {
                 }
             })
             .collect();
-        let mut c = Cluster {
+        Cluster {
             netns: root.join("netns"),
             node: "plinth-node".into(),
             cgroup_root: format!("/{name}"),
             root,
             procs: vec![],
             host,
-        };
-        c.network();
-        c.pki();
-        c.write_configs();
+        }
+    }
+
+    fn start_control_plane(&mut self) {
+        let c = self;
         c.spawn(
             "etcd",
             vec![
@@ -205,18 +242,6 @@ impl Cluster {
             c.kubectl(&["get", "--raw", "/readyz"]).status.success()
         });
         c.spawn_controllers();
-        c.spawn_node();
-        c.wait_node_ready();
-        c.wait(
-            "the default service account",
-            Duration::from_secs(120),
-            |c| {
-                c.kubectl(&["get", "serviceaccount", "default"])
-                    .status
-                    .success()
-            },
-        );
-        c
     }
 
     fn p(&self, rel: &str) -> PathBuf {
@@ -503,12 +528,8 @@ state = "{r}/containerd/state"
         self.spawn("kube-scheduler", sched);
     }
 
-    fn spawn_node(&mut self) {
+    fn spawn_containerd(&mut self) {
         let r = self.root.clone();
-        // kubelet wants its cgroupRoot to exist in every hierarchy; teardown removes it.
-        for m in cgroup_mounts() {
-            std::fs::create_dir_all(m.join(self.cgroup_root.trim_start_matches('/'))).unwrap();
-        }
         self.spawn(
             "containerd",
             vec![
@@ -519,7 +540,7 @@ state = "{r}/containerd/state"
         self.wait("containerd", Duration::from_secs(60), |c| {
             c.ctr(&["version"]).status.success()
         });
-        for img in ["pause.oci.tar", "busybox.oci.tar"] {
+        for img in IMAGES {
             let o = self.ctr(&[
                 OsString::from("images"),
                 "import".into(),
@@ -527,6 +548,15 @@ state = "{r}/containerd/state"
             ]);
             assert!(o.status.success(), "ctr images import {img}: {o:?}");
         }
+    }
+
+    fn spawn_node(&mut self) {
+        let r = self.root.clone();
+        // kubelet wants its cgroupRoot to exist in every hierarchy; teardown removes it.
+        for m in cgroup_mounts() {
+            std::fs::create_dir_all(m.join(self.cgroup_root.trim_start_matches('/'))).unwrap();
+        }
+        self.spawn_containerd();
         self.spawn(
             "kubelet",
             vec![
@@ -561,6 +591,47 @@ state = "{r}/containerd/state"
             .args(args)
             .output()
             .unwrap()
+    }
+
+    /// Starts a registry (CNCF distribution) on 127.0.0.1:5000 in the namespace and
+    /// pushes the project's images there as `localhost:5000/plinth/<name>:1`: critest
+    /// pulls every image it runs, and no other registry is reachable.
+    pub fn start_registry(&mut self) {
+        let r = self.root.clone();
+        std::fs::write(
+            r.join("registry.yml"),
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    \
+                 rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:5000\n",
+                r.join("registry").display()
+            ),
+        )
+        .unwrap();
+        self.spawn(
+            "registry",
+            vec![
+                bin("registry").into(),
+                "serve".into(),
+                r.join("registry.yml").into(),
+            ],
+        );
+        self.wait("the registry", Duration::from_secs(60), |c| {
+            c.in_netns("curl")
+                .args(["-sf", "http://127.0.0.1:5000/v2/"])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        for name in ["busybox", "web"] {
+            let (from, to) = (format!("plinth.test/{name}:1"), registry_image(name));
+            for args in [
+                vec!["images", "tag", &from, &to],
+                vec!["images", "push", "--plain-http", &to],
+            ] {
+                let o = self.ctr(&args);
+                assert!(o.status.success(), "ctr {args:?}: {o:?}");
+            }
+        }
     }
 
     /// Waits until the node reports Ready.
@@ -769,6 +840,7 @@ state = "{r}/containerd/state"
             "kube-controller-manager",
             "kube-apiserver",
             "etcd",
+            "registry",
         ] {
             if let Some(p) = self.procs.iter_mut().find(|p| p.name == name) {
                 if let Some(mut child) = p.child.take() {
@@ -932,6 +1004,11 @@ fn pids_in_netns(netns: &Path) -> Vec<i32> {
                 .is_ok_and(|m| m.ino() == ns.ino() && m.dev() == ns.dev())
         })
         .collect()
+}
+
+/// The name an image of the project has in the test registry.
+pub fn registry_image(name: &str) -> String {
+    format!("localhost:5000/plinth/{name}:1")
 }
 
 /// A cgroup file of process `pid` in `controller`'s hierarchy (v1), or in the unified
