@@ -42,4 +42,4 @@ $(K8S_IMAGES)/.built: tests/scripts/build-images.sh tests/images/pause.c | k8s-d
 
 # The slow end-to-end tests (a whole cluster each): `.ci/run` runs them after `make test`.
 e2e: build k8s
-	$(CARGO) test --release -p plinth-tests --test kubernetes --test critest -- --ignored --test-threads=1 --nocapture
+	$(CARGO) test --release --no-fail-fast -p plinth-tests --test kubernetes --test critest -- --ignored --test-threads=1 --nocapture
