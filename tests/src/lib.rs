@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod engines;
+pub mod k8s;
 pub mod lab;
 pub mod server;
 pub mod tap;

@@ -1,0 +1,45 @@
+# Kubernetes drives plinth (issue 19): the control plane, a node (containerd 2 with plinth
+# as the runc v2 shim's runtime, kubelet, CNI) and cri-tools, built from the Go module
+# proxy, and the images the tests run. Every version is pinned here and nowhere else.
+K8S_VERSION ?= v1.37.2
+# The k8s.io staging modules published with K8S_VERSION.
+K8S_STAGING_VERSION ?= v0.37.2
+CONTAINERD_VERSION ?= v2.4.2
+CNI_PLUGINS_VERSION ?= v1.10.0
+ETCD_VERSION ?= v3.7.3
+CRI_TOOLS_VERSION ?= v1.37.0
+# The registry critest pulls the project's images from (github.com/distribution/distribution/v3).
+DISTRIBUTION_VERSION ?= v3.1.2
+# Outside the clone: CI clones afresh on this machine, and a cold build is 20 minutes.
+# Go's own caches (GOMODCACHE, GOCACHE) are its defaults under $HOME, outside it too;
+# build-k8s.sh refuses any of the three inside the clone.
+K8S_CACHE ?= $(HOME)/.cache/plinth/k8s
+# The images are seconds to build and follow the clone's tests/images.
+K8S_IMAGES := $(CURDIR)/target/k8s-images
+# What kubelet, containerd and the CNI plugins exec on a node, what the tests set the
+# node's network up with, and what the images are built from.
+K8S_PACKAGES := iptables iproute2 curl util-linux mount openssl busybox-static gcc libc6-dev runc
+
+export K8S_VERSION K8S_STAGING_VERSION CONTAINERD_VERSION CNI_PLUGINS_VERSION ETCD_VERSION CRI_TOOLS_VERSION DISTRIBUTION_VERSION
+# Where the tests find the binaries (bin/) and the images.
+export PLINTH_K8S_DIR := $(K8S_CACHE)
+export PLINTH_K8S_IMAGES := $(K8S_IMAGES)
+
+.PHONY: k8s k8s-deps k8s-bin k8s-images e2e
+
+k8s: k8s-bin k8s-images
+
+k8s-deps:
+	tests/scripts/apt-install.sh $(K8S_PACKAGES)
+
+k8s-bin: k8s-deps
+	tests/scripts/build-k8s.sh "$(K8S_CACHE)"
+
+k8s-images: $(K8S_IMAGES)/.built
+$(K8S_IMAGES)/.built: tests/scripts/build-images.sh tests/images/pause.c | k8s-deps
+	tests/scripts/build-images.sh "$(K8S_IMAGES)"
+	touch $@
+
+# The slow end-to-end tests (a whole cluster each): `.ci/run` runs them after `make test`.
+e2e: build k8s
+	$(CARGO) test --release --no-fail-fast -p plinth-tests --test kubernetes --test critest -- --ignored --test-threads=1 --nocapture
