@@ -473,6 +473,19 @@ pub fn set_recursive_flags(target: &OwnedFd, flags: MsFlags, shown: &Path) -> Re
 
 /// mount_setattr(2) on the tree at `target` (AT_RECURSIVE).
 pub fn set_recursive_attrs(target: &OwnedFd, set: u64, clr: u64, shown: &Path) -> Result<()> {
+    mount_setattr(target, true, set, clr, None)
+        .map_err(|e| Error::sys(format!("mount_setattr on {}", shown.display()), e))
+}
+
+/// mount_setattr(2) on the mount `fd` is (and the mounts below it when `recursive`):
+/// sets `set`, clears `clr`, and with `userns` maps its ids through that namespace.
+fn mount_setattr(
+    fd: &OwnedFd,
+    recursive: bool,
+    set: u64,
+    clr: u64,
+    userns: Option<&OwnedFd>,
+) -> std::result::Result<(), Errno> {
     #[repr(C)]
     struct MountAttr {
         attr_set: u64,
@@ -484,27 +497,25 @@ pub fn set_recursive_attrs(target: &OwnedFd, set: u64, clr: u64, shown: &Path) -
         attr_set: set,
         attr_clr: clr,
         propagation: 0,
-        userns_fd: 0,
+        userns_fd: userns.map_or(0, |u| u.as_raw_fd() as u64),
     };
+    let mut at = libc::AT_EMPTY_PATH as libc::c_uint;
+    if recursive {
+        at |= libc::AT_RECURSIVE as libc::c_uint;
+    }
     // SAFETY: mount_setattr reads `size` bytes of a properly laid out struct we own;
-    // the fd is valid for the duration of the call.
+    // the fds are valid for the duration of the call.
     let r = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
-            target.as_raw_fd(),
+            fd.as_raw_fd(),
             c"".as_ptr(),
-            (libc::AT_EMPTY_PATH | libc::AT_RECURSIVE) as libc::c_uint,
+            at,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
     };
-    if r < 0 {
-        return Err(Error::sys(
-            format!("mount_setattr on {}", shown.display()),
-            Errno::last(),
-        ));
-    }
-    Ok(())
+    Errno::result(r).map(drop)
 }
 
 /// Moves the process into `rootfs` with pivot_root(2) and detaches the old root.
@@ -764,35 +775,7 @@ pub fn idmapped_clone(source: &Path, userns: &OwnedFd, recursive: bool) -> Resul
         Errno::result(r).map_err(|e| Error::sys(format!("open_tree {}", shown.display()), e))?;
     // SAFETY: on success the kernel returned a new fd that nothing else owns.
     let tree = unsafe { OwnedFd::from_raw_fd(r as RawFd) };
-    #[repr(C)]
-    struct MountAttr {
-        attr_set: u64,
-        attr_clr: u64,
-        propagation: u64,
-        userns_fd: u64,
-    }
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_IDMAP,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: userns.as_raw_fd() as u64,
-    };
-    let mut at = libc::AT_EMPTY_PATH as libc::c_uint;
-    if recursive {
-        at |= libc::AT_RECURSIVE as libc::c_uint;
-    }
-    // SAFETY: mount_setattr reads `size` bytes of a struct we own; both fds are ours.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            at,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        )
-    };
-    Errno::result(r)
+    mount_setattr(&tree, recursive, MOUNT_ATTR_IDMAP, 0, Some(userns))
         .map_err(|e| Error::sys(format!("id-map the mount of {}", shown.display()), e))?;
     Ok(tree)
 }
