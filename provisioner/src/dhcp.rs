@@ -83,18 +83,7 @@ pub fn parse(p: &[u8], xid: u32, mac: [u8; 6]) -> Option<(u8, Lease)> {
         lease_secs: None,
     };
     let mut msg = 0;
-    let mut i = 240;
-    while i < p.len() {
-        let code = p[i];
-        if code == 255 {
-            break;
-        }
-        if code == 0 {
-            i += 1;
-            continue;
-        }
-        let len = *p.get(i + 1)? as usize;
-        let val = p.get(i + 2..i + 2 + len)?;
+    for (code, val) in options(p)? {
         let ip = |v: &[u8]| -> Option<Ipv4Addr> {
             Some(Ipv4Addr::new(
                 *v.first()?,
@@ -112,9 +101,30 @@ pub fn parse(p: &[u8], xid: u32, mac: [u8; 6]) -> Option<(u8, Lease)> {
             54 => lease.server_id = ip(val),
             _ => {}
         }
-        i += 2 + len;
     }
     (msg != 0).then_some((msg, lease))
+}
+
+/// The options of a DHCP packet (after the 236-byte header and the magic cookie), as
+/// (code, value) in order, pads skipped, up to the end option; `None` when one runs
+/// past the packet.
+pub fn options(p: &[u8]) -> Option<Vec<(u8, &[u8])>> {
+    let mut out = Vec::new();
+    let mut i = 240;
+    while i < p.len() {
+        let code = p[i];
+        if code == 255 {
+            break;
+        }
+        if code == 0 {
+            i += 1;
+            continue;
+        }
+        let len = usize::from(*p.get(i + 1)?);
+        out.push((code, p.get(i + 2..i + 2 + len)?));
+        i += 2 + len;
+    }
+    Some(out)
 }
 
 /// Runs one DISCOVER..ACK exchange on `ifname`, waiting at most `timeout` for each answer.

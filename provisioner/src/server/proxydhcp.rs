@@ -103,18 +103,7 @@ pub fn parse(p: &[u8]) -> Option<Request> {
         raw_header: p.get(..236)?.to_vec(),
         uuid: None,
     };
-    let mut i = 240;
-    while i < p.len() {
-        let code = p[i];
-        if code == 255 {
-            break;
-        }
-        if code == 0 {
-            i += 1;
-            continue;
-        }
-        let len = usize::from(*p.get(i + 1)?);
-        let val = p.get(i + 2..i + 2 + len)?;
+    for (code, val) in crate::dhcp::options(p)? {
         match code {
             53 => req.msg = *val.first()?,
             60 => req.vendor_class = String::from_utf8_lossy(val).into_owned(),
@@ -124,7 +113,6 @@ pub fn parse(p: &[u8]) -> Option<Request> {
             97 => req.uuid = Some(val.to_vec()),
             _ => {}
         }
-        i += 2 + len;
     }
     if !req.vendor_class.starts_with("PXEClient") || req.msg == 0 {
         return None;
