@@ -36,8 +36,8 @@ pub const MAX_EVENTS: u32 = 500;
 /// number of ordinary events trims one (oldest dropped first).
 pub const MAX_SECURITY_EVENTS: u32 = 200;
 
-/// A server event repeating one of the last this many events of its machine and boot
-/// (same type and reason, within [`REPEAT_WINDOW_SECS`]) is counted on it (`count`,
+/// A server event repeating one of the last this many server events of its type, machine
+/// and boot (same reason, within [`REPEAT_WINDOW_SECS`]) is counted on it (`count`,
 /// `lastAt`, `lastFrom`) instead of added.
 const REPEAT_LOOKBACK: usize = 32;
 
@@ -753,11 +753,19 @@ impl Store {
                 .find_map(|k| details.get(*k).map(|v| (*k, v.clone())));
             if let Some((field, value)) = &key {
                 let recent = self.kv.range(&prefix)?;
-                for (k, e) in recent.into_iter().rev().take(REPEAT_LOOKBACK) {
+                // The last few of the server's events of this kind: other events (the
+                // server's own file traffic, a node's) between repeats do not hide them.
+                let mut seen = 0;
+                for (k, e) in recent.into_iter().rev() {
                     let mut r: Recorded = from_json(&k, &e.value)?;
-                    let repeat = r.source == Source::Server
-                        && r.event.kind == kind
-                        && now.saturating_sub(r.received_at) < REPEAT_WINDOW_SECS
+                    if r.source != Source::Server || r.event.kind != kind {
+                        continue;
+                    }
+                    seen += 1;
+                    if seen > REPEAT_LOOKBACK {
+                        break;
+                    }
+                    let repeat = now.saturating_sub(r.received_at) < REPEAT_WINDOW_SECS
                         && r.event.details.get(*field) == Some(value);
                     if !repeat {
                         continue;
