@@ -32,12 +32,13 @@ impl Drop for Etcd {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// `n` distinct free loopback ports: each listener is held until all are chosen, so the
+/// kernel cannot hand the same port out twice.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
 }
 
 impl Etcd {
@@ -50,7 +51,7 @@ impl Etcd {
             return None;
         }
         let dir = TempDir::new("plinth-etcd");
-        let (client, peer) = (free_port(), free_port());
+        let [client, peer] = free_ports();
         let client = format!("http://127.0.0.1:{client}");
         let peer = format!("http://127.0.0.1:{peer}");
         let child = Command::new("etcd")
@@ -73,7 +74,7 @@ impl Etcd {
             .stderr(std::fs::File::create(dir.0.join("etcd.log")).unwrap())
             .spawn()
             .unwrap();
-        let etcd = Etcd {
+        let mut etcd = Etcd {
             child,
             client,
             _dir: dir,
@@ -81,9 +82,17 @@ impl Etcd {
         let addr = etcd.client.trim_start_matches("http://").to_string();
         let start = Instant::now();
         while std::net::TcpStream::connect(&addr).is_err() {
+            let log = || std::fs::read_to_string(etcd._dir.0.join("etcd.log")).unwrap_or_default();
+            if let Ok(Some(status)) = etcd.child.try_wait() {
+                panic!(
+                    "etcd ended ({status}) before listening on {addr}: {}",
+                    log()
+                );
+            }
             assert!(
                 start.elapsed() < Duration::from_secs(20),
-                "etcd did not listen on {addr}"
+                "etcd did not listen on {addr}: {}",
+                log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -177,7 +186,7 @@ fn a_bad_or_unreachable_store_stops_the_start_and_makes_nothing() {
     let dir = TempDir::new("plinth-store-bad");
     let boot = plinth_tests::server::placeholder_boot(&dir.0);
     let bin = plinth_tests::workspace().join("target/release/plinth-server");
-    let port = free_port();
+    let [port] = free_ports();
     for (store, says) in [
         ("redis://127.0.0.1:6379".to_string(), "--store"),
         ("etcd://127.0.0.1".to_string(), "--store"),
