@@ -20,7 +20,12 @@ K8S_IMAGES := $(CURDIR)/target/k8s-images
 # node's network up with, and what the images are built from.
 K8S_PACKAGES := iptables iproute2 curl util-linux mount openssl busybox-static gcc libc6-dev runc
 
-export K8S_VERSION K8S_STAGING_VERSION CONTAINERD_VERSION CNI_PLUGINS_VERSION ETCD_VERSION CRI_TOOLS_VERSION DISTRIBUTION_VERSION
+# Given to the build script alone, never exported: etcd reads every ETCD_* variable of
+# its environment as a flag, and one named ETCD_VERSION stops it starting.
+K8S_PINS = K8S_VERSION=$(K8S_VERSION) K8S_STAGING_VERSION=$(K8S_STAGING_VERSION) \
+	CONTAINERD_VERSION=$(CONTAINERD_VERSION) CNI_PLUGINS_VERSION=$(CNI_PLUGINS_VERSION) \
+	ETCD_VERSION=$(ETCD_VERSION) CRI_TOOLS_VERSION=$(CRI_TOOLS_VERSION) \
+	DISTRIBUTION_VERSION=$(DISTRIBUTION_VERSION)
 # Where the tests find the binaries (bin/) and the images.
 export PLINTH_K8S_DIR := $(K8S_CACHE)
 export PLINTH_K8S_IMAGES := $(K8S_IMAGES)
@@ -33,7 +38,7 @@ k8s-deps:
 	tests/scripts/apt-install.sh $(K8S_PACKAGES)
 
 k8s-bin: k8s-deps
-	tests/scripts/build-k8s.sh "$(K8S_CACHE)"
+	$(K8S_PINS) tests/scripts/build-k8s.sh "$(K8S_CACHE)"
 
 k8s-images: $(K8S_IMAGES)/.built
 $(K8S_IMAGES)/.built: tests/scripts/build-images.sh tests/images/pause.c | k8s-deps

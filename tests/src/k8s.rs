@@ -462,6 +462,7 @@ state = "{r}/containerd/state"
             .open(self.p(&format!("logs/{}.log", p.name)))
             .unwrap();
         let mut cmd = self.in_netns(&p.argv[0]);
+        crate::without_etcd_env(&mut cmd);
         // containerd looks for containerd-shim-runc-v2 on PATH: ours comes first.
         let path = std::env::var("PATH").unwrap_or_default();
         cmd.args(&p.argv[1..])

@@ -57,6 +57,17 @@ pub fn in_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty())
 }
 
+/// Drops every `ETCD_*` variable from `cmd`'s environment: etcd takes each as a flag,
+/// so one the caller happens to have (a build's `ETCD_VERSION`) stops it starting.
+pub fn without_etcd_env(cmd: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ETCD_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
 /// Skips `test` because something it needs is missing: prints a SKIP line saying
 /// `why`, or, in CI, fails the test instead. `make` installs everything the tests use,
 /// so a skip in CI means a missing install step, and must not pass unseen.

@@ -54,7 +54,7 @@ impl Etcd {
         let [client, peer] = free_ports();
         let client = format!("http://127.0.0.1:{client}");
         let peer = format!("http://127.0.0.1:{peer}");
-        let child = Command::new("etcd")
+        let child = plinth_tests::without_etcd_env(&mut Command::new("etcd"))
             .args(["--name", "plinth-test", "--data-dir"])
             .arg(dir.0.join("data"))
             .args([
