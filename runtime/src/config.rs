@@ -211,10 +211,28 @@ pub fn validate(dir: &Path, spec: Spec) -> Result<Bundle> {
                 "a new user namespace needs gid mappings",
             ));
         }
+    } else if let (Some(path), true) = (plan.joined(CloneFlags::CLONE_NEWUSER), has_maps) {
+        // As runc: mappings beside a joined namespace are accepted when they are that
+        // namespace's own (containerd sends both for a pod with `hostUsers: false`).
+        let (uid, gid) = crate::idmap::of_namespace(path)?;
+        for (field, maps, theirs) in [
+            ("linux.uidMappings", linux.uid_mappings(), uid),
+            ("linux.gidMappings", linux.gid_mappings(), gid),
+        ] {
+            if crate::idmap::extents(maps.as_deref().unwrap_or(&[])) != theirs {
+                return Err(Error::config(
+                    field,
+                    format!(
+                        "not the mappings of the user namespace joined from {}; give those, or none",
+                        path.display()
+                    ),
+                ));
+            }
+        }
     } else if has_maps {
         return Err(Error::config(
             "linux.uidMappings",
-            "id mappings need a new user namespace in linux.namespaces",
+            "id mappings need a user namespace in linux.namespaces",
         ));
     }
     for (field, maps) in [

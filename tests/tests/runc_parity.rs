@@ -672,3 +672,112 @@ fn dangling_destinations_and_root_only_sources() {
         assert_eq!(code, 0, "{}: {out}{err}", runtime.display());
     }
 }
+
+/// A process in a user namespace of its own whose maps the test wrote (root of the
+/// namespace is host uid and gid 100000, 65536 ids): what containerd makes for a pod
+/// with `hostUsers: false`. Killed when dropped.
+struct UserNs(std::process::Child);
+
+impl UserNs {
+    fn new() -> UserNs {
+        let child = Command::new("unshare")
+            .args(["--user", "sleep", "1000"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let ns = UserNs(child);
+        let ours = std::fs::read_link("/proc/self/ns/user").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_link(ns.path()).ok().as_ref() == Some(&ours) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "unshare --user never unshared"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let pid = ns.0.id();
+        for f in ["uid_map", "gid_map"] {
+            std::fs::write(format!("/proc/{pid}/{f}"), "0 100000 65536\n").unwrap();
+        }
+        ns
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/ns/user", self.0.id()))
+    }
+}
+
+impl Drop for UserNs {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A bundle joining the user namespace at `path`, with `map` as its mappings.
+fn joining(path: &Path, map: Value) -> Bundle {
+    let mut b = Bundle::busybox("id -u; cat /proc/self/uid_map");
+    b.user_namespaced();
+    for ns in b.config["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "user" {
+            ns["path"] = json!(path);
+        }
+    }
+    b.config["linux"]["uidMappings"] = map.clone();
+    b.config["linux"]["gidMappings"] = map;
+    b
+}
+
+/// containerd joins a pod's user namespace by path and sends its mappings too. runc
+/// runs that (1.1.5 ignores the mappings; 1.2 and later check that they are the
+/// namespace's and refuse others): plinth runs it and, as runc 1.2, refuses mappings
+/// that are not the joined namespace's, naming the field. A namespace bind-mounted
+/// elsewhere (not /proc/PID/ns/user) is read through a child that enters it.
+#[test]
+fn joining_a_user_namespace_with_its_own_mappings() {
+    let Some(runc) = runc("joining_a_user_namespace_with_its_own_mappings") else {
+        return;
+    };
+    let ns = UserNs::new();
+    let own = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    let out = same_output(&joining(&ns.path(), own.clone()), &runc);
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("0"), "{out}");
+    assert_eq!(
+        lines
+            .next()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["0", "100000", "65536"]),
+        "{out}"
+    );
+
+    let other = json!([{"containerID": 0, "hostID": 200000, "size": 65536}]);
+    let (code, out, err) = joining(&ns.path(), other).run_with(&plinth_bin(), &unique("par"));
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("linux.uidMappings") && err.contains("user namespace joined from"),
+        "{err}"
+    );
+
+    // The same namespace bind-mounted on a file of the bundle's scratch directory.
+    let b = joining(Path::new("/nonexistent"), own);
+    let pinned = b.tmp.0.join("userns");
+    std::fs::write(&pinned, "").unwrap();
+    let m = Command::new("mount")
+        .arg("--bind")
+        .arg(ns.path())
+        .arg(&pinned)
+        .output()
+        .unwrap();
+    assert!(m.status.success(), "mount --bind: {m:?}");
+    let mut b = b;
+    for n in b.config["linux"]["namespaces"].as_array_mut().unwrap() {
+        if n["type"] == "user" {
+            n["path"] = json!(pinned);
+        }
+    }
+    let (code, out, err) = b.run_with(&plinth_bin(), &unique("par"));
+    let _ = Command::new("umount").arg(&pinned).status();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("0\n") && out.contains("100000"), "{out}");
+}
