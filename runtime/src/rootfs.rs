@@ -519,21 +519,29 @@ fn prepare_rootfs(rootfs: &Path, propagation: Option<MsFlags>, host_mounts: bool
     }
     mount::set_propagation("/", flag, "set the propagation of /")?;
     if flag.contains(MsFlags::MS_SHARED) {
-        // pivot_root refuses a shared parent: make the mount holding the rootfs private.
-        if let Ok(mi) = crate::mountinfo::read() {
-            if let Some(parent) = rootfs
-                .parent()
-                .and_then(|p| crate::mountinfo::containing(&mi, p))
-            {
-                nix::mount::mount(
-                    None::<&str>,
-                    &parent.mount_point,
-                    None::<&str>,
-                    MsFlags::MS_PRIVATE,
-                    None::<&str>,
+        // pivot_root refuses a new root whose parent mount is shared. The rootfs is
+        // bound onto itself below, so that parent is the mount holding the rootfs: the
+        // rootfs's own when it is a mount point (an engine's overlay), as runc finds it.
+        // That one mount only (not MS_REC): the rest stays shared as asked.
+        let mi =
+            crate::mountinfo::read().map_err(|e| Error::io("read", "/proc/self/mountinfo", e))?;
+        if let Some(holder) = crate::mountinfo::containing(&mi, rootfs) {
+            nix::mount::mount(
+                None::<&str>,
+                &holder.mount_point,
+                None::<&str>,
+                MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .map_err(|e| {
+                Error::sys(
+                    format!(
+                        "make {} (holding the rootfs) private",
+                        holder.mount_point.display()
+                    ),
+                    e,
                 )
-                .map_err(|e| Error::sys("make the rootfs's parent mount private", e))?;
-            }
+            })?;
         }
     }
     mount::do_mount(

@@ -294,6 +294,31 @@ fn no_pivot_moves_the_root() {
     );
 }
 
+/// `rootfsPropagation: rshared` (what a pod with a Bidirectional mount gets from
+/// containerd) on a rootfs that is a mount point of its own, as an engine's overlay
+/// mount is: pivot_root refuses a new root whose parent mount is shared, so the mount
+/// holding the rootfs is made private first, and the container's / ends up shared.
+#[test]
+fn rshared_rootfs_propagation_on_a_mounted_rootfs() {
+    if !need_root("rshared_rootfs_propagation_on_a_mounted_rootfs") {
+        return;
+    }
+    let mut b = Bundle::busybox("awk '$5 == \"/\"' /proc/self/mountinfo");
+    b.config["linux"]["rootfsPropagation"] = serde_json::json!("rshared");
+    let rootfs = b.dir.join("rootfs");
+    let m = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&rootfs)
+        .arg(&rootfs)
+        .output()
+        .unwrap();
+    assert!(m.status.success(), "mount --bind: {m:?}");
+    let (code, out, err) = b.run(&unique("rshared"));
+    let _ = std::process::Command::new("umount").arg(&rootfs).status();
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains(" shared:"), "/ is not shared: {out}");
+}
+
 #[test]
 fn preserve_fds_passes_exactly_those() {
     if !need_root("preserve_fds_passes_exactly_those") {
