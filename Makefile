@@ -68,6 +68,7 @@ test: deps build validation
 bench: deps build
 	tests/scripts/bench.sh "$(PLINTH)"
 	BENCH_PURE_V2=1 tests/scripts/bench.sh "$(PLINTH)"
+	$(MAKE) --no-print-directory bench-storm
 
 # Each part's own targets and test prerequisites (the node image, the benchmark, the
 # engines) live in mk/*.mk; a rule there may add prerequisites to `test`.

@@ -5,7 +5,7 @@
 # drops that column or config: a benchmark never fails for want of a tool.
 BENCH_PACKAGES := golang-github-containers-common time
 
-.PHONY: bench-deps bench-size
+.PHONY: bench-deps bench-size bench-storm
 
 bench: bench-deps
 
@@ -20,3 +20,13 @@ bench-size: build
 	elif tests/scripts/build-plinth.sh --has-target; then \
 	  $(CARGO) bloat --release -p plinth-runtime --bin plinth --crates -n 25 --target $(PLINTH_TARGET); \
 	else $(CARGO) bloat --release -p plinth-runtime --bin plinth --crates -n 25; fi
+
+# The boot storm (issue 21): STORM_MACHINES simulated machines over the real protocol,
+# STORM_IN_FLIGHT at once, against one server on the embedded store, then two servers
+# on one etcd. Each run fails when a machine does not complete.
+STORM_MACHINES ?= 10000
+STORM_IN_FLIGHT ?= 500
+bench-storm: build
+	@echo "== boot storm: $$(nproc) cores, $$(awk '/MemTotal/ {printf "%.0f GiB", $$2/1048576}' /proc/meminfo)"
+	target/release/plinth-storm --machines $(STORM_MACHINES) --in-flight $(STORM_IN_FLIGHT) --servers 1
+	target/release/plinth-storm --machines $(STORM_MACHINES) --in-flight $(STORM_IN_FLIGHT) --servers 2

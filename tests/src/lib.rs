@@ -3,9 +3,11 @@
 #![allow(clippy::unwrap_used)]
 
 pub mod engines;
+pub mod etcd;
 pub mod k8s;
 pub mod lab;
 pub mod server;
+pub mod storm;
 pub mod tap;
 
 use std::path::{Path, PathBuf};

@@ -178,6 +178,11 @@ impl Server {
         std::mem::replace(&mut self.dir, TempDir(PathBuf::new()))
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILLs the server process, leaving this handle (for `kill` to reap it).
     pub fn sigkill(&self) {
         let _ = nix::sys::signal::kill(

@@ -4,11 +4,10 @@
 //! for both, even when the two race for it.
 #![allow(clippy::unwrap_used)]
 
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
+use plinth_tests::etcd::{free_ports, Etcd};
 use plinth_tests::server::{call, Server};
 use plinth_tests::TempDir;
 
@@ -16,93 +15,6 @@ const A: &str = "52:54:00:00:00:2a";
 const B: &str = "52:54:00:00:00:2b";
 const UUID_A: &str = "6e4a2b1c-0000-4000-8000-00000000002a";
 const UUID_B: &str = "6e4a2b1c-0000-4000-8000-00000000002b";
-
-/// A single-member etcd on two free loopback ports, killed (and its data removed) when
-/// dropped.
-struct Etcd {
-    child: Child,
-    client: String,
-    _dir: TempDir,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `n` distinct free loopback ports: each listener is held until all are chosen, so the
-/// kernel cannot hand the same port out twice.
-fn free_ports<const N: usize>() -> [u16; N] {
-    let held: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
-}
-
-impl Etcd {
-    fn start(test: &str) -> Option<Etcd> {
-        if Command::new("etcd").arg("--version").output().is_err() {
-            plinth_tests::skip(
-                test,
-                "etcd is not installed (make deps installs etcd-server)",
-            );
-            return None;
-        }
-        let dir = TempDir::new("plinth-etcd");
-        let [client, peer] = free_ports();
-        let client = format!("http://127.0.0.1:{client}");
-        let peer = format!("http://127.0.0.1:{peer}");
-        let child = plinth_tests::without_etcd_env(&mut Command::new("etcd"))
-            .args(["--name", "plinth-test", "--data-dir"])
-            .arg(dir.0.join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("plinth-test={peer}")])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.0.join("etcd.log")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut etcd = Etcd {
-            child,
-            client,
-            _dir: dir,
-        };
-        let addr = etcd.client.trim_start_matches("http://").to_string();
-        let start = Instant::now();
-        while std::net::TcpStream::connect(&addr).is_err() {
-            let log = || std::fs::read_to_string(etcd._dir.0.join("etcd.log")).unwrap_or_default();
-            if let Ok(Some(status)) = etcd.child.try_wait() {
-                panic!(
-                    "etcd ended ({status}) before listening on {addr}: {}",
-                    log()
-                );
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "etcd did not listen on {addr}: {}",
-                log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(etcd)
-    }
-
-    fn url(&self) -> String {
-        self.client.replace("http://", "etcd://")
-    }
-}
 
 /// A server of the fleet on `store`, with the CA and operators' tokens in `ca_dir`,
 /// shared by every server of the fleet (the CA key never goes into etcd).

@@ -87,6 +87,8 @@ pub struct Client {
     url: Url,
     tls: Arc<rustls::ClientConfig>,
     name: ServerName<'static>,
+    /// The local address connections are made from, when not the kernel's choice.
+    source: Option<std::net::IpAddr>,
 }
 
 impl std::fmt::Debug for Client {
@@ -111,7 +113,16 @@ impl Client {
             reason: e.to_string(),
         })?;
         let key = PrivateKeyDer::Pkcs8(key_der.into());
-        Client::build(self.url.clone(), pin, Some((vec![cert], key)))
+        let mut c = Client::build(self.url.clone(), pin, Some((vec![cert], key)))?;
+        c.source = self.source;
+        Ok(c)
+    }
+
+    /// This client, connecting from `addr` (one of the host's addresses): a machine of
+    /// a load generator, which spreads its machines over many source addresses.
+    pub fn from_address(mut self, addr: std::net::IpAddr) -> Client {
+        self.source = Some(addr);
+        self
     }
 
     fn build(
@@ -146,6 +157,7 @@ impl Client {
             url,
             tls: Arc::new(cfg),
             name,
+            source: None,
         })
     }
 
@@ -183,9 +195,29 @@ impl Client {
             what: what.to_string(),
             source: e,
         };
-        let tcp = tokio::net::TcpStream::connect((self.url.host.as_str(), self.url.port))
-            .await
-            .map_err(net)?;
+        let tcp = match self.source {
+            None => tokio::net::TcpStream::connect((self.url.host.as_str(), self.url.port))
+                .await
+                .map_err(net)?,
+            Some(src) => {
+                let to = tokio::net::lookup_host((self.url.host.as_str(), self.url.port))
+                    .await
+                    .map_err(net)?
+                    .find(|a| a.is_ipv4() == src.is_ipv4())
+                    .ok_or_else(|| Error::Protocol {
+                        what: what.to_string(),
+                        reason: format!("{} has no address of the family of {src}", self.url.host),
+                    })?;
+                let sock = if src.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()
+                } else {
+                    tokio::net::TcpSocket::new_v6()
+                }
+                .map_err(net)?;
+                sock.bind((src, 0).into()).map_err(net)?;
+                sock.connect(to).await.map_err(net)?
+            }
+        };
         let tls = TlsConnector::from(self.tls.clone())
             .connect(self.name.clone(), tcp)
             .await

@@ -1,0 +1,573 @@
+//! The boot storm (`make bench`): thousands of machines, simulated over the real protocol
+//! against real `plinth-server`s: each asks for its iPXE script (and token) over HTTP,
+//! enrols with a fresh P-256 key and CSR, fetches its config over mutual TLS, reports a
+//! dozen events and streams some log lines, as plinth-init does. Each machine connects
+//! from an address of its own in 127.0.0.0/8, so the server's per-address limits stay on,
+//! and is declared in a generated `--config-dir`. With several servers (on one etcd) a
+//! machine takes its script from one and the rest from the next, and a request that
+//! finds its server gone is made again to the next one.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use plinth_provisioner::node::client::{Client, Url};
+use plinth_provisioner::node::enroll::{self, Identity};
+use plinth_provisioner::schema::{Event, EventKind, LogBatch, LogLine, Reply, API_VERSION};
+use plinth_provisioner::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::etcd::Etcd;
+use crate::server::{placeholder_boot, Server};
+use crate::TempDir;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Machines provisioned.
+    pub machines: usize,
+    /// Machines in flight at once.
+    pub in_flight: usize,
+    /// Servers; more than one share an etcd.
+    pub servers: usize,
+    /// Log lines each machine streams (in batches of 20).
+    pub log_lines: usize,
+}
+
+/// The request types timed, in protocol order.
+pub const STEPS: [&str; 5] = ["boot.ipxe", "enroll", "config", "event", "logs"];
+
+/// The node events each machine reports (a dozen, as a node's first boot makes).
+const EVENTS: [EventKind; 12] = [
+    EventKind::Booted,
+    EventKind::Network,
+    EventKind::Enrolled,
+    EventKind::Config,
+    EventKind::Applied,
+    EventKind::Service,
+    EventKind::Service,
+    EventKind::Service,
+    EventKind::Service,
+    EventKind::Service,
+    EventKind::Service,
+    EventKind::Joined,
+];
+
+/// What a storm measured.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Machines that went through every step.
+    pub completed: usize,
+    /// Wall time from the first request to the last answer.
+    pub wall: Duration,
+    /// Per request type: every answer's latency, sorted.
+    pub latencies: BTreeMap<&'static str, Vec<Duration>>,
+    /// Per request type: failures, and the first few messages.
+    pub errors: BTreeMap<&'static str, (usize, Vec<String>)>,
+    /// Requests made again on another server after theirs went away.
+    pub failovers: usize,
+    /// Per server: peak RSS (VmHWM, KiB) and CPU seconds (user + system).
+    pub servers: Vec<(u64, f64)>,
+    /// etcd's peak RSS (KiB) and CPU seconds, when the servers share one.
+    pub etcd: Option<(u64, f64)>,
+    /// The load generator's own CPU seconds.
+    pub generator_cpu: f64,
+    /// How long the servers took to start (the config directory's load included).
+    pub startup: Duration,
+}
+
+impl Report {
+    /// Failures of every type.
+    pub fn error_count(&self) -> usize {
+        self.errors.values().map(|(n, _)| n).sum()
+    }
+
+    /// The `q` quantile (0..=1) of one request type's latencies.
+    pub fn quantile(&self, step: &str, q: f64) -> Option<Duration> {
+        let v = self.latencies.get(step)?;
+        if v.is_empty() {
+            return None;
+        }
+        let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+        Some(v[i])
+    }
+
+    /// The report as people read it.
+    pub fn text(&self, o: &Options) -> String {
+        let mut s = format!(
+            "{} machines, {} in flight, {} server(s){}: {} completed in {:.1} s, {:.1} machines/s, {} errors, {} failovers\n",
+            o.machines,
+            o.in_flight,
+            o.servers,
+            if o.servers > 1 { " on one etcd" } else { " on the embedded store" },
+            self.completed,
+            self.wall.as_secs_f64(),
+            self.completed as f64 / self.wall.as_secs_f64().max(1e-9),
+            self.error_count(),
+            self.failovers,
+        );
+        s.push_str(&format!(
+            "{:<10} {:>8} {:>9} {:>9} {:>9}\n",
+            "request", "count", "p50 ms", "p99 ms", "max ms"
+        ));
+        for step in STEPS {
+            let n = self.latencies.get(step).map_or(0, Vec::len);
+            let ms = |q| {
+                self.quantile(step, q)
+                    .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+            };
+            s.push_str(&format!(
+                "{step:<10} {n:>8} {:>9.1} {:>9.1} {:>9.1}\n",
+                ms(0.5),
+                ms(0.99),
+                ms(1.0)
+            ));
+        }
+        for (i, (rss, cpu)) in self.servers.iter().enumerate() {
+            s.push_str(&format!(
+                "server {i}: peak RSS {:.1} MiB, CPU {cpu:.1} s\n",
+                *rss as f64 / 1024.0
+            ));
+        }
+        if let Some((rss, cpu)) = self.etcd {
+            s.push_str(&format!(
+                "etcd: peak RSS {:.1} MiB, CPU {cpu:.1} s\n",
+                rss as f64 / 1024.0
+            ));
+        }
+        s.push_str(&format!(
+            "load generator: CPU {:.1} s; servers started (config directory loaded) in {:.1} s\n",
+            self.generator_cpu,
+            self.startup.as_secs_f64()
+        ));
+        for (step, (n, msgs)) in &self.errors {
+            s.push_str(&format!("errors in {step}: {n}, e.g.\n"));
+            for m in msgs {
+                s.push_str(&format!("  {m}\n"));
+            }
+        }
+        s
+    }
+}
+
+/// Machine `i`'s MAC, UUID and source address.
+pub fn machine(i: usize) -> (String, String, Ipv4Addr) {
+    let b = (i as u32).to_be_bytes();
+    let mac = format!("02:5a:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3]);
+    let uuid = format!("6e4a2b1c-5707-4000-8000-{i:012x}");
+    let src = Ipv4Addr::new(127, 1 + b[1], b[2], b[3]);
+    (mac, uuid, src)
+}
+
+/// Writes a `--config-dir` declaring machines `0..n` (one file each, a profile for all).
+pub fn write_config_dir(dir: &Path, n: usize) {
+    std::fs::create_dir_all(dir.join("machines")).unwrap();
+    std::fs::create_dir_all(dir.join("profiles")).unwrap();
+    std::fs::write(
+        dir.join("profiles/worker.yaml"),
+        "apiVersion: plinth/v1\nconfig:\n  hostname: \"{{hostname}}\"\n  files:\n    - path: /etc/motd\n      contents: \"storm machine {{hostname}}\\n\"\n",
+    )
+    .unwrap();
+    for i in 0..n {
+        let (mac, _, _) = machine(i);
+        std::fs::write(
+            dir.join(format!("machines/m{i:06}.yaml")),
+            format!(
+                "apiVersion: plinth/v1\nselector:\n  mac: \"{mac}\"\nprofiles: [worker]\nparams:\n  hostname: m{i:06}\n"
+            ),
+        )
+        .unwrap();
+    }
+}
+
+/// The servers of a storm, and what they stand on.
+pub struct Fleet {
+    /// The servers, in the order machines use them.
+    pub servers: Vec<Server>,
+    etcd: Option<Etcd>,
+    _dir: TempDir,
+}
+
+impl Fleet {
+    /// Starts `o.servers` servers over a generated config directory: one on the
+    /// embedded store, or several on one etcd sharing a CA. None when etcd is needed
+    /// and missing (said as a skip of `what`).
+    pub fn start(o: &Options, what: &str) -> Option<(Fleet, Duration)> {
+        let dir = TempDir::new("plinth-storm");
+        let config = dir.0.join("config");
+        write_config_dir(&config, o.machines);
+        let etcd = if o.servers > 1 {
+            Some(Etcd::start(what)?)
+        } else {
+            None
+        };
+        let t = Instant::now();
+        let servers = (0..o.servers)
+            .map(|_| {
+                let sdir = TempDir::new("plinth-storm-server");
+                let boot = placeholder_boot(&sdir.0);
+                let mut args = vec![
+                    "--config-dir".to_string(),
+                    config.display().to_string(),
+                    "--max-discovered".into(),
+                    "0".into(),
+                ];
+                if let Some(e) = &etcd {
+                    args.extend([
+                        "--store".into(),
+                        e.url(),
+                        "--ca-dir".into(),
+                        dir.0.join("ca").display().to_string(),
+                    ]);
+                }
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let mut s = Server::start_in(sdir, &boot, &args);
+                if etcd.is_some() {
+                    // The operators' tokens are the fleet's, beside its CA.
+                    s.operator = std::fs::read_to_string(dir.0.join("ca/operator-token"))
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string();
+                }
+                s
+            })
+            .collect();
+        let startup = t.elapsed();
+        Some((
+            Fleet {
+                servers,
+                etcd,
+                _dir: dir,
+            },
+            startup,
+        ))
+    }
+}
+
+/// The URLs and pin machines are given: per server, (boot chain, HTTPS).
+#[derive(Clone)]
+struct Target {
+    http: Vec<String>,
+    https: Vec<Url>,
+    pin: String,
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies: BTreeMap<&'static str, Vec<Duration>>,
+    errors: BTreeMap<&'static str, (usize, Vec<String>)>,
+    completed: usize,
+    failovers: usize,
+}
+
+impl Tally {
+    fn took(&mut self, step: &'static str, d: Duration) {
+        self.latencies.entry(step).or_default().push(d);
+    }
+
+    fn failed(&mut self, step: &'static str, msg: String) {
+        let e = self.errors.entry(step).or_default();
+        e.0 += 1;
+        if e.1.len() < 5 {
+            e.1.push(msg);
+        }
+    }
+}
+
+/// Runs the storm against a started fleet.
+pub fn run(o: &Options, fleet: &Fleet) -> Report {
+    let target = Target {
+        http: fleet.servers.iter().map(|s| s.http.clone()).collect(),
+        https: fleet
+            .servers
+            .iter()
+            .map(|s| Url::parse(&s.https).unwrap())
+            .collect(),
+        pin: fleet.servers[0].pin.clone(),
+    };
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let cpu0 = own_cpu();
+    let started = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let gate = Arc::new(tokio::sync::Semaphore::new(o.in_flight));
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..o.machines {
+            let permit = gate.clone().acquire_owned().await.unwrap();
+            let (target, tally, lines) = (target.clone(), tally.clone(), o.log_lines);
+            tasks.spawn(async move {
+                let done = one_machine(i, &target, &tally, lines).await;
+                if done {
+                    tally.lock().unwrap().completed += 1;
+                }
+                drop(permit);
+            });
+            // Reap as we go, so 10,000 finished tasks are not kept.
+            while tasks.try_join_next().is_some() {}
+        }
+        while tasks.join_next().await.is_some() {}
+    });
+    let wall = started.elapsed();
+    let mut t = std::mem::take(&mut *tally.lock().unwrap());
+    for v in t.latencies.values_mut() {
+        v.sort_unstable();
+    }
+    Report {
+        completed: t.completed,
+        wall,
+        latencies: t.latencies,
+        errors: t.errors,
+        failovers: t.failovers,
+        servers: fleet.servers.iter().map(|s| usage(s.pid())).collect(),
+        etcd: fleet.etcd.as_ref().map(|e| usage(e.pid())),
+        generator_cpu: own_cpu() - cpu0,
+        startup: Duration::ZERO,
+    }
+}
+
+/// One machine's boot, start to end; false when a step failed (counted in the tally).
+async fn one_machine(i: usize, t: &Target, tally: &Mutex<Tally>, log_lines: usize) -> bool {
+    let (mac, uuid, src) = machine(i);
+    let n = t.http.len();
+    let first = i % n;
+    // The script from one server, everything after it from the next (with one server,
+    // the same): what several servers behind one address do to a machine.
+    let script = {
+        let path = format!("/boot.ipxe?mac={mac}&uuid={uuid}");
+        let mut answer = Err(String::new());
+        for k in 0..n {
+            let t0 = Instant::now();
+            answer = http_get(&t.http[(first + k) % n], &path, src).await;
+            match &answer {
+                Ok(_) => {
+                    tally.lock().unwrap().took("boot.ipxe", t0.elapsed());
+                    break;
+                }
+                Err(e) if e.starts_with("connect") && k + 1 < n => {
+                    tally.lock().unwrap().failovers += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        match answer {
+            Ok(s) => s,
+            Err(e) => {
+                tally
+                    .lock()
+                    .unwrap()
+                    .failed("boot.ipxe", format!("{mac}: {e}"));
+                return false;
+            }
+        }
+    };
+    let Some(token) = script
+        .lines()
+        .find_map(|l| l.strip_prefix("set plinth-token "))
+        .map(str::to_string)
+    else {
+        tally
+            .lock()
+            .unwrap()
+            .failed("boot.ipxe", format!("{mac}: no token in the script"));
+        return false;
+    };
+    let boot_id = format!(
+        "5707{:04x}-0000-4000-8000-{i:012x}",
+        std::process::id() & 0xffff
+    );
+    let id = Identity {
+        mac: mac.clone(),
+        uuid,
+        serial: None,
+        boot_id: boot_id.clone(),
+    };
+    let server = (first + 1) % n;
+    let clients: Vec<Client> = t
+        .https
+        .iter()
+        .map(|u| {
+            Client::new(u.clone(), &t.pin)
+                .unwrap()
+                .from_address(IpAddr::V4(src))
+        })
+        .collect();
+    let fresh = match enroll::fresh_key(&mac) {
+        Ok(f) => f,
+        Err(e) => {
+            tally
+                .lock()
+                .unwrap()
+                .failed("enroll", format!("{mac}: {e}"));
+            return false;
+        }
+    };
+    let Some(issued) = attempt(tally, "enroll", &mac, server, &clients, |c| {
+        let (id, token, fresh) = (&id, &token, &fresh);
+        async move { enroll::enroll(&c, id, token, fresh).await }
+    })
+    .await
+    else {
+        return false;
+    };
+    let sessions: Vec<Client> = clients
+        .iter()
+        .map(|c| {
+            c.with_identity(&t.pin, &issued.certificate, fresh.key_der.clone())
+                .unwrap()
+        })
+        .collect();
+    if attempt(tally, "config", &mac, server, &sessions, |c| async move {
+        c.call::<serde_json::Value>("GET", "/v1/config", None::<&()>, Duration::from_secs(60))
+            .await
+    })
+    .await
+    .is_none()
+    {
+        return false;
+    }
+    let start = Instant::now();
+    for (seq, kind) in EVENTS.iter().enumerate() {
+        let ev = Event {
+            api_version: API_VERSION.into(),
+            kind: *kind,
+            mac: mac.clone(),
+            uuid: id.uuid.clone(),
+            boot_id: boot_id.clone(),
+            seq: seq as u64 + 1,
+            uptime_ms: start.elapsed().as_millis() as u64 + 1000,
+            wall_time: plinth_provisioner::schema::unix_time(),
+            details: serde_json::Map::new(),
+        };
+        let ev = &ev;
+        if attempt(tally, "event", &mac, server, &sessions, |c| async move {
+            c.call::<Reply>("POST", "/v1/events", Some(ev), Duration::from_secs(60))
+                .await
+        })
+        .await
+        .is_none()
+        {
+            return false;
+        }
+    }
+    let lines: Vec<LogLine> = (0..log_lines)
+        .map(|k| LogLine {
+            source: "console".into(),
+            text: format!("storm machine {i}: line {k} of the boot log"),
+        })
+        .collect();
+    for chunk in lines.chunks(20) {
+        let batch = LogBatch {
+            boot_id: boot_id.clone(),
+            lines: chunk.to_vec(),
+        };
+        let batch = &batch;
+        if attempt(tally, "logs", &mac, server, &sessions, |c| async move {
+            c.call::<serde_json::Value>("POST", "/v1/logs", Some(batch), Duration::from_secs(60))
+                .await
+        })
+        .await
+        .is_none()
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// One request to `clients[first]`, made again to the next server when that one cannot
+/// be reached (a transport error, not an answer); its latency or its failure tallied.
+async fn attempt<T, F, Fut>(
+    tally: &Mutex<Tally>,
+    step: &'static str,
+    mac: &str,
+    first: usize,
+    clients: &[Client],
+    f: F,
+) -> Option<T>
+where
+    F: Fn(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let n = clients.len();
+    for k in 0..n {
+        let t0 = Instant::now();
+        match f(clients[(first + k) % n].clone()).await {
+            Ok(v) => {
+                tally.lock().unwrap().took(step, t0.elapsed());
+                return Some(v);
+            }
+            Err(Error::Net { .. }) if k + 1 < n => tally.lock().unwrap().failovers += 1,
+            Err(e) => {
+                tally.lock().unwrap().failed(step, format!("{mac}: {e}"));
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// A plain HTTP GET from `src` (the boot chain, as iPXE asks for it); the body of a 200.
+async fn http_get(base: &str, path: &str, src: Ipv4Addr) -> Result<String, String> {
+    let hostport = base.trim_start_matches("http://");
+    let to: std::net::SocketAddr = hostport.parse().map_err(|e| format!("{base}: {e}"))?;
+    let sock = tokio::net::TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    sock.bind((IpAddr::V4(src), 0).into())
+        .map_err(|e| format!("bind {src}: {e}"))?;
+    let mut s = tokio::time::timeout(Duration::from_secs(60), sock.connect(to))
+        .await
+        .map_err(|_| format!("connect {to}: timed out"))?
+        .map_err(|e| format!("connect {to}: {e}"))?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut answer))
+        .await
+        .map_err(|_| "no answer within 60 s".to_string())?
+        .map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!(
+            "answer {}",
+            head.lines().next().unwrap_or("(nothing)")
+        ));
+    }
+    Ok(body.to_string())
+}
+
+/// A process's peak RSS (KiB) and CPU seconds so far.
+fn usage(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0);
+    (hwm, cpu_of(&format!("/proc/{pid}/stat")))
+}
+
+fn own_cpu() -> f64 {
+    cpu_of("/proc/self/stat")
+}
+
+/// utime + stime of a /proc/PID/stat, in seconds (the fields after the command's ')').
+fn cpu_of(stat: &str) -> f64 {
+    let text = std::fs::read_to_string(stat).unwrap_or_default();
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100)
+        .max(1) as f64;
+    let ticks = |k: usize| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // After ')': state is field 0, utime 11, stime 12.
+    (ticks(11) + ticks(12)) / hz
+}
