@@ -178,6 +178,13 @@ impl Server {
         std::mem::replace(&mut self.dir, TempDir(PathBuf::new()))
     }
 
+    /// SIGKILLs the server and waits until it is gone (its sockets closed), keeping
+    /// this handle and its directory.
+    pub fn sigkill_and_reap(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

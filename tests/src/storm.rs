@@ -386,16 +386,12 @@ async fn one_machine(i: usize, t: &Target, tally: &Mutex<Tally>, log_lines: usiz
         serial: None,
         boot_id: boot_id.clone(),
     };
-    let server = (first + 1) % n;
-    let clients: Vec<Client> = t
-        .https
-        .iter()
-        .map(|u| {
-            Client::new(u.clone(), &t.pin)
-                .unwrap()
-                .from_address(IpAddr::V4(src))
-        })
-        .collect();
+    // Every HTTPS request goes through the node's own client, given the whole fleet and
+    // starting at the next server: it fails over as a node does.
+    let anon = Client::fleet(t.https.clone(), &t.pin)
+        .unwrap()
+        .from_address(IpAddr::V4(src))
+        .starting_at(first + 1);
     let fresh = match enroll::fresh_key(&mac) {
         Ok(f) => f,
         Err(e) => {
@@ -406,22 +402,31 @@ async fn one_machine(i: usize, t: &Target, tally: &Mutex<Tally>, log_lines: usiz
             return false;
         }
     };
-    let Some(issued) = attempt(tally, "enroll", &mac, server, &clients, |c| {
-        let (id, token, fresh) = (&id, &token, &fresh);
-        async move { enroll::enroll(&c, id, token, fresh).await }
+    let Some(issued) = timed(tally, "enroll", &mac, async {
+        enroll::enroll(&anon, &id, &token, &fresh).await
     })
     .await
     else {
         return false;
     };
-    let sessions: Vec<Client> = clients
-        .iter()
-        .map(|c| {
-            c.with_identity(&t.pin, &issued.certificate, fresh.key_der.clone())
-                .unwrap()
-        })
-        .collect();
-    if attempt(tally, "config", &mac, server, &sessions, |c| async move {
+    let c = anon
+        .with_identity(&t.pin, &issued.certificate, fresh.key_der.clone())
+        .unwrap();
+    let done = provisioned(i, &c, &id, tally, log_lines).await;
+    tally.lock().unwrap().failovers += (anon.failovers() + c.failovers()) as usize;
+    done
+}
+
+/// A machine's steps over its session: config, events, logs.
+async fn provisioned(
+    i: usize,
+    c: &Client,
+    id: &Identity,
+    tally: &Mutex<Tally>,
+    log_lines: usize,
+) -> bool {
+    let (mac, boot_id) = (&id.mac, &id.boot_id);
+    if timed(tally, "config", mac, async {
         c.call::<serde_json::Value>("GET", "/v1/config", None::<&()>, Duration::from_secs(60))
             .await
     })
@@ -443,9 +448,8 @@ async fn one_machine(i: usize, t: &Target, tally: &Mutex<Tally>, log_lines: usiz
             wall_time: plinth_provisioner::schema::unix_time(),
             details: serde_json::Map::new(),
         };
-        let ev = &ev;
-        if attempt(tally, "event", &mac, server, &sessions, |c| async move {
-            c.call::<Reply>("POST", "/v1/events", Some(ev), Duration::from_secs(60))
+        if timed(tally, "event", mac, async {
+            c.call::<Reply>("POST", "/v1/events", Some(&ev), Duration::from_secs(60))
                 .await
         })
         .await
@@ -465,9 +469,8 @@ async fn one_machine(i: usize, t: &Target, tally: &Mutex<Tally>, log_lines: usiz
             boot_id: boot_id.clone(),
             lines: chunk.to_vec(),
         };
-        let batch = &batch;
-        if attempt(tally, "logs", &mac, server, &sessions, |c| async move {
-            c.call::<serde_json::Value>("POST", "/v1/logs", Some(batch), Duration::from_secs(60))
+        if timed(tally, "logs", mac, async {
+            c.call::<serde_json::Value>("POST", "/v1/logs", Some(&batch), Duration::from_secs(60))
                 .await
         })
         .await
@@ -479,36 +482,24 @@ async fn one_machine(i: usize, t: &Target, tally: &Mutex<Tally>, log_lines: usiz
     true
 }
 
-/// One request to `clients[first]`, made again to the next server when that one cannot
-/// be reached (a transport error, not an answer); its latency or its failure tallied.
-async fn attempt<T, F, Fut>(
+/// One request, its latency or its failure tallied.
+async fn timed<T>(
     tally: &Mutex<Tally>,
     step: &'static str,
     mac: &str,
-    first: usize,
-    clients: &[Client],
-    f: F,
-) -> Option<T>
-where
-    F: Fn(Client) -> Fut,
-    Fut: std::future::Future<Output = Result<T, Error>>,
-{
-    let n = clients.len();
-    for k in 0..n {
-        let t0 = Instant::now();
-        match f(clients[(first + k) % n].clone()).await {
-            Ok(v) => {
-                tally.lock().unwrap().took(step, t0.elapsed());
-                return Some(v);
-            }
-            Err(Error::Net { .. }) if k + 1 < n => tally.lock().unwrap().failovers += 1,
-            Err(e) => {
-                tally.lock().unwrap().failed(step, format!("{mac}: {e}"));
-                return None;
-            }
+    request: impl std::future::Future<Output = Result<T, Error>>,
+) -> Option<T> {
+    let t0 = Instant::now();
+    match request.await {
+        Ok(v) => {
+            tally.lock().unwrap().took(step, t0.elapsed());
+            Some(v)
+        }
+        Err(e) => {
+            tally.lock().unwrap().failed(step, format!("{mac}: {e}"));
+            None
         }
     }
-    None
 }
 
 /// A plain HTTP GET from `src` (the boot chain, as iPXE asks for it); the body of a 200.

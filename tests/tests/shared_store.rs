@@ -119,3 +119,97 @@ fn a_bad_or_unreachable_store_stops_the_start_and_makes_nothing() {
         assert!(!data.exists(), "{store}: --data was made");
     }
 }
+
+/// `--advertise-tls A,B` names the fleet's servers: each boot script carries the list
+/// (the node's `plinth.server=`), each server's certificate covers every name of it,
+/// and a node given the list with A gone enrols and fetches its config from B. A list
+/// with a URL that is not https is refused at start, naming the flag.
+#[test]
+fn the_fleet_is_advertised_as_a_list_and_nodes_fail_over() {
+    let Some(etcd) = Etcd::start("the_fleet_is_advertised_as_a_list_and_nodes_fail_over") else {
+        return;
+    };
+    let store = etcd.url();
+    let shared = TempDir::new("plinth-ca");
+    let ca_dir = shared.0.join("ca");
+    let ca = ca_dir.to_str().unwrap();
+    // A's HTTPS port is held by nobody once chosen: A is a server that is down.
+    let [gone, b_tls] = free_ports();
+    let list = format!("https://127.0.0.1:{gone},https://localhost:{b_tls}");
+    let b_listen_tls = format!("127.0.0.1:{b_tls}");
+    let dir = TempDir::new("plinth-shared");
+    let boot = plinth_tests::server::placeholder_boot(&dir.0);
+    let mut b = Server::start_in(
+        dir,
+        &boot,
+        &[
+            "--store",
+            &store,
+            "--ca-dir",
+            ca,
+            "--max-discovered",
+            "0",
+            "--listen-tls",
+            &b_listen_tls,
+            "--advertise-tls",
+            &list,
+        ],
+    );
+    b.operator = std::fs::read_to_string(ca_dir.join("operator-token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    b.declare(A, UUID_A);
+    let (code, script) = b.curl(&[&format!("{}/boot.ipxe?mac={A}&uuid={UUID_A}", b.http)]);
+    assert_eq!(code, 200, "{script}");
+    assert!(
+        script.contains(&format!("set plinth-server {list}\n")),
+        "{script}"
+    );
+    let token = script
+        .lines()
+        .find_map(|l| l.strip_prefix("set plinth-token "))
+        .expect("a token")
+        .to_string();
+
+    // The node's own client, given plinth.server= as the script set it.
+    let urls = plinth_provisioner::node::client::parse_list(&list).unwrap();
+    let anon = plinth_provisioner::node::client::Client::fleet(urls, &b.pin).unwrap();
+    let rt = plinth_tests::server::rt();
+    let fresh = plinth_provisioner::node::enroll::fresh_key(A).unwrap();
+    let id = plinth_provisioner::node::enroll::Identity {
+        mac: A.into(),
+        uuid: UUID_A.into(),
+        serial: None,
+        boot_id: "5707aaaa-0000-4000-8000-000000000001".into(),
+    };
+    let issued = rt
+        .block_on(plinth_provisioner::node::enroll::enroll(
+            &anon, &id, &token, &fresh,
+        ))
+        .expect("enrolment through B");
+    assert_eq!(anon.failovers(), 1, "one failover, from A to B");
+    assert_eq!(anon.url().port, b_tls, "B is the server in use");
+    let node = anon
+        .with_identity(&b.pin, &issued.certificate, fresh.key_der)
+        .unwrap();
+    let (code, cfg) = call(&node, "GET", "/v1/config", None);
+    assert_eq!(code, 200, "{cfg}");
+    assert_eq!(node.failovers(), 0, "the session starts at B");
+
+    // A list with a URL that is not https stops the start, naming the flag.
+    let bin = plinth_tests::workspace().join("target/release/plinth-server");
+    let data = shared.0.join("bad-data");
+    let out = Command::new(&bin)
+        .args(["--listen", "127.0.0.1:0", "--boot-dir"])
+        .arg(&boot)
+        .arg("--data")
+        .arg(&data)
+        .args(["--advertise-tls", "https://a:1,http://b:2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--advertise-tls"), "{err}");
+    assert!(!data.exists(), "a refused start leaves no data directory");
+}

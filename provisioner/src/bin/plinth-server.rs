@@ -35,7 +35,8 @@ struct Cli {
     /// The plain-HTTP URL machines' firmware uses (default: the Host of each request).
     #[arg(long)]
     advertise_http: Option<String>,
-    /// The HTTPS URL nodes use (default: the host each boot script was asked at, TLS port).
+    /// The HTTPS URL nodes use (default: the host each boot script was asked at, TLS
+    /// port); several servers of one fleet separated by commas, which nodes fail over among.
     #[arg(long)]
     advertise_tls: Option<String>,
     /// Another name (DNS or IP) for the serving certificate; may be repeated.

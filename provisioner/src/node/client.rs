@@ -1,7 +1,9 @@
 //! The node's HTTPS client: one connection per request (a node makes few), rustls with
 //! the [`PinVerifier`], and the client certificate once enrolment gave one. hyper speaks
-//! HTTP/1.1 over it.
+//! HTTP/1.1 over it. Given several servers of one fleet (`plinth.server=A,B`), a request
+//! whose server cannot be reached goes to the next, which then stays the one used.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +21,8 @@ use crate::node::verify::PinVerifier;
 
 /// The largest answer read.
 const MAX_ANSWER: usize = 2 << 20;
+/// How long a connection to one server may take before the next server is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An `https://host:port[/prefix]` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +75,18 @@ impl Url {
     }
 }
 
+/// Parses `plinth.server=`: one https URL, or several of one fleet separated by commas.
+pub fn parse_list(s: &str) -> Result<Vec<Url>> {
+    let urls = s.split(',').map(Url::parse).collect::<Result<Vec<Url>>>()?;
+    if urls.is_empty() {
+        return Err(Error::Config {
+            what: format!("plinth.server={s}"),
+            reason: "no URL".into(),
+        });
+    }
+    Ok(urls)
+}
+
 impl std::fmt::Display for Url {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.host.contains(':') {
@@ -81,12 +97,17 @@ impl std::fmt::Display for Url {
     }
 }
 
-/// A client for one server, checked against one pin; cheap to clone.
+/// A client for the servers of one fleet (one CA, so one pin); cheap to clone, and the
+/// clones share which server is in use.
 #[derive(Clone)]
 pub struct Client {
-    url: Url,
+    /// The servers, in the order they are tried, with the name each is checked for.
+    servers: Arc<Vec<(Url, ServerName<'static>)>>,
+    /// The index of the server in use.
+    current: Arc<AtomicUsize>,
+    /// How many times a request went on to the next server.
+    failovers: Arc<AtomicU64>,
     tls: Arc<rustls::ClientConfig>,
-    name: ServerName<'static>,
     /// The local address connections are made from, when not the kernel's choice.
     source: Option<std::net::IpAddr>,
 }
@@ -94,15 +115,20 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("url", &self.url)
+            .field("url", self.url())
             .finish_non_exhaustive()
     }
 }
 
 impl Client {
-    /// An anonymous client (for enrolment).
+    /// An anonymous client (for enrolment) of one server.
     pub fn new(url: Url, pin: &str) -> Result<Client> {
-        Client::build(url, pin, None)
+        Client::fleet(vec![url], pin)
+    }
+
+    /// An anonymous client of the servers of one fleet, tried in this order.
+    pub fn fleet(urls: Vec<Url>, pin: &str) -> Result<Client> {
+        Client::build(urls, pin, None)
     }
 
     /// A client presenting `cert` (PEM) and `key` (PKCS#8 DER).
@@ -113,8 +139,11 @@ impl Client {
             reason: e.to_string(),
         })?;
         let key = PrivateKeyDer::Pkcs8(key_der.into());
-        let mut c = Client::build(self.url.clone(), pin, Some((vec![cert], key)))?;
+        let urls = self.servers.iter().map(|(u, _)| u.clone()).collect();
+        let mut c = Client::build(urls, pin, Some((vec![cert], key)))?;
         c.source = self.source;
+        c.current
+            .store(self.current.load(Ordering::Relaxed), Ordering::Relaxed);
         Ok(c)
     }
 
@@ -126,7 +155,7 @@ impl Client {
     }
 
     fn build(
-        url: Url,
+        urls: Vec<Url>,
         pin: &str,
         identity: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     ) -> Result<Client> {
@@ -149,24 +178,52 @@ impl Client {
             None => builder.with_no_client_auth(),
         };
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let name = ServerName::try_from(url.host.clone()).map_err(|e| Error::Config {
-            what: format!("plinth.server host {}", url.host),
-            reason: e.to_string(),
-        })?;
+        let servers = urls
+            .into_iter()
+            .map(|url| {
+                let name = ServerName::try_from(url.host.clone()).map_err(|e| Error::Config {
+                    what: format!("plinth.server host {}", url.host),
+                    reason: e.to_string(),
+                })?;
+                Ok((url, name))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if servers.is_empty() {
+            return Err(Error::Config {
+                what: "plinth.server".into(),
+                reason: "no server".into(),
+            });
+        }
         Ok(Client {
-            url,
+            servers: Arc::new(servers),
+            current: Arc::new(AtomicUsize::new(0)),
+            failovers: Arc::new(AtomicU64::new(0)),
             tls: Arc::new(cfg),
-            name,
             source: None,
         })
     }
 
-    /// The server's URL.
+    /// The URL of the server in use.
     pub fn url(&self) -> &Url {
-        &self.url
+        let i = self.current.load(Ordering::Relaxed) % self.servers.len();
+        &self.servers[i].0
     }
 
-    /// One request; returns the status and body. `what` names it in errors.
+    /// How many times a request went on to the next server (shared by clones).
+    pub fn failovers(&self) -> u64 {
+        self.failovers.load(Ordering::Relaxed)
+    }
+
+    /// This client with the fleet's servers tried from the one at `index` on.
+    pub fn starting_at(self, index: usize) -> Client {
+        self.current
+            .store(index % self.servers.len(), Ordering::Relaxed);
+        self
+    }
+
+    /// One request; returns the status and body. `what` names it in errors. A server
+    /// that cannot be connected to (nothing was sent to it) is passed over for the next
+    /// of the fleet, within the same `timeout`.
     pub async fn request(
         &self,
         method: &str,
@@ -174,8 +231,8 @@ impl Client {
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<(u16, Vec<u8>)> {
-        let what = format!("{method} {}{path}", self.url);
-        match tokio::time::timeout(timeout, self.request_inner(method, path, body, &what)).await {
+        let what = format!("{method} {}{path}", self.url());
+        match tokio::time::timeout(timeout, self.each_server(method, path, body)).await {
             Ok(r) => r,
             Err(_) => Err(Error::Protocol {
                 what,
@@ -184,42 +241,90 @@ impl Client {
         }
     }
 
-    async fn request_inner(
+    async fn each_server(
         &self,
+        method: &str,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, Vec<u8>)> {
+        let n = self.servers.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let mut last = None;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let (url, name) = &self.servers[i];
+            let what = format!("{method} {url}{path}");
+            let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, self.connect(url)).await {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => {
+                    last = Some(Error::Net {
+                        what: format!("{what}: connect"),
+                        source: e,
+                    });
+                    continue;
+                }
+                Err(_) => {
+                    last = Some(Error::Net {
+                        what: format!("{what}: connect"),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no connection within {CONNECT_TIMEOUT:?}"),
+                        ),
+                    });
+                    continue;
+                }
+            };
+            if i != first {
+                // Clones share this: the next request starts at the server that answered.
+                self.current.store(i, Ordering::Relaxed);
+                self.failovers.fetch_add(k as u64, Ordering::Relaxed);
+            }
+            return self
+                .exchange(tcp, url, name, method, path, body, &what)
+                .await;
+        }
+        Err(last.unwrap_or_else(|| Error::Protocol {
+            what: format!("{method} {path}"),
+            reason: "no server".into(),
+        }))
+    }
+
+    /// A TCP connection to `url`, from the client's source address when it has one.
+    async fn connect(&self, url: &Url) -> std::io::Result<tokio::net::TcpStream> {
+        let Some(src) = self.source else {
+            return tokio::net::TcpStream::connect((url.host.as_str(), url.port)).await;
+        };
+        let to = tokio::net::lookup_host((url.host.as_str(), url.port))
+            .await?
+            .find(|a| a.is_ipv4() == src.is_ipv4())
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::AddrNotAvailable,
+                    format!("{} has no address of the family of {src}", url.host),
+                )
+            })?;
+        let sock = if src.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }?;
+        sock.bind((src, 0).into())?;
+        sock.connect(to).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn exchange(
+        &self,
+        tcp: tokio::net::TcpStream,
+        url: &Url,
+        name: &ServerName<'static>,
         method: &str,
         path: &str,
         body: Option<Vec<u8>>,
         what: &str,
     ) -> Result<(u16, Vec<u8>)> {
-        let net = |e: std::io::Error| Error::Net {
-            what: what.to_string(),
-            source: e,
-        };
-        let tcp = match self.source {
-            None => tokio::net::TcpStream::connect((self.url.host.as_str(), self.url.port))
-                .await
-                .map_err(net)?,
-            Some(src) => {
-                let to = tokio::net::lookup_host((self.url.host.as_str(), self.url.port))
-                    .await
-                    .map_err(net)?
-                    .find(|a| a.is_ipv4() == src.is_ipv4())
-                    .ok_or_else(|| Error::Protocol {
-                        what: what.to_string(),
-                        reason: format!("{} has no address of the family of {src}", self.url.host),
-                    })?;
-                let sock = if src.is_ipv4() {
-                    tokio::net::TcpSocket::new_v4()
-                } else {
-                    tokio::net::TcpSocket::new_v6()
-                }
-                .map_err(net)?;
-                sock.bind((src, 0).into()).map_err(net)?;
-                sock.connect(to).await.map_err(net)?
-            }
-        };
         let tls = TlsConnector::from(self.tls.clone())
-            .connect(self.name.clone(), tcp)
+            .connect(name.clone(), tcp)
             .await
             .map_err(|e| Error::Tls {
                 what: format!("{what}: TLS"),
@@ -231,14 +336,14 @@ impl Client {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let host = if self.url.port == 443 {
-            self.url.host.clone()
+        let host = if url.port == 443 {
+            url.host.clone()
         } else {
-            format!("{}:{}", self.url.host, self.url.port)
+            format!("{}:{}", url.host, url.port)
         };
         let req = hyper::Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.url.prefix))
+            .uri(format!("{}{path}", url.prefix))
             .header(hyper::header::HOST, host)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(hyper::header::CONNECTION, "close")
@@ -325,6 +430,12 @@ mod tests {
             ("::1", 443, "/p")
         );
         assert!(Url::parse("http://x").is_err());
+        let fleet =
+            super::parse_list("https://10.0.0.1:8443,https://10.0.0.2:8443/p").expect("list");
+        assert_eq!(fleet.len(), 2);
+        assert_eq!(fleet[1].to_string(), "https://10.0.0.2:8443/p");
+        assert!(super::parse_list("https://10.0.0.1:8443,").is_err());
+        assert!(super::parse_list("https://a,http://b").is_err());
         assert!(Url::parse("https://:1").is_err());
     }
 }

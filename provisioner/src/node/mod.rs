@@ -27,7 +27,7 @@ use crate::init::pid1::{self, Signals, Stop};
 use crate::init::{self, kmod, mounts, uptime_ms};
 use crate::schema::config::Network;
 use crate::schema::{unix_time, Action, Event, EventKind, LogBatch, Reply, API_VERSION};
-use client::{Client, Url};
+use client::Client;
 use enroll::Identity;
 
 /// How often logs go to the server.
@@ -331,7 +331,7 @@ impl Agent {
             tokio::time::sleep(Duration::from_secs(300)).await;
             return (Stop::Reboot, "no server on the kernel command line");
         };
-        let url = match Url::parse(server) {
+        let urls = match client::parse_list(server) {
             Ok(u) => u,
             Err(e) => {
                 log(&format!("{e}; rebooting in 5 minutes"));
@@ -347,7 +347,7 @@ impl Agent {
             tokio::time::sleep(REBOOT_AFTER_REFUSAL).await;
             return (Stop::Reboot, "no enrolment token");
         };
-        let anon = match Client::new(url, pin) {
+        let anon = match Client::fleet(urls, pin) {
             Ok(c) => c,
             Err(e) => {
                 log(&format!("{e}; rebooting in 5 minutes"));

@@ -98,14 +98,19 @@ fn render(template: &str, sets: &Sets) -> String {
 /// host the firmware reached us at.
 fn advertised(st: &State, host_header: Option<&str>) -> Option<(String, Option<String>)> {
     let host = match (&st.cfg.advertise_tls, host_header) {
-        (Some(a), _) => url_host(a).to_string(),
+        // Of a fleet's list, the first server's host: the SNTP address is taken from it.
+        (Some(a), _) => url_host(a.split(',').next().unwrap_or(a)).to_string(),
         (None, Some(h)) if !h.is_empty() && !h.contains(char::is_whitespace) => {
             host_of(h).to_string()
         }
         _ => return None,
     };
     let server = match &st.cfg.advertise_tls {
-        Some(a) => a.trim_end_matches('/').to_string(),
+        Some(a) => a
+            .split(',')
+            .map(|u| u.trim_end_matches('/'))
+            .collect::<Vec<_>>()
+            .join(","),
         None => format!("https://{}", join_host_port(&host, st.https_port)),
     };
     let ntp = st.sntp.map(|a| join_host_port(&host, a.port()));

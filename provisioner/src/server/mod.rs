@@ -426,16 +426,27 @@ pub fn check(cfg: &Config) -> Result<Fleet> {
             });
         }
     }
-    for (flag, url, scheme) in [
-        ("--advertise-http", &cfg.advertise_http, "http://"),
-        ("--advertise-tls", &cfg.advertise_tls, "https://"),
+    for (flag, url, scheme, list) in [
+        ("--advertise-http", &cfg.advertise_http, "http://", false),
+        ("--advertise-tls", &cfg.advertise_tls, "https://", true),
     ] {
-        if let Some(u) = url {
-            if !u.starts_with(scheme) || u.len() == scheme.len() || u.contains(char::is_whitespace)
+        let Some(u) = url else { continue };
+        // --advertise-tls may name the fleet's servers, A,B: nodes fail over among them.
+        let parts: Vec<&str> = if list {
+            u.split(',').collect()
+        } else {
+            vec![u]
+        };
+        for p in parts {
+            if !p.starts_with(scheme) || p.len() == scheme.len() || p.contains(char::is_whitespace)
             {
                 return Err(Error::Config {
                     what: format!("{flag} {u}"),
-                    reason: format!("must be a {scheme} URL"),
+                    reason: if list {
+                        format!("must be a {scheme} URL, or several separated by commas")
+                    } else {
+                        format!("must be a {scheme} URL")
+                    },
                 });
             }
         }
@@ -549,8 +560,9 @@ pub fn host_of(hostport: &str) -> &str {
 /// (every local address when it is unspecified), localhost, and `--tls-name`s.
 fn serving_names(cfg: &Config, https: SocketAddr) -> Vec<String> {
     let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-    if let Some(u) = &cfg.advertise_tls {
-        names.push(url_host(u).to_string());
+    if let Some(list) = &cfg.advertise_tls {
+        // Every server of the fleet signs with the one CA: each covers the fleet's names.
+        names.extend(list.split(',').map(|u| url_host(u).to_string()));
     }
     if let Some(u) = &cfg.advertise_http {
         names.push(url_host(u).to_string());
