@@ -270,15 +270,7 @@ pub async fn declare(
         .map_err(|e| refuse(format!("config.{e}")))?;
     // One source per machine: a file in --config-dir that names this MAC wins, so a
     // declaration beside it would never be used.
-    if let Some(r) = st.fleet().machines.iter().find(|r| {
-        r.doc
-            .selector
-            .mac
-            .as_deref()
-            .and_then(normalize_mac)
-            .as_deref()
-            == Some(mac.as_str())
-    }) {
+    if let Some(r) = st.fleet().naming_mac(&mac) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(

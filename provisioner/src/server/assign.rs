@@ -131,7 +131,7 @@ pub fn config(
     reveal: Reveal,
 ) -> crate::Result<(Origin, Option<MachineConfig>)> {
     if let Some(name) = matched(fleet, s, m)? {
-        let Some(r) = fleet.machines.iter().find(|r| r.name() == name) else {
+        let Some(r) = fleet.machine_named(&name) else {
             return Ok((Origin::File(name), None));
         };
         let extra = serde_json::Map::new();

@@ -12,7 +12,7 @@
 pub mod render;
 pub mod yaml;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -145,6 +145,21 @@ pub struct Fleet {
     pub defaults: Option<Read<Layer>>,
     /// When it was loaded.
     pub loaded_at: u64,
+    /// Lookups that do not read every file (a fleet has thousands).
+    index: Index,
+}
+
+/// Where to find a machine file without reading every one, built as files are added.
+#[derive(Debug, Clone, Default)]
+struct Index {
+    /// Files selecting by MAC, by the normalized MAC (positions in `machines`).
+    by_mac: HashMap<String, Vec<usize>>,
+    /// Files selecting by something else only.
+    no_mac: Vec<usize>,
+    /// Files by name (the file stem).
+    by_name: HashMap<String, usize>,
+    /// Each file's selector, normalized: two files may not select alike.
+    selectors: HashMap<SelectorKey, usize>,
 }
 
 /// The `*.yaml` files of `dir`, sorted; none when it does not exist.
@@ -227,7 +242,7 @@ impl Fleet {
             let r = Read { path, text, doc };
             check_version(&r, &r.doc.api_version)?;
             fleet.check_machine(&r)?;
-            fleet.machines.push(r);
+            fleet.add_machine(r);
         }
         for r in &fleet.machines {
             fleet.render(r, &Map::new(), secrets, Reveal::Secrets)?;
@@ -277,11 +292,11 @@ impl Fleet {
             }
         }
         check_secret_names(r, &r.doc.params, &r.doc.config)?;
-        let key = normalized(s);
         if let Some(other) = self
-            .machines
-            .iter()
-            .find(|o| normalized(&o.doc.selector) == key)
+            .index
+            .selectors
+            .get(&normalized(s))
+            .map(|&i| &self.machines[i])
         {
             return Err(r.error(
                 "selector",
@@ -294,17 +309,49 @@ impl Fleet {
         Ok(())
     }
 
+    /// Adds a checked machine file to the set and its index.
+    fn add_machine(&mut self, r: Read<MachineFile>) {
+        let i = self.machines.len();
+        let s = &r.doc.selector;
+        match s.mac.as_deref().and_then(normalize_mac) {
+            Some(mac) => self.index.by_mac.entry(mac).or_default().push(i),
+            None => self.index.no_mac.push(i),
+        }
+        self.index.by_name.insert(r.name(), i);
+        self.index.selectors.insert(normalized(s), i);
+        self.machines.push(r);
+    }
+
+    /// The machine file of this name (its file stem).
+    pub fn machine_named(&self, name: &str) -> Option<&Read<MachineFile>> {
+        self.index.by_name.get(name).map(|&i| &self.machines[i])
+    }
+
+    /// The first machine file whose selector names `mac` (normalized).
+    pub fn naming_mac(&self, mac: &str) -> Option<&Read<MachineFile>> {
+        let i = *self.index.by_mac.get(mac)?.first()?;
+        Some(&self.machines[i])
+    }
+
     /// The machine file matching `id`: the most specific (MAC over UUID over serial over
     /// labels); two equally specific ones match nothing.
     pub fn find(&self, id: &Ident) -> Match<'_> {
+        // Only files naming this MAC, or naming none, can select it; in file order.
+        let mut candidates: Vec<usize> = self
+            .index
+            .by_mac
+            .get(&id.mac)
+            .into_iter()
+            .flatten()
+            .chain(&self.index.no_mac)
+            .copied()
+            .collect();
+        candidates.sort_unstable();
         let mut best: Vec<(u32, &Read<MachineFile>)> = Vec::new();
-        for r in &self.machines {
+        for r in candidates.into_iter().map(|i| &self.machines[i]) {
             let s = &r.doc.selector;
             let mut score = 0;
-            if let Some(m) = &s.mac {
-                if normalize_mac(m).as_deref() != Some(id.mac.as_str()) {
-                    continue;
-                }
+            if s.mac.is_some() {
                 score += 1000;
             }
             if let Some(u) = &s.uuid {
