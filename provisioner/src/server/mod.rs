@@ -587,6 +587,11 @@ fn serving_names(cfg: &Config, https: SocketAddr) -> Vec<String> {
     names
 }
 
+/// Threads beside the workers, for store calls (which take the one store lock in turn)
+/// and file reads. tokio's default, 512, let a storm of 500 machines start a thread
+/// per request waiting on that lock.
+const BLOCKING_THREADS: usize = 8;
+
 /// Binds everything and serves until the process is killed. `on_ready` is called once
 /// the listeners are bound.
 pub fn serve(cfg: Config, on_ready: impl FnOnce(&Ready)) -> Result<()> {
@@ -594,6 +599,7 @@ pub fn serve(cfg: Config, on_ready: impl FnOnce(&Ready)) -> Result<()> {
     let fleet = check(&cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
         .map_err(net("starting the tokio runtime"))?;

@@ -275,6 +275,16 @@ impl Ca {
                 reason: e.to_string(),
             })?;
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // A node makes one connection per request: without resumption each is a full
+        // handshake with a client certificate to verify. Stateless tickets (keys in
+        // memory, rotated every 6 hours by rustls) resume them whatever the number of
+        // nodes, where the default cache of 256 sessions is spent by a rack booting. A
+        // resumed session carries the certificate it was made with, and every request
+        // still checks that certificate's serial against the store (revocation).
+        cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(|e| Error::Tls {
+            what: "session tickets".into(),
+            reason: e.to_string(),
+        })?;
         Ok(Arc::new(cfg))
     }
 }
