@@ -447,31 +447,28 @@ fn check_process_extras(p: &oci_spec::runtime::Process) -> Result<()> {
 /// container with a user namespace, whose mappings (when the mount gives its own) are
 /// that namespace's: the mount is id-mapped through it.
 fn check_idmapped_mounts(spec: &Spec, linux: &oci_spec::runtime::Linux, plan: &Plan) -> Result<()> {
+    // The joined user namespace's maps, read at the first mount that needs them.
+    let mut joined: Option<(Vec<crate::idmap::Extent>, Vec<crate::idmap::Extent>)> = None;
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         let field = format!("mounts[{i}]");
         let opts = m.options().as_deref().unwrap_or(&[]);
-        let idmap_at = opts.iter().position(|o| o == "idmap" || o == "ridmap");
-        let has_maps = m.uid_mappings().is_some() || m.gid_mappings().is_some();
-        let Some(j) = idmap_at else {
-            if has_maps {
-                return Err(Error::config(
-                    format!("{field}.uidMappings"),
-                    "id mappings on a mount need the idmap or ridmap option",
-                ));
-            }
+        if crate::mount::idmapped(m).is_none() {
             continue;
+        }
+        let has_maps = m.uid_mappings().is_some() || m.gid_mappings().is_some();
+        // What made it id-mapped: the option, or (without one) its mappings.
+        let at = match opts.iter().position(|o| o == "idmap" || o == "ridmap") {
+            Some(j) => format!("{field}.options[{j}]"),
+            None => format!("{field}.uidMappings"),
         };
         let bind =
             m.typ().as_deref() == Some("bind") || opts.iter().any(|o| o == "bind" || o == "rbind");
         if !bind {
-            return Err(Error::config(
-                format!("{field}.options[{j}]"),
-                "an id-mapped mount must be a bind mount",
-            ));
+            return Err(Error::config(at, "an id-mapped mount must be a bind mount"));
         }
         if !plan.has(CloneFlags::CLONE_NEWUSER) {
             return Err(Error::config(
-                format!("{field}.options[{j}]"),
+                at,
                 "an id-mapped mount needs a user namespace (linux.namespaces)",
             ));
         }
@@ -488,13 +485,30 @@ fn check_idmapped_mounts(spec: &Spec, linux: &oci_spec::runtime::Linux, plan: &P
                     "uidMappings and gidMappings go together",
                 ));
             };
-            // A joined namespace's mappings are its own business; a new one's are the
-            // config's, and the mount is id-mapped through that very namespace.
+            // The mount is id-mapped through the container's user namespace: a new
+            // one's mappings are the config's, a joined one's are its own.
             if plan.creates(CloneFlags::CLONE_NEWUSER) && Some(own) != container.as_ref() {
                 return Err(Error::config(
                     format!("{field}.{key}"),
                     format!("must be the container's user namespace mappings (linux.{key})"),
                 ));
+            }
+            if let Some(path) = plan.joined(CloneFlags::CLONE_NEWUSER) {
+                if joined.is_none() {
+                    joined = Some(crate::idmap::of_namespace(path)?);
+                }
+                let theirs = joined
+                    .as_ref()
+                    .map(|(u, g)| if key == "uidMappings" { u } else { g });
+                if Some(&crate::idmap::extents(own)) != theirs {
+                    return Err(Error::config(
+                        format!("{field}.{key}"),
+                        format!(
+                            "must be the mappings of the user namespace joined from {}",
+                            path.display()
+                        ),
+                    ));
+                }
             }
         }
     }

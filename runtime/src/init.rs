@@ -225,19 +225,14 @@ fn set_names(spec: &oci_spec::runtime::Spec) -> Result<()> {
     Ok(())
 }
 
-/// The id-mapped mounts the runtime made (one per `idmap`/`ridmap` mount, in order,
+/// The id-mapped mounts the runtime made (one per id-mapped mount, in order,
 /// each a detached mount passed over the channel), by index in `mounts`. Read once the
 /// user namespace exists: the runtime sends them right after the `Go` that follows it.
 fn receive_idmapped_mounts(init: &Init) -> Result<Vec<Option<OwnedFd>>> {
     let mounts = init.bundle.spec.mounts().as_deref().unwrap_or(&[]);
     let mut out = Vec::with_capacity(mounts.len());
     for m in mounts {
-        let idmapped = m
-            .options()
-            .iter()
-            .flatten()
-            .any(|o| o == "idmap" || o == "ridmap");
-        out.push(if idmapped {
+        out.push(if crate::mount::idmapped(m).is_some() {
             Some(crate::fdpass::recv_fd(
                 init.channel.0.as_raw_fd(),
                 "an id-mapped mount from the runtime",

@@ -756,6 +756,20 @@ pub fn attach(mnt: &OwnedFd, target: &OwnedFd, shown: &Path) -> Result<()> {
         .map_err(|e| Error::sys(format!("move_mount onto {}", shown.display()), e))
 }
 
+/// Whether a config mount is id-mapped, and over its whole tree: `ridmap` (true) or
+/// `idmap` (false) among its options, or, as runc 1.2 takes it, mappings of its own with
+/// neither (false). containerd 2 sends the latter for a `hostUsers: false` pod.
+pub fn idmapped(m: &oci_spec::runtime::Mount) -> Option<bool> {
+    let opts = m.options().as_deref().unwrap_or(&[]);
+    let given = opts
+        .iter()
+        .rev()
+        .find(|o| *o == "idmap" || *o == "ridmap")
+        .map(|o| o == "ridmap");
+    let has_maps = m.uid_mappings().is_some() || m.gid_mappings().is_some();
+    given.or(has_maps.then_some(false))
+}
+
 /// A detached bind mount of `source` (and every mount below it, `recursive`), id-mapped
 /// through the user namespace `userns` (mount_setattr MOUNT_ATTR_IDMAP): files of host
 /// uid N show as the uid N maps to in that namespace. Made by the runtime, which holds

@@ -760,7 +760,7 @@ fn joining_a_user_namespace_with_its_own_mappings() {
     );
 
     // The same namespace bind-mounted on a file of the bundle's scratch directory.
-    let b = joining(Path::new("/nonexistent"), own);
+    let b = joining(Path::new("/nonexistent"), own.clone());
     let pinned = b.tmp.0.join("userns");
     std::fs::write(&pinned, "").unwrap();
     let m = Command::new("mount")
@@ -780,4 +780,31 @@ fn joining_a_user_namespace_with_its_own_mappings() {
     let _ = Command::new("umount").arg(&pinned).status();
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.starts_with("0\n") && out.contains("100000"), "{out}");
+
+    // What containerd 2 sends for a hostUsers: false pod's volumes: a bind mount with
+    // the namespace's mappings and neither `idmap` nor `ridmap`. runc 1.2 makes it an
+    // id-mapped mount (runc 1.1.5 has none): a host directory owned by root is the
+    // container's root's. Mappings that are not the namespace's are refused by field.
+    let host = b.tmp.0.join("volume");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("f"), "x").unwrap();
+    let volume = |map: &Value| {
+        json!({"destination": "/volume", "type": "bind", "source": host,
+               "options": ["rbind", "rw"], "uidMappings": map, "gidMappings": map})
+    };
+    let mut b = joining(&ns.path(), own.clone());
+    b.config["process"]["args"] = json!(["sh", "-c", "stat -c '%u:%g' /volume/f"]);
+    b.config["mounts"].as_array_mut().unwrap().push(volume(&own));
+    let (code, out, err) = b.run_with(&plinth_bin(), &unique("par"));
+    assert_eq!((code, out.as_str()), (0, "0:0\n"), "{err}");
+    let other = json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
+    let mut b = joining(&ns.path(), own);
+    let last = b.config["mounts"].as_array().unwrap().len();
+    b.config["mounts"].as_array_mut().unwrap().push(volume(&other));
+    let (code, _, err) = b.run_with(&plinth_bin(), &unique("par"));
+    assert_ne!(code, 0);
+    assert!(
+        err.contains(&format!("mounts[{last}].uidMappings")) && err.contains("joined from"),
+        "{err}"
+    );
 }

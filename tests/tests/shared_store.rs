@@ -19,14 +19,17 @@ const UUID_B: &str = "6e4a2b1c-0000-4000-8000-00000000002b";
 /// A server of the fleet on `store`, with the CA and operators' tokens in `ca_dir`,
 /// shared by every server of the fleet (the CA key never goes into etcd).
 fn server(store: &str, ca_dir: &Path) -> Server {
+    server_with(store, ca_dir, &[])
+}
+
+/// [`server`], with `extra` arguments.
+fn server_with(store: &str, ca_dir: &Path, extra: &[&str]) -> Server {
     let dir = TempDir::new("plinth-shared");
     let boot = plinth_tests::server::placeholder_boot(&dir.0);
     let ca = ca_dir.to_str().unwrap();
-    let mut s = Server::start_in(
-        dir,
-        &boot,
-        &["--store", store, "--ca-dir", ca, "--max-discovered", "0"],
-    );
+    let mut args = vec!["--store", store, "--ca-dir", ca, "--max-discovered", "0"];
+    args.extend(extra);
+    let mut s = Server::start_in(dir, &boot, &args);
     s.operator = std::fs::read_to_string(ca_dir.join("operator-token"))
         .unwrap()
         .trim()
@@ -132,33 +135,15 @@ fn the_fleet_is_advertised_as_a_list_and_nodes_fail_over() {
     let store = etcd.url();
     let shared = TempDir::new("plinth-ca");
     let ca_dir = shared.0.join("ca");
-    let ca = ca_dir.to_str().unwrap();
     // A's HTTPS port is held by nobody once chosen: A is a server that is down.
     let [gone, b_tls] = free_ports();
     let list = format!("https://127.0.0.1:{gone},https://localhost:{b_tls}");
     let b_listen_tls = format!("127.0.0.1:{b_tls}");
-    let dir = TempDir::new("plinth-shared");
-    let boot = plinth_tests::server::placeholder_boot(&dir.0);
-    let mut b = Server::start_in(
-        dir,
-        &boot,
-        &[
-            "--store",
-            &store,
-            "--ca-dir",
-            ca,
-            "--max-discovered",
-            "0",
-            "--listen-tls",
-            &b_listen_tls,
-            "--advertise-tls",
-            &list,
-        ],
+    let b = server_with(
+        &store,
+        &ca_dir,
+        &["--listen-tls", &b_listen_tls, "--advertise-tls", &list],
     );
-    b.operator = std::fs::read_to_string(ca_dir.join("operator-token"))
-        .unwrap()
-        .trim()
-        .to_string();
     b.declare(A, UUID_A);
     let (code, script) = b.curl(&[&format!("{}/boot.ipxe?mac={A}&uuid={UUID_A}", b.http)]);
     assert_eq!(code, 200, "{script}");
@@ -199,6 +184,7 @@ fn the_fleet_is_advertised_as_a_list_and_nodes_fail_over() {
 
     // A list with a URL that is not https stops the start, naming the flag.
     let bin = plinth_tests::workspace().join("target/release/plinth-server");
+    let boot = plinth_tests::server::placeholder_boot(&shared.0);
     let data = shared.0.join("bad-data");
     let out = Command::new(&bin)
         .args(["--listen", "127.0.0.1:0", "--boot-dir"])

@@ -308,7 +308,7 @@ fn place_init(
         .mounts()
         .iter()
         .flatten()
-        .any(|m| idmap_option(m).is_some());
+        .any(|m| mount::idmapped(m).is_some());
     let userns = if !any_idmap {
         None
     } else if how.fast && plan.creates(CloneFlags::CLONE_NEWUSER) {
@@ -336,7 +336,7 @@ fn procfs_userns(pid: Pid) -> Result<OwnedFd> {
 /// passes it to the init, which attaches it where it belongs.
 fn send_idmapped_mounts(bundle: &Bundle, userns: &OwnedFd, ours: &Channel) -> Result<()> {
     for (i, m) in bundle.spec.mounts().iter().flatten().enumerate() {
-        let Some(recursive) = idmap_option(m) else {
+        let Some(recursive) = mount::idmapped(m) else {
             continue;
         };
         let src = m.source().as_ref().ok_or_else(|| {
@@ -357,15 +357,6 @@ fn send_idmapped_mounts(bundle: &Bundle, userns: &OwnedFd, ours: &Channel) -> Re
         )?;
     }
     Ok(())
-}
-
-/// Whether a mount is id-mapped: Some(true) for `ridmap`, Some(false) for `idmap`.
-pub(crate) fn idmap_option(m: &oci_spec::runtime::Mount) -> Option<bool> {
-    let opts = m.options().as_deref().unwrap_or(&[]);
-    opts.iter()
-        .rev()
-        .find(|o| *o == "idmap" || *o == "ridmap")
-        .map(|o| o == "ridmap")
 }
 
 /// The state as it is written once the init waits for `start`.
