@@ -20,8 +20,9 @@ K8S_IMAGES := $(CURDIR)/target/k8s-images
 # node's network up with, and what the images are built from.
 K8S_PACKAGES := iptables iproute2 curl util-linux mount openssl busybox-static gcc libc6-dev runc
 
-# Given to the build script alone, never exported: etcd reads every ETCD_* variable of
-# its environment as a flag, and one named ETCD_VERSION stops it starting.
+# Given to the build script and the e2e tests (for their baselines' headers), never
+# exported: etcd reads every ETCD_* variable of its environment as a flag, and one named
+# ETCD_VERSION stops it starting (the tests start etcd without them).
 K8S_PINS = K8S_VERSION=$(K8S_VERSION) K8S_STAGING_VERSION=$(K8S_STAGING_VERSION) \
 	CONTAINERD_VERSION=$(CONTAINERD_VERSION) CNI_PLUGINS_VERSION=$(CNI_PLUGINS_VERSION) \
 	ETCD_VERSION=$(ETCD_VERSION) CRI_TOOLS_VERSION=$(CRI_TOOLS_VERSION) \
@@ -47,4 +48,4 @@ $(K8S_IMAGES)/.built: tests/scripts/build-images.sh tests/images/pause.c | k8s-d
 
 # The slow end-to-end tests (a whole cluster each): `.ci/run` runs them after `make test`.
 e2e: build k8s
-	$(CARGO) test --release --no-fail-fast -p plinth-tests --test kubernetes --test critest -- --ignored --test-threads=1 --nocapture
+	$(K8S_PINS) $(CARGO) test --release --no-fail-fast -p plinth-tests --test kubernetes --test critest -- --ignored --test-threads=1 --nocapture

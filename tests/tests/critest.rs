@@ -65,14 +65,6 @@ fn run_critest(c: &Cluster, handler: Option<&str>, label: &str) -> Outcomes {
             let mut why = msg
                 .split_whitespace()
                 .filter(|w| !w.starts_with("<*") && !w.starts_with("0x"))
-                .map(|w| {
-                    let id = w.trim_matches(|c: char| !c.is_ascii_hexdigit());
-                    if id.len() == 64 {
-                        w.replace(id, "<id>")
-                    } else {
-                        w.to_string()
-                    }
-                })
                 .collect::<Vec<_>>()
                 .join(" ");
             if let Some(i) = why.find("desc = ") {
@@ -82,12 +74,30 @@ fn run_critest(c: &Cluster, handler: Option<&str>, label: &str) -> Outcomes {
                     &why[i + 7..]
                 );
             }
-            let why: String = why.chars().take(240).collect();
+            // Container and sandbox ids differ every run, wherever they are quoted.
+            let why: String = without_ids(&why).chars().take(240).collect();
             outcomes.insert(name.join(" / "), (state, why));
         }
     }
     assert!(!outcomes.is_empty(), "critest ({label}) ran no spec");
     outcomes
+}
+
+/// `text` with every run of 64 hex digits (a container's or a sandbox's id) as `<id>`.
+fn without_ids(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    for c in text.chars().chain(std::iter::once(' ')) {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+            continue;
+        }
+        out.push_str(if run.len() == 64 { "<id>" } else { &run });
+        run.clear();
+        out.push(c);
+    }
+    out.pop();
+    out
 }
 
 /// The first line of `program --version`.

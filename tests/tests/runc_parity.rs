@@ -794,13 +794,19 @@ fn joining_a_user_namespace_with_its_own_mappings() {
     };
     let mut b = joining(&ns.path(), own.clone());
     b.config["process"]["args"] = json!(["sh", "-c", "stat -c '%u:%g' /volume/f"]);
-    b.config["mounts"].as_array_mut().unwrap().push(volume(&own));
+    b.config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(volume(&own));
     let (code, out, err) = b.run_with(&plinth_bin(), &unique("par"));
     assert_eq!((code, out.as_str()), (0, "0:0\n"), "{err}");
     let other = json!([{"containerID": 0, "hostID": 300000, "size": 65536}]);
     let mut b = joining(&ns.path(), own);
     let last = b.config["mounts"].as_array().unwrap().len();
-    b.config["mounts"].as_array_mut().unwrap().push(volume(&other));
+    b.config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(volume(&other));
     let (code, _, err) = b.run_with(&plinth_bin(), &unique("par"));
     assert_ne!(code, 0);
     assert!(
