@@ -901,3 +901,63 @@ fn every_refusal_is_a_line_of_the_audit_trail() {
         assert!(l.len() < 2048, "an audit line of {} bytes", l.len());
     }
 }
+
+/// A node whose enrolment answer was lost (a reset connection, a server killed before
+/// it answered) presents the spent token again with the same key, for the same boot:
+/// it gets a certificate again (the earlier one revoked), and no quarantine. The same
+/// token with another key is still a replay.
+#[test]
+fn an_enrolment_whose_answer_was_lost_is_answered_again_for_its_key() {
+    let s = Server::start(&["--max-discovered", "0"]);
+    s.declare(A, UUID_A);
+    let token = s.mint(A, UUID_A).expect("a token");
+    let id = Identity {
+        mac: A.into(),
+        uuid: UUID_A.into(),
+        serial: None,
+        boot_id: "0f0f0f0f-0000-4000-8000-0000000000aa".into(),
+    };
+    let fresh = enroll::fresh_key(A).unwrap();
+    let anon = s.anon();
+    let first = rt()
+        .block_on(enroll::enroll(&anon, &id, &token, &fresh))
+        .expect("enrolment");
+    // The answer above is the one the node never saw: it asks again, same key.
+    let again = rt()
+        .block_on(enroll::enroll(&anon, &id, &token, &fresh))
+        .expect("the same key again");
+    assert_ne!(first.serial, again.serial);
+    assert!(!s.quarantined(A), "{}", s.machine(A));
+    assert_eq!(valid_serials(&s, A), vec![again.serial.clone()]);
+    let node = anon
+        .with_identity(&s.pin, &again.certificate, fresh.key_der.clone())
+        .unwrap();
+    assert_eq!(call(&node, "GET", "/v1/config", None).0, 200);
+    let stale = anon
+        .with_identity(&s.pin, &first.certificate, fresh.key_der.clone())
+        .unwrap();
+    assert_eq!(call(&stale, "GET", "/v1/config", None).0, 401);
+
+    // Another boot with that key, or another key: a replay, and quarantine.
+    let other_boot = Identity {
+        boot_id: "0f0f0f0f-0000-4000-8000-0000000000bb".into(),
+        ..id.clone()
+    };
+    let err = rt()
+        .block_on(enroll::enroll(&anon, &other_boot, &token, &fresh))
+        .expect_err("another boot accepted");
+    assert!(err.to_string().contains("spent"), "{err}");
+    assert!(s.quarantined(A));
+    let (code, _) = s.op("POST", &format!("/v1/machines/{A}/release"), None);
+    assert_eq!(code, 200);
+    let token = s.mint(A, UUID_A).expect("a token after release");
+    let fresh = enroll::fresh_key(A).unwrap();
+    rt().block_on(enroll::enroll(&anon, &id, &token, &fresh))
+        .expect("enrolment after release");
+    let thief = enroll::fresh_key(A).unwrap();
+    let err = rt()
+        .block_on(enroll::enroll(&anon, &id, &token, &thief))
+        .expect_err("another key accepted");
+    assert!(err.to_string().contains("spent"), "{err}");
+    assert!(s.quarantined(A));
+}

@@ -405,18 +405,25 @@ impl Agent {
         // succeeds; each distinct failure once (a server down for an hour is one event,
         // not 120), and a few at most.
         let mut said: Vec<String> = Vec::new();
+        // One key for every attempt: when an answer is lost (a reset, a server killed
+        // before it answered), the token may be spent already, and the server gives a
+        // certificate again only to the key that spent it.
+        let mut key: Option<enroll::Fresh> = None;
         loop {
             attempt += 1;
-            let fresh = match enroll::fresh_key(&self.id.mac) {
-                Ok(f) => f,
+            let fresh = match key
+                .take()
+                .map_or_else(|| enroll::fresh_key(&self.id.mac), Ok)
+            {
+                Ok(f) => key.insert(f),
                 Err(e) => {
                     log(&format!("{e}"));
                     tokio::time::sleep(delay).await;
                     continue;
                 }
             };
-            match enroll::enroll(anon, &self.id, token, &fresh).await {
-                Ok(issued) => return Ok((issued, fresh.key_der)),
+            match enroll::enroll(anon, &self.id, token, fresh).await {
+                Ok(issued) => return Ok((issued, fresh.key_der.clone())),
                 Err(Error::Status { status, body, .. }) if (400..500).contains(&status) => {
                     log(&format!(
                         "enrolment refused ({status}): {body}; rebooting in {}s for a new token",

@@ -25,7 +25,7 @@ use crate::schema::{
 use crate::server::auth::{self, request_line, security};
 use crate::server::listener::Peer;
 use crate::server::metrics::Metrics;
-use crate::server::store::{Renewal, Store};
+use crate::server::store::{Renewal, Store, Token};
 use crate::server::tls::Signed;
 use crate::server::{ApiError, State};
 
@@ -112,6 +112,52 @@ fn replay(s: &Store, mac: &str, boot: &str, from: &str) -> crate::Result<Verdict
         )
         .reason("token_spent"),
     ))
+}
+
+/// A spent token presented again by the node that spent it, whose answer was lost (a
+/// reset connection, a server killed before it answered): the same boot, the same key
+/// as the certificate the token bought, which is still valid, and the token's life not
+/// over. The node gets a new certificate for that key (the earlier one is revoked), in
+/// the transaction that checks the earlier one is still valid; None when it is anything
+/// else, which is a replay. Safe to answer: a certificate is worthless without the
+/// private key, which never left the node.
+fn answer_lost(
+    st: &State,
+    s: &Store,
+    req: &EnrollRequest,
+    mac: &str,
+    token: &Token,
+    now: u64,
+) -> crate::Result<Option<Verdict>> {
+    if now >= token.expires_at {
+        return Ok(None);
+    }
+    let Ok(key) = crate::server::tls::csr_key(&req.csr) else {
+        return Ok(None);
+    };
+    let Some(m) = s.machine(mac)? else {
+        return Ok(None);
+    };
+    let Some(earlier) = m.certs.iter().find(|c| {
+        c.boot_id == req.boot_id
+            && c.key.as_deref() == Some(key.as_str())
+            && m.valid_cert(&c.serial, now).is_some()
+            && token.spent_at.is_some_and(|at| c.issued_at + 1 >= at)
+    }) else {
+        return Ok(None);
+    };
+    let Ok(mut signed) = st
+        .ca
+        .sign_client(&req.csr, mac, &req.boot_id, st.cfg.cert_lifetime)
+    else {
+        return Ok(None);
+    };
+    signed.record.discovery = earlier.discovery;
+    let discovery = earlier.discovery;
+    match s.renew_cert(mac, &earlier.serial.clone(), signed.record.clone())? {
+        Renewal::Issued => Ok(Some(Verdict::Issue(Box::new(signed), discovery))),
+        Renewal::Refused(_) => Ok(None),
+    }
 }
 
 /// Voids the token with `hash` if a machine holds it unspent, with an `error` event on
@@ -224,6 +270,9 @@ pub async fn enroll(
             ).reason("token_void")));
         }
         if token.spent_at.is_some() {
+            if let Some(v) = answer_lost(&st, s, &req, &mac, &token, now)? {
+                return Ok(v);
+            }
             return replay(s, &mac, &boot, &from);
         }
         if now >= token.expires_at {

@@ -188,6 +188,10 @@ pub struct Cert {
     /// Issued for a discovery token: no config until the machine is accepted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub discovery: bool,
+    /// The SHA-256 of the public key it was issued for (hex): an enrolment repeated
+    /// with the same key is a node whose answer was lost, not a replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// Why a machine is in quarantine.
@@ -1143,6 +1147,7 @@ mod tests {
             not_after: u64::MAX,
             revoked: None,
             discovery: false,
+            key: None,
         }
     }
 

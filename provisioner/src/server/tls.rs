@@ -201,7 +201,7 @@ impl Ca {
             what: "csr".into(),
             reason: format!("not a valid signed PKCS#10 request: {e}"),
         })?;
-        check_p256(der.as_ref())?;
+        let key = check_p256(der.as_ref())?;
         if csr.public_key.algorithm() != &rcgen::PKCS_ECDSA_P256_SHA256 {
             return Err(Error::Tls {
                 what: "csr".into(),
@@ -240,6 +240,7 @@ impl Ca {
                 not_after: issued_at + lifetime.as_secs(),
                 revoked: None,
                 discovery: false,
+                key: Some(key),
             },
         })
     }
@@ -291,7 +292,7 @@ impl Ca {
 
 /// Checks that a CSR's key is ECDSA P-256 (an uncompressed point on prime256v1): its
 /// signature algorithm alone does not say, since a P-384 key may sign with SHA-256 too.
-fn check_p256(csr_der: &[u8]) -> Result<()> {
+fn check_p256(csr_der: &[u8]) -> Result<String> {
     use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
     use x509_parser::prelude::FromDer;
     let refuse = |what: String| Error::Tls {
@@ -331,7 +332,26 @@ fn check_p256(csr_der: &[u8]) -> Result<()> {
             point.len()
         )));
     }
-    Ok(())
+    Ok(key_fingerprint(point))
+}
+
+/// The SHA-256 of a public key's point, hex: what a certificate's record keeps of the
+/// key it was issued for.
+fn key_fingerprint(point: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(point))
+}
+
+/// The fingerprint of the P-256 key of a CSR (PEM), as [`Cert::key`] keeps it; the
+/// error says why the CSR cannot be used.
+pub fn csr_key(csr_pem: &str) -> Result<String> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+        .map_err(|e| Error::Tls {
+        what: "csr".into(),
+        reason: format!("not a PEM CERTIFICATE REQUEST: {e}"),
+    })?;
+    check_p256(der.as_ref())
 }
 
 /// The serial of a presented certificate as the store keys it (lower-case hex, no
