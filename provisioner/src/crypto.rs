@@ -33,13 +33,18 @@ pub fn pin_of_cert(cert_der: &[u8]) -> Result<String> {
 
 /// `sha256:<hex>` of a DER SubjectPublicKeyInfo.
 pub fn pin_of_spki(spki_der: &[u8]) -> String {
-    format!("{PIN_PREFIX}{}", hex(&Sha256::digest(spki_der)))
+    format!("{PIN_PREFIX}{}", sha256_hex(spki_der))
 }
 
 /// The hex SHA-256 of a secret token: what the server stores instead of the token.
 /// Tokens carry 256 random bits, so a plain hash cannot be reversed by guessing.
 pub fn token_hash(token: &str) -> String {
-    hex(&Sha256::digest(token.as_bytes()))
+    sha256_hex(token.as_bytes())
+}
+
+/// SHA-256 of `bytes`, lower-case hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 /// Compares two strings in time independent of where they differ.

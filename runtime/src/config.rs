@@ -195,9 +195,22 @@ pub fn validate(dir: &Path, spec: Spec) -> Result<Bundle> {
         .ok_or_else(|| Error::config("linux", "missing"))?;
     check_linux_extras(linux)?;
     let plan = Plan::from_config(linux.namespaces().as_deref().unwrap_or(&[]))?;
-    check_idmapped_mounts(&spec, linux, &plan)?;
     let has_maps = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
         || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty());
+    // A joined user namespace's own maps, read once (a fork for a bind-mounted one),
+    // and only when the config gives mappings to compare with them.
+    let mount_maps = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .any(|m| m.uid_mappings().is_some() || m.gid_mappings().is_some());
+    let joined = match plan.joined(CloneFlags::CLONE_NEWUSER) {
+        Some(path) if has_maps || mount_maps => {
+            Some((path.as_path(), crate::idmap::of_namespace(path)?))
+        }
+        _ => None,
+    };
+    check_idmapped_mounts(&spec, linux, &plan, joined.as_ref())?;
     if plan.creates(CloneFlags::CLONE_NEWUSER) {
         if linux.uid_mappings().as_ref().is_none_or(|m| m.is_empty()) {
             return Err(Error::config(
@@ -211,15 +224,14 @@ pub fn validate(dir: &Path, spec: Spec) -> Result<Bundle> {
                 "a new user namespace needs gid mappings",
             ));
         }
-    } else if let (Some(path), true) = (plan.joined(CloneFlags::CLONE_NEWUSER), has_maps) {
+    } else if let (Some((path, (uid, gid))), true) = (&joined, has_maps) {
         // As runc: mappings beside a joined namespace are accepted when they are that
         // namespace's own (containerd sends both for a pod with `hostUsers: false`).
-        let (uid, gid) = crate::idmap::of_namespace(path)?;
         for (field, maps, theirs) in [
             ("linux.uidMappings", linux.uid_mappings(), uid),
             ("linux.gidMappings", linux.gid_mappings(), gid),
         ] {
-            if crate::idmap::extents(maps.as_deref().unwrap_or(&[])) != theirs {
+            if &crate::idmap::extents(maps.as_deref().unwrap_or(&[])) != theirs {
                 return Err(Error::config(
                     field,
                     format!(
@@ -446,9 +458,12 @@ fn check_process_extras(p: &oci_spec::runtime::Process) -> Result<()> {
 /// Id-mapped mounts (`idmap`/`ridmap`, runtime-spec 1.2): bind mounts only, in a
 /// container with a user namespace, whose mappings (when the mount gives its own) are
 /// that namespace's: the mount is id-mapped through it.
-fn check_idmapped_mounts(spec: &Spec, linux: &oci_spec::runtime::Linux, plan: &Plan) -> Result<()> {
-    // The joined user namespace's maps, read at the first mount that needs them.
-    let mut joined: Option<(Vec<crate::idmap::Extent>, Vec<crate::idmap::Extent>)> = None;
+fn check_idmapped_mounts(
+    spec: &Spec,
+    linux: &oci_spec::runtime::Linux,
+    plan: &Plan,
+    joined: Option<&(&Path, crate::idmap::Maps)>,
+) -> Result<()> {
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         let field = format!("mounts[{i}]");
         let opts = m.options().as_deref().unwrap_or(&[]);
@@ -493,14 +508,9 @@ fn check_idmapped_mounts(spec: &Spec, linux: &oci_spec::runtime::Linux, plan: &P
                     format!("must be the container's user namespace mappings (linux.{key})"),
                 ));
             }
-            if let Some(path) = plan.joined(CloneFlags::CLONE_NEWUSER) {
-                if joined.is_none() {
-                    joined = Some(crate::idmap::of_namespace(path)?);
-                }
-                let theirs = joined
-                    .as_ref()
-                    .map(|(u, g)| if key == "uidMappings" { u } else { g });
-                if Some(&crate::idmap::extents(own)) != theirs {
+            if let Some((path, (uid, gid))) = joined {
+                let theirs = if key == "uidMappings" { uid } else { gid };
+                if &crate::idmap::extents(own) != theirs {
                     return Err(Error::config(
                         format!("{field}.{key}"),
                         format!(

@@ -49,11 +49,14 @@ pub fn write(pid: i32, uid_maps: &[LinuxIdMapping], gid_maps: &[LinuxIdMapping])
 /// One line of a uid_map or gid_map: (container id, host id, size).
 pub type Extent = (u32, u32, u32);
 
+/// A user namespace's uid and gid maps, each sorted.
+pub type Maps = (Vec<Extent>, Vec<Extent>);
+
 /// The uid and gid maps of the user namespace at `path`, sorted, as the caller's own
 /// namespace sees them. An engine that joins a namespace it made (containerd for a pod
 /// with `hostUsers: false`) also sends that namespace's mappings, and runc accepts them
 /// when they are the namespace's: this is what they are compared with.
-pub fn of_namespace(path: &Path) -> Result<(Vec<Extent>, Vec<Extent>)> {
+pub fn of_namespace(path: &Path) -> Result<Maps> {
     // /proc/PID/ns/user names a process inside the namespace: its maps are readable
     // as they are. Anything else (a bind-mounted namespace) is entered by a child.
     if let Some(pid) = proc_pid(path) {

@@ -31,8 +31,6 @@ pub struct Options {
     pub data: Vec<String>,
     /// `bind` or `rbind` was given.
     pub bind: bool,
-    /// `idmap` (false) or `ridmap` (true, every mount below too) was given.
-    pub idmap: Option<bool>,
 }
 
 impl Default for Options {
@@ -45,7 +43,6 @@ impl Default for Options {
             attr_clr: 0,
             data: vec![],
             bind: false,
-            idmap: None,
         }
     }
 }
@@ -160,10 +157,8 @@ impl Options {
                     o.attr_clr |= MOUNT_ATTR_NOSYMFOLLOW;
                     continue;
                 }
-                "idmap" | "ridmap" => {
-                    o.idmap = Some(opt == "ridmap");
-                    continue;
-                }
+                // Whether and how a mount is id-mapped is `idmapped`'s to say.
+                "idmap" | "ridmap" => continue,
                 // runc's extension: copy the image's content up into a new tmpfs.
                 "tmpcopyup" => {
                     return Err(Error::config(

@@ -384,7 +384,7 @@ impl<'a> Rootfs<'a> {
         mount::attach(tree, &target, dest)?;
         let extra = o.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT);
         let t = mount::open_in_root(&self.root, dest, Create::Nothing)?;
-        if o.idmap == Some(true) {
+        if mount::idmapped(m) == Some(true) {
             mount::set_recursive_flags(&t, extra, dest)
         } else if !extra.is_empty() {
             mount::remount_bind(&mount::fd_path(&t), extra, dest)

@@ -77,14 +77,7 @@ impl Url {
 
 /// Parses `plinth.server=`: one https URL, or several of one fleet separated by commas.
 pub fn parse_list(s: &str) -> Result<Vec<Url>> {
-    let urls = s.split(',').map(Url::parse).collect::<Result<Vec<Url>>>()?;
-    if urls.is_empty() {
-        return Err(Error::Config {
-            what: format!("plinth.server={s}"),
-            reason: "no URL".into(),
-        });
-    }
-    Ok(urls)
+    s.split(',').map(Url::parse).collect()
 }
 
 impl std::fmt::Display for Url {
@@ -254,22 +247,20 @@ impl Client {
             let i = (first + k) % n;
             let (url, name) = &self.servers[i];
             let what = format!("{method} {url}{path}");
-            let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, self.connect(url)).await {
-                Ok(Ok(tcp)) => tcp,
-                Ok(Err(e)) => {
+            let connected = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(url))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no connection within {CONNECT_TIMEOUT:?}"),
+                    ))
+                });
+            let tcp = match connected {
+                Ok(tcp) => tcp,
+                Err(e) => {
                     last = Some(Error::Net {
                         what: format!("{what}: connect"),
                         source: e,
-                    });
-                    continue;
-                }
-                Err(_) => {
-                    last = Some(Error::Net {
-                        what: format!("{what}: connect"),
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!("no connection within {CONNECT_TIMEOUT:?}"),
-                        ),
                     });
                     continue;
                 }

@@ -153,9 +153,8 @@ fn answer_lost(
         return Ok(None);
     };
     signed.record.discovery = earlier.discovery;
-    let discovery = earlier.discovery;
-    match s.renew_cert(mac, &earlier.serial.clone(), signed.record.clone())? {
-        Renewal::Issued => Ok(Some(Verdict::Issue(Box::new(signed), discovery))),
+    match s.renew_cert(mac, &earlier.serial, signed.record.clone())? {
+        Renewal::Issued => Ok(Some(Verdict::Issue(Box::new(signed), earlier.discovery))),
         Renewal::Refused(_) => Ok(None),
     }
 }

@@ -15,7 +15,7 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
-use crate::crypto::{hex, pin_of_cert, provider, random_bytes};
+use crate::crypto::{hex, pin_of_cert, provider, random_bytes, sha256_hex};
 use crate::error::{io, Error, Result};
 use crate::server::files::write_atomic_mode;
 use crate::server::store::Cert;
@@ -190,13 +190,7 @@ impl Ca {
         boot_id: &str,
         lifetime: Duration,
     ) -> Result<Signed> {
-        use rustls::pki_types::pem::PemObject;
-        let der =
-            rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
-                .map_err(|e| Error::Tls {
-                    what: "csr".into(),
-                    reason: format!("not a PEM CERTIFICATE REQUEST: {e}"),
-                })?;
+        let der = csr_der(csr_pem)?;
         let csr = CertificateSigningRequestParams::from_der(&der).map_err(|e| Error::Tls {
             what: "csr".into(),
             reason: format!("not a valid signed PKCS#10 request: {e}"),
@@ -332,26 +326,25 @@ fn check_p256(csr_der: &[u8]) -> Result<String> {
             point.len()
         )));
     }
-    Ok(key_fingerprint(point))
+    // What a certificate's record keeps of the key it was issued for.
+    Ok(sha256_hex(point))
 }
 
-/// The SHA-256 of a public key's point, hex: what a certificate's record keeps of the
-/// key it was issued for.
-fn key_fingerprint(point: &[u8]) -> String {
-    use sha2::Digest;
-    hex(&sha2::Sha256::digest(point))
+/// A CSR's DER from its PEM.
+fn csr_der(csr_pem: &str) -> Result<rustls::pki_types::CertificateSigningRequestDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes()).map_err(
+        |e| Error::Tls {
+            what: "csr".into(),
+            reason: format!("not a PEM CERTIFICATE REQUEST: {e}"),
+        },
+    )
 }
 
 /// The fingerprint of the P-256 key of a CSR (PEM), as [`Cert::key`] keeps it; the
 /// error says why the CSR cannot be used.
 pub fn csr_key(csr_pem: &str) -> Result<String> {
-    use rustls::pki_types::pem::PemObject;
-    let der = rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
-        .map_err(|e| Error::Tls {
-        what: "csr".into(),
-        reason: format!("not a PEM CERTIFICATE REQUEST: {e}"),
-    })?;
-    check_p256(der.as_ref())
+    check_p256(csr_der(csr_pem)?.as_ref())
 }
 
 /// The serial of a presented certificate as the store keys it (lower-case hex, no
