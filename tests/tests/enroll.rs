@@ -113,6 +113,25 @@ fn a_second_mint_within_a_tokens_life_is_quarantine() {
         .enrol(A, UUID_A, &first)
         .expect_err("enrolled in quarantine");
     assert!(err.contains("403"), "{err}");
+
+    // A server killed between minting and answering: after its restart, the machine's
+    // next ask gets a new token (the one minted by the stopped run is replaced, and that
+    // is said), not a quarantine.
+    s.declare(B, UUID_B);
+    let lost = s.mint(B, UUID_B).expect("a token for B");
+    let boot = s.dir.0.join("boot");
+    let s = s.restart(&boot, &[]);
+    let again = s.mint(B, UUID_B).expect("a new token after the restart");
+    assert_ne!(lost, again);
+    assert!(!s.quarantined(B), "{}", s.machine(B));
+    assert!(
+        s.security(B)
+            .iter()
+            .any(|r| r.contains("has stopped since: replaced")),
+        "{}",
+        s.machine(B)
+    );
+    s.enrol(B, UUID_B, &again).expect("the new token enrols");
 }
 
 #[test]

@@ -199,3 +199,58 @@ fn the_fleet_is_advertised_as_a_list_and_nodes_fail_over() {
     assert!(err.contains("--advertise-tls"), "{err}");
     assert!(!data.exists(), "a refused start leaves no data directory");
 }
+
+/// A boot script whose server was killed between minting and answering: the machine asks
+/// another server, which finds the outstanding token minted by a server that stopped and
+/// replaces it (a `security` event, no quarantine). The same ask while the minting server
+/// runs is a second mint: quarantine, decided once its liveness mark would have expired.
+#[test]
+fn a_token_of_a_stopped_server_is_replaced_and_one_of_a_live_server_is_a_second_mint() {
+    let test = "a_token_of_a_stopped_server_is_replaced_and_one_of_a_live_server_is_a_second_mint";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let store = etcd.url();
+    let shared = TempDir::new("plinth-ca");
+    let ca_dir = shared.0.join("ca");
+    let mut a = server(&store, &ca_dir);
+    let b = server(&store, &ca_dir);
+    a.declare(A, UUID_A);
+    a.declare(B, UUID_B);
+
+    // A runs: a second ask on B is a second mint.
+    let _first = a.mint(A, UUID_A).expect("a token from A");
+    let t0 = std::time::Instant::now();
+    assert_eq!(b.mint(A, UUID_A), None, "a second token while A runs");
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_secs(2),
+        "B decided before A's mark could have expired: {:?}",
+        t0.elapsed()
+    );
+    assert!(
+        b.quarantined(A),
+        "a second mint while A runs: {}",
+        b.machine(A)
+    );
+
+    // A is killed after minting (its answer lost, as far as anyone knows).
+    let lost = a.mint(B, UUID_B).expect("a token from A");
+    a.sigkill_and_reap();
+    let again = b
+        .mint(B, UUID_B)
+        .expect("a new token from B once A has stopped");
+    assert_ne!(lost, again);
+    assert!(!b.quarantined(B), "{}", b.machine(B));
+    let security = b.security(B);
+    assert!(
+        security
+            .iter()
+            .any(|r| r.contains("has stopped since: replaced")),
+        "{security:?}"
+    );
+    let err = b
+        .enrol(B, UUID_B, &lost)
+        .expect_err("the replaced token still enrols");
+    assert!(err.contains("403"), "{err}");
+    b.enrol(B, UUID_B, &again).expect("the new token enrols");
+}

@@ -2,7 +2,9 @@
 //! recorded). Stock iPXE has no HTTPS, so the per-machine script carries the HTTPS URL,
 //! the CA pin and a single-use token: minted only for a declared machine whose firmware
 //! reports the declared UUID, at most one outstanding; a second mint while one is
-//! outstanding is a `security` event and puts the machine in quarantine. Only GET mints
+//! outstanding is a `security` event and puts the machine in quarantine, unless the
+//! server that minted the outstanding one has stopped since (its answer may be what was
+//! lost: the token is replaced, and that is a `security` event too). Only GET mints
 //! (HEAD is 405). The files are read once, at start, and served from memory.
 
 use std::collections::HashMap;
@@ -23,6 +25,7 @@ use crate::schema::{normalize_mac, unix_time, valid_uuid};
 use crate::server::assign::identifiers;
 use crate::server::fleet::Match;
 use crate::server::ident::placeholder_uuid;
+use crate::server::kv::LIVE_TTL;
 use crate::server::metrics::Metrics;
 use crate::server::store::{Pxe, Token};
 use crate::server::{
@@ -141,12 +144,13 @@ fn mint(
     mac: &str,
     uuid: Option<String>,
     serial: Option<String>,
-) -> Result<Option<String>, ApiError> {
+    patient: bool,
+) -> Result<Minted, ApiError> {
     let now = unix_time();
     let ttl = st.cfg.token_ttl.as_secs();
     let from_s = from.to_string();
     let fleet = st.fleet();
-    let (token, refusal, known) = st.with_store(|s| {
+    let (token, refusal, known, wait) = st.with_store(|s| {
         let record = s.machine(mac)?;
         let labels = record
             .as_ref()
@@ -194,7 +198,7 @@ fn mint(
                     None
                 };
                 if let Some(why) = why {
-                    return Ok((None, Some((why, "discovery_limit")), None));
+                    return Ok((None, Some((why, "discovery_limit")), None, None));
                 }
                 s.discover(mac, &from_s)?;
                 Known::Discovery
@@ -229,10 +233,32 @@ fn mint(
         }
         let m = s.machine(mac)?;
         let quarantined = m.as_ref().is_some_and(|m| m.quarantine.is_some());
-        let outstanding = m
+        let previous = m
             .as_ref()
             .and_then(|m| m.token.as_ref())
-            .is_some_and(|t| t.outstanding(now));
+            .filter(|t| t.outstanding(now));
+        let outstanding = previous.is_some();
+        // A token minted by a server that has stopped since: the script that carried it
+        // may never have been answered (killed between the commit and the answer), so
+        // this is the machine asking again, not a second mint. Nothing is lost to an
+        // intruder who fetched it first: it stops being accepted here.
+        let mut orphaned = None;
+        let mut wait_for = None;
+        if let Some(by) = previous.and_then(|t| t.minted_by.as_ref().map(|b| (b, t.minted_at))) {
+            if !s.server_alive(by.0)? {
+                orphaned = Some(by.0.clone());
+            } else if by.0 != s.server_id() && !patient {
+                // Another server minted it a moment ago and looks alive: its mark on the
+                // store outlives it by LIVE_TTL, so ask again once that has passed.
+                let settled = by.1 + LIVE_TTL.as_secs() + 2;
+                if now < settled {
+                    wait_for = Some(std::time::Duration::from_secs(settled - now));
+                }
+            }
+        }
+        if wait_for.is_some() {
+            return Ok((None, None, Some(known), wait_for));
+        }
         let pxe = |minted: bool| Pxe {
             at: now,
             uuid: uuid.clone(),
@@ -269,7 +295,7 @@ fn mint(
                 ),
                 "uuid_mismatch",
             ))
-        } else if outstanding {
+        } else if outstanding && orphaned.is_none() {
             let msg = format!("a second token asked for {mac} while one is outstanding: quarantine");
             s.quarantine(mac, &msg)?;
             s.security_event(mac, "", &msg, Some(&from_s))?;
@@ -279,7 +305,17 @@ fn mint(
         };
         if refusal.is_some() {
             s.note_pxe(mac, pxe(false), None)?;
-            return Ok((None, refusal, Some(known)));
+            return Ok((None, refusal, Some(known), None));
+        }
+        if let Some(by) = &orphaned {
+            s.security_event(
+                mac,
+                "",
+                &format!(
+                    "the outstanding token was minted by server {by}, which has stopped since: replaced (its boot script may never have been answered)"
+                ),
+                Some(&from_s),
+            )?;
         }
         let token = random_token()?;
         let record = Token {
@@ -290,10 +326,14 @@ fn mint(
             spent_at: None,
             voided: None,
             discovery: known == Known::Discovery,
+            minted_by: Some(s.server_id().to_string()),
         };
         s.note_pxe(mac, pxe(true), Some(record))?;
-        Ok((Some(token), None, Some(known)))
+        Ok((Some(token), None, Some(known), None))
     })?;
+    if let Some(wait) = wait {
+        return Ok(Minted::Wait(wait));
+    }
     if let Some((why, code)) = refusal {
         Metrics::count(&st.metrics.boots, "no_token");
         st.metrics.refused("http", code);
@@ -319,7 +359,16 @@ fn mint(
             }
         ));
     }
-    Ok(token)
+    Ok(Minted::Done(token))
+}
+
+/// What [`mint`] came to.
+enum Minted {
+    /// A token, or none (refused, and audited).
+    Done(Option<String>),
+    /// Undecided: the outstanding token's server may have stopped before answering; ask
+    /// again after this long.
+    Wait(std::time::Duration),
 }
 
 /// `GET /boot.ipxe?mac=&uuid=&serial=`. Any other method (HEAD, which axum would
@@ -370,7 +419,16 @@ async fn script(
             .get("serial")
             .filter(|s| s.len() <= 128 && !s.is_empty())
             .cloned();
-        token = mint(&st, addr, &mac, uuid, serial)?;
+        token = match mint(&st, addr, &mac, uuid.clone(), serial.clone(), false)? {
+            Minted::Done(t) => t,
+            Minted::Wait(d) => {
+                tokio::time::sleep(d).await;
+                match mint(&st, addr, &mac, uuid, serial, true)? {
+                    Minted::Done(t) => t,
+                    Minted::Wait(_) => None,
+                }
+            }
+        };
         known_mac = Some(mac);
     }
     let sets = Sets {

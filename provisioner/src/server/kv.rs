@@ -45,4 +45,14 @@ pub trait Kv: Send + Sync {
     fn commit(&self, txn: Txn) -> Result<bool>;
     /// Bytes the store takes on disk.
     fn size(&self) -> Result<u64>;
+    /// Marks the server `id` alive for as long as this process lives: on etcd a key on a
+    /// lease this process keeps renewing, gone [`LIVE_TTL`] after it stops (a kill -9
+    /// included). Other servers on the store ask [`Kv::alive`].
+    fn announce(&self, id: &str) -> Result<()>;
+    /// Whether the server `id` is alive (announced and still renewing).
+    fn alive(&self, id: &str) -> Result<bool>;
 }
+
+/// How long a server stays alive on the store after it stops renewing its mark. Short:
+/// a server waits up to this long before taking over the work of one that stopped.
+pub const LIVE_TTL: std::time::Duration = std::time::Duration::from_secs(3);

@@ -12,10 +12,12 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn as EtcdTxn, TxnOp};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn as EtcdTxn, TxnOp,
+};
 
 use crate::error::{Error, Result};
-use crate::server::kv::{Entry, Kv, Txn};
+use crate::server::kv::{Entry, Kv, Txn, LIVE_TTL};
 
 /// Every key of plinth's lives below this prefix, so that an etcd shared with other
 /// programs (a Kubernetes control plane's) keeps them apart.
@@ -158,6 +160,48 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// A server's liveness key.
+fn live_key(id: &str) -> String {
+    format!("{PREFIX}live/{id}")
+}
+
+/// A lease of [`LIVE_TTL`] with the liveness key on it.
+async fn live_lease(c: &mut Client, key: &str) -> std::result::Result<i64, etcd_client::Error> {
+    let ttl = i64::try_from(LIVE_TTL.as_secs()).unwrap_or(3);
+    let lease = c.lease_grant(ttl, None).await?.id();
+    c.put(key, "", Some(PutOptions::new().with_lease(lease)))
+        .await?;
+    Ok(lease)
+}
+
+/// Renews the liveness lease a few times per [`LIVE_TTL`], for as long as the process
+/// lives. A renewal that fails (etcd out of reach longer than the lease) starts over
+/// with a new lease: the server is alive again to the others once etcd answers.
+async fn keep_alive(mut c: Client, key: String, mut lease: i64) {
+    let pause = LIVE_TTL / 3;
+    loop {
+        if let Ok((mut keeper, mut answers)) = c.lease_keep_alive(lease).await {
+            loop {
+                tokio::time::sleep(pause).await;
+                if keeper.keep_alive().await.is_err() {
+                    break;
+                }
+                match tokio::time::timeout(TIMEOUT, answers.message()).await {
+                    Ok(Ok(Some(a))) if a.ttl() > 0 => {}
+                    _ => break,
+                }
+            }
+        }
+        loop {
+            tokio::time::sleep(pause).await;
+            if let Ok(l) = live_lease(&mut c, &key).await {
+                lease = l;
+                break;
+            }
+        }
+    }
+}
+
 fn version(rev: i64) -> u64 {
     u64::try_from(rev).unwrap_or(0)
 }
@@ -263,6 +307,28 @@ impl Kv for EtcdKv {
                 self.endpoints.join(",")
             )))?;
         Ok(u64::try_from(resp.db_size()).unwrap_or(0))
+    }
+
+    fn announce(&self, id: &str) -> Result<()> {
+        let key = live_key(id);
+        let what = format!("announcing server {id} on etcd");
+        let k = key.clone();
+        let lease = self
+            .call(move |mut c| async move { live_lease(&mut c, &k).await })?
+            .map_err(err(what))?;
+        if let Some(rt) = &self.rt {
+            rt.spawn(keep_alive(self.client.clone(), key, lease));
+        }
+        Ok(())
+    }
+
+    fn alive(&self, id: &str) -> Result<bool> {
+        let key = live_key(id);
+        let what = format!("reading {key}");
+        let resp = self
+            .call(move |mut c| async move { c.get(key, None).await })?
+            .map_err(err(what))?;
+        Ok(!resp.kvs().is_empty())
     }
 }
 

@@ -32,6 +32,9 @@ fn err(what: &str) -> impl FnOnce(redb::Error) -> Error + '_ {
 pub struct RedbKv {
     db: Database,
     path: PathBuf,
+    /// The server that announced itself: the file is locked to one process, so every
+    /// other server that ever used it has stopped.
+    live: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for RedbKv {
@@ -56,7 +59,11 @@ impl RedbKv {
         // certificates' records, so it is private like the rest of --data.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .map_err(crate::error::io("setting the mode of", &path))?;
-        let kv = RedbKv { db, path };
+        let kv = RedbKv {
+            db,
+            path,
+            live: std::sync::Mutex::new(None),
+        };
         // The tables exist from the first open on, so reads never meet a missing one.
         let w = kv
             .db
@@ -184,6 +191,20 @@ impl Kv for RedbKv {
         Ok(std::fs::metadata(&self.path)
             .map_err(crate::error::io("reading the size of", &self.path))?
             .len())
+    }
+
+    fn announce(&self, id: &str) -> Result<()> {
+        *self.live.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_string());
+        Ok(())
+    }
+
+    fn alive(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_deref()
+            == Some(id))
     }
 }
 

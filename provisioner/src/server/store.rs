@@ -161,6 +161,11 @@ pub struct Token {
     /// A discovery token: it buys a discovery-only certificate.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub discovery: bool,
+    /// The server that minted it ([`Store::server_id`]): when that server has stopped,
+    /// the boot script that carried the token may never have been answered, so asking
+    /// again is no second mint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minted_by: Option<String>,
 }
 
 impl Token {
@@ -418,6 +423,9 @@ fn from_json<T: serde::de::DeserializeOwned>(what: &str, b: &[u8]) -> Result<T> 
 pub struct Store {
     kv: Box<dyn Kv>,
     limits: Limits,
+    /// This server's name on the store for as long as it runs (random, new at each
+    /// start): what it minted says so, and the others can tell whether it still runs.
+    server_id: String,
 }
 
 impl std::fmt::Debug for Store {
@@ -432,15 +440,31 @@ impl std::fmt::Debug for Store {
 const RETRIES: usize = 16;
 
 impl Store {
-    /// The store over `kv`.
-    pub fn new(kv: Box<dyn Kv>, limits: Limits) -> Store {
-        Store { kv, limits }
+    /// The store over `kv`, with this server announced on it as alive.
+    pub fn new(kv: Box<dyn Kv>, limits: Limits) -> Result<Store> {
+        let server_id = crate::crypto::hex(&crate::crypto::random_bytes(8)?);
+        kv.announce(&server_id)?;
+        Ok(Store {
+            kv,
+            limits,
+            server_id,
+        })
+    }
+
+    /// This server's name on the store (see [`Token::minted_by`]).
+    pub fn server_id(&self) -> &str {
+        &self.server_id
+    }
+
+    /// Whether the server `id` still runs: this one, or one alive on the shared store.
+    pub fn server_alive(&self, id: &str) -> Result<bool> {
+        Ok(id == self.server_id || self.kv.alive(id)?)
     }
 
     /// The embedded store in `<data>/store/`.
     pub fn open(data: &Path, limits: Limits) -> Result<Store> {
         let kv = crate::server::kv_redb::RedbKv::open(&data.join("store"))?;
-        Ok(Store::new(Box::new(kv), limits))
+        Store::new(Box::new(kv), limits)
     }
 
     /// The store `--store` names: the embedded one in `<data>/store/` without it, etcd
@@ -451,7 +475,7 @@ impl Store {
             Some(url) => {
                 let endpoints = crate::server::kv_etcd::parse_url(url)?;
                 let kv = crate::server::kv_etcd::EtcdKv::connect(endpoints)?;
-                Ok(Store::new(Box::new(kv), limits))
+                Store::new(Box::new(kv), limits)
             }
         }
     }
@@ -1372,7 +1396,7 @@ mod tests {
             delete: vec![],
         })
         .expect("commit");
-        let s = Store::new(Box::new(kv), Limits::default());
+        let s = Store::new(Box::new(kv), Limits::default()).expect("store");
         let err = s.machine(MAC).expect_err("corrupt");
         assert!(err.to_string().contains(&format!("m/{MAC}")), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
