@@ -34,6 +34,9 @@ pub struct Options {
     pub servers: usize,
     /// Log lines each machine streams (in batches of 20).
     pub log_lines: usize,
+    /// SIGKILL the first server once this many machines have completed (the rest of the
+    /// storm goes on against the others).
+    pub kill_first_after: Option<usize>,
 }
 
 /// The request types timed, in protocol order.
@@ -68,6 +71,12 @@ pub struct Report {
     pub errors: BTreeMap<&'static str, (usize, Vec<String>)>,
     /// Requests made again on another server after theirs went away.
     pub failovers: usize,
+    /// Requests made again after their answer was lost (a reset, a 5xx).
+    pub retries: usize,
+    /// Per machine (by MAC): the writes the servers acknowledged.
+    pub acked: BTreeMap<String, Acked>,
+    /// How many machines had completed when the first server was killed, if it was.
+    pub killed_at: Option<usize>,
     /// Per server: peak RSS (VmHWM, KiB) and CPU seconds (user + system).
     pub servers: Vec<(u64, f64)>,
     /// etcd's peak RSS (KiB) and CPU seconds, when the servers share one.
@@ -97,7 +106,7 @@ impl Report {
     /// The report as people read it.
     pub fn text(&self, o: &Options) -> String {
         let mut s = format!(
-            "{} machines, {} in flight, {} server(s){}: {} completed in {:.1} s, {:.1} machines/s, {} errors, {} failovers\n",
+            "{} machines, {} in flight, {} server(s){}: {} completed in {:.1} s, {:.1} machines/s, {} errors, {} failovers, {} retries\n",
             o.machines,
             o.in_flight,
             o.servers,
@@ -107,6 +116,7 @@ impl Report {
             self.completed as f64 / self.wall.as_secs_f64().max(1e-9),
             self.error_count(),
             self.failovers,
+            self.retries,
         );
         s.push_str(&format!(
             "{:<10} {:>8} {:>9} {:>9} {:>9}\n",
@@ -150,6 +160,15 @@ impl Report {
         }
         s
     }
+}
+
+/// The writes of one machine a server acknowledged.
+#[derive(Debug, Default, Clone)]
+pub struct Acked {
+    /// The `seq` of each event answered.
+    pub events: Vec<u64>,
+    /// Log lines answered (the first this many of [`log_line`]).
+    pub log_lines: usize,
 }
 
 /// Machine `i`'s MAC, UUID and source address.
@@ -260,6 +279,9 @@ struct Tally {
     errors: BTreeMap<&'static str, (usize, Vec<String>)>,
     completed: usize,
     failovers: usize,
+    retries: usize,
+    acked: BTreeMap<String, Acked>,
+    killed_at: Option<usize>,
 }
 
 impl Tally {
@@ -288,6 +310,7 @@ pub fn run(o: &Options, fleet: &Fleet) -> Report {
         pin: fleet.servers[0].pin.clone(),
     };
     let tally = Arc::new(Mutex::new(Tally::default()));
+    let (kill_after, first_pid) = (o.kill_first_after, fleet.servers[0].pid());
     let cpu0 = own_cpu();
     let started = Instant::now();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -303,7 +326,17 @@ pub fn run(o: &Options, fleet: &Fleet) -> Report {
             tasks.spawn(async move {
                 let done = one_machine(i, &target, &tally, lines).await;
                 if done {
-                    tally.lock().unwrap().completed += 1;
+                    let mut t = tally.lock().unwrap();
+                    t.completed += 1;
+                    if Some(t.completed) == kill_after {
+                        // In the middle of everything: other machines' requests are in
+                        // flight on it, some of them committed and not yet answered.
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(first_pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                        t.killed_at = Some(t.completed);
+                    }
                 }
                 drop(permit);
             });
@@ -323,6 +356,9 @@ pub fn run(o: &Options, fleet: &Fleet) -> Report {
         latencies: t.latencies,
         errors: t.errors,
         failovers: t.failovers,
+        retries: t.retries,
+        acked: t.acked,
+        killed_at: t.killed_at,
         servers: fleet.servers.iter().map(|s| usage(s.pid())).collect(),
         etcd: fleet.etcd.as_ref().map(|e| usage(e.pid())),
         generator_cpu: own_cpu() - cpu0,
@@ -330,40 +366,32 @@ pub fn run(o: &Options, fleet: &Fleet) -> Report {
     }
 }
 
+/// How many times a machine makes a request whose answer never came (a reset, a server
+/// killed, a 5xx), a pause apart; a 4xx is final. The node's client goes on to the next
+/// server when its own cannot be connected to.
+const ATTEMPTS: usize = 10;
+const PAUSE: Duration = Duration::from_millis(500);
+
 /// One machine's boot, start to end; false when a step failed (counted in the tally).
 async fn one_machine(i: usize, t: &Target, tally: &Mutex<Tally>, log_lines: usize) -> bool {
     let (mac, uuid, src) = machine(i);
     let n = t.http.len();
     let first = i % n;
     // The script from one server, everything after it from the next (with one server,
-    // the same): what several servers behind one address do to a machine.
-    let script = {
-        let path = format!("/boot.ipxe?mac={mac}&uuid={uuid}");
-        let mut answer = Err(String::new());
-        for k in 0..n {
-            let t0 = Instant::now();
-            answer = http_get(&t.http[(first + k) % n], &path, src).await;
-            match &answer {
-                Ok(_) => {
-                    tally.lock().unwrap().took("boot.ipxe", t0.elapsed());
-                    break;
-                }
-                Err(e) if e.starts_with("connect") && k + 1 < n => {
-                    tally.lock().unwrap().failovers += 1;
-                }
-                Err(_) => break,
-            }
-        }
-        match answer {
-            Ok(s) => s,
-            Err(e) => {
-                tally
-                    .lock()
-                    .unwrap()
-                    .failed("boot.ipxe", format!("{mac}: {e}"));
-                return false;
-            }
-        }
+    // the same): what several servers behind one address do to a machine. A script
+    // whose answer is lost is asked of the next server, as firmware retrying its boot
+    // would reach whichever server answers.
+    let path = format!("/boot.ipxe?mac={mac}&uuid={uuid}");
+    let mut at = first;
+    let Some(script) = timed(tally, "boot.ipxe", &mac, || {
+        let base = t.http[at % n].clone();
+        at += 1;
+        let path = path.clone();
+        async move { http_get(&base, &path, src).await }
+    })
+    .await
+    else {
+        return false;
     };
     let Some(token) = script
         .lines()
@@ -402,8 +430,10 @@ async fn one_machine(i: usize, t: &Target, tally: &Mutex<Tally>, log_lines: usiz
             return false;
         }
     };
-    let Some(issued) = timed(tally, "enroll", &mac, async {
-        enroll::enroll(&anon, &id, &token, &fresh).await
+    // One key for every attempt, as the node keeps: a lost answer is answered again
+    // only for the key that spent the token.
+    let Some(issued) = timed(tally, "enroll", &mac, || {
+        enroll::enroll(&anon, &id, &token, &fresh)
     })
     .await
     else {
@@ -426,9 +456,9 @@ async fn provisioned(
     log_lines: usize,
 ) -> bool {
     let (mac, boot_id) = (&id.mac, &id.boot_id);
-    if timed(tally, "config", mac, async {
-        c.call::<serde_json::Value>("GET", "/v1/config", None::<&()>, Duration::from_secs(60))
-            .await
+    let long = Duration::from_secs(60);
+    if timed(tally, "config", mac, || {
+        c.call::<serde_json::Value>("GET", "/v1/config", None::<&()>, long)
     })
     .await
     .is_none()
@@ -448,57 +478,108 @@ async fn provisioned(
             wall_time: plinth_provisioner::schema::unix_time(),
             details: serde_json::Map::new(),
         };
-        if timed(tally, "event", mac, async {
-            c.call::<Reply>("POST", "/v1/events", Some(&ev), Duration::from_secs(60))
-                .await
+        if timed(tally, "event", mac, || {
+            c.call::<Reply>("POST", "/v1/events", Some(&ev), long)
         })
         .await
         .is_none()
         {
             return false;
         }
+        tally
+            .lock()
+            .unwrap()
+            .acked
+            .entry(mac.clone())
+            .or_default()
+            .events
+            .push(ev.seq);
     }
     let lines: Vec<LogLine> = (0..log_lines)
         .map(|k| LogLine {
             source: "console".into(),
-            text: format!("storm machine {i}: line {k} of the boot log"),
+            text: log_line(i, k),
         })
         .collect();
-    for chunk in lines.chunks(20) {
+    for chunk in lines.chunks(LOG_BATCH) {
         let batch = LogBatch {
             boot_id: boot_id.clone(),
             lines: chunk.to_vec(),
         };
-        if timed(tally, "logs", mac, async {
-            c.call::<serde_json::Value>("POST", "/v1/logs", Some(&batch), Duration::from_secs(60))
-                .await
+        if timed(tally, "logs", mac, || {
+            c.call::<serde_json::Value>("POST", "/v1/logs", Some(&batch), long)
         })
         .await
         .is_none()
         {
             return false;
         }
+        tally
+            .lock()
+            .unwrap()
+            .acked
+            .entry(mac.clone())
+            .or_default()
+            .log_lines += chunk.len();
     }
     true
 }
 
-/// One request, its latency or its failure tallied.
-async fn timed<T>(
+/// Log lines per request.
+const LOG_BATCH: usize = 20;
+
+/// Machine `i`'s `k`th log line.
+pub fn log_line(i: usize, k: usize) -> String {
+    format!("storm machine {i}: line {k} of the boot log")
+}
+
+/// One request, made again while its answer is lost (up to [`ATTEMPTS`]); each answer's
+/// latency, each lost answer and the final failure tallied.
+async fn timed<T, E, F, Fut>(
     tally: &Mutex<Tally>,
     step: &'static str,
     mac: &str,
-    request: impl std::future::Future<Output = Result<T, Error>>,
-) -> Option<T> {
-    let t0 = Instant::now();
-    match request.await {
-        Ok(v) => {
-            tally.lock().unwrap().took(step, t0.elapsed());
-            Some(v)
+    mut request: F,
+) -> Option<T>
+where
+    E: std::fmt::Display + Final,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    for attempt in 1..=ATTEMPTS {
+        let t0 = Instant::now();
+        match request().await {
+            Ok(v) => {
+                tally.lock().unwrap().took(step, t0.elapsed());
+                return Some(v);
+            }
+            Err(e) if attempt < ATTEMPTS && !e.is_final() => {
+                tally.lock().unwrap().retries += 1;
+                tokio::time::sleep(PAUSE).await;
+            }
+            Err(e) => {
+                tally.lock().unwrap().failed(step, format!("{mac}: {e}"));
+                return None;
+            }
         }
-        Err(e) => {
-            tally.lock().unwrap().failed(step, format!("{mac}: {e}"));
-            None
-        }
+    }
+    None
+}
+
+/// Whether a failed request is not worth making again: the server answered no.
+trait Final {
+    fn is_final(&self) -> bool;
+}
+
+impl Final for Error {
+    fn is_final(&self) -> bool {
+        matches!(self, Error::Status { status, .. } if (400..500).contains(status))
+    }
+}
+
+impl Final for String {
+    fn is_final(&self) -> bool {
+        self.starts_with("answer HTTP/1.1 4")
     }
 }
 

@@ -249,6 +249,17 @@ pub struct BootInfo {
     /// Log lines dropped over the limit.
     #[serde(default)]
     pub log_dropped: u64,
+    /// The highest `seq` of the node's events recorded: the node delivers its events in
+    /// order, so one at or below it is a repeat of one whose answer was lost.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_seq: u64,
+    /// Repeats acknowledged and not recorded again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub repeats: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What the server knows about one machine.
@@ -349,6 +360,8 @@ impl Machine {
                 log_bytes: 0,
                 log_batches: 0,
                 log_dropped: 0,
+                last_seq: 0,
+                repeats: 0,
             });
         }
         let b = self
@@ -730,7 +743,9 @@ impl Store {
     }
 
     /// Records a node's event and returns the machine's pending action, clearing it (the
-    /// reply delivers it). Nothing is recorded for a machine without a record.
+    /// reply delivers it). Nothing is recorded for a machine without a record, nor for a
+    /// repeat (a `seq` of this boot recorded already: the node sent it again because the
+    /// answer was lost), which is counted and answered as the first was.
     pub fn record(&self, mac: &str, ev: Event) -> Result<Option<Action>> {
         let ms = crate::server::traffic::now_ms();
         let rec = Recorded {
@@ -739,9 +754,23 @@ impl Store {
             source: Source::Node,
             event: ev,
         };
+        let seq = rec.event.seq;
         Ok(self
             .update(mac, false, |m, txn| {
-                self.push_event(m, txn, &rec)?;
+                let boot = &rec.event.boot_id;
+                let seen = m
+                    .boots
+                    .iter_mut()
+                    .rfind(|b| b.boot_id == boot_key(boot))
+                    .filter(|b| seq > 0 && seq <= b.last_seq);
+                if let Some(b) = seen {
+                    // Answered again, recorded once.
+                    b.repeats += 1;
+                } else {
+                    self.push_event(m, txn, &rec)?;
+                    let (info, _) = m.boot(boot, rec.received_at);
+                    info.last_seq = info.last_seq.max(seq);
+                }
                 Ok(m.pending_action.take())
             })?
             .flatten())
@@ -1184,6 +1213,36 @@ mod tests {
             .filter(|c| c.revoked.is_none())
             .map(|c| c.serial.clone())
             .collect()
+    }
+
+    #[test]
+    fn an_event_sent_again_is_answered_and_recorded_once() {
+        let dir = scratch("repeat");
+        let s = Store::open(&dir, Limits::default()).expect("open");
+        s.declare(MAC, declared()).expect("declare");
+        for seq in [1, 2, 2, 1, 3] {
+            s.record(MAC, event("b", seq)).expect("record");
+        }
+        s.set_action(MAC, Action::Reboot).expect("set");
+        // A repeat's answer carries the pending action as the first's would have.
+        assert_eq!(
+            s.record(MAC, event("b", 3)).expect("record"),
+            Some(Action::Reboot)
+        );
+        let seqs: Vec<u64> = s
+            .events(MAC)
+            .expect("events")
+            .iter()
+            .map(|r| r.event.seq)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        let m = s.machine(MAC).expect("read").expect("machine");
+        let b = m.boots.iter().find(|b| b.boot_id == "b").expect("boot");
+        assert_eq!((b.last_seq, b.repeats, b.events), (3, 3, 3));
+        // Another boot counts from its own start.
+        s.record(MAC, event("c", 1)).expect("record");
+        assert_eq!(s.events(MAC).expect("events").len(), 4);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -22,6 +22,10 @@ struct Args {
     /// Log lines each machine streams.
     #[arg(long, default_value_t = 40)]
     log_lines: usize,
+    /// SIGKILL the first server once this many machines have completed; the others go
+    /// on against the servers left (needs --servers 2 or more).
+    #[arg(long)]
+    kill_first_after: Option<usize>,
 }
 
 fn main() -> Result<()> {
@@ -35,11 +39,15 @@ fn main() -> Result<()> {
     if a.servers == 0 {
         bail!("--servers: must be at least 1");
     }
+    if a.kill_first_after.is_some() && a.servers < 2 {
+        bail!("--kill-first-after: needs --servers 2 or more, to have a server left");
+    }
     let o = Options {
         machines: a.machines,
         in_flight: a.in_flight,
         servers: a.servers,
         log_lines: a.log_lines,
+        kill_first_after: a.kill_first_after,
     };
     let Some((fleet, startup)) = Fleet::start(&o, "plinth-storm") else {
         bail!("etcd is not installed (make deps installs etcd-server)");
