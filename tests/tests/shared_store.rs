@@ -254,3 +254,83 @@ fn a_token_of_a_stopped_server_is_replaced_and_one_of_a_live_server_is_a_second_
     assert!(err.contains("403"), "{err}");
     b.enrol(B, UUID_B, &again).expect("the new token enrols");
 }
+
+/// Events and logs are kept `--keep-history` after they arrive, then the store drops
+/// them by itself: etcd through leases (one per slot of a sixteenth of the time kept),
+/// the embedded store at its first write after their time. The machine's record (its
+/// certificates, its token) is not history and stays.
+#[test]
+fn history_goes_after_keep_history_on_etcd_and_on_the_embedded_store() {
+    let test = "history_goes_after_keep_history_on_etcd_and_on_the_embedded_store";
+    let embedded = Server::start(&["--keep-history", "2s"]);
+    history_goes(&embedded, "embedded");
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let shared = TempDir::new("plinth-ca");
+    let on_etcd = server_with(&etcd.url(), &shared.0.join("ca"), &["--keep-history", "2s"]);
+    history_goes(&on_etcd, "etcd");
+}
+
+fn history_goes(s: &Server, store: &str) {
+    let boot = "0f0f0f0f-0000-4000-8000-000000000001";
+    s.declare(A, UUID_A);
+    let token = s.mint(A, UUID_A).expect("a token");
+    let node = s.enrol(A, UUID_A, &token).expect("enrolment");
+    let line = "the first line of the boot";
+    let batch = serde_json::json!({"bootId": boot, "lines": [{"source": "console", "text": line}]});
+    assert_eq!(call(&node, "POST", "/v1/logs", Some(batch)).0, 200);
+    let log = |s: &Server| {
+        s.curl(&[
+            "-H",
+            &format!("Authorization: Bearer {}", s.operator),
+            &format!("{}/v1/machines/{A}/logs/{boot}", s.https),
+        ])
+    };
+    assert!(log(s).1.contains(line), "{store}: {:?}", log(s));
+    let node_seqs = |s: &Server| -> Vec<u64> {
+        s.machine(A)["boots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b["events"].as_array().unwrap().clone())
+            .filter(|e| e["source"] == "node")
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect()
+    };
+    // The node goes on reporting, one event a second: the first ones go, the last stay.
+    let t0 = std::time::Instant::now();
+    let mut seq = 0;
+    loop {
+        seq += 1;
+        let mut ev = plinth_tests::server::event(A, UUID_A, "service");
+        ev["seq"] = seq.into();
+        assert_eq!(call(&node, "POST", "/v1/events", Some(ev)).0, 200);
+        let seqs = node_seqs(s);
+        assert!(
+            seqs.contains(&seq),
+            "{store}: the newest event went: {seqs:?}"
+        );
+        if !seqs.contains(&1) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "{store}: events kept past --keep-history 2s: {seqs:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    // Kept at least the time asked (2 s), at most one slot (1 s) and a write later.
+    assert!(seq >= 3, "{store}: gone after {seq} s");
+    assert!(
+        !log(s).1.contains(line),
+        "{store}: the log outlived its time"
+    );
+    let m = s.machine(A);
+    assert_eq!(
+        m["certificates"].as_array().unwrap().len(),
+        1,
+        "{store}: {m}"
+    );
+    assert!(m["token"]["spentAt"].is_u64(), "{store}: {m}");
+}

@@ -84,6 +84,10 @@ struct Cli {
     /// Log bytes kept per boot (10M).
     #[arg(long, default_value = "10M", value_parser = parse_size)]
     max_log_per_boot: u64,
+    /// How long events and logs are kept after they arrive (90m, 12h, 30d); the store
+    /// drops them (on etcd, by leases), at most a sixteenth of it later.
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    keep_history: Duration,
     /// The state's store: the embedded one in --data (default), or etcd shared by
     /// several servers (etcd://HOST:PORT[,HOST:PORT...]).
     #[arg(long)]
@@ -127,6 +131,7 @@ fn main() -> anyhow::Result<()> {
         retention: Retention {
             keep_boots: cli.keep_boots.max(1),
             max_log_bytes_per_boot: cli.max_log_per_boot,
+            keep_history: cli.keep_history,
         },
         store: cli.store,
         ca_dir: cli.ca_dir,

@@ -23,6 +23,10 @@ pub struct Txn {
     pub compare: Vec<(String, Option<u64>)>,
     /// Keys to write.
     pub put: Vec<(String, Vec<u8>)>,
+    /// Keys to write that are history (events, log batches): the store drops each by
+    /// itself once the history's time ([`Retention::keep`]) has passed since it was
+    /// written.
+    pub history: Vec<(String, Vec<u8>)>,
     /// Keys to remove (missing ones are no error).
     pub delete: Vec<String>,
 }
@@ -30,7 +34,34 @@ pub struct Txn {
 impl Txn {
     /// Whether the transaction changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.put.is_empty() && self.delete.is_empty()
+        self.put.is_empty() && self.history.is_empty() && self.delete.is_empty()
+    }
+}
+
+/// How long a store keeps history ([`Txn::history`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// At least this long after it was written; at most [`Retention::slack`] longer.
+    pub keep: std::time::Duration,
+}
+
+impl Retention {
+    /// History written within one slack shares one expiry (on etcd, one lease): a
+    /// sixteenth of the time kept, between 1 s and an hour.
+    pub fn slack(&self) -> std::time::Duration {
+        (self.keep / 16).clamp(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(3600),
+        )
+    }
+
+    /// The slot (a count of slacks since the epoch) of history written at `now_secs`,
+    /// and when that slot's history expires (seconds since the epoch): the end of the
+    /// slot plus the time kept.
+    pub fn slot(&self, now_secs: u64) -> (u64, u64) {
+        let slack = self.slack().as_secs().max(1);
+        let slot = now_secs / slack;
+        (slot, (slot + 1) * slack + self.keep.as_secs())
     }
 }
 

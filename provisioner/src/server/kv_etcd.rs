@@ -17,7 +17,7 @@ use etcd_client::{
 };
 
 use crate::error::{Error, Result};
-use crate::server::kv::{Entry, Kv, Txn, LIVE_TTL};
+use crate::server::kv::{Entry, Kv, Retention, Txn, LIVE_TTL};
 
 /// Every key of plinth's lives below this prefix, so that an etcd shared with other
 /// programs (a Kubernetes control plane's) keeps them apart.
@@ -42,6 +42,11 @@ fn err(what: impl Into<String>) -> impl FnOnce(etcd_client::Error) -> Error {
 pub struct EtcdKv {
     client: Client,
     endpoints: Vec<String>,
+    retention: Retention,
+    /// The lease of the current history slot ([`Retention::slot`]): its number and id.
+    /// History written in one slot shares one lease, so etcd keeps one lease per slot
+    /// (16 over the time kept), not one per key.
+    history_lease: std::sync::Mutex<Option<(u64, i64)>>,
     /// `None` only while dropping.
     rt: Option<tokio::runtime::Runtime>,
 }
@@ -80,7 +85,7 @@ pub fn parse_url(url: &str) -> Result<Vec<String>> {
 
 impl EtcdKv {
     /// Connects to etcd at `endpoints` (`http://host:port`) and checks that it answers.
-    pub fn connect(endpoints: Vec<String>) -> Result<EtcdKv> {
+    pub fn connect(endpoints: Vec<String>, retention: Retention) -> Result<EtcdKv> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("plinth-etcd")
@@ -100,11 +105,32 @@ impl EtcdKv {
         let kv = EtcdKv {
             client,
             endpoints,
+            retention,
+            history_lease: std::sync::Mutex::new(None),
             rt: Some(rt),
         };
         // Connecting is lazy: ask once, so that a wrong address fails the start.
         kv.size()?;
         Ok(kv)
+    }
+
+    /// The lease history written now goes on: the current slot's, granted when the
+    /// slot begins, to expire at the slot's expiry. Two threads may both grant one at a
+    /// slot's start; the spare expires with the other.
+    fn history_lease(&self) -> Result<i64> {
+        let now = crate::schema::unix_time();
+        let (slot, expires) = self.retention.slot(now);
+        let cached = *self.history_lease.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, id)) = cached.filter(|(s, _)| *s == slot) {
+            return Ok(id);
+        }
+        let ttl = i64::try_from(expires.saturating_sub(now)).unwrap_or(i64::MAX);
+        let id = self
+            .call(move |mut c| async move { c.lease_grant(ttl, None).await })?
+            .map_err(err(format!("granting a lease of {ttl}s for history")))?
+            .id();
+        *self.history_lease.lock().unwrap_or_else(|p| p.into_inner()) = Some((slot, id));
+        Ok(id)
     }
 
     /// Runs `f` with a client on the client's runtime and waits for its answer.
@@ -286,6 +312,16 @@ impl Kv for EtcdKv {
             .into_iter()
             .map(|(k, v)| TxnOp::put(format!("{PREFIX}{k}"), v, None))
             .collect();
+        if !txn.history.is_empty() {
+            let lease = self.history_lease()?;
+            ops.extend(txn.history.into_iter().map(|(k, v)| {
+                TxnOp::put(
+                    format!("{PREFIX}{k}"),
+                    v,
+                    Some(PutOptions::new().with_lease(lease)),
+                )
+            }));
+        }
         ops.extend(
             txn.delete
                 .into_iter()

@@ -10,12 +10,19 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::{Error, Result};
 use crate::server::files::private_dir;
-use crate::server::kv::{Entry, Kv, Txn};
+use crate::server::kv::{Entry, Kv, Retention, Txn};
 
 /// Every key and its versioned value.
 const DATA: TableDefinition<&str, &[u8]> = TableDefinition::new("data");
 /// `revision`: the last committed transaction's number.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// History's expiry: `<expiry, 16 hex digits>/<key>`, value empty; in expiry order, so
+/// what is due is the table's first entries.
+const EXPIRY: TableDefinition<&str, &[u8]> = TableDefinition::new("expiry");
+
+/// History dropped by one commit at most: a backlog (a store opened after a long stop)
+/// goes away over the next commits rather than making one of them slow.
+const SWEEP: usize = 256;
 
 /// The store's file name inside its directory.
 pub const FILE: &str = "store.redb";
@@ -35,6 +42,7 @@ pub struct RedbKv {
     /// The server that announced itself: the file is locked to one process, so every
     /// other server that ever used it has stopped.
     live: std::sync::Mutex<Option<String>>,
+    retention: Retention,
 }
 
 impl std::fmt::Debug for RedbKv {
@@ -47,7 +55,7 @@ impl RedbKv {
     /// Opens (creating) the store in `dir`. A store left by a crash is recovered by redb
     /// here (the last committed transaction); one that cannot be read is an error naming
     /// the file.
-    pub fn open(dir: &Path) -> Result<RedbKv> {
+    pub fn open(dir: &Path, retention: Retention) -> Result<RedbKv> {
         use std::os::unix::fs::PermissionsExt;
         private_dir(dir)?;
         let path = dir.join(FILE);
@@ -63,6 +71,7 @@ impl RedbKv {
             db,
             path,
             live: std::sync::Mutex::new(None),
+            retention,
         };
         // The tables exist from the first open on, so reads never meet a missing one.
         let w = kv
@@ -74,6 +83,8 @@ impl RedbKv {
                 .map_err(|e| err("opening the data table")(e.into()))?;
             w.open_table(META)
                 .map_err(|e| err("opening the meta table")(e.into()))?;
+            w.open_table(EXPIRY)
+                .map_err(|e| err("opening the expiry table")(e.into()))?;
         }
         w.commit()
             .map_err(|e| err("committing the tables")(e.into()))?;
@@ -175,12 +186,43 @@ impl Kv for RedbKv {
                 data.remove(key.as_str())
                     .map_err(|e| err("deleting")(e.into()))?;
             }
-            for (key, value) in &txn.put {
+            for (key, value) in txn.put.iter().chain(&txn.history) {
                 let mut raw = Vec::with_capacity(8 + value.len());
                 raw.extend_from_slice(&revision.to_be_bytes());
                 raw.extend_from_slice(value);
                 data.insert(key.as_str(), raw.as_slice())
                     .map_err(|e| err("writing")(e.into()))?;
+            }
+            let mut expiry = w
+                .open_table(EXPIRY)
+                .map_err(|e| err("opening the expiry table")(e.into()))?;
+            let now = crate::schema::unix_time();
+            let (_, expires) = self.retention.slot(now);
+            for (key, _) in &txn.history {
+                expiry
+                    .insert(format!("{expires:016x}/{key}").as_str(), &[][..])
+                    .map_err(|e| err("writing an expiry")(e.into()))?;
+            }
+            // What is due goes in the same transaction: the store never holds history
+            // past its time by more than the time to the next write.
+            let due_before = format!("{:016x}/", now + 1);
+            let mut due = Vec::new();
+            for item in expiry
+                .range(..due_before.as_str())
+                .map_err(|e| err("listing expiries")(e.into()))?
+                .take(SWEEP)
+            {
+                let (k, _) = item.map_err(|e| err("listing expiries")(e.into()))?;
+                due.push(k.value().to_string());
+            }
+            for e in &due {
+                expiry
+                    .remove(e.as_str())
+                    .map_err(|e| err("dropping an expiry")(e.into()))?;
+                if let Some((_, key)) = e.split_once('/') {
+                    data.remove(key)
+                        .map_err(|e| err("dropping history")(e.into()))?;
+                }
             }
         }
         w.commit().map_err(|e| err("committing")(e.into()))?;
@@ -212,16 +254,60 @@ impl Kv for RedbKv {
 mod tests {
     use super::*;
 
+    const MONTH: Retention = Retention {
+        keep: std::time::Duration::from_secs(30 * 86400),
+    };
+
+    #[test]
+    fn history_is_dropped_by_the_first_write_after_its_time() {
+        let dir = std::env::temp_dir().join(format!("plinth-kv-history-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let keep = Retention {
+            keep: std::time::Duration::from_secs(1),
+        };
+        let kv = RedbKv::open(&dir, keep).expect("open");
+        let (_, expires) = keep.slot(crate::schema::unix_time());
+        assert!(kv
+            .commit(Txn {
+                put: vec![("m/a".into(), b"record".to_vec())],
+                history: vec![("e/a/1".into(), b"event".to_vec())],
+                ..Txn::default()
+            })
+            .expect("commit"));
+        assert!(kv.get("e/a/1").expect("get").is_some(), "dropped at once");
+        while crate::schema::unix_time() <= expires {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // Still there until a write: reads never write.
+        assert!(kv.get("e/a/1").expect("get").is_some());
+        assert!(kv
+            .commit(Txn {
+                history: vec![("e/a/2".into(), b"later".to_vec())],
+                ..Txn::default()
+            })
+            .expect("commit"));
+        assert!(
+            kv.get("e/a/1").expect("get").is_none(),
+            "kept past its time"
+        );
+        assert!(kv.get("e/a/2").expect("get").is_some());
+        assert!(
+            kv.get("m/a").expect("get").is_some(),
+            "a record is not history"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn compares_guard_a_transaction_and_survive_reopen() {
         let dir = std::env::temp_dir().join(format!("plinth-kv-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         {
-            let kv = RedbKv::open(&dir).expect("open");
+            let kv = RedbKv::open(&dir, MONTH).expect("open");
             let put = |k: &str, v: &str| Txn {
                 compare: vec![(k.to_string(), None)],
                 put: vec![(k.to_string(), v.as_bytes().to_vec())],
-                delete: vec![],
+                ..Txn::default()
             };
             assert!(kv.commit(put("m/a", "1")).expect("commit"));
             // Created only when missing.
@@ -235,16 +321,18 @@ mod tests {
                 compare: vec![("m/a".into(), Some(a.version + 100))],
                 put: vec![("m/z".into(), b"x".to_vec())],
                 delete: vec!["m/b".into()],
+                ..Txn::default()
             };
             assert!(!kv.commit(stale).expect("commit"));
             let fresh = Txn {
                 compare: vec![("m/a".into(), Some(a.version))],
                 put: vec![("m/a".into(), b"5".to_vec())],
                 delete: vec!["m/b".into()],
+                ..Txn::default()
             };
             assert!(kv.commit(fresh).expect("commit"));
         }
-        let kv = RedbKv::open(&dir).expect("reopen");
+        let kv = RedbKv::open(&dir, MONTH).expect("reopen");
         let keys: Vec<String> = kv
             .range("m/")
             .expect("range")

@@ -27,7 +27,7 @@ use serde_json::{json, Map, Value};
 use crate::error::{Error, Result};
 use crate::schema::config::MachineConfig;
 use crate::schema::{unix_time, Action, Event, EventKind, API_VERSION};
-use crate::server::kv::{Kv, Txn};
+use crate::server::kv::{Kv, Retention, Txn};
 
 /// How many events other than `security` ones are kept per boot (oldest dropped first).
 pub const MAX_EVENTS: u32 = 500;
@@ -60,6 +60,17 @@ pub struct Limits {
     pub keep_boots: usize,
     /// Log bytes kept per boot; later lines are dropped and counted.
     pub max_log_bytes_per_boot: u64,
+    /// How long events and logs are kept after they were written (the store drops
+    /// them: on etcd by leases).
+    pub keep_history: std::time::Duration,
+}
+
+impl Limits {
+    fn retention(&self) -> Retention {
+        Retention {
+            keep: self.keep_history,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -67,6 +78,7 @@ impl Default for Limits {
         Limits {
             keep_boots: 10,
             max_log_bytes_per_boot: 10 << 20,
+            keep_history: std::time::Duration::from_secs(30 * 86400),
         }
     }
 }
@@ -476,7 +488,7 @@ impl Store {
 
     /// The embedded store in `<data>/store/`.
     pub fn open(data: &Path, limits: Limits) -> Result<Store> {
-        let kv = crate::server::kv_redb::RedbKv::open(&data.join("store"))?;
+        let kv = crate::server::kv_redb::RedbKv::open(&data.join("store"), limits.retention())?;
         Store::new(Box::new(kv), limits)
     }
 
@@ -487,7 +499,7 @@ impl Store {
             None => Store::open(data, limits),
             Some(url) => {
                 let endpoints = crate::server::kv_etcd::parse_url(url)?;
-                let kv = crate::server::kv_etcd::EtcdKv::connect(endpoints)?;
+                let kv = crate::server::kv_etcd::EtcdKv::connect(endpoints, limits.retention())?;
                 Store::new(Box::new(kv), limits)
             }
         }
@@ -651,7 +663,7 @@ impl Store {
             let txn = Txn {
                 compare: vec![(key.clone(), entry.as_ref().map(|e| e.version))],
                 put: vec![(key.clone(), json_bytes(&key, &macs)?)],
-                delete: vec![],
+                ..Txn::default()
             };
             if self.kv.commit(txn)? {
                 return Ok(others);
@@ -681,7 +693,7 @@ impl Store {
         let n = m.next_event;
         m.next_event += 1;
         let key = format!("{}{n:016x}", events_prefix(&m.mac, &boot));
-        txn.put.push((key, json_bytes("an event", rec)?));
+        txn.history.push((key, json_bytes("an event", rec)?));
         let mac = m.mac.clone();
         let (info, fresh) = m.boot(&boot, now);
         if security {
@@ -696,23 +708,40 @@ impl Store {
         if over_security > 0 || over_other > 0 {
             // Oldest first, each kind against its own cap.
             let (mut drop_s, mut drop_o) = (over_security, over_other);
+            let (mut seen_s, mut seen_o) = (0, 0);
+            let mut whole = true;
             for (k, e) in self.kv.range(&events_prefix(&mac, &boot))? {
                 if drop_s == 0 && drop_o == 0 {
+                    whole = false;
                     break;
                 }
                 let r: Recorded = from_json(&k, &e.value)?;
-                let budget = if r.event.kind == EventKind::Security {
-                    &mut drop_s
+                let (budget, seen) = if r.event.kind == EventKind::Security {
+                    (&mut drop_s, &mut seen_s)
                 } else {
-                    &mut drop_o
+                    (&mut drop_o, &mut seen_o)
                 };
+                *seen += 1;
                 if *budget > 0 {
                     *budget -= 1;
                     txn.delete.push(k);
                 }
             }
-            info.security -= over_security - drop_s;
-            info.events -= over_other - drop_o;
+            if whole {
+                // Every event of the boot was seen (the one added now is in the
+                // transaction, not the store): the counts are what is there, history
+                // the store let go of included.
+                info.security = seen_s - (over_security - drop_s);
+                info.events = seen_o - (over_other - drop_o);
+                if security {
+                    info.security += 1;
+                } else {
+                    info.events += 1;
+                }
+            } else {
+                info.security -= over_security - drop_s;
+                info.events -= over_other - drop_o;
+            }
         }
         if fresh && boot_key(&boot) != NO_BOOT {
             self.retire_boots(m, txn)?;
@@ -1079,7 +1108,7 @@ impl Store {
                     info.log_bytes += buf.len() as u64;
                     let key = format!("{}{:08x}", logs_prefix(&mac, boot_id), info.log_batches);
                     info.log_batches += 1;
-                    txn.put.push((key, buf.into_bytes()));
+                    txn.history.push((key, buf.into_bytes()));
                 }
                 if fresh {
                     self.retire_boots(m, txn)?;
@@ -1119,7 +1148,7 @@ impl Store {
             let txn = Txn {
                 compare: vec![(key.to_string(), entry.as_ref().map(|e| e.version))],
                 put: vec![(key.to_string(), json_bytes(key, &evs)?)],
-                delete: vec![],
+                ..Txn::default()
             };
             if self.kv.commit(txn)? {
                 return Ok(());
@@ -1397,6 +1426,7 @@ mod tests {
         let limits = Limits {
             keep_boots: 3,
             max_log_bytes_per_boot: 100,
+            ..Limits::default()
         };
         let s = Store::open(&dir, limits).expect("open");
         s.declare(MAC, declared()).expect("declare");
@@ -1448,11 +1478,12 @@ mod tests {
     #[test]
     fn a_corrupt_value_is_an_error_naming_the_key() {
         let dir = scratch("bad");
-        let kv = crate::server::kv_redb::RedbKv::open(&dir.join("store")).expect("open");
+        let kv =
+            crate::server::kv_redb::RedbKv::open(&dir.join("store"), Limits::default().retention())
+                .expect("open");
         kv.commit(Txn {
-            compare: vec![],
             put: vec![(format!("m/{MAC}"), b"{not json".to_vec())],
-            delete: vec![],
+            ..Txn::default()
         })
         .expect("commit");
         let s = Store::new(Box::new(kv), Limits::default()).expect("store");
