@@ -286,7 +286,7 @@ pub async fn declare(
         by: who.clone(),
         at: unix_time(),
     };
-    let m = st.with_store(|s| {
+    let m = st.with_machine(&mac, |s| {
         s.declare(&mac, declared)?;
         let Some(m) = s.machine(&mac)? else {
             return Ok(None);
@@ -326,12 +326,12 @@ pub async fn act(
             } else {
                 Action::Reboot
             };
-            st.with_store(|s| s.set_action(&mac, action))?;
+            st.with_machine(&mac, |s| s.set_action(&mac, action))?;
             st.actions.notify_waiters();
             json!({ "mac": mac, "pendingAction": action })
         }
         "release" => {
-            let was = st.with_store(|s| s.release(&mac))?;
+            let was = st.with_machine(&mac, |s| s.release(&mac))?;
             json!({ "mac": mac, "released": was })
         }
         other => {
@@ -435,7 +435,7 @@ pub async fn accept(
         by: who.clone(),
         at: unix_time(),
     };
-    let d = st.with_store(|s| {
+    let d = st.with_machine(&mac, |s| {
         if s.accept(&mac, accepted.clone())?.is_none() {
             return Ok(None);
         }

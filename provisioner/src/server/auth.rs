@@ -31,7 +31,7 @@ pub fn request_line(method: &Method, uri: &Uri) -> String {
 /// MAC; errors are logged only: the refusal stands either way, and is audited).
 pub fn security(st: &State, mac: &str, boot_id: &str, what: &str, peer: &Peer) {
     let from = peer.addr.to_string();
-    if let Err(e) = st.with_store(|s| s.security_event(mac, boot_id, what, Some(&from))) {
+    if let Err(e) = st.with_machine(mac, |s| s.security_event(mac, boot_id, what, Some(&from))) {
         crate::server::log(&format!("recording a security event for {mac}: {}", e.msg));
     }
 }

@@ -150,7 +150,7 @@ fn mint(
     let ttl = st.cfg.token_ttl.as_secs();
     let from_s = from.to_string();
     let fleet = st.fleet();
-    let (token, refusal, known, wait) = st.with_store(|s| {
+    let (token, refusal, known, wait) = st.with_machine(mac, |s| {
         let record = s.machine(mac)?;
         let labels = record
             .as_ref()
@@ -180,6 +180,11 @@ fn mint(
             (None, _) => {
                 // A new machine: a discovery record, within the limits.
                 let limits = &st.cfg.limits;
+                // Counted and made under one lock: new MACs racing do not pass the limit.
+                let _counting = st
+                    .discovery_lock
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 let why = if limits.max_discovered == 0 {
                     Some(format!(
                         "no token: {mac} is not declared, and discovery is off (--max-discovered 0)"

@@ -224,7 +224,7 @@ pub async fn enroll(
     let hash = token_hash(&req.token);
     let boot = req.boot_id.clone();
     let lifetime = st.cfg.cert_lifetime;
-    let verdict = st.with_store(|s| {
+    let verdict = st.with_machine(&mac, |s| {
         let now = unix_time();
         let held = s.machine(&mac)?.and_then(|m| {
             m.token
@@ -388,8 +388,9 @@ pub async fn renew(
         .sign_client(&req.csr, &node.mac, &node.boot_id, st.cfg.cert_lifetime)
         .map_err(|e| bad(e.to_string()).who(&who))?;
     signed.record.discovery = node.discovery;
-    let outcome =
-        st.with_store(|s| s.renew_cert(&node.mac, &node.serial, signed.record.clone()))?;
+    let outcome = st.with_machine(&node.mac, |s| {
+        s.renew_cert(&node.mac, &node.serial, signed.record.clone())
+    })?;
     match outcome {
         Renewal::Issued => {
             st.audit(

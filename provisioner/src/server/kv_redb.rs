@@ -3,10 +3,14 @@
 //! `Durability::Immediate` (redb's default) is on disk when it returns, and a kill -9 at
 //! any point leaves the last committed state. Each value is stored with its version (the
 //! revision of the transaction that wrote it) in front: 8 bytes, big-endian.
+//!
+//! Commits share their syncs (group commit): each transaction commits without one, then
+//! waits until a synced commit covers it, made by whichever waiting thread gets there
+//! first. `commit` still returns only once the transaction is on disk.
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::error::{Error, Result};
 use crate::server::files::private_dir;
@@ -43,6 +47,9 @@ pub struct RedbKv {
     /// other server that ever used it has stopped.
     live: std::sync::Mutex<Option<String>>,
     retention: Retention,
+    /// The last revision known to be on disk; held by the one thread syncing, while
+    /// the others wait for it (group commit, see [`RedbKv::sync_through`]).
+    durable: std::sync::Mutex<u64>,
 }
 
 impl std::fmt::Debug for RedbKv {
@@ -72,6 +79,7 @@ impl RedbKv {
             path,
             live: std::sync::Mutex::new(None),
             retention,
+            durable: std::sync::Mutex::new(0),
         };
         // The tables exist from the first open on, so reads never meet a missing one.
         let w = kv
@@ -94,6 +102,121 @@ impl RedbKv {
     /// The store's file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Applies `txn` without syncing: `Some(revision)` when its compares held and it is
+    /// committed (seen by every later read, on disk only after
+    /// [`RedbKv::sync_through`] that revision), `None` when a compare failed.
+    fn apply(&self, txn: Txn) -> Result<Option<u64>> {
+        let mut w = self
+            .db
+            .begin_write()
+            .map_err(|e| err("starting a write")(e.into()))?;
+        w.set_durability(Durability::None)
+            .map_err(|e| Error::Store {
+                what: "deferring a commit's sync".into(),
+                reason: e.to_string(),
+            })?;
+        let revision;
+        {
+            let mut data = w
+                .open_table(DATA)
+                .map_err(|e| err("opening the data table")(e.into()))?;
+            for (key, want) in &txn.compare {
+                let have = match data
+                    .get(key.as_str())
+                    .map_err(|e| err("reading")(e.into()))?
+                {
+                    Some(g) => Some(decode(g.value()).ok_or_else(|| corrupt(key))?.version),
+                    None => None,
+                };
+                if have != *want {
+                    drop(data);
+                    w.abort().map_err(|e| err("aborting")(e.into()))?;
+                    return Ok(None);
+                }
+            }
+            let mut meta = w
+                .open_table(META)
+                .map_err(|e| err("opening the meta table")(e.into()))?;
+            revision = meta
+                .get("revision")
+                .map_err(|e| err("reading the revision")(e.into()))?
+                .map_or(0, |g| g.value())
+                + 1;
+            meta.insert("revision", revision)
+                .map_err(|e| err("writing the revision")(e.into()))?;
+            for key in &txn.delete {
+                data.remove(key.as_str())
+                    .map_err(|e| err("deleting")(e.into()))?;
+            }
+            for (key, value) in txn.put.iter().chain(&txn.history) {
+                let mut raw = Vec::with_capacity(8 + value.len());
+                raw.extend_from_slice(&revision.to_be_bytes());
+                raw.extend_from_slice(value);
+                data.insert(key.as_str(), raw.as_slice())
+                    .map_err(|e| err("writing")(e.into()))?;
+            }
+            let mut expiry = w
+                .open_table(EXPIRY)
+                .map_err(|e| err("opening the expiry table")(e.into()))?;
+            let now = crate::schema::unix_time();
+            let (_, expires) = self.retention.slot(now);
+            for (key, _) in &txn.history {
+                expiry
+                    .insert(format!("{expires:016x}/{key}").as_str(), &[][..])
+                    .map_err(|e| err("writing an expiry")(e.into()))?;
+            }
+            // What is due goes in the same transaction: the store never holds history
+            // past its time by more than the time to the next write.
+            let due_before = format!("{:016x}/", now + 1);
+            let mut due = Vec::new();
+            for item in expiry
+                .range(..due_before.as_str())
+                .map_err(|e| err("listing expiries")(e.into()))?
+                .take(SWEEP)
+            {
+                let (k, _) = item.map_err(|e| err("listing expiries")(e.into()))?;
+                due.push(k.value().to_string());
+            }
+            for e in &due {
+                expiry
+                    .remove(e.as_str())
+                    .map_err(|e| err("dropping an expiry")(e.into()))?;
+                if let Some((_, key)) = e.split_once('/') {
+                    data.remove(key)
+                        .map_err(|e| err("dropping history")(e.into()))?;
+                }
+            }
+        }
+        w.commit().map_err(|e| err("committing")(e.into()))?;
+        Ok(Some(revision))
+    }
+
+    /// Returns once every commit up to `revision` is on disk. Group commit: one thread
+    /// at a time makes everything committed so far durable with one synced, empty
+    /// commit; the threads that waited meanwhile find their revision covered by it and
+    /// return without a sync of their own. Under a storm that is one sync for many
+    /// transactions instead of one each.
+    fn sync_through(&self, revision: u64) -> Result<()> {
+        let mut durable = self.durable.lock().unwrap_or_else(|p| p.into_inner());
+        if *durable >= revision {
+            return Ok(());
+        }
+        let w = self
+            .db
+            .begin_write()
+            .map_err(|e| err("starting a sync")(e.into()))?;
+        // Every commit before this one, this one's revision being the last committed.
+        let last = w
+            .open_table(META)
+            .map_err(|e| err("opening the meta table")(e.into()))?
+            .get("revision")
+            .map_err(|e| err("reading the revision")(e.into()))?
+            .map_or(0, |g| g.value());
+        w.commit().map_err(|e| err("syncing")(e.into()))?;
+        *durable = last;
+        Ok(())
     }
 }
 
@@ -150,85 +273,14 @@ impl Kv for RedbKv {
     }
 
     fn commit(&self, txn: Txn) -> Result<bool> {
-        let w = self
-            .db
-            .begin_write()
-            .map_err(|e| err("starting a write")(e.into()))?;
-        {
-            let mut data = w
-                .open_table(DATA)
-                .map_err(|e| err("opening the data table")(e.into()))?;
-            for (key, want) in &txn.compare {
-                let have = match data
-                    .get(key.as_str())
-                    .map_err(|e| err("reading")(e.into()))?
-                {
-                    Some(g) => Some(decode(g.value()).ok_or_else(|| corrupt(key))?.version),
-                    None => None,
-                };
-                if have != *want {
-                    drop(data);
-                    w.abort().map_err(|e| err("aborting")(e.into()))?;
-                    return Ok(false);
-                }
+        match self.apply(txn)? {
+            Some(revision) => {
+                self.sync_through(revision)?;
+                Ok(true)
             }
-            let mut meta = w
-                .open_table(META)
-                .map_err(|e| err("opening the meta table")(e.into()))?;
-            let revision = meta
-                .get("revision")
-                .map_err(|e| err("reading the revision")(e.into()))?
-                .map_or(0, |g| g.value())
-                + 1;
-            meta.insert("revision", revision)
-                .map_err(|e| err("writing the revision")(e.into()))?;
-            for key in &txn.delete {
-                data.remove(key.as_str())
-                    .map_err(|e| err("deleting")(e.into()))?;
-            }
-            for (key, value) in txn.put.iter().chain(&txn.history) {
-                let mut raw = Vec::with_capacity(8 + value.len());
-                raw.extend_from_slice(&revision.to_be_bytes());
-                raw.extend_from_slice(value);
-                data.insert(key.as_str(), raw.as_slice())
-                    .map_err(|e| err("writing")(e.into()))?;
-            }
-            let mut expiry = w
-                .open_table(EXPIRY)
-                .map_err(|e| err("opening the expiry table")(e.into()))?;
-            let now = crate::schema::unix_time();
-            let (_, expires) = self.retention.slot(now);
-            for (key, _) in &txn.history {
-                expiry
-                    .insert(format!("{expires:016x}/{key}").as_str(), &[][..])
-                    .map_err(|e| err("writing an expiry")(e.into()))?;
-            }
-            // What is due goes in the same transaction: the store never holds history
-            // past its time by more than the time to the next write.
-            let due_before = format!("{:016x}/", now + 1);
-            let mut due = Vec::new();
-            for item in expiry
-                .range(..due_before.as_str())
-                .map_err(|e| err("listing expiries")(e.into()))?
-                .take(SWEEP)
-            {
-                let (k, _) = item.map_err(|e| err("listing expiries")(e.into()))?;
-                due.push(k.value().to_string());
-            }
-            for e in &due {
-                expiry
-                    .remove(e.as_str())
-                    .map_err(|e| err("dropping an expiry")(e.into()))?;
-                if let Some((_, key)) = e.split_once('/') {
-                    data.remove(key)
-                        .map_err(|e| err("dropping history")(e.into()))?;
-                }
-            }
+            None => Ok(false),
         }
-        w.commit().map_err(|e| err("committing")(e.into()))?;
-        Ok(true)
     }
-
     fn size(&self) -> Result<u64> {
         Ok(std::fs::metadata(&self.path)
             .map_err(crate::error::io("reading the size of", &self.path))?

@@ -142,11 +142,22 @@ pub struct Ready {
     pub operator_token: Option<PathBuf>,
 }
 
+/// Stripes of [`State::machine_locks`]: well above the requests that run at once.
+const MACHINE_LOCKS: usize = 256;
+
 /// Shared by every request.
 pub struct State {
     cfg: Config,
     ca: Ca,
-    store: Mutex<Store>,
+    store: Store,
+    /// Per-machine locks (a stripe per hash of the MAC): a server's requests about one
+    /// machine run one at a time, so a decision read and written in two steps (a
+    /// token's mint) sees no other of its own in between; requests about different
+    /// machines run side by side, and reach the store together (their commits share a
+    /// sync). Between servers, each change's transaction compares what it read.
+    machine_locks: Vec<Mutex<()>>,
+    /// Held while a discovery record is counted and made.
+    discovery_lock: Mutex<()>,
     audit: Mutex<AuditTrail>,
     /// The boot chain, read once at start.
     boot: boot::Files,
@@ -181,14 +192,33 @@ pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 impl State {
-    /// Runs `f` on the store under its lock (never held across an await), off the
-    /// runtime's workers (see [`blocking`]): every change is written and synced there.
-    fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> Result<T>) -> Result<T, ApiError> {
+    /// Runs `f` on the store off the runtime's workers (see [`blocking`]): every change
+    /// is written and synced there. For reads, and for changes that are one transaction
+    /// (each compares what it read, and is tried again when that changed).
+    fn with_store<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Result<T, ApiError> {
         blocking(|| {
-            let mut s = self.store.lock().map_err(|_| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store lock poisoned")
-            })?;
-            f(&mut s).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+            f(&self.store)
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+        })
+    }
+
+    /// [`State::with_store`] under the machine's lock (never held across an await):
+    /// for what one request decides about `mac` over several reads and writes.
+    fn with_machine<T>(
+        &self,
+        mac: &str,
+        f: impl FnOnce(&Store) -> Result<T>,
+    ) -> Result<T, ApiError> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        mac.hash(&mut h);
+        let stripe = (h.finish() % self.machine_locks.len() as u64) as usize;
+        blocking(|| {
+            let _one = self.machine_locks[stripe]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            f(&self.store)
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
         })
     }
 
@@ -207,7 +237,7 @@ impl State {
         kind: crate::schema::EventKind,
         d: serde_json::Map<String, serde_json::Value>,
     ) -> bool {
-        self.with_store(|s| s.server_event(mac, "", kind, d))
+        self.with_machine(mac, |s| s.server_event(mac, "", kind, d))
             .unwrap_or(false)
     }
 
@@ -688,7 +718,9 @@ async fn serve_async(
     let state = Arc::new(State {
         cfg: cfg.clone(),
         ca,
-        store: Mutex::new(store),
+        store,
+        machine_locks: (0..MACHINE_LOCKS).map(|_| Mutex::new(())).collect(),
+        discovery_lock: Mutex::new(()),
         audit: Mutex::new(AuditTrail::new(&cfg.data)),
         boot: boot_files,
         actions: tokio::sync::Notify::new(),

@@ -74,7 +74,7 @@ pub async fn config(
         }
     }
     let fleet = st.fleet();
-    let answer = st.with_store(|s| {
+    let answer = st.with_machine(&node.mac, |s| {
         let Some(m) = s.machine(&node.mac)? else {
             return Ok(Answer::Missing);
         };
@@ -164,7 +164,7 @@ pub async fn events(
         )
         .who(who));
     }
-    let action = st.with_store(|s| s.record(&node.mac, ev))?;
+    let action = st.with_machine(&node.mac, |s| s.record(&node.mac, ev))?;
     Ok(Json(Reply { action }))
 }
 
@@ -236,7 +236,9 @@ pub async fn logs(
             )
         })
         .collect();
-    let kept = st.with_store(|s| s.append_log(&node.mac, &node.boot_id, &lines))?;
+    let kept = st.with_machine(&node.mac, |s| {
+        s.append_log(&node.mac, &node.boot_id, &lines)
+    })?;
     Ok(Json(serde_json::json!({ "kept": kept })))
 }
 
@@ -258,7 +260,7 @@ pub async fn action(
         let notified = st.actions.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let action = st.with_store(|s| s.take_action(&node.mac))?;
+        let action = st.with_machine(&node.mac, |s| s.take_action(&node.mac))?;
         if action.is_some() {
             return Ok(Json(Reply { action }));
         }
