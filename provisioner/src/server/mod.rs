@@ -672,9 +672,7 @@ async fn serve_async(
     }
     files::private_dir(&cfg.data.join(secrets::DIR))?;
     let boot_files = boot::Files::load(&cfg.boot_dir)?;
-    let http = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(net(format!("binding --listen {}", cfg.listen)))?;
+    let http = bind_tcp(cfg.listen).map_err(net(format!("binding --listen {}", cfg.listen)))?;
     let http_addr = http.local_addr().map_err(net("local address"))?;
     let tls_addr = cfg.listen_tls.unwrap_or_else(|| {
         let port = if http_addr.port() == 0 || cfg.listen.port() == 0 {
@@ -684,9 +682,8 @@ async fn serve_async(
         };
         SocketAddr::new(http_addr.ip(), port)
     });
-    let tls_listener = tokio::net::TcpListener::bind(tls_addr)
-        .await
-        .map_err(net(format!("binding --listen-tls {tls_addr}")))?;
+    let tls_listener =
+        bind_tcp(tls_addr).map_err(net(format!("binding --listen-tls {tls_addr}")))?;
     let https_addr = tls_listener.local_addr().map_err(net("local address"))?;
     let server_config = ca.server_config(&serving_names(&cfg, https_addr))?;
     let sntp_sock = match cfg.listen_sntp {
@@ -789,6 +786,25 @@ async fn serve_async(
     let tls = listener::serve(tls_listener, Some(server_config), https_app, state);
     tokio::try_join!(plain, tls)?;
     Ok(())
+}
+
+/// Connections the kernel queues for a listener before the server accepts them.
+/// Rust's and tokio's 128 overflow when a rack powers on: the SYNs past it are dropped
+/// and the firmware sends them again a second later (a storm of 500 machines answered
+/// its boot scripts in 1.1 s at the median with 128). The kernel caps it at
+/// net.core.somaxconn (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A TCP listener on `addr` with [`LISTEN_BACKLOG`].
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(LISTEN_BACKLOG)
 }
 
 /// Parses `90s`, `10m`, `24h`, `7d` or plain seconds.
