@@ -69,6 +69,13 @@ impl Retention {
 pub trait Kv: Send + Sync {
     /// The value under `key`.
     fn get(&self, key: &str) -> Result<Option<Entry>>;
+    /// The value under `key`, possibly a moment old: for a read whose transaction then
+    /// compares the version read (a stale one fails the compare and is read again with
+    /// [`Kv::get`]). etcd answers it from the member asked, without a round of the
+    /// cluster's consensus.
+    fn get_relaxed(&self, key: &str) -> Result<Option<Entry>> {
+        self.get(key)
+    }
     /// Every key starting with `prefix`, in key order.
     fn range(&self, prefix: &str) -> Result<Vec<(String, Entry)>>;
     /// Applies `txn`: `Ok(true)` when it was committed (and is durable), `Ok(false)` when

@@ -245,6 +245,21 @@ impl Kv for EtcdKv {
         }))
     }
 
+    fn get_relaxed(&self, key: &str) -> Result<Option<Entry>> {
+        let full = format!("{PREFIX}{key}");
+        let what = format!("reading {full}");
+        let resp = self
+            .call(move |mut c| async move {
+                c.get(full, Some(GetOptions::new().with_serializable()))
+                    .await
+            })?
+            .map_err(err(what))?;
+        Ok(resp.kvs().first().map(|kv| Entry {
+            value: kv.value().to_vec(),
+            version: version(kv.mod_revision()),
+        }))
+    }
+
     fn range(&self, prefix: &str) -> Result<Vec<(String, Entry)>> {
         let full = format!("{PREFIX}{prefix}");
         let end = prefix_end(full.as_bytes());

@@ -520,8 +520,14 @@ impl Store {
         mut f: impl FnMut(&mut Machine, &mut Txn) -> Result<T>,
     ) -> Result<Option<T>> {
         let key = machine_key(mac);
-        for _ in 0..RETRIES {
-            let entry = self.kv.get(&key)?;
+        for attempt in 0..RETRIES {
+            // The transaction compares the version read: a first read a moment old costs
+            // at most a second one.
+            let entry = if attempt == 0 {
+                self.kv.get_relaxed(&key)?
+            } else {
+                self.kv.get(&key)?
+            };
             let (mut m, version) = match &entry {
                 Some(e) => (from_json::<Machine>(&key, &e.value)?, Some(e.version)),
                 None if create => (Machine::new(mac), None),
