@@ -342,16 +342,32 @@ impl Server {
         m
     }
 
-    /// The reasons of the `security` events on a machine's timeline.
-    pub fn security(&self, mac: &str) -> Vec<String> {
+    /// Every event on a machine's timeline, every boot.
+    pub fn events(&self, mac: &str) -> Vec<Value> {
         self.machine(mac)["boots"]
             .as_array()
             .unwrap()
             .iter()
             .flat_map(|b| b["events"].as_array().unwrap().clone())
+            .collect()
+    }
+
+    /// The reasons of the `security` events on a machine's timeline.
+    pub fn security(&self, mac: &str) -> Vec<String> {
+        self.events(mac)
+            .iter()
             .filter(|e| e["type"] == "security")
             .map(|e| e["details"]["reason"].as_str().unwrap().to_string())
             .collect()
+    }
+
+    /// A boot's log as an operator reads it: (status, text).
+    pub fn boot_log(&self, mac: &str, boot_id: &str) -> (u16, String) {
+        self.curl(&[
+            "-H",
+            &format!("Authorization: Bearer {}", self.operator),
+            &format!("{}/v1/machines/{mac}/logs/{boot_id}", self.https),
+        ])
     }
 
     /// `POST /v1/enroll` with `body` as it is, through curl: (status, answer).

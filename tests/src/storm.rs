@@ -486,14 +486,7 @@ async fn provisioned(
         {
             return false;
         }
-        tally
-            .lock()
-            .unwrap()
-            .acked
-            .entry(mac.clone())
-            .or_default()
-            .events
-            .push(ev.seq);
+        acked(tally, mac, |a| a.events.push(ev.seq));
     }
     let lines: Vec<LogLine> = (0..log_lines)
         .map(|k| LogLine {
@@ -514,15 +507,19 @@ async fn provisioned(
         {
             return false;
         }
-        tally
-            .lock()
-            .unwrap()
-            .acked
-            .entry(mac.clone())
-            .or_default()
-            .log_lines += chunk.len();
+        acked(tally, mac, |a| a.log_lines += chunk.len());
     }
     true
+}
+
+/// Notes a write of `mac`'s that a server acknowledged.
+fn acked(tally: &Mutex<Tally>, mac: &str, f: impl FnOnce(&mut Acked)) {
+    f(tally
+        .lock()
+        .unwrap()
+        .acked
+        .entry(mac.to_string())
+        .or_default());
 }
 
 /// Log lines per request.

@@ -280,20 +280,11 @@ fn history_goes(s: &Server, store: &str) {
     let line = "the first line of the boot";
     let batch = serde_json::json!({"bootId": boot, "lines": [{"source": "console", "text": line}]});
     assert_eq!(call(&node, "POST", "/v1/logs", Some(batch)).0, 200);
-    let log = |s: &Server| {
-        s.curl(&[
-            "-H",
-            &format!("Authorization: Bearer {}", s.operator),
-            &format!("{}/v1/machines/{A}/logs/{boot}", s.https),
-        ])
-    };
+    let log = |s: &Server| s.boot_log(A, boot);
     assert!(log(s).1.contains(line), "{store}: {:?}", log(s));
     let node_seqs = |s: &Server| -> Vec<u64> {
-        s.machine(A)["boots"]
-            .as_array()
-            .unwrap()
+        s.events(A)
             .iter()
-            .flat_map(|b| b["events"].as_array().unwrap().clone())
             .filter(|e| e["source"] == "node")
             .map(|e| e["seq"].as_u64().unwrap())
             .collect()

@@ -152,11 +152,9 @@ fn a_server_killed_mid_storm_loses_no_machine_and_no_acknowledged_write() {
         seqs.sort_unstable();
         assert_eq!(seqs, acked.events, "{mac}: {boot}");
         repeats += boot["kept"]["repeats"].as_u64().unwrap_or(0);
-        replaced += m["boots"]
-            .as_array()
-            .unwrap()
+        replaced += b
+            .events(&mac)
             .iter()
-            .flat_map(|b| b["events"].as_array().unwrap())
             .filter(|e| {
                 e["details"]["reason"]
                     .as_str()
@@ -164,11 +162,7 @@ fn a_server_killed_mid_storm_loses_no_machine_and_no_acknowledged_write() {
             })
             .count();
         let boot_id = boot["bootId"].as_str().unwrap();
-        let (code, log) = b.curl(&[
-            "-H",
-            &format!("Authorization: Bearer {}", b.operator),
-            &format!("{}/v1/machines/{mac}/logs/{boot_id}", b.https),
-        ]);
+        let (code, log) = b.boot_log(&mac, boot_id);
         assert_eq!(code, 200, "{mac}: {log}");
         for k in 0..acked.log_lines {
             let line = storm::log_line(i, k);

@@ -139,11 +139,7 @@ impl RedbKv {
             let mut meta = w
                 .open_table(META)
                 .map_err(|e| err("opening the meta table")(e.into()))?;
-            revision = meta
-                .get("revision")
-                .map_err(|e| err("reading the revision")(e.into()))?
-                .map_or(0, |g| g.value())
-                + 1;
+            revision = last_revision(&meta)? + 1;
             meta.insert("revision", revision)
                 .map_err(|e| err("writing the revision")(e.into()))?;
             for key in &txn.delete {
@@ -208,16 +204,22 @@ impl RedbKv {
             .begin_write()
             .map_err(|e| err("starting a sync")(e.into()))?;
         // Every commit before this one, this one's revision being the last committed.
-        let last = w
-            .open_table(META)
-            .map_err(|e| err("opening the meta table")(e.into()))?
-            .get("revision")
-            .map_err(|e| err("reading the revision")(e.into()))?
-            .map_or(0, |g| g.value());
+        let last = last_revision(
+            &w.open_table(META)
+                .map_err(|e| err("opening the meta table")(e.into()))?,
+        )?;
         w.commit().map_err(|e| err("syncing")(e.into()))?;
         *durable = last;
         Ok(())
     }
+}
+
+/// The last committed transaction's number (0 in a new store).
+fn last_revision(meta: &impl ReadableTable<&'static str, u64>) -> Result<u64> {
+    Ok(meta
+        .get("revision")
+        .map_err(|e| err("reading the revision")(e.into()))?
+        .map_or(0, |g| g.value()))
 }
 
 fn decode(raw: &[u8]) -> Option<Entry> {
