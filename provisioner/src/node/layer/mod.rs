@@ -1,0 +1,471 @@
+//! One OCI image layer applied onto an image's root directory, as the image spec's
+//! changeset rules say: entries in order, a `.wh.NAME` whiteout removes NAME from the
+//! layers below, a `.wh..wh..opq` marker empties its directory of what the layers below
+//! put there, hard links within the image. Layers come from a registry: the unpacker
+//! never writes outside the root, whatever a layer holds.
+//!
+//! How: the root is a directory fd; every entry's parent is opened with `openat2`
+//! `RESOLVE_IN_ROOT` (the image's own symlinks resolve as if the root were `/`, an
+//! absolute or `../..` one included, and never leave it), and the entry itself is made
+//! with the `*at` calls on its last component, which never follow a symlink there. A
+//! path with a `..` component is refused outright (its layer fails), as is a hard link
+//! whose target is not a file of the image. Device nodes are skipped and listed: the
+//! workloads are rootless, and a device in an image is a host device in a container.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{openat, openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fchmod, fstatat, mkdirat, mknodat, utimensat, Mode, SFlag, UtimensatFlags};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
+
+use crate::error::{Error, Result};
+
+/// How a layer blob is compressed, from its media type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    /// A plain tar.
+    None,
+    /// gzip (`+gzip`, and Docker's `rootfs.diff.tar.gzip`).
+    Gzip,
+    /// zstd (`+zstd`).
+    Zstd,
+}
+
+impl Compression {
+    /// The compression of a layer of `media_type`; an error names a type that is not a
+    /// layer this unpacker reads.
+    pub fn of_media_type(media_type: &str) -> Result<Compression> {
+        match media_type {
+            "application/vnd.oci.image.layer.v1.tar"
+            | "application/vnd.docker.image.rootfs.diff.tar" => Ok(Compression::None),
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+            | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Ok(Compression::Gzip),
+            "application/vnd.oci.image.layer.v1.tar+zstd" => Ok(Compression::Zstd),
+            other => Err(Error::Protocol {
+                what: "a layer's mediaType".into(),
+                reason: format!("{other:?} is not a tar layer (plain, gzip or zstd)"),
+            }),
+        }
+    }
+}
+
+/// Where a layer's owners go: uid and gid N of the image become `base + N` on disk, for
+/// N below `size` (the workload's subordinate range). An owner outside it fails the layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owners {
+    /// The first host uid of the range.
+    pub uid_base: u32,
+    /// The first host gid of the range.
+    pub gid_base: u32,
+    /// How many ids the range holds.
+    pub size: u32,
+}
+
+/// What applying a layer did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Entries written (files, directories, links, FIFOs).
+    pub written: u64,
+    /// Bytes of file data written.
+    pub bytes: u64,
+    /// Paths removed by whiteouts and opaque markers.
+    pub removed: u64,
+    /// Entries not written, each with why (device nodes, unknown types).
+    pub skipped: Vec<String>,
+}
+
+/// The name of a whiteout's prefix, and of the opaque marker.
+const WHITEOUT: &str = ".wh.";
+const OPAQUE: &str = ".wh..wh..opq";
+
+fn refused(entry: &str, reason: impl Into<String>) -> Error {
+    Error::Protocol {
+        what: format!("layer entry {entry:?}"),
+        reason: reason.into(),
+    }
+}
+
+fn sys(what: String) -> impl FnOnce(Errno) -> Error {
+    move |source| Error::Sys { what, source }
+}
+
+/// Opens `root`, the directory a layer is applied to.
+pub fn open_root(root: &Path) -> Result<OwnedFd> {
+    openat(
+        nix::fcntl::AT_FDCWD,
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys(format!("opening the image root {}", root.display())))
+}
+
+/// Applies the layer read from `blob` (compressed as `compression`) onto the directory
+/// `root`, with owners moved into `owners` (kept as the image has them when `None`).
+pub fn apply(
+    root: BorrowedFd<'_>,
+    blob: impl Read,
+    compression: Compression,
+    owners: Option<Owners>,
+) -> Result<Applied> {
+    let tar: Box<dyn Read> = match compression {
+        Compression::None => Box::new(blob),
+        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(blob)),
+        Compression::Zstd => {
+            Box::new(ruzstd::decoding::StreamingDecoder::new(blob).map_err(|e| {
+                Error::Protocol {
+                    what: "a zstd layer".into(),
+                    reason: e.to_string(),
+                }
+            })?)
+        }
+    };
+    let mut archive = tar::Archive::new(tar);
+    let mut done = Applied::default();
+    // What this layer wrote: an opaque marker empties its directory of everything else.
+    let mut ours: HashSet<String> = HashSet::new();
+    let read_err = |e: std::io::Error| Error::Protocol {
+        what: "reading a layer".into(),
+        reason: e.to_string(),
+    };
+    for entry in archive.entries().map_err(read_err)? {
+        let mut entry = entry.map_err(read_err)?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let Some(path) = clean(&raw)? else {
+            continue; // the root itself: its metadata is the image's business, not ours
+        };
+        let (parent_path, name) = match path.rsplit_once('/') {
+            Some((p, n)) => (p, n),
+            None => ("", path.as_str()),
+        };
+        let parent = open_dir(root, parent_path, &raw)?;
+        if name == OPAQUE {
+            done.removed += empty_but(&parent, parent_path, &ours, &raw)?;
+            continue;
+        }
+        if let Some(gone) = name.strip_prefix(WHITEOUT) {
+            if gone.is_empty() || gone == "." || gone == ".." {
+                return Err(refused(&raw, "a whiteout of nothing"));
+            }
+            if remove_all(parent.as_fd(), gone, &raw)? {
+                done.removed += 1;
+            }
+            continue;
+        }
+        let header = entry.header();
+        let kind = header.entry_type();
+        let mode = Mode::from_bits_truncate(header.mode().map_err(read_err)? & 0o7777);
+        let (uid, gid) = (
+            header.uid().map_err(read_err)?,
+            header.gid().map_err(read_err)?,
+        );
+        let mtime = header.mtime().map_err(read_err)?;
+        let owner = owner_of(owners, uid, gid, &raw)?;
+        let existing = fstatat(&parent, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok();
+        let is_dir = |st: &nix::sys::stat::FileStat| {
+            SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+        };
+        match kind {
+            tar::EntryType::Directory => {
+                if !existing.as_ref().is_some_and(is_dir) {
+                    remove_all(parent.as_fd(), name, &raw)?;
+                    mkdirat(&parent, name, Mode::from_bits_truncate(0o700))
+                        .map_err(sys(format!("making {raw}")))?;
+                }
+                let dir = open_child(&parent, name, OFlag::O_DIRECTORY, &raw)?;
+                set_owner_mode(&dir, owner, mode, &raw)?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                remove_all(parent.as_fd(), name, &raw)?;
+                let file = openat(
+                    &parent,
+                    name,
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(sys(format!("creating {raw}")))?;
+                let mut file = std::fs::File::from(file);
+                done.bytes += std::io::copy(&mut entry, &mut file).map_err(read_err)?;
+                let fd = OwnedFd::from(file);
+                set_owner_mode(&fd, owner, mode, &raw)?;
+                let t = TimeSpec::new(i64::try_from(mtime).unwrap_or(0), 0);
+                nix::sys::stat::futimens(&fd, &t, &t)
+                    .map_err(sys(format!("setting the time of {raw}")))?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .ok_or_else(|| refused(&raw, "a symlink without a target"))?;
+                remove_all(parent.as_fd(), name, &raw)?;
+                symlinkat(target.as_str(), &parent, name)
+                    .map_err(sys(format!("making the symlink {raw}")))?;
+                if let Some((u, g)) = owner {
+                    fchownat(
+                        &parent,
+                        name,
+                        Some(u),
+                        Some(g),
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(sys(format!("setting the owner of {raw}")))?;
+                }
+                let t = TimeSpec::new(i64::try_from(mtime).unwrap_or(0), 0);
+                utimensat(&parent, name, &t, &t, UtimensatFlags::NoFollowSymlink)
+                    .map_err(sys(format!("setting the time of {raw}")))?;
+            }
+            tar::EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .ok_or_else(|| refused(&raw, "a hard link without a target"))?;
+                let Some(target_path) = clean(&target)? else {
+                    return Err(refused(&raw, "a hard link to the image's root"));
+                };
+                let (tp, tn) = match target_path.rsplit_once('/') {
+                    Some((p, n)) => (p, n),
+                    None => ("", target_path.as_str()),
+                };
+                let tparent = open_dir(root, tp, &raw)?;
+                let st = fstatat(&tparent, tn, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map_err(|e| refused(&raw, format!("its target {target:?}: {e}")))?;
+                if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+                    return Err(refused(
+                        &raw,
+                        format!("its target {target:?} is not a regular file of the image"),
+                    ));
+                }
+                if tp == parent_path && tn == name {
+                    continue; // a link to itself: the file is there already
+                }
+                remove_all(parent.as_fd(), name, &raw)?;
+                linkat(&tparent, tn, &parent, name, AtFlags::empty())
+                    .map_err(sys(format!("linking {raw} to {target}")))?;
+            }
+            tar::EntryType::Fifo => {
+                remove_all(parent.as_fd(), name, &raw)?;
+                mknodat(
+                    &parent,
+                    name,
+                    SFlag::S_IFIFO,
+                    Mode::from_bits_truncate(0o600),
+                    0,
+                )
+                .map_err(sys(format!("making the FIFO {raw}")))?;
+                if let Some((u, g)) = owner {
+                    fchownat(
+                        &parent,
+                        name,
+                        Some(u),
+                        Some(g),
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(sys(format!("setting the owner of {raw}")))?;
+                }
+                // fchmodat cannot refuse a symlink on Linux: this is the FIFO just made,
+                // in a directory nothing else writes to while its image is unpacked.
+                nix::sys::stat::fchmodat(
+                    &parent,
+                    name,
+                    mode,
+                    nix::sys::stat::FchmodatFlags::FollowSymlink,
+                )
+                .map_err(sys(format!("setting the mode of {raw}")))?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block => {
+                done.skipped.push(format!("{raw}: a device node"));
+                continue;
+            }
+            // Headers the tar reader has applied to the entries they describe.
+            tar::EntryType::XGlobalHeader
+            | tar::EntryType::XHeader
+            | tar::EntryType::GNULongName
+            | tar::EntryType::GNULongLink => continue,
+            other => {
+                done.skipped.push(format!("{raw}: entry type {other:?}"));
+                continue;
+            }
+        }
+        ours.insert(path.clone());
+        done.written += 1;
+    }
+    Ok(done)
+}
+
+/// An entry's path relative to the root: `./` and `/` in front dropped, empty and `.`
+/// components dropped; `None` for the root itself. A `..` component is refused.
+fn clean(raw: &str) -> Result<Option<String>> {
+    let mut parts = Vec::new();
+    for part in raw.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(refused(raw, "a path with a `..` component")),
+            p => parts.push(p),
+        }
+    }
+    if raw.contains('\0') {
+        return Err(refused(raw, "a path with a NUL byte"));
+    }
+    Ok((!parts.is_empty()).then(|| parts.join("/")))
+}
+
+/// The directory `path` (relative, clean) of the image, resolved as if the root were
+/// `/`; missing directories are made (0755, as image tools do for a layer without
+/// directory entries).
+fn open_dir(root: BorrowedFd<'_>, path: &str, entry: &str) -> Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let at = if path.is_empty() { "." } else { path };
+    match openat2(root, at, how) {
+        Ok(fd) => return Ok(fd),
+        Err(Errno::ENOENT) => {}
+        Err(e) => return Err(refused(entry, format!("its directory {path:?}: {e}"))),
+    }
+    // One component at a time: each opened in the root as above, made when missing.
+    let mut cur = openat2(root, ".", how).map_err(sys(format!("opening the root for {entry}")))?;
+    for part in path.split('/') {
+        match openat2(cur.as_fd(), part, how) {
+            Ok(next) => cur = next,
+            Err(Errno::ENOENT) => {
+                match mkdirat(&cur, part, Mode::from_bits_truncate(0o755)) {
+                    Ok(()) => {}
+                    // A dangling symlink: it names a directory the image does not have.
+                    Err(Errno::EEXIST) => {
+                        return Err(refused(
+                            entry,
+                            format!(
+                                "{part:?} in its directory is a symlink to nothing in the image"
+                            ),
+                        ))
+                    }
+                    Err(e) => return Err(refused(entry, format!("making {part:?}: {e}"))),
+                }
+                cur = openat2(cur.as_fd(), part, how)
+                    .map_err(|e| refused(entry, format!("opening {part:?}: {e}")))?;
+            }
+            Err(e) => return Err(refused(entry, format!("its directory {path:?}: {e}"))),
+        }
+    }
+    Ok(cur)
+}
+
+/// The child `name` of `parent`, never through a symlink.
+fn open_child(parent: &OwnedFd, name: &str, flags: OFlag, entry: &str) -> Result<OwnedFd> {
+    openat(
+        parent,
+        name,
+        flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys(format!("opening {entry}")))
+}
+
+/// The host owner of an image's `uid`/`gid`, or `None` to keep the image's.
+fn owner_of(owners: Option<Owners>, uid: u64, gid: u64, entry: &str) -> Result<Option<(Uid, Gid)>> {
+    let Some(o) = owners else {
+        return Ok(None);
+    };
+    let within = |id: u64, base: u32| {
+        u32::try_from(id)
+            .ok()
+            .filter(|id| *id < o.size)
+            .and_then(|id| base.checked_add(id))
+    };
+    match (within(uid, o.uid_base), within(gid, o.gid_base)) {
+        (Some(u), Some(g)) => Ok(Some((Uid::from_raw(u), Gid::from_raw(g)))),
+        _ => Err(refused(
+            entry,
+            format!("owner {uid}:{gid} is outside the workload's {} ids", o.size),
+        )),
+    }
+}
+
+/// Owner first, then mode: a chown clears the set-id bits.
+fn set_owner_mode(fd: &OwnedFd, owner: Option<(Uid, Gid)>, mode: Mode, entry: &str) -> Result<()> {
+    if let Some((u, g)) = owner {
+        nix::unistd::fchown(fd, Some(u), Some(g))
+            .map_err(sys(format!("setting the owner of {entry}")))?;
+    }
+    fchmod(fd, mode).map_err(sys(format!("setting the mode of {entry}")))
+}
+
+/// Removes `name` in `parent`, a directory with everything in it, never following a
+/// symlink; whether there was anything.
+fn remove_all(parent: BorrowedFd<'_>, name: &str, entry: &str) -> Result<bool> {
+    let st = match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::ENOENT) => return Ok(false),
+        Err(e) => return Err(refused(entry, format!("looking at {name:?}: {e}"))),
+    };
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+        let dir = openat(
+            parent,
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys(format!("opening {name:?} to remove it, for {entry}")))?;
+        for child in children(&dir, entry)? {
+            remove_all(dir.as_fd(), &child, entry)?;
+        }
+        unlinkat(parent, name, UnlinkatFlags::RemoveDir)
+            .map_err(sys(format!("removing {name:?} for {entry}")))?;
+    } else {
+        unlinkat(parent, name, UnlinkatFlags::NoRemoveDir)
+            .map_err(sys(format!("removing {name:?} for {entry}")))?;
+    }
+    Ok(true)
+}
+
+/// The names in a directory, `.` and `..` left out.
+fn children(dir: &OwnedFd, entry: &str) -> Result<Vec<String>> {
+    let fd = nix::unistd::dup(dir).map_err(sys(format!("listing for {entry}")))?;
+    let mut d = Dir::from_fd(fd).map_err(sys(format!("listing for {entry}")))?;
+    let mut out = Vec::new();
+    for e in d.iter() {
+        let e = e.map_err(sys(format!("listing for {entry}")))?;
+        let n = e.file_name().to_string_lossy();
+        if n != "." && n != ".." {
+            out.push(n.into_owned());
+        }
+    }
+    Ok(out)
+}
+
+/// An opaque marker: removes what the layers below left in `dir` (`dir_path` in the
+/// image), keeping what this layer wrote there; how many were removed.
+fn empty_but(dir: &OwnedFd, dir_path: &str, ours: &HashSet<String>, entry: &str) -> Result<u64> {
+    let listing = openat(
+        dir,
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(sys(format!("opening the directory of {entry}")))?;
+    let mut removed = 0;
+    for child in children(&listing, entry)? {
+        let path = if dir_path.is_empty() {
+            child.clone()
+        } else {
+            format!("{dir_path}/{child}")
+        };
+        if !ours.contains(&path) && remove_all(listing.as_fd(), &child, entry)? {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests;
