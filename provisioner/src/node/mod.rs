@@ -9,6 +9,7 @@ pub mod apply;
 pub mod client;
 pub mod config;
 pub mod enroll;
+pub mod image;
 pub mod layer;
 pub mod logs;
 pub mod network;
