@@ -19,8 +19,10 @@ RUNTIME_TOOLS := $(CACHE)/runtime-tools
 # musl-tools: musl-gcc, for ring's C and assembly in the static musl plinth-init.
 # protobuf-compiler: protoc, which etcd-client's build needs for etcd's .proto files;
 # etcd-server: the real etcd the shared-store tests start on loopback.
+# docker-registry, skopeo: the real OCI registry images are pulled from, and the tool
+# that pushes the demo image's OCI layout into it.
 DEB_PACKAGES := busybox-static runc crun uidmap strace gcc libc6-dev musl-tools \
-  protobuf-compiler etcd-server
+  protobuf-compiler etcd-server docker-registry skopeo
 
 export PLINTH_CACHE := $(CACHE)
 export PLINTH PLINTH_TARGET

@@ -6,6 +6,7 @@ pub mod engines;
 pub mod etcd;
 pub mod k8s;
 pub mod lab;
+pub mod registry;
 pub mod server;
 pub mod storm;
 pub mod tap;

@@ -89,10 +89,9 @@ impl ContentStore {
         if path.is_file() {
             return Ok(path);
         }
-        let tmp = path.with_extension(format!("partial-{}", std::process::id()));
-        let checked = (|| {
+        let tmp = self.download_path(d)?;
+        let written = (|| {
             let mut out = File::create(&tmp).map_err(io("creating", &tmp))?;
-            let mut hash = Sha256::new();
             let mut buf = vec![0u8; 64 * 1024];
             let mut got: u64 = 0;
             loop {
@@ -100,7 +99,7 @@ impl ContentStore {
                     .read(&mut buf)
                     .map_err(|e| bad(format!("reading blob {d}"), e.to_string()))?;
                 if n == 0 {
-                    break;
+                    return Ok(());
                 }
                 got += n as u64;
                 if got > size {
@@ -109,9 +108,31 @@ impl ContentStore {
                         format!("longer than its descriptor's {size} bytes"),
                     ));
                 }
-                hash.update(&buf[..n]);
                 out.write_all(&buf[..n]).map_err(io("writing", &tmp))?;
             }
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.adopt(d, size, &tmp)
+    }
+
+    /// Where a blob being downloaded is written before [`ContentStore::adopt`] takes it.
+    pub fn download_path(&self, d: &Digest) -> Result<PathBuf> {
+        Ok(self
+            .blob_path(d)?
+            .with_extension(format!("partial-{}", std::process::id())))
+    }
+
+    /// Takes the file `tmp` as blob `d` when it is `size` bytes with that digest; removes
+    /// it either way. A wrong one is an error naming the digest.
+    pub fn adopt(&self, d: &Digest, size: u64, tmp: &Path) -> Result<PathBuf> {
+        let path = self.blob_path(d)?;
+        let checked = (|| {
+            let mut f = File::open(tmp).map_err(io("opening", tmp))?;
+            let mut hash = Sha256::new();
+            let got = std::io::copy(&mut f, &mut hash).map_err(io("reading", tmp))?;
             if got != size {
                 return Err(bad(
                     format!("blob {d}"),
@@ -125,16 +146,16 @@ impl ContentStore {
                     format!("its content is sha256:{actual}"),
                 ));
             }
-            out.sync_all().map_err(io("syncing", &tmp))?;
+            f.sync_all().map_err(io("syncing", tmp))?;
             Ok(())
         })();
         match checked {
             Ok(()) => {
-                std::fs::rename(&tmp, &path).map_err(io("storing", &path))?;
+                std::fs::rename(tmp, &path).map_err(io("storing", &path))?;
                 Ok(path)
             }
             Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
+                let _ = std::fs::remove_file(tmp);
                 Err(e)
             }
         }
@@ -143,6 +164,12 @@ impl ContentStore {
     fn open_blob(&self, d: &Digest) -> Result<File> {
         let p = self.blob_path(d)?;
         File::open(&p).map_err(io("opening the blob", &p))
+    }
+
+    /// The image index `d` in the store.
+    pub fn index(&self, d: &Digest) -> Result<ImageIndex> {
+        ImageIndex::from_reader(self.open_blob(d)?)
+            .map_err(|e| bad(format!("index {d}"), e.to_string()))
     }
 
     /// The manifest to run from `top` (an image index or a manifest in the store): an
@@ -156,8 +183,7 @@ impl ContentStore {
                 .map_err(|e| bad(format!("manifest {}", top.digest()), e.to_string()))?;
             return Ok((top.digest().clone(), m));
         }
-        let index = ImageIndex::from_reader(self.open_blob(top.digest())?)
-            .map_err(|e| bad(format!("index {}", top.digest()), e.to_string()))?;
+        let index = self.index(top.digest())?;
         let chosen = platform_manifest(&index)
             .ok_or_else(|| bad(format!("index {}", top.digest()), "no linux/amd64 manifest"))?;
         let m = ImageManifest::from_reader(self.open_blob(chosen.digest())?)

@@ -13,6 +13,7 @@ pub mod image;
 pub mod layer;
 pub mod logs;
 pub mod network;
+pub mod pull;
 pub mod verify;
 
 use std::cell::{Cell, RefCell};

@@ -1,0 +1,175 @@
+//! Pulling an image from an OCI registry into the node's content store
+//! ([`crate::node::image`]): the reference's manifest (an index gives its linux/amd64
+//! one), its config and its layers, each checked against its digest before the store
+//! takes it, then the image unpacked once. Blobs already in the store are not fetched
+//! again.
+
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use oci_spec::image::{Descriptor, DescriptorBuilder, Digest, MediaType};
+
+use crate::error::{Error, Result};
+use crate::node::image::{ContentStore, Unpacked};
+
+/// How to reach a registry.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    /// Plain HTTP (a registry on the provisioning network without TLS).
+    pub insecure: bool,
+    /// A CA certificate (PEM) its TLS certificate is checked against, beside the
+    /// system's roots.
+    pub ca_pem: Option<String>,
+    /// A user and password (HTTP basic, or exchanged for a bearer token).
+    pub credentials: Option<(String, String)>,
+}
+
+/// What a pull came to.
+#[derive(Debug)]
+pub struct Pulled {
+    /// The manifest run (for an index, its linux/amd64 entry).
+    pub manifest: Digest,
+    /// Blobs fetched (the others were in the store).
+    pub fetched: usize,
+    /// Bytes fetched.
+    pub bytes: u64,
+    /// The image unpacked.
+    pub image: Unpacked,
+}
+
+const ACCEPTED: &[&str] = &[
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+fn failed(
+    image: &str,
+    what: &str,
+) -> impl FnOnce(oci_client::errors::OciDistributionError) -> Error {
+    let what = format!("{what} of {image}");
+    move |e| Error::Protocol {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+/// Pulls `image` (`registry/repository:tag` or `@sha256:...`) into `store` and unpacks
+/// it.
+pub async fn pull(store: &ContentStore, image: &str, registry: &Registry) -> Result<Pulled> {
+    let reference: Reference = image.parse().map_err(|e| Error::Config {
+        what: format!("image {image:?}"),
+        reason: format!("not a registry/repository:tag or @sha256: reference: {e}"),
+    })?;
+    // reqwest takes rustls' process-wide provider: ring, as everywhere else here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::new(ClientConfig {
+        protocol: if registry.insecure {
+            ClientProtocol::Http
+        } else {
+            ClientProtocol::Https
+        },
+        extra_root_certificates: registry
+            .ca_pem
+            .iter()
+            .map(|pem| Certificate {
+                encoding: CertificateEncoding::Pem,
+                data: pem.as_bytes().to_vec(),
+            })
+            .collect(),
+        ..ClientConfig::default()
+    });
+    let auth = match &registry.credentials {
+        Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
+        None => RegistryAuth::Anonymous,
+    };
+    let mut fetched = (0, 0);
+    let top = fetch_manifest(store, &client, &reference, &auth, image, &mut fetched).await?;
+    if is_index(&top) {
+        // The platform's manifest, by its digest, when the store does not have it.
+        let index = store.index(top.digest())?;
+        let chosen =
+            crate::node::image::platform_manifest(&index).ok_or_else(|| Error::Protocol {
+                what: format!("image {image}"),
+                reason: "its index has no linux/amd64 manifest".into(),
+            })?;
+        if !store.has(chosen.digest()) {
+            let by_digest = reference.clone_with_digest(chosen.digest().to_string());
+            fetch_manifest(store, &client, &by_digest, &auth, image, &mut fetched).await?;
+        }
+    }
+    let (digest, manifest) = store.manifest(&top)?;
+    for blob in std::iter::once(manifest.config()).chain(manifest.layers()) {
+        if store.has(blob.digest()) {
+            continue;
+        }
+        let tmp = store.download_path(blob.digest())?;
+        let out = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(crate::error::io("creating", &tmp))?;
+        let d = blob.digest().to_string();
+        if let Err(e) = client
+            .pull_blob(&reference, d.as_str(), out)
+            .await
+            .map_err(failed(image, &format!("blob {d}")))
+        {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        store.adopt(blob.digest(), blob.size(), &tmp)?;
+        fetched.0 += 1;
+        fetched.1 += blob.size();
+    }
+    let unpacked = store.unpack(&digest, &manifest)?;
+    Ok(Pulled {
+        manifest: digest,
+        fetched: fetched.0,
+        bytes: fetched.1,
+        image: unpacked,
+    })
+}
+
+fn is_index(d: &Descriptor) -> bool {
+    let mt = d.media_type().to_string();
+    mt == ACCEPTED[0] || mt == ACCEPTED[2]
+}
+
+/// Fetches the manifest (or index) `reference` names into the store; its descriptor.
+async fn fetch_manifest(
+    store: &ContentStore,
+    client: &Client,
+    reference: &Reference,
+    auth: &RegistryAuth,
+    image: &str,
+    fetched: &mut (usize, u64),
+) -> Result<Descriptor> {
+    let (raw, digest) = client
+        .pull_manifest_raw(reference, auth, ACCEPTED)
+        .await
+        .map_err(failed(image, "the manifest"))?;
+    // The digest asked for, when the reference has one; else the registry's.
+    let want = reference.digest().map(str::to_string).unwrap_or(digest);
+    let d: Digest = want.parse().map_err(|e| Error::Protocol {
+        what: format!("the manifest of {image}"),
+        reason: format!("digest {want:?}: {e}"),
+    })?;
+    let media_type = serde_json::from_slice::<serde_json::Value>(&raw)
+        .ok()
+        .and_then(|v| v["mediaType"].as_str().map(str::to_string))
+        .unwrap_or_else(|| ACCEPTED[1].to_string());
+    if !store.has(&d) {
+        store.put(&d, raw.len() as u64, raw.as_ref())?;
+        fetched.0 += 1;
+        fetched.1 += raw.len() as u64;
+    }
+    DescriptorBuilder::default()
+        .media_type(MediaType::from(media_type.as_str()))
+        .digest(d)
+        .size(raw.len() as u64)
+        .build()
+        .map_err(|e| Error::Protocol {
+            what: format!("the manifest of {image}"),
+            reason: e.to_string(),
+        })
+}
