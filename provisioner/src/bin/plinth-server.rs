@@ -85,7 +85,7 @@ struct Cli {
     #[arg(long, default_value = "10M", value_parser = parse_size)]
     max_log_per_boot: u64,
     /// How long events and logs are kept after they arrive (90m, 12h, 30d); the store
-    /// drops them (on etcd, by leases), at most a sixteenth of it later.
+    /// drops them (on etcd, by leases), at most a sixteenth of it (1 s to an hour) later.
     #[arg(long, default_value = "30d", value_parser = parse_duration)]
     keep_history: Duration,
     /// The state's store: the embedded one in --data (default), or etcd shared by
