@@ -267,8 +267,16 @@ impl Server {
 
     /// The firmware's request for its boot script; returns the token in it, if any.
     pub fn mint(&self, mac: &str, uuid: &str) -> Option<String> {
-        let (code, script) =
-            self.curl(&[&format!("{}/boot.ipxe?mac={mac}&uuid={uuid}", self.http)]);
+        self.mint_from(mac, uuid, "127.0.0.1")
+    }
+
+    /// [`Server::mint`] from the loopback address `src`.
+    pub fn mint_from(&self, mac: &str, uuid: &str, src: &str) -> Option<String> {
+        let (code, script) = self.curl(&[
+            "--interface",
+            src,
+            &format!("{}/boot.ipxe?mac={mac}&uuid={uuid}", self.http),
+        ]);
         assert_eq!(code, 200, "{script}");
         assert!(
             script.contains(&format!("set plinth-ca {}\n", self.pin)),

@@ -15,6 +15,8 @@ const A: &str = "52:54:00:00:00:2a";
 const B: &str = "52:54:00:00:00:2b";
 const UUID_A: &str = "6e4a2b1c-0000-4000-8000-00000000002a";
 const UUID_B: &str = "6e4a2b1c-0000-4000-8000-00000000002b";
+const C: &str = "52:54:00:00:00:2c";
+const UUID_C: &str = "6e4a2b1c-0000-4000-8000-00000000002c";
 
 /// A server of the fleet on `store`, with the CA and operators' tokens in `ca_dir`,
 /// shared by every server of the fleet (the CA key never goes into etcd).
@@ -201,9 +203,11 @@ fn the_fleet_is_advertised_as_a_list_and_nodes_fail_over() {
 }
 
 /// A boot script whose server was killed between minting and answering: the machine asks
-/// another server, which finds the outstanding token minted by a server that stopped and
-/// replaces it (a `security` event, no quarantine). The same ask while the minting server
-/// runs is a second mint: quarantine, decided once its liveness mark would have expired.
+/// another server, from the address the script went to, which finds the outstanding
+/// token minted by a server that stopped and replaces it (a `security` event, no
+/// quarantine). The same ask while the minting server runs, or from another address,
+/// is a second mint: quarantine (while the minter runs, decided once its liveness mark
+/// would have expired).
 #[test]
 fn a_token_of_a_stopped_server_is_replaced_and_one_of_a_live_server_is_a_second_mint() {
     let test = "a_token_of_a_stopped_server_is_replaced_and_one_of_a_live_server_is_a_second_mint";
@@ -234,8 +238,14 @@ fn a_token_of_a_stopped_server_is_replaced_and_one_of_a_live_server_is_a_second_
     );
 
     // A is killed after minting (its answer lost, as far as anyone knows).
+    a.declare(C, UUID_C);
     let lost = a.mint(B, UUID_B).expect("a token from A");
+    a.mint(C, UUID_C).expect("a token from A");
     a.sigkill_and_reap();
+    // Asked again from another address than the script went to: not the machine's own
+    // retry, so a second mint, A stopped or not.
+    assert_eq!(b.mint_from(C, UUID_C, "127.0.0.2"), None);
+    assert!(b.quarantined(C), "{}", b.machine(C));
     let again = b
         .mint(B, UUID_B)
         .expect("a new token from B once A has stopped");
@@ -324,4 +334,43 @@ fn history_goes(s: &Server, store: &str) {
         "{store}: {m}"
     );
     assert!(m["token"]["spentAt"].is_u64(), "{store}: {m}");
+}
+
+/// A boot retired (`--keep-boots`) with more events than etcd takes operations in one
+/// transaction (128 by default): its keys go with one range delete each, and the next
+/// boot's events are recorded.
+#[test]
+fn a_boot_of_many_events_is_retired_on_etcd() {
+    let test = "a_boot_of_many_events_is_retired_on_etcd";
+    let Some(etcd) = Etcd::start(test) else {
+        return;
+    };
+    let shared = TempDir::new("plinth-ca");
+    let s = server_with(&etcd.url(), &shared.0.join("ca"), &["--keep-boots", "1"]);
+    s.declare(A, UUID_A);
+    let boots = [
+        "0f0f0f0f-0000-4000-8000-0000000000b1",
+        "0f0f0f0f-0000-4000-8000-0000000000b2",
+    ];
+    for (n, boot) in boots.iter().enumerate() {
+        let token = s.mint(A, UUID_A).expect("a token");
+        let (node, _) = s.enrol_boot(A, UUID_A, &token, boot).expect("enrolment");
+        let events = if n == 0 { 200 } else { 1 };
+        for seq in 1..=events {
+            let mut ev = plinth_tests::server::event(A, UUID_A, "service");
+            ev["bootId"] = (*boot).into();
+            ev["seq"] = seq.into();
+            let (code, answer) = call(&node, "POST", "/v1/events", Some(ev));
+            assert_eq!(code, 200, "boot {n}, event {seq}: {answer}");
+        }
+    }
+    let kept: Vec<String> = s.machine(A)["boots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| !b["events"].as_array().unwrap().is_empty())
+        .map(|b| b["bootId"].as_str().unwrap().to_string())
+        .filter(|b| !b.is_empty())
+        .collect();
+    assert_eq!(kept, [boots[1]], "the first boot's 200 events are not gone");
 }

@@ -249,15 +249,24 @@ fn mint(
         // intruder who fetched it first: it stops being accepted here.
         let mut orphaned = None;
         let mut wait_for = None;
-        if let Some(by) = previous.and_then(|t| t.minted_by.as_ref().map(|b| (b, t.minted_at))) {
-            if !s.server_alive(by.0)? {
-                orphaned = Some(by.0.clone());
-            } else if by.0 != s.server_id() && !patient {
-                // Another server minted it a moment ago and looks alive: its mark on the
-                // store outlives it by LIVE_TTL, so ask again once that has passed.
-                let settled = by.1 + LIVE_TTL.as_secs() + 2;
-                if now < settled {
-                    wait_for = Some(std::time::Duration::from_secs(settled - now));
+        // Only the machine's own retry: from the address the token went to, soon after.
+        // An intruder asking for a machine's token after a server's restart, from
+        // elsewhere or later, is a second mint as before.
+        let retry = previous.filter(|t| {
+            now.saturating_sub(t.minted_at) <= ORPHAN_WINDOW_SECS
+                && t.minted_to.as_deref() == Some(from.ip().to_string().as_str())
+        });
+        if let Some(t) = retry {
+            if let Some(by) = &t.minted_by {
+                if !s.server_alive(by)? {
+                    orphaned = Some(by.clone());
+                } else if by != s.server_id()
+                    && !patient
+                    && now.saturating_sub(t.minted_at) <= LIVE_TTL.as_secs() + 2
+                {
+                    // Another server minted it a moment ago and looks alive: its mark on
+                    // the store outlives it by LIVE_TTL, so ask again once that passed.
+                    wait_for = Some(LIVE_TTL + std::time::Duration::from_secs(1));
                 }
             }
         }
@@ -332,6 +341,7 @@ fn mint(
             voided: None,
             discovery: known == Known::Discovery,
             minted_by: Some(s.server_id().to_string()),
+            minted_to: Some(from.ip().to_string()),
         };
         s.note_pxe(mac, pxe(true), Some(record))?;
         Ok((Some(token), None, Some(known), None))
@@ -366,6 +376,10 @@ fn mint(
     }
     Ok(Minted::Done(token))
 }
+
+/// How long after a mint the machine's own retry (from the same address) may replace
+/// a token whose server stopped: a firmware retrying its boot, not a later intruder.
+const ORPHAN_WINDOW_SECS: u64 = 300;
 
 /// What [`mint`] came to.
 enum Minted {

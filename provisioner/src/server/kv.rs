@@ -29,12 +29,17 @@ pub struct Txn {
     pub history: Vec<(String, Vec<u8>)>,
     /// Keys to remove (missing ones are no error).
     pub delete: Vec<String>,
+    /// Every key starting with each of these is removed (one operation each).
+    pub delete_prefix: Vec<String>,
 }
 
 impl Txn {
     /// Whether the transaction changes nothing.
     pub fn is_empty(&self) -> bool {
-        self.put.is_empty() && self.history.is_empty() && self.delete.is_empty()
+        self.put.is_empty()
+            && self.history.is_empty()
+            && self.delete.is_empty()
+            && self.delete_prefix.is_empty()
     }
 }
 
@@ -93,4 +98,4 @@ pub trait Kv: Send + Sync {
 
 /// How long a server stays alive on the store after it stops renewing its mark. Short:
 /// a server waits up to this long before taking over the work of one that stopped.
-pub const LIVE_TTL: std::time::Duration = std::time::Duration::from_secs(3);
+pub const LIVE_TTL: std::time::Duration = std::time::Duration::from_secs(10);

@@ -45,7 +45,8 @@ pub struct EtcdKv {
     retention: Retention,
     /// The lease of the current history slot ([`Retention::slot`]): its number and id.
     /// History written in one slot shares one lease, so etcd keeps one lease per slot
-    /// (16 over the time kept), not one per key.
+    /// and server (16 over the time kept, or one an hour when that is longer), not one
+    /// per key.
     history_lease: std::sync::Mutex<Option<(u64, i64)>>,
     /// `None` only while dropping.
     rt: Option<tokio::runtime::Runtime>,
@@ -212,7 +213,8 @@ async fn keep_alive(mut c: Client, key: String, mut lease: i64) {
                 if keeper.keep_alive().await.is_err() {
                     break;
                 }
-                match tokio::time::timeout(TIMEOUT, answers.message()).await {
+                // Answered well within the lease, or it is renewed afresh.
+                match tokio::time::timeout(pause, answers.message()).await {
                     Ok(Ok(Some(a))) if a.ttl() > 0 => {}
                     _ => break,
                 }
@@ -337,6 +339,12 @@ impl Kv for EtcdKv {
                 )
             }));
         }
+        ops.extend(txn.delete_prefix.into_iter().map(|p| {
+            TxnOp::delete(
+                format!("{PREFIX}{p}"),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+        }));
         ops.extend(
             txn.delete
                 .into_iter()

@@ -146,6 +146,23 @@ impl RedbKv {
                 data.remove(key.as_str())
                     .map_err(|e| err("deleting")(e.into()))?;
             }
+            for prefix in &txn.delete_prefix {
+                let mut doomed = Vec::new();
+                for item in data
+                    .range(prefix.as_str()..)
+                    .map_err(|e| err("listing")(e.into()))?
+                {
+                    let (k, _) = item.map_err(|e| err("listing")(e.into()))?;
+                    if !k.value().starts_with(prefix.as_str()) {
+                        break;
+                    }
+                    doomed.push(k.value().to_string());
+                }
+                for k in doomed {
+                    data.remove(k.as_str())
+                        .map_err(|e| err("deleting")(e.into()))?;
+                }
+            }
             for (key, value) in txn.put.iter().chain(&txn.history) {
                 let mut raw = Vec::with_capacity(8 + value.len());
                 raw.extend_from_slice(&revision.to_be_bytes());

@@ -178,6 +178,10 @@ pub struct Token {
     /// again is no second mint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minted_by: Option<String>,
+    /// The address the boot script carrying it was sent to: only a retry from there
+    /// may replace it when its server stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minted_to: Option<String>,
 }
 
 impl Token {
@@ -523,11 +527,16 @@ impl Store {
         for attempt in 0..RETRIES {
             // The transaction compares the version read: a first read a moment old costs
             // at most a second one.
-            let entry = if attempt == 0 {
+            let mut entry = if attempt == 0 {
                 self.kv.get_relaxed(&key)?
             } else {
                 self.kv.get(&key)?
             };
+            if entry.is_none() && attempt == 0 {
+                // A relaxed "none" may be a member behind a record just made: ask again,
+                // since "none" changes nothing and no compare would catch it.
+                entry = self.kv.get(&key)?;
+            }
             let (mut m, version) = match &entry {
                 Some(e) => (from_json::<Machine>(&key, &e.value)?, Some(e.version)),
                 None if create => (Machine::new(mac), None),
@@ -766,21 +775,18 @@ impl Store {
                 return Ok(());
             };
             let old = m.boots.remove(i);
-            for prefix in [
-                events_prefix(&m.mac, &old.boot_id),
-                logs_prefix(&m.mac, &old.boot_id),
-            ] {
-                for (k, _) in self.kv.range(&prefix)? {
-                    txn.delete.push(k);
-                }
-            }
+            // One range delete each, however many keys: etcd refuses a transaction of
+            // more than 128 operations.
+            txn.delete_prefix.push(events_prefix(&m.mac, &old.boot_id));
+            txn.delete_prefix.push(logs_prefix(&m.mac, &old.boot_id));
         }
     }
 
     /// Records a node's event and returns the machine's pending action, clearing it (the
     /// reply delivers it). Nothing is recorded for a machine without a record, nor for a
     /// repeat (a `seq` of this boot recorded already: the node sent it again because the
-    /// answer was lost), which is counted and answered as the first was.
+    /// answer was lost), which is counted and answered with the action pending now (an
+    /// action the lost answer carried is not given again).
     pub fn record(&self, mac: &str, ev: Event) -> Result<Option<Action>> {
         let ms = crate::server::traffic::now_ms();
         let rec = Recorded {
@@ -869,7 +875,8 @@ impl Store {
                     if let Some(from) = details.get("from") {
                         d.insert("lastFrom".into(), from.clone());
                     }
-                    txn.put.push((k, json_bytes("an event", &r)?));
+                    // Still history: a plain put would take the key off its lease.
+                    txn.history.push((k, json_bytes("an event", &r)?));
                     return Ok(());
                 }
             }
