@@ -19,7 +19,7 @@ use crate::error::{io, Error, Result};
 use crate::node::layer::{self, Compression, Owners};
 
 /// The store.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ContentStore {
     dir: PathBuf,
 }
@@ -35,6 +35,16 @@ pub struct Unpacked {
     pub fresh: bool,
     /// Entries of its layers that were skipped, with why.
     pub skipped: Vec<String>,
+}
+
+/// A name no other download or unpacking of this process or another uses.
+fn unique() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
 }
 
 fn bad(what: impl Into<String>, reason: impl Into<String>) -> Error {
@@ -58,8 +68,12 @@ fn sha256_hex(d: &Digest) -> Result<&str> {
 impl ContentStore {
     /// Opens (making) the store in `dir`.
     pub fn open(dir: &Path) -> Result<ContentStore> {
+        use std::os::unix::fs::PermissionsExt;
         let blobs = dir.join("blobs/sha256");
         std::fs::create_dir_all(&blobs).map_err(io("making", &blobs))?;
+        // Images keep their owners and set-id bits: no one but root walks in.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(io("making private", dir))?;
         let images = dir.join("images");
         std::fs::create_dir_all(&images).map_err(io("making", &images))?;
         let layout = dir.join("oci-layout");
@@ -118,11 +132,12 @@ impl ContentStore {
         self.adopt(d, size, &tmp)
     }
 
-    /// Where a blob being downloaded is written before [`ContentStore::adopt`] takes it.
+    /// A name of its own for a blob being downloaded, before [`ContentStore::adopt`]
+    /// takes it: two pulls of one blob never write one file.
     pub fn download_path(&self, d: &Digest) -> Result<PathBuf> {
         Ok(self
             .blob_path(d)?
-            .with_extension(format!("partial-{}", std::process::id())))
+            .with_extension(format!("partial-{}", unique())))
     }
 
     /// Takes the file `tmp` as blob `d` when it is `size` bytes with that digest; removes
@@ -205,10 +220,10 @@ impl ContentStore {
                 skipped: Vec::new(),
             });
         }
-        let partial = self.dir.join("images").join(format!("{hex}.partial"));
-        if partial.exists() {
-            std::fs::remove_dir_all(&partial).map_err(io("removing", &partial))?;
-        }
+        let partial = self
+            .dir
+            .join("images")
+            .join(format!("{hex}.partial-{}", unique()));
         let unpacked = (|| {
             let root_dir = partial.join("rootfs");
             std::fs::create_dir_all(&root_dir).map_err(io("making", &root_dir))?;
@@ -226,11 +241,21 @@ impl ContentStore {
                 .map_err(|e| bad(format!("layer {}", l.digest()), e.to_string()))?;
                 skipped.extend(applied.skipped);
             }
+            // On disk before its name says it is whole.
+            let dir = File::open(&root_dir).map_err(io("opening", &root_dir))?;
+            nix::unistd::syncfs(&dir)
+                .map_err(crate::error::sys(format!("syncing the image {digest}")))?;
             Ok(skipped)
         })();
         match unpacked {
             Ok(skipped) => {
-                std::fs::rename(&partial, &done).map_err(io("completing", &done))?;
+                if let Err(e) = std::fs::rename(&partial, &done) {
+                    let _ = std::fs::remove_dir_all(&partial);
+                    // Another unpacking of the same image finished first: the same image.
+                    if !rootfs.is_dir() {
+                        return Err(io("completing", &done)(e));
+                    }
+                }
                 Ok(Unpacked {
                     rootfs,
                     config: manifest.config().clone(),

@@ -109,6 +109,12 @@ pub async fn pull(store: &ContentStore, image: &str, registry: &Registry) -> Res
             .await
             .map_err(crate::error::io("creating", &tmp))?;
         let d = blob.digest().to_string();
+        // A registry sending more than the descriptor says is cut off there, not
+        // written until the disk is full.
+        let out = Bounded {
+            inner: out,
+            left: blob.size(),
+        };
         if let Err(e) = client
             .pull_blob(&reference, d.as_str(), out)
             .await
@@ -117,11 +123,14 @@ pub async fn pull(store: &ContentStore, image: &str, registry: &Registry) -> Res
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
-        store.adopt(blob.digest(), blob.size(), &tmp)?;
+        let (s, digest, size) = (store.clone(), blob.digest().clone(), blob.size());
+        blocking(move || s.adopt(&digest, size, &tmp)).await?;
         fetched.0 += 1;
         fetched.1 += blob.size();
     }
-    let unpacked = store.unpack(&digest, &manifest)?;
+    let s = store.clone();
+    let d = digest.clone();
+    let unpacked = blocking(move || s.unpack(&d, &manifest)).await?;
     Ok(Pulled {
         manifest: digest,
         fetched: fetched.0,
@@ -172,4 +181,54 @@ async fn fetch_manifest(
             what: format!("the manifest of {image}"),
             reason: e.to_string(),
         })
+}
+
+/// Hashing, syncing and unpacking block: off the event loop.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Protocol {
+            what: "an image's blobs".into(),
+            reason: format!("the worker stopped: {e}"),
+        })?
+}
+
+/// A writer that refuses what goes past `left` bytes.
+struct Bounded<W> {
+    inner: W,
+    left: u64,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Bounded<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if buf.len() as u64 > self.left {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "more bytes than the descriptor's size",
+            )));
+        }
+        let me = &mut *self;
+        let r = std::pin::Pin::new(&mut me.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            me.left -= *n as u64;
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

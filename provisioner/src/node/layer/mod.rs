@@ -114,17 +114,15 @@ pub fn apply(
     compression: Compression,
     owners: Option<Owners>,
 ) -> Result<Applied> {
+    // Every gzip member and every zstd frame: eStargz and zstd:chunked layers are many,
+    // and a reader that stopped after the first would unpack part of the layer, silently.
     let tar: Box<dyn Read> = match compression {
         Compression::None => Box::new(blob),
-        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(blob)),
-        Compression::Zstd => {
-            Box::new(ruzstd::decoding::StreamingDecoder::new(blob).map_err(|e| {
-                Error::Protocol {
-                    what: "a zstd layer".into(),
-                    reason: e.to_string(),
-                }
-            })?)
-        }
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(blob)),
+        Compression::Zstd => Box::new(ZstdFrames {
+            src: Some(std::io::BufReader::new(blob)),
+            frame: None,
+        }),
     };
     let mut archive = tar::Archive::new(tar);
     let mut done = Applied::default();
@@ -144,12 +142,16 @@ pub fn apply(
             Some((p, n)) => (p, n),
             None => ("", path.as_str()),
         };
-        let parent = open_dir(root, parent_path, &raw)?;
-        if name == OPAQUE {
-            done.removed += empty_but(&parent, parent_path, &ours, &raw)?;
-            continue;
-        }
-        if let Some(gone) = name.strip_prefix(WHITEOUT) {
+        if name == OPAQUE || name.starts_with(WHITEOUT) {
+            // Nothing to remove in a directory the image does not have: none is made.
+            let Some(parent) = open_dir(root, parent_path, &raw, false)? else {
+                continue;
+            };
+            if name == OPAQUE {
+                done.removed += empty_but(&parent, parent_path, &ours, &raw)?;
+                continue;
+            }
+            let gone = &name[WHITEOUT.len()..];
             if gone.is_empty() || gone == "." || gone == ".." {
                 return Err(refused(&raw, "a whiteout of nothing"));
             }
@@ -159,14 +161,29 @@ pub fn apply(
             continue;
         }
         let header = entry.header();
+        if matches!(
+            header.entry_type(),
+            tar::EntryType::Char | tar::EntryType::Block
+        ) {
+            done.skipped.push(format!("{raw}: a device node"));
+            continue;
+        }
+        let Some(parent) = open_dir(root, parent_path, &raw, true)? else {
+            return Err(refused(&raw, "its directory could not be made"));
+        };
         let kind = header.entry_type();
-        let mode = Mode::from_bits_truncate(header.mode().map_err(read_err)? & 0o7777);
+        let mut mode = Mode::from_bits_truncate(header.mode().map_err(read_err)? & 0o7777);
         let (uid, gid) = (
             header.uid().map_err(read_err)?,
             header.gid().map_err(read_err)?,
         );
         let mtime = header.mtime().map_err(read_err)?;
         let owner = owner_of(owners, uid, gid, &raw)?;
+        if owner.is_none() {
+            // Not made the image's owner's (an unprivileged unpacker): a set-id bit would
+            // make the file set-id to whoever unpacked it.
+            mode.remove(Mode::S_ISUID | Mode::S_ISGID);
+        }
         let existing = fstatat(&parent, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok();
         let is_dir = |st: &nix::sys::stat::FileStat| {
             SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
@@ -195,7 +212,11 @@ pub fn apply(
                 )
                 .map_err(sys(format!("creating {raw}")))?;
                 let mut file = std::fs::File::from(file);
-                done.bytes += std::io::copy(&mut entry, &mut file).map_err(read_err)?;
+                done.bytes +=
+                    std::io::copy(&mut entry, &mut file).map_err(|e| Error::Protocol {
+                        what: format!("writing the data of {raw}"),
+                        reason: e.to_string(),
+                    })?;
                 let fd = OwnedFd::from(file);
                 set_owner_mode(&fd, owner, mode, &raw)?;
                 let t = TimeSpec::new(i64::try_from(mtime).unwrap_or(0), 0);
@@ -236,7 +257,12 @@ pub fn apply(
                     Some((p, n)) => (p, n),
                     None => ("", target_path.as_str()),
                 };
-                let tparent = open_dir(root, tp, &raw)?;
+                let Some(tparent) = open_dir(root, tp, &raw, false)? else {
+                    return Err(refused(
+                        &raw,
+                        format!("its target {target:?} is not in the image"),
+                    ));
+                };
                 let st = fstatat(&tparent, tn, AtFlags::AT_SYMLINK_NOFOLLOW)
                     .map_err(|e| refused(&raw, format!("its target {target:?}: {e}")))?;
                 if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
@@ -302,6 +328,49 @@ pub fn apply(
     Ok(done)
 }
 
+/// A zstd stream of one or more frames, skippable frames (zstd:chunked's metadata)
+/// passed over.
+struct ZstdFrames<R: Read> {
+    src: Option<std::io::BufReader<R>>,
+    frame: Option<
+        ruzstd::decoding::StreamingDecoder<std::io::BufReader<R>, ruzstd::decoding::FrameDecoder>,
+    >,
+}
+
+impl<R: Read> Read for ZstdFrames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::io::BufRead;
+        loop {
+            if let Some(f) = self.frame.as_mut() {
+                let n = f.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+                self.src = self.frame.take().map(|f| f.into_inner());
+            }
+            let Some(mut src) = self.src.take() else {
+                return Ok(0);
+            };
+            let head = src.fill_buf()?;
+            if head.is_empty() {
+                return Ok(0);
+            }
+            // A skippable frame: magic 0x184D2A50 to 0x184D2A5F, then its length.
+            if head.len() >= 8 && head[0] & 0xf0 == 0x50 && head[1..4] == [0x2a, 0x4d, 0x18] {
+                let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+                src.consume(8);
+                std::io::copy(&mut (&mut src).take(u64::from(len)), &mut std::io::sink())?;
+                self.src = Some(src);
+                continue;
+            }
+            self.frame = Some(
+                ruzstd::decoding::StreamingDecoder::new(src)
+                    .map_err(|e| std::io::Error::other(format!("zstd: {e}")))?,
+            );
+        }
+    }
+}
+
 /// An entry's path relative to the root: `./` and `/` in front dropped, empty and `.`
 /// components dropped; `None` for the root itself. A `..` component is refused.
 fn clean(raw: &str) -> Result<Option<String>> {
@@ -322,20 +391,27 @@ fn clean(raw: &str) -> Result<Option<String>> {
 /// The directory `path` (relative, clean) of the image, resolved as if the root were
 /// `/`; missing directories are made (0755, as image tools do for a layer without
 /// directory entries).
-fn open_dir(root: BorrowedFd<'_>, path: &str, entry: &str) -> Result<OwnedFd> {
+fn open_dir(root: BorrowedFd<'_>, path: &str, entry: &str, make: bool) -> Result<Option<OwnedFd>> {
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     let at = if path.is_empty() { "." } else { path };
     match openat2(root, at, how) {
-        Ok(fd) => return Ok(fd),
+        Ok(fd) => return Ok(Some(fd)),
+        Err(Errno::ENOENT) if !make => return Ok(None),
         Err(Errno::ENOENT) => {}
         Err(e) => return Err(refused(entry, format!("its directory {path:?}: {e}"))),
     }
-    // One component at a time: each opened in the root as above, made when missing.
+    // One component at a time, each prefix resolved from the root (a symlink on the way
+    // is the image's, read as if the root were /), made in its parent when missing.
     let mut cur = openat2(root, ".", how).map_err(sys(format!("opening the root for {entry}")))?;
+    let mut prefix = String::new();
     for part in path.split('/') {
-        match openat2(cur.as_fd(), part, how) {
+        if !prefix.is_empty() {
+            prefix.push('/');
+        }
+        prefix.push_str(part);
+        match openat2(root, prefix.as_str(), how) {
             Ok(next) => cur = next,
             Err(Errno::ENOENT) => {
                 match mkdirat(&cur, part, Mode::from_bits_truncate(0o755)) {
@@ -351,13 +427,13 @@ fn open_dir(root: BorrowedFd<'_>, path: &str, entry: &str) -> Result<OwnedFd> {
                     }
                     Err(e) => return Err(refused(entry, format!("making {part:?}: {e}"))),
                 }
-                cur = openat2(cur.as_fd(), part, how)
+                cur = openat2(root, prefix.as_str(), how)
                     .map_err(|e| refused(entry, format!("opening {part:?}: {e}")))?;
             }
             Err(e) => return Err(refused(entry, format!("its directory {path:?}: {e}"))),
         }
     }
-    Ok(cur)
+    Ok(Some(cur))
 }
 
 /// The child `name` of `parent`, never through a symlink.
@@ -374,7 +450,17 @@ fn open_child(parent: &OwnedFd, name: &str, flags: OFlag, entry: &str) -> Result
 /// The host owner of an image's `uid`/`gid`, or `None` to keep the image's.
 fn owner_of(owners: Option<Owners>, uid: u64, gid: u64, entry: &str) -> Result<Option<(Uid, Gid)>> {
     let Some(o) = owners else {
-        return Ok(None);
+        // The image's own ids, when this process may give them (root); else none.
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(None);
+        }
+        return match (u32::try_from(uid), u32::try_from(gid)) {
+            (Ok(u), Ok(g)) => Ok(Some((Uid::from_raw(u), Gid::from_raw(g)))),
+            _ => Err(refused(
+                entry,
+                format!("owner {uid}:{gid} is not a 32-bit id"),
+            )),
+        };
     };
     let within = |id: u64, base: u32| {
         u32::try_from(id)
@@ -460,8 +546,19 @@ fn empty_but(dir: &OwnedFd, dir_path: &str, ours: &HashSet<String>, entry: &str)
         } else {
             format!("{dir_path}/{child}")
         };
-        if !ours.contains(&path) && remove_all(listing.as_fd(), &child, entry)? {
-            removed += 1;
+        if !ours.contains(&path) {
+            if remove_all(listing.as_fd(), &child, entry)? {
+                removed += 1;
+            }
+            continue;
+        }
+        // A directory of this layer's keeps only what this layer put in it, down to
+        // the bottom: the layers below are hidden there too.
+        let st = fstatat(&listing, child.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(sys(format!("looking at {path:?} for {entry}")))?;
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR {
+            let sub = open_child(&listing, &child, OFlag::O_PATH | OFlag::O_DIRECTORY, entry)?;
+            removed += empty_but(&sub, &path, ours, entry)?;
         }
     }
     Ok(removed)

@@ -67,6 +67,8 @@ enum E<'a> {
     Hardlink(&'a str, &'a str),
     CharDevice(&'a str),
     Fifo(&'a str),
+    /// A set-uid executable owned by this uid in the image.
+    Setuid(&'a str, u64),
 }
 
 /// A tar of `entries`, names written as they are (no checks: these are attacks too).
@@ -81,6 +83,7 @@ fn layer(entries: &[E<'_>]) -> Vec<u8> {
             E::Hardlink(n, t) => (*n, tar::EntryType::Link, *t, ""),
             E::CharDevice(n) => (*n, tar::EntryType::Char, "", ""),
             E::Fifo(n) => (*n, tar::EntryType::Fifo, "", ""),
+            E::Setuid(n, _) => (*n, tar::EntryType::Regular, "", "#!/bin/sh\n"),
         };
         {
             let raw = h.as_old_mut();
@@ -90,12 +93,12 @@ fn layer(entries: &[E<'_>]) -> Vec<u8> {
             raw.linkname[..link.len()].copy_from_slice(link.as_bytes());
         }
         h.set_entry_type(kind);
-        h.set_mode(if kind == tar::EntryType::Directory {
-            0o755
-        } else {
-            0o644
+        h.set_mode(match e {
+            E::Setuid(..) => 0o4755,
+            _ if kind == tar::EntryType::Directory => 0o755,
+            _ => 0o644,
         });
-        h.set_uid(0);
+        h.set_uid(if let E::Setuid(_, uid) = e { *uid } else { 0 });
         h.set_gid(0);
         h.set_mtime(1_700_000_000);
         h.set_size(data.len() as u64);
@@ -346,4 +349,97 @@ fn gzip_and_zstd_layers_and_owners_moved_into_the_range() {
     let err = Compression::of_media_type("application/vnd.oci.image.config.v1+json")
         .expect_err("a config is no layer");
     assert!(err.to_string().contains("mediaType"), "{err}");
+}
+
+#[test]
+fn an_opaque_marker_reaches_into_this_layers_own_subdirectories() {
+    let s = Scratch::new("opaque-deep");
+    s.apply(&layer(&[
+        E::File("etc/ssl/old.pem", "lower"),
+        E::File("etc/ssl/deeper/older.pem", "lower"),
+    ]))
+    .expect("lower");
+    s.apply(&layer(&[
+        E::Dir("etc/"),
+        E::Dir("etc/ssl/"),
+        E::File("etc/ssl/new.pem", "upper"),
+        E::File("etc/.wh..wh..opq", ""),
+    ]))
+    .expect("upper");
+    assert!(!s.root().join("etc/ssl/old.pem").exists());
+    assert!(!s.root().join("etc/ssl/deeper").exists());
+    assert_eq!(read(&s.root().join("etc/ssl/new.pem")), "upper");
+    // A whiteout in a directory the image does not have makes no directory.
+    s.apply(&layer(&[E::File("nowhere/.wh.x", "")]))
+        .expect("whiteout");
+    assert!(!s.root().join("nowhere").exists());
+    s.outside_untouched();
+}
+
+#[test]
+fn a_symlinked_directory_on_the_way_resolves_from_the_root() {
+    let s = Scratch::new("symlinked-dir");
+    // As Debian's java alternatives: a link to an absolute directory of the image, and a
+    // new entry below it whose directories do not exist yet.
+    s.apply(&layer(&[
+        E::Dir("usr/lib/jvm/java-17/"),
+        E::Symlink("usr/lib/jvm/default-java", "/usr/lib/jvm/java-17"),
+        E::File("usr/lib/jvm/default-java/conf/x", "through the link"),
+    ]))
+    .expect("layer");
+    assert_eq!(
+        read(&s.root().join("usr/lib/jvm/java-17/conf/x")),
+        "through the link"
+    );
+    s.outside_untouched();
+}
+
+#[test]
+fn owners_are_the_images_and_set_id_bits_never_go_to_the_unpacker() {
+    let s = Scratch::new("setuid");
+    s.apply(&layer(&[E::Setuid("bin/su", 1000)]))
+        .expect("layer");
+    let meta = std::fs::metadata(s.root().join("bin/su")).expect("stat");
+    if nix::unistd::geteuid().is_root() {
+        // Root gives the file the image's owner, and its set-uid bit with it.
+        assert_eq!(meta.uid(), 1000);
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o4755);
+    } else {
+        // Anyone else owns what they unpack: no set-id bit, or it would be theirs.
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+    }
+}
+
+#[test]
+fn every_member_of_a_gzip_layer_is_read() {
+    let s = Scratch::new("members");
+    // Two gzip members, as eStargz layers are many: the tar is cut between them.
+    let plain = layer(&[E::File("one", "1"), E::File("two", "2")]);
+    let mut blob = Vec::new();
+    for part in [&plain[..1024], &plain[1024..]] {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, part).expect("gzip");
+        blob.extend(gz.finish().expect("gzip"));
+    }
+    let done = s
+        .apply_as(&blob, Compression::Gzip, None)
+        .expect("two members");
+    assert_eq!(done.written, 2);
+    assert_eq!(read(&s.root().join("two")), "2");
+    // And zstd: two frames with a skippable frame between them.
+    let s = Scratch::new("frames");
+    let mut blob = ruzstd::encoding::compress_to_vec(
+        &plain[..1024],
+        ruzstd::encoding::CompressionLevel::Fastest,
+    );
+    blob.extend([0x50, 0x2a, 0x4d, 0x18, 3, 0, 0, 0, 9, 9, 9]);
+    blob.extend(ruzstd::encoding::compress_to_vec(
+        &plain[1024..],
+        ruzstd::encoding::CompressionLevel::Fastest,
+    ));
+    let done = s
+        .apply_as(&blob, Compression::Zstd, None)
+        .expect("two frames");
+    assert_eq!(done.written, 2);
+    assert_eq!(read(&s.root().join("two")), "2");
 }
