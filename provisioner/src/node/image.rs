@@ -324,6 +324,24 @@ mod tests {
         b.into_inner().expect("tar").finish().expect("gzip")
     }
 
+    /// A manifest of `config` and `layers`, stored; it and its descriptor.
+    fn manifest_of(
+        s: &ContentStore,
+        config: Descriptor,
+        layers: Vec<Descriptor>,
+    ) -> (ImageManifest, Descriptor) {
+        let manifest = ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageManifest)
+            .config(config)
+            .layers(layers)
+            .build()
+            .expect("manifest");
+        let json = manifest.to_string().expect("json");
+        let d = put(s, json.as_bytes(), MediaType::ImageManifest);
+        (manifest, d)
+    }
+
     fn scratch(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("plinth-image-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -377,18 +395,7 @@ mod tests {
             br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#,
             MediaType::ImageConfig,
         );
-        let manifest = ImageManifestBuilder::default()
-            .schema_version(2u32)
-            .media_type(MediaType::ImageManifest)
-            .config(config.clone())
-            .layers(vec![lower, upper])
-            .build()
-            .expect("manifest");
-        let m = put(
-            &s,
-            manifest.to_string().expect("json").as_bytes(),
-            MediaType::ImageManifest,
-        );
+        let (_, m) = manifest_of(&s, config.clone(), vec![lower, upper]);
         // Another architecture's manifest first in the index: never chosen.
         let other = put(&s, b"{}", MediaType::ImageManifest);
         let with = |d: &Descriptor, arch: Arch| {
@@ -440,18 +447,7 @@ mod tests {
         // A layer whose bytes are not gzip, though its descriptor says so.
         let junk = put(&s, b"not a gzip stream", MediaType::ImageLayerGzip);
         let config = put(&s, b"{}", MediaType::ImageConfig);
-        let manifest = ImageManifestBuilder::default()
-            .schema_version(2u32)
-            .media_type(MediaType::ImageManifest)
-            .config(config)
-            .layers(vec![junk.clone()])
-            .build()
-            .expect("manifest");
-        let m = put(
-            &s,
-            manifest.to_string().expect("json").as_bytes(),
-            MediaType::ImageManifest,
-        );
+        let (manifest, m) = manifest_of(&s, config, vec![junk.clone()]);
         let err = s.unpack(m.digest(), &manifest).expect_err("a junk layer");
         assert!(
             err.to_string().contains(&junk.digest().to_string()),

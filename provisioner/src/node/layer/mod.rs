@@ -231,16 +231,7 @@ pub fn apply(
                 remove_all(parent.as_fd(), name, &raw)?;
                 symlinkat(target.as_str(), &parent, name)
                     .map_err(sys(format!("making the symlink {raw}")))?;
-                if let Some((u, g)) = owner {
-                    fchownat(
-                        &parent,
-                        name,
-                        Some(u),
-                        Some(g),
-                        AtFlags::AT_SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(sys(format!("setting the owner of {raw}")))?;
-                }
+                chown_at(&parent, name, owner, &raw)?;
                 let t = TimeSpec::new(i64::try_from(mtime).unwrap_or(0), 0);
                 utimensat(&parent, name, &t, &t, UtimensatFlags::NoFollowSymlink)
                     .map_err(sys(format!("setting the time of {raw}")))?;
@@ -288,16 +279,7 @@ pub fn apply(
                     0,
                 )
                 .map_err(sys(format!("making the FIFO {raw}")))?;
-                if let Some((u, g)) = owner {
-                    fchownat(
-                        &parent,
-                        name,
-                        Some(u),
-                        Some(g),
-                        AtFlags::AT_SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(sys(format!("setting the owner of {raw}")))?;
-                }
+                chown_at(&parent, name, owner, &raw)?;
                 // fchmodat cannot refuse a symlink on Linux: this is the FIFO just made,
                 // in a directory nothing else writes to while its image is unpacked.
                 nix::sys::stat::fchmodat(
@@ -475,6 +457,15 @@ fn owner_of(owners: Option<Owners>, uid: u64, gid: u64, entry: &str) -> Result<O
             format!("owner {uid}:{gid} is outside the workload's {} ids", o.size),
         )),
     }
+}
+
+/// Gives `name` in `parent` its owner, never through a symlink (a symlink's own).
+fn chown_at(parent: &OwnedFd, name: &str, owner: Option<(Uid, Gid)>, entry: &str) -> Result<()> {
+    let Some((u, g)) = owner else {
+        return Ok(());
+    };
+    fchownat(parent, name, Some(u), Some(g), AtFlags::AT_SYMLINK_NOFOLLOW)
+        .map_err(sys(format!("setting the owner of {entry}")))
 }
 
 /// Owner first, then mode: a chown clears the set-id bits.
