@@ -3,9 +3,9 @@
 //! it alike, and each image unpacked once into `images/<manifest hex>/rootfs`, which
 //! every container of that image starts from (never one unpacking per container).
 //!
-//! A blob enters the store only through [`ContentStore::put`], which checks its size and
-//! its SHA-256 while writing it and keeps nothing of a blob that is not what its
-//! descriptor says. An image is unpacked into a `.partial` directory renamed into place
+//! A blob enters the store only through [`ContentStore::put`] or
+//! [`ContentStore::adopt`], which check its size and SHA-256 before it takes its name,
+//! and keep nothing of a blob that is not what its descriptor says. An image is unpacked into a `.partial` directory renamed into place
 //! when complete, so a crash or a bad layer never leaves a half image that looks whole.
 
 use std::fs::File;
@@ -190,10 +190,7 @@ impl ContentStore {
     /// The manifest to run from `top` (an image index or a manifest in the store): an
     /// index's linux/amd64 entry, a manifest as it is.
     pub fn manifest(&self, top: &Descriptor) -> Result<(Digest, ImageManifest)> {
-        let mt = top.media_type().to_string();
-        let is_index = mt == "application/vnd.oci.image.index.v1+json"
-            || mt == "application/vnd.docker.distribution.manifest.list.v2+json";
-        if !is_index {
+        if !is_index(top) {
             let m = ImageManifest::from_reader(self.open_blob(top.digest())?)
                 .map_err(|e| bad(format!("manifest {}", top.digest()), e.to_string()))?;
             return Ok((top.digest().clone(), m));
@@ -269,6 +266,14 @@ impl ContentStore {
             }
         }
     }
+}
+
+/// Whether `d` is an image index (OCI's, or Docker's manifest list) rather than a
+/// manifest.
+pub fn is_index(d: &Descriptor) -> bool {
+    let mt = d.media_type().to_string();
+    mt == "application/vnd.oci.image.index.v1+json"
+        || mt == "application/vnd.docker.distribution.manifest.list.v2+json"
 }
 
 /// An index's manifest for this node: linux/amd64.

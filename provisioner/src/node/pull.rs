@@ -10,7 +10,7 @@ use oci_client::{Client, Reference};
 use oci_spec::image::{Descriptor, DescriptorBuilder, Digest, MediaType};
 
 use crate::error::{Error, Result};
-use crate::node::image::{ContentStore, Unpacked};
+use crate::node::image::{is_index, ContentStore, Unpacked};
 
 /// How to reach a registry.
 #[derive(Debug, Clone, Default)]
@@ -137,11 +137,6 @@ pub async fn pull(store: &ContentStore, image: &str, registry: &Registry) -> Res
         bytes: fetched.1,
         image: unpacked,
     })
-}
-
-fn is_index(d: &Descriptor) -> bool {
-    let mt = d.media_type().to_string();
-    mt == ACCEPTED[0] || mt == ACCEPTED[2]
 }
 
 /// Fetches the manifest (or index) `reference` names into the store; its descriptor.

@@ -224,10 +224,7 @@ pub fn apply(
                     .map_err(sys(format!("setting the time of {raw}")))?;
             }
             tar::EntryType::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .ok_or_else(|| refused(&raw, "a symlink without a target"))?;
+                let target = link_target(&entry, &raw)?;
                 remove_all(parent.as_fd(), name, &raw)?;
                 symlinkat(target.as_str(), &parent, name)
                     .map_err(sys(format!("making the symlink {raw}")))?;
@@ -237,10 +234,7 @@ pub fn apply(
                     .map_err(sys(format!("setting the time of {raw}")))?;
             }
             tar::EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .ok_or_else(|| refused(&raw, "a hard link without a target"))?;
+                let target = link_target(&entry, &raw)?;
                 let Some(target_path) = clean(&target)? else {
                     return Err(refused(&raw, "a hard link to the image's root"));
                 };
@@ -290,10 +284,6 @@ pub fn apply(
                 )
                 .map_err(sys(format!("setting the mode of {raw}")))?;
             }
-            tar::EntryType::Char | tar::EntryType::Block => {
-                done.skipped.push(format!("{raw}: a device node"));
-                continue;
-            }
             // Headers the tar reader has applied to the entries they describe.
             tar::EntryType::XGlobalHeader
             | tar::EntryType::XHeader
@@ -308,6 +298,14 @@ pub fn apply(
         done.written += 1;
     }
     Ok(done)
+}
+
+/// A symlink's or hard link's target.
+fn link_target<R: Read>(entry: &tar::Entry<'_, R>, raw: &str) -> Result<String> {
+    entry
+        .link_name_bytes()
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .ok_or_else(|| refused(raw, "a link without a target"))
 }
 
 /// A zstd stream of one or more frames, skippable frames (zstd:chunked's metadata)
