@@ -27,7 +27,7 @@ boot-tools:
 # depends on and unpack it with dpkg-deb (no root needed, nothing touches /boot), then
 # depmod it.
 kernel: boot-tools $(BOOT_CACHE)/.extracted
-$(BOOT_CACHE)/.extracted: | boot-tools
+$(BOOT_CACHE)/.extracted: tests/scripts/boot-kernel.sh | boot-tools
 	tests/scripts/boot-kernel.sh "$(BOOT_CACHE)"
 	touch $@
 

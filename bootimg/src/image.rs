@@ -27,6 +27,12 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "nf_conntrack",
 ];
 
+/// The host's CA bundle (Debian's ca-certificates), copied into the image when there.
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// newuidmap and newgidmap, taken from the host into the image beside the runtime.
+pub const ID_MAP_HELPERS: &[&str] = &["/usr/bin/newuidmap", "/usr/bin/newgidmap"];
+
 /// Where the module load list is written in the image; plinth-init reads it.
 pub const MODULES_LIST: &str = "etc/plinth/modules";
 
@@ -335,6 +341,19 @@ fn assemble(opts: &BuildOptions, kernel: &Kernel) -> Result<(Archive, Report)> {
                 &runtime,
                 "/usr/bin/plinth",
             )?;
+            // A rootless runtime maps a container's ids through these (setuid root,
+            // with their library closure); the node runs its containers rootless.
+            for helper in ID_MAP_HELPERS {
+                let src = Path::new(helper);
+                if !src.is_file() {
+                    return Err(Error::Missing {
+                        what: "id-map helper",
+                        path: src.to_path_buf(),
+                        hint: " (Debian's uidmap package; `make deps` installs it)",
+                    });
+                }
+                add_binary(&mut ar, &mut report, &mut claims, &search, src, helper)?;
+            }
         } else if required {
             return Err(Error::Missing {
                 what: "plinth runtime",
@@ -342,6 +361,22 @@ fn assemble(opts: &BuildOptions, kernel: &Kernel) -> Result<(Archive, Report)> {
                 hint: " (run `make build`, which writes target/dist/plinth)",
             });
         }
+    }
+
+    // The public roots, for a node's HTTPS to registries an operator names without a
+    // CA of their own.
+    if opts.plinth_dir.is_some() && Path::new(CA_BUNDLE).is_file() {
+        let data = std::fs::read(CA_BUNDLE).map_err(io("reading", Path::new(CA_BUNDLE)))?;
+        add_file_data(
+            &mut ar,
+            &mut report,
+            &mut claims,
+            &search,
+            Path::new(CA_BUNDLE),
+            CA_BUNDLE,
+            data,
+            0o644,
+        )?;
     }
 
     // Extras given on the command line.

@@ -1,5 +1,7 @@
 #!/bin/bash
 # Fetch Debian's kernel image package into $1 and unpack it there (dpkg-deb -x).
+# The newest linux-image-amd64 apt offers (bookworm-backports' 6.12 here): the node
+# runs its containers' roots through idmapped mounts of a tmpfs, which 6.3 added.
 # linux-image-amd64 is a metapackage: resolve the real linux-image-<ver>-amd64 it
 # depends on (the -unsigned variant is preferred: it is the same kernel without the
 # signature wrapper). Downloads only when the .deb is not cached yet.
@@ -8,7 +10,8 @@ export PATH="$PATH:/usr/sbin:/sbin"
 dest=${1:?usage: boot-kernel.sh DEST}
 mkdir -p "$dest/debs"
 cd "$dest/debs"
-dep=$(apt-cache depends linux-image-amd64 | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n1)
+newest=$(apt-cache madison linux-image-amd64 | awk -F'|' '{gsub(/ /, "", $2); print $2}' | sort -V | tail -n1)
+dep=$(apt-cache depends "linux-image-amd64=$newest" | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -n1)
 if [ -z "$dep" ]; then
   echo "boot-kernel.sh: cannot resolve the kernel package linux-image-amd64 depends on" >&2
   exit 1

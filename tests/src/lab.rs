@@ -323,6 +323,20 @@ pub fn timeline(server: &Server, m: &Machine) -> Vec<Step> {
                     .or(d["reason"].as_str())
                     .unwrap_or("")
                     .to_string(),
+                "service" | "image" => {
+                    let mut w = format!(
+                        "{} {}",
+                        d["container"].as_str().unwrap_or("?"),
+                        d["state"].as_str().unwrap_or("?")
+                    );
+                    if let Some(c) = d["exitCode"].as_i64() {
+                        w.push_str(&format!(" (exit {c})"));
+                    }
+                    if let Some(r) = d["reason"].as_str().or(d["error"].as_str()) {
+                        w.push_str(&format!(": {}", r.chars().take(80).collect::<String>()));
+                    }
+                    w
+                }
                 _ => String::new(),
             };
             Step {

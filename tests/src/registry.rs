@@ -14,12 +14,29 @@ use sha2::{Digest, Sha256};
 use crate::etcd::free_ports;
 use crate::TempDir;
 
-/// A registry on `127.0.0.1:PORT`, killed (and its storage removed) when dropped.
+/// A registry on `127.0.0.1:PORT` (or an address in a network namespace), killed (and
+/// its storage removed) when dropped.
 pub struct Registry {
     child: Child,
-    /// `127.0.0.1:PORT`.
+    /// `ADDRESS:PORT`.
     pub addr: String,
     dir: TempDir,
+    /// The network namespace it listens in, if not this one.
+    netns: Option<std::path::PathBuf>,
+}
+
+/// `program` in `netns` (through nsenter), or here.
+fn command_in(netns: Option<&Path>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display()))
+                .arg("--")
+                .arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 impl Drop for Registry {
@@ -32,6 +49,13 @@ impl Drop for Registry {
 impl Registry {
     /// Starts one, or skips `test` (None) when docker-registry or skopeo is missing.
     pub fn start(test: &str) -> Option<Registry> {
+        let [port] = free_ports();
+        Registry::start_at(test, None, &format!("127.0.0.1:{port}"))
+    }
+
+    /// Starts one listening on `addr` in the network namespace `netns` (a lab's
+    /// provisioning host), or skips `test`.
+    pub fn start_at(test: &str, netns: Option<&Path>, addr: &str) -> Option<Registry> {
         for (tool, package) in [("docker-registry", "docker-registry"), ("skopeo", "skopeo")] {
             if crate::which(tool).is_none() {
                 crate::skip(
@@ -42,8 +66,7 @@ impl Registry {
             }
         }
         let dir = TempDir::new("plinth-registry");
-        let [port] = free_ports();
-        let addr = format!("127.0.0.1:{port}");
+        let addr = addr.to_string();
         let config = dir.0.join("config.yml");
         std::fs::write(
             &config,
@@ -53,16 +76,21 @@ impl Registry {
             ),
         )
         .unwrap();
-        let child = Command::new("docker-registry")
+        let child = command_in(netns, "docker-registry")
             .arg("serve")
             .arg(&config)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.0.join("registry.log")).unwrap())
             .spawn()
             .unwrap();
-        let mut r = Registry { child, addr, dir };
+        let mut r = Registry {
+            child,
+            addr,
+            dir,
+            netns: netns.map(Path::to_path_buf),
+        };
         let start = Instant::now();
-        while std::net::TcpStream::connect(&r.addr).is_err() {
+        while !r.listening() {
             let log = std::fs::read_to_string(r.dir.0.join("registry.log")).unwrap_or_default();
             if let Ok(Some(status)) = r.child.try_wait() {
                 panic!("docker-registry ended ({status}): {log}");
@@ -77,11 +105,27 @@ impl Registry {
         Some(r)
     }
 
+    /// Whether it takes connections (tried from its namespace).
+    fn listening(&self) -> bool {
+        match &self.netns {
+            None => std::net::TcpStream::connect(&self.addr).is_ok(),
+            Some(ns) => {
+                let (host, port) = self.addr.rsplit_once(':').unwrap();
+                command_in(Some(ns), "bash")
+                    .arg("-c")
+                    .arg(format!("exec 3<>/dev/tcp/{host}/{port}"))
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            }
+        }
+    }
+
     /// Pushes the OCI layout `layout`'s image tagged `tag` as `name` (`repo:tag`) with
     /// skopeo; the reference to pull it by.
     pub fn push(&self, layout: &Path, tag: &str, name: &str) -> String {
         let reference = format!("{}/{name}", self.addr);
-        let out = Command::new("skopeo")
+        let out = command_in(self.netns.as_deref(), "skopeo")
             .args(["copy", "--quiet", "--dest-tls-verify=false"])
             .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{reference}"))

@@ -12,6 +12,10 @@
 //! - `plinth-boot run` ends its qemu when it is ended (SIGTERM, SIGINT, its parent
 //!   dying, SIGKILL) and refuses bad input naming the argument.
 //! - A lab whose owner is killed with SIGKILL leaves no namespace, tap, process or mount.
+//! - A machine runs three containers from a registry on the provisioning host: one
+//!   serving HTTP on a published port (fetched from the site), one exiting 3 (restarted
+//!   by `on-failure`, each exit an event), one whose image does not exist (failed, the
+//!   others unaffected); what the node reads of the serving one shows it rootless.
 #![allow(clippy::unwrap_used)]
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -21,6 +25,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use plinth_tests::lab::{self, has, render, wait_for, Lab, Spec, Step};
+use plinth_tests::registry::{demo_layout, Registry};
 use plinth_tests::{cache, workspace, TempDir};
 use serde_json::json;
 
@@ -784,4 +789,176 @@ fn a_killed_lab_leaves_nothing_behind() {
     assert!(!std::fs::read_dir(lab::ROOT)
         .map(|d| d.filter_map(|e| e.ok()).any(|e| e.path() == dir))
         .unwrap_or(false));
+}
+
+/// The events of `kind` about container `name`.
+fn about<'a>(steps: &'a [Step], kind: &str, name: &str) -> Vec<&'a Step> {
+    steps
+        .iter()
+        .filter(|s| s.kind == kind && s.event["details"]["container"] == name)
+        .collect()
+}
+
+#[test]
+fn a_machine_runs_three_containers_from_a_registry_rootless() {
+    let test = "a_machine_runs_three_containers_from_a_registry_rootless";
+    if !can_run_lab(test, true) {
+        return;
+    }
+    let t = TempDir::new("plinth-lab-work");
+    let img = t.0.join("img");
+    build_image(&img);
+    let lab = Lab::up("work");
+    let Some(registry) = Registry::start_at(
+        test,
+        Some(&lab.server_host()),
+        &format!("{}:5000", lab::SERVER_IP),
+    ) else {
+        return;
+    };
+    let page = "served from a rootless container\n";
+    demo_layout(&t.0.join("layout"), "1", page);
+    let image = registry.push(&t.0.join("layout"), "1", "demo/httpd:1");
+    let server = lab.server(TempDir::new("plinth-lab-work-server"), &img, &[]);
+    let uuid = random_uuid();
+    let memory = 64u64 << 20;
+    server.declare_with(
+        BIOS_MAC,
+        &uuid,
+        json!({
+            "apiVersion": "plinth/v1", "hostname": "worker", "network": "dhcp",
+            "registries": [{"host": registry.addr, "insecure": true}],
+            "containers": [
+                {"name": "web", "image": image, "ports": [{"containerPort": 8080, "hostPort": 80}],
+                 "resources": {"memoryBytes": memory, "milliCpus": 500, "pids": 64}},
+                {"name": "crash", "image": image, "restart": "on-failure",
+                 "args": ["/bin/busybox", "sh", "-c", "echo about to fail >&2; exit 3"]},
+                {"name": "missing", "image": format!("{}/demo/missing:1", registry.addr)}
+            ]
+        }),
+    );
+    let mut m = lab.power_on(&Spec::new("bios", BIOS_MAC, &uuid, &t.0));
+    let within = Duration::from_secs(300);
+    let running = |s: &[Step]| {
+        about(s, "service", "web")
+            .iter()
+            .any(|e| e.event["details"]["state"] == "running")
+    };
+    let steps = wait_for(&server, &mut m, "web running", within, running);
+    let text = render(&format!("machine {BIOS_MAC}"), &steps);
+    let address = steps.iter().find(|s| s.kind == "network").unwrap().event["details"]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // Fetched from outside the node: the site's network, the node's address, port 80.
+    let fetch = || {
+        let o = lab
+            .in_site("curl")
+            .args(["-s", "--max-time", "10", &format!("http://{address}/")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let start = Instant::now();
+    let mut answer = fetch();
+    while answer != page && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(500));
+        answer = fetch();
+    }
+    assert_eq!(answer, page, "the page through the published port:\n{text}");
+
+    // What the node read of the serving container: ids in its range, not root; the
+    // limits in its cgroup; the runtime ran as the container's user, not root.
+    let web = about(&steps, "service", "web");
+    let seen = &web
+        .iter()
+        .find(|e| e.event["details"]["state"] == "running")
+        .unwrap()
+        .event["details"]["observed"];
+    let uids: Vec<u64> = seen["uid"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .map(|u| u.parse().unwrap())
+        .collect();
+    assert_eq!(uids.len(), 4, "{seen}");
+    assert!(
+        uids.iter().all(|u| (1_000_000..1_065_536).contains(u)),
+        "host uids of the container's process: {seen}"
+    );
+    let map: Vec<&str> = seen["uidMap"]
+        .as_str()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(map, ["0", "1000000", "65536"], "{seen}");
+    assert_eq!(seen["limits"]["memory.max"], memory.to_string(), "{seen}");
+    assert_eq!(seen["limits"]["pids.max"], "64", "{seen}");
+    assert_eq!(seen["limits"]["cpu.max"], "50000 100000", "{seen}");
+    assert_eq!(seen["runtimeUid"], 900_000, "{seen}");
+    assert_eq!(seen["noNewPrivs"], "1", "{seen}");
+    assert_eq!(seen["seccomp"], "2", "a seccomp filter: {seen}");
+    assert_ne!(seen["capEff"], "000001ffffffffff", "{seen}");
+
+    // The crashing one: exits 3, started again by on-failure, each exit an event; its
+    // stderr at the server, tagged with it. The missing image: failed, with why.
+    let steps = wait_for(
+        &server,
+        &mut m,
+        "two exits and a failed pull",
+        within,
+        |s| {
+            about(s, "service", "crash")
+                .iter()
+                .filter(|e| e.event["details"]["state"] == "exited")
+                .count()
+                >= 2
+                && about(s, "image", "missing")
+                    .iter()
+                    .any(|e| e.event["details"]["state"] == "failed")
+        },
+    );
+    let text = render(&format!("machine {BIOS_MAC}"), &steps);
+    for e in about(&steps, "service", "crash")
+        .iter()
+        .filter(|e| e.event["details"]["state"] == "exited")
+    {
+        assert_eq!(e.event["details"]["exitCode"], 3, "{text}");
+        assert_eq!(e.event["details"]["restart"], "on-failure", "{text}");
+    }
+    let failed = about(&steps, "service", "missing");
+    assert!(
+        failed.iter().any(
+            |e| e.event["details"]["state"] == "failed" && e.event["details"]["step"] == "pull"
+        ),
+        "{text}"
+    );
+    assert!(about(&steps, "service", "missing")
+        .iter()
+        .all(|e| e.event["details"]["state"] != "running"));
+    // The others unaffected: the page is still served.
+    assert_eq!(fetch(), page, "after the failures:\n{text}");
+    let boot = steps.iter().find(|s| s.kind == "booted").unwrap().event["bootId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let start = Instant::now();
+    loop {
+        let (_, log) = server.boot_log(BIOS_MAC, &boot);
+        if log.contains("container/crash/stderr about to fail") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no line of the crashing container in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!("{text}");
+    drop(m);
+    drop(registry);
+    let dir = lab.dir.clone();
+    lab.down();
+    assert!(!dir.exists(), "{} left behind", dir.display());
 }

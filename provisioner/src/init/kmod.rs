@@ -32,11 +32,25 @@ pub fn load_listed(list: &Path) -> Result<(usize, usize, Vec<String>)> {
     Ok((loaded, present, failed))
 }
 
+/// finit_module(2)'s flag for a compressed module file (linux/module.h).
+const MODULE_INIT_COMPRESSED_FILE: u32 = 4;
+
 /// Loads one module; `Ok(false)` when it was already loaded.
 pub fn load(path: &Path) -> Result<bool> {
     let f = std::fs::File::open(path).map_err(io("opening module", path))?;
     let params = CString::default();
-    match finit_module(&f, &params, ModuleInitFlags::empty()) {
+    // A compressed module (the image keeps them so when the kernel can decompress
+    // them) is decompressed by the kernel only when told (MODULE_INIT_COMPRESSED_FILE,
+    // which nix does not name).
+    let compressed = path
+        .extension()
+        .is_some_and(|e| e == "xz" || e == "gz" || e == "zst");
+    let flags = if compressed {
+        ModuleInitFlags::from_bits_retain(MODULE_INIT_COMPRESSED_FILE)
+    } else {
+        ModuleInitFlags::empty()
+    };
+    match finit_module(&f, &params, flags) {
         Ok(()) => Ok(true),
         Err(nix::Error::EEXIST) => Ok(false),
         // Not for this hardware (e.g. crc32c_intel on a CPU without SSE4.2): modprobe

@@ -10,6 +10,7 @@ pub mod console;
 pub mod kmod;
 pub mod mounts;
 pub mod pid1;
+pub mod reroot;
 
 use std::path::Path;
 

@@ -71,13 +71,67 @@ impl Signals {
     }
 }
 
-/// Reaps every exited child without blocking.
+/// How many exit statuses are kept for a [`exited`] that has not asked yet (orphans
+/// reparented to PID 1 fill it too; the oldest go first).
+const KEPT_EXITS: usize = 1024;
+
+/// Exit statuses reaped, by pid, oldest first.
+static EXITS: std::sync::Mutex<std::collections::VecDeque<(i32, WaitStatus)>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+fn reaped() -> &'static tokio::sync::Notify {
+    static N: std::sync::OnceLock<tokio::sync::Notify> = std::sync::OnceLock::new();
+    N.get_or_init(tokio::sync::Notify::new)
+}
+
+fn take_exit(pid: i32) -> Option<WaitStatus> {
+    let mut q = EXITS.lock().unwrap_or_else(|p| p.into_inner());
+    let i = q.iter().position(|(p, _)| *p == pid)?;
+    q.remove(i).map(|(_, s)| s)
+}
+
+/// Reaps every exited child without blocking, keeping each status for [`exited`].
 pub fn reap() {
+    let mut any = false;
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
-            Ok(_) => {}
+            Ok(WaitStatus::StillAlive) | Err(_) => break,
+            Ok(s) => {
+                if let Some(pid) = s.pid() {
+                    let mut q = EXITS.lock().unwrap_or_else(|p| p.into_inner());
+                    if q.len() == KEPT_EXITS {
+                        q.pop_front();
+                    }
+                    q.push_back((pid.as_raw(), s));
+                    any = true;
+                }
+            }
         }
+    }
+    if any {
+        reaped().notify_waiters();
+    }
+}
+
+/// Waits until the reaper has collected `pid` (a child of PID 1, or an orphan it
+/// inherited), and gives its status. Every wait for a process in PID 1 goes through
+/// here: a waitpid of its own would race the reaper.
+pub async fn exited(pid: i32) -> WaitStatus {
+    loop {
+        let n = reaped().notified();
+        tokio::pin!(n);
+        n.as_mut().enable();
+        if let Some(s) = take_exit(pid) {
+            return s;
+        }
+        // A status the reaper has not been woken for yet (no SIGCHLD handled): look.
+        reap();
+        if let Some(s) = take_exit(pid) {
+            return s;
+        }
+        // Woken by the reaper; the timeout covers a SIGCHLD handler that could not be
+        // installed.
+        let _ = tokio::time::timeout(Duration::from_secs(1), n).await;
     }
 }
 

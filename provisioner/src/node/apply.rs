@@ -34,6 +34,17 @@ pub fn apply(cfg: &MachineConfig, root: &Path) -> Result<Report> {
         what: "config".into(),
         reason,
     })?;
+    // The containers' users, beside the config's own.
+    let mut with_workloads;
+    let cfg = if cfg.containers.is_empty() {
+        cfg
+    } else {
+        with_workloads = cfg.clone();
+        with_workloads
+            .users
+            .extend(crate::node::workload::users(&cfg.containers));
+        &with_workloads
+    };
     let mut r = Report::default();
     if let Some(h) = &cfg.hostname {
         hostname(root, h, &mut r)?;

@@ -15,6 +15,7 @@ pub mod logs;
 pub mod network;
 pub mod pull;
 pub mod verify;
+pub mod workload;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -39,6 +40,8 @@ const LOG_EVERY: Duration = Duration::from_secs(2);
 const LOG_BATCH: usize = 200;
 /// Lines kept while the server cannot take them.
 const LOG_BACKLOG: usize = 5000;
+/// Container output lines held for the log stream; more are dropped.
+const CONTAINER_LOG_LINES: usize = 5000;
 /// How many distinct enrolment failures one boot reports as `error` events.
 const MAX_ENROL_ERRORS: usize = 5;
 /// How long a refused enrolment waits before the reboot that fetches a new token.
@@ -50,6 +53,15 @@ pub fn run() -> ! {
     let mut timings = Map::new();
     timings.insert("initMs".into(), json!(uptime_ms()));
     log("starting");
+    if init::reroot::on_initramfs() {
+        match init::reroot::reroot() {
+            Ok(n) => log(&format!("moved the image's {n} entries off the initramfs")),
+            Err(e) => log(&format!(
+                "leaving the initramfs: {e}; containers cannot pivot_root"
+            )),
+        }
+        timings.insert("rerootMs".into(), json!(uptime_ms()));
+    }
     match mounts::mount_all(Path::new("/")) {
         Ok(busy) if !busy.is_empty() => log(&format!("already mounted: {}", busy.join(" "))),
         Ok(_) => {}
@@ -223,11 +235,18 @@ struct Agent {
     discovery: Cell<bool>,
     /// Told when the server says the config is there to fetch.
     config_ready: tokio::sync::Notify,
+    /// The containers' output, for the log stream.
+    container_logs: RefCell<tokio::sync::mpsc::Receiver<crate::schema::LogLine>>,
+    /// Where the containers write their output.
+    container_logs_tx: tokio::sync::mpsc::Sender<crate::schema::LogLine>,
 }
 
 impl Agent {
     fn new(id: Identity, params: &Params) -> Agent {
+        let (container_logs_tx, rx) = tokio::sync::mpsc::channel(CONTAINER_LOG_LINES);
         Agent {
+            container_logs: RefCell::new(rx),
+            container_logs_tx,
             id,
             seq: Cell::new(0),
             queue: RefCell::new(Vec::new()),
@@ -480,6 +499,7 @@ impl Agent {
                     d.insert("files".into(), json!(cfg.files.len()));
                     d.insert("users".into(), json!(cfg.users.len()));
                     d.insert("sysctls".into(), json!(cfg.sysctls.len()));
+                    d.insert("containers".into(), json!(cfg.containers.len()));
                     self.report(EventKind::Config, d).await;
                     match apply::apply(&cfg, Path::new("/")) {
                         Ok(r) => {
@@ -504,16 +524,33 @@ impl Agent {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(60));
         };
-        match &cfg.network {
-            Some(Network::Static(s)) => {
-                if let Err(e) = network::set_static(&link, s) {
-                    log(&format!("static network: {e}"));
-                    self.error("network", &e).await;
+        let net = async {
+            match &cfg.network {
+                Some(Network::Static(s)) => {
+                    if let Err(e) = network::set_static(&link, s) {
+                        log(&format!("static network: {e}"));
+                        self.error("network", &e).await;
+                    }
+                    std::future::pending::<()>().await
                 }
-                std::future::pending::<()>().await
+                Some(Network::Dhcp) | None => network::renew_forever(link).await,
             }
-            Some(Network::Dhcp) | None => network::renew_forever(link).await,
-        }
+        };
+        let (events, mut happened) = tokio::sync::mpsc::unbounded_channel();
+        let notes = workload::Notes {
+            events,
+            logs: self.container_logs_tx.clone(),
+        };
+        let report = async {
+            while let Some((kind, d)) = happened.recv().await {
+                self.report(kind, d).await;
+            }
+        };
+        let containers = async {
+            workload::run(&cfg.containers, &cfg.registries, &notes).await;
+            drop(notes);
+        };
+        tokio::join!(net, containers, report);
     }
 
     /// The operator's actions: from event replies, or the long poll.
@@ -608,6 +645,12 @@ impl Agent {
         let mut backlog: Vec<crate::schema::LogLine> = Vec::new();
         loop {
             backlog.extend(logs::collect(&mut kmsg, self.token.as_deref()));
+            {
+                let mut rx = self.container_logs.borrow_mut();
+                while let Ok(l) = rx.try_recv() {
+                    backlog.push(l);
+                }
+            }
             if backlog.len() > LOG_BACKLOG {
                 let drop = backlog.len() - LOG_BACKLOG;
                 backlog.drain(..drop);

@@ -17,7 +17,7 @@ use crate::node::image::{is_index, ContentStore, Unpacked};
 pub struct Registry {
     /// Plain HTTP (a registry on the provisioning network without TLS).
     pub insecure: bool,
-    /// A CA certificate (PEM) its TLS certificate is checked against, beside the
+    /// A CA certificate (PEM) its TLS certificate must chain to, instead of the
     /// system's roots.
     pub ca_pem: Option<String>,
     /// A user and password (HTTP basic, or exchanged for a bearer token).
@@ -64,22 +64,27 @@ pub async fn pull(store: &ContentStore, image: &str, registry: &Registry) -> Res
     })?;
     // reqwest takes rustls' process-wide provider: ring, as everywhere else here.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = Client::new(ClientConfig {
+    // With a CA the registry's certificate must chain to it alone; without, to the
+    // public roots the image carries (/etc/ssl/certs). A client that cannot be built is
+    // an error here, not the panic of a default one.
+    let ca: Vec<Certificate> = registry
+        .ca_pem
+        .iter()
+        .map(|pem| Certificate {
+            encoding: CertificateEncoding::Pem,
+            data: pem.as_bytes().to_vec(),
+        })
+        .collect();
+    let client = Client::try_from(ClientConfig {
         protocol: if registry.insecure {
             ClientProtocol::Http
         } else {
             ClientProtocol::Https
         },
-        extra_root_certificates: registry
-            .ca_pem
-            .iter()
-            .map(|pem| Certificate {
-                encoding: CertificateEncoding::Pem,
-                data: pem.as_bytes().to_vec(),
-            })
-            .collect(),
+        tls_certs_only: ca,
         ..ClientConfig::default()
-    });
+    })
+    .map_err(failed(image, "a registry client"))?;
     let auth = match &registry.credentials {
         Some((u, p)) => RegistryAuth::Basic(u.clone(), p.clone()),
         None => RegistryAuth::Anonymous,

@@ -1,13 +1,14 @@
 //! `MachineConfig`: what a node is told to be. Strict (`deny_unknown_fields`): a field
 //! this version cannot honour is an error naming it, never silently dropped. The fields
-//! later issues add (extensions, containers, Kubernetes join) are therefore refused until
-//! a node can apply them. `docs/config.md` documents every field.
+//! later issues add (extensions, Kubernetes join) are therefore refused until a node can
+//! apply them. `docs/config.md` documents every field.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use super::containers::{Container, Registry};
 use super::API_VERSION;
 
 /// The largest config the server accepts or a node takes.
@@ -43,6 +44,12 @@ pub struct MachineConfig {
     /// Kernel modules to load by name (they must be in the image).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kernel_modules: Vec<String>,
+    /// Containers the node runs rootless (`docs/config.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<Container>,
+    /// How to reach the registries the containers' images come from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub registries: Vec<Registry>,
 }
 
 /// The boot NIC's configuration.
@@ -245,6 +252,14 @@ impl MachineConfig {
                     ));
                 }
             }
+            let ranges: Vec<(u32, u32)> = [u.subuid, u.subgid]
+                .iter()
+                .flatten()
+                .map(|r| (r.start, r.count))
+                .collect();
+            if let Some(why) = super::containers::clashes_with_containers(u.uid, &u.name, &ranges) {
+                return Err(format!("users[{i}]: {why}"));
+            }
             for (field, r) in [("subuid", u.subuid), ("subgid", u.subgid)] {
                 if let Some(r) = r {
                     if r.count == 0 || r.start.checked_add(r.count).is_none() {
@@ -296,7 +311,7 @@ impl MachineConfig {
                 return Err(format!("kernelModules[{i}]: {m:?} is not a module name"));
             }
         }
-        Ok(())
+        super::containers::validate(&self.containers, &self.registries)
     }
 }
 
@@ -352,9 +367,30 @@ mod tests {
             (
                 GOOD.replace(
                     "\"network\": \"dhcp\",",
-                    "\"network\": \"dhcp\", \"containers\": [],",
+                    "\"network\": \"dhcp\", \"extensions\": [],",
                 ),
-                "containers",
+                "extensions",
+            ),
+            (
+                GOOD.replace(
+                    "\"network\": \"dhcp\",",
+                    "\"network\": \"dhcp\", \"containers\": [{\"name\": \"Web\", \"image\": \"r.io/x:1\"}],",
+                ),
+                "containers[0].name",
+            ),
+            (
+                GOOD.replace(
+                    "\"network\": \"dhcp\",",
+                    "\"network\": \"dhcp\", \"containers\": [{\"name\": \"web\", \"image\": \"r.io/x:1\", \"restart\": \"sometimes\"}],",
+                ),
+                "sometimes",
+            ),
+            (
+                GOOD.replace(
+                    "\"network\": \"dhcp\",",
+                    "\"network\": \"dhcp\", \"containers\": [{\"name\": \"a\", \"image\": \"r.io/x:1\", \"ports\": [{\"containerPort\": 80}]}, {\"name\": \"b\", \"image\": \"r.io/x:1\", \"ports\": [{\"containerPort\": 8080, \"hostPort\": 80}]}],",
+                ),
+                "containers[1].ports[0].hostPort",
             ),
         ];
         for (text, field) in cases {

@@ -4,6 +4,7 @@
 //! typo is an error, not silently dropped data.
 
 pub mod config;
+pub mod containers;
 
 use serde::{Deserialize, Serialize};
 
@@ -53,8 +54,10 @@ pub enum EventKind {
     Config,
     /// Config applied.
     Applied,
-    /// A service changed state.
+    /// A service or container changed state.
     Service,
+    /// An image pulled, or failing to be.
+    Image,
     /// Joined Kubernetes.
     Joined,
     /// Something failed.
@@ -181,7 +184,8 @@ pub struct LogBatch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LogLine {
-    /// Where it came from: `console` (plinth-init) or `kmsg` (the kernel).
+    /// Where it came from: `console` (plinth-init), `kmsg` (the kernel), or
+    /// `container/NAME/stdout` and `container/NAME/stderr`.
     pub source: String,
     /// The text, without the newline.
     pub text: String,

@@ -227,11 +227,7 @@ pub async fn logs(
             }
             format!(
                 "{} {}",
-                if l.source == "kmsg" {
-                    "kmsg"
-                } else {
-                    "console"
-                },
+                log_source(&l.source),
                 crate::server::secrets::redact(&t, &secrets)
             )
         })
@@ -240,6 +236,25 @@ pub async fn logs(
         s.append_log(&node.mac, &node.boot_id, &lines)
     })?;
     Ok(Json(serde_json::json!({ "kept": kept })))
+}
+
+/// The source a stored line is tagged with: `kmsg`, `container/NAME/stdout|stderr`, or
+/// `console` for anything else (a node names no other).
+fn log_source(s: &str) -> &str {
+    let container = s.strip_prefix("container/").and_then(|r| r.split_once('/'));
+    match container {
+        _ if s == "kmsg" => s,
+        Some((name, "stdout" | "stderr"))
+            if !name.is_empty()
+                && name.len() <= 12
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') =>
+        {
+            s
+        }
+        _ => "console",
+    }
 }
 
 /// `POST /v1/action`: the node's long poll; answers at once with a pending action, else

@@ -457,7 +457,13 @@ impl Cgroup {
             if let Some(d) = self.v1("devices") {
                 v1::set_devices(&d.path, &rules)?;
             } else if let Some(d) = self.unified() {
-                devices_bpf::apply(&d.path, &rules)?;
+                // Attaching a device program takes CAP_SYS_ADMIN; a rootless runtime in
+                // a delegated subtree has none, and needs none: in its user namespace
+                // no device node can be made, only the host's bound in (as runc's
+                // rootless cgroup manager, which skips device rules too).
+                if nix::unistd::geteuid().is_root() {
+                    devices_bpf::apply(&d.path, &rules)?;
+                }
             } else if !config_rules.is_empty() {
                 return Err(self.missing("devices", "linux.resources.devices"));
             }
