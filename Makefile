@@ -27,7 +27,7 @@ DEB_PACKAGES := busybox-static runc crun uidmap strace gcc libc6-dev musl-tools 
 export PLINTH_CACHE := $(CACHE)
 export PLINTH PLINTH_TARGET
 
-.PHONY: all build deps demo test unit integration validation bench lint clean
+.PHONY: all build deps demo demo-runtime test unit integration validation bench lint clean
 
 all: build
 
@@ -45,7 +45,13 @@ $(RUNTIME_TOOLS)/.built:
 	tests/scripts/build-runtime-tools.sh "$(RUNTIME_TOOLS_VERSION)" "$(RUNTIME_TOOLS)"
 	touch $@
 
-demo: deps build
+# The whole chain: image, lab, registry, server, a PXE boot, a rootless container's
+# page fetched from outside the node (tests/src/demo.rs).
+demo: deps build kernel lab-deps
+	$(CARGO) run --release -q -p plinth-tests --bin plinth-demo -- --plinth-dir $(PLINTH_DIST_DIR)
+
+# The runtime alone: a busybox container with `plinth run`.
+demo-runtime: deps build
 	tests/scripts/demo.sh "$(PLINTH)"
 
 lint: deps
