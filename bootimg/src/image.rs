@@ -25,6 +25,10 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "veth",
     "bridge",
     "nf_conntrack",
+    // The containers' way out: masquerade through nftables.
+    "nf_tables",
+    "nft_chain_nat",
+    "nft_masq",
 ];
 
 /// The host's CA bundle (Debian's ca-certificates), copied into the image when there.

@@ -833,7 +833,10 @@ fn a_machine_runs_three_containers_from_a_registry_rootless() {
                  "resources": {"memoryBytes": memory, "milliCpus": 500, "pids": 64}},
                 {"name": "crash", "image": image, "restart": "on-failure",
                  "args": ["/bin/busybox", "sh", "-c", "echo about to fail >&2; exit 3"]},
-                {"name": "missing", "image": format!("{}/demo/missing:1", registry.addr)}
+                {"name": "missing", "image": format!("{}/demo/missing:1", registry.addr)},
+                {"name": "out", "image": image, "restart": "never",
+                 "args": ["/bin/busybox", "sh", "-c",
+                          format!("/bin/busybox wget -q -O - http://{}/v2/ && echo reached the registry", registry.addr)]}
             ]
         }),
     );
@@ -937,6 +940,31 @@ fn a_machine_runs_three_containers_from_a_registry_rootless() {
     assert!(about(&steps, "service", "missing")
         .iter()
         .all(|e| e.event["details"]["state"] != "running"));
+    // Outbound: the container reached the registry on the provisioning host through
+    // the node's masquerade, and exited 0 (restart never: once).
+    let steps = wait_for(
+        &server,
+        &mut m,
+        "the outbound container's exit",
+        within,
+        |s| {
+            about(s, "service", "out")
+                .iter()
+                .any(|e| e.event["details"]["state"] == "exited")
+        },
+    );
+    let text = render(&format!("machine {BIOS_MAC}"), &steps);
+    let out: Vec<_> = about(&steps, "service", "out")
+        .into_iter()
+        .filter(|e| e.event["details"]["state"] == "exited")
+        .collect();
+    assert_eq!(out.len(), 1, "{text}");
+    assert_eq!(out[0].event["details"]["exitCode"], 0, "{text}");
+    assert_eq!(
+        out[0].event["details"]["restartInSecs"],
+        serde_json::Value::Null,
+        "{text}"
+    );
     // The others unaffected: the page is still served.
     assert_eq!(fetch(), page, "after the failures:\n{text}");
     let boot = steps.iter().find(|s| s.kind == "booted").unwrap().event["bootId"]
@@ -946,12 +974,17 @@ fn a_machine_runs_three_containers_from_a_registry_rootless() {
     let start = Instant::now();
     loop {
         let (_, log) = server.boot_log(BIOS_MAC, &boot);
-        if log.contains("container/crash/stderr about to fail") {
+        // The registry's `{}` comes first, without a newline.
+        if log.contains("container/crash/stderr about to fail")
+            && log.lines().any(|l| {
+                l.starts_with("container/out/stdout ") && l.ends_with("reached the registry")
+            })
+        {
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(30),
-            "no line of the crashing container in the log:\n{log}"
+            "no line of the crashing or the outbound container in the log:\n{log}"
         );
         std::thread::sleep(Duration::from_millis(500));
     }

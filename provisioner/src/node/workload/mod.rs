@@ -9,12 +9,15 @@
 
 pub mod cgroup;
 pub mod link;
+pub mod nat;
 pub mod proxy;
 pub mod rootfs;
 pub mod runtime;
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
@@ -143,19 +146,27 @@ pub async fn run(containers: &[Container], registries: &[Registry], notes: &Note
         }
         return;
     }
+    // One pull of an image at a time: the second finds its blobs in the store.
+    let mut pulls: HashMap<&str, Arc<tokio::sync::Mutex<()>>> = HashMap::new();
+    for c in containers {
+        pulls.entry(c.image.as_str()).or_default();
+    }
     join_all(containers.iter().enumerate().map(|(i, c)| {
         let slot = Slot::new(i, &c.name);
         let store = store.clone();
-        async move { supervise(c, slot, &store, registries, notes).await }
+        let one_pull = pulls[c.image.as_str()].clone();
+        async move { supervise(c, slot, &store, registries, &one_pull, notes).await }
     }))
     .await;
 }
 
-/// The bridge and its address.
+/// The bridge and its address; the containers' way out (forwarding, masquerade).
 fn network() -> Result<()> {
     link::bridge(BRIDGE)?;
     crate::netif::set_address(BRIDGE, GATEWAY, NETMASK)?;
-    Ok(())
+    let forward = Path::new("/proc/sys/net/ipv4/ip_forward");
+    std::fs::write(forward, "1").map_err(crate::error::io("writing", forward))?;
+    nat::masquerade(GATEWAY, 24, BRIDGE)
 }
 
 fn failed(notes: &Notes, c: &Container, step: &str, e: &Error) {
@@ -190,6 +201,7 @@ async fn supervise(
     slot: Slot,
     store: &ContentStore,
     registries: &[Registry],
+    one_pull: &tokio::sync::Mutex<()>,
     notes: &Notes,
 ) {
     let mut delay = BACKOFF_MIN;
@@ -206,9 +218,15 @@ async fn supervise(
         }
     }
     let registry = registry_for(&c.image, registries);
+    // A failure said once until it changes (the console has every attempt).
+    let mut said = String::new();
     let image = loop {
         let started = Instant::now();
-        match pull::pull(store, &c.image, &registry).await {
+        let pulled = {
+            let _one = one_pull.lock().await;
+            pull::pull(store, &c.image, &registry).await
+        };
+        match pulled {
             Ok(p) => {
                 event(
                     notes,
@@ -223,14 +241,19 @@ async fn supervise(
                 break p.image;
             }
             Err(e) => {
-                crate::init::console::log(&format!("container {}: pull: {e}", c.name));
-                event(
-                    notes,
-                    EventKind::Image,
-                    json!({ "container": c.name, "image": c.image, "state": "failed",
-                            "error": e.to_string(), "retryInSecs": delay.as_secs() }),
-                );
-                failed(notes, c, "pull", &e);
+                let msg = e.to_string();
+                if msg == said {
+                    crate::init::console::log(&format!("container {}: pull: {msg}", c.name));
+                } else {
+                    event(
+                        notes,
+                        EventKind::Image,
+                        json!({ "container": c.name, "image": c.image, "state": "failed",
+                                "error": msg, "retryInSecs": delay.as_secs() }),
+                    );
+                    failed(notes, c, "pull", &e);
+                    said = msg;
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(BACKOFF_MAX);
             }
