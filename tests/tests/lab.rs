@@ -871,14 +871,24 @@ fn a_machine_runs_three_containers_from_a_registry_rootless() {
     }
     assert_eq!(answer, page, "the page through the published port:\n{text}");
 
-    // What the node read of the serving container: ids in its range, not root; the
-    // limits in its cgroup; the runtime ran as the container's user, not root.
+    // What the node reads of the serving container when an operator asks: ids in its
+    // range, not root; the limits in its cgroup; the runtime ran as the container's
+    // user, not root.
+    let (code, answer) = server.op("POST", &format!("/v1/machines/{BIOS_MAC}/inspect"), None);
+    assert_eq!(code, 200, "{answer}");
+    let inspected = |s: &[Step]| {
+        about(s, "service", "web")
+            .iter()
+            .any(|e| e.event["details"]["inspected"] == true)
+    };
+    let steps = wait_for(&server, &mut m, "web inspected", within, inspected);
     let web = about(&steps, "service", "web");
     let seen = &web
         .iter()
-        .find(|e| e.event["details"]["state"] == "running")
+        .find(|e| e.event["details"]["inspected"] == true)
         .unwrap()
         .event["details"]["observed"];
+    println!("what the node read of web, on request: {seen:#}");
     let uids: Vec<u64> = seen["uid"]
         .as_str()
         .unwrap()

@@ -239,6 +239,8 @@ struct Agent {
     container_logs: RefCell<tokio::sync::mpsc::Receiver<crate::schema::LogLine>>,
     /// Where the containers write their output.
     container_logs_tx: tokio::sync::mpsc::Sender<crate::schema::LogLine>,
+    /// Told when an operator asks what the containers look like.
+    inspect: std::sync::Arc<tokio::sync::Notify>,
 }
 
 impl Agent {
@@ -247,6 +249,7 @@ impl Agent {
         Agent {
             container_logs: RefCell::new(rx),
             container_logs_tx,
+            inspect: std::sync::Arc::new(tokio::sync::Notify::new()),
             id,
             seq: Cell::new(0),
             queue: RefCell::new(Vec::new()),
@@ -540,6 +543,7 @@ impl Agent {
         let notes = workload::Notes {
             events,
             logs: self.container_logs_tx.clone(),
+            inspect: self.inspect.clone(),
         };
         let report = async {
             while let Some((kind, d)) = happened.recv().await {
@@ -560,7 +564,7 @@ impl Agent {
             if let Some(a) = self.action.take() {
                 match stop_for(a) {
                     Some(stop) => return stop,
-                    None => self.accepted(),
+                    None => self.other_action(a),
                 }
                 continue;
             }
@@ -575,7 +579,7 @@ impl Agent {
                         if let Some(a) = reply.action {
                             match stop_for(a) {
                                 Some(stop) => return stop,
-                                None => self.accepted(),
+                                None => self.other_action(a),
                             }
                         }
                     }
@@ -587,6 +591,18 @@ impl Agent {
                 },
                 _ = self.woken.notified() => {}
             }
+        }
+    }
+
+    /// An action that stops nothing: fetch the config (accepted), or report the
+    /// containers as they are (inspect).
+    fn other_action(&self, a: Action) {
+        match a {
+            Action::Inspect => {
+                log("server asked for the containers' state");
+                self.inspect.notify_waiters();
+            }
+            _ => self.accepted(),
         }
     }
 
@@ -704,7 +720,7 @@ fn stop_for(a: Action) -> Option<(Stop, &'static str)> {
             log("server asked to reboot");
             Some((Stop::Reboot, "reboot"))
         }
-        Action::Configure => None,
+        Action::Configure | Action::Inspect => None,
     }
 }
 

@@ -93,6 +93,8 @@ pub enum Action {
     Reboot,
     /// Fetch the config now: an operator accepted the (discovered) machine.
     Configure,
+    /// Report what the node reads of each running container (ids, maps, limits).
+    Inspect,
 }
 
 /// The server's reply to an event or an action poll.

@@ -303,7 +303,7 @@ pub async fn declare(
     })
 }
 
-/// `POST /v1/machines/{mac}/{poweroff|reboot|release}`.
+/// `POST /v1/machines/{mac}/{poweroff|reboot|inspect|release}`.
 pub async fn act(
     AxState(st): AxState<Arc<State>>,
     Extension(peer): Extension<Peer>,
@@ -320,11 +320,11 @@ pub async fn act(
         return Err(not_known(&mac, &who));
     }
     let answer = match verb.as_str() {
-        "poweroff" | "reboot" => {
-            let action = if verb == "poweroff" {
-                Action::Poweroff
-            } else {
-                Action::Reboot
+        "poweroff" | "reboot" | "inspect" => {
+            let action = match verb.as_str() {
+                "poweroff" => Action::Poweroff,
+                "reboot" => Action::Reboot,
+                _ => Action::Inspect,
             };
             st.with_machine(&mac, |s| s.set_action(&mac, action))?;
             st.actions.notify_waiters();
@@ -338,7 +338,7 @@ pub async fn act(
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "{}: no such action (poweroff, reboot, release, accept)",
+                    "{}: no such action (poweroff, reboot, inspect, release, accept)",
                     crate::server::audit::cut(other, 64)
                 ),
             )

@@ -10,40 +10,30 @@
 pub mod cgroup;
 pub mod link;
 pub mod nat;
+pub mod notes;
 pub mod proxy;
 pub mod rootfs;
 pub mod runtime;
+pub mod slot;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::path::{Path, PathBuf};
+use std::net::SocketAddrV4;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use nix::sys::wait::WaitStatus;
-use serde_json::{json, Map, Value};
-use tokio::sync::mpsc;
+use serde_json::{json, Value};
 
 use crate::error::{Error, Result};
 use crate::node::image::ContentStore;
 use crate::node::pull;
 use crate::schema::config::{IdRange, User};
-use crate::schema::containers::{reference_host, Container, Registry, RestartPolicy};
-pub use crate::schema::containers::{SUBID_BASE, SUBID_COUNT, UID_BASE};
-use crate::schema::{EventKind, LogLine};
-
-/// The node-local bridge the containers' veths are on.
-pub const BRIDGE: &str = "plinth0";
-/// The bridge's address: the containers' gateway.
-pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 88, 0, 1);
-const NETMASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 0);
-/// Where images are kept (tmpfs).
-pub const IMAGES: &str = "/run/plinth/images";
-/// Where each container's bundle and root are made.
-const CONTAINERS: &str = "/run/plinth/containers";
-/// The cgroup2 mount.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+use crate::schema::containers::{reference_host, Container, Registry, RestartPolicy, SUBID_COUNT};
+pub use notes::Notes;
+pub use slot::Slot;
+use slot::{BRIDGE, GATEWAY, IMAGES, NETMASK};
 
 /// The shortest and longest pause before a container is started again.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -51,49 +41,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// A run this long resets the back-off.
 const RAN_WELL: Duration = Duration::from_secs(60);
 
-/// What the workloads tell the agent: events to report, lines to stream.
-pub struct Notes {
-    /// Events, in order.
-    pub events: mpsc::UnboundedSender<(EventKind, Map<String, Value>)>,
-    /// Container output; a line that does not fit is dropped (and counted).
-    pub logs: mpsc::Sender<LogLine>,
-}
-
-/// Where the container at `index` of the config lives on the node.
-#[derive(Debug, Clone)]
-pub struct Slot {
-    /// The user the runtime runs as, `ctr-NAME`.
-    pub uid: u32,
-    /// Its group.
-    pub gid: u32,
-    /// The first host id of the container's range (its root).
-    pub subid: u32,
-    /// Its address on the bridge.
-    pub ip: Ipv4Addr,
-    /// Its veth's name on the node.
-    pub veth: String,
-    /// Bundle and root file system.
-    pub dir: PathBuf,
-    /// The user's runtime directory (home, `XDG_RUNTIME_DIR`).
-    pub run_dir: PathBuf,
-}
-
-impl Slot {
-    /// The slot of the `index`th container, `name`.
-    pub fn new(index: usize, name: &str) -> Slot {
-        let i = index as u32;
-        let uid = UID_BASE + i;
-        Slot {
-            uid,
-            gid: uid,
-            subid: SUBID_BASE + i * SUBID_COUNT,
-            ip: Ipv4Addr::new(10, 88, 0, 10 + index as u8),
-            veth: format!("v{name}"),
-            dir: Path::new(CONTAINERS).join(name),
-            run_dir: PathBuf::from(format!("/run/user/{uid}")),
-        }
-    }
-}
+use crate::schema::EventKind;
 
 /// The accounts the containers need, for `apply` to write with the config's own.
 pub fn users(containers: &[Container]) -> Vec<User> {
@@ -268,8 +216,7 @@ async fn supervise(
     loop {
         runs += 1;
         let started = Instant::now();
-        let outcome =
-            runtime::run_once(c, &slot, &image.rootfs, &config, &notes.events, &notes.logs).await;
+        let outcome = runtime::run_once(c, &slot, &image.rootfs, &config, notes).await;
         let ran = started.elapsed();
         let exit = match outcome {
             Ok(exit) => exit,

@@ -18,11 +18,14 @@ use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 use super::cgroup::Delegated;
+use super::link;
+use super::notes::Notes;
 use super::rootfs::Rootfs;
-use super::{link, Slot, BRIDGE, CGROUP_ROOT, GATEWAY, NETMASK, SUBID_COUNT};
+use super::slot::{Slot, BRIDGE, CGROUP_ROOT, GATEWAY, NETMASK};
 use crate::error::{io, sys, Error, Result};
 use crate::init::pid1;
 use crate::node::image::{ContentStore, Unpacked};
+use crate::schema::containers::SUBID_COUNT;
 use crate::schema::containers::{parse_user, Container};
 use crate::schema::{EventKind, LogLine};
 
@@ -317,8 +320,7 @@ pub async fn run_once(
     slot: &Slot,
     image_root: &Path,
     image: &ImageConfiguration,
-    events: &mpsc::UnboundedSender<(EventKind, Map<String, Value>)>,
-    logs: &mpsc::Sender<LogLine>,
+    notes: &Notes,
 ) -> std::result::Result<Exit, Failure> {
     let limits = c.resources.unwrap_or_default();
     let cg = Delegated::make(
@@ -340,7 +342,7 @@ pub async fn run_once(
             return Err(("rootfs", e));
         }
     };
-    let result = run_made(c, slot, &cg, &root, image, events, logs).await;
+    let result = run_made(c, slot, &cg, &root, image, notes).await;
     // Whatever happened, nothing of this run stays: state, cgroups, mounts, veth.
     let _ = plinth(slot, &cg, &["delete", "--force", &c.name]).await;
     let _ = link::delete(&slot.veth);
@@ -356,9 +358,9 @@ async fn run_made(
     cg: &Delegated,
     root: &Rootfs,
     image: &ImageConfiguration,
-    events: &mpsc::UnboundedSender<(EventKind, Map<String, Value>)>,
-    logs: &mpsc::Sender<LogLine>,
+    notes: &Notes,
 ) -> std::result::Result<Exit, Failure> {
+    let logs = &notes.logs;
     let bundle = slot.dir.join("bundle");
     let made = (|| -> Result<()> {
         std::fs::create_dir_all(&bundle).map_err(io("creating", &bundle))?;
@@ -470,13 +472,24 @@ async fn run_made(
     plinth(slot, cg, &["start", &c.name])
         .await
         .map_err(|e| ("start", e))?;
-    let mut d = Map::new();
-    d.insert("container".into(), json!(c.name));
-    d.insert("state".into(), json!("running"));
-    d.insert("address".into(), json!(slot.ip.to_string()));
-    d.insert("observed".into(), observe(pid, slot, &c.name));
-    let _ = events.send((EventKind::Service, d));
-    let status = pid1::exited(pid).await;
+    let running = |inspected: bool| {
+        let mut d = Map::new();
+        d.insert("container".into(), json!(c.name));
+        d.insert("state".into(), json!("running"));
+        d.insert("address".into(), json!(slot.ip.to_string()));
+        d.insert("inspected".into(), json!(inspected));
+        d.insert("observed".into(), observe(pid, slot, &c.name));
+        let _ = notes.events.send((EventKind::Service, d));
+    };
+    running(false);
+    let exited = pid1::exited(pid);
+    tokio::pin!(exited);
+    let status = loop {
+        tokio::select! {
+            s = &mut exited => break s,
+            _ = notes.inspect.notified() => running(true),
+        }
+    };
     Ok(Exit {
         status,
         oom_killed: cg.oom_kills() > ooms,
