@@ -836,7 +836,7 @@ fn a_machine_runs_three_containers_from_a_registry_rootless() {
                 {"name": "missing", "image": format!("{}/demo/missing:1", registry.addr)},
                 {"name": "out", "image": image, "restart": "never",
                  "args": ["/bin/busybox", "sh", "-c",
-                          format!("/bin/busybox wget -q -O - http://{}/v2/ && echo reached the registry", registry.addr)]}
+                          format!("/bin/busybox wget -q -O - http://{}/v2/ && echo reached the registry; echo \"cmdline:$(cat /proc/cmdline)\"", registry.addr)]}
             ]
         }),
     );
@@ -985,7 +985,14 @@ fn a_machine_runs_three_containers_from_a_registry_rootless() {
     loop {
         let (_, log) = server.boot_log(BIOS_MAC, &boot);
         // The registry's `{}` comes first, without a newline.
+        // The kernel command line (the node's token on it) is masked in containers.
+        assert!(
+            !log.lines()
+                .any(|l| l.starts_with("container/out/stdout cmdline:") && l.contains("plinth.")),
+            "{log}"
+        );
         if log.contains("container/crash/stderr about to fail")
+            && log.lines().any(|l| l == "container/out/stdout cmdline:")
             && log.lines().any(|l| {
                 l.starts_with("container/out/stdout ") && l.ends_with("reached the registry")
             })

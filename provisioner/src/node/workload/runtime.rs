@@ -229,6 +229,13 @@ fn bundle_config(
     linux["uidMappings"] = map(slot.subid);
     linux["gidMappings"] = map(slot.subid);
     linux["cgroupsPath"] = json!(cgroups_path);
+    // The kernel command line holds the node's enrolment token (spent, but not the
+    // containers' business).
+    if let Some(masked) = linux["maskedPaths"].as_array_mut() {
+        if !masked.iter().any(|m| m == "/proc/cmdline") {
+            masked.push(json!("/proc/cmdline"));
+        }
+    }
     if let Some(ns) = linux["namespaces"].as_array_mut() {
         for t in ["network", "cgroup"] {
             if !ns.iter().any(|n| n["type"] == t) {
