@@ -164,7 +164,7 @@ fn bundle_config(
     spec: &mut Value,
     c: &Container,
     slot: &Slot,
-    root: &Rootfs,
+    root: &Path,
     image: &ImageConfiguration,
     cgroups_path: &str,
 ) -> Result<()> {
@@ -223,7 +223,7 @@ fn bundle_config(
     process["user"] = json!({ "uid": uid, "gid": gid });
     process["terminal"] = json!(false);
     spec["hostname"] = json!(c.name);
-    spec["root"] = json!({ "path": root.path, "readonly": c.read_only });
+    spec["root"] = json!({ "path": root, "readonly": c.read_only });
     let linux = &mut spec["linux"];
     let map = |start: u32| json!([{ "containerID": 0, "hostID": start, "size": SUBID_COUNT }]);
     linux["uidMappings"] = map(slot.subid);
@@ -407,7 +407,7 @@ async fn run_made(
             &mut spec,
             c,
             slot,
-            root,
+            &root.path,
             image,
             &cg.container_path(Path::new(CGROUP_ROOT)),
         )?;
@@ -501,4 +501,117 @@ async fn run_made(
         status,
         oom_killed: cg.oom_kills() > ooms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(extra: Value) -> Container {
+        let mut c = json!({"name": "web", "image": "r.io/x:1"});
+        if let (Some(c), Value::Object(e)) = (c.as_object_mut(), extra) {
+            c.extend(e);
+        }
+        serde_json::from_value(c).expect("container")
+    }
+
+    fn image(config: Value) -> ImageConfiguration {
+        serde_json::from_value(json!({
+            "architecture": "amd64", "os": "linux", "config": config,
+            "rootfs": {"type": "layers", "diff_ids": []}
+        }))
+        .expect("image config")
+    }
+
+    fn spec() -> Value {
+        json!({
+            "process": {"args": ["sh"], "terminal": true, "noNewPrivileges": true},
+            "root": {"path": "rootfs"},
+            "mounts": [],
+            "linux": {"namespaces": [{"type": "pid"}, {"type": "user"}, {"type": "mount"}],
+                      "maskedPaths": ["/proc/kcore"]}
+        })
+    }
+
+    fn root() -> &'static Path {
+        Path::new("/run/plinth/containers/web/root/merged")
+    }
+
+    #[test]
+    fn the_bundle_takes_the_image_then_the_config() {
+        let slot = Slot::new(2, "web");
+        let img = image(json!({
+            "Entrypoint": ["/bin/httpd"], "Cmd": ["-f"], "Env": ["PATH=/bin", "MODE=dev"],
+            "WorkingDir": "/www", "User": "1000"
+        }));
+        let mut s = spec();
+        bundle_config(
+            &mut s,
+            &container(json!({"env": {"MODE": "prod"}})),
+            &slot,
+            root(),
+            &img,
+            "/plinth/web/container",
+        )
+        .expect("bundle");
+        assert_eq!(s["process"]["args"], json!(["/bin/httpd", "-f"]));
+        assert_eq!(s["process"]["env"], json!(["PATH=/bin", "MODE=prod"]));
+        assert_eq!(s["process"]["cwd"], "/www");
+        assert_eq!(s["process"]["user"], json!({"uid": 1000, "gid": 1000}));
+        assert_eq!(s["process"]["terminal"], false);
+        assert_eq!(s["process"]["noNewPrivileges"], true);
+        assert_eq!(s["hostname"], "web");
+        let map = json!([{"containerID": 0, "hostID": 1_000_000 + 2 * 65_536, "size": 65_536}]);
+        assert_eq!(s["linux"]["uidMappings"], map);
+        assert_eq!(s["linux"]["gidMappings"], map);
+        assert_eq!(s["linux"]["cgroupsPath"], "/plinth/web/container");
+        let ns: Vec<&str> = s["linux"]["namespaces"]
+            .as_array()
+            .expect("namespaces")
+            .iter()
+            .filter_map(|n| n["type"].as_str())
+            .collect();
+        assert_eq!(ns, ["pid", "user", "mount", "network", "cgroup"]);
+        assert!(s["linux"]["maskedPaths"]
+            .as_array()
+            .expect("masked")
+            .contains(&json!("/proc/cmdline")));
+        assert_eq!(s["root"]["readonly"], false);
+
+        // The config's own command, user and directory win; a read-only root gets /tmp.
+        let mut s = spec();
+        let c = container(
+            json!({"args": ["/bin/true"], "user": "7:8", "workingDir": "/", "readOnly": true}),
+        );
+        bundle_config(&mut s, &c, &slot, root(), &img, "/p").expect("bundle");
+        assert_eq!(s["process"]["args"], json!(["/bin/true"]));
+        assert_eq!(s["process"]["user"], json!({"uid": 7, "gid": 8}));
+        assert_eq!(s["process"]["cwd"], "/");
+        assert_eq!(s["root"]["readonly"], true);
+        assert_eq!(s["mounts"][0]["destination"], "/tmp");
+    }
+
+    #[test]
+    fn a_bundle_without_a_command_or_with_a_named_user_is_refused() {
+        let slot = Slot::new(0, "web");
+        let mut s = spec();
+        let err = bundle_config(
+            &mut s,
+            &container(json!({})),
+            &slot,
+            root(),
+            &image(json!({})),
+            "/p",
+        )
+        .expect_err("no command");
+        assert!(err.to_string().contains("no args"), "{err}");
+        let img = image(json!({"Entrypoint": ["/x"], "User": "www"}));
+        let err = bundle_config(&mut s, &container(json!({})), &slot, root(), &img, "/p")
+            .expect_err("named user");
+        assert!(err.to_string().contains("\"www\""), "{err}");
+        let img = image(json!({"Entrypoint": ["/x"], "User": "70000"}));
+        let err = bundle_config(&mut s, &container(json!({})), &slot, root(), &img, "/p")
+            .expect_err("user out of range");
+        assert!(err.to_string().contains("outside"), "{err}");
+    }
 }
