@@ -12,10 +12,11 @@
 //! - `plinth-boot run` ends its qemu when it is ended (SIGTERM, SIGINT, its parent
 //!   dying, SIGKILL) and refuses bad input naming the argument.
 //! - A lab whose owner is killed with SIGKILL leaves no namespace, tap, process or mount.
-//! - A machine runs three containers from a registry on the provisioning host: one
-//!   serving HTTP on a published port (fetched from the site), one exiting 3 (restarted
-//!   by `on-failure`, each exit an event), one whose image does not exist (failed, the
-//!   others unaffected); what the node reads of the serving one shows it rootless.
+//! - A machine runs containers from a registry on the provisioning host: one serving
+//!   HTTP on a published port (fetched from the site), one exiting 3 (restarted by
+//!   `on-failure`, each exit an event), one whose image does not exist (failed, the
+//!   others unaffected), one killed past its memory limit, one reaching out through
+//!   the node; what the node reads of the serving one shows it rootless.
 #![allow(clippy::unwrap_used)]
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
@@ -800,8 +801,8 @@ fn about<'a>(steps: &'a [Step], kind: &str, name: &str) -> Vec<&'a Step> {
 }
 
 #[test]
-fn a_machine_runs_three_containers_from_a_registry_rootless() {
-    let test = "a_machine_runs_three_containers_from_a_registry_rootless";
+fn a_machine_runs_containers_from_a_registry_rootless() {
+    let test = "a_machine_runs_containers_from_a_registry_rootless";
     if !can_run_lab(test, true) {
         return;
     }
@@ -834,6 +835,10 @@ fn a_machine_runs_three_containers_from_a_registry_rootless() {
                 {"name": "crash", "image": image, "restart": "on-failure",
                  "args": ["/bin/busybox", "sh", "-c", "echo about to fail >&2; exit 3"]},
                 {"name": "missing", "image": format!("{}/demo/missing:1", registry.addr)},
+                {"name": "oom", "image": image, "restart": "never",
+                 "resources": {"memoryBytes": 16u64 << 20},
+                 "args": ["/bin/busybox", "sh", "-c",
+                          "a=$(/bin/busybox head -c 200000000 /dev/zero | /bin/busybox tr '\\0' x); echo survived"]},
                 {"name": "out", "image": image, "restart": "never",
                  "args": ["/bin/busybox", "sh", "-c",
                           format!("/bin/busybox wget -q -O - http://{}/v2/ && echo reached the registry; echo \"cmdline:$(cat /proc/cmdline)\"", registry.addr)]}
@@ -969,6 +974,19 @@ fn a_machine_runs_three_containers_from_a_registry_rootless() {
         .filter(|e| e.event["details"]["state"] == "exited")
         .collect();
     assert_eq!(out.len(), 1, "{text}");
+    // Past its memory limit: killed by the kernel's OOM killer, and said so.
+    let steps = wait_for(&server, &mut m, "the OOM kill", within, |s| {
+        about(s, "service", "oom")
+            .iter()
+            .any(|e| e.event["details"]["state"] == "exited")
+    });
+    let text = render(&format!("machine {BIOS_MAC}"), &steps);
+    let oom = about(&steps, "service", "oom");
+    let oom = oom
+        .iter()
+        .find(|e| e.event["details"]["state"] == "exited")
+        .unwrap();
+    assert_eq!(oom.event["details"]["oomKilled"], true, "{text}");
     assert_eq!(out[0].event["details"]["exitCode"], 0, "{text}");
     assert_eq!(
         out[0].event["details"]["restartInSecs"],
