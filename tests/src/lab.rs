@@ -84,11 +84,7 @@ impl Lab {
 
     /// `program` in the site's namespace.
     pub fn in_site(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.site().display()))
-            .arg("--")
-            .arg(program);
-        c
+        crate::in_netns(Some(&self.site()), program)
     }
 
     /// `ip ARGS` in the site's namespace, which must succeed.

@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use flate2::write::GzEncoder;
@@ -23,27 +23,6 @@ pub struct Registry {
     dir: TempDir,
     /// The network namespace it listens in, if not this one.
     netns: Option<std::path::PathBuf>,
-}
-
-/// `program` in `netns` (through nsenter), or here.
-fn command_in(netns: Option<&Path>, program: &str) -> Command {
-    match netns {
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net={}", ns.display()))
-                .arg("--")
-                .arg(program);
-            c
-        }
-        None => Command::new(program),
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Registry {
@@ -76,7 +55,7 @@ impl Registry {
             ),
         )
         .unwrap();
-        let child = command_in(netns, "docker-registry")
+        let child = crate::in_netns(netns, "docker-registry")
             .arg("serve")
             .arg(&config)
             .stdout(Stdio::null())
@@ -111,7 +90,7 @@ impl Registry {
             None => std::net::TcpStream::connect(&self.addr).is_ok(),
             Some(ns) => {
                 let (host, port) = self.addr.rsplit_once(':').unwrap();
-                command_in(Some(ns), "bash")
+                crate::in_netns(Some(ns), "bash")
                     .arg("-c")
                     .arg(format!("exec 3<>/dev/tcp/{host}/{port}"))
                     .stderr(Stdio::null())
@@ -125,7 +104,7 @@ impl Registry {
     /// skopeo; the reference to pull it by.
     pub fn push(&self, layout: &Path, tag: &str, name: &str) -> String {
         let reference = format!("{}/{name}", self.addr);
-        let out = command_in(self.netns.as_deref(), "skopeo")
+        let out = crate::in_netns(self.netns.as_deref(), "skopeo")
             .args(["copy", "--quiet", "--dest-tls-verify=false"])
             .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{reference}"))

@@ -200,16 +200,7 @@ impl Server {
 
     /// `program`, run where the server is (in its network namespace, if any).
     pub fn command(&self, program: &str) -> Command {
-        match &self.netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display()))
-                    .arg("--")
-                    .arg(program);
-                c
-            }
-            None => Command::new(program),
-        }
+        crate::in_netns(self.netns.as_deref(), program)
     }
 
     pub fn data(&self) -> PathBuf {
