@@ -166,6 +166,11 @@ async fn supervise(
         }
     }
     let registry = registry_for(&c.image, registries);
+    event(
+        notes,
+        EventKind::Image,
+        json!({ "container": c.name, "image": c.image, "state": "pulling" }),
+    );
     // A failure said once until it changes (the console has every attempt).
     let mut said = String::new();
     let image = loop {
