@@ -137,6 +137,24 @@ pub fn run(plinth_dir: &Path) -> Result<(), String> {
     let steps = lab::timeline(&server, &machine);
     println!("\nGET http://{address}/ (from the site network) answered:\n  {answer}");
     println!("{}", render(&format!("machine {MAC}"), &steps));
+    if let Some(b) = steps.iter().find(|s| s.kind == "booted") {
+        println!(
+            "plinth-init's own clock (ms since the kernel started): {}",
+            b.event["details"]["timings"]
+        );
+    }
+    for s in steps
+        .iter()
+        .filter(|s| s.kind == "image" || s.kind == "service")
+    {
+        let d = &s.event["details"];
+        if d["state"] == "pulled" {
+            println!(
+                "pull of {}: {} blobs, {} bytes, {} ms",
+                d["image"], d["fetched"], d["bytes"], d["ms"]
+            );
+        }
+    }
     step("stopping everything", move || {
         drop(machine);
         drop(server);
