@@ -25,12 +25,14 @@ use super::slot::{Slot, BRIDGE, CGROUP_ROOT, GATEWAY, NETMASK};
 use crate::error::{io, sys, Error, Result};
 use crate::init::pid1;
 use crate::node::image::{ContentStore, Unpacked};
-use crate::schema::containers::SUBID_COUNT;
-use crate::schema::containers::{parse_user, Container};
+use crate::schema::containers::{parse_user, Container, SUBID_COUNT};
 use crate::schema::{EventKind, LogLine};
 
 /// The runtime in the image.
 const PLINTH: &str = "/usr/bin/plinth";
+
+/// The longest output line kept whole; a longer one is cut into lines of this size.
+const MAX_LINE: usize = 16 * 1024;
 
 /// How a run ended.
 #[derive(Debug)]
@@ -111,9 +113,24 @@ fn spawn(
     Ok(child.id() as i32)
 }
 
+/// A file the container's user writes, read by root: never through a symlink, at
+/// most 1 MiB.
+fn read_no_follow(p: &Path) -> Option<String> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p)
+        .ok()?;
+    let mut s = String::new();
+    f.take(1 << 20).read_to_string(&mut s).ok()?;
+    Some(s)
+}
+
 /// The last error the runtime logged.
 fn runtime_error(slot: &Slot) -> String {
-    let log = std::fs::read_to_string(slot.run_dir.join("plinth.log")).unwrap_or_default();
+    let log = read_no_follow(&slot.run_dir.join("plinth.log")).unwrap_or_default();
     log.lines()
         .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -146,13 +163,38 @@ fn stream(r: OwnedFd, source: String, logs: mpsc::Sender<LogLine>) -> Result<()>
         source: e,
     })?;
     tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(rx).lines();
-        while let Ok(Some(text)) = lines.next_line().await {
+        // Bytes, not text: a container writing invalid UTF-8 or a line without end must
+        // neither stop the reading (its next write would die of SIGPIPE) nor grow it.
+        let mut r = tokio::io::BufReader::new(rx);
+        let mut line: Vec<u8> = Vec::new();
+        let send = |line: &[u8]| {
+            let text = String::from_utf8_lossy(line.strip_suffix(b"\n").unwrap_or(line));
             // A full channel drops the line: the node keeps running.
             let _ = logs.try_send(LogLine {
                 source: source.clone(),
-                text,
+                text: text.into_owned(),
             });
+        };
+        loop {
+            let buf = match r.fill_buf().await {
+                Ok(b) if !b.is_empty() => b,
+                _ => break,
+            };
+            let (take, end) = match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (buf.len(), false),
+            };
+            let room = MAX_LINE.saturating_sub(line.len()).max(1);
+            let take = take.min(room);
+            line.extend_from_slice(&buf[..take]);
+            r.consume(take);
+            if end || line.len() >= MAX_LINE {
+                send(&line);
+                line.clear();
+            }
+        }
+        if !line.is_empty() {
+            send(&line);
         }
     });
     Ok(())
@@ -303,7 +345,7 @@ fn observe(pid: i32, slot: &Slot, name: &str) -> Value {
         })
         .collect();
     let state = slot.run_dir.join("plinth").join(name).join("state.json");
-    let runtime_uid = std::fs::metadata(&state)
+    let runtime_uid = std::fs::symlink_metadata(&state)
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
         .ok();
     json!({
@@ -453,8 +495,7 @@ async fn run_made(
             ))
         }
     }
-    let pid: i32 = std::fs::read_to_string(&pid_file)
-        .ok()
+    let pid: i32 = read_no_follow(&pid_file)
         .and_then(|p| p.trim().parse().ok())
         .ok_or_else(|| {
             (
@@ -589,6 +630,41 @@ mod tests {
         assert_eq!(s["process"]["cwd"], "/");
         assert_eq!(s["root"]["readonly"], true);
         assert_eq!(s["mounts"][0]["destination"], "/tmp");
+    }
+
+    #[test]
+    fn output_lines_survive_bad_bytes_long_lines_and_no_last_newline() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let lines = rt.block_on(async {
+            let (r, w) = pipe().expect("pipe");
+            let (tx, mut rx) = mpsc::channel(100);
+            stream(r, "container/t/stdout".into(), tx).expect("stream");
+            let mut f = std::fs::File::from(w);
+            let mut body = b"ok\n\xff\xfe bad\n".to_vec();
+            body.extend(std::iter::repeat_n(b'x', MAX_LINE + 10));
+            body.extend_from_slice(b"\nlast");
+            std::io::Write::write_all(&mut f, &body).expect("write");
+            drop(f);
+            let mut got = Vec::new();
+            while let Some(l) = rx.recv().await {
+                got.push(l.text);
+            }
+            got
+        });
+        assert_eq!(
+            lines.len(),
+            5,
+            "{:?}",
+            lines.iter().map(|l| l.len()).collect::<Vec<_>>()
+        );
+        assert_eq!(lines[0], "ok");
+        assert_eq!(lines[1], "\u{fffd}\u{fffd} bad");
+        assert_eq!(lines[2].len(), MAX_LINE);
+        assert_eq!(lines[3], "x".repeat(10));
+        assert_eq!(lines[4], "last");
     }
 
     #[test]
