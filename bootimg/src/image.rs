@@ -29,6 +29,7 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "nf_tables",
     "nft_chain_nat",
     "nft_masq",
+    "nft_ct",
 ];
 
 /// The host's CA bundle (Debian's ca-certificates), copied into the image when there.

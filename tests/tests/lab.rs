@@ -841,7 +841,7 @@ fn a_machine_runs_containers_from_a_registry_rootless() {
                           "a=$(/bin/busybox head -c 200000000 /dev/zero | /bin/busybox tr '\\0' x); echo survived"]},
                 {"name": "out", "image": image, "restart": "never",
                  "args": ["/bin/busybox", "sh", "-c",
-                          format!("/bin/busybox wget -q -O - http://{}/v2/ && echo reached the registry; echo \"cmdline:$(cat /proc/cmdline)\"", registry.addr)]}
+                          format!("/bin/busybox wget -q -O - http://{}/v2/ && echo reached the registry; echo \"cmdline:$(cat /proc/cmdline)\"; /bin/busybox wget -T 3 -q -O - http://10.88.0.10:8080/ || echo web unreachable from a container", registry.addr)]}
             ]
         }),
     );
@@ -1011,6 +1011,10 @@ fn a_machine_runs_containers_from_a_registry_rootless() {
         );
         if log.contains("container/crash/stderr about to fail")
             && log.lines().any(|l| l == "container/out/stdout cmdline:")
+            // Containers cannot open connections to each other (only to the outside).
+            && log
+                .lines()
+                .any(|l| l == "container/out/stdout web unreachable from a container")
             && log.lines().any(|l| {
                 l.starts_with("container/out/stdout ") && l.ends_with("reached the registry")
             })

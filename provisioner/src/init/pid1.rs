@@ -71,23 +71,32 @@ impl Signals {
     }
 }
 
-/// How many exit statuses are kept for a [`exited`] that has not asked yet (orphans
+/// How many exit statuses are kept for an [`exited`] that has not asked yet (orphans
 /// reparented to PID 1 fill it too; the oldest go first).
 const KEPT_EXITS: usize = 1024;
 
-/// Exit statuses reaped, by pid, oldest first.
-static EXITS: std::sync::Mutex<std::collections::VecDeque<(i32, WaitStatus)>> =
+/// Exit statuses reaped, oldest first, each with its place in the order of reaping.
+static EXITS: std::sync::Mutex<std::collections::VecDeque<(u64, i32, WaitStatus)>> =
     std::sync::Mutex::new(std::collections::VecDeque::new());
+/// How many statuses have been reaped so far.
+static REAPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn reaped() -> &'static tokio::sync::Notify {
     static N: std::sync::OnceLock<tokio::sync::Notify> = std::sync::OnceLock::new();
     N.get_or_init(tokio::sync::Notify::new)
 }
 
-fn take_exit(pid: i32) -> Option<WaitStatus> {
+/// A point in the order of reaping: take it before starting a process, and give it
+/// to [`exited`], so that the status of an earlier process of the same pid (pids are
+/// reused) is never taken for this one's.
+pub fn mark() -> u64 {
+    REAPED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+fn take_exit(pid: i32, since: u64) -> Option<WaitStatus> {
     let mut q = EXITS.lock().unwrap_or_else(|p| p.into_inner());
-    let i = q.iter().position(|(p, _)| *p == pid)?;
-    q.remove(i).map(|(_, s)| s)
+    let i = q.iter().position(|(n, p, _)| *p == pid && *n >= since)?;
+    q.remove(i).map(|(_, _, s)| s)
 }
 
 /// Reaps every exited child without blocking, keeping each status for [`exited`].
@@ -102,7 +111,8 @@ pub fn reap() {
                     if q.len() == KEPT_EXITS {
                         q.pop_front();
                     }
-                    q.push_back((pid.as_raw(), s));
+                    let n = REAPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    q.push_back((n, pid.as_raw(), s));
                     any = true;
                 }
             }
@@ -114,19 +124,20 @@ pub fn reap() {
 }
 
 /// Waits until the reaper has collected `pid` (a child of PID 1, or an orphan it
-/// inherited), and gives its status. Every wait for a process in PID 1 goes through
+/// inherited), reaped at or after `since` (a [`mark`] taken before the process was
+/// started), and gives its status. Every wait for a process in PID 1 goes through
 /// here: a waitpid of its own would race the reaper.
-pub async fn exited(pid: i32) -> WaitStatus {
+pub async fn exited(pid: i32, since: u64) -> WaitStatus {
     loop {
         let n = reaped().notified();
         tokio::pin!(n);
         n.as_mut().enable();
-        if let Some(s) = take_exit(pid) {
+        if let Some(s) = take_exit(pid, since) {
             return s;
         }
         // A status the reaper has not been woken for yet (no SIGCHLD handled): look.
         reap();
-        if let Some(s) = take_exit(pid) {
+        if let Some(s) = take_exit(pid, since) {
             return s;
         }
         // Woken by the reaper; the timeout covers a SIGCHLD handler that could not be

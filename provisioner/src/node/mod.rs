@@ -56,11 +56,21 @@ pub fn run() -> ! {
     if init::reroot::on_initramfs() {
         match init::reroot::reroot() {
             Ok(n) => log(&format!("moved the image's {n} entries off the initramfs")),
-            Err(e) => log(&format!(
-                "leaving the initramfs: {e}; containers cannot pivot_root"
-            )),
+            Err(e) => {
+                // Half moved, the root is neither the image nor a copy of it.
+                log(&format!("leaving the initramfs: {e}; rebooting in 30s"));
+                std::thread::sleep(Duration::from_secs(30));
+                pid1::shutdown(Stop::Reboot)
+            }
         }
         timings.insert("rerootMs".into(), json!(uptime_ms()));
+    }
+    // Published ports hold two descriptors per connection: the hard limit, not 1024.
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
     }
     match mounts::mount_all(Path::new("/")) {
         Ok(busy) if !busy.is_empty() => log(&format!("already mounted: {}", busy.join(" "))),
@@ -673,7 +683,17 @@ impl Agent {
             }
             if let Some(c) = self.session().filter(|_| !self.discovery.get()) {
                 while !backlog.is_empty() {
-                    let n = backlog.len().min(LOG_BATCH);
+                    // At most LOG_BATCH lines and half the server's limit in text: a
+                    // batch the server must refuse would block every later line.
+                    let mut n = 0;
+                    let mut bytes = 0;
+                    for l in backlog.iter().take(LOG_BATCH) {
+                        bytes += l.text.len() + l.source.len() + 32;
+                        if n > 0 && bytes > crate::schema::MAX_LOG_BYTES / 2 {
+                            break;
+                        }
+                        n += 1;
+                    }
                     let batch = LogBatch {
                         boot_id: self.id.boot_id.clone(),
                         lines: backlog[..n].to_vec(),
@@ -683,6 +703,12 @@ impl Agent {
                         .await
                     {
                         Ok(_) => {
+                            backlog.drain(..n);
+                        }
+                        // Refused for its size or its content: it never will be taken.
+                        Err(Error::Status {
+                            status: 400 | 413, ..
+                        }) => {
                             backlog.drain(..n);
                         }
                         Err(e) => {

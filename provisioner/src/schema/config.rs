@@ -230,6 +230,9 @@ impl MachineConfig {
                     g.name
                 ));
             }
+            if let Some(why) = super::containers::clashes_with_containers(g.gid, &g.name, &[]) {
+                return Err(format!("groups[{i}]: {}", why.replace("uid", "gid")));
+            }
         }
         for (i, u) in self.users.iter().enumerate() {
             if !valid_name(&u.name) {
@@ -391,6 +394,14 @@ mod tests {
                     "\"network\": \"dhcp\", \"containers\": [{\"name\": \"a\", \"image\": \"r.io/x:1\", \"ports\": [{\"containerPort\": 80}]}, {\"name\": \"b\", \"image\": \"r.io/x:1\", \"ports\": [{\"containerPort\": 8080, \"hostPort\": 80}]}],",
                 ),
                 "containers[1].ports[0].hostPort",
+            ),
+            (
+                GOOD.replace("\"uid\": 1000, \"subuid\"", "\"uid\": 1000001, \"subuid\""),
+                "containers' subordinate ids",
+            ),
+            (
+                GOOD.replace("\"start\": 100000, \"count\": 65536", "\"start\": 899999, \"count\": 2"),
+                "cover the containers' users",
             ),
         ];
         for (text, field) in cases {

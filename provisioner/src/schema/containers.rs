@@ -148,6 +148,13 @@ pub fn clashes_with_containers(uid: u32, name: &str, ranges: &[(u32, u32)]) -> O
             uids.end - 1
         ));
     }
+    if subids.contains(&(uid as u64)) {
+        return Some(format!(
+            "uid {uid} is in the containers' subordinate ids ({}-{})",
+            subids.start,
+            subids.end - 1
+        ));
+    }
     if name.starts_with("ctr-") {
         return Some(format!("{name:?}: names ctr-* are the containers'"));
     }
@@ -158,6 +165,13 @@ pub fn clashes_with_containers(uid: u32, name: &str, ranges: &[(u32, u32)]) -> O
                 "subordinate ids {start}+{count} overlap the containers' ({}-{})",
                 subids.start,
                 subids.end - 1
+            ));
+        }
+        if s < uids.end as u64 && (uids.start as u64) < e {
+            return Some(format!(
+                "subordinate ids {start}+{count} cover the containers' users ({}-{})",
+                uids.start,
+                uids.end - 1
             ));
         }
     }
@@ -290,9 +304,9 @@ pub fn validate(containers: &[Container], registries: &[Registry]) -> Result<(),
             if r.memory_bytes.is_some_and(|m| m < 1 << 20) {
                 return Err(format!("{at}.resources.memoryBytes: less than 1 MiB"));
             }
-            if r.milli_cpus.is_some_and(|m| m == 0 || m > 1_000_000) {
+            if r.milli_cpus.is_some_and(|m| !(10..=1_000_000).contains(&m)) {
                 return Err(format!(
-                    "{at}.resources.milliCpus: not between 1 and 1000000"
+                    "{at}.resources.milliCpus: not between 10 and 1000000 (the kernel's least quota is 1 ms per 100 ms)"
                 ));
             }
             if r.pids == Some(0) {

@@ -76,27 +76,33 @@ impl Delegated {
         mkdir(&plinth)?;
         enable_controllers(&plinth)?;
         let dir = plinth.join(name);
+        // What an earlier run left, if its cleanup failed, goes first.
+        let old = Delegated { dir: dir.clone() };
+        old.remove()?;
         mkdir(&dir)?;
-        write(
-            &dir,
-            "memory.max",
-            &limits
-                .memory_bytes
-                .map_or("max".to_string(), |m| m.to_string()),
-        )?;
-        write(
-            &dir,
-            "cpu.max",
-            &match limits.milli_cpus {
-                Some(m) => format!("{} {CPU_PERIOD_US}", m * CPU_PERIOD_US / 1000),
-                None => format!("max {CPU_PERIOD_US}"),
-            },
-        )?;
-        write(
-            &dir,
-            "pids.max",
-            &limits.pids.map_or("max".to_string(), |p| p.to_string()),
-        )?;
+        let cpu = limits
+            .milli_cpus
+            .map(|m| format!("{} {CPU_PERIOD_US}", m * CPU_PERIOD_US / 1000));
+        for (file, value) in [
+            ("memory.max", limits.memory_bytes.map(|m| m.to_string())),
+            ("cpu.max", cpu),
+            ("pids.max", limits.pids.map(|p| p.to_string())),
+        ] {
+            let there = dir.join(file).exists();
+            match value {
+                Some(v) if there => write(&dir, file, &v)?,
+                Some(_) => {
+                    return Err(Error::Io {
+                        what: "setting a limit: its controller is not enabled for",
+                        path: dir.join(file),
+                        source: std::io::ErrorKind::NotFound.into(),
+                    })
+                }
+                // No limit asked: none (a cgroup taken again may hold an old one).
+                None if there => write(&dir, file, "max")?,
+                None => {}
+            }
+        }
         // Swap would let a container past its memory limit.
         if dir.join("memory.swap.max").exists() {
             write(&dir, "memory.swap.max", "0")?;
@@ -150,11 +156,35 @@ impl Delegated {
             .unwrap_or(0)
     }
 
-    /// Removes what is left of the subtree (empty cgroups only; the runtime's `delete`
-    /// removes the container's own).
-    pub fn remove(&self) {
-        for sub in ["container", "runtime", ""] {
-            let _ = std::fs::remove_dir(self.dir.join(sub));
+    /// Kills every process left in the subtree (`cgroup.kill`, which no process can
+    /// escape by forking) and waits, briefly, until it is empty.
+    pub fn kill_all(&self) {
+        if !self.dir.exists() {
+            return;
         }
+        let _ = write(&self.dir, "cgroup.kill", "1");
+        for _ in 0..100 {
+            let events =
+                std::fs::read_to_string(self.dir.join("cgroup.events")).unwrap_or_default();
+            if !events.lines().any(|l| l == "populated 1") {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Removes the subtree after killing what is left in it (a `delete` that failed
+    /// must not leave a container running beside the next one).
+    pub fn remove(&self) -> Result<()> {
+        self.kill_all();
+        for sub in ["container", "runtime", ""] {
+            let p = self.dir.join(sub);
+            match std::fs::remove_dir(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io("removing cgroup", p)(e)),
+            }
+        }
+        Ok(())
     }
 }

@@ -1,5 +1,8 @@
-//! Outbound connections of containers: their packets leave with the node's address
-//! (masquerade), set up as one nftables transaction over netlink, the equivalent of
+//! The containers' network at the node's edge, as one nftables transaction over
+//! netlink: their packets leave with the node's address (masquerade), and nothing
+//! opens a connection to a container through the node's forwarding, neither from
+//! the site nor from another container (the bridge's traffic is filtered too, through
+//! br_netfilter); published ports reach them through the proxy. The equivalent of
 //!
 //! ```text
 //! table ip plinth {
@@ -7,8 +10,15 @@
 //!     type nat hook postrouting priority srcnat;
 //!     ip saddr 10.88.0.0/24 oifname != "plinth0" masquerade
 //!   }
+//!   chain forward {
+//!     type filter hook forward priority filter;
+//!     oifname "plinth0" ct state ! established,related drop
+//!   }
 //! }
 //! ```
+//!
+//! The forward chain drops only what goes to the containers: a policy of drop would
+//! also drop what other tables on the node accept.
 //!
 //! The table is added, deleted and added again in the same transaction, so a second
 //! call replaces it instead of doubling the rule. No maintained crate builds nftables
@@ -29,7 +39,12 @@ const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFPROTO_IPV4: u8 = 2;
+const NF_INET_FORWARD: u32 = 2;
 const NF_INET_POST_ROUTING: u32 = 4;
+const NFT_CT_STATE: u32 = 0;
+const NF_CT_ESTABLISHED_OR_RELATED: u32 = 2 | 4;
+const NFT_REG_VERDICT: u32 = 0;
+const NF_DROP: u32 = 0;
 const NF_IP_PRI_NAT_SRC: i32 = 100;
 const NFT_REG_1: u32 = 1;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
@@ -158,6 +173,39 @@ fn batch(net: Ipv4Addr, prefix: u8, bridge: &str) -> Vec<u8> {
         ),
         expr("masq", &[]),
     ];
+    let guard = [
+        // oifname == bridge
+        expr("meta", &[be32(1, NFT_REG_1), be32(2, NFT_META_OIFNAME)]),
+        expr(
+            "cmp",
+            &[be32(1, NFT_REG_1), be32(2, NFT_CMP_EQ), value(3, &ifname)],
+        ),
+        // ct state & (established | related) == 0; the state is a host-order word.
+        expr("ct", &[be32(1, NFT_REG_1), be32(2, NFT_CT_STATE)]),
+        expr(
+            "bitwise",
+            &[
+                be32(1, NFT_REG_1),
+                be32(2, NFT_REG_1),
+                be32(3, 4),
+                value(4, &NF_CT_ESTABLISHED_OR_RELATED.to_ne_bytes()),
+                value(5, &[0; 4]),
+            ],
+        ),
+        expr(
+            "cmp",
+            &[be32(1, NFT_REG_1), be32(2, NFT_CMP_EQ), value(3, &[0; 4])],
+        ),
+        // drop: NFTA_IMMEDIATE_DREG verdict, NFTA_IMMEDIATE_DATA { NFTA_DATA_VERDICT {
+        // NFTA_VERDICT_CODE } }
+        expr(
+            "immediate",
+            &[
+                be32(1, NFT_REG_VERDICT),
+                nested(2, &[nested(2, &[be32(1, NF_DROP)])]),
+            ],
+        ),
+    ];
     [
         message(
             NFNL_MSG_BATCH_BEGIN,
@@ -205,9 +253,30 @@ fn batch(net: Ipv4Addr, prefix: u8, bridge: &str) -> Vec<u8> {
             &[table(), string(2, "postrouting"), nested(4, &rule)],
         ),
         message(
+            nft(NFT_MSG_NEWCHAIN),
+            create,
+            7,
+            v4,
+            0,
+            &[
+                table(),
+                string(3, "forward"),
+                nested(4, &[be32(1, NF_INET_FORWARD), be32(2, 0)]),
+                string(7, "filter"),
+            ],
+        ),
+        message(
+            nft(NFT_MSG_NEWRULE),
+            create | NLM_F_APPEND,
+            8,
+            v4,
+            0,
+            &[table(), string(2, "forward"), nested(4, &guard)],
+        ),
+        message(
             NFNL_MSG_BATCH_END,
             NLM_F_REQUEST,
-            7,
+            9,
             0,
             NFNL_SUBSYS_NFTABLES,
             &[],
@@ -223,18 +292,18 @@ fn failed(reason: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Masquerades `net`/`prefix` on its way out of any interface but `bridge`, in the
-/// calling thread's network namespace.
+/// Masquerades `net`/`prefix` on its way out of any interface but `bridge`, and drops
+/// new connections forwarded into `bridge`, in the calling thread's network namespace.
 pub fn masquerade(net: Ipv4Addr, prefix: u8, bridge: &str) -> Result<()> {
     let mut sock = Socket::new(NETLINK_NETFILTER).map_err(failed)?;
     sock.bind_auto().map_err(failed)?;
     sock.connect(&SocketAddr::new(0, 0)).map_err(failed)?;
     sock.send(&batch(net, prefix, bridge), 0).map_err(failed)?;
-    // One acknowledgement per message between BEGIN and END (seq 2..=6); the first
+    // One acknowledgement per message between BEGIN and END (seq 2..=8); the first
     // error answers for the whole transaction, which then did nothing.
     let mut acked = 0;
     let mut buf = vec![0u8; 64 * 1024];
-    while acked < 5 {
+    while acked < 7 {
         let n = sock.recv(&mut &mut buf[..], 0).map_err(failed)?;
         let mut at = 0;
         while at + 16 <= n {
@@ -299,6 +368,16 @@ mod tests {
         };
         let text = String::from_utf8_lossy(&o.stdout);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            text.contains("type filter hook forward priority filter"),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("oifname \"plinth0\" ct state ! established,related drop")
+                .count(),
+            1,
+            "{text}"
+        );
         assert!(
             text.contains("type nat hook postrouting priority srcnat"),
             "{text}"

@@ -142,8 +142,9 @@ fn runtime_error(slot: &Slot) -> String {
 /// Runs `plinth ARGS` to its end; an error unless it exits 0.
 async fn plinth(slot: &Slot, cg: &Delegated, args: &[&str]) -> Result<()> {
     let _ = std::fs::remove_file(slot.run_dir.join("plinth.log"));
+    let since = pid1::mark();
     let pid = spawn(slot, cg, args, None)?;
-    match pid1::exited(pid).await {
+    match pid1::exited(pid, since).await {
         WaitStatus::Exited(_, 0) => Ok(()),
         other => Err(Error::Protocol {
             what: format!("plinth {}", args.join(" ")),
@@ -387,7 +388,7 @@ pub async fn run_once(
     ) {
         Ok(r) => r,
         Err(e) => {
-            cg.remove();
+            let _ = cg.remove();
             return Err(("rootfs", e));
         }
     };
@@ -397,7 +398,9 @@ pub async fn run_once(
     let _ = link::delete(&slot.veth);
     let _ = root.remove();
     let _ = std::fs::remove_dir_all(slot.dir.join("bundle"));
-    cg.remove();
+    if let Err(e) = cg.remove() {
+        crate::init::console::log(&format!("container {}: {e}", c.name));
+    }
     result
 }
 
@@ -418,6 +421,7 @@ async fn run_made(
     })();
     made.map_err(|e| ("bundle", e))?;
     // The runtime's own defaults, not a copy of them here.
+    let since = pid1::mark();
     let spec_pid = {
         let mut cmd = Command::new(PLINTH);
         cmd.args(["spec", "--rootless", "--bundle"])
@@ -429,7 +433,10 @@ async fn run_made(
             .map_err(|e| ("bundle", io("starting", Path::new(PLINTH))(e)))?
             .id() as i32
     };
-    if !matches!(pid1::exited(spec_pid).await, WaitStatus::Exited(_, 0)) {
+    if !matches!(
+        pid1::exited(spec_pid, since).await,
+        WaitStatus::Exited(_, 0)
+    ) {
         return Err((
             "bundle",
             Error::Protocol {
@@ -469,6 +476,8 @@ async fn run_made(
     let _ = std::fs::remove_file(slot.run_dir.join("plinth.log"));
     let bundle_s = bundle.display().to_string();
     let pid_file_s = pid_file.display().to_string();
+    // The container's init is reaped after create starts, whenever it ends.
+    let since = pid1::mark();
     let create = spawn(
         slot,
         cg,
@@ -483,7 +492,7 @@ async fn run_made(
         Some((out_w, err_w)),
     )
     .map_err(|e| ("create", e))?;
-    match pid1::exited(create).await {
+    match pid1::exited(create, since).await {
         WaitStatus::Exited(_, 0) => {}
         other => {
             return Err((
@@ -506,6 +515,19 @@ async fn run_made(
                 },
             )
         })?;
+    // The pid file is the container user's: the pid must be a process in this
+    // container's cgroup before root touches its namespace.
+    let expected = format!("0::{}\n", cg.container_path(Path::new(CGROUP_ROOT)));
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    if cgroup != expected {
+        return Err((
+            "create",
+            Error::Protocol {
+                what: pid_file_s.clone(),
+                reason: format!("pid {pid} is not in the container's cgroup ({cgroup:?})"),
+            },
+        ));
+    }
     let ns_path = PathBuf::from(format!("/proc/{pid}/ns/net"));
     let wired = (|| -> Result<()> {
         let ns: OwnedFd = std::fs::File::open(&ns_path)
@@ -530,7 +552,7 @@ async fn run_made(
         let _ = notes.events.send((EventKind::Service, d));
     };
     running(false);
-    let exited = pid1::exited(pid);
+    let exited = pid1::exited(pid, since);
     tokio::pin!(exited);
     let status = loop {
         tokio::select! {
