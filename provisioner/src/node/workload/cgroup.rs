@@ -98,8 +98,7 @@ impl Delegated {
                         source: std::io::ErrorKind::NotFound.into(),
                     })
                 }
-                // No limit asked: none (a cgroup taken again may hold an old one).
-                None if there => write(&dir, file, "max")?,
+                // No limit asked: the new cgroup's own "max".
                 None => {}
             }
         }

@@ -134,7 +134,6 @@ fn batch(net: Ipv4Addr, prefix: u8, bridge: &str) -> Vec<u8> {
     };
     let mut ifname = bridge.as_bytes().to_vec();
     ifname.resize(IFNAMSIZ, 0);
-    let create = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
     let v4 = NFPROTO_IPV4;
     let rule = [
         // ip saddr & mask == net
@@ -206,83 +205,69 @@ fn batch(net: Ipv4Addr, prefix: u8, bridge: &str) -> Vec<u8> {
             ],
         ),
     ];
+    let acked = |m: u16, seq: u32, attrs: &[Vec<u8>]| {
+        message(
+            nft(m),
+            NLM_F_REQUEST | NLM_F_ACK | flags_for(m),
+            seq,
+            v4,
+            0,
+            attrs,
+        )
+    };
+    let chain = |seq: u32, name: &str, hook: u32, priority: i32, kind: &str, rule: &[Vec<u8>]| {
+        [
+            acked(
+                NFT_MSG_NEWCHAIN,
+                seq,
+                &[
+                    table(),
+                    string(3, name),
+                    nested(4, &[be32(1, hook), be32(2, priority as u32)]),
+                    string(7, kind),
+                ],
+            ),
+            acked(
+                NFT_MSG_NEWRULE,
+                seq + 1,
+                &[table(), string(2, name), nested(4, rule)],
+            ),
+        ]
+        .concat()
+    };
+    let edge =
+        |kind: u16, seq: u32| message(kind, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES, &[]);
+    // Every message between BEGIN and END asks for an acknowledgement: ACKED of them.
     [
-        message(
-            NFNL_MSG_BATCH_BEGIN,
-            NLM_F_REQUEST,
-            1,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-            &[],
-        ),
-        message(nft(NFT_MSG_NEWTABLE), create, 2, v4, 0, &[table()]),
-        message(
-            nft(NFT_MSG_DELTABLE),
-            NLM_F_REQUEST | NLM_F_ACK,
-            3,
-            v4,
-            0,
-            &[table()],
-        ),
-        message(nft(NFT_MSG_NEWTABLE), create, 4, v4, 0, &[table()]),
-        message(
-            nft(NFT_MSG_NEWCHAIN),
-            create,
+        edge(NFNL_MSG_BATCH_BEGIN, 1),
+        acked(NFT_MSG_NEWTABLE, 2, &[table()]),
+        acked(NFT_MSG_DELTABLE, 3, &[table()]),
+        acked(NFT_MSG_NEWTABLE, 4, &[table()]),
+        chain(
             5,
-            v4,
-            0,
-            &[
-                table(),
-                string(3, "postrouting"),
-                nested(
-                    4,
-                    &[
-                        be32(1, NF_INET_POST_ROUTING),
-                        be32(2, NF_IP_PRI_NAT_SRC as u32),
-                    ],
-                ),
-                string(7, "nat"),
-            ],
+            "postrouting",
+            NF_INET_POST_ROUTING,
+            NF_IP_PRI_NAT_SRC,
+            "nat",
+            &rule,
         ),
-        message(
-            nft(NFT_MSG_NEWRULE),
-            create | NLM_F_APPEND,
-            6,
-            v4,
-            0,
-            &[table(), string(2, "postrouting"), nested(4, &rule)],
-        ),
-        message(
-            nft(NFT_MSG_NEWCHAIN),
-            create,
-            7,
-            v4,
-            0,
-            &[
-                table(),
-                string(3, "forward"),
-                nested(4, &[be32(1, NF_INET_FORWARD), be32(2, 0)]),
-                string(7, "filter"),
-            ],
-        ),
-        message(
-            nft(NFT_MSG_NEWRULE),
-            create | NLM_F_APPEND,
-            8,
-            v4,
-            0,
-            &[table(), string(2, "forward"), nested(4, &guard)],
-        ),
-        message(
-            NFNL_MSG_BATCH_END,
-            NLM_F_REQUEST,
-            9,
-            0,
-            NFNL_SUBSYS_NFTABLES,
-            &[],
-        ),
+        chain(7, "forward", NF_INET_FORWARD, 0, "filter", &guard),
+        edge(NFNL_MSG_BATCH_END, 9),
     ]
     .concat()
+}
+
+/// The messages of [`batch`] that are acknowledged (all but BEGIN and END).
+const ACKED: usize = 7;
+
+/// The creation flags of a message kind: a table or chain is made if missing, a rule
+/// appended; a delete has none.
+fn flags_for(m: u16) -> u16 {
+    match m {
+        NFT_MSG_NEWRULE => NLM_F_CREATE | NLM_F_APPEND,
+        NFT_MSG_DELTABLE => 0,
+        _ => NLM_F_CREATE,
+    }
 }
 
 fn failed(reason: impl std::fmt::Display) -> Error {
@@ -299,11 +284,11 @@ pub fn masquerade(net: Ipv4Addr, prefix: u8, bridge: &str) -> Result<()> {
     sock.bind_auto().map_err(failed)?;
     sock.connect(&SocketAddr::new(0, 0)).map_err(failed)?;
     sock.send(&batch(net, prefix, bridge), 0).map_err(failed)?;
-    // One acknowledgement per message between BEGIN and END (seq 2..=8); the first
-    // error answers for the whole transaction, which then did nothing.
+    // One acknowledgement per message between BEGIN and END; the first error answers
+    // for the whole transaction, which then did nothing.
     let mut acked = 0;
     let mut buf = vec![0u8; 64 * 1024];
-    while acked < 7 {
+    while acked < ACKED {
         let n = sock.recv(&mut &mut buf[..], 0).map_err(failed)?;
         let mut at = 0;
         while at + 16 <= n {

@@ -139,11 +139,17 @@ fn runtime_error(slot: &Slot) -> String {
         .unwrap_or_else(|| "no error logged".into())
 }
 
-/// Runs `plinth ARGS` to its end; an error unless it exits 0.
-async fn plinth(slot: &Slot, cg: &Delegated, args: &[&str]) -> Result<()> {
+/// Runs `plinth ARGS` to its end, its output to `out` (else nowhere); an error unless
+/// it exits 0.
+async fn plinth(
+    slot: &Slot,
+    cg: &Delegated,
+    args: &[&str],
+    out: Option<(OwnedFd, OwnedFd)>,
+) -> Result<()> {
     let _ = std::fs::remove_file(slot.run_dir.join("plinth.log"));
     let since = pid1::mark();
-    let pid = spawn(slot, cg, args, None)?;
+    let pid = spawn(slot, cg, args, out)?;
     match pid1::exited(pid, since).await {
         WaitStatus::Exited(_, 0) => Ok(()),
         other => Err(Error::Protocol {
@@ -394,7 +400,7 @@ pub async fn run_once(
     };
     let result = run_made(c, slot, &cg, &root, image, notes).await;
     // Whatever happened, nothing of this run stays: state, cgroups, mounts, veth.
-    let _ = plinth(slot, &cg, &["delete", "--force", &c.name]).await;
+    let _ = plinth(slot, &cg, &["delete", "--force", &c.name], None).await;
     let _ = link::delete(&slot.veth);
     let _ = root.remove();
     let _ = std::fs::remove_dir_all(slot.dir.join("bundle"));
@@ -473,12 +479,11 @@ async fn run_made(
     stream(err_r, format!("container/{}/stderr", c.name), logs.clone())
         .map_err(|e| ("create", e))?;
     let pid_file = slot.run_dir.join(format!("{}.pid", c.name));
-    let _ = std::fs::remove_file(slot.run_dir.join("plinth.log"));
     let bundle_s = bundle.display().to_string();
     let pid_file_s = pid_file.display().to_string();
     // The container's init is reaped after create starts, whenever it ends.
     let since = pid1::mark();
-    let create = spawn(
+    plinth(
         slot,
         cg,
         &[
@@ -491,19 +496,8 @@ async fn run_made(
         ],
         Some((out_w, err_w)),
     )
+    .await
     .map_err(|e| ("create", e))?;
-    match pid1::exited(create, since).await {
-        WaitStatus::Exited(_, 0) => {}
-        other => {
-            return Err((
-                "create",
-                Error::Protocol {
-                    what: format!("plinth create {}", c.name),
-                    reason: format!("{} ({other:?})", runtime_error(slot)),
-                },
-            ))
-        }
-    }
     let pid: i32 = read_no_follow(&pid_file)
         .and_then(|p| p.trim().parse().ok())
         .ok_or_else(|| {
@@ -539,7 +533,7 @@ async fn run_made(
     })();
     wired.map_err(|e| ("network", e))?;
     let ooms = cg.oom_kills();
-    plinth(slot, cg, &["start", &c.name])
+    plinth(slot, cg, &["start", &c.name], None)
         .await
         .map_err(|e| ("start", e))?;
     let running = |inspected: bool| {
