@@ -71,6 +71,9 @@ pub enum EventKind {
     /// A file of the boot chain the server served, over TFTP or HTTP (recorded by the
     /// server).
     File,
+    /// An operator's action on the machine: accept, release, poweroff, reboot, inspect
+    /// (recorded by the server, with the operator's name).
+    Action,
 }
 
 impl EventKind {
@@ -78,7 +81,7 @@ impl EventKind {
     pub fn server_only(self) -> bool {
         matches!(
             self,
-            EventKind::Security | EventKind::Dhcp | EventKind::File
+            EventKind::Security | EventKind::Dhcp | EventKind::File | EventKind::Action
         )
     }
 }

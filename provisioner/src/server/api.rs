@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::schema::config::MachineConfig;
-use crate::schema::{normalize_mac, unix_time, valid_uuid, Action};
+use crate::schema::{normalize_mac, unix_time, valid_uuid, Action, EventKind};
 use crate::server::assign;
 use crate::server::auth::{self, request_line};
 use crate::server::fleet::render::Reveal;
@@ -184,14 +184,7 @@ pub async fn list(
     let list = st.with_store(|s| {
         let mut out = Vec::new();
         for m in s.machines()? {
-            let origin = match assign::matched(&fleet, s, &m)? {
-                Some(f) => assign::Origin::File(f),
-                None if m.declared.is_some() => assign::Origin::Api,
-                None => match &m.accepted {
-                    Some(a) => assign::Origin::Accepted(a.profile.clone()),
-                    None => assign::Origin::Discovered,
-                },
-            };
+            let origin = assign::origin(&fleet, s, &m)?;
             let last = s.events(&m.mac)?.last().map(event_view);
             out.push(Summary {
                 mac: m.mac.clone(),
@@ -315,23 +308,46 @@ pub async fn act(
     let request = request_line(&method, &uri);
     let who = auth::operator(&st, &peer, &headers, &request)?;
     let mac = mac_param(&mac, &who)?;
-    let known = st.with_store(|s| Ok(s.machine(&mac)?.is_some()))?;
+    let answer = request_action(&st, &who, &mac, &verb)?;
+    st.audit(&format!("operator:{who}"), peer.addr, &request, "ok");
+    Ok(Json(answer))
+}
+
+/// Operator `who` asks for `verb` on `mac` (the API's and the web page's one way in):
+/// the action is queued for the node (or the quarantine lifted) and put on the
+/// machine's timeline with the operator's name.
+pub(crate) fn request_action(
+    st: &State,
+    who: &str,
+    mac: &str,
+    verb: &str,
+) -> Result<Value, ApiError> {
+    let known = st.with_store(|s| Ok(s.machine(mac)?.is_some()))?;
     if !known {
-        return Err(not_known(&mac, &who));
+        return Err(not_known(mac, who));
     }
-    let answer = match verb.as_str() {
+    let answer = match verb {
         "poweroff" | "reboot" | "inspect" => {
-            let action = match verb.as_str() {
+            let action = match verb {
                 "poweroff" => Action::Poweroff,
                 "reboot" => Action::Reboot,
                 _ => Action::Inspect,
             };
-            st.with_machine(&mac, |s| s.set_action(&mac, action))?;
+            st.with_machine(mac, |s| {
+                s.set_action(mac, action)?;
+                s.server_event(mac, "", EventKind::Action, action_details(verb, who))
+            })?;
             st.actions.notify_waiters();
             json!({ "mac": mac, "pendingAction": action })
         }
         "release" => {
-            let was = st.with_machine(&mac, |s| s.release(&mac))?;
+            let was = st.with_machine(mac, |s| {
+                let was = s.release(mac)?;
+                if was {
+                    s.server_event(mac, "", EventKind::Action, action_details(verb, who))?;
+                }
+                Ok(was)
+            })?;
             json!({ "mac": mac, "released": was })
         }
         other => {
@@ -345,8 +361,15 @@ pub async fn act(
             .who(format!("operator:{who}")))
         }
     };
-    st.audit(&format!("operator:{who}"), peer.addr, &request, "ok");
-    Ok(Json(answer))
+    Ok(answer)
+}
+
+/// The details of an `action` event: what, and which operator asked.
+fn action_details(verb: &str, who: &str) -> serde_json::Map<String, Value> {
+    let mut d = serde_json::Map::new();
+    d.insert("action".into(), json!(verb));
+    d.insert("by".into(), json!(who));
+    d
 }
 
 /// `GET /v1/machines/{mac}/logs/{boot}`: a boot's streamed log, as text.
@@ -423,36 +446,52 @@ pub async fn accept(
         |msg: String| ApiError::new(StatusCode::BAD_REQUEST, msg).who(format!("operator:{who}"));
     let a: Acceptance =
         serde_json::from_slice(&body).map_err(|e| refuse(format!("acceptance: {e}")))?;
+    let d = accept_machine(&st, &who, &mac, a)?;
+    st.audit(&format!("operator:{who}"), peer.addr, &request, "ok");
+    Ok(Json(d))
+}
+
+/// Operator `who` accepts `mac` with `a` (the API's and the web page's one way in).
+pub(crate) fn accept_machine(
+    st: &State,
+    who: &str,
+    mac: &str,
+    a: Acceptance,
+) -> Result<Detail, ApiError> {
+    let refuse =
+        |msg: String| ApiError::new(StatusCode::BAD_REQUEST, msg).who(format!("operator:{who}"));
     // The profile must render with these parameters (and its secrets) now, not fail on
     // the node later.
     st.fleet()
         .render_profile(&a.profile, &a.params, &st.secrets, Reveal::Secrets)
         .map_err(|e| refuse(format!("profile {:?}: {e}", a.profile)))?;
+    let mut details = action_details("accept", who);
+    details.insert("profile".into(), json!(a.profile));
     let accepted = Accepted {
         profile: a.profile,
         params: a.params,
         labels: a.labels,
-        by: who.clone(),
+        by: who.to_string(),
         at: unix_time(),
     };
-    let d = st.with_machine(&mac, |s| {
-        if s.accept(&mac, accepted.clone())?.is_none() {
+    let d = st.with_machine(mac, |s| {
+        if s.accept(mac, accepted.clone())?.is_none() {
             return Ok(None);
         }
         // A node waiting on its discovery-only certificate fetches its config now.
-        s.set_action(&mac, Action::Configure)?;
-        let Some(m) = s.machine(&mac)? else {
+        s.set_action(mac, Action::Configure)?;
+        s.server_event(mac, "", EventKind::Action, details)?;
+        let Some(m) = s.machine(mac)? else {
             return Ok(None);
         };
-        let events = s.events(&mac)?;
-        Ok(Some(detail(&st, s, &m, &events)))
+        let events = s.events(mac)?;
+        Ok(Some(detail(st, s, &m, &events)))
     })?;
     let Some(d) = d else {
-        return Err(not_known(&mac, &who));
+        return Err(not_known(mac, who));
     };
     st.actions.notify_waiters();
-    st.audit(&format!("operator:{who}"), peer.addr, &request, "ok");
-    Ok(Json(d))
+    Ok(d)
 }
 
 /// `GET /v1/server`: the fleet's files as loaded, and the server's own events (reloads).

@@ -120,6 +120,18 @@ pub fn matched(fleet: &Fleet, s: &Store, m: &Machine) -> crate::Result<Option<St
     })
 }
 
+/// Where the machine's config comes from (without rendering it).
+pub fn origin(fleet: &Fleet, s: &Store, m: &Machine) -> crate::Result<Origin> {
+    Ok(match matched(fleet, s, m)? {
+        Some(f) => Origin::File(f),
+        None if m.declared.is_some() => Origin::Api,
+        None => match &m.accepted {
+            Some(a) => Origin::Accepted(a.profile.clone()),
+            None => Origin::Discovered,
+        },
+    })
+}
+
 /// The machine's config and where it comes from (`None` for a machine only
 /// discovered). With `Reveal::Secrets` the error never quotes a secret (see
 /// [`Fleet::render`]).

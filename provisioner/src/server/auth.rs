@@ -126,3 +126,31 @@ pub fn operator(
     )
     .who(who))
 }
+
+/// Web pages are for operators' browsers: a request presenting a client certificate gets
+/// none, whatever cookie it carries; a node's is a security event on its machine.
+pub fn browser(st: &State, peer: &Peer, request: &str) -> Result<(), ApiError> {
+    let Some(serial) = &peer.serial else {
+        return Ok(());
+    };
+    let mac = st
+        .with_store(|s| Ok(s.machine_of_serial(serial)?.map(|m| m.mac)))
+        .ok()
+        .flatten();
+    let mut who = "unknown-certificate".to_string();
+    if let Some(mac) = mac {
+        security(
+            st,
+            &mac,
+            "",
+            &format!("{request}: a node certificate ({serial}) on an operator page"),
+            peer,
+        );
+        who = format!("node:{mac}");
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "operator pages: a request with a client certificate gets none",
+    )
+    .who(who))
+}

@@ -1,5 +1,5 @@
-//! The HTTPS routes: enrolment, the node endpoints (mutual TLS), the operators' API and
-//! `/metrics`. The accept loop is [`crate::server::listener`].
+//! The HTTPS routes: enrolment, the node endpoints (mutual TLS), the operators' API,
+//! `/metrics` and the operators' web pages. The accept loop is [`crate::server::listener`].
 
 use std::sync::Arc;
 
@@ -7,7 +7,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::server::{api, enroll, node, State};
+use crate::server::{api, enroll, node, web, State};
 
 /// Every HTTPS route; every refusal is audited ([`crate::server::audit_refusals`]), and no
 /// body is read past `--max-body` (413).
@@ -26,6 +26,7 @@ pub fn router(st: Arc<State>) -> Router {
         .route("/v1/machines/{mac}/{verb}", post(api::act))
         .route("/v1/server", get(api::server))
         .route("/metrics", get(api::metrics))
+        .merge(web::routes())
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(st.cfg.limits.max_body))
         .layer(axum::middleware::from_fn_with_state(

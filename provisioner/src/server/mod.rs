@@ -23,6 +23,7 @@
 //! | [`tftp`] | TFTP with a bounded pool |
 //! | [`proxydhcp`] | proxyDHCP beside the site's DHCP server: which iPXE each firmware gets |
 //! | [`traffic`] | DHCP, TFTP and HTTP traffic on machines' timelines |
+//! | [`web`] | operators' web pages: login, the fleet, a machine live, actions |
 
 pub mod api;
 pub mod assign;
@@ -49,6 +50,7 @@ pub mod store;
 pub mod tftp;
 pub mod tls;
 pub mod traffic;
+pub mod web;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -177,6 +179,8 @@ pub struct State {
     http_base: Option<String>,
     /// DHCP, TFTP and HTTP traffic on the timelines.
     traffic: traffic::Traffic,
+    /// Operators' browser sessions (the web pages).
+    sessions: web::session::Sessions,
 }
 
 /// Runs `f`, which blocks on a lock or on file I/O (fsync), without stalling the
@@ -730,6 +734,7 @@ async fn serve_async(
         discoveries: limits::Rate::new(cfg.limits.discoveries_per_minute),
         http_base,
         traffic: traffic::Traffic::default(),
+        sessions: web::session::Sessions::default(),
     });
     let mut tftp_addr = None;
     if let Some(t) = tftp_listen {

@@ -72,6 +72,15 @@ pub fn check(data: &Path, bearer: &str) -> Option<String> {
     same(stored.trim(), &token_hash(bearer)).then(|| name.to_string())
 }
 
+/// Whether operator `name` still holds the token whose hash is `hash` (a browser session
+/// ends as soon as its operator's token is revoked or replaced).
+pub fn holds(data: &Path, name: &str, hash: &str) -> bool {
+    if !valid_name(name) {
+        return false;
+    }
+    std::fs::read_to_string(data.join(DIR).join(name)).is_ok_and(|stored| same(stored.trim(), hash))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +93,8 @@ mod tests {
         let token = std::fs::read_to_string(&path).expect("read");
         let token = token.trim();
         assert_eq!(check(&dir, token).as_deref(), Some("admin"));
+        assert!(holds(&dir, "admin", &token_hash(token)));
+        assert!(!holds(&dir, "admin", &token_hash("admin.other")));
         assert_eq!(ensure_first(&dir).expect("again"), None);
         // Only the hash is kept.
         let stored = std::fs::read_to_string(dir.join(DIR).join("admin")).expect("hash");
@@ -92,6 +103,7 @@ mod tests {
         assert_eq!(check(&dir, "../admin.x"), None);
         std::fs::remove_file(dir.join(DIR).join("admin")).expect("revoke");
         assert_eq!(check(&dir, token), None);
+        assert!(!holds(&dir, "admin", &token_hash(token)));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

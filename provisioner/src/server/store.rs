@@ -279,7 +279,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 /// What the server knows about one machine.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Machine {
     /// The boot NIC's MAC (the key).

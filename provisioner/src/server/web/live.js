@@ -1,0 +1,73 @@
+// Follows a machine page live: the server's event stream sends the timeline rows, log
+// lines and container states that came after what the page shows. Built with
+// textContent only: nothing the node sends becomes markup.
+"use strict";
+(function () {
+  const page = document.getElementById("machine");
+  if (!page || !window.EventSource) return;
+  const live = document.getElementById("live");
+  const params = new URLSearchParams({ boot: page.dataset.boot, rows: page.dataset.rows, log: page.dataset.log });
+  const source = new EventSource("/machines/" + encodeURIComponent(page.dataset.mac) + "/live?" + params);
+  live.textContent = "Following live.";
+
+  function cell(tr, text, cls) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (cls) td.className = cls;
+    tr.appendChild(td);
+    return td;
+  }
+  function badge(td, state) {
+    td.textContent = "";
+    const s = document.createElement("span");
+    s.className = "state " + state;
+    s.textContent = state;
+    td.appendChild(s);
+  }
+
+  source.addEventListener("update", function (e) {
+    const u = JSON.parse(e.data);
+    if (u.reload) { window.location.reload(); return; }
+    const state = document.getElementById("state");
+    state.textContent = u.state;
+    state.className = "state " + u.state;
+    const timeline = document.querySelector("#timeline tbody");
+    for (const r of u.rows) {
+      if (!timeline) break;
+      const tr = document.createElement("tr");
+      tr.dataset.kind = r.kind;
+      if (r.bad) tr.className = "bad";
+      cell(tr, (r.tMs / 1000).toFixed(1), "num");
+      cell(tr, String(r.deltaMs), "num");
+      cell(tr, r.kind);
+      cell(tr, r.source);
+      cell(tr, r.text);
+      timeline.appendChild(tr);
+    }
+    for (const c of u.containers) {
+      const tr = document.querySelector('#containers tr[data-name="' + CSS.escape(c.name) + '"]');
+      if (!tr) continue;
+      tr.className = c.bad ? "bad" : "";
+      badge(tr.children[2], c.state);
+      tr.children[3].textContent = c.detail;
+    }
+    const log = document.getElementById("log");
+    const filter = log.dataset.filter;
+    const follow = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    for (const l of u.log) {
+      if (filter && !l.source.startsWith(filter)) continue;
+      const div = document.createElement("div");
+      div.className = "line";
+      div.dataset.source = l.source;
+      const src = document.createElement("span");
+      src.className = "src";
+      src.textContent = l.source;
+      div.appendChild(src);
+      div.appendChild(document.createTextNode(" " + l.text));
+      log.appendChild(div);
+    }
+    if (follow) log.scrollTop = log.scrollHeight;
+  });
+  source.onerror = function () { live.textContent = "Reconnecting…"; };
+  source.onopen = function () { live.textContent = "Following live."; };
+})();
