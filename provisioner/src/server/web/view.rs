@@ -359,7 +359,7 @@ pub fn state(
     }
     let applied = node().any(|r| r.event.kind == EventKind::Applied);
     let step = node()
-        .filter(|r| {
+        .rfind(|r| {
             matches!(
                 r.event.kind,
                 EventKind::Booted
@@ -371,7 +371,6 @@ pub fn state(
                     | EventKind::Error
             )
         })
-        .next_back()
         .map(|r| r.event.kind);
     match step {
         Some(EventKind::Error) if applied => MachineState::Degraded,
