@@ -3,8 +3,9 @@
 # package's system service, which would answer DNS on the host); Debian's ipxe gives the
 # iPXE binaries plinth-server hands PXE ROMs over TFTP (undionly.kpxe for BIOS, ipxe.efi
 # for UEFI); Debian's ovmf is the UEFI machines' firmware. iproute2 builds the lab as a
-# person would; util-linux has unshare and nsenter.
-LAB_PACKAGES := dnsmasq-base ipxe ovmf iproute2 util-linux
+# person would; util-linux has unshare and nsenter. Debian's chromium, headless, is the
+# browser the web page's tests drive (tests/src/browser.rs).
+LAB_PACKAGES := dnsmasq-base ipxe ovmf iproute2 util-linux chromium
 
 .PHONY: lab-deps
 

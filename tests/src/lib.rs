@@ -2,6 +2,7 @@
 //! busybox bundles, running `plinth` and reading what it did.
 #![allow(clippy::unwrap_used)]
 
+pub mod browser;
 pub mod demo;
 pub mod engines;
 pub mod etcd;

@@ -59,7 +59,8 @@ pub fn routes() -> Router<Arc<State>> {
         .layer(axum::middleware::map_response(headers))
 }
 
-/// Every page: scripts and styles only from this server, no framing, no referrer, never
+/// Every page: scripts and styles only from this server, no framing, no referrer to other
+/// sites (`no-referrer` would make a browser post `Origin: null`), never
 /// cached (they carry the session's CSRF token).
 async fn headers(mut r: Response) -> Response {
     let h = r.headers_mut();
@@ -76,7 +77,7 @@ async fn headers(mut r: Response) -> Response {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if !h.contains_key(header::CACHE_CONTROL) {
