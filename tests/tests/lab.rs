@@ -845,7 +845,10 @@ fn a_machine_runs_containers_from_a_registry_rootless() {
             ]
         }),
     );
-    let mut m = lab.power_on(&Spec::new("bios", BIOS_MAC, &uuid, &t.0));
+    // A reboot boots it again, as real firmware does: the web page's part reboots it.
+    let mut spec = Spec::new("bios", BIOS_MAC, &uuid, &t.0);
+    spec.extra.push("--reboot".into());
+    let mut m = lab.power_on(&spec);
     let within = Duration::from_secs(300);
     let running = |s: &[Step]| {
         about(s, "service", "web")
@@ -1028,9 +1031,117 @@ fn a_machine_runs_containers_from_a_registry_rootless() {
         std::thread::sleep(Duration::from_millis(500));
     }
     println!("{text}");
+    if plinth_tests::which("chromium").is_some() {
+        the_web_page_follows(&server);
+    } else {
+        plinth_tests::skip(
+            test,
+            "the web page's part: chromium is missing (`make lab-deps` installs it)",
+        );
+    }
     drop(m);
     drop(registry);
     let dir = lab.dir.clone();
     lab.down();
     assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
+/// The machine of the test above on the operator's web page, in Debian's headless
+/// chromium: its containers, its timeline from the first DHCP request, its log; a reboot
+/// asked on the page goes on the timeline, and the page follows the machine, live, into
+/// its next boot.
+fn the_web_page_follows(server: &plinth_tests::server::Server) {
+    use plinth_tests::browser::Browser;
+    let wait = Duration::from_secs(20);
+    let mut b = Browser::start(server.netns.as_deref(), &server.pin);
+    b.goto(&format!("{}/login", server.https));
+    b.eval(&format!(
+        "document.getElementById('token').value = {}; document.querySelector('form[action=\"/login\"] button').click()",
+        json!(server.operator)
+    ));
+    b.wait_for(
+        "location.pathname === '/' && document.getElementById('fleet')",
+        wait,
+    );
+    let row = format!("document.querySelector('#fleet tr[data-mac=\"{BIOS_MAC}\"]')");
+    // The missing image and the crashing container: degraded, not failed.
+    assert_eq!(b.eval(&format!("{row}.dataset.state")), "degraded");
+    b.eval(&format!("{row}.querySelector('a').click()"));
+    b.wait_for(
+        "document.getElementById('machine') && document.getElementById('live').textContent === 'Following live.'",
+        wait,
+    );
+    let texts = |b: &mut Browser, sel: &str| -> Vec<String> {
+        let v = b.eval(&format!(
+            "Array.from(document.querySelectorAll({})).map(e => e.textContent.trim())",
+            json!(sel)
+        ));
+        serde_json::from_value(v).unwrap()
+    };
+    assert_eq!(
+        texts(&mut b, "#containers tr[data-name=web] .state"),
+        ["running"]
+    );
+    assert_eq!(
+        texts(&mut b, "#containers tr[data-name=missing] .state"),
+        ["failed"]
+    );
+    assert_eq!(
+        texts(&mut b, "#containers tr.bad[data-name=oom] .state"),
+        ["exited"]
+    );
+    // The boot from the firmware's first DHCP request to the containers, in order.
+    let kinds = texts(&mut b, "#timeline tbody tr td:nth-child(3)");
+    assert_eq!(kinds.first().map(String::as_str), Some("dhcp"), "{kinds:?}");
+    let mut at = 0;
+    for step in [
+        "dhcp", "file", "booted", "network", "enrolled", "config", "applied", "image", "service",
+    ] {
+        let i = kinds[at..]
+            .iter()
+            .position(|k| k == step)
+            .unwrap_or_else(|| panic!("no {step} after step {at} in {kinds:?}"));
+        at += i;
+    }
+    let failed = texts(&mut b, "#timeline tr.bad td:nth-child(5)");
+    assert!(
+        failed.iter().any(|t| t.starts_with("missing failed")),
+        "{failed:?}"
+    );
+    let crash = texts(&mut b, "#log .line[data-source='container/crash/stderr']");
+    assert!(
+        crash.iter().any(|l| l.ends_with("about to fail")),
+        "{crash:?}"
+    );
+    assert!(!texts(&mut b, "#log .line[data-source=kmsg]").is_empty());
+    b.screenshot(&workspace().join("target/web/lab-machine.png"));
+
+    // Reboot, from the page: on the timeline with the operator's name; the node shuts
+    // down, PXE-boots again, and the page follows it into the new boot by itself.
+    b.eval("document.getElementById('reboot').click()");
+    b.wait_for(
+        "document.querySelectorAll('#timeline tr[data-kind=action]').length === 2",
+        wait,
+    );
+    // The test's own `inspect` through the API is there too, before it.
+    assert_eq!(
+        texts(&mut b, "#timeline tr[data-kind=action] td:nth-child(5)"),
+        ["inspect by admin", "reboot by admin"]
+    );
+    b.wait_for(
+        "document.querySelectorAll('details.boot').length === 2 && document.querySelector('#timeline tr[data-kind=booted]')",
+        Duration::from_secs(180),
+    );
+    let kinds = texts(&mut b, "#timeline tbody tr td:nth-child(3)");
+    assert_eq!(kinds.first().map(String::as_str), Some("dhcp"), "{kinds:?}");
+    let before = texts(
+        &mut b,
+        "details.boot:nth-of-type(2) tbody tr td:nth-child(3)",
+    );
+    let action = before.iter().position(|k| k == "action");
+    let shutdown = before.iter().position(|k| k == "shutdown");
+    assert!(
+        matches!((action, shutdown), (Some(a), Some(s)) if a < s),
+        "the boot before: {before:?}"
+    );
 }

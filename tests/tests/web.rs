@@ -4,6 +4,8 @@
 //! here is the node agent's own client (enrolled, posting events and log lines as
 //! plinth-init does); `lab.rs` shows a machine that PXE-booted in qemu.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -13,7 +13,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::{Extension, Json};
 
 use crate::schema::config::MachineConfig;
-use crate::schema::{normalize_mac, Event, LogBatch, Reply, MAX_LOG_BYTES};
+use crate::schema::{normalize_mac, Event, EventKind, LogBatch, Reply, MAX_LOG_BYTES};
 use crate::server::assign;
 use crate::server::auth::{self, request_line, security, Node};
 use crate::server::fleet::render::Reveal;
@@ -163,6 +163,9 @@ pub async fn events(
             ),
         )
         .who(who));
+    }
+    if ev.kind == EventKind::Booted {
+        st.traffic.booted(&node.mac);
     }
     let action = st.with_machine(&node.mac, |s| s.record(&node.mac, ev))?;
     Ok(Json(Reply { action }))

@@ -91,6 +91,14 @@ impl Traffic {
         self.event(write, mac, EventKind::Dhcp, d);
     }
 
+    /// `mac`'s node is up (it reported `booted`): the firmware's next DHCP request is a new
+    /// boot's, however soon it comes (a reboot under a minute), not a retry of the last.
+    pub fn booted(&self, mac: &str) {
+        if let Ok(mut seen) = self.seen.lock() {
+            seen.retain(|(m, _), _| m != mac);
+        }
+    }
+
     /// A file served to `mac` over `protocol`: `bytes` in `took`.
     pub fn file(
         &self,

@@ -9,6 +9,9 @@
   const params = new URLSearchParams({ boot: page.dataset.boot, rows: page.dataset.rows, log: page.dataset.log });
   const source = new EventSource("/machines/" + encodeURIComponent(page.dataset.mac) + "/live?" + params);
   live.textContent = "Following live.";
+  // The newest lines in view, as a terminal shows them.
+  const logBox = document.getElementById("log");
+  logBox.scrollTop = logBox.scrollHeight;
 
   function cell(tr, text, cls) {
     const td = document.createElement("td");

@@ -94,7 +94,7 @@ pub struct Boot {
 
 /// A machine's events grouped by boot, oldest first. Events of no boot (the server's
 /// DHCP and file traffic, actions, refusals) go with the boot they come before when a
-/// DHCP request opened it, else with the boot in progress.
+/// DHCP request opened it or the node had shut down, else with the boot in progress.
 pub fn boots(mut events: Vec<Recorded>) -> Vec<Boot> {
     events.sort_by_key(event_ms);
     let mut out: Vec<Boot> = Vec::new();
@@ -102,7 +102,18 @@ pub fn boots(mut events: Vec<Recorded>) -> Vec<Boot> {
     let mut before: Vec<Recorded> = Vec::new();
     for r in events {
         if r.event.boot_id.is_empty() {
-            if r.event.kind == EventKind::Dhcp || !before.is_empty() || out.is_empty() {
+            let down = out.last().is_some_and(|b| {
+                b.events
+                    .iter()
+                    .rfind(|e| e.source == Source::Node)
+                    .is_some_and(|e| e.event.kind == EventKind::Shutdown)
+            });
+            let traffic = matches!(r.event.kind, EventKind::Dhcp | EventKind::File);
+            if r.event.kind == EventKind::Dhcp
+                || (down && traffic)
+                || !before.is_empty()
+                || out.is_empty()
+            {
                 before.push(r);
             } else if let Some(b) = out.last_mut() {
                 b.events.push(r);
@@ -247,8 +258,8 @@ pub fn describe(kind: EventKind, d: &Map<String, Value>) -> String {
             if let Some(c) = d.get("exitCode").filter(|v| !v.is_null()) {
                 s.push_str(&format!(", exit {c}"));
             }
-            if let Some(sig) = d.get("signal").filter(|v| !v.is_null()) {
-                s.push_str(&format!(", signal {sig}"));
+            if d.get("signal").is_some_and(|v| !v.is_null()) {
+                s.push_str(&format!(", signal {}", text(d, "signal")));
             }
             if d.get("oomKilled") == Some(&Value::Bool(true)) {
                 s.push_str(", out of memory");
@@ -510,6 +521,22 @@ mod tests {
         assert_eq!(r[1].t_ms, 100);
         assert_eq!(r[2].delta_ms, 900);
         assert_eq!(r[3].text, "reboot by admin");
+    }
+
+    #[test]
+    fn traffic_after_a_shutdown_is_the_next_boot() {
+        let (s, n) = (Source::Server, Source::Node);
+        // A reboot within the DHCP dedup window: the next boot starts with its files.
+        let b = boots(vec![
+            ev(EventKind::Booted, "b1", n, 1_000, json!({})),
+            ev(EventKind::Security, "", s, 1_500, json!({"reason": "x"})),
+            ev(EventKind::Shutdown, "b1", n, 2_000, json!({})),
+            ev(EventKind::File, "", s, 3_000, json!({"file": "boot.ipxe"})),
+            ev(EventKind::Booted, "b2", n, 4_000, json!({})),
+        ]);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0].events.len(), 3);
+        assert_eq!(b[1].events[0].event.kind, EventKind::File);
     }
 
     #[test]
