@@ -489,3 +489,142 @@ fn a_browser_logs_in_opens_a_machine_follows_it_live_and_acts() {
     b.goto(&format!("{}/", s.https));
     assert_eq!(b.eval("location.pathname"), "/login");
 }
+
+#[test]
+fn a_discovered_machine_is_accepted_and_a_quarantined_one_released_from_the_page() {
+    let test = "a_discovered_machine_is_accepted_and_a_quarantined_one_released_from_the_page";
+    if !has_tools(test, false) {
+        return;
+    }
+    let dir = TempDir::new("plinth-web-fleet");
+    let cfg = dir.0.join("config");
+    std::fs::create_dir_all(cfg.join("profiles")).unwrap();
+    std::fs::write(
+        cfg.join("profiles/worker.yaml"),
+        "apiVersion: plinth/v1\nconfig:\n  sysctls:\n    vm.swappiness: \"10\"\n",
+    )
+    .unwrap();
+    let boot = plinth_tests::server::placeholder_boot(&dir.0);
+    let s = Server::start_in(dir, &boot, &["--config-dir", cfg.to_str().unwrap()]);
+    let found = "52:54:00:00:0e:02";
+    s.mint(found, "6e4a2b1c-0000-4000-8000-00000000e002")
+        .expect("a discovery token");
+    // A declared machine whose token is replayed: quarantined.
+    s.declare(MAC, UUID);
+    let token = s.mint(MAC, UUID).unwrap();
+    s.enrol(MAC, UUID, &token).unwrap();
+    s.enrol(MAC, UUID, &token).expect_err("a replay");
+    assert!(s.quarantined(MAC));
+
+    let op = Curl::new(&s);
+    assert_eq!(op.login(&s.operator).code, 303);
+    let rows = |query: &str| -> Vec<(String, String)> {
+        let page = op.get(&format!("/{query}"));
+        assert_eq!(page.code, 200, "{}", page.body);
+        page.body
+            .split("<tr data-mac=\"")
+            .skip(1)
+            .map(|r| {
+                let mac = r.split('"').next().unwrap().to_string();
+                let state = r
+                    .split("data-state=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap();
+                (mac, state.to_string())
+            })
+            .collect()
+    };
+    let all = rows("");
+    assert!(
+        all.contains(&(found.to_string(), "discovered".to_string())),
+        "{all:?}"
+    );
+    assert!(
+        all.contains(&(MAC.to_string(), "quarantined".to_string())),
+        "{all:?}"
+    );
+    assert_eq!(
+        rows("?state=discovered"),
+        [(found.to_string(), "discovered".to_string())]
+    );
+
+    // Accept: a profile and labels from the page's form.
+    let page = op.get(&format!("/machines/{found}"));
+    assert!(
+        page.body.contains("<option>worker</option>"),
+        "{}",
+        page.body
+    );
+    let csrf = csrf_of(&page.body);
+    let path = format!("/machines/{found}/accept");
+    let bad = op.post(
+        &path,
+        &format!("csrf={csrf}&profile=worker&labels=rack"),
+        &[],
+    );
+    assert_eq!(bad.code, 400);
+    assert!(bad.body.contains("labels"), "{}", bad.body);
+    let bad = op.post(&path, &format!("csrf={csrf}&profile=nope&labels="), &[]);
+    assert_eq!(bad.code, 400);
+    assert!(bad.body.contains("nope"), "{}", bad.body);
+    let ok = op.post(
+        &path,
+        &format!(
+            "csrf={csrf}&profile=worker&labels={}",
+            enc("rack=r1, role=web")
+        ),
+        &[],
+    );
+    assert_eq!(ok.code, 303, "{}", ok.body);
+    let m = s.machine(found);
+    assert_eq!(m["origin"], json!({"profile": "worker"}), "{m}");
+    assert_eq!(
+        m["accepted"]["labels"],
+        json!({"rack": "r1", "role": "web"}),
+        "{m}"
+    );
+    assert_eq!(m["accepted"]["by"], "admin");
+    let accept = s
+        .events(found)
+        .into_iter()
+        .find(|e| e["type"] == "action")
+        .expect("the acceptance on the timeline");
+    assert_eq!(accept["details"]["action"], "accept");
+    assert_eq!(accept["details"]["profile"], "worker");
+    assert_eq!(rows("?label=rack%3Dr1").len(), 1);
+    assert_eq!(rows("?label=rack%3Dr1")[0].0, found);
+    assert!(rows("?label=rack%3Dr2").is_empty());
+    assert_eq!(rows("?label=role").len(), 1);
+    assert!(rows("?state=discovered").is_empty());
+
+    // Release from quarantine.
+    let page = op.get(&format!("/machines/{MAC}"));
+    assert!(
+        page.body.contains("Release from quarantine"),
+        "{}",
+        page.body
+    );
+    let ok = op.post(
+        &format!("/machines/{MAC}/release"),
+        &format!("csrf={csrf}"),
+        &[],
+    );
+    assert_eq!(ok.code, 303, "{}", ok.body);
+    assert!(!s.quarantined(MAC));
+    assert!(s
+        .events(MAC)
+        .iter()
+        .any(|e| e["type"] == "action" && e["details"]["action"] == "release"));
+    let page = op.get(&format!("/machines/{MAC}"));
+    assert!(!page.body.contains("Release from quarantine"));
+    // An action the page does not offer is refused, naming what it offers.
+    let no = op.post(
+        &format!("/machines/{MAC}/inspect"),
+        &format!("csrf={csrf}"),
+        &[],
+    );
+    assert_eq!(no.code, 404, "{}", no.body);
+}
