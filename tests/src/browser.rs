@@ -134,6 +134,13 @@ impl Browser {
 
     /// One protocol call, on the tab (`tab`) or the browser; its result.
     fn call(&mut self, method: &str, params: Value, tab: bool) -> Value {
+        self.try_call(method, params, tab)
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    /// One protocol call; its result, or the protocol's error (a page being replaced
+    /// has no context to evaluate in for a moment).
+    fn try_call(&mut self, method: &str, params: Value, tab: bool) -> Result<Value, String> {
         self.next += 1;
         let id = self.next;
         let mut msg = json!({"id": id, "method": method, "params": params});
@@ -151,8 +158,10 @@ impl Browser {
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("chromium did not answer {method} within {CALL:?}"));
             if v["id"].as_u64() == Some(id) {
-                assert!(v.get("error").is_none(), "{method}: {}", v["error"]);
-                return v["result"].clone();
+                if let Some(e) = v.get("error") {
+                    return Err(e.to_string());
+                }
+                return Ok(v["result"].clone());
             }
         }
     }
@@ -191,12 +200,13 @@ impl Browser {
     pub fn wait_for(&mut self, expr: &str, within: Duration) {
         let start = Instant::now();
         loop {
-            let r = self.call(
+            // An error while a navigation replaces the page is "not yet".
+            let r = self.try_call(
                 "Runtime.evaluate",
                 json!({"expression": format!("!!({expr})"), "returnByValue": true}),
                 true,
             );
-            if r["result"]["value"] == json!(true) {
+            if r.is_ok_and(|r| r["result"]["value"] == json!(true)) {
                 return;
             }
             if start.elapsed() > within {

@@ -157,7 +157,7 @@ fn pages_need_a_session_csrf_and_no_node_certificate() {
         assert!(!a.body.contains(MAC), "{path}: {}", a.body);
     }
     assert_eq!(
-        anon.get(&format!("/machines/{MAC}/live?boot=-&rows=0&log=0"))
+        anon.get(&format!("/machines/{MAC}/live?boot=-&rows=0&last=0&log=0"))
             .code,
         401
     );
@@ -180,7 +180,12 @@ fn pages_need_a_session_csrf_and_no_node_certificate() {
     assert!(op.get("/").code == 303);
     let form = op.get("/login");
     let cookie = form.header("set-cookie").join("\n");
-    for part in ["plinth_login=", "HttpOnly", "Secure", "SameSite=Strict"] {
+    for part in [
+        "__Host-plinth_login=",
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+    ] {
         assert!(cookie.contains(part), "{cookie}");
     }
     // A login posted without the form's own token is refused (login CSRF).
@@ -191,7 +196,7 @@ fn pages_need_a_session_csrf_and_no_node_certificate() {
     assert_eq!(ok.header("location"), ["/"]);
     let session = ok.header("set-cookie").join("\n");
     for part in [
-        "plinth_session=",
+        "__Host-plinth_session=",
         "HttpOnly",
         "Secure",
         "SameSite=Strict",
@@ -287,7 +292,7 @@ fn pages_need_a_session_csrf_and_no_node_certificate() {
     assert_eq!(out.code, 303, "{}", out.body);
     let replay = anon.go(&[
         "-H",
-        &format!("Cookie: plinth_session={cookie_value}"),
+        &format!("Cookie: __Host-plinth_session={cookie_value}"),
         &format!("{}/", s.https),
     ]);
     assert_eq!(replay.code, 303, "a closed session still opened the fleet");
@@ -380,7 +385,7 @@ fn a_browser_logs_in_opens_a_machine_follows_it_live_and_acts() {
     let cookies = b.cookies();
     let c = cookies
         .iter()
-        .find(|c| c["name"] == "plinth_session")
+        .find(|c| c["name"] == "__Host-plinth_session")
         .expect("session cookie");
     assert_eq!(c["httpOnly"], true);
     assert_eq!(c["secure"], true);
@@ -550,6 +555,17 @@ fn a_discovered_machine_is_accepted_and_a_quarantined_one_released_from_the_page
         rows("?state=discovered"),
         [(found.to_string(), "discovered".to_string())]
     );
+
+    let bogus = op.get("/?state=bogus");
+    assert_eq!(bogus.code, 400);
+    assert!(
+        bogus.body.contains("state:") && bogus.body.contains("is not one of discovered"),
+        "{}",
+        bogus.body
+    );
+    let live = op.get(&format!("/machines/{MAC}/live?boot=-&rows=x&last=0&log=0"));
+    assert_eq!(live.code, 400);
+    assert!(live.body.contains("rows: not a number"), "{}", live.body);
 
     // Accept: a profile and labels from the page's form.
     let page = op.get(&format!("/machines/{found}"));

@@ -6,7 +6,7 @@
   const page = document.getElementById("machine");
   if (!page || !window.EventSource) return;
   const live = document.getElementById("live");
-  const params = new URLSearchParams({ boot: page.dataset.boot, rows: page.dataset.rows, log: page.dataset.log });
+  const params = new URLSearchParams({ boot: page.dataset.boot, rows: page.dataset.rows, last: page.dataset.last, log: page.dataset.log });
   const source = new EventSource("/machines/" + encodeURIComponent(page.dataset.mac) + "/live?" + params);
   live.textContent = "Following live.";
   // The newest lines in view, as a terminal shows them.
@@ -58,7 +58,8 @@
     const filter = log.dataset.filter;
     const follow = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
     for (const l of u.log) {
-      if (filter && !l.source.startsWith(filter)) continue;
+      // As the server filters: the source itself or what is under it.
+      if (filter && l.source !== filter && !l.source.startsWith(filter + "/")) continue;
       const div = document.createElement("div");
       div.className = "line";
       div.dataset.source = l.source;

@@ -189,7 +189,7 @@ fn login_form(status: StatusCode, error: &str) -> Result<Response, ApiError> {
         csrf: csrf.clone(),
         error: error.to_string(),
     })?;
-    let cookie = session::set_cookie(LOGIN_COOKIE, &csrf, "/login", LOGIN_FORM_LIFETIME);
+    let cookie = session::set_cookie(LOGIN_COOKIE, &csrf, LOGIN_FORM_LIFETIME);
     Ok((status, [(header::SET_COOKIE, cookie)], page).into_response())
 }
 
@@ -260,8 +260,8 @@ async fn login(
     let mut r = Redirect::to("/").into_response();
     let h = r.headers_mut();
     for c in [
-        session::set_cookie(COOKIE, &id, "/", LIFETIME),
-        session::set_cookie(LOGIN_COOKIE, "", "/login", Duration::ZERO),
+        session::set_cookie(COOKIE, &id, LIFETIME),
+        session::set_cookie(LOGIN_COOKIE, "", Duration::ZERO),
     ] {
         if let Ok(v) = HeaderValue::from_str(&c) {
             h.append(header::SET_COOKIE, v);
@@ -299,7 +299,7 @@ async fn logout(
     Ok((
         [(
             header::SET_COOKIE,
-            session::set_cookie(COOKIE, "", "/", Duration::ZERO),
+            session::set_cookie(COOKIE, "", Duration::ZERO),
         )],
         Redirect::to("/login"),
     )
@@ -320,12 +320,11 @@ struct Seen {
 
 fn seen(st: &State, s: &Store, m: Machine) -> crate::Result<Seen> {
     let fleet = st.fleet();
-    let origin = assign::origin(&fleet, s, &m)?;
-    let (config, config_error) = match assign::config(&fleet, &st.secrets, s, &m, Reveal::Redacted)
-    {
-        Ok((_, c)) => (c, None),
-        Err(e) => (None, Some(e.to_string())),
-    };
+    let (origin, config, config_error) =
+        match assign::config(&fleet, &st.secrets, s, &m, Reveal::Redacted) {
+            Ok((origin, c)) => (origin, c, None),
+            Err(e) => (assign::origin(&fleet, s, &m)?, None, Some(e.to_string())),
+        };
     let boots = view::boots(s.events(&m.mac)?);
     let containers = view::containers(config.as_ref(), boots.last());
     let state = view::state(
@@ -445,6 +444,18 @@ async fn fleet(
     let Some(s) = session(&st, &peer, &headers, &request_line(&method, &uri))? else {
         return Ok(Redirect::to("/login").into_response());
     };
+    if !q.state.is_empty() && !MachineState::ALL.iter().any(|x| x.name() == q.state) {
+        let names: Vec<_> = MachineState::ALL.iter().map(|x| x.name()).collect();
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "state: {:?} is not one of {}",
+                crate::server::audit::cut(&q.state, 32),
+                names.join(", ")
+            ),
+        )
+        .who(format!("operator:{}", s.operator)));
+    }
     let all = st.with_store(|store| {
         store
             .machines()?
@@ -532,6 +543,7 @@ struct MachinePage {
     log: Vec<LogLine>,
     live_boot: String,
     live_rows: usize,
+    live_last: u64,
     live_log: usize,
 }
 
@@ -726,7 +738,7 @@ async fn machine(
     let filter = q.log.trim().to_string();
     let mut shown: Vec<LogLine> = lines
         .into_iter()
-        .filter(|l| filter.is_empty() || l.source.starts_with(&filter))
+        .filter(|l| view::log_shown(&l.source, &filter))
         .collect();
     let total = shown.len();
     if shown.len() > MAX_PAGE_LOG_LINES {
@@ -749,12 +761,19 @@ async fn machine(
         state: seen.state.name(),
         identity,
         config,
-        can_accept: m.accepted.is_none() && m.declared.is_none(),
+        // A machine file or a declaration wins over an acceptance: offered only when
+        // nothing gives the machine a config.
+        can_accept: matches!(seen.origin, Origin::Discovered),
         can_release: m.quarantine.is_some(),
         profiles: fleet.profiles.keys().cloned().collect(),
         containers: seen.containers.clone(),
         live_boot: boot_key(seen.boots.last()),
         live_rows: boots.first().map_or(0, |b| b.rows.len()),
+        live_last: seen
+            .boots
+            .last()
+            .and_then(|b| b.events.last())
+            .map_or(0, view::event_ms),
         live_log: log.len(),
         boots,
         log_title,
@@ -809,6 +828,13 @@ async fn act(
                     )
                     .who(format!("operator:{who}")));
                 };
+                if k.trim().is_empty() {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("labels: {:?} has no key", crate::server::audit::cut(kv, 64)),
+                    )
+                    .who(format!("operator:{who}")));
+                }
                 labels.insert(k.trim().to_string(), v.trim().to_string());
             }
             let a = Acceptance {
@@ -836,18 +862,20 @@ async fn act(
     Ok(Redirect::to(&format!("/machines/{mac}")).into_response())
 }
 
-/// Where a live page is: the boot it shows, how many of its rows, how many log bytes.
-#[derive(Deserialize, Debug, Clone, PartialEq)]
+/// Where a live page is: the boot it shows, how many of its rows and the server's time of
+/// the last (so that a retired or reordered row is noticed), how many log bytes.
+#[derive(Debug, Clone, PartialEq)]
 struct Cursor {
     boot: String,
     rows: usize,
+    last: u64,
     log: usize,
 }
 
 impl Cursor {
     /// As the stream's event id, for the browser's `Last-Event-ID` when it reconnects.
     fn id(&self) -> String {
-        format!("{}|{}|{}", self.boot, self.rows, self.log)
+        format!("{}|{}|{}|{}", self.boot, self.rows, self.last, self.log)
     }
 
     fn parse(id: &str) -> Option<Cursor> {
@@ -855,6 +883,7 @@ impl Cursor {
         let c = Cursor {
             boot: p.next()?.to_string(),
             rows: p.next()?.parse().ok()?,
+            last: p.next()?.parse().ok()?,
             log: p.next()?.parse().ok()?,
         };
         p.next().is_none().then_some(c)
@@ -864,7 +893,8 @@ impl Cursor {
 /// What a live page is sent.
 #[derive(Serialize, Default)]
 struct Update {
-    /// The page shows an older boot (or events were retired): load it again.
+    /// The page is out of date (another boot, retired events, the session gone): load it
+    /// again.
     reload: bool,
     state: &'static str,
     rows: Vec<Row>,
@@ -872,17 +902,54 @@ struct Update {
     log: Vec<LogLine>,
 }
 
-/// News for a page at `at`, and where it is then; `None` when there is none.
-fn news(
-    st: &State,
-    mac: &str,
-    at: &Cursor,
-    state: &mut &'static str,
-) -> Result<Option<(Update, Cursor)>, ApiError> {
+impl Update {
+    fn reload() -> Update {
+        Update {
+            reload: true,
+            ..Update::default()
+        }
+    }
+}
+
+/// One live page's stream.
+struct Follow {
+    st: Arc<State>,
+    mac: String,
+    at: Cursor,
+    /// The state last sent.
+    state: &'static str,
+    /// The machine record and fleet as last looked at: unchanged, nothing is read further.
+    seen: u64,
+    cookie: String,
+    /// The last update (a reload) is sent.
+    done: bool,
+}
+
+/// A hash of what a page's news can come from: the machine's record (its event counter,
+/// its boots' log sizes, quarantine, pending action, certificates) and the fleet's load.
+fn fingerprint(m: &Machine, fleet_loaded_at: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    serde_json::to_vec(m).unwrap_or_default().hash(&mut h);
+    fleet_loaded_at.hash(&mut h);
+    h.finish()
+}
+
+/// News for the page `f` follows, and where it is then; `None` when there is none.
+fn news(f: &mut Follow) -> Result<Option<(Update, Cursor)>, ApiError> {
+    let (st, mac, at) = (&f.st, f.mac.as_str(), &f.at);
+    let loaded_at = st.fleet().loaded_at;
+    let mut unchanged = false;
     let found = st.with_store(|store| {
         let Some(m) = store.machine(mac)? else {
             return Ok(None);
         };
+        let print = fingerprint(&m, loaded_at);
+        if print == f.seen {
+            unchanged = true;
+            return Ok(None);
+        }
+        f.seen = print;
         let seen = seen(st, store, m)?;
         let log = match seen.boots.last().and_then(|b| b.boot_id.as_deref()) {
             Some(id) => store.log(mac, id)?.unwrap_or_default(),
@@ -890,25 +957,18 @@ fn news(
         };
         Ok(Some((seen, log)))
     })?;
+    if unchanged {
+        return Ok(None);
+    }
     let Some((seen, log)) = found else {
-        return Ok(Some((
-            Update {
-                reload: true,
-                ..Update::default()
-            },
-            at.clone(),
-        )));
+        return Ok(Some((Update::reload(), at.clone())));
     };
     let last = seen.boots.last();
+    let events = last.map_or(&[][..], |b| b.events.as_slice());
     let rows = last.map(view::rows).unwrap_or_default();
-    if boot_key(last) != at.boot || rows.len() < at.rows || log.len() < at.log {
-        return Ok(Some((
-            Update {
-                reload: true,
-                ..Update::default()
-            },
-            at.clone(),
-        )));
+    let shifted = at.rows > 0 && events.get(at.rows - 1).map(view::event_ms) != Some(at.last);
+    if boot_key(last) != at.boot || rows.len() < at.rows || shifted || log.len() < at.log {
+        return Ok(Some((Update::reload(), at.clone())));
     }
     // Whole lines only: a batch is stored whole, but read no further than the last newline.
     let end = log[at.log..]
@@ -916,20 +976,21 @@ fn news(
         .rposition(|b| *b == b'\n')
         .map_or(at.log, |i| at.log + i + 1);
     let new_rows = rows[at.rows..].to_vec();
-    let changed = seen.state.name() != *state;
-    if new_rows.is_empty() && end == at.log && !changed {
+    let state = seen.state.name();
+    if new_rows.is_empty() && end == at.log && state == f.state {
         return Ok(None);
     }
-    *state = seen.state.name();
+    f.state = state;
     let next = Cursor {
         boot: at.boot.clone(),
         rows: rows.len(),
+        last: events.last().map_or(at.last, view::event_ms),
         log: end,
     };
     Ok(Some((
         Update {
             reload: false,
-            state: seen.state.name(),
+            state,
             rows: new_rows,
             containers: seen.containers,
             log: view::log_lines(&log[at.log..end]),
@@ -938,9 +999,45 @@ fn news(
     )))
 }
 
-/// `GET /machines/{mac}/live?boot=&rows=&log=`: server-sent `update` events with what
-/// came after the page (or after the browser's `Last-Event-ID` when it reconnects), until
-/// the session ends.
+/// The next event of a live page's stream: waits for news, a tick at a time; a reload
+/// when the session ends (the page then asks for the login), and then the end.
+async fn next_update(mut f: Follow) -> Option<(Result<SseEvent, Infallible>, Follow)> {
+    if f.done {
+        return None;
+    }
+    loop {
+        let update = if f
+            .st
+            .sessions
+            .find(&f.cookie, f.st.cfg.shared_dir())
+            .is_none()
+        {
+            Some((Update::reload(), f.at.clone()))
+        } else {
+            match news(&mut f) {
+                Ok(u) => u,
+                Err(_) => Some((Update::reload(), f.at.clone())),
+            }
+        };
+        let Some((u, next)) = update else {
+            tokio::time::sleep(LIVE_TICK).await;
+            continue;
+        };
+        f.done = u.reload;
+        let ev = SseEvent::default()
+            .event("update")
+            .id(next.id())
+            .json_data(&u)
+            .unwrap_or_else(|_| SseEvent::default().comment("unencodable"));
+        f.at = next;
+        return Some((Ok(ev), f));
+    }
+}
+
+/// `GET /machines/{mac}/live?boot=&rows=&last=&log=`: server-sent `update` events with
+/// what came after the page (or after the browser's `Last-Event-ID` when it reconnects),
+/// until the session ends. Each tick reads the machine's record only; its events and log
+/// only when the record changed.
 async fn live(
     AxState(st): AxState<Arc<State>>,
     Extension(peer): Extension<Peer>,
@@ -948,7 +1045,7 @@ async fn live(
     headers: HeaderMap,
     method: Method,
     uri: Uri,
-    Query(q): Query<Cursor>,
+    Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let request = request_line(&method, &uri);
     let Some(s) = session(&st, &peer, &headers, &request)? else {
@@ -957,45 +1054,44 @@ async fn live(
             "no session: log in at /login first",
         ));
     };
-    let mac = mac_of(&mac).map_err(|e| e.who(format!("operator:{}", s.operator)))?;
-    let start = headers
+    let who = format!("operator:{}", s.operator);
+    let mac = mac_of(&mac).map_err(|e| e.who(&who))?;
+    let from_query = || -> Result<Cursor, ApiError> {
+        let field = |name: &str| {
+            q.get(name).cloned().ok_or_else(|| {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("{name}: missing")).who(&who)
+            })
+        };
+        let number = |name: &str| {
+            field(name)?.parse::<u64>().map_err(|_| {
+                ApiError::new(StatusCode::BAD_REQUEST, format!("{name}: not a number")).who(&who)
+            })
+        };
+        Ok(Cursor {
+            boot: field("boot")?,
+            rows: number("rows")? as usize,
+            last: number("last")?,
+            log: number("log")? as usize,
+        })
+    };
+    let at = match headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(Cursor::parse)
-        .unwrap_or(q);
-    let cookie = session::cookie(&headers, COOKIE).unwrap_or_default();
-    let stream = futures_util::stream::unfold(
-        (st, mac, start, "", cookie, true),
-        |(st, mac, at, mut state, cookie, first)| async move {
-            if !first {
-                tokio::time::sleep(LIVE_TICK).await;
-            }
-            loop {
-                // The stream ends with the session (logout, expiry, revoked token).
-                st.sessions.find(&cookie, st.cfg.shared_dir())?;
-                match news(&st, &mac, &at, &mut state) {
-                    Ok(Some((u, next))) => {
-                        let reload = u.reload;
-                        let ev = SseEvent::default()
-                            .event("update")
-                            .id(next.id())
-                            .json_data(&u)
-                            .unwrap_or_else(|_| SseEvent::default().comment("unencodable"));
-                        if reload {
-                            // The page reloads; nothing more for this stream.
-                            return Some((
-                                Ok::<_, Infallible>(ev),
-                                (st, mac, next, state, String::new(), false),
-                            ));
-                        }
-                        return Some((Ok(ev), (st, mac, next, state, cookie, false)));
-                    }
-                    Ok(None) => tokio::time::sleep(LIVE_TICK).await,
-                    Err(_) => return None,
-                }
-            }
-        },
-    );
+    {
+        Some(c) => c,
+        None => from_query()?,
+    };
+    let follow = Follow {
+        st,
+        mac,
+        at,
+        state: "",
+        seen: 0,
+        cookie: session::cookie(&headers, COOKIE).unwrap_or_default(),
+        done: false,
+    };
+    let stream = futures_util::stream::unfold(follow, next_update);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
@@ -1010,12 +1106,13 @@ mod tests {
         let c = Cursor {
             boot: "0f-aa".into(),
             rows: 12,
+            last: 1_700_000_000_123,
             log: 4096,
         };
         assert_eq!(Cursor::parse(&c.id()), Some(c));
-        assert_eq!(Cursor::parse("a|1"), None);
-        assert_eq!(Cursor::parse("a|1|x"), None);
-        assert_eq!(Cursor::parse("a|1|2|3"), None);
+        assert_eq!(Cursor::parse("a|1|2"), None);
+        assert_eq!(Cursor::parse("a|1|x|2"), None);
+        assert_eq!(Cursor::parse("a|1|2|3|4"), None);
     }
 
     #[test]

@@ -15,10 +15,12 @@ use crate::crypto::{random_token, same, token_hash};
 use crate::error::Result;
 use crate::server::operators;
 
-/// The session cookie.
-pub const COOKIE: &str = "plinth_session";
+/// The session cookie. `__Host-`: the browser keeps it only if it came over HTTPS with
+/// `Path=/` and no `Domain`, so neither another host of the domain nor a plain-HTTP
+/// answer can plant or shadow it.
+pub const COOKIE: &str = "__Host-plinth_session";
 /// The login form's own CSRF cookie (there is no session to hold its token yet).
-pub const LOGIN_COOKIE: &str = "plinth_login";
+pub const LOGIN_COOKIE: &str = "__Host-plinth_login";
 /// How long a session lasts, however busy.
 pub const LIFETIME: Duration = Duration::from_secs(8 * 3600);
 /// How long a login form may wait for its token.
@@ -83,12 +85,16 @@ impl Sessions {
     /// the token it was opened with (`data` is `--data`). A dead one is forgotten.
     pub fn find(&self, id: &str, data: &Path) -> Option<Session> {
         let key = token_hash(id);
-        let mut map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
-        let s = map.get(&key)?.clone();
+        let s = {
+            let map = self.by_hash.lock().unwrap_or_else(|p| p.into_inner());
+            map.get(&key)?.clone()
+        };
+        // The operator's file is read with the lock released: no request waits on
+        // another's disk read.
         if s.opened.elapsed() < LIFETIME && operators::holds(data, &s.operator, &s.token_hash) {
             return Some(s);
         }
-        map.remove(&key);
+        self.close(id);
         None
     }
 
@@ -112,10 +118,10 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// A `Set-Cookie` value: only over HTTPS, never to scripts, never on a request another
-/// site starts. `max_age` 0 deletes it.
-pub fn set_cookie(name: &str, value: &str, path: &str, max_age: Duration) -> String {
+/// site starts, for the whole host (as `__Host-` requires). `max_age` 0 deletes it.
+pub fn set_cookie(name: &str, value: &str, max_age: Duration) -> String {
     format!(
-        "{name}={value}; Path={path}; Max-Age={}; HttpOnly; Secure; SameSite=Strict",
+        "{name}={value}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=Strict",
         max_age.as_secs()
     )
 }
@@ -152,11 +158,11 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(
             axum::http::header::COOKIE,
-            "a=1; plinth_session=abc".parse().expect("header"),
+            "a=1; __Host-plinth_session=abc".parse().expect("header"),
         );
         assert_eq!(cookie(&h, COOKIE).as_deref(), Some("abc"));
         assert_eq!(cookie(&h, "plinth"), None);
-        let c = set_cookie(COOKIE, "v", "/", LIFETIME);
+        let c = set_cookie(COOKIE, "v", LIFETIME);
         for part in [
             "HttpOnly",
             "Secure",

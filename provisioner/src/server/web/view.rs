@@ -63,12 +63,14 @@ impl MachineState {
     }
 }
 
-/// When the server saw an event, ms since the epoch: the traffic's own time (written
-/// later when the MAC had no record yet), else when it was received.
+/// When the server saw an event, ms since the epoch: the server's traffic's own time
+/// (written later when the MAC had no record yet), else when it was received. A node's
+/// `atMs` is its own say and orders nothing.
 pub fn event_ms(r: &Recorded) -> u64 {
     r.event
         .details
         .get("atMs")
+        .filter(|_| r.source == Source::Server)
         .and_then(Value::as_u64)
         .or(r.received_at_ms)
         .unwrap_or(r.received_at.saturating_mul(1000))
@@ -332,8 +334,7 @@ pub fn containers(config: Option<&MachineConfig>, boot: Option<&Boot>) -> Vec<Co
                     image: c.image.clone(),
                     state: text(&r.event.details, "state"),
                     detail: describe(r.event.kind, &r.event.details),
-                    bad: is_bad(r.event.kind, &r.event.details)
-                        || text(&r.event.details, "state") == "exited",
+                    bad: is_bad(r.event.kind, &r.event.details),
                 },
                 None => ContainerRow {
                     name: c.name.clone(),
@@ -368,7 +369,14 @@ pub fn state(
     if node().next_back().map(|r| r.event.kind) == Some(EventKind::Shutdown) {
         return MachineState::Off;
     }
-    let applied = node().any(|r| r.event.kind == EventKind::Applied);
+    // A container's news means the config was applied, even when a long boot's oldest
+    // events (its `applied` among them) have been retired.
+    let applied = node().any(|r| {
+        matches!(
+            r.event.kind,
+            EventKind::Applied | EventKind::Service | EventKind::Image
+        )
+    });
     let step = node()
         .rfind(|r| {
             matches!(
@@ -386,19 +394,38 @@ pub fn state(
     match step {
         Some(EventKind::Error) if applied => MachineState::Degraded,
         Some(EventKind::Error) => MachineState::Failed,
-        Some(EventKind::Applied | EventKind::Joined) => {
-            if containers.iter().any(|c| c.bad) {
-                MachineState::Degraded
-            } else if containers.iter().all(|c| c.state == "running") {
-                MachineState::Running
-            } else {
-                MachineState::Configured
-            }
-        }
+        Some(EventKind::Applied | EventKind::Joined) => after_applied(containers),
+        None if applied => after_applied(containers),
         Some(EventKind::Config) => MachineState::Configured,
         Some(EventKind::Enrolled) => MachineState::Enrolled,
         _ => MachineState::Booting,
     }
+}
+
+/// A machine whose config is applied: running when every container runs (or finished
+/// well), degraded when one failed.
+fn after_applied(containers: &[ContainerRow]) -> MachineState {
+    if containers.iter().any(|c| c.bad) {
+        MachineState::Degraded
+    } else if containers
+        .iter()
+        .all(|c| c.state == "running" || c.state == "exited")
+    {
+        MachineState::Running
+    } else {
+        MachineState::Configured
+    }
+}
+
+/// Whether a log line of `source` is shown under filter `filter`: all for none, else the
+/// source itself or what is under it (`container/web` is both of web's streams, not
+/// `container/webhook`'s).
+pub fn log_shown(source: &str, filter: &str) -> bool {
+    filter.is_empty()
+        || source == filter
+        || source
+            .strip_prefix(filter)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// An action's name, as the API spells it.
@@ -615,6 +642,47 @@ mod tests {
             ..Machine::default()
         };
         assert_eq!(state(&q, false, Some(&b), &c), MachineState::Quarantined);
+    }
+
+    #[test]
+    fn a_clean_exit_is_no_failure_and_filters_keep_to_their_source() {
+        let n = Source::Node;
+        let cfg = config(&["job"]);
+        let b = Boot {
+            boot_id: Some("b".into()),
+            events: vec![
+                ev(EventKind::Applied, "b", n, 1, json!({})),
+                ev(
+                    EventKind::Service,
+                    "b",
+                    n,
+                    2,
+                    json!({"container": "job", "state": "exited", "exitCode": 0}),
+                ),
+            ],
+        };
+        let c = containers(Some(&cfg), Some(&b));
+        assert!(!c[0].bad);
+        assert_eq!(
+            state(&Machine::default(), false, Some(&b), &c),
+            MachineState::Running
+        );
+        // Only container news left (the boot's milestones retired): still applied.
+        let late = Boot {
+            boot_id: Some("b".into()),
+            events: b.events[1..].to_vec(),
+        };
+        assert_eq!(
+            state(&Machine::default(), false, Some(&late), &c),
+            MachineState::Running
+        );
+        // A node's own `atMs` orders nothing.
+        let forged = ev(EventKind::Booted, "b", n, 5_000, json!({"atMs": 1}));
+        assert_eq!(event_ms(&forged), 5_000);
+        assert!(log_shown("container/web/stdout", "container/web"));
+        assert!(log_shown("container/web/stdout", "container/web/stdout"));
+        assert!(!log_shown("container/webhook/stdout", "container/web"));
+        assert!(log_shown("kmsg", ""));
     }
 
     #[test]
