@@ -23,7 +23,7 @@
 //! | [`tftp`] | TFTP with a bounded pool |
 //! | [`proxydhcp`] | proxyDHCP beside the site's DHCP server: which iPXE each firmware gets |
 //! | [`traffic`] | DHCP, TFTP and HTTP traffic on machines' timelines |
-//! | [`web`] | operators' web pages: login, the fleet, a machine live, actions |
+//! | [`web`], [`session`] | operators' web pages (the fleet, a machine live, actions) and their login sessions |
 
 pub mod api;
 pub mod assign;
@@ -46,6 +46,7 @@ pub mod operators;
 pub mod proxydhcp;
 pub mod reload;
 pub mod secrets;
+pub mod session;
 pub mod store;
 pub mod tftp;
 pub mod tls;
@@ -180,7 +181,7 @@ pub struct State {
     /// DHCP, TFTP and HTTP traffic on the timelines.
     traffic: traffic::Traffic,
     /// Operators' browser sessions (the web pages).
-    sessions: web::session::Sessions,
+    sessions: session::Sessions,
 }
 
 /// Runs `f`, which blocks on a lock or on file I/O (fsync), without stalling the
@@ -734,7 +735,7 @@ async fn serve_async(
         discoveries: limits::Rate::new(cfg.limits.discoveries_per_minute),
         http_base,
         traffic: traffic::Traffic::default(),
-        sessions: web::session::Sessions::default(),
+        sessions: session::Sessions::default(),
     });
     let mut tftp_addr = None;
     if let Some(t) = tftp_listen {

@@ -1,13 +1,12 @@
 //! The operators' web pages, on the HTTPS listener beside the JSON API: a login that
-//! trades an operator token for a session cookie ([`session`]), the fleet (every machine
-//! with its state, last event and age, filtered by state and label) and a machine (its
-//! identity, where its config comes from, its containers, each boot's timeline and its
-//! log, followed live over server-sent events; accept, release, reboot, power off).
-//! Server-rendered from askama templates (`provisioner/templates/`), readable without
-//! JavaScript; one small script (`live.js`) follows a machine page live. What a page shows
-//! is worked out in [`view`].
+//! trades an operator token for a session cookie ([`crate::server::session`]), the fleet
+//! (every machine with its state, last event and age, filtered by state and label) and a
+//! machine (its identity, where its config comes from, its containers, each boot's
+//! timeline and its log, followed live over server-sent events; accept, release, reboot,
+//! power off). Server-rendered from askama templates (`provisioner/templates/`), readable
+//! without JavaScript; one small script (`live.js`) follows a machine page live. What a
+//! page shows is worked out in [`view`].
 
-pub mod session;
 pub mod view;
 
 use std::collections::BTreeSet;
@@ -33,10 +32,10 @@ use crate::server::auth::{self, request_line};
 use crate::server::fleet::render::Reveal;
 use crate::server::listener::Peer;
 use crate::server::operators;
+use crate::server::session::{self, Session, COOKIE, LIFETIME, LOGIN_COOKIE, LOGIN_FORM_LIFETIME};
 use crate::server::store::{Machine, Store};
 use crate::server::traffic::now_ms;
 use crate::server::{ApiError, State};
-use session::{Session, COOKIE, LIFETIME, LOGIN_COOKIE, LOGIN_FORM_LIFETIME};
 use view::{Boot, ContainerRow, LogLine, MachineState, Row};
 
 /// Log lines a machine page shows at most (the newest; the whole log is
