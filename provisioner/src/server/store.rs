@@ -819,8 +819,28 @@ impl Store {
 
     /// A machine's events, every boot, oldest first.
     pub fn events(&self, mac: &str) -> Result<Vec<Recorded>> {
+        self.events_under(&[format!("e/{mac}/")])
+    }
+
+    /// A machine's events of boot `boot_id` and of no boot (the server's traffic and
+    /// actions), oldest first: what its last boot's state needs, without its older boots.
+    pub fn recent_events(&self, mac: &str, boot_id: &str) -> Result<Vec<Recorded>> {
+        let mut prefixes = vec![events_prefix(mac, "")];
+        if boot_key(boot_id) != NO_BOOT {
+            prefixes.push(events_prefix(mac, boot_id));
+        }
+        self.events_under(&prefixes)
+    }
+
+    fn events_under(&self, prefixes: &[String]) -> Result<Vec<Recorded>> {
         let mut all: Vec<(u64, Recorded)> = Vec::new();
-        for (k, e) in self.kv.range(&format!("e/{mac}/"))? {
+        for (k, e) in prefixes
+            .iter()
+            .map(|p| self.kv.range(p))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .flatten()
+        {
             let n = k
                 .rsplit('/')
                 .next()
@@ -1284,6 +1304,16 @@ mod tests {
         // Another boot counts from its own start.
         s.record(MAC, event("c", 1)).expect("record");
         assert_eq!(s.events(MAC).expect("events").len(), 4);
+        // The last boot's and the server's own, without the boots before.
+        s.security_event(MAC, "", "x", None).expect("security");
+        let recent: Vec<_> = s
+            .recent_events(MAC, "c")
+            .expect("recent")
+            .iter()
+            .map(|r| (r.event.boot_id.clone(), r.event.seq))
+            .collect();
+        assert_eq!(recent.len(), 2, "{recent:?}");
+        assert_eq!(recent[0], ("c".to_string(), 1));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -317,14 +317,35 @@ struct Seen {
     last_ms: Option<u64>,
 }
 
-fn seen(st: &State, s: &Store, m: Machine) -> crate::Result<Seen> {
+/// How much of a machine's history to read.
+#[derive(Clone, Copy, PartialEq)]
+enum History {
+    /// Every boot (a machine's page).
+    All,
+    /// Its last boot and the events of no boot: its state and last event (the fleet).
+    Last,
+}
+
+fn seen(st: &State, s: &Store, m: Machine, history: History) -> crate::Result<Seen> {
     let fleet = st.fleet();
     let (origin, config, config_error) =
         match assign::config(&fleet, &st.secrets, s, &m, Reveal::Redacted) {
             Ok((origin, c)) => (origin, c, None),
             Err(e) => (assign::origin(&fleet, s, &m)?, None, Some(e.to_string())),
         };
-    let boots = view::boots(s.events(&m.mac)?);
+    let events = match history {
+        History::All => s.events(&m.mac)?,
+        History::Last => {
+            let last = m
+                .boots
+                .iter()
+                .rev()
+                .find(|b| b.boot_id != "-")
+                .map_or("", |b| b.boot_id.as_str());
+            s.recent_events(&m.mac, last)?
+        }
+    };
+    let boots = view::boots(events);
     let containers = view::containers(config.as_ref(), boots.last());
     let state = view::state(
         &m,
@@ -459,7 +480,7 @@ async fn fleet(
         store
             .machines()?
             .into_iter()
-            .map(|m| seen(&st, store, m))
+            .map(|m| seen(&st, store, m, History::Last))
             .collect::<crate::Result<Vec<_>>>()
     })?;
     let now = now_ms();
@@ -595,7 +616,7 @@ async fn machine(
         let Some(m) = store.machine(&mac)? else {
             return Ok(None);
         };
-        let seen = seen(&st, store, m)?;
+        let seen = seen(&st, store, m, History::All)?;
         let log = match seen.boots.last().and_then(|b| b.boot_id.as_deref()) {
             Some(id) => store.log(&mac, id)?.unwrap_or_default(),
             None => Vec::new(),
@@ -949,7 +970,7 @@ fn news(f: &mut Follow) -> Result<Option<(Update, Cursor)>, ApiError> {
             return Ok(None);
         }
         f.seen = print;
-        let seen = seen(st, store, m)?;
+        let seen = seen(st, store, m, History::All)?;
         let log = match seen.boots.last().and_then(|b| b.boot_id.as_deref()) {
             Some(id) => store.log(mac, id)?.unwrap_or_default(),
             None => Vec::new(),
