@@ -396,6 +396,21 @@ fn a_browser_logs_in_opens_a_machine_follows_it_live_and_acts() {
         "configured",
         "one container of two runs"
     );
+    // The fleet follows the machines by itself.
+    b.eval("window.stillThisPage = true");
+    send(
+        "service",
+        json!({"container": "job", "state": "running", "address": "10.88.0.11"}),
+    );
+    b.wait_for(
+        &format!("{row} && {row}.dataset.state === 'running'"),
+        Duration::from_secs(15),
+    );
+    assert_eq!(
+        b.eval("window.stillThisPage"),
+        true,
+        "the fleet was reloaded"
+    );
     b.screenshot(&shots().join("fleet.png"));
 
     b.eval(&format!("{row}.querySelector('a').click()"));
@@ -412,13 +427,13 @@ fn a_browser_logs_in_opens_a_machine_follows_it_live_and_acts() {
     );
     assert_eq!(
         text(&mut b, "#containers tr[data-name=job] .state"),
-        json!(["waiting"])
+        json!(["running"])
     );
     // The boot script fetched over HTTP (the server's `file` event) opens the boot.
     let kinds = text(&mut b, "#timeline tr td:nth-child(3)");
     assert_eq!(
         kinds,
-        json!(["file", "booted", "network", "enrolled", "config", "applied", "service"])
+        json!(["file", "booted", "network", "enrolled", "config", "applied", "service", "service"])
     );
     assert_eq!(
         text(&mut b, "#log .line[data-source='container/web/stderr']"),

@@ -2,6 +2,30 @@
 // lines and container states that came after what the page shows. Built with
 // textContent only: nothing the node sends becomes markup.
 "use strict";
+// The fleet: the same page, fetched again every few seconds; its table (rendered and
+// escaped by the server) replaces the one shown. A session gone: the login.
+(function () {
+  const fleet = document.getElementById("fleet");
+  if (!fleet || !window.fetch || !window.DOMParser) return;
+  const note = document.getElementById("fleet-live");
+  if (note) note.textContent = "Updated every 5 s.";
+  setInterval(async function () {
+    try {
+      const r = await fetch(window.location.href, { credentials: "same-origin", cache: "no-store" });
+      if (r.redirected || !r.ok) { window.location.reload(); return; }
+      const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+      for (const id of ["fleet", "fleet-count"]) {
+        const fresh = doc.getElementById(id);
+        const old = document.getElementById(id);
+        if (fresh && old) old.replaceWith(document.importNode(fresh, true));
+      }
+    } catch (e) {
+      if (note) note.textContent = "Reconnecting…";
+    }
+  }, 5000);
+})();
+
+// A machine page.
 (function () {
   const page = document.getElementById("machine");
   if (!page || !window.EventSource) return;
