@@ -640,3 +640,64 @@ fn cpu_of(stat: &str) -> f64 {
     // After ')': state is field 0, utime 11, stime 12.
     (ticks(11) + ticks(12)) / hz
 }
+
+/// The operators' fleet page of `server` after a storm, as a browser gets it once logged
+/// in (curl with a cookie jar): the best of three loads, and the page's size in bytes.
+pub fn fleet_page(server: &Server) -> Result<(Duration, usize), String> {
+    let dir = TempDir::new("plinth-storm-page");
+    let jar = dir.0.join("jar");
+    let curl = |args: &[&str]| -> Result<(String, f64), String> {
+        let o = server
+            .command("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "300",
+                "-w",
+                "\n%{http_code} %{time_total}",
+            ])
+            .arg("--cacert")
+            .arg(&server.ca_cert)
+            .arg("-b")
+            .arg(&jar)
+            .arg("-c")
+            .arg(&jar)
+            .args(args)
+            .output()
+            .map_err(|e| format!("curl: {e}"))?;
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let mut t = tail.split_whitespace();
+        let code = t.next().unwrap_or("0");
+        let secs: f64 = t.next().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+        if !matches!(code, "200" | "303") {
+            return Err(format!("{args:?}: HTTP {code}: {body}"));
+        }
+        Ok((body.to_string(), secs))
+    };
+    let (form, _) = curl(&[&format!("{}/login", server.https)])?;
+    let csrf = form
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .ok_or("no csrf field in the login form")?;
+    curl(&[
+        "--data",
+        &format!("csrf={csrf}&token={}", server.operator),
+        &format!("{}/login", server.https),
+    ])?;
+    let mut best = f64::MAX;
+    let mut size = 0;
+    for _ in 0..3 {
+        let (page, secs) = curl(&[&format!("{}/", server.https)])?;
+        if !page.contains("id=\"fleet\"") {
+            return Err(format!(
+                "not the fleet page: {}",
+                page.chars().take(200).collect::<String>()
+            ));
+        }
+        best = best.min(secs);
+        size = page.len();
+    }
+    Ok((Duration::from_secs_f64(best), size))
+}

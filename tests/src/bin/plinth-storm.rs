@@ -55,6 +55,16 @@ fn main() -> Result<()> {
     let mut report = storm::run(&o, &fleet);
     report.startup = startup;
     print!("{}", report.text(&o));
+    // What an operator's browser waits for with the whole fleet on the server.
+    match storm::fleet_page(&fleet.servers[0]) {
+        Ok((took, bytes)) => println!(
+            "the fleet page ({} machines) from server 0: {:.0} ms, {} KiB (best of 3)",
+            o.machines,
+            took.as_secs_f64() * 1e3,
+            bytes / 1024
+        ),
+        Err(e) => bail!("the fleet page: {e}"),
+    }
     if report.error_count() > 0 || report.completed != o.machines {
         bail!(
             "{} of {} machines completed, {} errors",
