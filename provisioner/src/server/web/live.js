@@ -44,10 +44,10 @@
     tr.appendChild(td);
     return td;
   }
-  function badge(td, state) {
+  function badge(td, state, bad) {
     td.textContent = "";
     const s = document.createElement("span");
-    s.className = "state " + state;
+    s.className = "state " + state + (bad ? "" : " fine");
     s.textContent = state;
     td.appendChild(s);
   }
@@ -75,7 +75,7 @@
       const tr = document.querySelector('#containers tr[data-name="' + CSS.escape(c.name) + '"]');
       if (!tr) continue;
       tr.className = c.bad ? "bad" : "";
-      badge(tr.children[2], c.state);
+      badge(tr.children[2], c.state, c.bad);
       tr.children[3].textContent = c.detail;
     }
     const log = document.getElementById("log");
