@@ -2,27 +2,44 @@
 // lines and container states that came after what the page shows. Built with
 // textContent only: nothing the node sends becomes markup.
 "use strict";
-// The fleet: the same page, fetched again every few seconds; its table (rendered and
-// escaped by the server) replaces the one shown. A session gone: the login.
+// The fleet: the same page, fetched again 5 s after the last answer (not while the tab is
+// hidden); its table and counts (rendered and escaped by the server) replace the ones
+// shown. A session gone: the login.
 (function () {
-  const fleet = document.getElementById("fleet");
-  if (!fleet || !window.fetch || !window.DOMParser) return;
+  const body = document.getElementById("fleet-body");
+  if (!body || !window.fetch || !window.DOMParser) return;
   const note = document.getElementById("fleet-live");
-  if (note) note.textContent = "Updated every 5 s.";
-  setInterval(async function () {
-    try {
-      const r = await fetch(window.location.href, { credentials: "same-origin", cache: "no-store" });
-      if (r.redirected || !r.ok) { window.location.reload(); return; }
-      const doc = new DOMParser().parseFromString(await r.text(), "text/html");
-      for (const id of ["fleet", "fleet-count"]) {
-        const fresh = doc.getElementById(id);
-        const old = document.getElementById(id);
-        if (fresh && old) old.replaceWith(document.importNode(fresh, true));
+  const following = "Updated every 5 s.";
+  note.textContent = following;
+  async function refresh() {
+    if (!document.hidden) {
+      try {
+        const r = await fetch(window.location.href, { credentials: "same-origin", cache: "no-store" });
+        if (r.redirected || r.status === 401 || r.status === 403) { window.location.reload(); return; }
+        if (!r.ok) throw new Error(String(r.status));
+        const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+        for (const id of ["fleet-body", "fleet-count"]) {
+          const fresh = doc.getElementById(id);
+          const old = document.getElementById(id);
+          if (fresh && old) old.replaceWith(document.importNode(fresh, true));
+        }
+        // The state filter's counts, leaving the operator's choice alone.
+        const fresh = doc.getElementById("fleet-states");
+        const shown = document.getElementById("fleet-states");
+        if (fresh && shown) {
+          for (const o of shown.options) {
+            const f = Array.from(fresh.options).find(x => x.value === o.value);
+            if (f) o.textContent = f.textContent;
+          }
+        }
+        note.textContent = following;
+      } catch (e) {
+        note.textContent = "Reconnecting…";
       }
-    } catch (e) {
-      if (note) note.textContent = "Reconnecting…";
     }
-  }, 5000);
+    setTimeout(refresh, 5000);
+  }
+  setTimeout(refresh, 5000);
 })();
 
 // A machine page.
@@ -96,6 +113,11 @@
     }
     if (follow) log.scrollTop = log.scrollHeight;
   });
-  source.onerror = function () { live.textContent = "Reconnecting…"; };
+  source.onerror = function () {
+    // Refused (no session: the server restarted, or it expired while away): the browser
+    // will not try again; the page goes to the login.
+    if (source.readyState === EventSource.CLOSED) { window.location.reload(); return; }
+    live.textContent = "Reconnecting…";
+  };
   source.onopen = function () { live.textContent = "Following live."; };
 })();

@@ -792,8 +792,7 @@ async fn machine(
         live_last: seen
             .boots
             .last()
-            .and_then(|b| b.events.last())
-            .map_or(0, view::event_ms),
+            .map_or(view::digest(&[]), |b| view::digest(&b.events)),
         live_log: log.len(),
         boots,
         log_title,
@@ -882,8 +881,8 @@ async fn act(
     Ok(Redirect::to(&format!("/machines/{mac}")).into_response())
 }
 
-/// Where a live page is: the boot it shows, how many of its rows and the server's time of
-/// the last (so that a retired or reordered row is noticed), how many log bytes.
+/// Where a live page is: the boot it shows, how many of its rows and their
+/// [`view::digest`] (so that a retired or reordered row is noticed), how many log bytes.
 #[derive(Debug, Clone, PartialEq)]
 struct Cursor {
     boot: String,
@@ -946,25 +945,28 @@ struct Follow {
 }
 
 /// A hash of what a page's news can come from: the machine's record (its event counter,
-/// its boots' log sizes, quarantine, pending action, certificates) and the fleet's load.
-fn fingerprint(m: &Machine, fleet_loaded_at: u64) -> u64 {
+/// its boots' log sizes, quarantine, pending action, certificates) and the fleet's files
+/// as loaded.
+fn fingerprint(m: &Machine, fleet: &Arc<crate::server::fleet::Fleet>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     serde_json::to_vec(m).unwrap_or_default().hash(&mut h);
-    fleet_loaded_at.hash(&mut h);
+    // Each load of the fleet's files is a new one (two reloads within a second too).
+    (Arc::as_ptr(fleet) as usize).hash(&mut h);
+    fleet.loaded_at.hash(&mut h);
     h.finish()
 }
 
 /// News for the page `f` follows, and where it is then; `None` when there is none.
 fn news(f: &mut Follow) -> Result<Option<(Update, Cursor)>, ApiError> {
     let (st, mac, at) = (&f.st, f.mac.as_str(), &f.at);
-    let loaded_at = st.fleet().loaded_at;
+    let fleet = st.fleet();
     let mut unchanged = false;
     let found = st.with_store(|store| {
         let Some(m) = store.machine(mac)? else {
             return Ok(None);
         };
-        let print = fingerprint(&m, loaded_at);
+        let print = fingerprint(&m, &fleet);
         if print == f.seen {
             unchanged = true;
             return Ok(None);
@@ -986,7 +988,7 @@ fn news(f: &mut Follow) -> Result<Option<(Update, Cursor)>, ApiError> {
     let last = seen.boots.last();
     let events = last.map_or(&[][..], |b| b.events.as_slice());
     let rows = last.map(view::rows).unwrap_or_default();
-    let shifted = at.rows > 0 && events.get(at.rows - 1).map(view::event_ms) != Some(at.last);
+    let shifted = events.len() < at.rows || view::digest(&events[..at.rows]) != at.last;
     if boot_key(last) != at.boot || rows.len() < at.rows || shifted || log.len() < at.log {
         return Ok(Some((Update::reload(), at.clone())));
     }
@@ -1004,7 +1006,7 @@ fn news(f: &mut Follow) -> Result<Option<(Update, Cursor)>, ApiError> {
     let next = Cursor {
         boot: at.boot.clone(),
         rows: rows.len(),
-        last: events.last().map_or(at.last, view::event_ms),
+        last: view::digest(events),
         log: end,
     };
     Ok(Some((
@@ -1026,12 +1028,13 @@ async fn next_update(mut f: Follow) -> Option<(Result<SseEvent, Infallible>, Fol
         return None;
     }
     loop {
-        let update = if f
-            .st
-            .sessions
-            .find(&f.cookie, f.st.cfg.shared_dir())
-            .is_none()
-        {
+        // The operator's token file is read: off the async workers, as the store is.
+        let live = crate::server::blocking(|| {
+            f.st.sessions
+                .find(&f.cookie, f.st.cfg.shared_dir())
+                .is_some()
+        });
+        let update = if !live {
             Some((Update::reload(), f.at.clone()))
         } else {
             match news(&mut f) {

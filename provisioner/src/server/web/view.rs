@@ -23,7 +23,8 @@ pub enum MachineState {
     Configured,
     /// Config applied, every container running.
     Running,
-    /// Config applied, some container or image failed or exited.
+    /// Config applied, some container or image failed or exited with an error, or an
+    /// error after it.
     Degraded,
     /// The node's last step was an error.
     Failed,
@@ -145,6 +146,23 @@ pub fn boots(mut events: Vec<Recorded>) -> Vec<Boot> {
         });
     }
     out
+}
+
+/// A fingerprint of a boot's first events, in their order: a live page's cursor carries
+/// the one of the rows it shows, so that a row retired or put before them (a late write)
+/// is noticed, whatever their times.
+pub fn digest(events: &[Recorded]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for r in events {
+        event_ms(r).hash(&mut h);
+        kind_name(r.event.kind).hash(&mut h);
+        r.event.seq.hash(&mut h);
+        r.event.boot_id.hash(&mut h);
+        (r.source == Source::Node).hash(&mut h);
+        r.received_at_ms.hash(&mut h);
+    }
+    h.finish()
 }
 
 /// One line of a boot's timeline.
@@ -544,6 +562,15 @@ mod tests {
         assert_eq!(kinds, ["dhcp", "file", "booted", "action", "shutdown"]);
         assert_eq!(b[1].events.len(), 2);
         assert_eq!(b[2].boot_id, None);
+        // A row put before the ones a page shows changes their digest, even at the
+        // same time as the last of them.
+        let shown = &b[0].events[..3];
+        let mut later = b[0].events[..3].to_vec();
+        let mut early = later[1].clone();
+        early.event.seq = 99;
+        later.insert(1, early);
+        assert_ne!(digest(shown), digest(&later[..3]));
+        assert_eq!(digest(shown), digest(&b[0].events[..3]));
         let r = rows(&b[0]);
         assert_eq!(r[1].t_ms, 100);
         assert_eq!(r[2].delta_ms, 900);
