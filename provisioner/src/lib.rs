@@ -3,6 +3,7 @@
 //! and provisioning server ([`server`]). The protocol is in `docs/api.md`, the threat
 //! model in `docs/security.md`, the machine config in `docs/config.md`.
 
+pub mod cluster_info;
 pub mod cmdline;
 pub mod crypto;
 pub mod dhcp;
