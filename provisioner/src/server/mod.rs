@@ -23,6 +23,7 @@
 //! | [`tftp`] | TFTP with a bounded pool |
 //! | [`proxydhcp`] | proxyDHCP beside the site's DHCP server: which iPXE each firmware gets |
 //! | [`traffic`] | DHCP, TFTP and HTTP traffic on machines' timelines |
+//! | [`kubelet_csr`] | which kubelet certificate requests a machine may have approved (not wired yet) |
 //! | [`web`], [`session`] | operators' web pages (the fleet, a machine live, actions) and their login sessions |
 
 pub mod api;
@@ -35,6 +36,7 @@ pub mod files;
 pub mod fleet;
 pub mod https;
 pub mod ident;
+pub mod kubelet_csr;
 pub mod kv;
 pub mod kv_etcd;
 pub mod kv_redb;
