@@ -142,8 +142,11 @@ pub fn check(configmap: &Value, token: &BootstrapToken, pins: &[String]) -> Resu
         .ok_or_else(|| {
             discovery("data.kubeconfig: clusters[0].cluster.certificate-authority-data missing or not base64 PEM")
         })?;
-    let der = pem_der(&ca_pem)
-        .ok_or_else(|| discovery("data.kubeconfig: the CA is not a PEM certificate"))?;
+    let der = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes())
+            .map_err(|_| discovery("data.kubeconfig: the CA is not a PEM certificate"))?
+    };
     let ca_pin = pin_of_cert(&der)?;
     if !pins.iter().any(|p| p.eq_ignore_ascii_case(&ca_pin)) {
         return Err(Error::Config {
@@ -159,17 +162,6 @@ pub fn check(configmap: &Value, token: &BootstrapToken, pins: &[String]) -> Resu
         ca_pem,
         ca_pin,
     })
-}
-
-/// The DER of a PEM document's first certificate.
-fn pem_der(pem: &str) -> Option<Vec<u8>> {
-    let body: String = pem
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END CERTIFICATE-----"))
-        .collect();
-    STANDARD.decode(body.trim()).ok()
 }
 
 #[cfg(test)]

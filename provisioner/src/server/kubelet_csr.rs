@@ -103,7 +103,11 @@ fn check(spec: &Value, signer: &str, m: &Machine) -> Result<(), String> {
         .as_str()
         .and_then(|b| STANDARD.decode(b).ok())
         .ok_or("spec.request: not base64")?;
-    let der = pem_der(&pem).ok_or("spec.request: not a PEM CERTIFICATE REQUEST")?;
+    let der = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(&pem)
+            .map_err(|_| "spec.request: not a PEM CERTIFICATE REQUEST")?
+    };
     let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
         .map_err(|e| format!("spec.request: {e}"))?;
     let subject = &req.certification_request_info.subject;
@@ -163,18 +167,6 @@ fn check(spec: &Value, signer: &str, m: &Machine) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The DER of a PEM certificate request.
-fn pem_der(pem: &[u8]) -> Option<Vec<u8>> {
-    let text = std::str::from_utf8(pem).ok()?;
-    let body: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE REQUEST-----"))
-        .skip(1)
-        .take_while(|l| !l.starts_with("-----END CERTIFICATE REQUEST-----"))
-        .collect();
-    STANDARD.decode(body.trim()).ok()
 }
 
 #[cfg(test)]
