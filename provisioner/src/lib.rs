@@ -3,12 +3,13 @@
 //! and provisioning server ([`server`]). The protocol is in `docs/api.md`, the threat
 //! model in `docs/security.md`, the machine config in `docs/config.md`.
 
-pub mod cluster_info;
 pub mod cmdline;
 pub mod crypto;
 pub mod dhcp;
 pub mod error;
+pub mod http_client;
 pub mod init;
+pub mod kubernetes;
 pub mod netif;
 pub mod node;
 pub mod schema;

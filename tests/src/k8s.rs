@@ -132,6 +132,9 @@ pub struct Cluster {
     netns: PathBuf,
     procs: Vec<Proc>,
     host: Vec<HostPath>,
+    /// A cluster a node joins by itself: a CA, Node and RBAC authorization, bootstrap
+    /// tokens, kubelet's webhook authentication (see [`Cluster::start_for_join`]).
+    secure: bool,
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -220,7 +223,200 @@ impl Cluster {
             root,
             procs: vec![],
             host,
+            secure: false,
         }
+    }
+
+    /// A control plane that nodes join as kubeadm's do, and no node yet: its own CA
+    /// (the API server's serving certificate, the kubelets' client and serving
+    /// certificates signed by the controller-manager), `Node,RBAC` authorization and
+    /// NodeRestriction, bootstrap tokens with `bootstrapsigner` and `tokencleaner`, what
+    /// `kubeadm init` adds (`cluster-info` readable anonymously, the bootstrappers allowed
+    /// to ask for certificates, none approved for them), and plinth-server's rights from
+    /// `docs/kubernetes-rbac.yaml` for the user `plinth-server`
+    /// (`pki/plinth-server.kubeconfig`).
+    pub fn start_for_join() -> Cluster {
+        let mut c = Cluster::empty();
+        c.secure = true;
+        c.network();
+        c.pki();
+        c.join_pki();
+        c.write_configs();
+        c.start_control_plane();
+        c.kubeadm_init();
+        c
+    }
+
+    /// The cluster's CA certificate, PEM.
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.p("pki/ca.crt")).unwrap()
+    }
+
+    fn join_pki(&self) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+            SanType,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(DnType::CommonName, "plinth-test-cluster-ca");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = p.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(p, ca_key);
+        let write = |name: &str, text: String| {
+            std::fs::write(self.p(&format!("pki/{name}")), text).unwrap()
+        };
+        write("ca.crt", ca_cert.pem());
+        write("ca.key", issuer.key().serialize_pem());
+        let leaf = |name: &str, cn: &str, org: Option<&str>, sans: Vec<SanType>, eku| {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            if let Some(o) = org {
+                p.distinguished_name.push(DnType::OrganizationName, o);
+            }
+            p.subject_alt_names = sans;
+            p.extended_key_usages = vec![eku];
+            let cert = p.signed_by(&key, &issuer).unwrap();
+            write(&format!("{name}.crt"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        };
+        let ip = |s: &str| SanType::IpAddress(s.parse().unwrap());
+        leaf(
+            "apiserver",
+            "kube-apiserver",
+            None,
+            vec![
+                ip("127.0.0.1"),
+                ip(NODE_IP),
+                ip("10.96.0.1"),
+                SanType::DnsName("kubernetes".try_into().unwrap()),
+                SanType::DnsName("kubernetes.default.svc".try_into().unwrap()),
+            ],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        leaf(
+            "apiserver-kubelet-client",
+            "kube-apiserver-kubelet-client",
+            Some("system:masters"),
+            vec![],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        std::fs::write(
+            self.p("pki/plinth-server.kubeconfig"),
+            kubeconfig(
+                "https://127.0.0.1:6443",
+                &self.ca_pem(),
+                "plinth-server-token",
+            ),
+        )
+        .unwrap();
+    }
+
+    /// What `kubeadm init` leaves for joining nodes, and plinth-server's rights.
+    fn kubeadm_init(&self) {
+        use base64::Engine;
+        let ca_data = base64::engine::general_purpose::STANDARD.encode(self.ca_pem());
+        let info = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: \"\"\n  cluster:\n    \
+             certificate-authority-data: {ca_data}\n    server: https://{NODE_IP}:6443\n\
+             contexts: []\nusers: []\ncurrent-context: \"\"\n"
+        );
+        self.apply(&json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "cluster-info", "namespace": "kube-public"},
+            "data": {"kubeconfig": info},
+        }));
+        self.apply(&json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "kubeadm:bootstrap-signer-clusterinfo", "namespace": "kube-public"},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"],
+                       "resourceNames": ["cluster-info"], "verbs": ["get"]}],
+        }));
+        self.apply(&json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "kubeadm:bootstrap-signer-clusterinfo", "namespace": "kube-public"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                        "name": "kubeadm:bootstrap-signer-clusterinfo"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:anonymous"}],
+        }));
+        self.apply(&json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "kubeadm:kubelet-bootstrap"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "system:node-bootstrapper"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:bootstrappers"}],
+        }));
+        let rbac = crate::workspace().join("docs/kubernetes-rbac.yaml");
+        self.kubectl_ok(&["apply", "-f", &rbac.to_string_lossy()]);
+    }
+
+    /// Starts containerd and a kubelet that joins with `bootstrap` (a bootstrap
+    /// kubeconfig): its client certificate by TLS bootstrap, its serving certificate
+    /// asked for (`serverTLSBootstrap`), both rotated.
+    pub fn join_node(&mut self, bootstrap: &Path) {
+        let r = self.root.clone();
+        for m in cgroup_mounts() {
+            std::fs::create_dir_all(m.join(self.cgroup_root.trim_start_matches('/'))).unwrap();
+        }
+        self.spawn_containerd();
+        self.spawn(
+            "kubelet",
+            vec![
+                bin("kubelet").into(),
+                flag("--config", r.join("kubelet/config.yaml")),
+                flag("--bootstrap-kubeconfig", bootstrap),
+                flag("--kubeconfig", r.join("kubelet/kubeconfig")),
+                flag("--root-dir", r.join("kubelet")),
+                flag("--cert-dir", r.join("kubelet/pki")),
+                OsString::from(format!("--hostname-override={}", self.node)),
+                OsString::from(format!("--node-ip={NODE_IP}")),
+            ],
+        );
+    }
+
+    /// `kubectl` with `token` (a bootstrap token, say) instead of the admin's.
+    pub fn kubectl_as(&self, token: &str, args: &[&str], stdin: &str) -> Output {
+        let mut child = self
+            .in_netns(bin("kubectl"))
+            .args([
+                "--server=https://127.0.0.1:6443",
+                &format!("--certificate-authority={}", self.p("pki/ca.crt").display()),
+                &format!("--token={token}"),
+            ])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs `f` on a thread inside the cluster's network namespace (sockets it opens are
+    /// there: the API server, a server started in it).
+    pub fn in_namespace<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let ns = std::fs::File::open(&self.netns).unwrap();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                f()
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    /// The network namespace's file (for a server started in it).
+    pub fn netns(&self) -> &Path {
+        &self.netns
     }
 
     fn start_control_plane(&mut self) {
@@ -306,7 +502,8 @@ impl Cluster {
                 "admin-token,admin,1,\"system:masters\"\n\
                  cm-token,system:kube-controller-manager,2\n\
                  sched-token,system:kube-scheduler,3\n\
-                 node-token,system:node:{node},4,\"system:nodes\"\n"
+                 node-token,system:node:{node},4,\"system:nodes\"\n\
+                 plinth-server-token,plinth-server,5\n"
             ),
         )
         .unwrap();
@@ -416,8 +613,15 @@ state = "{r}/containerd/state"
             "address": NODE_IP,
             "readOnlyPort": 0,
             "healthzBindAddress": "127.0.0.1",
-            "authentication": {"anonymous": {"enabled": true}, "webhook": {"enabled": false}},
-            "authorization": {"mode": "AlwaysAllow"},
+            "authentication": if self.secure {
+                json!({"anonymous": {"enabled": false}, "webhook": {"enabled": true},
+                       "x509": {"clientCAFile": r.join("pki/ca.crt")}})
+            } else {
+                json!({"anonymous": {"enabled": true}, "webhook": {"enabled": false}})
+            },
+            "authorization": {"mode": if self.secure { "Webhook" } else { "AlwaysAllow" }},
+            "serverTLSBootstrap": self.secure,
+            "rotateCertificates": self.secure,
             "containerRuntimeEndpoint": format!("unix://{}", self.containerd_socket().display()),
             "podLogsDir": r.join("pods-logs"),
             "resolvConf": "",
@@ -493,7 +697,6 @@ state = "{r}/containerd/state"
             ("--service-account-key-file", pki("sa.pub")),
             ("--service-account-signing-key-file", pki("sa.key")),
             ("--token-auth-file", pki("tokens.csv")),
-            ("--authorization-mode", "AlwaysAllow".into()),
             ("--allow-privileged", "true".into()),
             // The node's name resolves nowhere: the apiserver reaches kubelet (logs,
             // exec) at the node's address.
@@ -502,6 +705,28 @@ state = "{r}/containerd/state"
             let mut a = OsString::from(format!("{k}="));
             a.push(v);
             argv.push(a);
+        }
+        if self.secure {
+            for (k, v) in [
+                ("--authorization-mode", OsString::from("Node,RBAC")),
+                ("--client-ca-file", pki("ca.crt")),
+                ("--tls-cert-file", pki("apiserver.crt")),
+                ("--tls-private-key-file", pki("apiserver.key")),
+                ("--enable-bootstrap-token-auth", "true".into()),
+                ("--enable-admission-plugins", "NodeRestriction".into()),
+                (
+                    "--kubelet-client-certificate",
+                    pki("apiserver-kubelet-client.crt"),
+                ),
+                ("--kubelet-client-key", pki("apiserver-kubelet-client.key")),
+                // kubelet's serving certificate is checked: the one plinth-server
+                // approved, signed by the controller-manager.
+                ("--kubelet-certificate-authority", pki("ca.crt")),
+            ] {
+                argv.push(flag(k, v));
+            }
+        } else {
+            argv.push("--authorization-mode=AlwaysAllow".into());
         }
         self.spawn("kube-apiserver", argv);
     }
@@ -519,6 +744,13 @@ state = "{r}/containerd/state"
         ));
         cm.push("--leader-elect=false".into());
         cm.push("--bind-address=127.0.0.1".into());
+        if self.secure {
+            cm.push("--controllers=*,bootstrapsigner,tokencleaner".into());
+            cm.push("--use-service-account-credentials=true".into());
+            cm.push(flag("--cluster-signing-cert-file", r.join("pki/ca.crt")));
+            cm.push(flag("--cluster-signing-key-file", r.join("pki/ca.key")));
+            cm.push(flag("--root-ca-file", r.join("pki/ca.crt")));
+        }
         self.spawn("kube-controller-manager", cm);
         let sched: Vec<OsString> = vec![
             bin("kube-scheduler").into(),
@@ -944,6 +1176,19 @@ impl Drop for Cluster {
         }
         self.teardown();
     }
+}
+
+/// A kubeconfig for `server`, trusting `ca_pem`, with a bearer `token`.
+pub fn kubeconfig(server: &str, ca_pem: &str, token: &str) -> String {
+    use base64::Engine;
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    \
+         server: {server}\n    certificate-authority-data: {ca}\n\
+         users:\n- name: u\n  user:\n    token: {token}\n\
+         contexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n\
+         current-context: c\n"
+    )
 }
 
 fn flag(name: &str, value: impl Into<OsString>) -> OsString {

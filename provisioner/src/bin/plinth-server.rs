@@ -102,6 +102,13 @@ struct Cli {
     /// Sends of one TFTP packet at most (the first and its retransmits).
     #[arg(long, default_value_t = 4)]
     tftp_sends: u32,
+    /// A Kubernetes cluster's kubeconfig: the server mints each joining machine a
+    /// bootstrap token and approves its kubelet's certificates (docs/kubernetes.md).
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
+    /// How long a minted bootstrap token is accepted by the cluster.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    bootstrap_token_ttl: Duration,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -137,6 +144,8 @@ fn main() -> anyhow::Result<()> {
         ca_dir: cli.ca_dir,
         tftp_workers: cli.tftp_workers.max(1),
         tftp_sends: cli.tftp_sends.max(1),
+        kubeconfig: cli.kubeconfig,
+        bootstrap_token_ttl: cli.bootstrap_token_ttl,
     };
     server::serve(cfg, |r| {
         let mut out = std::io::stdout();

@@ -7,16 +7,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio_rustls::TlsConnector;
 
 use crate::crypto::provider;
 use crate::error::{Error, Result};
+pub use crate::http_client::Url;
+use crate::http_client::{exchange, Request};
 use crate::node::verify::PinVerifier;
 
 /// The largest answer read.
@@ -24,70 +22,11 @@ const MAX_ANSWER: usize = 2 << 20;
 /// How long a connection to one server may take before the next server is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// An `https://host:port[/prefix]` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Url {
-    /// Host name or IP address (no brackets).
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// Path prefix, without a trailing slash (possibly empty).
-    pub prefix: String,
-}
-
-impl Url {
-    /// Parses an https URL; the error says what is wrong with it.
-    pub fn parse(s: &str) -> Result<Url> {
-        let bad = |reason: &str| Error::Config {
-            what: format!("plinth.server={s}"),
-            reason: reason.to_string(),
-        };
-        let rest = s
-            .strip_prefix("https://")
-            .ok_or_else(|| bad("must be an https:// URL"))?;
-        let (hostport, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (h, p) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
-            (h, p.strip_prefix(':'))
-        } else {
-            match hostport.rsplit_once(':') {
-                Some((h, p)) => (h, Some(p)),
-                None => (hostport, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(bad("no host"));
-        }
-        let port = match port {
-            Some(p) => p.parse().map_err(|_| bad("bad port"))?,
-            None => 443,
-        };
-        Ok(Url {
-            host: host.to_string(),
-            port,
-            prefix: prefix
-                .trim_end_matches('/')
-                .split('/')
-                .filter(|c| !c.is_empty())
-                .map(|c| format!("/{c}"))
-                .collect(),
-        })
-    }
-}
-
 /// Parses `plinth.server=`: one https URL, or several of one fleet separated by commas.
 pub fn parse_list(s: &str) -> Result<Vec<Url>> {
-    s.split(',').map(Url::parse).collect()
-}
-
-impl std::fmt::Display for Url {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "https://[{}]:{}{}", self.host, self.port, self.prefix)
-        } else {
-            write!(f, "https://{}:{}{}", self.host, self.port, self.prefix)
-        }
-    }
+    s.split(',')
+        .map(|u| Url::parse_for(u, "plinth.server"))
+        .collect()
 }
 
 /// A client for the servers of one fleet (one CA, so one pin); cheap to clone, and the
@@ -314,50 +253,14 @@ impl Client {
         body: Option<Vec<u8>>,
         what: &str,
     ) -> Result<(u16, Vec<u8>)> {
-        let tls = TlsConnector::from(self.tls.clone())
-            .connect(name.clone(), tcp)
-            .await
-            .map_err(|e| Error::Tls {
-                what: format!("{what}: TLS"),
-                reason: e.to_string(),
-            })?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .map_err(|e| http_err(what, e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let host = if url.port == 443 {
-            url.host.clone()
-        } else {
-            format!("{}:{}", url.host, url.port)
+        let req = Request {
+            method,
+            path,
+            content_type: "application/json",
+            bearer: None,
+            body: body.unwrap_or_default(),
         };
-        let req = hyper::Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", url.prefix))
-            .header(hyper::header::HOST, host)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(hyper::header::CONNECTION, "close")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|e| Error::Protocol {
-                what: what.to_string(),
-                reason: e.to_string(),
-            })?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| http_err(what, e))?;
-        let status = resp.status().as_u16();
-        let body = Limited::new(resp.into_body(), MAX_ANSWER)
-            .collect()
-            .await
-            .map_err(|e| Error::Protocol {
-                what: what.to_string(),
-                reason: format!("reading the answer: {e}"),
-            })?
-            .to_bytes()
-            .to_vec();
-        Ok((status, body))
+        exchange(self.tls.clone(), tcp, url, name, req, MAX_ANSWER, what).await
     }
 
     /// A JSON call: `body` out, `T` back; a status other than 200 is [`Error::Status`]
@@ -393,13 +296,6 @@ impl Client {
             what: format!("the answer to {what}"),
             source,
         })
-    }
-}
-
-fn http_err(what: &str, e: hyper::Error) -> Error {
-    Error::Protocol {
-        what: what.to_string(),
-        reason: e.to_string(),
     }
 }
 

@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::containers::{Container, Registry};
+use super::kubernetes::Kubernetes;
 use super::API_VERSION;
 
 /// The largest config the server accepts or a node takes.
@@ -50,6 +51,9 @@ pub struct MachineConfig {
     /// How to reach the registries the containers' images come from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub registries: Vec<Registry>,
+    /// The Kubernetes cluster the node joins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<Kubernetes>,
 }
 
 /// The boot NIC's configuration.
@@ -314,7 +318,11 @@ impl MachineConfig {
                 return Err(format!("kernelModules[{i}]: {m:?} is not a module name"));
             }
         }
-        super::containers::validate(&self.containers, &self.registries)
+        super::containers::validate(&self.containers, &self.registries)?;
+        if let Some(k) = &self.kubernetes {
+            k.validate(self.hostname.as_deref())?;
+        }
+        Ok(())
     }
 }
 

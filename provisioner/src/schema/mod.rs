@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod containers;
+pub mod kubernetes;
 
 use serde::{Deserialize, Serialize};
 
@@ -74,6 +75,9 @@ pub enum EventKind {
     /// An operator's action on the machine: accept, release, poweroff, reboot, inspect
     /// (recorded by the server, with the operator's name).
     Action,
+    /// What the server did for the machine in its Kubernetes cluster: a bootstrap token
+    /// minted, a kubelet's certificate request approved or denied (recorded by the server).
+    Kubernetes,
 }
 
 impl EventKind {
@@ -81,7 +85,11 @@ impl EventKind {
     pub fn server_only(self) -> bool {
         matches!(
             self,
-            EventKind::Security | EventKind::Dhcp | EventKind::File | EventKind::Action
+            EventKind::Security
+                | EventKind::Dhcp
+                | EventKind::File
+                | EventKind::Action
+                | EventKind::Kubernetes
         )
     }
 }

@@ -1,4 +1,4 @@
-//! Which kubelet certificate requests plinth-server approves (issue 20, not wired yet).
+//! Which kubelet certificate requests plinth-server approves.
 //! kubeadm leaves a kubelet's serving certificate unapproved (kubernetes#73356), and its
 //! auto-approval of client certificates takes any node name a bootstrap token asks for.
 //! The server knows each machine: it approves a client certificate only for the node its
@@ -31,6 +31,25 @@ pub struct Machine<'a> {
 /// certificate for that node.
 pub fn bootstrap_group(node: &str) -> String {
     format!("system:bootstrappers:plinth:{node}")
+}
+
+/// The node a request is for, by who asks: the node itself (`system:node:NAME`) or a
+/// bootstrap token this server minted (group `system:bootstrappers:plinth:NAME`). `None`
+/// for anyone else (another bootstrap token, an operator): not the server's to decide.
+pub fn node_of(csr: &Value) -> Option<String> {
+    let spec = &csr["spec"];
+    if let Some(n) = spec["username"]
+        .as_str()
+        .and_then(|u| u.strip_prefix("system:node:"))
+    {
+        return Some(n.to_string());
+    }
+    let prefix = bootstrap_group("");
+    strings(&spec["groups"])
+        .into_iter()
+        .find_map(|g| g.strip_prefix(prefix.as_str()))
+        .filter(|n| !n.is_empty())
+        .map(String::from)
 }
 
 /// The decision on one `CertificateSigningRequest` (as the API answers it, JSON).

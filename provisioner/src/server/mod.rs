@@ -37,6 +37,7 @@ pub mod fleet;
 pub mod https;
 pub mod ident;
 pub mod kubelet_csr;
+pub mod kubernetes;
 pub mod kv;
 pub mod kv_etcd;
 pub mod kv_redb;
@@ -121,6 +122,10 @@ pub struct Config {
     pub tftp_workers: usize,
     /// TFTP sends of one packet at most (the first and its retransmits).
     pub tftp_sends: u32,
+    /// `--kubeconfig`: the cluster nodes join, when the server takes part in it.
+    pub kubeconfig: Option<PathBuf>,
+    /// How long a minted bootstrap token lives.
+    pub bootstrap_token_ttl: Duration,
 }
 
 impl Config {
@@ -184,6 +189,8 @@ pub struct State {
     traffic: traffic::Traffic,
     /// Operators' browser sessions (the web pages).
     sessions: session::Sessions,
+    /// The Kubernetes cluster of `--kubeconfig`.
+    cluster: Option<kubernetes::Cluster>,
 }
 
 /// Runs `f`, which blocks on a lock or on file I/O (fsync), without stalling the
@@ -678,6 +685,19 @@ async fn serve_async(
         ));
     }
     files::private_dir(&cfg.data.join(secrets::DIR))?;
+    let cluster = match &cfg.kubeconfig {
+        Some(path) => {
+            let c = kubernetes::Cluster::load(path, cfg.bootstrap_token_ttl).map_err(|e| {
+                Error::Config {
+                    what: format!("--kubeconfig {}", path.display()),
+                    reason: e.to_string(),
+                }
+            })?;
+            log(&format!("kubernetes: the cluster at {}", c.server()));
+            Some(c)
+        }
+        None => None,
+    };
     let boot_files = boot::Files::load(&cfg.boot_dir)?;
     let http = bind_tcp(cfg.listen).map_err(net(format!("binding --listen {}", cfg.listen)))?;
     let http_addr = http.local_addr().map_err(net("local address"))?;
@@ -738,6 +758,7 @@ async fn serve_async(
         http_base,
         traffic: traffic::Traffic::default(),
         sessions: session::Sessions::default(),
+        cluster,
     });
     let mut tftp_addr = None;
     if let Some(t) = tftp_listen {
@@ -788,12 +809,75 @@ async fn serve_async(
     if cfg.config_dir.is_some() {
         reload::watch(state.clone())?;
     }
+    if state.cluster.is_some() {
+        tokio::spawn(approve_kubelets(state.clone()));
+    }
     let boot_app = boot::router(state.clone());
     let https_app = https::router(state.clone());
     let plain = listener::serve(http, None, boot_app, state.clone());
     let tls = listener::serve(tls_listener, Some(server_config), https_app, state);
     tokio::try_join!(plain, tls)?;
     Ok(())
+}
+
+/// How often the kubelets' certificate requests are looked at: a kubelet waits on its
+/// request, so this is what a node's bootstrap pays at most.
+const CSR_POLL: Duration = Duration::from_secs(2);
+
+/// Decides the kubelets' certificate requests of the server's machines as they come,
+/// each decision on the machine's timeline.
+async fn approve_kubelets(st: Arc<State>) {
+    let Some(cluster) = &st.cluster else {
+        return;
+    };
+    let mut last_error = String::new();
+    loop {
+        let addresses = |mac: &str| blocking(|| addresses_this_boot(&st.store, mac));
+        match cluster.decide_pending(addresses).await {
+            Ok(done) => {
+                last_error.clear();
+                for d in done {
+                    log(&format!(
+                        "kubernetes: {} certificate request {} of node {} ({}): {:?}",
+                        d.kind, d.csr, d.node, d.mac, d.verdict
+                    ));
+                    let details = kubernetes::details(&d);
+                    let _ = st.with_machine(&d.mac, |s| {
+                        s.server_event(&d.mac, "", crate::schema::EventKind::Kubernetes, details)
+                    });
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                // Said once, not every round, while the cluster stays unreachable.
+                if e != last_error {
+                    log(&format!("kubernetes: certificate requests: {e}"));
+                    last_error = e;
+                }
+            }
+        }
+        tokio::time::sleep(CSR_POLL).await;
+    }
+}
+
+/// The addresses machine `mac` reported this boot (its last boot's `network` events).
+fn addresses_this_boot(s: &Store, mac: &str) -> Vec<IpAddr> {
+    let Ok(Some(m)) = s.machine(mac) else {
+        return Vec::new();
+    };
+    let Some(boot) = m.boots.last() else {
+        return Vec::new();
+    };
+    let Ok(events) = s.recent_events(mac, &boot.boot_id) else {
+        return Vec::new();
+    };
+    events
+        .iter()
+        .filter(|r| {
+            r.event.kind == crate::schema::EventKind::Network && r.event.boot_id == boot.boot_id
+        })
+        .filter_map(|r| r.event.details.get("address")?.as_str()?.parse().ok())
+        .collect()
 }
 
 /// Connections the kernel queues for a listener before the server accepts them.

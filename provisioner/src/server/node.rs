@@ -101,7 +101,10 @@ pub async fn config(
         Answer::Failed(msg) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg)
             .reason("config_render")
             .who(who)),
-        Answer::Config(cfg) => Ok(Json(*cfg)),
+        Answer::Config(mut cfg) => {
+            join_token(&st, &node, &mut cfg).await.map_err(|e| e.who(who))?;
+            Ok(Json(*cfg))
+        }
         Answer::Pending => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
@@ -112,6 +115,59 @@ pub async fn config(
         .reason("not_accepted")
         .who(who)),
     }
+}
+
+/// The bootstrap token of a config that joins Kubernetes without one of its own: minted
+/// for this machine and boot in the server's cluster, and on the timeline (its id, never
+/// its secret). A config that joins names its node, which the server then knows as this
+/// machine (for approving its kubelet's certificates).
+async fn join_token(st: &State, node: &Node, cfg: &mut MachineConfig) -> Result<(), ApiError> {
+    let Some(k) = cfg.kubernetes.as_mut() else {
+        return Ok(());
+    };
+    let name = cfg.hostname.clone().unwrap_or_default();
+    let Some(cluster) = &st.cluster else {
+        if k.token.is_none() {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!(
+                    "the config of {} joins Kubernetes with no kubernetes.token, and this server has no --kubeconfig to mint one",
+                    node.mac
+                ),
+            )
+            .reason("config_render"));
+        }
+        return Ok(());
+    };
+    cluster.remember(&name, &node.mac);
+    if k.token.is_some() {
+        return Ok(());
+    }
+    let minted = cluster
+        .mint(&node.mac, &name, crate::schema::unix_time())
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "minting a bootstrap token for node {name} in {}: {e}",
+                    cluster.server()
+                ),
+            )
+            .reason("kubernetes")
+        })?;
+    let mut d = serde_json::Map::new();
+    d.insert("step".into(), "token".into());
+    d.insert("node".into(), name.into());
+    d.insert("token".into(), minted.id.clone().into());
+    d.insert("expires".into(), minted.expires.clone().into());
+    let mac = node.mac.clone();
+    let boot = node.boot_id.clone();
+    st.with_machine(&mac, |s| {
+        s.server_event(&mac, &boot, EventKind::Kubernetes, d)
+    })?;
+    k.token = Some(minted.token);
+    Ok(())
 }
 
 /// What `GET /v1/config` comes to, decided under the store's lock.

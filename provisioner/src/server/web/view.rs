@@ -227,6 +227,7 @@ fn text(d: &Map<String, Value>, key: &str) -> String {
 fn is_bad(kind: EventKind, d: &Map<String, Value>) -> bool {
     match kind {
         EventKind::Error | EventKind::Security => true,
+        EventKind::Kubernetes => text(d, "step") == "denied",
         EventKind::Service | EventKind::Image => {
             let state = text(d, "state");
             state == "failed"
@@ -262,6 +263,27 @@ pub fn describe(kind: EventKind, d: &Map<String, Value>) -> String {
             }
             s
         }
+        EventKind::Kubernetes => match text(d, "step").as_str() {
+            "token" => format!(
+                "bootstrap token {} for node {}, until {}",
+                text(d, "token"),
+                text(d, "node"),
+                text(d, "expires")
+            ),
+            "approved" => format!(
+                "{} certificate of node {} approved ({})",
+                text(d, "certificate"),
+                text(d, "node"),
+                text(d, "csr")
+            ),
+            "denied" => format!(
+                "{} certificate request {} denied: {}",
+                text(d, "certificate"),
+                text(d, "csr"),
+                text(d, "reason")
+            ),
+            other => other.to_string(),
+        },
         EventKind::Error | EventKind::Security => {
             let why = if d.contains_key("error") {
                 text(d, "error")
@@ -522,6 +544,26 @@ mod tests {
             "containers": names.iter().map(|n| json!({"name": n, "image": "r:5000/x:1"})).collect::<Vec<_>>(),
         }))
         .expect("config")
+    }
+
+    #[test]
+    fn kubernetes_rows_say_what_the_server_did() {
+        let d = |v: Value| v.as_object().cloned().unwrap_or_default();
+        let token = d(
+            json!({"step": "token", "token": "abcdef", "node": "n1", "expires": "2026-12-07T13:00:00Z"}),
+        );
+        assert_eq!(
+            describe(EventKind::Kubernetes, &token),
+            "bootstrap token abcdef for node n1, until 2026-12-07T13:00:00Z"
+        );
+        assert!(!is_bad(EventKind::Kubernetes, &token));
+        let denied =
+            d(json!({"step": "denied", "certificate": "client", "csr": "c1", "reason": "not n1"}));
+        assert_eq!(
+            describe(EventKind::Kubernetes, &denied),
+            "client certificate request c1 denied: not n1"
+        );
+        assert!(is_bad(EventKind::Kubernetes, &denied));
     }
 
     #[test]

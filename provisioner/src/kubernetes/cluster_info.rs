@@ -4,8 +4,7 @@
 //! token's secret, made by the controller-manager's `bootstrapsigner`). A node that holds
 //! the token knows the kubeconfig came from the cluster; the CA's pin
 //! (`sha256:<hex of its SubjectPublicKeyInfo>`, the same form as `plinth.ca=`) says it is
-//! the cluster the operator meant. The first piece of issue 20 (joining Kubernetes);
-//! nothing calls it yet.
+//! the cluster the operator meant.
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
@@ -14,6 +13,8 @@ use serde_json::Value;
 
 use crate::crypto::{pin_of_cert, same};
 use crate::error::{Error, Result};
+use crate::kubernetes::client::ApiClient;
+use crate::kubernetes::kubeconfig::{Access, Auth};
 
 /// A bootstrap token, `ID.SECRET`: six and sixteen of `[a-z0-9]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -162,6 +163,34 @@ pub fn check(configmap: &Value, token: &BootstrapToken, pins: &[String]) -> Resu
         ca_pem,
         ca_pin,
     })
+}
+
+/// Where the API server keeps it.
+pub const PATH: &str = "/api/v1/namespaces/kube-public/configmaps/cluster-info";
+
+/// kubeadm's token discovery of the cluster at `server`: reads `cluster-info` without
+/// trusting the server, [`check`]s it, then reads it again trusting only the CA it names,
+/// which must give the same kubeconfig. One try: the caller retries, since the cluster
+/// signs a new token's kubeconfig within seconds of the token's creation.
+pub async fn discover(
+    server: &str,
+    token: &BootstrapToken,
+    pins: &[String],
+) -> Result<ClusterInfo> {
+    let first = ApiClient::unverified(server)?.get(PATH).await?;
+    let info = check(&first, token, pins)?;
+    let trusted = ApiClient::new(&Access {
+        server: server.to_string(),
+        ca_pem: info.ca_pem.clone(),
+        auth: Auth::Anonymous,
+    })?;
+    let second = trusted.get(PATH).await?;
+    if second["data"]["kubeconfig"] != first["data"]["kubeconfig"] {
+        return Err(discovery(
+            "read again trusting its CA, data.kubeconfig changed: not one cluster",
+        ));
+    }
+    Ok(info)
 }
 
 #[cfg(test)]

@@ -1,0 +1,288 @@
+//! plinth-server's part in a node's join, given the cluster's kubeconfig
+//! (`--kubeconfig`): a bootstrap token per machine and boot, short-lived, in the group
+//! `system:bootstrappers:plinth:<node>` (the only requester of a client certificate for
+//! that node the server approves), and the approval of kubelets' certificate requests by
+//! what the server knows of each machine ([`kubelet_csr`]). The RBAC rights this takes
+//! are in `docs/kubernetes.md`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+
+use crate::crypto::random_bytes;
+use crate::error::{Error, Result};
+use crate::kubernetes::client::ApiClient;
+use crate::kubernetes::kubeconfig;
+use crate::server::kubelet_csr::{self, bootstrap_group, Verdict, CLIENT_SIGNER, SERVING_SIGNER};
+
+/// Where bootstrap tokens live.
+const SECRETS: &str = "/api/v1/namespaces/kube-system/secrets";
+/// Where certificate requests live.
+const CSRS: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+/// The label naming the machine a token was minted for (its MAC, `-` for `:`).
+pub const MACHINE_LABEL: &str = "plinth.dev/machine";
+
+/// The cluster a server mints tokens in and approves certificates for.
+#[derive(Debug)]
+pub struct Cluster {
+    api: ApiClient,
+    token_ttl: Duration,
+    /// Which machine each node name is (learnt as configs with `kubernetes` are served).
+    nodes: Mutex<HashMap<String, String>>,
+    /// The last token minted for each machine (by MAC): deleted when the next is.
+    tokens: Mutex<HashMap<String, String>>,
+}
+
+/// A token minted for a machine.
+#[derive(Debug)]
+pub struct Minted {
+    /// `ID.SECRET`.
+    pub token: String,
+    /// Its id (public).
+    pub id: String,
+    /// When it expires, RFC 3339.
+    pub expires: String,
+}
+
+/// A decision taken on a kubelet's certificate request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The request's name.
+    pub csr: String,
+    /// The node it is for.
+    pub node: String,
+    /// The machine that node is.
+    pub mac: String,
+    /// `client` or `serving`.
+    pub kind: &'static str,
+    /// Approved, or denied with why.
+    pub verdict: Verdict,
+}
+
+fn token_chars(n: usize) -> Result<String> {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut out = String::with_capacity(n);
+    while out.len() < n {
+        for b in random_bytes(n * 2)? {
+            // 252 = 7 * 36: below it every character is equally likely.
+            if b < 252 && out.len() < n {
+                out.push(CHARS[usize::from(b) % CHARS.len()] as char);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn rfc3339(unix: u64) -> String {
+    let t = i64::try_from(unix).unwrap_or(i64::MAX);
+    time::OffsetDateTime::from_unix_timestamp(t)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+impl Cluster {
+    /// The cluster `kubeconfig` names; tokens live `token_ttl`.
+    pub fn load(kubeconfig: &Path, token_ttl: Duration) -> Result<Cluster> {
+        let access = kubeconfig::load(kubeconfig)?;
+        Ok(Cluster {
+            api: ApiClient::new(&access)?,
+            token_ttl,
+            nodes: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The API server's URL.
+    pub fn server(&self) -> String {
+        self.api.server()
+    }
+
+    /// Remembers that node `node` is machine `mac`.
+    pub fn remember(&self, node: &str, mac: &str) {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes.insert(node.to_string(), mac.to_string());
+    }
+
+    /// Mints a bootstrap token for machine `mac`, node `node`, in the group only this
+    /// node's client certificate may be asked by; the machine's last token is deleted
+    /// (a new boot, a new token). Tokens minted before the server started expire on their
+    /// own: the server holds no right to list the cluster's secrets.
+    pub async fn mint(&self, mac: &str, node: &str, now: u64) -> Result<Minted> {
+        let id = token_chars(6)?;
+        let secret = token_chars(16)?;
+        let expires = rfc3339(now.saturating_add(self.token_ttl.as_secs()));
+        let label = mac.replace(':', "-");
+        let body = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": format!("bootstrap-token-{id}"),
+                "namespace": "kube-system",
+                "labels": {MACHINE_LABEL: label},
+            },
+            "type": "bootstrap.kubernetes.io/token",
+            "stringData": {
+                "description": format!("plinth-server: machine {mac}, node {node}"),
+                "token-id": id,
+                "token-secret": secret,
+                "expiration": expires,
+                "usage-bootstrap-authentication": "true",
+                "usage-bootstrap-signing": "true",
+                "auth-extra-groups": bootstrap_group(node),
+            },
+        });
+        self.api.post(SECRETS, &body).await?;
+        self.remember(node, mac);
+        let old = {
+            let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+            tokens.insert(mac.to_string(), id.clone())
+        };
+        if let Some(old) = old {
+            self.api
+                .delete(&format!("{SECRETS}/bootstrap-token-{old}"))
+                .await?;
+        }
+        Ok(Minted {
+            token: format!("{id}.{secret}"),
+            id,
+            expires,
+        })
+    }
+
+    /// Decides every kubelet certificate request not yet decided whose node is a
+    /// machine of this server: `addresses(mac)` gives the machine's addresses this boot.
+    /// Requests for other nodes, or of other signers, are left for others.
+    pub async fn decide_pending(
+        &self,
+        addresses: impl Fn(&str) -> Vec<IpAddr>,
+    ) -> Result<Vec<Decision>> {
+        let list = self.api.get(CSRS).await?;
+        let mut done = Vec::new();
+        for csr in list["items"].as_array().into_iter().flatten() {
+            if decided(csr) {
+                continue;
+            }
+            let signer = csr["spec"]["signerName"].as_str().unwrap_or("");
+            let kind = match signer {
+                CLIENT_SIGNER => "client",
+                SERVING_SIGNER => "serving",
+                _ => continue,
+            };
+            let Some(node) = kubelet_csr::node_of(csr) else {
+                continue;
+            };
+            let mac = {
+                let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+                nodes.get(&node).cloned()
+            };
+            let Some(mac) = mac else {
+                continue;
+            };
+            let addrs = addresses(&mac);
+            let verdict = kubelet_csr::judge(
+                csr,
+                &kubelet_csr::Machine {
+                    node: &node,
+                    addresses: &addrs,
+                },
+            );
+            let Some(name) = csr["metadata"]["name"].as_str() else {
+                continue;
+            };
+            let condition = match &verdict {
+                Verdict::Approve => json!({
+                    "type": "Approved", "status": "True", "reason": "PlinthApproved",
+                    "message": format!("plinth-server: node {node} is machine {mac}"),
+                }),
+                Verdict::Deny(why) => json!({
+                    "type": "Denied", "status": "True", "reason": "PlinthDenied",
+                    "message": format!("plinth-server: {why}"),
+                }),
+                Verdict::NotOurs => continue,
+            };
+            let mut update = csr.clone();
+            let conditions = &mut update["status"]["conditions"];
+            if !conditions.is_array() {
+                *conditions = json!([]);
+            }
+            if let Some(a) = conditions.as_array_mut() {
+                a.push(condition);
+            }
+            match self
+                .api
+                .put(&format!("{CSRS}/{name}/approval"), &update)
+                .await
+            {
+                Ok(_) => {}
+                // Changed meanwhile (another approver, a kubelet's retry): next round.
+                Err(Error::Status { status: 409, .. }) => continue,
+                Err(e) => return Err(e),
+            }
+            done.push(Decision {
+                csr: name.to_string(),
+                node,
+                mac,
+                kind,
+                verdict,
+            });
+        }
+        Ok(done)
+    }
+}
+
+/// Whether a request is approved or denied already.
+fn decided(csr: &Value) -> bool {
+    csr["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| matches!(c["type"].as_str(), Some("Approved" | "Denied" | "Failed")))
+}
+
+/// A decision as a `kubernetes` event's details.
+pub fn details(d: &Decision) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("csr".into(), json!(d.csr));
+    m.insert("node".into(), json!(d.node));
+    m.insert("certificate".into(), json!(d.kind));
+    match &d.verdict {
+        Verdict::Approve => {
+            m.insert("step".into(), json!("approved"));
+        }
+        Verdict::Deny(why) => {
+            m.insert("step".into(), json!("denied"));
+            m.insert("reason".into(), json!(why));
+        }
+        Verdict::NotOurs => {}
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_bootstrap_tokens() {
+        for _ in 0..50 {
+            let t = format!(
+                "{}.{}",
+                token_chars(6).expect("id"),
+                token_chars(16).expect("s")
+            );
+            let parsed: std::result::Result<crate::kubernetes::cluster_info::BootstrapToken, _> =
+                t.parse();
+            assert!(parsed.is_ok(), "{t}");
+        }
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_796_601_600), "2026-12-07T00:00:00Z");
+    }
+}
