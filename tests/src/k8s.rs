@@ -352,28 +352,35 @@ impl Cluster {
         self.kubectl_ok(&["apply", "-f", &rbac.to_string_lossy()]);
     }
 
-    /// Starts containerd and a kubelet that joins with `bootstrap` (a bootstrap
-    /// kubeconfig): its client certificate by TLS bootstrap, its serving certificate
-    /// asked for (`serverTLSBootstrap`), both rotated.
-    pub fn join_node(&mut self, bootstrap: &Path) {
-        let r = self.root.clone();
+    /// What a joining node's kubelet must be told of this host (its cgroups, paths and
+    /// limits): this cluster's kubelet settings without those the node sets itself.
+    pub fn kubelet_host_settings(&self) -> serde_json::Map<String, Value> {
+        let text = std::fs::read_to_string(self.p("kubelet/config.yaml")).unwrap();
+        let mut m: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
+        for own in [
+            "apiVersion",
+            "kind",
+            "authentication",
+            "authorization",
+            "serverTLSBootstrap",
+            "rotateCertificates",
+            "containerRuntimeEndpoint",
+        ] {
+            m.remove(own);
+        }
+        m
+    }
+
+    /// Starts containerd and a kubelet with `args` (a joining node's: its bootstrap
+    /// kubeconfig, config, name and address).
+    pub fn join_node(&mut self, args: &[String]) {
         for m in cgroup_mounts() {
             std::fs::create_dir_all(m.join(self.cgroup_root.trim_start_matches('/'))).unwrap();
         }
         self.spawn_containerd();
-        self.spawn(
-            "kubelet",
-            vec![
-                bin("kubelet").into(),
-                flag("--config", r.join("kubelet/config.yaml")),
-                flag("--bootstrap-kubeconfig", bootstrap),
-                flag("--kubeconfig", r.join("kubelet/kubeconfig")),
-                flag("--root-dir", r.join("kubelet")),
-                flag("--cert-dir", r.join("kubelet/pki")),
-                OsString::from(format!("--hostname-override={}", self.node)),
-                OsString::from(format!("--node-ip={NODE_IP}")),
-            ],
-        );
+        let mut argv: Vec<OsString> = vec![bin("kubelet").into()];
+        argv.extend(args.iter().map(OsString::from));
+        self.spawn("kubelet", argv);
     }
 
     /// `kubectl` with `token` (a bootstrap token, say) instead of the admin's.

@@ -467,7 +467,7 @@ fn decision(csr: &Value) -> Option<(String, String, String)> {
 #[ignore = "slow (a control plane and a kubelet): `make e2e` runs it"]
 fn a_node_joins_with_the_token_the_server_minted_and_the_certificates_it_approved() {
     use plinth_provisioner::kubernetes::cluster_info::{discover, BootstrapToken};
-    use plinth_provisioner::kubernetes::kubeconfig::{self, Access, Auth};
+    use plinth_provisioner::node::join::{self, Layout};
     use plinth_provisioner::schema::config::MachineConfig;
     use plinth_tests::server::{call, event, placeholder_boot, rt, Server};
 
@@ -499,14 +499,25 @@ fn a_node_joins_with_the_token_the_server_minted_and_the_certificates_it_approve
         mac,
         uuid,
         json!({"apiVersion": "plinth/v1", "hostname": c.node,
-               "kubernetes": {"server": api, "caCertHashes": [pin]}}),
+               "kubernetes": {"server": api, "caCertHashes": [pin],
+                              "labels": {"plinth.dev/rack": "r1"},
+                              "taints": [{"key": "plinth.dev/new", "value": "yes",
+                                          "effect": "PreferNoSchedule"}]}}),
     );
     let enrol_token = srv.mint(mac, uuid).expect("an enrolment token");
     let boot1 = "0f0f0f0f-0000-4000-8000-000000000001";
     let node_ip = plinth_tests::k8s::NODE_IP;
 
-    // As plinth-init: enrol, report the address, fetch the config, discover the cluster.
-    let (token, info, refusals) = c.in_namespace(|| {
+    // As plinth-init: enrol, report the address, fetch the config, discover the cluster
+    // and write what kubelet starts from (the node's own code, into this cluster's root).
+    let layout = Layout {
+        etc: c.root.join("etc-kubernetes"),
+        kubelet_dir: c.root.join("kubelet"),
+        containerd_socket: c.containerd_socket(),
+        host: c.kubelet_host_settings(),
+    };
+    let node_name = c.node.clone();
+    let (token, prepared, refusals) = c.in_namespace(|| {
         let (client, _) = srv.enrol_boot(mac, uuid, &enrol_token, boot1).unwrap();
         let mut net = event(mac, uuid, "network");
         net["details"] = json!({"address": node_ip, "interface": "eth0"});
@@ -522,18 +533,15 @@ fn a_node_joins_with_the_token_the_server_minted_and_the_certificates_it_approve
             .unwrap();
         let k = cfg.kubernetes.expect("the config's kubernetes");
         let token: BootstrapToken = k.token.as_deref().expect("a minted token").parse().unwrap();
-        // The bootstrapsigner signs cluster-info for a new token within seconds.
-        let deadline = Instant::now() + std::time::Duration::from_secs(60);
-        let info = loop {
-            match rt().block_on(discover(&k.server, &token, &k.ca_cert_hashes)) {
-                Ok(info) => break info,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    std::thread::sleep(std::time::Duration::from_millis(500));
-                }
-                Err(e) => panic!("discovery: {e}"),
-            }
-        };
+        let prepared = rt()
+            .block_on(join::prepare(
+                &k,
+                &node_name,
+                node_ip.parse().unwrap(),
+                &layout,
+                join::DISCOVERY_PATIENCE,
+            ))
+            .unwrap();
         let wrong_pin = format!("sha256:{}", "0".repeat(64));
         let e1 = rt()
             .block_on(discover(&k.server, &token, &[wrong_pin]))
@@ -552,14 +560,14 @@ fn a_node_joins_with_the_token_the_server_minted_and_the_certificates_it_approve
             .block_on(discover(&k.server, &wrong_secret, &k.ca_cert_hashes))
             .expect_err("a wrong secret")
             .to_string();
-        (k.token.unwrap(), info, [e1, e2, e3])
+        (k.token.unwrap(), prepared, [e1, e2, e3])
     });
     step(
         "config with a minted token; cluster discovered, CA pinned",
         t0,
     );
-    assert_eq!(info.server, api);
-    assert_eq!(info.ca_pin, pin);
+    assert_eq!(prepared.cluster.server, api);
+    assert_eq!(prepared.cluster.ca_pin, pin);
     assert!(
         refusals[0].contains("kubernetes.caCertHashes") && refusals[0].contains(&pin),
         "{}",
@@ -601,22 +609,19 @@ fn a_node_joins_with_the_token_the_server_minted_and_the_certificates_it_approve
     );
 
     // kubelet joins with it.
-    let bootstrap = c.root.join("kubelet/bootstrap.kubeconfig");
-    std::fs::write(
-        &bootstrap,
-        kubeconfig::render(
-            &Access {
-                server: info.server.clone(),
-                ca_pem: info.ca_pem.clone(),
-                auth: Auth::Token(token.clone()),
-            },
-            "bootstrap",
-        ),
-    )
-    .unwrap();
-    c.join_node(&bootstrap);
+    c.join_node(&prepared.kubelet_args);
     c.wait_node_ready();
     step("kubelet bootstrapped, node Ready", t0);
+    let node: Value =
+        serde_json::from_str(&c.kubectl_ok(&["get", "node", &c.node, "-o", "json"])).unwrap();
+    assert_eq!(
+        node["metadata"]["labels"]["plinth.dev/rack"], "r1",
+        "{node}"
+    );
+    assert_eq!(
+        node["spec"]["taints"][0],
+        json!({"key": "plinth.dev/new", "value": "yes", "effect": "PreferNoSchedule"})
+    );
     let client = csrs(&c, "kubernetes.io/kube-apiserver-client-kubelet");
     assert_eq!(client.len(), 1, "{client:?}");
     assert_eq!(

@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod enroll;
 pub mod image;
+pub mod join;
 pub mod layer;
 pub mod logs;
 pub mod network;
@@ -537,6 +538,13 @@ impl Agent {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(60));
         };
+        let address = match &cfg.network {
+            Some(Network::Static(s)) => {
+                crate::schema::config::parse_cidr(&s.address).map_or(link.lease.address, |(a, _)| a)
+            }
+            _ => link.lease.address,
+        };
+        let kubernetes = self.join(&cfg, address.into());
         let net = async {
             match &cfg.network {
                 Some(Network::Static(s)) => {
@@ -564,7 +572,36 @@ impl Agent {
             workload::run(&cfg.containers, &cfg.registries, &notes).await;
             drop(notes);
         };
-        tokio::join!(net, containers, report);
+        tokio::join!(net, containers, report, kubernetes);
+    }
+
+    /// Joins the config's Kubernetes cluster: discovery and kubelet's bootstrap files.
+    /// Starting containerd and kubelet needs them on the node, which extensions will
+    /// bring; until then the step ends in an error that says so.
+    async fn join(&self, cfg: &crate::schema::config::MachineConfig, address: std::net::IpAddr) {
+        let Some(k) = &cfg.kubernetes else { return };
+        let node = cfg.hostname.clone().unwrap_or_default();
+        let layout = join::Layout::node();
+        match join::prepare(k, &node, address, &layout, join::DISCOVERY_PATIENCE).await {
+            Ok(p) => {
+                log(&format!(
+                    "kubernetes: the cluster at {} (CA {}); kubelet's bootstrap written",
+                    p.cluster.server, p.cluster.ca_pin
+                ));
+                let e = Error::Config {
+                    what: "kubernetes".into(),
+                    reason: format!(
+                        "the cluster at {} was found and its CA pinned, but this node cannot start kubelet yet: extensions, which bring containerd and kubelet, are not supported by this version",
+                        p.cluster.server
+                    ),
+                };
+                self.error("kubernetes", &e).await;
+            }
+            Err(e) => {
+                log(&format!("kubernetes: {e}"));
+                self.error("kubernetes", &e).await;
+            }
+        }
     }
 
     /// The operator's actions: from event replies, or the long poll.

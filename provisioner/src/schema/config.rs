@@ -1,7 +1,8 @@
 //! `MachineConfig`: what a node is told to be. Strict (`deny_unknown_fields`): a field
 //! this version cannot honour is an error naming it, never silently dropped. The fields
-//! later issues add (extensions, Kubernetes join) are therefore refused until a node can
-//! apply them. `docs/config.md` documents every field.
+//! later issues add (extensions) are therefore refused until a node can apply them; the
+//! node takes `kubernetes` as far as it can and says where it stops (an `error` event).
+//! `docs/config.md` documents every field.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
