@@ -79,7 +79,6 @@ impl std::fmt::Display for Url {
 }
 
 /// One request's parts.
-#[derive(Debug)]
 pub struct Request<'a> {
     /// `GET`, `POST`, ...
     pub method: &'a str,
@@ -91,6 +90,16 @@ pub struct Request<'a> {
     pub bearer: Option<&'a str>,
     /// The body (empty for none).
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the bearer token.
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Sends `req` to `url` over `tcp` (TLS by `tls`, the server checked as `name`) and

@@ -385,13 +385,28 @@ impl Cluster {
 
     /// `kubectl` with `token` (a bootstrap token, say) instead of the admin's.
     pub fn kubectl_as(&self, token: &str, args: &[&str], stdin: &str) -> Output {
+        self.kubectl_with(&format!("--token={token}"), "", args, stdin)
+    }
+
+    /// `kubectl` with a client certificate and key in `pem` (kubelet's, say).
+    pub fn kubectl_as_cert(&self, pem: &Path, args: &[&str], stdin: &str) -> Output {
+        self.kubectl_with(
+            &format!("--client-certificate={}", pem.display()),
+            &format!("--client-key={}", pem.display()),
+            args,
+            stdin,
+        )
+    }
+
+    fn kubectl_with(&self, auth: &str, auth2: &str, args: &[&str], stdin: &str) -> Output {
         let mut child = self
             .in_netns(bin("kubectl"))
             .args([
                 "--server=https://127.0.0.1:6443",
                 &format!("--certificate-authority={}", self.p("pki/ca.crt").display()),
-                &format!("--token={token}"),
+                auth,
             ])
+            .args(Some(auth2).filter(|a| !a.is_empty()))
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -421,9 +421,15 @@ fn kubelet_runs_user_namespaced_pods_through_plinth() {
 
 /// A certificate request (PEM, base64 for `spec.request`) for `cn` in `system:nodes`.
 fn node_csr(cn: &str) -> String {
+    node_csr_with(cn, vec![])
+}
+
+/// [`node_csr`] with subject alternative names.
+fn node_csr_with(cn: &str, sans: Vec<rcgen::SanType>) -> String {
     use base64::Engine;
     let key = rcgen::KeyPair::generate().unwrap();
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.subject_alt_names = sans;
     p.distinguished_name = rcgen::DistinguishedName::new();
     p.distinguished_name.push(rcgen::DnType::CommonName, cn);
     p.distinguished_name
@@ -482,10 +488,18 @@ fn a_node_joins_with_the_token_the_server_minted_and_the_certificates_it_approve
     let dir = plinth_tests::TempDir::new("plinth-join");
     let boot = placeholder_boot(&dir.0);
     let kubeconfig_path = c.root.join("pki/plinth-server.kubeconfig");
+    // On the node's address: the server approves a serving certificate for the address
+    // the node's requests come from.
+    let listen = format!("{}:0", plinth_tests::k8s::NODE_IP);
     let srv = Server::launch(
         dir,
         &boot,
-        &["--kubeconfig", kubeconfig_path.to_str().unwrap()],
+        &[
+            "--listen",
+            &listen,
+            "--kubeconfig",
+            kubeconfig_path.to_str().unwrap(),
+        ],
         Some(c.netns()),
     );
     let pin = {
@@ -504,7 +518,9 @@ fn a_node_joins_with_the_token_the_server_minted_and_the_certificates_it_approve
                               "taints": [{"key": "plinth.dev/new", "value": "yes",
                                           "effect": "PreferNoSchedule"}]}}),
     );
-    let enrol_token = srv.mint(mac, uuid).expect("an enrolment token");
+    let enrol_token = srv
+        .mint_from(mac, uuid, plinth_tests::k8s::NODE_IP)
+        .expect("an enrolment token");
     let boot1 = "0f0f0f0f-0000-4000-8000-000000000001";
     let node_ip = plinth_tests::k8s::NODE_IP;
 
@@ -736,10 +752,18 @@ fn a_node_joins_with_the_token_the_server_minted_and_the_certificates_it_approve
     );
 
     // A new boot gets a new token, and the old one is gone from the cluster.
-    let enrol_token = srv.mint(mac, uuid).expect("an enrolment token");
+    let enrol_token = srv
+        .mint_from(mac, uuid, plinth_tests::k8s::NODE_IP)
+        .expect("an enrolment token");
     let token2 = c.in_namespace(|| {
         let boot2 = "0f0f0f0f-0000-4000-8000-000000000002";
         let (client, _) = srv.enrol_boot(mac, uuid, &enrol_token, boot2).unwrap();
+        // The node claims another address: not one the server approves.
+        let mut net = event(mac, uuid, "network");
+        net["bootId"] = json!(boot2);
+        net["details"] = json!({"address": "10.99.0.77", "interface": "eth0"});
+        let (code, answer) = call(&client, "POST", "/v1/events", Some(net));
+        assert_eq!(code, 200, "{answer}");
         let cfg: MachineConfig = rt()
             .block_on(client.call(
                 "GET",
@@ -760,6 +784,58 @@ fn a_node_joins_with_the_token_the_server_minted_and_the_certificates_it_approve
     ]);
     assert!(!old.status.success(), "the old boot's token is still there");
     step("a new boot's token replaced the old one", t0);
+
+    // Restarted, the server knows no node until it looks through its fleet: the node's
+    // own serving request (with its client certificate) is approved still, and one for
+    // the address the node claimed, not the one its requests came from, is denied.
+    let _srv = srv.restart(&boot, &["--kubeconfig", kubeconfig_path.to_str().unwrap()]);
+    let kubelet_pem = c.root.join("kubelet/pki/kubelet-client-current.pem");
+    let ip = |s: &str| rcgen::SanType::IpAddress(s.parse().unwrap());
+    let dns = |s: &str| rcgen::SanType::DnsName(s.try_into().unwrap());
+    for (name, addr) in [
+        ("serving-after-restart", node_ip),
+        ("serving-elsewhere", "10.99.0.77"),
+    ] {
+        let request = json!({
+            "apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+            "metadata": {"name": name},
+            "spec": {"signerName": "kubernetes.io/kubelet-serving",
+                     "usages": ["digital signature", "key encipherment", "server auth"],
+                     "request": node_csr_with(&format!("system:node:{}", c.node),
+                                              vec![dns(&c.node), ip(addr)])},
+        });
+        let o = c.kubectl_as_cert(&kubelet_pem, &["create", "-f", "-"], &request.to_string());
+        assert!(o.status.success(), "{o:?}");
+    }
+    let mut decided = std::collections::BTreeMap::new();
+    c.wait(
+        "both serving requests decided after the restart",
+        std::time::Duration::from_secs(30),
+        |c| {
+            decided = csrs(c, "kubernetes.io/kubelet-serving")
+                .iter()
+                .filter_map(|r| Some((r["metadata"]["name"].as_str()?.to_string(), decision(r)?)))
+                .collect();
+            decided.contains_key("serving-after-restart")
+                && decided.contains_key("serving-elsewhere")
+        },
+    );
+    assert_eq!(
+        decided["serving-after-restart"].1, "PlinthApproved",
+        "{decided:?}"
+    );
+    assert_eq!(
+        decided["serving-elsewhere"].1, "PlinthDenied",
+        "{decided:?}"
+    );
+    assert!(
+        decided["serving-elsewhere"].2.contains("10.99.0.77"),
+        "{decided:?}"
+    );
+    step(
+        "after a restart: the node's serving request approved, another address denied",
+        t0,
+    );
 
     // plinth-server's rights (docs/kubernetes-rbac.yaml): it reads no secret.
     for (what, want) in [

@@ -56,7 +56,10 @@ impl ApiClient {
                 what: format!("the CA of {}", access.server),
                 reason: e.to_string(),
             })?;
-            roots.add(c).map_err(tls_err("the API server's CA"))?;
+            roots.add(c).map_err(|e| Error::Tls {
+                what: format!("the CA of {}", access.server),
+                reason: e.to_string(),
+            })?;
         }
         if roots.is_empty() {
             return Err(Error::Tls {
@@ -95,7 +98,7 @@ impl ApiClient {
     /// An anonymous client that does not check the server's certificate: only for
     /// reading `cluster-info`, whose content is then checked by its signature and its
     /// CA's pin (kubeadm's token discovery does the same).
-    pub fn unverified(server: &str) -> Result<ApiClient> {
+    pub(crate) fn unverified(server: &str) -> Result<ApiClient> {
         let cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(tls_err("TLS versions"))?
@@ -103,14 +106,6 @@ impl ApiClient {
             .with_custom_certificate_verifier(Arc::new(Unverified(provider())))
             .with_no_client_auth();
         ApiClient::build(server, cfg, None)
-    }
-
-    /// This client with a bearer token instead of its own credentials.
-    pub fn with_token(&self, token: &str) -> ApiClient {
-        ApiClient {
-            bearer: Some(token.to_string()),
-            ..self.clone()
-        }
     }
 
     fn build(

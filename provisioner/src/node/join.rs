@@ -99,6 +99,13 @@ fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(io("making the folder of"))?;
     }
     let tmp = path.with_extension("tmp");
+    // A leftover would keep its own mode, whatever `mode` says.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io("removing a leftover")(e));
+        }
+        _ => {}
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

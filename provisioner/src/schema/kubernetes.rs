@@ -151,12 +151,20 @@ impl Kubernetes {
                     "hostname: {h:?} cannot name a Kubernetes node (lower case letters, digits, '-' and '.')"
                 ))
             }
+            // The bootstrap token's group carries the node's name, and a group may not
+            // hold a dot (system:bootstrappers:[a-z0-9:-]).
+            Some(h) if h.contains('.') => {
+                return Err(format!(
+                    "hostname: {h:?}: a node joining Kubernetes is named by one label here (no dots), which its bootstrap token's group carries"
+                ))
+            }
             Some(_) => {}
         }
-        let after = self.server.strip_prefix("https://").unwrap_or("");
-        if after.is_empty() || after.contains(char::is_whitespace) {
+        if self.server.contains(char::is_whitespace)
+            || crate::http_client::Url::parse_for(&self.server, "kubernetes.server").is_err()
+        {
             return Err(format!(
-                "kubernetes.server: {:?} is not an https:// URL",
+                "kubernetes.server: {:?} is not an https://HOST[:PORT] URL",
                 self.server
             ));
         }
@@ -232,6 +240,10 @@ mod tests {
         let e = |k: Kubernetes, h: Option<&str>| k.validate(h).expect_err("refused");
         assert!(e(good(), None).contains("hostname"));
         assert!(e(good(), Some("Node_1")).contains("hostname"));
+        assert!(e(good(), Some("node-1.rack2")).contains("no dots"));
+        let mut k = good();
+        k.server = "https://10.0.0.1:port".into();
+        assert!(e(k, Some("n")).contains("kubernetes.server"));
         let mut k = good();
         k.server = "http://x".into();
         assert!(e(k, Some("n")).contains("kubernetes.server"));

@@ -10,7 +10,11 @@ use std::net::IpAddr;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde_json::Value;
+use x509_parser::cri_attributes::ParsedCriAttribute;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::oid_registry::{
+    OID_X509_COMMON_NAME, OID_X509_EXT_SUBJECT_ALT_NAME, OID_X509_ORGANIZATION_NAME,
+};
 use x509_parser::prelude::FromDer;
 
 /// A kubelet's client certificate (bootstrap and rotation).
@@ -129,25 +133,62 @@ fn check(spec: &Value, signer: &str, m: &Machine) -> Result<(), String> {
     };
     let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
         .map_err(|e| format!("spec.request: {e}"))?;
-    let subject = &req.certification_request_info.subject;
-    let cns: Vec<&str> = subject
-        .iter_common_name()
-        .filter_map(|a| a.as_str().ok())
-        .collect();
-    let orgs: Vec<&str> = subject
-        .iter_organization()
-        .filter_map(|a| a.as_str().ok())
-        .collect();
+    // Every attribute of the subject, not only those this parser can read as text: Go
+    // reads BMPString and T61String too, and takes the last CN, so one it skipped here
+    // would name another node in the certificate.
+    let mut cns = Vec::new();
+    let mut orgs = Vec::new();
+    for attr in req.certification_request_info.subject.iter_attributes() {
+        let value = attr
+            .as_str()
+            .map_err(|_| format!("subject attribute {} is not plain text", attr.attr_type()))?;
+        if *attr.attr_type() == OID_X509_COMMON_NAME {
+            cns.push(value);
+        } else if *attr.attr_type() == OID_X509_ORGANIZATION_NAME {
+            orgs.push(value);
+        } else {
+            return Err(format!(
+                "subject attribute {}: only CN and O are asked",
+                attr.attr_type()
+            ));
+        }
+    }
     if cns != [node_user.as_str()] || orgs != ["system:nodes"] {
         return Err(format!(
             "subject CN {cns:?} O {orgs:?}: must be CN {node_user} O system:nodes"
         ));
     }
+    // Every extension request, each extension read or refused: one this parser skips
+    // might carry names the signer would copy.
     let mut names = Vec::new();
-    for e in req.requested_extensions().into_iter().flatten() {
-        if let ParsedExtension::SubjectAlternativeName(san) = e {
-            names.extend(san.general_names.iter().cloned());
+    let mut requests = 0;
+    for attr in req.certification_request_info.iter_attributes() {
+        let ParsedCriAttribute::ExtensionRequest(er) = attr.parsed_attribute() else {
+            continue;
+        };
+        requests += 1;
+        for e in &er.extensions {
+            match e.parsed_extension() {
+                ParsedExtension::SubjectAlternativeName(san) => {
+                    names.extend(san.general_names.iter().cloned())
+                }
+                ParsedExtension::ParseError { .. }
+                | ParsedExtension::UnsupportedExtension { .. }
+                    if e.oid == OID_X509_EXT_SUBJECT_ALT_NAME =>
+                {
+                    return Err(
+                        "spec.request: a subject alternative name that does not parse".into(),
+                    )
+                }
+                ParsedExtension::ParseError { error } => {
+                    return Err(format!("spec.request: extension {}: {error}", e.oid))
+                }
+                _ => {}
+            }
         }
+    }
+    if requests > 1 {
+        return Err("spec.request: more than one extension request".into());
     }
     if !serving {
         return match names.is_empty() {
@@ -331,5 +372,51 @@ mod tests {
         // Another signer's request is not ours to decide.
         let other_signer = csr("example.com/x", &cn, &[], &[], String::new());
         assert_eq!(judge(&other_signer, &m), Verdict::NotOurs);
+    }
+
+    #[test]
+    fn a_subject_not_read_in_full_is_denied() {
+        use base64::engine::general_purpose::STANDARD;
+        let addrs = [];
+        let m = Machine {
+            node: NODE,
+            addresses: &addrs,
+        };
+        let cn = format!("system:node:{NODE}");
+        let make = |dn: rcgen::DistinguishedName| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+            p.distinguished_name = dn;
+            STANDARD.encode(p.serialize_request(&key).expect("csr").pem().expect("pem"))
+        };
+        let ask = |req: String| {
+            csr(
+                CLIENT_SIGNER,
+                &cn,
+                &["system:nodes"],
+                &["digital signature", "client auth"],
+                req,
+            )
+        };
+        // A CN in a string type this parser does not read as text (Go does).
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(
+            rcgen::DnType::CommonName,
+            rcgen::DnValue::BmpString(cn.as_str().try_into().expect("bmp")),
+        );
+        dn.push(rcgen::DnType::OrganizationName, "system:nodes");
+        match judge(&ask(make(dn)), &m) {
+            Verdict::Deny(why) => assert!(why.contains("not plain text"), "{why}"),
+            v => panic!("{v:?}"),
+        }
+        // An attribute other than CN and O.
+        let mut dn = rcgen::DistinguishedName::new();
+        dn.push(rcgen::DnType::CommonName, cn.as_str());
+        dn.push(rcgen::DnType::OrganizationName, "system:nodes");
+        dn.push(rcgen::DnType::OrganizationalUnitName, "x");
+        match judge(&ask(make(dn)), &m) {
+            Verdict::Deny(why) => assert!(why.contains("only CN and O"), "{why}"),
+            v => panic!("{v:?}"),
+        }
     }
 }

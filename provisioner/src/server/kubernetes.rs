@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
@@ -35,10 +35,16 @@ pub struct Cluster {
     nodes: Mutex<HashMap<String, String>>,
     /// The last token minted for each machine (by MAC): deleted when the next is.
     tokens: Mutex<HashMap<String, String>>,
+    /// When the fleet was last searched for a node not in `nodes`.
+    last_scan: Mutex<Option<Instant>>,
 }
 
+/// How often at most the fleet is searched for the machine of a node the server does not
+/// know: after a restart the server knows no node until it serves a config, and a
+/// request from a node that is not its own must not cost a search every round.
+const SCAN_EVERY: Duration = Duration::from_secs(60);
+
 /// A token minted for a machine.
-#[derive(Debug)]
 pub struct Minted {
     /// `ID.SECRET`.
     pub token: String,
@@ -46,6 +52,19 @@ pub struct Minted {
     pub id: String,
     /// When it expires, RFC 3339.
     pub expires: String,
+    /// Why the machine's previous token could not be deleted, if it could not (it then
+    /// expires on its own; the new one is good).
+    pub stale: Option<String>,
+}
+
+impl std::fmt::Debug for Minted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        f.debug_struct("Minted")
+            .field("id", &self.id)
+            .field("expires", &self.expires)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A decision taken on a kubelet's certificate request.
@@ -77,15 +96,17 @@ fn token_chars(n: usize) -> Result<String> {
     Ok(out)
 }
 
-fn rfc3339(unix: u64) -> String {
-    let t = i64::try_from(unix).unwrap_or(i64::MAX);
+fn rfc3339(unix: u64) -> Result<String> {
+    // An empty expiration would be a token that never expires: an error instead.
+    let bad = |reason: String| Error::Config {
+        what: "--bootstrap-token-ttl".into(),
+        reason,
+    };
+    let t = i64::try_from(unix).map_err(|e| bad(e.to_string()))?;
     time::OffsetDateTime::from_unix_timestamp(t)
-        .ok()
-        .and_then(|d| {
-            d.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
+        .map_err(|e| bad(e.to_string()))?
+        .format(&time::format_description::well_known::Rfc3339)
+        .map_err(|e| bad(e.to_string()))
 }
 
 impl Cluster {
@@ -97,6 +118,7 @@ impl Cluster {
             token_ttl,
             nodes: Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
+            last_scan: Mutex::new(None),
         })
     }
 
@@ -118,7 +140,7 @@ impl Cluster {
     pub async fn mint(&self, mac: &str, node: &str, now: u64) -> Result<Minted> {
         let id = token_chars(6)?;
         let secret = token_chars(16)?;
-        let expires = rfc3339(now.saturating_add(self.token_ttl.as_secs()));
+        let expires = rfc3339(now.saturating_add(self.token_ttl.as_secs()))?;
         let label = mac.replace(':', "-");
         let body = json!({
             "apiVersion": "v1",
@@ -145,27 +167,64 @@ impl Cluster {
             let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
             tokens.insert(mac.to_string(), id.clone())
         };
+        let mut stale = None;
         if let Some(old) = old {
-            self.api
+            if let Err(e) = self
+                .api
                 .delete(&format!("{SECRETS}/bootstrap-token-{old}"))
-                .await?;
+                .await
+            {
+                stale = Some(format!(
+                    "the previous token {old} of {mac} stays until it expires: {e}"
+                ));
+            }
         }
         Ok(Minted {
             token: format!("{id}.{secret}"),
             id,
             expires,
+            stale,
         })
     }
 
+    /// The machine node `node` is, searching the fleet with `scan` (every node name
+    /// and its MAC) when it is not known and the last search is old enough.
+    fn machine_of(&self, node: &str, scan: &impl Fn() -> Vec<(String, String)>) -> Option<String> {
+        let known = |n: &str| {
+            let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            nodes.get(n).cloned()
+        };
+        if let Some(mac) = known(node) {
+            return Some(mac);
+        }
+        {
+            let mut last = self.last_scan.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < SCAN_EVERY) {
+                return None;
+            }
+            *last = Some(Instant::now());
+        }
+        for (n, mac) in scan() {
+            self.remember(&n, &mac);
+        }
+        known(node)
+    }
+
     /// Decides every kubelet certificate request not yet decided whose node is a
-    /// machine of this server: `addresses(mac)` gives the machine's addresses this boot.
-    /// Requests for other nodes, or of other signers, are left for others.
+    /// machine of this server: `addresses(mac)` gives the machine's addresses this boot
+    /// (`None` when they cannot be read now: the request waits), `scan()` every machine's
+    /// node name (see [`Cluster::machine_of`]). Requests for other nodes, or of other
+    /// signers, are left for others. A request that cannot be decided now (changed
+    /// meanwhile, deleted) waits for the next round; the others are decided still, and
+    /// the errors returned beside the decisions.
     pub async fn decide_pending(
         &self,
-        addresses: impl Fn(&str) -> Vec<IpAddr>,
-    ) -> Result<Vec<Decision>> {
+        addresses: impl Fn(&str) -> Option<Vec<IpAddr>>,
+        scan: impl Fn() -> Vec<(String, String)>,
+    ) -> Result<(Vec<Decision>, Vec<Error>)> {
         let list = self.api.get(CSRS).await?;
         let mut done = Vec::new();
+        let mut errors = Vec::new();
         for csr in list["items"].as_array().into_iter().flatten() {
             if decided(csr) {
                 continue;
@@ -179,14 +238,12 @@ impl Cluster {
             let Some(node) = kubelet_csr::node_of(csr) else {
                 continue;
             };
-            let mac = {
-                let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-                nodes.get(&node).cloned()
-            };
-            let Some(mac) = mac else {
+            let Some(mac) = self.machine_of(&node, &scan) else {
                 continue;
             };
-            let addrs = addresses(&mac);
+            let Some(addrs) = addresses(&mac) else {
+                continue;
+            };
             let verdict = kubelet_csr::judge(
                 csr,
                 &kubelet_csr::Machine {
@@ -224,7 +281,10 @@ impl Cluster {
                 Ok(_) => {}
                 // Changed meanwhile (another approver, a kubelet's retry): next round.
                 Err(Error::Status { status: 409, .. }) => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
             }
             done.push(Decision {
                 csr: name.to_string(),
@@ -234,7 +294,7 @@ impl Cluster {
                 verdict,
             });
         }
-        Ok(done)
+        Ok((done, errors))
     }
 }
 
@@ -282,7 +342,11 @@ mod tests {
                 t.parse();
             assert!(parsed.is_ok(), "{t}");
         }
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_796_601_600), "2026-12-07T00:00:00Z");
+        assert_eq!(rfc3339(0).expect("epoch"), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(1_796_601_600).expect("today"),
+            "2026-12-07T00:00:00Z"
+        );
+        assert!(rfc3339(u64::MAX).is_err());
     }
 }

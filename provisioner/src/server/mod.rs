@@ -832,18 +832,27 @@ async fn approve_kubelets(st: Arc<State>) {
     };
     let mut last_error = String::new();
     loop {
-        let addresses = |mac: &str| blocking(|| addresses_this_boot(&st.store, mac));
-        match cluster.decide_pending(addresses).await {
-            Ok(done) => {
+        let addresses = |mac: &str| blocking(|| addresses_this_boot(&st.store, mac).ok());
+        let scan = || blocking(|| joining_nodes(&st));
+        match cluster.decide_pending(addresses, scan).await {
+            Ok((done, errors)) => {
                 last_error.clear();
+                for e in errors {
+                    log(&format!("kubernetes: deciding a certificate request: {e}"));
+                }
                 for d in done {
                     log(&format!(
                         "kubernetes: {} certificate request {} of node {} ({}): {:?}",
                         d.kind, d.csr, d.node, d.mac, d.verdict
                     ));
                     let details = kubernetes::details(&d);
+                    // On the machine's current boot, beside the token it was asked with.
                     let _ = st.with_machine(&d.mac, |s| {
-                        s.server_event(&d.mac, "", crate::schema::EventKind::Kubernetes, details)
+                        let boot = s
+                            .machine(&d.mac)?
+                            .and_then(|m| m.boots.last().map(|b| b.boot_id.clone()))
+                            .unwrap_or_default();
+                        s.server_event(&d.mac, &boot, crate::schema::EventKind::Kubernetes, details)
                     });
                 }
             }
@@ -860,24 +869,57 @@ async fn approve_kubelets(st: Arc<State>) {
     }
 }
 
-/// The addresses machine `mac` reported this boot (its last boot's `network` events).
-fn addresses_this_boot(s: &Store, mac: &str) -> Vec<IpAddr> {
-    let Ok(Some(m)) = s.machine(mac) else {
+/// Every machine whose config joins Kubernetes: its node name and MAC.
+fn joining_nodes(st: &State) -> Vec<(String, String)> {
+    let fleet = st.fleet();
+    let Ok(machines) = st.store.machines() else {
         return Vec::new();
+    };
+    machines
+        .iter()
+        .filter_map(|m| {
+            let (_, cfg) = assign::config(
+                &fleet,
+                &st.secrets,
+                &st.store,
+                m,
+                fleet::render::Reveal::Redacted,
+            )
+            .ok()?;
+            let cfg = cfg?;
+            cfg.kubernetes.as_ref()?;
+            Some((cfg.hostname?, m.mac.clone()))
+        })
+        .collect()
+}
+
+/// The addresses the server knows for machine `mac` this boot, for its kubelet's serving
+/// certificate: those it recorded when it served the boot's config (the address the
+/// request came from, the config's static one), never the node's own report.
+fn addresses_this_boot(s: &Store, mac: &str) -> Result<Vec<IpAddr>> {
+    let Some(m) = s.machine(mac)? else {
+        return Ok(Vec::new());
     };
     let Some(boot) = m.boots.last() else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
-    let Ok(events) = s.recent_events(mac, &boot.boot_id) else {
-        return Vec::new();
-    };
-    events
+    Ok(s.recent_events(mac, &boot.boot_id)?
         .iter()
         .filter(|r| {
-            r.event.kind == crate::schema::EventKind::Network && r.event.boot_id == boot.boot_id
+            r.source == store::Source::Server
+                && r.event.kind == crate::schema::EventKind::Kubernetes
+                && r.event.boot_id == boot.boot_id
         })
-        .filter_map(|r| r.event.details.get("address")?.as_str()?.parse().ok())
-        .collect()
+        .flat_map(|r| {
+            r.event
+                .details
+                .get("addresses")
+                .and_then(|a| a.as_array())
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a.as_str()?.parse().ok())
+        })
+        .collect())
 }
 
 /// Connections the kernel queues for a listener before the server accepts them.

@@ -102,7 +102,9 @@ pub async fn config(
             .reason("config_render")
             .who(who)),
         Answer::Config(mut cfg) => {
-            join_token(&st, &node, &mut cfg).await.map_err(|e| e.who(who))?;
+            join_token(&st, &node, peer.addr.ip(), &mut cfg)
+                .await
+                .map_err(|e| e.who(who))?;
             Ok(Json(*cfg))
         }
         Answer::Pending => Err(ApiError::new(
@@ -120,8 +122,15 @@ pub async fn config(
 /// The bootstrap token of a config that joins Kubernetes without one of its own: minted
 /// for this machine and boot in the server's cluster, and on the timeline (its id, never
 /// its secret). A config that joins names its node, which the server then knows as this
-/// machine (for approving its kubelet's certificates).
-async fn join_token(st: &State, node: &Node, cfg: &mut MachineConfig) -> Result<(), ApiError> {
+/// machine; the event also holds the addresses the server approves the node's serving
+/// certificate for: the one this request came from and the config's static one, never
+/// one the node merely claims.
+async fn join_token(
+    st: &State,
+    node: &Node,
+    from: std::net::IpAddr,
+    cfg: &mut MachineConfig,
+) -> Result<(), ApiError> {
     let Some(k) = cfg.kubernetes.as_mut() else {
         return Ok(());
     };
@@ -140,33 +149,46 @@ async fn join_token(st: &State, node: &Node, cfg: &mut MachineConfig) -> Result<
         return Ok(());
     };
     cluster.remember(&name, &node.mac);
-    if k.token.is_some() {
-        return Ok(());
+    let mut addresses = vec![from.to_string()];
+    if let Some(crate::schema::config::Network::Static(n)) = &cfg.network {
+        if let Some((a, _)) = crate::schema::config::parse_cidr(&n.address) {
+            if a.to_string() != addresses[0] {
+                addresses.push(a.to_string());
+            }
+        }
     }
-    let minted = cluster
-        .mint(&node.mac, &name, crate::schema::unix_time())
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "minting a bootstrap token for node {name} in {}: {e}",
-                    cluster.server()
-                ),
-            )
-            .reason("kubernetes")
-        })?;
     let mut d = serde_json::Map::new();
-    d.insert("step".into(), "token".into());
-    d.insert("node".into(), name.into());
-    d.insert("token".into(), minted.id.clone().into());
-    d.insert("expires".into(), minted.expires.clone().into());
+    d.insert("node".into(), name.clone().into());
+    d.insert("addresses".into(), addresses.into());
+    if k.token.is_none() {
+        let minted = cluster
+            .mint(&node.mac, &name, crate::schema::unix_time())
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "minting a bootstrap token for node {name} in {}: {e}",
+                        cluster.server()
+                    ),
+                )
+                .reason("kubernetes")
+            })?;
+        if let Some(w) = &minted.stale {
+            crate::server::log(&format!("kubernetes: {w}"));
+        }
+        d.insert("step".into(), "token".into());
+        d.insert("token".into(), minted.id.clone().into());
+        d.insert("expires".into(), minted.expires.clone().into());
+        k.token = Some(minted.token);
+    } else {
+        d.insert("step".into(), "config".into());
+    }
     let mac = node.mac.clone();
     let boot = node.boot_id.clone();
     st.with_machine(&mac, |s| {
         s.server_event(&mac, &boot, EventKind::Kubernetes, d)
     })?;
-    k.token = Some(minted.token);
     Ok(())
 }
 
