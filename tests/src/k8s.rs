@@ -399,27 +399,15 @@ impl Cluster {
     }
 
     fn kubectl_with(&self, auth: &str, auth2: &str, args: &[&str], stdin: &str) -> Output {
-        let mut child = self
-            .in_netns(bin("kubectl"))
-            .args([
-                "--server=https://127.0.0.1:6443",
-                &format!("--certificate-authority={}", self.p("pki/ca.crt").display()),
-                auth,
-            ])
-            .args(Some(auth2).filter(|a| !a.is_empty()))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+        let mut cmd = self.in_netns(bin("kubectl"));
+        cmd.args([
+            "--server=https://127.0.0.1:6443",
+            &format!("--certificate-authority={}", self.p("pki/ca.crt").display()),
+            auth,
+        ])
+        .args(Some(auth2).filter(|a| !a.is_empty()))
+        .args(args);
+        with_stdin(&mut cmd, stdin)
     }
 
     /// Runs `f` on a thread inside the cluster's network namespace (sockets it opens are
@@ -958,21 +946,9 @@ state = "{r}/containerd/state"
 
     /// `kubectl apply` of one object.
     pub fn apply(&self, object: &Value) {
-        let mut child = self
-            .kubectl_cmd()
-            .args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(object.to_string().as_bytes())
-            .unwrap();
-        let o = child.wait_with_output().unwrap();
+        let mut cmd = self.kubectl_cmd();
+        cmd.args(["apply", "-f", "-"]);
+        let o = with_stdin(&mut cmd, &object.to_string());
         let (code, out, err) = text(&o);
         assert_eq!(code, 0, "kubectl apply {object}: {out}{err}");
     }
@@ -1211,6 +1187,23 @@ pub fn kubeconfig(server: &str, ca_pem: &str, token: &str) -> String {
          contexts:\n- name: c\n  context:\n    cluster: c\n    user: u\n\
          current-context: c\n"
     )
+}
+
+/// Runs `cmd` with `stdin` as its input; its output.
+fn with_stdin(cmd: &mut Command, stdin: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 fn flag(name: &str, value: impl Into<OsString>) -> OsString {

@@ -438,6 +438,29 @@ fn node_csr_with(cn: &str, sans: Vec<rcgen::SanType>) -> String {
     base64::engine::general_purpose::STANDARD.encode(pem)
 }
 
+/// As a node: reports its `address` in boot `boot`, then fetches its config.
+fn network_then_config(
+    client: &plinth_provisioner::node::client::Client,
+    mac: &str,
+    uuid: &str,
+    boot: &str,
+    address: &str,
+) -> plinth_provisioner::schema::config::MachineConfig {
+    use plinth_tests::server::{call, event, rt};
+    let mut net = event(mac, uuid, "network");
+    net["bootId"] = json!(boot);
+    net["details"] = json!({"address": address, "interface": "eth0"});
+    let (code, answer) = call(client, "POST", "/v1/events", Some(net));
+    assert_eq!(code, 200, "{answer}");
+    rt().block_on(client.call(
+        "GET",
+        "/v1/config",
+        None::<&()>,
+        std::time::Duration::from_secs(40),
+    ))
+    .unwrap()
+}
+
 /// The kubelet certificate requests of `signer`, as JSON.
 fn csrs(c: &Cluster, signer: &str) -> Vec<Value> {
     let all: Value = serde_json::from_str(&c.kubectl_ok(&["get", "csr", "-o", "json"])).unwrap();
@@ -474,8 +497,7 @@ fn decision(csr: &Value) -> Option<(String, String, String)> {
 fn a_node_joins_with_the_token_the_server_minted_and_the_certificates_it_approved() {
     use plinth_provisioner::kubernetes::cluster_info::{discover, BootstrapToken};
     use plinth_provisioner::node::join::{self, Layout};
-    use plinth_provisioner::schema::config::MachineConfig;
-    use plinth_tests::server::{call, event, placeholder_boot, rt, Server};
+    use plinth_tests::server::{placeholder_boot, rt, Server};
 
     let test = "a_node_joins_with_the_token_the_server_minted_and_the_certificates_it_approved";
     if !ready(test) {
@@ -535,18 +557,7 @@ fn a_node_joins_with_the_token_the_server_minted_and_the_certificates_it_approve
     let node_name = c.node.clone();
     let (token, prepared, refusals) = c.in_namespace(|| {
         let (client, _) = srv.enrol_boot(mac, uuid, &enrol_token, boot1).unwrap();
-        let mut net = event(mac, uuid, "network");
-        net["details"] = json!({"address": node_ip, "interface": "eth0"});
-        let (code, answer) = call(&client, "POST", "/v1/events", Some(net));
-        assert_eq!(code, 200, "{answer}");
-        let cfg: MachineConfig = rt()
-            .block_on(client.call(
-                "GET",
-                "/v1/config",
-                None::<&()>,
-                std::time::Duration::from_secs(40),
-            ))
-            .unwrap();
+        let cfg = network_then_config(&client, mac, uuid, boot1, node_ip);
         let k = cfg.kubernetes.expect("the config's kubernetes");
         let token: BootstrapToken = k.token.as_deref().expect("a minted token").parse().unwrap();
         let prepared = rt()
@@ -759,19 +770,7 @@ fn a_node_joins_with_the_token_the_server_minted_and_the_certificates_it_approve
         let boot2 = "0f0f0f0f-0000-4000-8000-000000000002";
         let (client, _) = srv.enrol_boot(mac, uuid, &enrol_token, boot2).unwrap();
         // The node claims another address: not one the server approves.
-        let mut net = event(mac, uuid, "network");
-        net["bootId"] = json!(boot2);
-        net["details"] = json!({"address": "10.99.0.77", "interface": "eth0"});
-        let (code, answer) = call(&client, "POST", "/v1/events", Some(net));
-        assert_eq!(code, 200, "{answer}");
-        let cfg: MachineConfig = rt()
-            .block_on(client.call(
-                "GET",
-                "/v1/config",
-                None::<&()>,
-                std::time::Duration::from_secs(40),
-            ))
-            .unwrap();
+        let cfg = network_then_config(&client, mac, uuid, boot2, "10.99.0.77");
         cfg.kubernetes.unwrap().token.unwrap()
     });
     assert_ne!(token2, token);
