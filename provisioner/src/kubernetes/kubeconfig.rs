@@ -137,24 +137,35 @@ fn user(path: &Path, dir: &Path, user: &Value) -> Result<Auth> {
             ));
         }
     }
-    if let Some(t) = user["token"].as_str() {
-        return Ok(Auth::Token(t.trim().to_string()));
-    }
-    if let Some(f) = user["tokenFile"].as_str() {
-        let file = dir.join(f);
-        let t = std::fs::read_to_string(&file).map_err(|source| Error::Io {
-            what: "reading the kubeconfig's tokenFile",
-            path: file.clone(),
-            source,
-        })?;
-        return Ok(Auth::Token(t.trim().to_string()));
-    }
+    let token = match (user["token"].as_str(), user["tokenFile"].as_str()) {
+        (Some(t), _) => Some(t.trim().to_string()),
+        (None, Some(f)) => {
+            let file = dir.join(f);
+            let t = std::fs::read_to_string(&file).map_err(|source| Error::Io {
+                what: "reading the kubeconfig's tokenFile",
+                path: file.clone(),
+                source,
+            })?;
+            Some(t.trim().to_string())
+        }
+        (None, None) => None,
+    };
     let cert = inline_or_file(path, dir, user, "client-certificate", "users[].user")?;
     let key = inline_or_file(path, dir, user, "client-key", "users[].user")?;
-    Ok(match (cert, key) {
-        (Some(cert_pem), Some(key_pem)) => Auth::Certificate { cert_pem, key_pem },
-        (None, None) => Auth::Anonymous,
-        _ => {
+    Ok(match (token, cert, key) {
+        (Some(t), None, None) if !t.is_empty() => Auth::Token(t),
+        (Some(_), None, None) => return Err(bad(path, "users[].user.token", "empty")),
+        (Some(_), _, _) => {
+            // Which one the server would take is not the reader's guess to make.
+            return Err(bad(
+                path,
+                "users[].user.token",
+                "given with a client certificate: give one of them",
+            ));
+        }
+        (None, Some(cert_pem), Some(key_pem)) => Auth::Certificate { cert_pem, key_pem },
+        (None, None, None) => Auth::Anonymous,
+        (None, _, _) => {
             return Err(bad(
                 path,
                 "users[].user.client-certificate, client-key",
@@ -251,6 +262,12 @@ mod tests {
         let exec = text.replace("token:", "exec: {command: aws}\n    token:");
         let e = parse(&exec, p).expect_err("exec").to_string();
         assert!(e.contains("users[].user.exec"), "{e}");
+        let both = text.replace("token:", "client-certificate-data: QQ==\n    token:");
+        let e = parse(&both, p).expect_err("both").to_string();
+        assert!(
+            e.contains("users[].user.token") && e.contains("one of them"),
+            "{e}"
+        );
         let e = parse(&text.replace("https://", "http://"), p)
             .expect_err("http")
             .to_string();

@@ -222,10 +222,21 @@ impl Cluster {
         addresses: impl Fn(&str) -> Option<Vec<IpAddr>>,
         scan: impl Fn() -> Vec<(String, String)>,
     ) -> Result<(Vec<Decision>, Vec<Error>)> {
-        let list = self.api.get(CSRS).await?;
+        // Only the kubelets' signers: the list stays small in a busy cluster.
+        let mut items = Vec::new();
+        for signer in [CLIENT_SIGNER, SERVING_SIGNER] {
+            let list = self
+                .api
+                .get(&format!(
+                    "{CSRS}?fieldSelector=spec.signerName%3D{}",
+                    signer.replace('/', "%2F")
+                ))
+                .await?;
+            items.extend(list["items"].as_array().cloned().unwrap_or_default());
+        }
         let mut done = Vec::new();
         let mut errors = Vec::new();
-        for csr in list["items"].as_array().into_iter().flatten() {
+        for csr in &items {
             if decided(csr) {
                 continue;
             }
