@@ -558,6 +558,12 @@ fn a_node_joins_with_the_token_the_server_minted_and_the_certificates_it_approve
     let (token, prepared, refusals) = c.in_namespace(|| {
         let (client, _) = srv.enrol_boot(mac, uuid, &enrol_token, boot1).unwrap();
         let cfg = network_then_config(&client, mac, uuid, boot1, node_ip);
+        // Fetched again in the same boot: the same token, nothing minted.
+        let again = network_then_config(&client, mac, uuid, boot1, node_ip);
+        assert_eq!(
+            again.kubernetes.as_ref().and_then(|k| k.token.clone()),
+            cfg.kubernetes.as_ref().and_then(|k| k.token.clone())
+        );
         let k = cfg.kubernetes.expect("the config's kubernetes");
         let token: BootstrapToken = k.token.as_deref().expect("a minted token").parse().unwrap();
         let prepared = rt()
@@ -783,6 +789,33 @@ fn a_node_joins_with_the_token_the_server_minted_and_the_certificates_it_approve
     ]);
     assert!(!old.status.success(), "the old boot's token is still there");
     step("a new boot's token replaced the old one", t0);
+
+    // A second machine with the same host name gets no config: one node, two machines.
+    let (mac2, uuid2) = ("52:54:00:aa:20:02", "a0a0a0a0-2020-4000-8000-000000000002");
+    srv.declare_with(
+        mac2,
+        uuid2,
+        json!({"apiVersion": "plinth/v1", "hostname": c.node,
+               "kubernetes": {"server": api, "caCertHashes": [pin]}}),
+    );
+    let enrol2 = srv
+        .mint_from(mac2, uuid2, plinth_tests::k8s::NODE_IP)
+        .expect("an enrolment token");
+    let (code, answer) = c.in_namespace(|| {
+        let (client, _) = srv.enrol_boot(mac2, uuid2, &enrol2, boot1).unwrap();
+        plinth_tests::server::call(&client, "GET", "/v1/config", None)
+    });
+    assert_eq!(code, 409, "{answer}");
+    let why = answer["error"].as_str().unwrap_or("");
+    assert!(why.contains(mac) && why.contains(mac2), "{why}");
+    // Named otherwise, it is no longer in the way.
+    srv.declare_with(
+        mac2,
+        uuid2,
+        json!({"apiVersion": "plinth/v1", "hostname": "plinth-node-2",
+               "kubernetes": {"server": api, "caCertHashes": [pin]}}),
+    );
+    step("a second machine with the node's name refused", t0);
 
     // Restarted, the server knows no node until it looks through its fleet: the node's
     // own serving request (with its client certificate) is approved still, and one for

@@ -108,8 +108,7 @@ fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
     }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(&tmp)
         .map_err(io("writing"))?;

@@ -131,8 +131,17 @@ fn check(spec: &Value, signer: &str, m: &Machine) -> Result<(), String> {
         rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(&pem)
             .map_err(|_| "spec.request: not a PEM CERTIFICATE REQUEST")?
     };
-    let (_, req) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
+    // The request must be that one block and nothing else, written as Go writes it: PEM
+    // readers differ (on what follows an END line, on a second BEGIN), and the block
+    // judged here must be the one the signer signs.
+    if canonical_pem(der.as_ref()).trim_end().as_bytes() != pem.trim_ascii_end() {
+        return Err("spec.request: not exactly one PEM CERTIFICATE REQUEST block".into());
+    }
+    let (rest, req) = x509_parser::certification_request::X509CertificationRequest::from_der(&der)
         .map_err(|e| format!("spec.request: {e}"))?;
+    if !rest.is_empty() {
+        return Err("spec.request: bytes after the request".into());
+    }
     // Every attribute of the subject, not only those this parser can read as text: Go
     // reads BMPString and T61String too, and takes the last CN, so one it skipped here
     // would name another node in the certificate.
@@ -227,6 +236,18 @@ fn check(spec: &Value, signer: &str, m: &Machine) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// `der` as PEM the way Go's `pem.Encode` writes a certificate request.
+fn canonical_pem(der: &[u8]) -> String {
+    let b64 = STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE REQUEST-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE REQUEST-----\n");
+    out
 }
 
 #[cfg(test)]
@@ -417,6 +438,50 @@ mod tests {
         match judge(&ask(make(dn)), &m) {
             Verdict::Deny(why) => assert!(why.contains("only CN and O"), "{why}"),
             v => panic!("{v:?}"),
+        }
+    }
+
+    #[test]
+    fn a_request_must_be_one_plain_pem_block() {
+        use base64::engine::general_purpose::STANDARD;
+        let addrs = [];
+        let m = Machine {
+            node: NODE,
+            addresses: &addrs,
+        };
+        let cn = format!("system:node:{NODE}");
+        let good = String::from_utf8(
+            STANDARD
+                .decode(request(&cn, &["system:nodes"], vec![]))
+                .expect("b64"),
+        )
+        .expect("utf8");
+        let other = String::from_utf8(
+            STANDARD
+                .decode(request("system:node:victim", &["system:nodes"], vec![]))
+                .expect("b64"),
+        )
+        .expect("utf8");
+        let ask = |pem: &str| {
+            csr(
+                CLIENT_SIGNER,
+                &cn,
+                &["system:nodes"],
+                &["digital signature", "client auth"],
+                STANDARD.encode(pem),
+            )
+        };
+        assert_eq!(judge(&ask(&good), &m), Verdict::Approve);
+        // Go skips a block whose END line has more after it, and signs the next one.
+        let tricked = good.replace(
+            "-----END CERTIFICATE REQUEST-----",
+            "-----END CERTIFICATE REQUEST-----x",
+        ) + &other;
+        for pem in [tricked, format!("{good}{other}")] {
+            match judge(&ask(&pem), &m) {
+                Verdict::Deny(why) => assert!(why.contains("exactly one"), "{why}"),
+                v => panic!("{v:?}"),
+            }
         }
     }
 }

@@ -33,8 +33,8 @@ pub struct Cluster {
     token_ttl: Duration,
     /// Which machine each node name is (learnt as configs with `kubernetes` are served).
     nodes: Mutex<HashMap<String, String>>,
-    /// The last token minted for each machine (by MAC): deleted when the next is.
-    tokens: Mutex<HashMap<String, String>>,
+    /// What each machine (by MAC) was given this boot: deleted when the next is minted.
+    given: Mutex<HashMap<String, Given>>,
     /// When the fleet was last searched for a node not in `nodes`.
     last_scan: Mutex<Option<Instant>>,
 }
@@ -44,7 +44,29 @@ pub struct Cluster {
 /// request from a node that is not its own must not cost a search every round.
 const SCAN_EVERY: Duration = Duration::from_secs(60);
 
+/// What a machine was given for one boot.
+#[derive(Debug, Clone)]
+struct Given {
+    /// The boot a config was last served for.
+    boot: String,
+    /// The last token minted, the boot it was for, and when it expires (seconds since
+    /// the epoch).
+    token: Option<(Minted, String, u64)>,
+}
+
+/// What the server knows of a machine when deciding its kubelet's requests.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// The boot its config was last served for.
+    pub boot: String,
+    /// The addresses the server saw for it that boot.
+    pub addresses: Vec<IpAddr>,
+    /// Why it is in quarantine, if it is.
+    pub quarantine: Option<String>,
+}
+
 /// A token minted for a machine.
+#[derive(Clone)]
 pub struct Minted {
     /// `ID.SECRET`.
     pub token: String,
@@ -76,6 +98,8 @@ pub struct Decision {
     pub node: String,
     /// The machine that node is.
     pub mac: String,
+    /// The machine's boot the decision belongs to.
+    pub boot: String,
     /// `client` or `serving`.
     pub kind: &'static str,
     /// Approved, or denied with why.
@@ -117,7 +141,7 @@ impl Cluster {
             api: ApiClient::new(&access)?,
             token_ttl,
             nodes: Mutex::new(HashMap::new()),
-            tokens: Mutex::new(HashMap::new()),
+            given: Mutex::new(HashMap::new()),
             last_scan: Mutex::new(None),
         })
     }
@@ -127,17 +151,106 @@ impl Cluster {
         self.api.server()
     }
 
-    /// Remembers that node `node` is machine `mac`.
-    pub fn remember(&self, node: &str, mac: &str) {
+    /// Remembers that node `node` is machine `mac`; the other machine's MAC when the
+    /// name is already another's (the name is then left as it was).
+    pub fn remember(&self, node: &str, mac: &str) -> Option<String> {
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
-        nodes.insert(node.to_string(), mac.to_string());
+        match nodes.get(node) {
+            Some(other) if other != mac => Some(other.clone()),
+            _ => {
+                nodes.insert(node.to_string(), mac.to_string());
+                None
+            }
+        }
+    }
+
+    /// Replaces what the server knows of its nodes by `all` (every joining machine's node
+    /// name and MAC). A name two machines share is known as neither: their kubelets'
+    /// requests wait. Returns those names, with the machines sharing each.
+    pub fn learn(&self, all: Vec<(String, String)>) -> Vec<(String, Vec<String>)> {
+        let mut by_name: HashMap<String, Vec<String>> = HashMap::new();
+        for (n, mac) in all {
+            by_name.entry(n).or_default().push(mac);
+        }
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes.clear();
+        let mut shared = Vec::new();
+        for (n, macs) in by_name {
+            match macs.as_slice() {
+                [one] => {
+                    nodes.insert(n, one.clone());
+                }
+                _ => shared.push((n, macs)),
+            }
+        }
+        shared
+    }
+
+    /// Whether this is the first config served to machine `mac` for boot `boot`.
+    pub fn first_for_boot(&self, mac: &str, boot: &str) -> bool {
+        let mut given = self.given.lock().unwrap_or_else(|p| p.into_inner());
+        let g = given.entry(mac.to_string()).or_insert_with(|| Given {
+            boot: String::new(),
+            token: None,
+        });
+        if g.boot == boot {
+            return false;
+        }
+        g.boot = boot.to_string();
+        true
+    }
+
+    /// The bootstrap token of machine `mac` for boot `boot`, node `node`: the one
+    /// minted for this boot while it has a quarter of its life left (a config fetched
+    /// again gets the same, and nothing churns), else a new one (`true` beside it),
+    /// which ends the machine's previous one.
+    pub async fn token_for(
+        &self,
+        mac: &str,
+        boot: &str,
+        node: &str,
+        now: u64,
+    ) -> Result<(Minted, bool)> {
+        let previous = {
+            let given = self.given.lock().unwrap_or_else(|p| p.into_inner());
+            given.get(mac).and_then(|g| g.token.clone())
+        };
+        let quarter = self.token_ttl.as_secs() / 4;
+        if let Some((m, b, expires)) = &previous {
+            if b == boot && *expires > now.saturating_add(quarter) {
+                return Ok((m.clone(), false));
+            }
+        }
+        let mut minted = self.mint(mac, node, now).await?;
+        let expires = now.saturating_add(self.token_ttl.as_secs());
+        {
+            let mut given = self.given.lock().unwrap_or_else(|p| p.into_inner());
+            let g = given.entry(mac.to_string()).or_insert_with(|| Given {
+                boot: boot.to_string(),
+                token: None,
+            });
+            g.token = Some((minted.clone(), boot.to_string(), expires));
+        }
+        if let Some((old, _, _)) = previous {
+            if let Err(e) = self
+                .api
+                .delete(&format!("{SECRETS}/bootstrap-token-{}", old.id))
+                .await
+            {
+                minted.stale = Some(format!(
+                    "the previous token {} of {mac} stays until it expires: {e}",
+                    old.id
+                ));
+            }
+        }
+        Ok((minted, true))
     }
 
     /// Mints a bootstrap token for machine `mac`, node `node`, in the group only this
-    /// node's client certificate may be asked by; the machine's last token is deleted
-    /// (a new boot, a new token). Tokens minted before the server started expire on their
-    /// own: the server holds no right to list the cluster's secrets.
-    pub async fn mint(&self, mac: &str, node: &str, now: u64) -> Result<Minted> {
+    /// node's client certificate may be asked by. Tokens minted before the server
+    /// started expire on their own: the server holds no right to list the cluster's
+    /// secrets.
+    async fn mint(&self, mac: &str, node: &str, now: u64) -> Result<Minted> {
         let id = token_chars(6)?;
         let secret = token_chars(16)?;
         let expires = rfc3339(now.saturating_add(self.token_ttl.as_secs()))?;
@@ -162,28 +275,11 @@ impl Cluster {
             },
         });
         self.api.post(SECRETS, &body).await?;
-        self.remember(node, mac);
-        let old = {
-            let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-            tokens.insert(mac.to_string(), id.clone())
-        };
-        let mut stale = None;
-        if let Some(old) = old {
-            if let Err(e) = self
-                .api
-                .delete(&format!("{SECRETS}/bootstrap-token-{old}"))
-                .await
-            {
-                stale = Some(format!(
-                    "the previous token {old} of {mac} stays until it expires: {e}"
-                ));
-            }
-        }
         Ok(Minted {
             token: format!("{id}.{secret}"),
             id,
             expires,
-            stale,
+            stale: None,
         })
     }
 
@@ -204,22 +300,20 @@ impl Cluster {
             }
             *last = Some(Instant::now());
         }
-        for (n, mac) in scan() {
-            self.remember(&n, &mac);
-        }
+        self.learn(scan());
         known(node)
     }
 
     /// Decides every kubelet certificate request not yet decided whose node is a
-    /// machine of this server: `addresses(mac)` gives the machine's addresses this boot
-    /// (`None` when they cannot be read now: the request waits), `scan()` every machine's
-    /// node name (see [`Cluster::machine_of`]). Requests for other nodes, or of other
+    /// machine of this server: `facts(mac)` gives what the server knows of it (`None`
+    /// when that cannot be read now: the request waits), `scan()` every joining
+    /// machine's node name (see [`Cluster::machine_of`]). Requests for other nodes, or of other
     /// signers, are left for others. A request that cannot be decided now (changed
     /// meanwhile, deleted) waits for the next round; the others are decided still, and
     /// the errors returned beside the decisions.
     pub async fn decide_pending(
         &self,
-        addresses: impl Fn(&str) -> Option<Vec<IpAddr>>,
+        facts: impl Fn(&str) -> Option<Facts>,
         scan: impl Fn() -> Vec<(String, String)>,
     ) -> Result<(Vec<Decision>, Vec<Error>)> {
         // Only the kubelets' signers: the list stays small in a busy cluster.
@@ -252,16 +346,19 @@ impl Cluster {
             let Some(mac) = self.machine_of(&node, &scan) else {
                 continue;
             };
-            let Some(addrs) = addresses(&mac) else {
+            let Some(f) = facts(&mac) else {
                 continue;
             };
-            let verdict = kubelet_csr::judge(
-                csr,
-                &kubelet_csr::Machine {
-                    node: &node,
-                    addresses: &addrs,
-                },
-            );
+            let verdict = match &f.quarantine {
+                Some(why) => Verdict::Deny(format!("machine {mac} is in quarantine: {why}")),
+                None => kubelet_csr::judge(
+                    csr,
+                    &kubelet_csr::Machine {
+                        node: &node,
+                        addresses: &f.addresses,
+                    },
+                ),
+            };
             let Some(name) = csr["metadata"]["name"].as_str() else {
                 continue;
             };
@@ -301,6 +398,7 @@ impl Cluster {
                 csr: name.to_string(),
                 node,
                 mac,
+                boot: f.boot,
                 kind,
                 verdict,
             });

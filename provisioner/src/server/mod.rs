@@ -832,9 +832,9 @@ async fn approve_kubelets(st: Arc<State>) {
     };
     let mut last_error = String::new();
     loop {
-        let addresses = |mac: &str| blocking(|| addresses_this_boot(&st.store, mac).ok());
+        let facts = |mac: &str| blocking(|| facts_of(&st.store, mac).ok().flatten());
         let scan = || blocking(|| joining_nodes(&st));
-        match cluster.decide_pending(addresses, scan).await {
+        match cluster.decide_pending(facts, scan).await {
             Ok((done, errors)) => {
                 last_error.clear();
                 for e in errors {
@@ -846,13 +846,14 @@ async fn approve_kubelets(st: Arc<State>) {
                         d.kind, d.csr, d.node, d.mac, d.verdict
                     ));
                     let details = kubernetes::details(&d);
-                    // On the machine's current boot, beside the token it was asked with.
+                    // On the boot whose config the request follows, beside its token.
                     let _ = st.with_machine(&d.mac, |s| {
-                        let boot = s
-                            .machine(&d.mac)?
-                            .and_then(|m| m.boots.last().map(|b| b.boot_id.clone()))
-                            .unwrap_or_default();
-                        s.server_event(&d.mac, &boot, crate::schema::EventKind::Kubernetes, details)
+                        s.server_event(
+                            &d.mac,
+                            &d.boot,
+                            crate::schema::EventKind::Kubernetes,
+                            details,
+                        )
                     });
                 }
             }
@@ -869,14 +870,15 @@ async fn approve_kubelets(st: Arc<State>) {
     }
 }
 
-/// Every machine whose config joins Kubernetes: its node name and MAC.
-fn joining_nodes(st: &State) -> Vec<(String, String)> {
+/// Every machine whose config joins Kubernetes, not in quarantine: its node name and MAC.
+pub(crate) fn joining_nodes(st: &State) -> Vec<(String, String)> {
     let fleet = st.fleet();
     let Ok(machines) = st.store.machines() else {
         return Vec::new();
     };
     machines
         .iter()
+        .filter(|m| m.quarantine.is_none())
         .filter_map(|m| {
             let (_, cfg) = assign::config(
                 &fleet,
@@ -893,33 +895,43 @@ fn joining_nodes(st: &State) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The addresses the server knows for machine `mac` this boot, for its kubelet's serving
-/// certificate: those it recorded when it served the boot's config (the address the
-/// request came from, the config's static one), never the node's own report.
-fn addresses_this_boot(s: &Store, mac: &str) -> Result<Vec<IpAddr>> {
+/// What the server knows of machine `mac` for its kubelet's requests: the last boot it
+/// served a joining config for, the addresses it saw then (the config request's source or
+/// the static address, recorded in that `kubernetes` event, never the node's own report),
+/// and its quarantine. `None` for a machine with no such boot.
+fn facts_of(s: &Store, mac: &str) -> Result<Option<kubernetes::Facts>> {
     let Some(m) = s.machine(mac)? else {
-        return Ok(Vec::new());
+        return Ok(None);
     };
-    let Some(boot) = m.boots.last() else {
-        return Ok(Vec::new());
+    let mut facts = kubernetes::Facts {
+        quarantine: m.quarantine.as_ref().map(|q| q.reason.clone()),
+        ..Default::default()
     };
-    Ok(s.recent_events(mac, &boot.boot_id)?
-        .iter()
-        .filter(|r| {
-            r.source == store::Source::Server
-                && r.event.kind == crate::schema::EventKind::Kubernetes
-                && r.event.boot_id == boot.boot_id
-        })
-        .flat_map(|r| {
-            r.event
-                .details
-                .get("addresses")
-                .and_then(|a| a.as_array())
-                .into_iter()
-                .flatten()
-                .filter_map(|a| a.as_str()?.parse().ok())
-        })
-        .collect())
+    // The newest boot first; events of no boot are not a boot.
+    for boot in m.boots.iter().rev().filter(|b| b.boot_id != "-") {
+        let served: Vec<_> = s
+            .recent_events(mac, &boot.boot_id)?
+            .into_iter()
+            .filter(|r| {
+                r.source == store::Source::Server
+                    && r.event.kind == crate::schema::EventKind::Kubernetes
+                    && r.event.boot_id == boot.boot_id
+                    && r.event.details.contains_key("addresses")
+            })
+            .collect();
+        let Some(first) = served.first() else {
+            continue;
+        };
+        facts.boot = boot.boot_id.clone();
+        facts.addresses = first.event.details["addresses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str()?.parse().ok())
+            .collect();
+        return Ok(Some(facts));
+    }
+    Ok(None)
 }
 
 /// Connections the kernel queues for a listener before the server accepts them.

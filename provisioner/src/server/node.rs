@@ -148,21 +148,44 @@ async fn join_token(
         }
         return Ok(());
     };
-    cluster.remember(&name, &node.mac);
-    let mut addresses = vec![from.to_string()];
-    if let Some(crate::schema::config::Network::Static(n)) = &cfg.network {
-        if let Some((a, _)) = crate::schema::config::parse_cidr(&n.address) {
-            if a.to_string() != addresses[0] {
-                addresses.push(a.to_string());
-            }
+    if cluster.remember(&name, &node.mac).is_some() {
+        // The name is another machine's, or was: look at the whole fleet again.
+        let shared = cluster.learn(crate::server::blocking(|| crate::server::joining_nodes(st)));
+        if let Some((_, macs)) = shared.iter().find(|(n, _)| *n == name) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "node name {name} is the host name of machines {}: one Kubernetes node cannot be two machines",
+                    macs.join(", ")
+                ),
+            )
+            .reason("kubernetes"));
         }
+        cluster.remember(&name, &node.mac);
     }
+    // The address the server sees the request come from (the static one when the config
+    // sets one: the boot's DHCP address is given up, and may go to another machine).
+    let address = match &cfg.network {
+        Some(crate::schema::config::Network::Static(n)) => {
+            crate::schema::config::parse_cidr(&n.address).map(|(a, _)| std::net::IpAddr::V4(a))
+        }
+        _ => Some(from.to_canonical()),
+    };
     let mut d = serde_json::Map::new();
     d.insert("node".into(), name.clone().into());
-    d.insert("addresses".into(), addresses.into());
+    d.insert(
+        "addresses".into(),
+        address
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .into(),
+    );
+    let first = cluster.first_for_boot(&node.mac, &node.boot_id);
+    let mut record = first;
     if k.token.is_none() {
-        let minted = cluster
-            .mint(&node.mac, &name, crate::schema::unix_time())
+        let (minted, fresh) = cluster
+            .token_for(&node.mac, &node.boot_id, &name, crate::schema::unix_time())
             .await
             .map_err(|e| {
                 ApiError::new(
@@ -181,14 +204,19 @@ async fn join_token(
         d.insert("token".into(), minted.id.clone().into());
         d.insert("expires".into(), minted.expires.clone().into());
         k.token = Some(minted.token);
+        record = fresh;
     } else {
         d.insert("step".into(), "config".into());
     }
-    let mac = node.mac.clone();
-    let boot = node.boot_id.clone();
-    st.with_machine(&mac, |s| {
-        s.server_event(&mac, &boot, EventKind::Kubernetes, d)
-    })?;
+    // Once per boot (or per new token): a config fetched again changes nothing, and
+    // the addresses approved stay those of the boot's first fetch.
+    if record {
+        let mac = node.mac.clone();
+        let boot = node.boot_id.clone();
+        st.with_machine(&mac, |s| {
+            s.server_event(&mac, &boot, EventKind::Kubernetes, d)
+        })?;
+    }
     Ok(())
 }
 
