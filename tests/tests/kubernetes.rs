@@ -759,9 +759,15 @@ fn a_node_joins_with_the_token_the_server_minted_and_the_certificates_it_approve
     ] {
         assert!(steps.iter().any(|s| s == want), "no {want:?} in {steps:?}");
     }
-    assert!(
-        kube.iter().any(|e| e["details"]["token"] == id.as_str()),
-        "{kube:?}"
+    let minted = kube
+        .iter()
+        .find(|e| e["details"]["token"] == id.as_str())
+        .unwrap_or_else(|| panic!("no event of token {id}: {kube:?}"));
+    // The expiry on the timeline is the cluster's.
+    assert_eq!(
+        minted["details"]["expires"],
+        field("expiration"),
+        "{minted}"
     );
     assert!(
         !serde_json::to_string(&kube).unwrap().contains(&token),

@@ -152,7 +152,25 @@ pub fn write_file(path: &Path, body: &[u8], mode: u32, uid: u32, gid: u32) -> Re
         std::fs::create_dir_all(dir).map_err(io("creating directory", dir))?;
     }
     let tmp = path.with_extension("plinth-tmp");
-    std::fs::write(&tmp, body).map_err(io("writing", &tmp))?;
+    // Made anew and owner-only until the chmod below: a file of mode 0600 (a token, a
+    // password) is never readable by others on its way in, not even through a leftover.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io("removing a leftover", &tmp)(e));
+        }
+        _ => {}
+    }
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("writing", &tmp))?;
+        f.write_all(body).map_err(io("writing", &tmp))?;
+    }
     nix::unistd::chown(
         &tmp,
         Some(nix::unistd::Uid::from_raw(uid)),

@@ -85,35 +85,9 @@ pub async fn discover_patiently(k: &Kubernetes, patience: Duration) -> Result<Cl
     }
 }
 
+/// Writes `text` to `path` as root's with `mode`, through the node's one file writer.
 fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |what: &'static str| {
-        move |source| Error::Io {
-            what,
-            path: path.to_path_buf(),
-            source,
-        }
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io("making the folder of"))?;
-    }
-    let tmp = path.with_extension("tmp");
-    // A leftover would keep its own mode, whatever `mode` says.
-    match std::fs::remove_file(&tmp) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io("removing a leftover")(e));
-        }
-        _ => {}
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io("writing"))?;
-    f.write_all(text.as_bytes()).map_err(io("writing"))?;
-    std::fs::rename(&tmp, path).map_err(io("renaming into place"))
+    crate::node::apply::write_file(path, text.as_bytes(), mode, 0, 0).map(|_| ())
 }
 
 /// The node's `KubeletConfiguration`: the host's fields, the config's over them, and the

@@ -23,8 +23,9 @@ use crate::server::kubelet_csr::{self, bootstrap_group, Verdict, CLIENT_SIGNER, 
 const SECRETS: &str = "/api/v1/namespaces/kube-system/secrets";
 /// Where certificate requests live.
 const CSRS: &str = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
-/// The label naming the machine a token was minted for (its MAC, `-` for `:`).
-pub const MACHINE_LABEL: &str = "plinth.dev/machine";
+/// The label naming the machine a token was minted for (its MAC, `-` for `:`): for an
+/// operator reading the cluster's Secrets.
+const MACHINE_LABEL: &str = "plinth.dev/machine";
 
 /// The cluster a server mints tokens in and approves certificates for.
 #[derive(Debug)]
@@ -49,9 +50,8 @@ const SCAN_EVERY: Duration = Duration::from_secs(60);
 struct Given {
     /// The boot a config was last served for.
     boot: String,
-    /// The last token minted, the boot it was for, and when it expires (seconds since
-    /// the epoch).
-    token: Option<(Minted, String, u64)>,
+    /// The last token minted and the boot it was for.
+    token: Option<(Minted, String)>,
 }
 
 /// What the server knows of a machine when deciding its kubelet's requests.
@@ -74,6 +74,8 @@ pub struct Minted {
     pub id: String,
     /// When it expires, RFC 3339.
     pub expires: String,
+    /// The same, seconds since the epoch.
+    pub expires_at: u64,
     /// Why the machine's previous token could not be deleted, if it could not (it then
     /// expires on its own; the new one is good).
     pub stale: Option<String>,
@@ -216,22 +218,21 @@ impl Cluster {
             given.get(mac).and_then(|g| g.token.clone())
         };
         let quarter = self.token_ttl.as_secs() / 4;
-        if let Some((m, b, expires)) = &previous {
-            if b == boot && *expires > now.saturating_add(quarter) {
+        if let Some((m, b)) = &previous {
+            if b == boot && m.expires_at > now.saturating_add(quarter) {
                 return Ok((m.clone(), false));
             }
         }
         let mut minted = self.mint(mac, node, now).await?;
-        let expires = now.saturating_add(self.token_ttl.as_secs());
         {
             let mut given = self.given.lock().unwrap_or_else(|p| p.into_inner());
             let g = given.entry(mac.to_string()).or_insert_with(|| Given {
                 boot: boot.to_string(),
                 token: None,
             });
-            g.token = Some((minted.clone(), boot.to_string(), expires));
+            g.token = Some((minted.clone(), boot.to_string()));
         }
-        if let Some((old, _, _)) = previous {
+        if let Some((old, _)) = previous {
             if let Err(e) = self
                 .api
                 .delete(&format!("{SECRETS}/bootstrap-token-{}", old.id))
@@ -253,7 +254,8 @@ impl Cluster {
     async fn mint(&self, mac: &str, node: &str, now: u64) -> Result<Minted> {
         let id = token_chars(6)?;
         let secret = token_chars(16)?;
-        let expires = rfc3339(now.saturating_add(self.token_ttl.as_secs()))?;
+        let expires_at = now.saturating_add(self.token_ttl.as_secs());
+        let expires = rfc3339(expires_at)?;
         let label = mac.replace(':', "-");
         let body = json!({
             "apiVersion": "v1",
@@ -279,6 +281,7 @@ impl Cluster {
             token: format!("{id}.{secret}"),
             id,
             expires,
+            expires_at,
             stale: None,
         })
     }

@@ -908,22 +908,18 @@ fn facts_of(s: &Store, mac: &str) -> Result<Option<kubernetes::Facts>> {
         ..Default::default()
     };
     // The newest boot first; events of no boot are not a boot.
-    for boot in m.boots.iter().rev().filter(|b| b.boot_id != "-") {
-        let served: Vec<_> = s
-            .recent_events(mac, &boot.boot_id)?
-            .into_iter()
-            .filter(|r| {
-                r.source == store::Source::Server
-                    && r.event.kind == crate::schema::EventKind::Kubernetes
-                    && r.event.boot_id == boot.boot_id
-                    && r.event.details.contains_key("addresses")
-            })
-            .collect();
-        let Some(first) = served.first() else {
+    for boot in m.boots.iter().rev().filter(|b| b.boot_id != store::NO_BOOT) {
+        let events = s.recent_events(mac, &boot.boot_id)?;
+        let Some(served) = events.iter().find(|r| {
+            r.source == store::Source::Server
+                && r.event.kind == crate::schema::EventKind::Kubernetes
+                && r.event.boot_id == boot.boot_id
+                && r.event.details.contains_key("addresses")
+        }) else {
             continue;
         };
         facts.boot = boot.boot_id.clone();
-        facts.addresses = first.event.details["addresses"]
+        facts.addresses = served.event.details["addresses"]
             .as_array()
             .into_iter()
             .flatten()

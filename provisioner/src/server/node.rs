@@ -122,8 +122,8 @@ pub async fn config(
 /// The bootstrap token of a config that joins Kubernetes without one of its own: minted
 /// for this machine and boot in the server's cluster, and on the timeline (its id, never
 /// its secret). A config that joins names its node, which the server then knows as this
-/// machine; the event also holds the addresses the server approves the node's serving
-/// certificate for: the one this request came from and the config's static one, never
+/// machine; the event also holds the address the server approves the node's serving
+/// certificate for: the one this request came from, or the config's static one, never
 /// one the node merely claims.
 async fn join_token(
     st: &State,
@@ -181,8 +181,7 @@ async fn join_token(
             .collect::<Vec<_>>()
             .into(),
     );
-    let first = cluster.first_for_boot(&node.mac, &node.boot_id);
-    let mut record = first;
+    let mut record = cluster.first_for_boot(&node.mac, &node.boot_id);
     if k.token.is_none() {
         let (minted, fresh) = cluster
             .token_for(&node.mac, &node.boot_id, &name, crate::schema::unix_time())

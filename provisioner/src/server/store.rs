@@ -51,7 +51,8 @@ pub const MAX_CERTS: usize = 50;
 pub const MAX_SERVER_EVENTS: usize = 100;
 
 /// The boot key of events that belong to no boot (refusals before enrolment).
-const NO_BOOT: &str = "-";
+/// The boot id under which the events of no boot are kept.
+pub const NO_BOOT: &str = "-";
 
 /// Retention, from the server's flags.
 #[derive(Debug, Clone, Copy)]
