@@ -162,7 +162,8 @@ pub fn source_date_epoch() -> Result<u32> {
 }
 
 /// Tracks which source claimed each image path, to refuse two sources for one path.
-struct Claims(BTreeMap<String, String>);
+#[derive(Debug, Default)]
+pub(crate) struct Claims(BTreeMap<String, String>);
 
 impl Claims {
     fn claim(&mut self, dest: &str, src: &str) -> Result<()> {
@@ -503,7 +504,9 @@ fn add_file_data(
     Ok(())
 }
 
-fn add_extra(
+/// Adds `extra` (a file, or a directory's tree) at its destination, with the ELF
+/// closure of each binary.
+pub(crate) fn add_extra(
     ar: &mut Archive,
     report: &mut Report,
     claims: &mut Claims,

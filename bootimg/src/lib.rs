@@ -21,6 +21,7 @@
 pub mod cpio;
 pub mod elf;
 pub mod error;
+pub mod extension;
 pub mod image;
 pub mod ipxe;
 pub mod kernel;

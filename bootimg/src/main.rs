@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use plinth_bootimg::extension::{self, ExtensionOptions};
 use plinth_bootimg::image::{self, BuildOptions, Extra};
 use plinth_bootimg::qemu::{self, Accel, Firmware, RunOptions};
 
@@ -54,6 +55,18 @@ enum Cmd {
         /// Extra kernel command-line arguments.
         #[arg(long, default_value = "")]
         cmdline: String,
+    },
+    /// Write an extension for the machine config's `extensions`: the files given, with
+    /// the libraries of each dynamic binary, as a tar.zst laid out as the node's root.
+    /// Prints the config entry (name and sha256).
+    Extension {
+        /// The file written (its name is the config's `name`; put it in the server's
+        /// --extensions-dir).
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
+        /// A file or directory: SRC:DEST (DEST absolute on the node). Repeatable.
+        #[arg(long = "add", value_name = "SRC:DEST", required = true)]
+        files: Vec<Extra>,
     },
     /// Power on a machine in qemu that boots over PXE from a tap device (in the lab: the
     /// site's DHCP, plinth-server's proxyDHCP, TFTP and HTTP). Ends qemu when it ends.
@@ -162,6 +175,31 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("building the node image into {}", out.display()))?;
             println!("{}:", out.display());
             print!("{report}");
+        }
+        Cmd::Extension { out, files } => {
+            let built = extension::build(&ExtensionOptions {
+                out: out.clone(),
+                files,
+                mtime: image::source_date_epoch()?,
+            })
+            .with_context(|| format!("building the extension {}", out.display()))?;
+            println!("{}:", out.display());
+            for (part, detail, size) in &built.report.parts {
+                println!("  {part:<14} {:>10}  {detail}", image::human(*size));
+            }
+            println!(
+                "  {} entries, tar {}, zstd {}",
+                built.report.entries,
+                image::human(built.tar_size),
+                image::human(built.size)
+            );
+            println!("# the machine config's entry:");
+            println!("extensions:");
+            println!(
+                "  - name: {}",
+                out.file_name().unwrap_or_default().to_string_lossy()
+            );
+            println!("    sha256: {}", built.sha256);
         }
         Cmd::Run {
             tap,

@@ -113,6 +113,30 @@ pub async fn exchange(
     max: usize,
     what: &str,
 ) -> Result<(u16, Vec<u8>)> {
+    let resp = send(tls, tcp, url, name, req, what).await?;
+    let status = resp.status().as_u16();
+    let body = Limited::new(resp.into_body(), max)
+        .collect()
+        .await
+        .map_err(|e| Error::Protocol {
+            what: what.to_string(),
+            reason: format!("reading the answer: {e}"),
+        })?
+        .to_bytes()
+        .to_vec();
+    Ok((status, body))
+}
+
+/// Sends `req` as [`exchange`] does and returns the answer with its body unread, for a
+/// caller that streams it.
+pub async fn send(
+    tls: Arc<rustls::ClientConfig>,
+    tcp: tokio::net::TcpStream,
+    url: &Url,
+    name: &ServerName<'static>,
+    req: Request<'_>,
+    what: &str,
+) -> Result<hyper::Response<hyper::body::Incoming>> {
     let tls = TlsConnector::from(tls)
         .connect(name.clone(), tcp)
         .await
@@ -149,21 +173,10 @@ pub async fn exchange(
             what: what.to_string(),
             reason: e.to_string(),
         })?;
-    let resp = sender
+    sender
         .send_request(request)
         .await
-        .map_err(|e| http_err(what, e))?;
-    let status = resp.status().as_u16();
-    let body = Limited::new(resp.into_body(), max)
-        .collect()
-        .await
-        .map_err(|e| Error::Protocol {
-            what: what.to_string(),
-            reason: format!("reading the answer: {e}"),
-        })?
-        .to_bytes()
-        .to_vec();
-    Ok((status, body))
+        .map_err(|e| http_err(what, e))
 }
 
 fn http_err(what: &str, e: hyper::Error) -> Error {

@@ -109,6 +109,10 @@ struct Cli {
     /// How long a minted bootstrap token is accepted by the cluster.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     bootstrap_token_ttl: Duration,
+    /// The directory of the extensions machine configs list by name (`plinth-boot
+    /// extension` makes them); a node is served those its config lists.
+    #[arg(long, value_name = "DIR")]
+    extensions_dir: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -146,6 +150,7 @@ fn main() -> anyhow::Result<()> {
         tftp_sends: cli.tftp_sends.max(1),
         kubeconfig: cli.kubeconfig,
         bootstrap_token_ttl: cli.bootstrap_token_ttl,
+        extensions_dir: cli.extensions_dir,
     };
     server::serve(cfg, |r| {
         let mut out = std::io::stdout();

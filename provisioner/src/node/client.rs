@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::crypto::provider;
 use crate::error::{Error, Result};
 pub use crate::http_client::Url;
-use crate::http_client::{exchange, Request};
+use crate::http_client::{exchange, send, Request};
 use crate::node::verify::PinVerifier;
 
 /// The largest answer read.
@@ -179,13 +179,26 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<(u16, Vec<u8>)> {
+        let (tcp, i) = self.connect_any(method, path).await?;
+        let (url, name) = &self.servers[i];
+        let what = format!("{method} {url}{path}");
+        self.exchange(tcp, url, name, method, path, body, &what)
+            .await
+    }
+
+    /// A connection to the server in use, or else to the next of the fleet that can be
+    /// connected to (nothing was sent to those passed over), and its index.
+    async fn connect_any(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> Result<(tokio::net::TcpStream, usize)> {
         let n = self.servers.len();
         let first = self.current.load(Ordering::Relaxed) % n;
         let mut last = None;
         for k in 0..n {
             let i = (first + k) % n;
-            let (url, name) = &self.servers[i];
-            let what = format!("{method} {url}{path}");
+            let (url, _) = &self.servers[i];
             let connected = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(url))
                 .await
                 .unwrap_or_else(|_| {
@@ -198,7 +211,7 @@ impl Client {
                 Ok(tcp) => tcp,
                 Err(e) => {
                     last = Some(Error::Net {
-                        what: format!("{what}: connect"),
+                        what: format!("{method} {url}{path}: connect"),
                         source: e,
                     });
                     continue;
@@ -209,14 +222,83 @@ impl Client {
                 self.current.store(i, Ordering::Relaxed);
                 self.failovers.fetch_add(k as u64, Ordering::Relaxed);
             }
-            return self
-                .exchange(tcp, url, name, method, path, body, &what)
-                .await;
+            return Ok((tcp, i));
         }
         Err(last.unwrap_or_else(|| Error::Protocol {
             what: format!("{method} {path}"),
             reason: "no server".into(),
         }))
+    }
+
+    /// `GET path`, its body handed to `sink` as it arrives rather than held: at most
+    /// `max` bytes, and no more than `idle` without a byte. Returns the bytes received.
+    /// A status other than 200 is [`Error::Status`] with the server's error text.
+    pub async fn download(
+        &self,
+        path: &str,
+        max: u64,
+        idle: Duration,
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<u64> {
+        use http_body_util::BodyExt;
+        let what = format!("GET {}{path}", self.url());
+        let late = |what: &str| Error::Protocol {
+            what: what.to_string(),
+            reason: format!("nothing received for {idle:?}"),
+        };
+        let (tcp, i) = tokio::time::timeout(idle, self.connect_any("GET", path))
+            .await
+            .map_err(|_| late(&what))??;
+        let (url, name) = &self.servers[i];
+        let req = Request {
+            method: "GET",
+            path,
+            content_type: "application/json",
+            bearer: None,
+            body: Vec::new(),
+        };
+        let resp = tokio::time::timeout(idle, send(self.tls.clone(), tcp, url, name, req, &what))
+            .await
+            .map_err(|_| late(&what))??;
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        if status != 200 {
+            let answer = tokio::time::timeout(
+                idle,
+                http_body_util::Limited::new(body, 64 * 1024).collect(),
+            )
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .map(|c| c.to_bytes().to_vec())
+            .unwrap_or_default();
+            return Err(Error::Status {
+                what,
+                status,
+                body: error_text(&answer),
+            });
+        }
+        let mut got = 0u64;
+        loop {
+            let frame = tokio::time::timeout(idle, body.frame())
+                .await
+                .map_err(|_| late(&what))?;
+            let Some(frame) = frame else { return Ok(got) };
+            let frame = frame.map_err(|e| Error::Protocol {
+                what: what.clone(),
+                reason: format!("reading the answer after {got} bytes: {e}"),
+            })?;
+            if let Some(data) = frame.data_ref() {
+                got += data.len() as u64;
+                if got > max {
+                    return Err(Error::Protocol {
+                        what,
+                        reason: format!("the answer is over {max} bytes"),
+                    });
+                }
+                sink(data)?;
+            }
+        }
     }
 
     /// A TCP connection to `url`, from the client's source address when it has one.
@@ -282,14 +364,10 @@ impl Client {
         };
         let (status, answer) = self.request(method, path, bytes, timeout).await?;
         if status != 200 {
-            let text = serde_json::from_slice::<serde_json::Value>(&answer)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
-                .unwrap_or_else(|| String::from_utf8_lossy(&answer).trim().to_string());
             return Err(Error::Status {
                 what,
                 status,
-                body: text,
+                body: error_text(&answer),
             });
         }
         serde_json::from_slice(&answer).map_err(|source| Error::Json {
@@ -297,6 +375,14 @@ impl Client {
             source,
         })
     }
+}
+
+/// The server's error text: its JSON `error`, else the body as text.
+fn error_text(answer: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(answer)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+        .unwrap_or_else(|| String::from_utf8_lossy(answer).trim().to_string())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod apply;
 pub mod client;
 pub mod config;
 pub mod enroll;
+pub mod extension;
 pub mod image;
 pub mod join;
 pub mod layer;
@@ -544,7 +545,12 @@ impl Agent {
             }
             _ => link.lease.address,
         };
-        let kubernetes = self.join(&cfg, address.into());
+        // Rootless containers need no extension; kubelet does.
+        let kubernetes = async {
+            if self.install_extensions(&cfg).await {
+                self.join(&cfg, address.into()).await;
+            }
+        };
         let net = async {
             match &cfg.network {
                 Some(Network::Static(s)) => {
@@ -573,6 +579,52 @@ impl Agent {
             drop(notes);
         };
         tokio::join!(net, containers, report, kubernetes);
+    }
+
+    /// Installs the config's extensions in order, each tried three times; whether all
+    /// were. Each is an `extension` event, or an `error` naming it.
+    async fn install_extensions(&self, cfg: &crate::schema::config::MachineConfig) -> bool {
+        for ext in &cfg.extensions {
+            let mut attempt = 1;
+            loop {
+                let Some(c) = self.session() else {
+                    return false;
+                };
+                match extension::install(&c, ext, Path::new("/"), Path::new(extension::WORK_DIR))
+                    .await
+                {
+                    Ok(done) => {
+                        log(&format!(
+                            "extension {}: {} bytes, {} entries added",
+                            ext.name, done.bytes, done.written
+                        ));
+                        let mut d = Map::new();
+                        d.insert("name".into(), json!(ext.name));
+                        d.insert("sha256".into(), json!(ext.sha256));
+                        d.insert("bytes".into(), json!(done.bytes));
+                        d.insert("written".into(), json!(done.written));
+                        d.insert("present".into(), json!(done.present));
+                        if !done.skipped.is_empty() {
+                            d.insert("skipped".into(), json!(done.skipped));
+                        }
+                        d.insert("fetchMs".into(), json!(done.fetch.as_millis() as u64));
+                        d.insert("unpackMs".into(), json!(done.unpack.as_millis() as u64));
+                        self.report(EventKind::Extension, d).await;
+                        break;
+                    }
+                    Err(e) => {
+                        log(&format!("{e}"));
+                        self.error("extension", &e).await;
+                        if attempt == 3 {
+                            return false;
+                        }
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+            }
+        }
+        true
     }
 
     /// Joins the config's Kubernetes cluster: discovery and kubelet's bootstrap files.

@@ -1,7 +1,5 @@
 //! `MachineConfig`: what a node is told to be. Strict (`deny_unknown_fields`): a field
-//! this version cannot honour is an error naming it, never silently dropped. The fields
-//! later issues add (extensions) are therefore refused until a node can apply them; the
-//! node takes `kubernetes` as far as it can and says where it stops (an `error` event).
+//! this version cannot honour is an error naming it, never silently dropped.
 //! `docs/config.md` documents every field.
 
 use std::collections::BTreeMap;
@@ -10,6 +8,7 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use super::containers::{Container, Registry};
+use super::extensions::Extension;
 use super::kubernetes::Kubernetes;
 use super::API_VERSION;
 
@@ -52,6 +51,9 @@ pub struct MachineConfig {
     /// How to reach the registries the containers' images come from.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub registries: Vec<Registry>,
+    /// Software the node fetches from its server and unpacks at boot (`docs/config.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<Extension>,
     /// The Kubernetes cluster the node joins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<Kubernetes>,
@@ -320,6 +322,7 @@ impl MachineConfig {
             }
         }
         super::containers::validate(&self.containers, &self.registries)?;
+        super::extensions::validate(&self.extensions)?;
         if let Some(k) = &self.kubernetes {
             k.validate(self.hostname.as_deref())?;
         }
@@ -379,9 +382,9 @@ mod tests {
             (
                 GOOD.replace(
                     "\"network\": \"dhcp\",",
-                    "\"network\": \"dhcp\", \"extensions\": [],",
+                    "\"network\": \"dhcp\", \"extensions\": [{\"name\": \"../k\", \"sha256\": \"\"}],",
                 ),
-                "extensions",
+                "extensions[0].name",
             ),
             (
                 GOOD.replace(

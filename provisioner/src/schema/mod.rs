@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod containers;
+pub mod extensions;
 pub mod kubernetes;
 
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,8 @@ pub enum EventKind {
     Config,
     /// Config applied.
     Applied,
+    /// An extension fetched, its digest checked and unpacked.
+    Extension,
     /// A service or container changed state.
     Service,
     /// An image pulled, or failing to be.

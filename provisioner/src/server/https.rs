@@ -16,6 +16,7 @@ pub fn router(st: Arc<State>) -> Router {
         .route("/v1/enroll", post(enroll::enroll))
         .route("/v1/renew", post(enroll::renew))
         .route("/v1/config", get(node::config))
+        .route("/v1/extensions/{name}", get(node::extension))
         .route("/v1/events", post(node::events))
         .route("/v1/logs", post(node::logs))
         .route("/v1/action", post(node::action))

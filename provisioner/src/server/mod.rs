@@ -126,6 +126,8 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     /// How long a minted bootstrap token lives.
     pub bootstrap_token_ttl: Duration,
+    /// `--extensions-dir`: the extensions nodes are served by name.
+    pub extensions_dir: Option<PathBuf>,
 }
 
 impl Config {

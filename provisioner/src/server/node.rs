@@ -44,6 +44,89 @@ fn forbidden(
     ApiError::new(StatusCode::FORBIDDEN, msg).who(format!("node:{}", node.mac))
 }
 
+/// `GET /v1/extensions/{name}`: an extension the machine's config lists, from
+/// `--extensions-dir`, streamed as it is read. The node checks its digest; the server
+/// only serves the file of that name.
+pub async fn extension(
+    AxState(st): AxState<Arc<State>>,
+    Extension(peer): Extension<Peer>,
+    method: Method,
+    uri: Uri,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    let request = request_line(&method, &uri);
+    let node = auth::node(&st, &peer, &request)?;
+    let who = format!("node:{}", node.mac);
+    let not_found = |msg: String| {
+        ApiError::new(StatusCode::NOT_FOUND, msg)
+            .reason("extension")
+            .who(who.clone())
+    };
+    let Some(dir) = st.cfg.extensions_dir.clone() else {
+        return Err(not_found(format!(
+            "extension {name}: this server has no --extensions-dir"
+        )));
+    };
+    let fleet = st.fleet();
+    let listed = st.with_machine(&node.mac, |s| {
+        let Some(m) = s.machine(&node.mac)? else {
+            return Ok(false);
+        };
+        if m.quarantine.is_some() {
+            return Ok(false);
+        }
+        Ok(
+            match assign::config(&fleet, &st.secrets, s, &m, Reveal::Redacted) {
+                Ok((_, Some(c))) => c.extensions.iter().any(|e| e.name == name),
+                _ => false,
+            },
+        )
+    })?;
+    // The config's names are checked as file names; this one is only ever one of them.
+    if !listed || !crate::schema::extensions::valid_name(&name) {
+        return Err(not_found(format!(
+            "extension {name} is not in the config of {}",
+            node.mac
+        )));
+    }
+    let path = dir.join(&name);
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(not_found(format!(
+                "extension {name}: no such file in --extensions-dir"
+            )))
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("extension {name}: opening {}: {e}", path.display()),
+            )
+            .who(who))
+        }
+    };
+    let len = file
+        .metadata()
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("extension {name}: reading {}: {e}", path.display()),
+            )
+            .who(who.clone())
+        })?
+        .len();
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
+        file,
+        256 * 1024,
+    ));
+    axum::response::Response::builder()
+        .header(axum::http::header::CONTENT_TYPE, "application/octet-stream")
+        .header(axum::http::header::CONTENT_LENGTH, len)
+        .body(body)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).who(who))
+}
+
 /// `GET /v1/config[?mac=MAC]`: the machine's `MachineConfig`. `mac`, when given, must be
 /// the certificate's own.
 pub async fn config(

@@ -11,6 +11,13 @@
 //! path with a `..` component is refused outright (its layer fails), as is a hard link
 //! whose target is not a file of the image. Device nodes are skipped and listed: the
 //! workloads are rootless, and a device in an image is a host device in a container.
+//!
+//! [`add`] unpacks an extension onto the node's root with the same care, but only adds:
+//! a whiteout is refused, an existing directory is entered and left as it is, and an
+//! entry where the root already has something is refused unless it is the same (a file
+//! of the same contents, a symlink to the same target): an extension built on the
+//! image's host shares its libc, and one that would replace a file of the image, or of
+//! an extension before it, fails naming the path.
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -53,6 +60,18 @@ impl Compression {
             }),
         }
     }
+
+    /// The compression of an archive that starts with `head`, by its magic number
+    /// (extensions have no media type).
+    pub fn sniff(head: &[u8]) -> Compression {
+        if head.starts_with(&[0x1f, 0x8b]) {
+            Compression::Gzip
+        } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Compression::Zstd
+        } else {
+            Compression::None
+        }
+    }
 }
 
 /// Where a layer's owners go: uid and gid N of the image become `base + N` on disk, for
@@ -78,6 +97,8 @@ pub struct Applied {
     pub removed: u64,
     /// Entries not written, each with why (device nodes, unknown types).
     pub skipped: Vec<String>,
+    /// Entries [`add`] found the root had already, the same.
+    pub present: u64,
 }
 
 /// The name of a whiteout's prefix, and of the opaque marker.
@@ -106,6 +127,15 @@ pub fn open_root(root: &Path) -> Result<OwnedFd> {
     .map_err(sys(format!("opening the image root {}", root.display())))
 }
 
+/// What an entry does to what the root has at its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Policy {
+    /// An image layer: replaces, and whiteouts remove.
+    Changeset,
+    /// An extension: adds only.
+    AddOnly,
+}
+
 /// Applies the layer read from `blob` (compressed as `compression`) onto the directory
 /// `root`, with owners moved into `owners` (kept as the image has them when `None`).
 pub fn apply(
@@ -113,6 +143,22 @@ pub fn apply(
     blob: impl Read,
     compression: Compression,
     owners: Option<Owners>,
+) -> Result<Applied> {
+    unpack(root, blob, compression, owners, Policy::Changeset)
+}
+
+/// Adds the archive read from `blob` onto `root`, owners as the archive has them, never
+/// replacing or removing anything `root` has (the module's doc says how).
+pub fn add(root: BorrowedFd<'_>, blob: impl Read, compression: Compression) -> Result<Applied> {
+    unpack(root, blob, compression, None, Policy::AddOnly)
+}
+
+fn unpack(
+    root: BorrowedFd<'_>,
+    blob: impl Read,
+    compression: Compression,
+    owners: Option<Owners>,
+    policy: Policy,
 ) -> Result<Applied> {
     // Every gzip member and every zstd frame: eStargz and zstd:chunked layers are many,
     // and a reader that stopped after the first would unpack part of the layer, silently.
@@ -143,6 +189,12 @@ pub fn apply(
             None => ("", path.as_str()),
         };
         if name == OPAQUE || name.starts_with(WHITEOUT) {
+            if policy == Policy::AddOnly {
+                return Err(refused(
+                    &raw,
+                    "a whiteout: an extension adds, never removes",
+                ));
+            }
             // Nothing to remove in a directory the image does not have: none is made.
             let Some(parent) = open_dir(root, parent_path, &raw, false)? else {
                 continue;
@@ -188,6 +240,23 @@ pub fn apply(
         let is_dir = |st: &nix::sys::stat::FileStat| {
             SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
         };
+        if policy == Policy::AddOnly {
+            if let Some(st) = &existing {
+                if kind == tar::EntryType::Directory && is_dir(st) {
+                    // Entered, and left as the root has it (/tmp stays 1777).
+                    done.present += 1;
+                    continue;
+                }
+                if same_as_present(&parent, name, st, &mut entry, &raw)? {
+                    done.present += 1;
+                    continue;
+                }
+                return Err(refused(
+                    &raw,
+                    "the node has something else there: an extension adds, never replaces",
+                ));
+            }
+        }
         match kind {
             tar::EntryType::Directory => {
                 if !existing.as_ref().is_some_and(is_dir) {
@@ -298,6 +367,55 @@ pub fn apply(
         done.written += 1;
     }
     Ok(done)
+}
+
+/// Whether the archive's `entry` is what `parent` has as `name` already (`st`): a
+/// regular file of the same contents, or a symlink to the same target.
+fn same_as_present<R: Read>(
+    parent: &OwnedFd,
+    name: &str,
+    st: &nix::sys::stat::FileStat,
+    entry: &mut tar::Entry<'_, R>,
+    raw: &str,
+) -> Result<bool> {
+    let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+    match entry.header().entry_type() {
+        tar::EntryType::Symlink if kind == SFlag::S_IFLNK => {
+            let want = link_target(entry, raw)?;
+            let have = nix::fcntl::readlinkat(parent, name)
+                .map_err(sys(format!("reading the symlink the node has at {raw}")))?;
+            Ok(have.as_encoded_bytes() == want.as_bytes())
+        }
+        tar::EntryType::Regular | tar::EntryType::Continuous if kind == SFlag::S_IFREG => {
+            if u64::try_from(st.st_size).ok() != Some(entry.size()) {
+                return Ok(false);
+            }
+            let file = openat(
+                parent,
+                name,
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(sys(format!("opening the file the node has at {raw}")))?;
+            let mut have = std::fs::File::from(file);
+            let (mut a, mut b) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+            let read_err = |e: std::io::Error| Error::Protocol {
+                what: format!("comparing {raw} with the node's"),
+                reason: e.to_string(),
+            };
+            loop {
+                let n = entry.read(&mut a).map_err(read_err)?;
+                if n == 0 {
+                    return Ok(true);
+                }
+                have.read_exact(&mut b[..n]).map_err(read_err)?;
+                if a[..n] != b[..n] {
+                    return Ok(false);
+                }
+            }
+        }
+        _ => Ok(false),
+    }
 }
 
 /// A symlink's or hard link's target.

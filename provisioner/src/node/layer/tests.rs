@@ -443,3 +443,87 @@ fn every_member_of_a_gzip_layer_is_read() {
     assert_eq!(done.written, 2);
     assert_eq!(read(&s.root().join("two")), "2");
 }
+
+fn add_to(s: &Scratch, blob: &[u8]) -> Result<Applied> {
+    let root = open_root(&s.root()).expect("open root");
+    add(root.as_fd(), blob, Compression::None)
+}
+
+#[test]
+fn an_extension_adds_what_is_new_and_takes_what_is_the_same() {
+    let s = Scratch::new("add");
+    std::fs::create_dir_all(s.root().join("usr/lib")).expect("lib");
+    std::fs::write(s.root().join("usr/lib/libc.so"), "libc").expect("libc");
+    std::fs::set_permissions(
+        s.root().join("usr"),
+        std::fs::Permissions::from_mode(0o1777),
+    )
+    .expect("chmod");
+    std::os::unix::fs::symlink("usr/lib", s.root().join("lib")).expect("lib link");
+    let done = add_to(
+        &s,
+        &layer(&[
+            E::Dir("usr/"),
+            E::Dir("usr/lib/"),
+            E::File("usr/lib/libc.so", "libc"),
+            E::Symlink("lib", "usr/lib"),
+            E::Dir("usr/bin/"),
+            E::File("usr/bin/kubelet", "kubelet"),
+            E::File("lib/libmount.so", "mount"),
+        ]),
+    )
+    .expect("add");
+    assert_eq!((done.written, done.present), (3, 4), "{done:?}");
+    assert_eq!(
+        std::fs::read_to_string(s.root().join("usr/bin/kubelet")).expect("read"),
+        "kubelet"
+    );
+    // Through the root's own symlink, inside the root.
+    assert_eq!(
+        std::fs::read_to_string(s.root().join("usr/lib/libmount.so")).expect("read"),
+        "mount"
+    );
+    // An existing directory keeps its mode.
+    let mode = std::fs::metadata(s.root().join("usr"))
+        .expect("usr")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o1777);
+    s.outside_untouched();
+}
+
+#[test]
+fn an_extension_never_replaces_nor_removes() {
+    let s = Scratch::new("add-refused");
+    std::fs::create_dir_all(s.root().join("usr/lib")).expect("lib");
+    std::fs::write(s.root().join("usr/lib/libc.so"), "libc").expect("libc");
+    std::os::unix::fs::symlink("usr/lib", s.root().join("lib")).expect("lib link");
+    for (entries, path) in [
+        (vec![E::File("usr/lib/libc.so", "evil")], "usr/lib/libc.so"),
+        (vec![E::File("usr/lib/libc.so", "lib")], "usr/lib/libc.so"),
+        (vec![E::Symlink("lib", "/etc")], "lib"),
+        (vec![E::Dir("lib/")], "lib"),
+        (vec![E::File("usr/lib", "x")], "usr/lib"),
+        (
+            vec![E::Symlink("usr/lib/libc.so", "libc.so.6")],
+            "usr/lib/libc.so",
+        ),
+        (vec![E::File("usr/.wh.lib", "")], "usr/.wh.lib"),
+        (
+            vec![E::Dir("usr/"), E::File("usr/.wh..wh..opq", "")],
+            "usr/.wh..wh..opq",
+        ),
+    ] {
+        let e = add_to(&s, &layer(&entries)).expect_err(path);
+        assert!(e.to_string().contains(path), "{path}: {e}");
+        assert_eq!(
+            std::fs::read_to_string(s.root().join("usr/lib/libc.so")).expect("libc"),
+            "libc"
+        );
+        assert_eq!(
+            std::fs::read_link(s.root().join("lib")).expect("link"),
+            Path::new("usr/lib")
+        );
+    }
+    s.outside_untouched();
+}
