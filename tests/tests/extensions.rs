@@ -89,7 +89,7 @@ fn a_node_fetches_checks_and_adds_the_extensions_its_config_lists() {
     std::fs::write(
         &big,
         (0..6u32 << 20)
-            .map(|i| (i * 2654435761 >> 13) as u8)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect::<Vec<_>>(),
     )
     .unwrap();
