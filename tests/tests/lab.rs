@@ -793,6 +793,23 @@ fn a_killed_lab_leaves_nothing_behind() {
 }
 
 /// The events of `kind` about container `name`.
+/// Packs `files` (`SRC:DEST`) into the extension `out` with plinth-boot; its sha256.
+fn pack_extension(out: &Path, files: &[&str]) -> String {
+    let mut cmd = Command::new(bin("plinth-boot"));
+    cmd.arg("extension").arg("-o").arg(out);
+    for f in files {
+        cmd.args(["--add", f]);
+    }
+    let o = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sha256: "))
+        .expect("the config entry's sha256")
+        .to_string()
+}
+
 fn about<'a>(steps: &'a [Step], kind: &str, name: &str) -> Vec<&'a Step> {
     steps
         .iter()
@@ -820,7 +837,19 @@ fn a_machine_runs_containers_from_a_registry_rootless() {
     let page = "served from a rootless container\n";
     demo_layout(&t.0.join("layout"), "1", page);
     let image = registry.push(&t.0.join("layout"), "1", "demo/httpd:1");
-    let server = lab.server(TempDir::new("plinth-lab-work-server"), &img, &[]);
+    // An extension (iptables with its libraries, as the Kubernetes one carries it), and
+    // one whose file is not what the config says.
+    let exts = t.0.join("extensions");
+    std::fs::create_dir_all(&exts).unwrap();
+    let ext = exts.join("iptables.tar.zst");
+    let ext_sha = pack_extension(&ext, &["/usr/sbin/iptables:/usr/sbin/iptables"]);
+    std::fs::copy(&ext, exts.join("tampered.tar.zst")).unwrap();
+    let wrong_sha = "1".repeat(64);
+    let server = lab.server(
+        TempDir::new("plinth-lab-work-server"),
+        &img,
+        &["--extensions-dir", exts.to_str().unwrap()],
+    );
     let uuid = random_uuid();
     let memory = 64u64 << 20;
     server.declare_with(
@@ -828,6 +857,8 @@ fn a_machine_runs_containers_from_a_registry_rootless() {
         &uuid,
         json!({
             "apiVersion": "plinth/v1", "hostname": "worker", "network": "dhcp",
+            "extensions": [{"name": "iptables.tar.zst", "sha256": ext_sha},
+                           {"name": "tampered.tar.zst", "sha256": wrong_sha}],
             "registries": [{"host": registry.addr, "insecure": true}],
             "containers": [
                 {"name": "web", "image": image, "ports": [{"containerPort": 8080, "hostPort": 80}],
@@ -878,6 +909,39 @@ fn a_machine_runs_containers_from_a_registry_rootless() {
         answer = fetch();
     }
     assert_eq!(answer, page, "the page through the published port:\n{text}");
+
+    // The extension fetched over the lab's network and added onto the node's root; the
+    // tampered one refused, naming both digests, three times, then given up on.
+    let steps = wait_for(&server, &mut m, "the extensions", within, |s| {
+        s.iter()
+            .filter(|e| e.kind == "error" && e.event["details"]["step"] == "extension")
+            .count()
+            >= 3
+    });
+    let text = render(&format!("machine {BIOS_MAC}"), &steps);
+    let added: Vec<_> = steps.iter().filter(|e| e.kind == "extension").collect();
+    assert_eq!(added.len(), 1, "{text}");
+    let d = &added[0].event["details"];
+    assert_eq!(d["name"], "iptables.tar.zst", "{text}");
+    assert_eq!(d["sha256"], ext_sha.as_str(), "{text}");
+    assert_eq!(d["bytes"], std::fs::metadata(&ext).unwrap().len(), "{text}");
+    assert!(d["written"].as_u64().unwrap() >= 1, "{text}");
+    println!(
+        "extension on the node: {} bytes fetched in {} ms, unpacked in {} ms",
+        d["bytes"], d["fetchMs"], d["unpackMs"]
+    );
+    for e in steps
+        .iter()
+        .filter(|e| e.kind == "error" && e.event["details"]["step"] == "extension")
+    {
+        let why = e.event["details"]["error"].as_str().unwrap();
+        assert!(
+            why.contains("extension tampered.tar.zst")
+                && why.contains(&ext_sha)
+                && why.contains(&wrong_sha),
+            "{why}"
+        );
+    }
 
     // What the node reads of the serving container when an operator asks: ids in its
     // range, not root; the limits in its cgroup; the runtime ran as the container's
