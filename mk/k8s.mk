@@ -31,7 +31,7 @@ K8S_PINS = K8S_VERSION=$(K8S_VERSION) K8S_STAGING_VERSION=$(K8S_STAGING_VERSION)
 export PLINTH_K8S_DIR := $(K8S_CACHE)
 export PLINTH_K8S_IMAGES := $(K8S_IMAGES)
 
-.PHONY: k8s k8s-deps k8s-bin k8s-images e2e
+.PHONY: k8s k8s-deps k8s-bin k8s-images k8s-extension e2e
 
 k8s: k8s-bin k8s-images
 
@@ -47,5 +47,20 @@ $(K8S_IMAGES)/.built: tests/scripts/build-images.sh tests/images/pause.c | k8s-d
 	touch $@
 
 # The slow end-to-end tests (a whole cluster each): `.ci/run` runs them after `make test`.
+# The node's Kubernetes as one extension (docs/config.md): containerd, its runc v2 shim,
+# kubelet and the CNI plugins from the build above, and what they exec on a node (Debian's
+# iptables with its xtables modules, util-linux mount/umount) with their libraries.
+K8S_EXTENSION := $(CURDIR)/target/extensions/kubernetes-$(K8S_VERSION).tar.zst
+K8S_EXTENSION_FILES := \
+	$(foreach b,kubelet containerd containerd-shim-runc-v2,$(K8S_CACHE)/bin/$(b):/usr/bin/$(b)) \
+	$(foreach b,bridge host-local loopback portmap,$(K8S_CACHE)/bin/$(b):/opt/cni/bin/$(b)) \
+	$(foreach b,iptables iptables-save iptables-restore ip6tables,/usr/sbin/$(b):/usr/sbin/$(b)) \
+	/usr/lib/x86_64-linux-gnu/xtables:/usr/lib/x86_64-linux-gnu/xtables \
+	/usr/bin/mount:/usr/bin/mount /usr/bin/umount:/usr/bin/umount
+
+k8s-extension: build k8s-bin
+	mkdir -p $(dir $(K8S_EXTENSION))
+	target/release/plinth-boot extension -o $(K8S_EXTENSION) $(addprefix --add ,$(K8S_EXTENSION_FILES))
+
 e2e: build k8s
 	$(K8S_PINS) $(CARGO) test --release --no-fail-fast -p plinth-tests --test kubernetes --test critest -- --ignored --test-threads=1 --nocapture
