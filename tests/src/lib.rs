@@ -551,3 +551,25 @@ pub fn compile_static(source: &str, out: &Path, test: &str) -> bool {
         }
     }
 }
+
+/// Packs `files` (`SRC:DEST`) into the extension `out` with the release plinth-boot
+/// (`make build` builds it); the sha256 it prints for the machine config.
+pub fn pack_extension(out: &Path, files: &[&str]) -> String {
+    let mut cmd = Command::new(workspace().join("target/release/plinth-boot"));
+    cmd.arg("extension").arg("-o").arg(out);
+    for f in files {
+        cmd.args(["--add", f]);
+    }
+    let o = cmd.output().expect("plinth-boot runs");
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "plinth-boot extension: {stdout}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sha256: "))
+        .expect("the config entry's sha256")
+        .to_string()
+}

@@ -10,34 +10,13 @@ use std::process::Command;
 use plinth_provisioner::node::extension;
 use plinth_provisioner::schema::extensions::Extension;
 use plinth_tests::server::{rt, Server};
-use plinth_tests::{workspace, TempDir};
+use plinth_tests::{pack_extension, TempDir};
 use serde_json::json;
 
 const A: &str = "52:54:00:00:e0:0a";
 const B: &str = "52:54:00:00:e0:0b";
 const UUID_A: &str = "6e4a2b1c-0000-4000-8000-0000000e000a";
 const UUID_B: &str = "6e4a2b1c-0000-4000-8000-0000000e000b";
-
-/// Packs `files` (`SRC:DEST`) into `out` with the real plinth-boot; the sha256 it prints.
-fn pack(out: &Path, files: &[String]) -> String {
-    let mut cmd = Command::new(workspace().join("target/release/plinth-boot"));
-    cmd.arg("extension").arg("-o").arg(out);
-    for f in files {
-        cmd.arg("--add").arg(f);
-    }
-    let o = cmd.output().expect("plinth-boot runs");
-    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "plinth-boot extension: {stdout}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("sha256: "))
-        .expect("the config entry's sha256")
-        .to_string()
-}
 
 fn sha256sum(p: &Path) -> String {
     let o = Command::new("sha256sum")
@@ -94,26 +73,12 @@ fn a_node_fetches_checks_and_adds_the_extensions_its_config_lists() {
     )
     .unwrap();
     let good = exts.join("net-tools.tar.zst");
-    let sha = pack(
-        &good,
-        &[
-            "/usr/sbin/iptables:/usr/sbin/iptables".into(),
-            format!("{}:/opt/blob", big.display()),
-        ],
-    );
+    let blob = format!("{}:/opt/blob", big.display());
+    let files = ["/usr/sbin/iptables:/usr/sbin/iptables", blob.as_str()];
+    let sha = pack_extension(&good, &files);
     assert_eq!(sha, sha256sum(&good), "the printed digest is the file's");
     // The same inputs, the same bytes: a digest in a config stays true after a rebuild.
-    let again = dir.0.join("again.tar.zst");
-    assert_eq!(
-        pack(
-            &again,
-            &[
-                "/usr/sbin/iptables:/usr/sbin/iptables".into(),
-                format!("{}:/opt/blob", big.display())
-            ]
-        ),
-        sha
-    );
+    assert_eq!(pack_extension(&dir.0.join("again.tar.zst"), &files), sha);
     // One whose file is not what the config says, and one that would replace a file the
     // node has.
     let tampered = exts.join("tampered.tar.zst");
@@ -121,7 +86,7 @@ fn a_node_fetches_checks_and_adds_the_extensions_its_config_lists() {
     let clash_src = dir.0.join("hostname");
     std::fs::write(&clash_src, "not-the-node\n").unwrap();
     let clash = exts.join("clash.tar.zst");
-    let clash_sha = pack(&clash, &[format!("{}:/etc/hostname", clash_src.display())]);
+    let clash_sha = pack_extension(&clash, &[&format!("{}:/etc/hostname", clash_src.display())]);
     let missing_sha = "0".repeat(64);
     let wrong_sha = "1".repeat(64);
 

@@ -793,23 +793,6 @@ fn a_killed_lab_leaves_nothing_behind() {
 }
 
 /// The events of `kind` about container `name`.
-/// Packs `files` (`SRC:DEST`) into the extension `out` with plinth-boot; its sha256.
-fn pack_extension(out: &Path, files: &[&str]) -> String {
-    let mut cmd = Command::new(bin("plinth-boot"));
-    cmd.arg("extension").arg("-o").arg(out);
-    for f in files {
-        cmd.args(["--add", f]);
-    }
-    let o = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(o.status.success(), "{stdout}{}", String::from_utf8_lossy(&o.stderr));
-    stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("sha256: "))
-        .expect("the config entry's sha256")
-        .to_string()
-}
-
 fn about<'a>(steps: &'a [Step], kind: &str, name: &str) -> Vec<&'a Step> {
     steps
         .iter()
@@ -842,7 +825,7 @@ fn a_machine_runs_containers_from_a_registry_rootless() {
     let exts = t.0.join("extensions");
     std::fs::create_dir_all(&exts).unwrap();
     let ext = exts.join("iptables.tar.zst");
-    let ext_sha = pack_extension(&ext, &["/usr/sbin/iptables:/usr/sbin/iptables"]);
+    let ext_sha = plinth_tests::pack_extension(&ext, &["/usr/sbin/iptables:/usr/sbin/iptables"]);
     std::fs::copy(&ext, exts.join("tampered.tar.zst")).unwrap();
     let wrong_sha = "1".repeat(64);
     let server = lab.server(
