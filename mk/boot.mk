@@ -26,8 +26,10 @@ boot-tools:
 # Debian's kernel: linux-image-amd64 is a metapackage; fetch the real image package it
 # depends on and unpack it with dpkg-deb (no root needed, nothing touches /boot), then
 # depmod it.
-kernel: boot-tools $(BOOT_CACHE)/.extracted
-$(BOOT_CACHE)/.extracted: tests/scripts/boot-kernel.sh | boot-tools
+# boot-deps first: it adds bookworm-backports, whose kernel is the one the node needs
+# (bookworm's own 6.1 has no idmapped mounts of a tmpfs).
+kernel: boot-deps $(BOOT_CACHE)/.extracted
+$(BOOT_CACHE)/.extracted: tests/scripts/boot-kernel.sh | boot-deps
 	tests/scripts/boot-kernel.sh "$(BOOT_CACHE)"
 	touch $@
 

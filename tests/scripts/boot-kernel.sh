@@ -17,6 +17,13 @@ if [ -z "$dep" ]; then
   exit 1
 fi
 pkg=$dep
+# A kernel without idmapped mounts of a tmpfs would boot and fail every container: refuse
+# it here, naming what to do.
+kver=$(echo "$pkg" | sed -n 's/^linux-image-\([0-9]*\.[0-9]*\).*/\1/p')
+if [ -z "$kver" ] || [ "$(printf '%s\n' 6.3 "$kver" | sort -V | head -n1)" != 6.3 ]; then
+  echo "boot-kernel.sh: apt's newest kernel is $pkg; the node needs 6.3 or later (idmapped mounts of a tmpfs): add bookworm-backports (make boot-deps does)" >&2
+  exit 1
+fi
 case "$pkg" in *-unsigned) ;; *) apt-cache show "${pkg}-unsigned" >/dev/null 2>&1 && pkg="${pkg}-unsigned" ;; esac
 if ! ls "${pkg}"_*.deb >/dev/null 2>&1; then
   echo "downloading $pkg"
