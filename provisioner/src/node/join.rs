@@ -184,6 +184,23 @@ pub async fn prepare(
     })
 }
 
+/// Whether the Node `node` is Ready, asked with the kubeconfig kubelet wrote after its
+/// bootstrap (its own client certificate: a node reads its own Node). `Ok(false)` while
+/// that kubeconfig is not there yet or the Node not Ready.
+pub async fn node_ready(layout: &Layout, node: &str) -> Result<bool> {
+    let path = layout.etc.join("kubelet.conf");
+    if !path.exists() {
+        return Ok(false);
+    }
+    let access = kubeconfig::load(&path)?;
+    let api = crate::kubernetes::client::ApiClient::new(&access)?;
+    let n = api.get(&format!("/api/v1/nodes/{node}")).await?;
+    Ok(n["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

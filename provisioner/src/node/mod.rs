@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod client;
 pub mod config;
+pub mod containerd;
 pub mod enroll;
 pub mod extension;
 pub mod image;
@@ -16,6 +17,7 @@ pub mod layer;
 pub mod logs;
 pub mod network;
 pub mod pull;
+pub mod service;
 pub mod verify;
 pub mod workload;
 
@@ -627,33 +629,106 @@ impl Agent {
         true
     }
 
-    /// Joins the config's Kubernetes cluster: discovery and kubelet's bootstrap files.
-    /// Starting containerd and kubelet needs them on the node, which extensions will
-    /// bring; until then the step ends in an error that says so.
+    /// Joins the config's Kubernetes cluster: discovery and kubelet's bootstrap files,
+    /// then containerd and kubelet (from the extensions) started and kept running, and
+    /// `joined` once the Node is Ready.
     async fn join(&self, cfg: &crate::schema::config::MachineConfig, address: std::net::IpAddr) {
         let Some(k) = &cfg.kubernetes else { return };
+        let started = std::time::Instant::now();
         let node = cfg.hostname.clone().unwrap_or_default();
         let layout = join::Layout::node();
-        match join::prepare(k, &node, address, &layout, join::DISCOVERY_PATIENCE).await {
-            Ok(p) => {
-                log(&format!(
-                    "kubernetes: the cluster at {} (CA {}); kubelet's bootstrap written",
-                    p.cluster.server, p.cluster.ca_pin
-                ));
+        let ctr = containerd::Layout::node();
+        let prepared =
+            match join::prepare(k, &node, address, &layout, join::DISCOVERY_PATIENCE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    log(&format!("kubernetes: {e}"));
+                    self.error("kubernetes", &e).await;
+                    return;
+                }
+            };
+        log(&format!(
+            "kubernetes: the cluster at {} (CA {}); kubelet's bootstrap written",
+            prepared.cluster.server, prepared.cluster.ca_pin
+        ));
+        for bin in [KUBELET, CONTAINERD] {
+            if !Path::new(bin).exists() {
                 let e = Error::Config {
                     what: "kubernetes".into(),
                     reason: format!(
-                        "the cluster at {} was found and its CA pinned, but this node cannot start kubelet yet: extensions, which bring containerd and kubelet, are not supported by this version",
-                        p.cluster.server
+                        "{bin} is not on the node: list the extension that carries it (make k8s-extension builds one)"
                     ),
                 };
                 self.error("kubernetes", &e).await;
-            }
-            Err(e) => {
-                log(&format!("kubernetes: {e}"));
-                self.error("kubernetes", &e).await;
+                return;
             }
         }
+        if let Err(e) = containerd::write(k, &cfg.registries, &ctr) {
+            self.error("kubernetes", &e).await;
+            return;
+        }
+        let (events, mut happened) = tokio::sync::mpsc::unbounded_channel();
+        let logs = self.container_logs_tx.clone();
+        let containerd = service::supervise(
+            service::Spec {
+                name: "containerd",
+                program: CONTAINERD.into(),
+                args: vec!["--config".into(), ctr.config.display().to_string()],
+            },
+            events.clone(),
+            logs.clone(),
+        );
+        let kubelet = async {
+            // kubelet gives up on a CRI socket that is not there yet; supervise would
+            // start it again, but later than needed.
+            let t = std::time::Instant::now();
+            while !ctr.socket.exists() && t.elapsed() < Duration::from_secs(60) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            service::supervise(
+                service::Spec {
+                    name: "kubelet",
+                    program: KUBELET.into(),
+                    args: prepared.kubelet_args.clone(),
+                },
+                events,
+                logs,
+            )
+            .await
+        };
+        let joined = async {
+            let mut said = String::new();
+            loop {
+                match join::node_ready(&layout, &node).await {
+                    Ok(true) => break,
+                    Ok(false) => {}
+                    Err(e) => {
+                        let e = e.to_string();
+                        if e != said {
+                            log(&format!("kubernetes: asking for node {node}: {e}"));
+                            said = e;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            log(&format!("kubernetes: node {node} is Ready"));
+            let mut d = Map::new();
+            d.insert("node".into(), json!(node));
+            d.insert("server".into(), json!(prepared.cluster.server));
+            d.insert("caPin".into(), json!(prepared.cluster.ca_pin));
+            d.insert(
+                "readyMs".into(),
+                json!(started.elapsed().as_millis() as u64),
+            );
+            self.report(EventKind::Joined, d).await;
+        };
+        let report = async {
+            while let Some((kind, d)) = happened.recv().await {
+                self.report(kind, d).await;
+            }
+        };
+        tokio::join!(containerd, kubelet, joined, report);
     }
 
     /// The operator's actions: from event replies, or the long poll.
@@ -817,6 +892,10 @@ impl Agent {
 }
 
 /// Drops the first queued event (delivered, or refused for good).
+/// Where the Kubernetes extension puts kubelet and containerd.
+const KUBELET: &str = "/usr/bin/kubelet";
+const CONTAINERD: &str = "/usr/bin/containerd";
+
 fn drop_first(q: &RefCell<Vec<Event>>) {
     let mut q = q.borrow_mut();
     if !q.is_empty() {

@@ -30,6 +30,35 @@ pub struct Kubernetes {
     /// ones the node sets itself, which cannot be given).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub kubelet: Map<String, Value>,
+    /// The node's pods' addresses, `A.B.C.D/N` (the CNI bridge's range; each node its
+    /// own: routing between nodes is not Plinth's). Default [`DEFAULT_POD_SUBNET`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_subnet: Option<String>,
+    /// The pod sandbox ("pause") image containerd runs for each pod. Default
+    /// [`DEFAULT_SANDBOX_IMAGE`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_image: Option<String>,
+}
+
+/// The pods' range when the config gives none: clear of the node's own containers'
+/// bridge (10.88.0.0/16).
+pub const DEFAULT_POD_SUBNET: &str = "10.244.0.0/24";
+
+/// kubeadm's pause image for this Kubernetes version.
+pub const DEFAULT_SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.10.1";
+
+impl Kubernetes {
+    /// The pods' range.
+    pub fn pod_subnet(&self) -> &str {
+        self.pod_subnet.as_deref().unwrap_or(DEFAULT_POD_SUBNET)
+    }
+
+    /// The sandbox image.
+    pub fn sandbox_image(&self) -> &str {
+        self.sandbox_image
+            .as_deref()
+            .unwrap_or(DEFAULT_SANDBOX_IMAGE)
+    }
 }
 
 impl std::fmt::Debug for Kubernetes {
@@ -41,6 +70,8 @@ impl std::fmt::Debug for Kubernetes {
             .field("labels", &self.labels)
             .field("taints", &self.taints)
             .field("kubelet", &self.kubelet)
+            .field("pod_subnet", &self.pod_subnet)
+            .field("sandbox_image", &self.sandbox_image)
             .finish()
     }
 }
@@ -214,6 +245,24 @@ impl Kubernetes {
                 ));
             }
         }
+        if let Some(p) = &self.pod_subnet {
+            let ok = super::config::parse_cidr(p).is_some_and(|(a, m)| {
+                let mask = u32::from(m);
+                mask.count_ones() <= 28 && u32::from(a) & !mask == 0
+            });
+            if !ok {
+                return Err(format!(
+                    "kubernetes.podSubnet: {p:?} is not a network A.B.C.D/N (N at most 28, no host bits)"
+                ));
+            }
+        }
+        if let Some(i) = &self.sandbox_image {
+            if i.is_empty() || i.contains(char::is_whitespace) || i.contains('"') {
+                return Err(format!(
+                    "kubernetes.sandboxImage: {i:?} is not an image reference"
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -266,6 +315,17 @@ mod tests {
         let mut k = good();
         k.kubelet.insert("authentication".into(), json!({}));
         assert!(e(k, Some("n")).contains("kubernetes.kubelet.authentication"));
+        for bad in ["10.244.0.1/24", "10.244.0.0", "10.244.0.0/30", "x/8"] {
+            let mut k = good();
+            k.pod_subnet = Some(bad.into());
+            assert!(e(k, Some("n")).contains("kubernetes.podSubnet"), "{bad}");
+        }
+        let mut k = good();
+        k.pod_subnet = Some("10.50.0.0/16".into());
+        assert_eq!(k.validate(Some("n")), Ok(()));
+        let mut k = good();
+        k.sandbox_image = Some("a b".into());
+        assert!(e(k, Some("n")).contains("kubernetes.sandboxImage"));
         let mut k = good();
         k.token = Some("abcdef.0123456789abcdef".into());
         assert!(!format!("{k:?}").contains("0123456789abcdef"));

@@ -432,7 +432,10 @@ pub async fn logs(
 /// The source a stored line is tagged with: `kmsg`, `container/NAME/stdout|stderr`, or
 /// `console` for anything else (a node names no other).
 fn log_source(s: &str) -> &str {
-    let container = s.strip_prefix("container/").and_then(|r| r.split_once('/'));
+    let container = s
+        .strip_prefix("container/")
+        .or_else(|| s.strip_prefix("service/"))
+        .and_then(|r| r.split_once('/'));
     match container {
         _ if s == "kmsg" => s,
         Some((name, "stdout" | "stderr"))

@@ -295,8 +295,26 @@ pub fn describe(kind: EventKind, d: &Map<String, Value>) -> String {
                 None => why,
             }
         }
+        EventKind::Extension => format!(
+            "extension {}: {} bytes, {} entries added",
+            text(d, "name"),
+            text(d, "bytes"),
+            text(d, "written")
+        ),
+        EventKind::Joined => format!(
+            "node {} Ready in {}, after {} ms",
+            text(d, "node"),
+            text(d, "server"),
+            text(d, "readyMs")
+        ),
         EventKind::Service | EventKind::Image => {
-            let mut s = format!("{} {}", text(d, "container"), text(d, "state"));
+            // A host service (containerd, kubelet) names itself as `service`.
+            let who = if d.contains_key("service") {
+                text(d, "service")
+            } else {
+                text(d, "container")
+            };
+            let mut s = format!("{who} {}", text(d, "state"));
             if let Some(c) = d.get("exitCode").filter(|v| !v.is_null()) {
                 s.push_str(&format!(", exit {c}"));
             }
