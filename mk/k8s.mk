@@ -62,5 +62,8 @@ k8s-extension: build k8s-bin
 	mkdir -p $(dir $(K8S_EXTENSION))
 	target/release/plinth-boot extension -o $(K8S_EXTENSION) $(addprefix --add ,$(K8S_EXTENSION_FILES))
 
-e2e: build k8s
+e2e: build k8s kernel lab-deps
 	$(K8S_PINS) $(CARGO) test --release --no-fail-fast -p plinth-tests --test kubernetes --test critest -- --ignored --test-threads=1 --nocapture
+	@# A machine PXE-boots in the lab and joins by itself (its own ignored test: the lab's
+	@# other ignored one is a helper another test runs).
+	$(K8S_PINS) $(CARGO) test --release -p plinth-tests --test lab -- --ignored --exact a_pxe_booted_machine_joins_kubernetes_by_itself --nocapture

@@ -30,6 +30,15 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "nft_chain_nat",
     "nft_masq",
     "nft_ct",
+    // iptables-nft's matches and targets that have no native nftables form (the CNI
+    // bridge's `-m comment` and `-j MASQUERADE`), for the Kubernetes extension's
+    // iptables: the node has no modprobe for the kernel to load them on demand.
+    "nft_compat",
+    "xt_comment",
+    "xt_MASQUERADE",
+    "xt_addrtype",
+    "xt_conntrack",
+    "xt_mark",
 ];
 
 /// The host's CA bundle (Debian's ca-certificates), copied into the image when there.

@@ -135,6 +135,11 @@ pub struct Cluster {
     /// A cluster a node joins by itself: a CA, Node and RBAC authorization, bootstrap
     /// tokens, kubelet's webhook authentication (see [`Cluster::start_for_join`]).
     secure: bool,
+    /// The API server's address (its certificate's, `cluster-info`'s).
+    ip: String,
+    /// Whether the network namespace is the cluster's own (every process in it is
+    /// stopped at the end) or another's it runs in.
+    own_netns: bool,
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -224,6 +229,8 @@ impl Cluster {
             procs: vec![],
             host,
             secure: false,
+            ip: NODE_IP.into(),
+            own_netns: true,
         }
     }
 
@@ -236,15 +243,35 @@ impl Cluster {
     /// `docs/kubernetes-rbac.yaml` for the user `plinth-server`
     /// (`pki/plinth-server.kubeconfig`).
     pub fn start_for_join() -> Cluster {
-        let mut c = Cluster::empty();
-        c.secure = true;
+        let c = Cluster::empty();
         c.network();
+        c.for_join()
+    }
+
+    /// [`Cluster::start_for_join`] in the network namespace `netns`, which another owns
+    /// (the lab's provisioning host), the API server at `ip`:6443.
+    pub fn start_for_join_in(netns: &Path, ip: &str) -> Cluster {
+        let mut c = Cluster::empty();
+        c.netns = netns.to_path_buf();
+        c.own_netns = false;
+        c.ip = ip.into();
+        c.for_join()
+    }
+
+    fn for_join(mut self) -> Cluster {
+        let c = &mut self;
+        c.secure = true;
         c.pki();
         c.join_pki();
         c.write_configs();
         c.start_control_plane();
         c.kubeadm_init();
-        c
+        self
+    }
+
+    /// The API server's URL.
+    pub fn server_url(&self) -> String {
+        format!("https://{}:6443", self.ip)
     }
 
     /// The cluster's CA certificate, PEM.
@@ -289,7 +316,7 @@ impl Cluster {
             None,
             vec![
                 ip("127.0.0.1"),
-                ip(NODE_IP),
+                ip(&self.ip),
                 ip("10.96.0.1"),
                 SanType::DnsName("kubernetes".try_into().unwrap()),
                 SanType::DnsName("kubernetes.default.svc".try_into().unwrap()),
@@ -320,8 +347,9 @@ impl Cluster {
         let ca_data = base64::engine::general_purpose::STANDARD.encode(self.ca_pem());
         let info = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: \"\"\n  cluster:\n    \
-             certificate-authority-data: {ca_data}\n    server: https://{NODE_IP}:6443\n\
-             contexts: []\nusers: []\ncurrent-context: \"\"\n"
+             certificate-authority-data: {ca_data}\n    server: https://{ip}:6443\n\
+             contexts: []\nusers: []\ncurrent-context: \"\"\n",
+            ip = self.ip
         );
         self.apply(&json!({
             "apiVersion": "v1", "kind": "ConfigMap",
@@ -697,7 +725,7 @@ state = "{r}/containerd/state"
         for (k, v) in [
             ("--etcd-servers", "http://127.0.0.1:2379".into()),
             ("--secure-port", "6443".into()),
-            ("--advertise-address", NODE_IP.into()),
+            ("--advertise-address", self.ip.clone().into()),
             ("--cert-dir", r.join("apiserver").into()),
             ("--service-cluster-ip-range", "10.96.0.0/16".into()),
             (
@@ -1094,7 +1122,9 @@ state = "{r}/containerd/state"
                     },
                 );
             }
-            pids.extend(pids_in_netns(&self.netns));
+            if self.own_netns {
+                pids.extend(pids_in_netns(&self.netns));
+            }
             if pids.is_empty() {
                 break;
             }

@@ -322,7 +322,10 @@ pub fn timeline(server: &Server, m: &Machine) -> Vec<Step> {
                 "service" | "image" => {
                     let mut w = format!(
                         "{} {}",
-                        d["container"].as_str().unwrap_or("?"),
+                        d["container"]
+                            .as_str()
+                            .or(d["service"].as_str())
+                            .unwrap_or("?"),
                         d["state"].as_str().unwrap_or("?")
                     );
                     if let Some(c) = d["exitCode"].as_i64() {
@@ -333,6 +336,24 @@ pub fn timeline(server: &Server, m: &Machine) -> Vec<Step> {
                     }
                     w
                 }
+                "extension" => format!(
+                    "{} ({} bytes, {} ms fetched, {} ms unpacked)",
+                    d["name"].as_str().unwrap_or("?"),
+                    d["bytes"],
+                    d["fetchMs"],
+                    d["unpackMs"]
+                ),
+                "kubernetes" => match d["step"].as_str().unwrap_or("") {
+                    "token" => format!("bootstrap token {}", d["token"].as_str().unwrap_or("?")),
+                    step => format!(
+                        "{step} {} certificate {}",
+                        d["certificate"].as_str().unwrap_or(""),
+                        d["reason"].as_str().unwrap_or("")
+                    )
+                    .trim_end()
+                    .to_string(),
+                },
+                "joined" => format!("node {} Ready", d["node"].as_str().unwrap_or("?")),
                 _ => String::new(),
             };
             Step {

@@ -119,6 +119,27 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Pushes the image of the OCI archive `archive` (`make k8s-images` builds them) as
+    /// `name` (`repo:tag`) with skopeo; the reference to pull it by.
+    pub fn push_archive(&self, archive: &Path, name: &str) -> String {
+        let reference = format!("{}/{name}", self.addr);
+        let out = crate::in_netns(self.netns.as_deref(), "skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(format!("docker://{reference}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo copy {} to {reference}: {}",
+            archive.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        reference
+    }
+}
+
 fn sha256(b: &[u8]) -> String {
     Sha256::digest(b)
         .iter()

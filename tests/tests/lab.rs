@@ -1192,3 +1192,182 @@ fn the_web_page_follows(server: &plinth_tests::server::Server) {
         "the boot before: {before:?}"
     );
 }
+
+/// What a node runs to join, packed as `make k8s-extension` packs it.
+fn kubernetes_extension(out: &Path) -> String {
+    let bin = plinth_tests::k8s::k8s_dir().join("bin");
+    let mut files: Vec<String> = Vec::new();
+    for b in ["kubelet", "containerd", "containerd-shim-runc-v2"] {
+        files.push(format!("{}:/usr/bin/{b}", bin.join(b).display()));
+    }
+    for b in ["bridge", "host-local", "loopback", "portmap"] {
+        files.push(format!("{}:/opt/cni/bin/{b}", bin.join(b).display()));
+    }
+    for b in ["iptables", "iptables-save", "iptables-restore", "ip6tables"] {
+        files.push(format!("/usr/sbin/{b}:/usr/sbin/{b}"));
+    }
+    files.push("/usr/lib/x86_64-linux-gnu/xtables:/usr/lib/x86_64-linux-gnu/xtables".into());
+    files.push("/usr/bin/mount:/usr/bin/mount".into());
+    files.push("/usr/bin/umount:/usr/bin/umount".into());
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    plinth_tests::pack_extension(out, &files)
+}
+
+#[test]
+#[ignore = "make e2e: needs the Kubernetes binaries (make k8s) and minutes of TCG"]
+fn a_pxe_booted_machine_joins_kubernetes_by_itself() {
+    use plinth_tests::k8s::{images_dir, Cluster};
+    let test = "a_pxe_booted_machine_joins_kubernetes_by_itself";
+    if !can_run_lab(test, true) {
+        return;
+    }
+    if let Some(why) = plinth_tests::k8s::missing() {
+        plinth_tests::skip(test, &why);
+        return;
+    }
+    let t0 = Instant::now();
+    let t = TempDir::new("plinth-lab-k8s");
+    let img = t.0.join("img");
+    build_image(&img);
+    let lab = Lab::up("k8s");
+    // The control plane on the provisioning host, as kubeadm init leaves it.
+    let cluster = Cluster::start_for_join_in(&lab.server_host(), lab::SERVER_IP);
+    let Some(registry) = Registry::start_at(
+        test,
+        Some(&lab.server_host()),
+        &format!("{}:5000", lab::SERVER_IP),
+    ) else {
+        return;
+    };
+    let pause = registry.push_archive(&images_dir().join("pause.oci.tar"), "plinth/pause:1");
+    let busybox = registry.push_archive(&images_dir().join("busybox.oci.tar"), "plinth/busybox:1");
+    let exts = t.0.join("extensions");
+    std::fs::create_dir_all(&exts).unwrap();
+    let ext_name = "kubernetes.tar.zst";
+    let ext_sha = kubernetes_extension(&exts.join(ext_name));
+    println!(
+        "[{:6.1} s] control plane up, images pushed, extension packed",
+        t0.elapsed().as_secs_f64()
+    );
+    let kubeconfig = cluster.root.join("pki/plinth-server.kubeconfig");
+    let server = lab.server(
+        TempDir::new("plinth-lab-k8s-server"),
+        &img,
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--extensions-dir",
+            exts.to_str().unwrap(),
+        ],
+    );
+    let pin = {
+        use rustls::pki_types::pem::PemObject;
+        let der =
+            rustls::pki_types::CertificateDer::from_pem_slice(cluster.ca_pem().as_bytes()).unwrap();
+        plinth_provisioner::crypto::pin_of_cert(&der).unwrap()
+    };
+    let node = "lab-node";
+    let uuid = random_uuid();
+    server.declare_with(
+        BIOS_MAC,
+        &uuid,
+        json!({
+            "apiVersion": "plinth/v1", "hostname": node, "network": "dhcp",
+            "registries": [{"host": registry.addr, "insecure": true}],
+            "extensions": [{"name": ext_name, "sha256": ext_sha}],
+            "kubernetes": {
+                "server": cluster.server_url(), "caCertHashes": [pin],
+                "sandboxImage": pause,
+                "labels": {"plinth.dev/lab": "yes"},
+                "kubelet": {
+                    "resolvConf": "",
+                    "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%",
+                                     "imagefs.available": "1%"},
+                    "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+                    "nodeStatusUpdateFrequency": "5s"
+                }
+            }
+        }),
+    );
+    let mut spec = Spec::new("bios", BIOS_MAC, &uuid, &t.0);
+    spec.extra.extend(["--memory".into(), "2048".into()]);
+    spec.timeout = Duration::from_secs(1200);
+    let mut m = lab.power_on(&spec);
+    let steps = wait_for(&server, &mut m, "joined", Duration::from_secs(900), |s| {
+        has(s, "joined")
+    });
+    let text = render(&format!("machine {BIOS_MAC}"), &steps);
+    println!("{text}");
+    println!("per step: {}", per_step("join", &steps));
+    // The cluster's view: the Node Ready, with the config's label.
+    let n: serde_json::Value =
+        serde_json::from_str(&cluster.kubectl_ok(&["get", "node", node, "-o", "json"])).unwrap();
+    assert_eq!(n["metadata"]["labels"]["plinth.dev/lab"], "yes", "{n}");
+    assert!(
+        n["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True"),
+        "{n}"
+    );
+    // A pod scheduled to it runs; its log and an exec through the API server.
+    cluster.apply(&json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "hello"},
+        "spec": {
+            "nodeName": node,
+            "automountServiceAccountToken": false,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{"name": "main", "image": busybox,
+                            "command": ["sh", "-c", "echo hello from the lab node; sleep 3600"]}],
+        },
+    }));
+    let start = Instant::now();
+    loop {
+        let o = cluster.kubectl(&["get", "pod", "hello", "-o", "jsonpath={.status.phase}"]);
+        if String::from_utf8_lossy(&o.stdout) == "Running" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the pod is not Running: {}\n{}",
+            cluster.kubectl_ok(&["describe", "pod", "hello"]),
+            render("timeline", &lab::timeline(&server, &m))
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    println!(
+        "[{:6.1} s] pod Running, {:.1} s after power-on",
+        t0.elapsed().as_secs_f64(),
+        m.started.elapsed().as_secs_f64()
+    );
+    let start = Instant::now();
+    loop {
+        let logs = cluster.kubectl(&["logs", "hello"]);
+        if String::from_utf8_lossy(&logs.stdout).contains("hello from the lab node") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "logs: {logs:?}");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let exec = cluster.kubectl_ok(&[
+        "exec",
+        "hello",
+        "--",
+        "sh",
+        "-c",
+        "echo exec on $(hostname)",
+    ]);
+    assert_eq!(exec.trim(), "exec on hello");
+    println!(
+        "{}",
+        cluster.kubectl_ok(&["get", "nodes,pods", "-o", "wide"])
+    );
+    drop(m);
+    drop(registry);
+    drop(cluster);
+    let dir = lab.dir.clone();
+    lab.down();
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}

@@ -49,6 +49,10 @@ pub fn apply(cfg: &MachineConfig, root: &Path) -> Result<Report> {
     if let Some(h) = &cfg.hostname {
         hostname(root, h, &mut r)?;
     }
+    // Unless the config writes its own.
+    if !cfg.files.iter().any(|f| f.path == "/etc/hosts") {
+        hosts(root, cfg.hostname.as_deref(), &mut r)?;
+    }
     accounts(cfg, root, &mut r)?;
     let mut files = Map::new();
     for f in &cfg.files {
@@ -105,6 +109,20 @@ pub fn apply(cfg: &MachineConfig, root: &Path) -> Result<Report> {
         }
     }
     Ok(r)
+}
+
+/// `/etc/hosts`: localhost, and the host name on 127.0.1.1 as Debian has it. Programs
+/// copy or read it (containerd copies it into every pod) and fail on a node without one.
+fn hosts(root: &Path, h: Option<&str>, r: &mut Report) -> Result<()> {
+    let mut text =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    if let Some(h) = h {
+        text.push_str(&format!("127.0.1.1\t{h}\n"));
+    }
+    if write_file(&under(root, "/etc/hosts"), text.as_bytes(), 0o644, 0, 0)? {
+        r.changed.push("file /etc/hosts".into());
+    }
+    Ok(())
 }
 
 fn hostname(root: &Path, h: &str, r: &mut Report) -> Result<()> {
@@ -225,9 +243,6 @@ fn primary_gid(cfg: &MachineConfig, u: &User) -> u32 {
 }
 
 fn accounts(cfg: &MachineConfig, root: &Path, r: &mut Report) -> Result<()> {
-    if cfg.users.is_empty() && cfg.groups.is_empty() {
-        return Ok(());
-    }
     let mut groups: Vec<String> = cfg
         .groups
         .iter()
@@ -279,7 +294,9 @@ fn accounts(cfg: &MachineConfig, root: &Path, r: &mut Report) -> Result<()> {
         ("subuid", &[][..], &subuid, 0o644),
         ("subgid", &[][..], &subgid, 0o644),
     ] {
-        if entries.is_empty() {
+        // root's own lines whatever the config says: programs (kubelet, mount) read
+        // these files and fail on a node that has none.
+        if entries.is_empty() && (seed.is_empty() || etc.join(file).exists()) {
             continue;
         }
         if upsert(&etc.join(file), seed, entries, mode)? {
@@ -367,6 +384,30 @@ mod tests {
             (0o640, 1500)
         );
         assert_eq!(first.state["sysctls"]["net.ipv4.ip_forward"], "1");
+        assert!(std::fs::read_to_string(root.join("etc/hosts"))
+            .expect("hosts")
+            .contains("127.0.1.1\tn1\n"));
+        let second = apply(&cfg, &root).expect("again");
+        assert!(second.changed.is_empty(), "{:?}", second.changed);
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_config_without_accounts_still_leaves_roots() {
+        let root = std::env::temp_dir().join(format!("plinth-apply-bare-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("mkdir");
+        let cfg = MachineConfig::parse(br#"{"apiVersion":"plinth/v1"}"#).expect("config");
+        let first = apply(&cfg, &root).expect("apply");
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/passwd")).expect("passwd"),
+            "root:x:0:0:root:/root:/bin/sh\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/group")).expect("group"),
+            "root:x:0:\n"
+        );
+        assert!(first.changed.iter().any(|c| c == "file /etc/hosts"));
         let second = apply(&cfg, &root).expect("again");
         assert!(second.changed.is_empty(), "{:?}", second.changed);
         let _ = std::fs::remove_dir_all(&root);

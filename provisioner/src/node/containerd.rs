@@ -1,6 +1,7 @@
 //! The files containerd starts from on a joining node: its config (CRI with `plinth` as
 //! the runc v2 shim's runtime, the pause image, the CNI directories), the CNI network
-//! (a bridge over the config's pod subnet, host-local addresses, port mappings), and a
+//! (a bridge over the config's pod subnet, host-local addresses; no host ports, whose
+//! iptables matches need modules the image does not load), and a
 //! `hosts.toml` for each registry the config reaches over plain HTTP or with its own CA,
 //! the way the node's own containers reach them.
 
@@ -96,7 +97,7 @@ state = "{state}"
 }
 
 /// The CNI network: a bridge with the pod subnet's first address as the pods' gateway,
-/// masquerading what leaves it, and port mappings.
+/// masquerading what leaves it.
 pub fn cni(k: &Kubernetes, l: &Layout) -> String {
     let gateway = parse_cidr(k.pod_subnet())
         .map(|(a, _)| Ipv4Addr::from(u32::from(a) + 1).to_string())
@@ -118,7 +119,6 @@ pub fn cni(k: &Kubernetes, l: &Layout) -> String {
                     "dataDir": l.cni_ipam,
                 },
             },
-            {"type": "portmap", "capabilities": {"portMappings": true}},
         ],
     })
     .to_string()
