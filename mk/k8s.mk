@@ -31,7 +31,7 @@ K8S_PINS = K8S_VERSION=$(K8S_VERSION) K8S_STAGING_VERSION=$(K8S_STAGING_VERSION)
 export PLINTH_K8S_DIR := $(K8S_CACHE)
 export PLINTH_K8S_IMAGES := $(K8S_IMAGES)
 
-.PHONY: k8s k8s-deps k8s-bin k8s-images k8s-extension e2e
+.PHONY: k8s k8s-deps k8s-bin k8s-images k8s-extension k8s-demo e2e
 
 k8s: k8s-bin k8s-images
 
@@ -64,6 +64,11 @@ k8s-extension: build k8s-bin
 
 e2e: build k8s kernel lab-deps
 	$(K8S_PINS) $(CARGO) test --release --no-fail-fast -p plinth-tests --test kubernetes --test critest -- --ignored --test-threads=1 --nocapture
-	@# A machine PXE-boots in the lab and joins by itself (its own ignored test: the lab's
-	@# other ignored one is a helper another test runs).
+	$(MAKE) --no-print-directory k8s-demo
+
+# A machine PXE-boots in the lab and joins a control plane by itself, runs a pod, is
+# rebooted and joins again as the same Node; prints its timeline and kubectl's view, and
+# tears everything down. It is the lab's join test (ignored by make test: the lab's other
+# ignored test is a helper another test runs, hence --exact).
+k8s-demo: build k8s kernel lab-deps
 	$(K8S_PINS) $(CARGO) test --release -p plinth-tests --test lab -- --ignored --exact a_pxe_booted_machine_joins_kubernetes_by_itself --nocapture

@@ -1290,7 +1290,8 @@ fn a_pxe_booted_machine_joins_kubernetes_by_itself() {
         }),
     );
     let mut spec = Spec::new("bios", BIOS_MAC, &uuid, &t.0);
-    spec.extra.extend(["--memory".into(), "2048".into()]);
+    spec.extra
+        .extend(["--memory".into(), "2048".into(), "--reboot".into()]);
     spec.timeout = Duration::from_secs(1200);
     let mut m = lab.power_on(&spec);
     let steps = wait_for(&server, &mut m, "joined", Duration::from_secs(900), |s| {
@@ -1360,6 +1361,68 @@ fn a_pxe_booted_machine_joins_kubernetes_by_itself() {
         "echo exec on $(hostname)",
     ]);
     assert_eq!(exec.trim(), "exec on hello");
+    println!(
+        "{}",
+        cluster.kubectl_ok(&["get", "nodes,pods", "-o", "wide"])
+    );
+
+    // Rebooted by the operator: a new boot, a new token, the same Node object (no
+    // second one), its pod Running again.
+    let uid = n["metadata"]["uid"].clone();
+    let started_at = |c: &Cluster| -> serde_json::Value {
+        let p: serde_json::Value =
+            serde_json::from_str(&c.kubectl_ok(&["get", "pod", "hello", "-o", "json"])).unwrap();
+        if p["status"]["phase"] == "Running" && p["status"]["containerStatuses"][0]["ready"] == true
+        {
+            p["status"]["containerStatuses"][0]["state"]["running"]["startedAt"].clone()
+        } else {
+            serde_json::Value::Null
+        }
+    };
+    let first_start = started_at(&cluster);
+    assert_ne!(first_start, serde_json::Value::Null);
+    let (code, answer) = server.op("POST", &format!("/v1/machines/{BIOS_MAC}/reboot"), None);
+    assert_eq!(code, 200, "{answer}");
+    let steps = wait_for(
+        &server,
+        &mut m,
+        "joined after the reboot",
+        Duration::from_secs(900),
+        |s| s.iter().filter(|e| e.kind == "joined").count() >= 2,
+    );
+    let boots: std::collections::BTreeSet<_> = steps
+        .iter()
+        .filter(|e| e.kind == "joined")
+        .map(|e| e.event["bootId"].to_string())
+        .collect();
+    assert_eq!(boots.len(), 2, "{}", render("timeline", &steps));
+    let nodes: serde_json::Value =
+        serde_json::from_str(&cluster.kubectl_ok(&["get", "nodes", "-o", "json"])).unwrap();
+    let items = nodes["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{nodes}");
+    assert_eq!(
+        items[0]["metadata"]["uid"], uid,
+        "a new Node object after the reboot"
+    );
+    let start = Instant::now();
+    loop {
+        let now = started_at(&cluster);
+        if now != serde_json::Value::Null && now != first_start {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the pod is not Running again after the reboot: {}",
+            cluster.kubectl_ok(&["describe", "pod", "hello"])
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let second: Vec<_> = steps.iter().filter(|e| e.kind == "joined").collect();
+    println!(
+        "after the reboot: joined again {:.1} s after the reboot was asked; the same Node {}",
+        (second[1].at_ms - second[0].at_ms) as f64 / 1000.0,
+        uid
+    );
     println!(
         "{}",
         cluster.kubectl_ok(&["get", "nodes,pods", "-o", "wide"])
