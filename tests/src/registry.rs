@@ -103,37 +103,27 @@ impl Registry {
     /// Pushes the OCI layout `layout`'s image tagged `tag` as `name` (`repo:tag`) with
     /// skopeo; the reference to pull it by.
     pub fn push(&self, layout: &Path, tag: &str, name: &str) -> String {
-        let reference = format!("{}/{name}", self.addr);
-        let out = crate::in_netns(self.netns.as_deref(), "skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false"])
-            .arg(format!("oci:{}:{tag}", layout.display()))
-            .arg(format!("docker://{reference}"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "skopeo copy to {reference}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        reference
+        self.copy(format!("oci:{}:{tag}", layout.display()), name)
     }
-}
 
-impl Registry {
     /// Pushes the image of the OCI archive `archive` (`make k8s-images` builds them) as
     /// `name` (`repo:tag`) with skopeo; the reference to pull it by.
     pub fn push_archive(&self, archive: &Path, name: &str) -> String {
+        self.copy(format!("oci-archive:{}", archive.display()), name)
+    }
+
+    /// skopeo copy of `source` (a skopeo transport:reference) to `name` here.
+    fn copy(&self, source: String, name: &str) -> String {
         let reference = format!("{}/{name}", self.addr);
         let out = crate::in_netns(self.netns.as_deref(), "skopeo")
             .args(["copy", "--quiet", "--dest-tls-verify=false"])
-            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(&source)
             .arg(format!("docker://{reference}"))
             .output()
             .unwrap();
         assert!(
             out.status.success(),
-            "skopeo copy {} to {reference}: {}",
-            archive.display(),
+            "skopeo copy {source} to {reference}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         reference

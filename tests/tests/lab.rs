@@ -1419,7 +1419,7 @@ fn a_pxe_booted_machine_joins_kubernetes_by_itself() {
     }
     let second: Vec<_> = steps.iter().filter(|e| e.kind == "joined").collect();
     println!(
-        "after the reboot: joined again {:.1} s after the reboot was asked; the same Node {}",
+        "after the reboot: joined again {:.1} s after the first join; the same Node {}",
         (second[1].at_ms - second[0].at_ms) as f64 / 1000.0,
         uid
     );

@@ -246,9 +246,11 @@ impl Kubernetes {
             }
         }
         if let Some(p) = &self.pod_subnet {
-            let ok = super::config::parse_cidr(p).is_some_and(|(a, m)| {
-                let mask = u32::from(m);
-                mask.count_ones() <= 28 && u32::from(a) & !mask == 0
+            let ok = p.split_once('/').is_some_and(|(a, n)| {
+                match (a.parse::<std::net::Ipv4Addr>(), n.parse::<u32>()) {
+                    (Ok(a), Ok(n)) if (1..=28).contains(&n) => u32::from(a) << n == 0,
+                    _ => false,
+                }
             });
             if !ok {
                 return Err(format!(
