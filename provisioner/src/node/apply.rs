@@ -111,9 +111,13 @@ pub fn apply(cfg: &MachineConfig, root: &Path) -> Result<Report> {
     Ok(r)
 }
 
-/// `/etc/hosts`: localhost, and the host name on 127.0.1.1 as Debian has it. Programs
-/// copy or read it (containerd copies it into every pod) and fail on a node without one.
+/// `/etc/hosts` where the node has none: localhost, and the host name on 127.0.1.1 as
+/// Debian has it. Programs copy or read it (containerd copies it into every pod) and
+/// fail on a node without one; an image's own is kept.
 fn hosts(root: &Path, h: Option<&str>, r: &mut Report) -> Result<()> {
+    if under(root, "/etc/hosts").exists() {
+        return Ok(());
+    }
     let mut text =
         String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     if let Some(h) = h {

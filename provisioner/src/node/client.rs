@@ -261,6 +261,17 @@ impl Client {
             .await
             .map_err(|_| late(&what))??;
         let status = resp.status().as_u16();
+        let declared = resp
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if status == 200 && declared.is_some_and(|n| n > max) {
+            return Err(Error::Protocol {
+                what,
+                reason: format!("the answer is over {max} bytes ({declared:?} declared)"),
+            });
+        }
         let mut body = resp.into_body();
         if status != 200 {
             let answer = tokio::time::timeout(

@@ -83,7 +83,6 @@ async fn fetch_and_add(
         )
         .await?;
     out.sync_all().map_err(io("writing", file))?;
-    drop(out);
     let got = crate::crypto::hex(&hash.finalize());
     if got != ext.sha256 {
         return Err(Error::Protocol {
@@ -96,8 +95,9 @@ async fn fetch_and_add(
     }
     let fetch = started.elapsed();
     let started = Instant::now();
+    // Unpacked from the descriptor that was written and hashed, not the path again.
     let (root, file) = (root.to_path_buf(), file.to_path_buf());
-    let applied = tokio::task::spawn_blocking(move || add(&root, &file))
+    let applied = tokio::task::spawn_blocking(move || add(&root, out, &file))
         .await
         .map_err(|e| Error::Protocol {
             what: "unpacking".into(),
@@ -113,10 +113,11 @@ async fn fetch_and_add(
     })
 }
 
-/// Adds the archive `file` onto `root`, its compression read from its first bytes.
-fn add(root: &Path, file: &Path) -> Result<layer::Applied> {
+/// Adds the archive `f` (the file `file`) onto `root`, its compression read from its
+/// first bytes.
+fn add(root: &Path, mut f: std::fs::File, file: &Path) -> Result<layer::Applied> {
     use std::io::{Read, Seek};
-    let mut f = std::fs::File::open(file).map_err(io("opening", file))?;
+    f.rewind().map_err(io("reading", file))?;
     let mut head = [0u8; 4];
     let n = f.read(&mut head).map_err(io("reading", file))?;
     f.rewind().map_err(io("reading", file))?;
@@ -129,13 +130,23 @@ fn add(root: &Path, file: &Path) -> Result<layer::Applied> {
     )
 }
 
+/// `dir`, made 0700 where missing; an existing one must be a directory (not a symlink)
+/// of this user's that no one else can write to or read.
 fn private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(io("creating", dir))
+        .map_err(io("creating", dir))?;
+    let m = std::fs::symlink_metadata(dir).map_err(io("reading", dir))?;
+    if !m.is_dir() || m.uid() != nix::unistd::geteuid().as_raw() || m.mode() & 0o077 != 0 {
+        return Err(Error::Protocol {
+            what: format!("the work directory {}", dir.display()),
+            reason: "not a private directory of this user's (mode 0700, not a symlink)".into(),
+        });
+    }
+    Ok(())
 }
 
 /// A new file only this process's user reads; an old one of that name (an earlier
@@ -148,6 +159,7 @@ fn new_private_file(path: &Path) -> Result<std::fs::File> {
         Err(e) => return Err(io("removing", path)(e)),
     }
     std::fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .mode(0o600)

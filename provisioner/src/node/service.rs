@@ -4,15 +4,17 @@
 //! `service` event, and started again after a back-off that doubles from 1 s to 30 s and
 //! starts over once a run has lasted a minute.
 
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
 
+use crate::init::pid1;
 use crate::schema::{EventKind, LogLine};
 
 /// The PATH services get: the kernel gives PID 1 none, and kubelet and containerd find
@@ -35,7 +37,7 @@ pub struct Spec {
 }
 
 /// Runs `spec` for as long as the returned future is polled, starting it again whenever
-/// it ends; dropping the future kills the running process.
+/// it ends. The process outlives a dropped future: at shutdown PID 1 stops every process.
 pub async fn supervise(
     spec: Spec,
     events: mpsc::UnboundedSender<(EventKind, Map<String, Value>)>,
@@ -44,17 +46,19 @@ pub async fn supervise(
     let mut delay = FIRST_DELAY;
     loop {
         let started = Instant::now();
-        let mut cmd = tokio::process::Command::new(&spec.program);
+        // std's Command, not tokio's: tokio reaps its children itself, racing PID 1's
+        // reaper for their status (and then signalling a pid that may be reused).
+        let mut cmd = std::process::Command::new(&spec.program);
         cmd.args(&spec.args)
             .env_clear()
             .env("PATH", PATH)
             .env("HOME", "/root")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .stderr(Stdio::piped());
         let mut d = Map::new();
         d.insert("service".into(), json!(spec.name));
+        let since = pid1::mark();
         match cmd.spawn() {
             Ok(mut child) => {
                 d.insert("state".into(), json!("running"));
@@ -63,18 +67,15 @@ pub async fn supervise(
                 let out = child
                     .stdout
                     .take()
-                    .map(|o| lines(o, spec.name, "stdout", logs.clone()));
+                    .map(|o| lines(OwnedFd::from(o), spec.name, "stdout", logs.clone()));
                 let err = child
                     .stderr
                     .take()
-                    .map(|e| lines(e, spec.name, "stderr", logs.clone()));
-                let status = child.wait().await;
+                    .map(|e| lines(OwnedFd::from(e), spec.name, "stderr", logs.clone()));
+                let status = wait(child, since).await;
                 // The output to its end: the last lines say why it stopped.
-                if let Some(o) = out {
-                    let _ = o.await;
-                }
-                if let Some(e) = err {
-                    let _ = e.await;
+                for stream in [out, err].into_iter().flatten() {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), stream).await;
                 }
                 if started.elapsed() >= STEADY {
                     delay = FIRST_DELAY;
@@ -83,13 +84,11 @@ pub async fn supervise(
                 d.insert("service".into(), json!(spec.name));
                 d.insert("state".into(), json!("exited"));
                 match status {
-                    Ok(s) => {
-                        if let Some(code) = s.code() {
-                            d.insert("exitCode".into(), json!(code));
-                        }
-                        if let Some(sig) = s.signal() {
-                            d.insert("signal".into(), json!(sig));
-                        }
+                    Ok(Ended::Code(code)) => {
+                        d.insert("exitCode".into(), json!(code));
+                    }
+                    Ok(Ended::Signal(sig)) => {
+                        d.insert("signal".into(), json!(sig));
                     }
                     Err(e) => {
                         d.insert("error".into(), json!(format!("waiting for it: {e}")));
@@ -113,17 +112,51 @@ pub async fn supervise(
     }
 }
 
-/// Streams `r`'s lines as `service/NAME/STREAM`; a line the queue has no room for is
-/// dropped (the server counts what it drops, not the node).
+/// How a run ended.
+enum Ended {
+    Code(i32),
+    Signal(i32),
+}
+
+/// Waits for `child`: through PID 1's reaper when this is PID 1 (every wait there goes
+/// through it), else with waitpid on it alone (tests).
+async fn wait(mut child: std::process::Child, since: u64) -> std::io::Result<Ended> {
+    if std::process::id() == 1 {
+        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+        return Ok(match pid1::exited(pid, since).await {
+            nix::sys::wait::WaitStatus::Exited(_, c) => Ended::Code(c),
+            nix::sys::wait::WaitStatus::Signaled(_, s, _) => Ended::Signal(s as i32),
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "an unexpected status {other:?}"
+                )))
+            }
+        });
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .map_err(std::io::Error::other)??;
+    Ok(match (status.code(), status.signal()) {
+        (Some(c), _) => Ended::Code(c),
+        (None, Some(s)) => Ended::Signal(s),
+        (None, None) => return Err(std::io::Error::other("neither an exit code nor a signal")),
+    })
+}
+
+/// Streams the pipe `fd`'s lines as `service/NAME/STREAM`; a line the queue has no room
+/// for is dropped (the server counts what it drops, not the node).
 fn lines(
-    r: impl AsyncRead + Unpin + Send + 'static,
+    fd: OwnedFd,
     name: &'static str,
     stream: &'static str,
     logs: mpsc::Sender<LogLine>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let Ok(pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+            return;
+        };
         let source = format!("service/{name}/{stream}");
-        let mut r = BufReader::new(r).lines();
+        let mut r = BufReader::new(pipe).lines();
         while let Ok(Some(text)) = r.next_line().await {
             let _ = logs.try_send(LogLine {
                 source: source.clone(),

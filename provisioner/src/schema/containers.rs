@@ -190,7 +190,7 @@ fn valid_container_name(n: &str) -> bool {
 }
 
 /// `registry/repository[:tag][@sha256:hex]`, with a registry host part.
-fn valid_reference(r: &str) -> bool {
+pub(crate) fn valid_reference(r: &str) -> bool {
     let Some((host, rest)) = r.split_once('/') else {
         return false;
     };
@@ -315,7 +315,17 @@ pub fn validate(containers: &[Container], registries: &[Registry]) -> Result<(),
         }
     }
     for (i, r) in registries.iter().enumerate() {
-        if r.host.is_empty() || r.host.contains('/') || r.host.contains(char::is_whitespace) {
+        // It names a directory of containerd's hosts.toml files on a joining node, and is
+        // written into them: a host, an IPv6 address in brackets, a port; no more.
+        let host_chars = r
+            .host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+        if r.host.is_empty()
+            || !host_chars
+            || matches!(r.host.as_str(), "." | "..")
+            || r.host.starts_with('.')
+        {
             return Err(format!(
                 "registries[{i}].host: {:?} is not host or host:port",
                 r.host

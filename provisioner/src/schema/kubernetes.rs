@@ -259,7 +259,7 @@ impl Kubernetes {
             }
         }
         if let Some(i) = &self.sandbox_image {
-            if i.is_empty() || i.contains(char::is_whitespace) || i.contains('"') {
+            if !super::containers::valid_reference(i) {
                 return Err(format!(
                     "kubernetes.sandboxImage: {i:?} is not an image reference"
                 ));

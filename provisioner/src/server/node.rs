@@ -90,7 +90,13 @@ pub async fn extension(
         )));
     }
     let path = dir.join(&name);
-    let file = match tokio::fs::File::open(&path).await {
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; a regular file ignores it.
+    let file = match tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .await
+    {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(not_found(format!(
@@ -98,24 +104,25 @@ pub async fn extension(
             )))
         }
         Err(e) => {
+            crate::server::log(&format!(
+                "extension {name}: opening {}: {e}",
+                path.display()
+            ));
             return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("extension {name}: opening {}: {e}", path.display()),
+                format!("extension {name}: the server cannot read it"),
             )
-            .who(who))
+            .who(who));
         }
     };
-    let len = file
-        .metadata()
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("extension {name}: reading {}: {e}", path.display()),
-            )
-            .who(who.clone())
-        })?
-        .len();
+    // A directory or a FIFO put there by mistake is no extension (and a FIFO's read would
+    // hold a thread for ever).
+    let meta = file.metadata().await.ok().filter(|m| m.is_file());
+    let Some(len) = meta.map(|m| m.len()) else {
+        return Err(not_found(format!(
+            "extension {name}: not a regular file in --extensions-dir"
+        )));
+    };
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::with_capacity(
         file,
         256 * 1024,

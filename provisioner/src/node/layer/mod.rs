@@ -260,7 +260,7 @@ fn unpack(
         match kind {
             tar::EntryType::Directory => {
                 if !existing.as_ref().is_some_and(is_dir) {
-                    remove_all(parent.as_fd(), name, &raw)?;
+                    replace(policy, parent.as_fd(), name, &raw)?;
                     mkdirat(&parent, name, Mode::from_bits_truncate(0o700))
                         .map_err(sys(format!("making {raw}")))?;
                 }
@@ -268,7 +268,7 @@ fn unpack(
                 set_owner_mode(&dir, owner, mode, &raw)?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                remove_all(parent.as_fd(), name, &raw)?;
+                replace(policy, parent.as_fd(), name, &raw)?;
                 let file = openat(
                     &parent,
                     name,
@@ -294,7 +294,7 @@ fn unpack(
             }
             tar::EntryType::Symlink => {
                 let target = link_target(&entry, &raw)?;
-                remove_all(parent.as_fd(), name, &raw)?;
+                replace(policy, parent.as_fd(), name, &raw)?;
                 symlinkat(target.as_str(), &parent, name)
                     .map_err(sys(format!("making the symlink {raw}")))?;
                 chown_at(&parent, name, owner, &raw)?;
@@ -307,6 +307,14 @@ fn unpack(
                 let Some(target_path) = clean(&target)? else {
                     return Err(refused(&raw, "a hard link to the image's root"));
                 };
+                // An extension links only to what it wrote itself: a second name for a
+                // file of the node (its /etc/shadow) is not adding.
+                if policy == Policy::AddOnly && !ours.contains(&target_path) {
+                    return Err(refused(
+                        &raw,
+                        format!("a hard link to {target:?}, which this archive did not write"),
+                    ));
+                }
                 let (tp, tn) = match target_path.rsplit_once('/') {
                     Some((p, n)) => (p, n),
                     None => ("", target_path.as_str()),
@@ -328,12 +336,12 @@ fn unpack(
                 if tp == parent_path && tn == name {
                     continue; // a link to itself: the file is there already
                 }
-                remove_all(parent.as_fd(), name, &raw)?;
+                replace(policy, parent.as_fd(), name, &raw)?;
                 linkat(&tparent, tn, &parent, name, AtFlags::empty())
                     .map_err(sys(format!("linking {raw} to {target}")))?;
             }
             tar::EntryType::Fifo => {
-                remove_all(parent.as_fd(), name, &raw)?;
+                replace(policy, parent.as_fd(), name, &raw)?;
                 mknodat(
                     &parent,
                     name,
@@ -591,6 +599,15 @@ fn set_owner_mode(fd: &OwnedFd, owner: Option<(Uid, Gid)>, mode: Mode, entry: &s
             .map_err(sys(format!("setting the owner of {entry}")))?;
     }
     fchmod(fd, mode).map_err(sys(format!("setting the mode of {entry}")))
+}
+
+/// Makes room for an entry: a layer replaces what is there; an extension never removes
+/// anything (what appeared since it looked makes the entry's `O_EXCL` or `mkdirat` fail).
+fn replace(policy: Policy, parent: BorrowedFd<'_>, name: &str, entry: &str) -> Result<()> {
+    if policy == Policy::Changeset {
+        remove_all(parent, name, entry)?;
+    }
+    Ok(())
 }
 
 /// Removes `name` in `parent`, a directory with everything in it, never following a

@@ -509,6 +509,7 @@ fn an_extension_never_replaces_nor_removes() {
             "usr/lib/libc.so",
         ),
         (vec![E::File("usr/.wh.lib", "")], "usr/.wh.lib"),
+        (vec![E::Hardlink("opt-libc", "usr/lib/libc.so")], "opt-libc"),
         (
             vec![E::Dir("usr/"), E::File("usr/.wh..wh..opq", "")],
             "usr/.wh..wh..opq",
