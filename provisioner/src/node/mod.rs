@@ -548,9 +548,13 @@ impl Agent {
             _ => link.lease.address,
         };
         // Rootless containers need no extension; kubelet does.
+        // One queue of events for the containers and the node's own services, reported in
+        // order by one loop.
+        let (events, mut happened) = tokio::sync::mpsc::unbounded_channel();
+        let services = events.clone();
         let kubernetes = async {
             if self.install_extensions(&cfg).await {
-                self.join(&cfg, address.into()).await;
+                self.join(&cfg, address.into(), services).await;
             }
         };
         let net = async {
@@ -565,7 +569,6 @@ impl Agent {
                 Some(Network::Dhcp) | None => network::renew_forever(link).await,
             }
         };
-        let (events, mut happened) = tokio::sync::mpsc::unbounded_channel();
         let notes = workload::Notes {
             events,
             logs: self.container_logs_tx.clone(),
@@ -632,7 +635,12 @@ impl Agent {
     /// Joins the config's Kubernetes cluster: discovery and kubelet's bootstrap files,
     /// then containerd and kubelet (from the extensions) started and kept running, and
     /// `joined` once the Node is Ready.
-    async fn join(&self, cfg: &crate::schema::config::MachineConfig, address: std::net::IpAddr) {
+    async fn join(
+        &self,
+        cfg: &crate::schema::config::MachineConfig,
+        address: std::net::IpAddr,
+        events: tokio::sync::mpsc::UnboundedSender<(EventKind, Map<String, Value>)>,
+    ) {
         let Some(k) = &cfg.kubernetes else { return };
         let started = std::time::Instant::now();
         let node = cfg.hostname.clone().unwrap_or_default();
@@ -667,7 +675,6 @@ impl Agent {
             self.error("kubernetes", &e).await;
             return;
         }
-        let (events, mut happened) = tokio::sync::mpsc::unbounded_channel();
         let logs = self.container_logs_tx.clone();
         let containerd = service::supervise(
             service::Spec {
@@ -723,12 +730,7 @@ impl Agent {
             );
             self.report(EventKind::Joined, d).await;
         };
-        let report = async {
-            while let Some((kind, d)) = happened.recv().await {
-                self.report(kind, d).await;
-            }
-        };
-        tokio::join!(containerd, kubelet, joined, report);
+        tokio::join!(containerd, kubelet, joined);
     }
 
     /// The operator's actions: from event replies, or the long poll.
