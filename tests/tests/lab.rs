@@ -236,19 +236,32 @@ fn a_bios_and_a_uefi_machine_boot_together_and_a_third_is_discovered() {
             })
             .filter(|k| *k != "ipxe.efi")
             .collect();
+        // What the server saw of the chain, for when a file is missing from a timeline.
+        let chain: String = server
+            .log()
+            .lines()
+            .filter(|l| {
+                ["/vmlinuz", "/initrd", "boot.ipxe", "neighbour"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
         assert_eq!(
-            order[..8],
-            [
-                "boot.ipxe",
-                "vmlinuz",
-                "initrd",
-                "booted",
-                "network",
-                "enrolled",
-                "config",
-                "applied"
-            ],
-            "{name}:\n{text}"
+            order.get(..8),
+            Some(
+                &[
+                    "boot.ipxe",
+                    "vmlinuz",
+                    "initrd",
+                    "booted",
+                    "network",
+                    "enrolled",
+                    "config",
+                    "applied"
+                ][..]
+            ),
+            "{name}:\n{text}\nthe server's log of the chain:\n{chain}"
         );
         let dhcp_at = steps.iter().find(|s| s.kind == "dhcp").unwrap().at_ms;
         assert!(dhcp_at > 0, "DHCP after power-on: {text}");

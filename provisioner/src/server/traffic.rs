@@ -172,14 +172,33 @@ impl Traffic {
     }
 }
 
-/// The MAC the kernel's neighbour table has for `ip` (IPv4 only), lower-case.
+/// The MAC the kernel's neighbour table has for `ip` (IPv4, or IPv4 mapped into IPv6),
+/// lower-case.
 pub fn mac_of(ip: IpAddr) -> Option<String> {
-    let IpAddr::V4(v4) = ip else {
+    let IpAddr::V4(v4) = ip.to_canonical() else {
         return None;
     };
     let table = std::fs::read_to_string("/proc/net/arp").ok()?;
     parse_arp(&table, &v4.to_string())
 }
+
+/// [`mac_of`] for a peer that is talking to us: its entry can be between states for a
+/// moment (seen once in a lab run: a UEFI iPXE's kernel request had none, its initrd
+/// request half a second later had), so a miss is looked up again a few times before
+/// the file goes on no timeline.
+pub fn mac_of_peer(ip: IpAddr) -> Option<String> {
+    for _ in 0..PEER_LOOKUPS {
+        if let Some(m) = mac_of(ip) {
+            return Some(m);
+        }
+        std::thread::sleep(PEER_LOOKUP_PAUSE);
+    }
+    mac_of(ip)
+}
+
+/// How many more times a peer's MAC is looked for, and the pause before each.
+const PEER_LOOKUPS: usize = 5;
+const PEER_LOOKUP_PAUSE: Duration = Duration::from_millis(40);
 
 /// The MAC of `ip` in /proc/net/arp's text (complete entries only).
 fn parse_arp(table: &str, ip: &str) -> Option<String> {
