@@ -388,6 +388,98 @@ fn user_namespace(c: &Cluster, t0: Instant, name: &str, handler: Option<&str>) {
     );
 }
 
+/// What a Plinth node does before it powers off or reboots (plinth-init's
+/// `node::cri::stop_pods`), against this node's containerd: with kubelet stopped, every
+/// running container is stopped with its own pod's grace period, all at once, then
+/// every sandbox. One pod takes 2 s to stop on SIGTERM (grace 20 s): it exits by itself;
+/// one ignores SIGTERM (grace 1 s): it is killed when its grace is over.
+fn node_shutdown(c: &mut Cluster, t0: Instant) {
+    let mut polite = busybox_pod(
+        "polite",
+        "trap 'echo TERM; sleep 2; exit 0' TERM; echo up; while :; do sleep 1; done",
+    );
+    polite["spec"]["terminationGracePeriodSeconds"] = json!(20);
+    c.apply(&polite);
+    c.apply(&busybox_pod(
+        "stubborn",
+        "trap '' TERM; echo up; while :; do sleep 1; done",
+    ));
+    for pod in ["polite", "stubborn"] {
+        c.wait_phase(pod, "Running");
+        // "up" comes after the trap is set.
+        c.wait("the pod's trap", std::time::Duration::from_secs(30), |c| {
+            String::from_utf8_lossy(&c.kubectl(&["logs", pod]).stdout).contains("up")
+        });
+    }
+    c.stop("kubelet");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let socket = c.containerd_socket();
+    let stop = |max: u64| {
+        rt.block_on(plinth_provisioner::node::cri::stop_pods(
+            &socket,
+            std::time::Duration::from_secs(max),
+        ))
+        .unwrap()
+    };
+    let started = Instant::now();
+    let stopped = stop(120);
+    let took = started.elapsed();
+    println!("{stopped:#?}");
+    let find = |pod: &str| {
+        stopped
+            .containers
+            .iter()
+            .find(|x| x.pod == format!("default/{pod}") && x.container == "main")
+            .unwrap_or_else(|| panic!("{pod} not stopped: {stopped:#?}"))
+            .clone()
+    };
+    let polite = find("polite");
+    assert_eq!(polite.grace_secs, 20, "{polite:?}");
+    assert_eq!(
+        polite.exit_code,
+        Some(0),
+        "it did not exit by itself: {polite:?}"
+    );
+    assert!(
+        polite.took >= std::time::Duration::from_secs(2)
+            && polite.took < std::time::Duration::from_secs(15),
+        "{polite:?}"
+    );
+    let stubborn = find("stubborn");
+    assert_eq!(stubborn.grace_secs, 1, "{stubborn:?}");
+    assert_eq!(stubborn.exit_code, Some(137), "not killed: {stubborn:?}");
+    assert!(
+        stubborn.took >= std::time::Duration::from_secs(1),
+        "killed before its grace was over: {stubborn:?}"
+    );
+    // At once, not one after the other.
+    assert!(took < polite.took + stubborn.took, "{took:?} {stopped:#?}");
+    assert!(
+        stopped.sandboxes >= 2 && stopped.errors.is_empty(),
+        "{stopped:#?}"
+    );
+    // Nothing left running: a second pass finds nothing to stop.
+    let again = stop(120);
+    assert!(
+        again.containers.is_empty() && again.sandboxes == 0,
+        "{again:#?}"
+    );
+    c.restart("kubelet");
+    c.wait_node_ready();
+    c.delete_pod("polite");
+    c.delete_pod("stubborn");
+    step(
+        &format!(
+            "node shutdown: pods stopped through the CRI with their grace periods in {:.1} s",
+            took.as_secs_f64()
+        ),
+        t0,
+    );
+}
+
 #[test]
 #[ignore = "slow (a whole Kubernetes cluster, about a minute): `make e2e` runs it"]
 fn kubelet_runs_pods_through_plinth() {
@@ -403,6 +495,7 @@ fn kubelet_runs_pods_through_plinth() {
     restart_with_exit_code(&c, t0);
     networking(&c, t0);
     node_restart(&mut c, t0);
+    node_shutdown(&mut c, t0);
 }
 
 #[test]

@@ -138,6 +138,37 @@ fn per_step(name: &str, steps: &[Step]) -> String {
     out
 }
 
+/// Where the join test's pod tells the provisioning host it was asked to stop.
+const WITNESS_PORT: u16 = 7070;
+
+/// Listens on the provisioning host (the namespace `netns`) at [`WITNESS_PORT`]: what
+/// the first connection sends comes on the channel.
+fn witness(netns: &Path) -> std::sync::mpsc::Receiver<String> {
+    let ns = std::fs::File::open(netns).unwrap();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    let (heard_tx, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let l = std::net::TcpListener::bind((lab::SERVER_IP, WITNESS_PORT)).unwrap();
+        ready_tx.send(()).unwrap();
+        let Ok((mut c, _)) = l.accept() else { return };
+        // Up to its end, or 2 s of silence (busybox's nc may keep it open).
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while let Ok(n) = c.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let _ = heard_tx.send(String::from_utf8_lossy(&got).into_owned());
+    });
+    ready.recv().unwrap();
+    heard
+}
+
 const BIOS_MAC: &str = "52:54:00:16:00:01";
 const UEFI_MAC: &str = "52:54:00:16:00:02";
 const UNKNOWN_MAC: &str = "52:54:00:16:00:03";
@@ -1332,9 +1363,12 @@ fn a_pxe_booted_machine_joins_kubernetes_by_itself() {
         "spec": {
             "nodeName": node,
             "automountServiceAccountToken": false,
-            "terminationGracePeriodSeconds": 1,
+            // On SIGTERM it tells the provisioning host, and takes 3 s to stop.
+            "terminationGracePeriodSeconds": 10,
             "containers": [{"name": "main", "image": busybox,
-                            "command": ["sh", "-c", "echo hello from the lab node; sleep 3600"]}],
+                            "command": ["sh", "-c", format!(
+                                "trap 'echo TERM from $(hostname) | nc {}:{WITNESS_PORT} & sleep 3; exit 0' TERM; echo hello from the lab node; while :; do sleep 1; done",
+                                lab::SERVER_IP)]}],
         },
     }));
     let start = Instant::now();
@@ -1394,6 +1428,7 @@ fn a_pxe_booted_machine_joins_kubernetes_by_itself() {
     };
     let first_start = started_at(&cluster);
     assert_ne!(first_start, serde_json::Value::Null);
+    let witness = witness(&lab.server_host());
     let (code, answer) = server.op("POST", &format!("/v1/machines/{BIOS_MAC}/reboot"), None);
     assert_eq!(code, 200, "{answer}");
     let steps = wait_for(
@@ -1402,6 +1437,42 @@ fn a_pxe_booted_machine_joins_kubernetes_by_itself() {
         "joined after the reboot",
         Duration::from_secs(900),
         |s| s.iter().filter(|e| e.kind == "joined").count() >= 2,
+    );
+    // Before it went down, the node stopped the pod through the CRI with its grace
+    // period: it had its SIGTERM (the host heard from it) and the 3 s it took.
+    let heard = witness
+        .recv_timeout(Duration::from_secs(5))
+        .unwrap_or_default();
+    assert!(
+        heard.contains("TERM from hello"),
+        "the pod told nothing at shutdown: {heard:?}\n{}",
+        render("timeline", &steps)
+    );
+    let down = steps
+        .iter()
+        .find(|e| e.kind == "shutdown")
+        .unwrap_or_else(|| panic!("no shutdown event: {}", render("timeline", &steps)));
+    let k = &down.event["details"]["kubernetes"];
+    let hello = k["containers"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["pod"] == "default/hello"))
+        .unwrap_or_else(|| panic!("the pod was not stopped: {k}"));
+    assert_eq!(hello["graceSecs"], 10, "{k}");
+    assert_eq!(hello["exitCode"], 0, "it did not exit by itself: {k}");
+    assert!(hello["ms"].as_u64().unwrap() >= 3000, "{k}");
+    assert!(k["sandboxes"].as_u64().unwrap() >= 1, "{k}");
+    let services: Vec<_> = k["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(services, ["kubelet", "containerd"], "{k}");
+    println!(
+        "[{:6.1} s] shutdown: the pod stopped in {} ms of its 10 s grace (exit 0); the host heard {:?}; all of it: {k}",
+        t0.elapsed().as_secs_f64(),
+        hello["ms"],
+        heard.trim()
     );
     let boots: std::collections::BTreeSet<_> = steps
         .iter()

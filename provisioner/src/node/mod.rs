@@ -9,6 +9,7 @@ pub mod apply;
 pub mod client;
 pub mod config;
 pub mod containerd;
+pub mod cri;
 pub mod enroll;
 pub mod extension;
 pub mod image;
@@ -48,6 +49,8 @@ const LOG_BACKLOG: usize = 5000;
 const CONTAINER_LOG_LINES: usize = 5000;
 /// How many distinct enrolment failures one boot reports as `error` events.
 const MAX_ENROL_ERRORS: usize = 5;
+/// How long containerd or kubelet is given to stop at shutdown before it is killed.
+const SERVICE_PATIENCE: Duration = Duration::from_secs(15);
 /// How long a refused enrolment waits before the reboot that fetches a new token.
 const REBOOT_AFTER_REFUSAL: Duration = Duration::from_secs(30);
 
@@ -168,6 +171,9 @@ async fn agent(mut details: Map<String, Value>, mut timings: Map<String, Value>)
     };
     let mut d = Map::new();
     d.insert("reason".into(), json!(stop.1));
+    if let Some(k) = agent.stop_kubernetes().await {
+        d.insert("kubernetes".into(), k);
+    }
     let _ =
         tokio::time::timeout(Duration::from_secs(5), agent.report(EventKind::Shutdown, d)).await;
     stop.0
@@ -255,6 +261,11 @@ struct Agent {
     container_logs_tx: tokio::sync::mpsc::Sender<crate::schema::LogLine>,
     /// Told when an operator asks what the containers look like.
     inspect: std::sync::Arc<tokio::sync::Notify>,
+    /// The host services running (containerd and kubelet on a joining node).
+    services: service::Running,
+    /// Where the node's CRI listens and the longest a pod is given to stop, once it has
+    /// started containerd: its pods are stopped before it shuts down.
+    pods: RefCell<Option<(std::path::PathBuf, Duration)>>,
 }
 
 impl Agent {
@@ -275,7 +286,79 @@ impl Agent {
             pin: params.ca.clone(),
             discovery: Cell::new(false),
             config_ready: tokio::sync::Notify::new(),
+            services: service::Running::default(),
+            pods: RefCell::new(None),
         }
+    }
+
+    /// Stops a joined node's Kubernetes in the order its pods need (its supervisors are
+    /// gone by now): kubelet first, which would start stopped containers again; then
+    /// every pod through the CRI with its own grace period; then containerd. What was
+    /// done, for the `shutdown` event; `None` when the node started no Kubernetes.
+    async fn stop_kubernetes(&self) -> Option<Value> {
+        let (socket, grace) = self.pods.borrow_mut().take()?;
+        let started = std::time::Instant::now();
+        let mut d = Map::new();
+        let mut services = Vec::new();
+        let service = |s: service::StoppedService| {
+            log(&format!(
+                "shutdown: {} stopped in {} ms ({}{})",
+                s.name,
+                s.took.as_millis(),
+                s.ended,
+                if s.killed { ", killed" } else { "" }
+            ));
+            json!({"name": s.name, "ms": s.took.as_millis() as u64, "ended": s.ended, "killed": s.killed})
+        };
+        if let Some(s) = self.services.stop("kubelet", SERVICE_PATIENCE).await {
+            services.push(service(s));
+        }
+        match cri::stop_pods(&socket, grace).await {
+            Ok(stopped) => {
+                let containers: Vec<Value> = stopped
+                    .containers
+                    .iter()
+                    .map(|c| {
+                        log(&format!(
+                            "shutdown: {} {} stopped in {} ms (grace {} s, exit {})",
+                            c.pod,
+                            c.container,
+                            c.took.as_millis(),
+                            c.grace_secs,
+                            c.exit_code.map_or("unknown".into(), |e| e.to_string())
+                        ));
+                        let mut v = json!({
+                            "pod": c.pod,
+                            "container": c.container,
+                            "graceSecs": c.grace_secs,
+                            "ms": c.took.as_millis() as u64,
+                        });
+                        if let Some(e) = c.exit_code {
+                            v["exitCode"] = json!(e);
+                        }
+                        if let Some(e) = &c.error {
+                            v["error"] = json!(e);
+                        }
+                        v
+                    })
+                    .collect();
+                d.insert("containers".into(), json!(containers));
+                d.insert("sandboxes".into(), json!(stopped.sandboxes));
+                if !stopped.errors.is_empty() {
+                    d.insert("errors".into(), json!(stopped.errors));
+                }
+            }
+            Err(e) => {
+                log(&format!("shutdown: stopping the pods: {e}"));
+                d.insert("error".into(), json!(e.to_string()));
+            }
+        }
+        if let Some(s) = self.services.stop("containerd", SERVICE_PATIENCE).await {
+            services.push(service(s));
+        }
+        d.insert("services".into(), json!(services));
+        d.insert("ms".into(), json!(started.elapsed().as_millis() as u64));
+        Some(Value::Object(d))
     }
 
     fn session(&self) -> Option<Client> {
@@ -676,6 +759,7 @@ impl Agent {
             return;
         }
         let logs = self.container_logs_tx.clone();
+        *self.pods.borrow_mut() = Some((ctr.socket.clone(), k.shutdown_grace()));
         let containerd = service::supervise(
             service::Spec {
                 name: "containerd",
@@ -684,6 +768,7 @@ impl Agent {
             },
             events.clone(),
             logs.clone(),
+            self.services.clone(),
         );
         let kubelet = async {
             // kubelet gives up on a CRI socket that is not there yet; supervise would
@@ -700,6 +785,7 @@ impl Agent {
                 },
                 events,
                 logs,
+                self.services.clone(),
             )
             .await
         };

@@ -4,10 +4,12 @@
 //! `service` event, and started again after a back-off that doubles from 1 s to 30 s and
 //! starts over once a run has lasted a minute.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
@@ -36,12 +38,67 @@ pub struct Spec {
     pub args: Vec<String>,
 }
 
+/// The services running now, by name (pid, and the reaper's mark before it started):
+/// what [`Running::stop`] stops, in the order the node needs, once their supervisors
+/// are dropped.
+#[derive(Debug, Clone, Default)]
+pub struct Running(Rc<RefCell<HashMap<&'static str, (i32, u64)>>>);
+
+/// How a service stopped by [`Running::stop`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoppedService {
+    /// Its name.
+    pub name: &'static str,
+    /// How long it took.
+    pub took: Duration,
+    /// Whether it outlived its time and was killed.
+    pub killed: bool,
+    /// How it ended (`exit N`, `signal N`), or why that is not known.
+    pub ended: String,
+}
+
+impl Running {
+    /// Stops `name` if it runs: SIGTERM, then SIGKILL after `patience`. Only for a service
+    /// whose supervisor is gone (it would start it again).
+    pub async fn stop(&self, name: &'static str, patience: Duration) -> Option<StoppedService> {
+        let (pid, since) = self.0.borrow_mut().remove(name)?;
+        let started = Instant::now();
+        let target = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM);
+        let mut killed = false;
+        let ended = match tokio::time::timeout(patience, wait_pid(pid, since)).await {
+            Ok(e) => e,
+            Err(_) => {
+                killed = true;
+                let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
+                match tokio::time::timeout(Duration::from_secs(5), wait_pid(pid, since)).await {
+                    Ok(e) => e,
+                    Err(_) => Err(std::io::Error::other("still there 5 s after SIGKILL")),
+                }
+            }
+        };
+        Some(StoppedService {
+            name,
+            took: started.elapsed(),
+            killed,
+            ended: match ended {
+                Ok(Ended::Code(c)) => format!("exit {c}"),
+                Ok(Ended::Signal(s)) => format!("signal {s}"),
+                Err(e) => format!("waiting for it: {e}"),
+            },
+        })
+    }
+}
+
 /// Runs `spec` for as long as the returned future is polled, starting it again whenever
-/// it ends. The process outlives a dropped future: at shutdown PID 1 stops every process.
+/// it ends; the process running now is in `running`. The process outlives a dropped
+/// future: at shutdown the node stops it ([`Running::stop`]), or PID 1 with every
+/// process.
 pub async fn supervise(
     spec: Spec,
     events: mpsc::UnboundedSender<(EventKind, Map<String, Value>)>,
     logs: mpsc::Sender<LogLine>,
+    running: Running,
 ) {
     let mut delay = FIRST_DELAY;
     loop {
@@ -61,6 +118,8 @@ pub async fn supervise(
         let since = pid1::mark();
         match cmd.spawn() {
             Ok(mut child) => {
+                let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+                running.0.borrow_mut().insert(spec.name, (pid, since));
                 d.insert("state".into(), json!("running"));
                 d.insert("pid".into(), json!(child.id()));
                 let _ = events.send((EventKind::Service, d));
@@ -72,7 +131,11 @@ pub async fn supervise(
                     .stderr
                     .take()
                     .map(|e| lines(OwnedFd::from(e), spec.name, "stderr", logs.clone()));
-                let status = wait(child, since).await;
+                // The child's handle is not needed to wait: dropping it neither kills
+                // nor reaps.
+                drop(child);
+                let status = wait_pid(pid, since).await;
+                running.0.borrow_mut().remove(spec.name);
                 // The output to its end: the last lines say why it stopped.
                 for stream in [out, err].into_iter().flatten() {
                     let _ = tokio::time::timeout(Duration::from_secs(2), stream).await;
@@ -118,29 +181,35 @@ enum Ended {
     Signal(i32),
 }
 
-/// Waits for `child`: through PID 1's reaper when this is PID 1 (every wait there goes
-/// through it), else with waitpid on it alone (tests).
-async fn wait(mut child: std::process::Child, since: u64) -> std::io::Result<Ended> {
-    if std::process::id() == 1 {
-        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-        return Ok(match pid1::exited(pid, since).await {
-            nix::sys::wait::WaitStatus::Exited(_, c) => Ended::Code(c),
-            nix::sys::wait::WaitStatus::Signaled(_, s, _) => Ended::Signal(s as i32),
-            other => {
-                return Err(std::io::Error::other(format!(
-                    "an unexpected status {other:?}"
-                )))
+/// Waits for the child `pid` (started after the reaper's mark `since`): through PID
+/// 1's reaper when this is PID 1 (every wait there goes through it), else with waitpid
+/// on it alone, polled (tests): a wait that blocks would go on after its future is
+/// dropped and take the status from the next waiter ([`Running::stop`]).
+async fn wait_pid(pid: i32, since: u64) -> std::io::Result<Ended> {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus};
+    let status = if std::process::id() == 1 {
+        pid1::exited(pid, since).await
+    } else {
+        loop {
+            match nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid),
+                Some(WaitPidFlag::WNOHANG),
+            ) {
+                Ok(WaitStatus::StillAlive) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(s) => break s,
+                Err(e) => return Err(e.into()),
             }
-        });
+        }
+    };
+    match status {
+        WaitStatus::Exited(_, c) => Ok(Ended::Code(c)),
+        WaitStatus::Signaled(_, s, _) => Ok(Ended::Signal(s as i32)),
+        other => Err(std::io::Error::other(format!(
+            "an unexpected status {other:?}"
+        ))),
     }
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .map_err(std::io::Error::other)??;
-    Ok(match (status.code(), status.signal()) {
-        (Some(c), _) => Ended::Code(c),
-        (None, Some(s)) => Ended::Signal(s),
-        (None, None) => return Err(std::io::Error::other("neither an exit code nor a signal")),
-    })
 }
 
 /// Streams the pipe `fd`'s lines as `service/NAME/STREAM`; a line the queue has no room
@@ -187,7 +256,7 @@ mod tests {
             ],
         };
         rt.block_on(async {
-            let sup = supervise(spec, etx, ltx);
+            let sup = supervise(spec, etx, ltx, Running::default());
             // Two runs: 1 s back-off between them.
             let _ = tokio::time::timeout(Duration::from_millis(1800), sup).await;
         });
@@ -213,5 +282,53 @@ mod tests {
         }
         assert!(lines.contains(&("service/probe/stdout".into(), format!("out {PATH}"))));
         assert!(lines.contains(&("service/probe/stderr".into(), "err".into())));
+    }
+
+    /// A service whose supervisor is gone, stopped: `script` runs as the service.
+    fn stopped(script: &str, patience: Duration) -> (StoppedService, bool) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (etx, _erx) = mpsc::unbounded_channel();
+        let (ltx, _lrx) = mpsc::channel(16);
+        let running = Running::default();
+        let spec = Spec {
+            name: "probe",
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), script.into()],
+        };
+        rt.block_on(async {
+            let sup = supervise(spec, etx, ltx, running.clone());
+            // Long enough for the shell to install its trap.
+            let _ = tokio::time::timeout(Duration::from_millis(300), sup).await;
+            let (pid, _) = running.0.borrow()["probe"];
+            let s = running.stop("probe", patience).await.expect("it ran");
+            let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err();
+            let again = running.stop("probe", patience).await;
+            assert_eq!(again, None, "stopped twice");
+            (s, gone)
+        })
+    }
+
+    #[test]
+    fn a_stopped_service_gets_sigterm_and_its_exit_is_told() {
+        let (s, gone) = stopped(
+            "trap 'exit 7' TERM; while :; do sleep 0.05; done",
+            Duration::from_secs(5),
+        );
+        assert_eq!(s.ended, "exit 7", "{s:?}");
+        assert!(!s.killed && gone, "{s:?}");
+    }
+
+    #[test]
+    fn a_service_that_ignores_sigterm_is_killed_after_its_patience() {
+        let (s, gone) = stopped(
+            "trap '' TERM; while :; do sleep 0.05; done",
+            Duration::from_millis(500),
+        );
+        assert_eq!(s.ended, "signal 9", "{s:?}");
+        assert!(s.killed && gone, "{s:?}");
+        assert!(s.took >= Duration::from_millis(500), "{s:?}");
     }
 }

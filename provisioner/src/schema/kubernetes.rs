@@ -38,6 +38,11 @@ pub struct Kubernetes {
     /// [`DEFAULT_SANDBOX_IMAGE`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox_image: Option<String>,
+    /// The longest any pod is given to stop when the node powers off or reboots (each
+    /// gets its own `terminationGracePeriodSeconds`, at most this). Default
+    /// [`DEFAULT_SHUTDOWN_GRACE_SECS`], at most [`MAX_SHUTDOWN_GRACE_SECS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace_period_seconds: Option<u64>,
 }
 
 /// The pods' range when the config gives none: clear of the node's own containers'
@@ -47,7 +52,20 @@ pub const DEFAULT_POD_SUBNET: &str = "10.244.0.0/24";
 /// kubeadm's pause image for this Kubernetes version.
 pub const DEFAULT_SANDBOX_IMAGE: &str = "registry.k8s.io/pause:3.10.1";
 
+/// The longest a pod is given to stop at shutdown when the config does not say.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 120;
+/// `shutdownGracePeriodSeconds` at most: an hour.
+pub const MAX_SHUTDOWN_GRACE_SECS: u64 = 3600;
+
 impl Kubernetes {
+    /// The longest a pod is given to stop at shutdown.
+    pub fn shutdown_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.shutdown_grace_period_seconds
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS),
+        )
+    }
+
     /// The pods' range.
     pub fn pod_subnet(&self) -> &str {
         self.pod_subnet.as_deref().unwrap_or(DEFAULT_POD_SUBNET)
@@ -72,6 +90,10 @@ impl std::fmt::Debug for Kubernetes {
             .field("kubelet", &self.kubelet)
             .field("pod_subnet", &self.pod_subnet)
             .field("sandbox_image", &self.sandbox_image)
+            .field(
+                "shutdown_grace_period_seconds",
+                &self.shutdown_grace_period_seconds,
+            )
             .finish()
     }
 }
@@ -104,6 +126,14 @@ pub const KUBELET_OWN: &[&str] = &[
     "cgroupRoot",
     "staticPodPath",
     "containerRuntimeEndpoint",
+];
+
+/// `KubeletConfiguration` fields of kubelet's graceful node shutdown, which needs
+/// systemd's inhibitor locks: the node stops its pods itself (`shutdownGracePeriodSeconds`).
+const KUBELET_SHUTDOWN: &[&str] = &[
+    "shutdownGracePeriod",
+    "shutdownGracePeriodCriticalPods",
+    "shutdownGracePeriodByPodPriority",
 ];
 
 /// The label namespaces a kubelet may set on its own Node (the NodeRestriction
@@ -244,6 +274,11 @@ impl Kubernetes {
                     "kubernetes.kubelet.{k}: set by the node itself, cannot be given"
                 ));
             }
+            if KUBELET_SHUTDOWN.contains(&k.as_str()) {
+                return Err(format!(
+                    "kubernetes.kubelet.{k}: kubelet's graceful shutdown needs systemd; the node stops its pods itself, for at most kubernetes.shutdownGracePeriodSeconds"
+                ));
+            }
         }
         if let Some(p) = &self.pod_subnet {
             let ok = p.split_once('/').is_some_and(|(a, n)| {
@@ -255,6 +290,13 @@ impl Kubernetes {
             if !ok {
                 return Err(format!(
                     "kubernetes.podSubnet: {p:?} is not a network A.B.C.D/N (N at most 28, no host bits)"
+                ));
+            }
+        }
+        if let Some(g) = self.shutdown_grace_period_seconds {
+            if g > MAX_SHUTDOWN_GRACE_SECS {
+                return Err(format!(
+                    "kubernetes.shutdownGracePeriodSeconds: {g} is over {MAX_SHUTDOWN_GRACE_SECS} (an hour)"
                 ));
             }
         }
@@ -328,6 +370,18 @@ mod tests {
         let mut k = good();
         k.sandbox_image = Some("a b".into());
         assert!(e(k, Some("n")).contains("kubernetes.sandboxImage"));
+        let mut k = good();
+        k.shutdown_grace_period_seconds = Some(3601);
+        assert!(e(k, Some("n")).contains("kubernetes.shutdownGracePeriodSeconds"));
+        let mut k = good();
+        k.shutdown_grace_period_seconds = Some(3600);
+        assert_eq!(k.shutdown_grace(), std::time::Duration::from_secs(3600));
+        assert_eq!(good().shutdown_grace(), std::time::Duration::from_secs(120));
+        let mut k = good();
+        k.kubelet.insert("shutdownGracePeriod".into(), json!("30s"));
+        assert!(e(k, Some("n")).contains(
+            "kubernetes.kubelet.shutdownGracePeriod: kubelet's graceful shutdown needs systemd"
+        ));
         let mut k = good();
         k.token = Some("abcdef.0123456789abcdef".into());
         assert!(!format!("{k:?}").contains("0123456789abcdef"));
