@@ -64,6 +64,7 @@ k8s-extension: build k8s-bin
 
 e2e: build k8s kernel lab-deps
 	$(K8S_PINS) $(CARGO) test --release --no-fail-fast -p plinth-tests --test kubernetes --test critest -- --ignored --test-threads=1 --nocapture
+	$(K8S_PINS) $(CARGO) test --release -p plinth-tests --test lab -- --ignored --exact a_pxe_booted_machine_with_a_wrong_ca_pin_or_an_expired_token_does_not_join --nocapture
 	$(MAKE) --no-print-directory k8s-demo
 
 # A machine PXE-boots in the lab and joins a control plane by itself, runs a pod, is

@@ -345,6 +345,10 @@ pub fn timeline(server: &Server, m: &Machine) -> Vec<Step> {
                 ),
                 "kubernetes" => match d["step"].as_str().unwrap_or("") {
                     "token" => format!("bootstrap token {}", d["token"].as_str().unwrap_or("?")),
+                    "config" => format!(
+                        "the config's bootstrap token {}",
+                        d["token"].as_str().unwrap_or("?")
+                    ),
                     step => format!(
                         "{step} {} certificate {}",
                         d["certificate"].as_str().unwrap_or(""),

@@ -584,7 +584,7 @@ fn decision(csr: &Value) -> Option<(String, String, String)> {
 /// certificate; a request the token makes for another node's name is denied, saying why;
 /// each step is on the machine's timeline; a new boot's token replaces the old one; the
 /// server cannot read the cluster's secrets. The node-side join (plinth-init starting
-/// kubelet from extensions, in qemu) is not here yet.
+/// kubelet from extensions, in qemu) is the lab's (`tests/tests/lab.rs`).
 #[test]
 #[ignore = "slow (a control plane and a kubelet): `make e2e` runs it"]
 fn a_node_joins_with_the_token_the_server_minted_and_the_certificates_it_approved() {

@@ -636,8 +636,10 @@ impl Agent {
         let (events, mut happened) = tokio::sync::mpsc::unbounded_channel();
         let services = events.clone();
         let kubernetes = async {
-            if self.install_extensions(&cfg).await {
+            if cfg.kubernetes.is_some() {
                 self.join(&cfg, address.into(), services).await;
+            } else {
+                self.install_extensions(&cfg).await;
             }
         };
         let net = async {
@@ -716,8 +718,8 @@ impl Agent {
     }
 
     /// Joins the config's Kubernetes cluster: discovery and kubelet's bootstrap files,
-    /// then containerd and kubelet (from the extensions) started and kept running, and
-    /// `joined` once the Node is Ready.
+    /// the config's extensions, then containerd and kubelet (from them) started and kept
+    /// running, and `joined` once the Node is Ready.
     async fn join(
         &self,
         cfg: &crate::schema::config::MachineConfig,
@@ -742,6 +744,11 @@ impl Agent {
             "kubernetes: the cluster at {} (CA {}); kubelet's bootstrap written",
             prepared.cluster.server, prepared.cluster.ca_pin
         ));
+        // After discovery, as kubeadm: a wrong pin or a dead token is said before tens of
+        // megabytes are fetched for nothing.
+        if !self.install_extensions(cfg).await {
+            return;
+        }
         for bin in [KUBELET, CONTAINERD] {
             if !Path::new(bin).exists() {
                 let e = Error::Config {

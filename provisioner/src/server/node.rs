@@ -296,6 +296,10 @@ async fn join_token(
         record = fresh;
     } else {
         d.insert("step".into(), "config".into());
+        // The token's id, never its secret.
+        if let Some((id, _)) = k.token.as_deref().and_then(|t| t.split_once('.')) {
+            d.insert("token".into(), id.into());
+        }
     }
     // Once per boot (or per new token): a config fetched again changes nothing, and
     // the addresses approved stay those of the boot's first fetch.

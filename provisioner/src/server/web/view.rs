@@ -270,6 +270,11 @@ pub fn describe(kind: EventKind, d: &Map<String, Value>) -> String {
                 text(d, "node"),
                 text(d, "expires")
             ),
+            "config" => format!(
+                "the config's own bootstrap token {} for node {}",
+                text(d, "token"),
+                text(d, "node")
+            ),
             "approved" => format!(
                 "{} certificate of node {} approved ({})",
                 text(d, "certificate"),
