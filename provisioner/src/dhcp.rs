@@ -26,6 +26,8 @@ pub struct Lease {
     pub router: Option<Ipv4Addr>,
     /// DNS servers (option 6).
     pub dns: Vec<Ipv4Addr>,
+    /// The domain name (option 15), when it is one (letters, digits, `-`, `.`).
+    pub domain: Option<String>,
     /// The server's identifier (option 54).
     pub server_id: Option<Ipv4Addr>,
     /// Lease time in seconds (option 51).
@@ -51,7 +53,7 @@ pub fn build(
     p.extend_from_slice(&[53, 1, msg]);
     p.extend_from_slice(&[61, 7, 1]);
     p.extend_from_slice(&mac);
-    p.extend_from_slice(&[55, 5, 1, 3, 6, 51, 54]);
+    p.extend_from_slice(&[55, 6, 1, 3, 6, 15, 51, 54]);
     if let Some(ip) = requested {
         p.extend_from_slice(&[50, 4]);
         p.extend_from_slice(&ip.octets());
@@ -79,6 +81,7 @@ pub fn parse(p: &[u8], xid: u32, mac: [u8; 6]) -> Option<(u8, Lease)> {
         netmask: Ipv4Addr::new(255, 255, 255, 0),
         router: None,
         dns: Vec::new(),
+        domain: None,
         server_id: None,
         lease_secs: None,
     };
@@ -97,12 +100,25 @@ pub fn parse(p: &[u8], xid: u32, mac: [u8; 6]) -> Option<(u8, Lease)> {
             1 => lease.netmask = ip(val)?,
             3 => lease.router = ip(val),
             6 => lease.dns = val.chunks_exact(4).filter_map(ip).collect(),
+            15 => lease.domain = domain_name(val),
             51 => lease.lease_secs = val.try_into().ok().map(u32::from_be_bytes),
             54 => lease.server_id = ip(val),
             _ => {}
         }
     }
     (msg != 0).then_some((msg, lease))
+}
+
+/// Option 15's value as a domain name, or `None` when it is not one (it goes into
+/// resolv.conf as it is).
+fn domain_name(v: &[u8]) -> Option<String> {
+    // Some servers count a trailing NUL in the length.
+    let v = v.strip_suffix(&[0]).unwrap_or(v);
+    let ok = !v.is_empty()
+        && v.len() <= 253
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'.');
+    ok.then(|| String::from_utf8_lossy(v).into_owned())
 }
 
 /// The options of a DHCP packet (after the 236-byte header and the magic cookie), as
@@ -239,7 +255,23 @@ mod tests {
         assert_eq!(msg, OFFER);
         assert_eq!(l.address, Ipv4Addr::new(10, 0, 2, 15));
         assert_eq!(l.router, Some(Ipv4Addr::new(10, 0, 2, 2)));
+        assert!(l.dns.is_empty() && l.domain.is_none());
         assert!(parse(&p, 8, mac).is_none());
+        // Name servers and the domain.
+        let mut q = p.clone();
+        q.truncate(q.len() - 1);
+        q.extend_from_slice(&[6, 8, 10, 0, 2, 3, 10, 0, 2, 4]);
+        q.extend_from_slice(&[15, 12]);
+        q.extend_from_slice(b"lab.example\0");
+        q.push(255);
+        let (_, l) = parse(&q, 7, mac).expect("offer");
+        assert_eq!(
+            l.dns,
+            [Ipv4Addr::new(10, 0, 2, 3), Ipv4Addr::new(10, 0, 2, 4)]
+        );
+        assert_eq!(l.domain.as_deref(), Some("lab.example"));
+        assert_eq!(domain_name(b"a b"), None);
+        assert_eq!(domain_name(b"x\nnameserver 1.2.3.4"), None);
         // Truncated options must not panic.
         p.truncate(p.len() - 10);
         p.push(3);

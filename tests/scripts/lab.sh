@@ -117,13 +117,15 @@ up() {
   "${srv[@]}" ip link set lo up
   "${srv[@]}" ip addr add "$SUBNET.2/24" dev eth0
   "${srv[@]}" ip link set eth0 up
-  # The site's DHCP server: addresses for the machines, and nothing about PXE. It also
+  # The site's DHCP server: addresses for the machines, a name server and domain (no DNS
+  # answers there: nodes only write them down), and nothing about PXE. It also
   # sends IPv6 router advertisements (no DHCPv6, no route out), as a site's router does:
   # iPXE configures IPv4 and IPv6 together and, on a network without a router, waits
   # about 13 s for one before it boots.
   "${site[@]}" dnsmasq --keep-in-foreground --conf-file=/dev/null --port=0 --no-resolv \
     --no-hosts --interface=br0 --bind-interfaces --user=root --group=root \
     --dhcp-range="$SUBNET.100,$SUBNET.199,255.255.255.0,1h" --dhcp-authoritative \
+    --dhcp-option=option:dns-server,"$SUBNET.1" --dhcp-option=option:domain-name,lab.example \
     --enable-ra --dhcp-range="$SUBNET6::,ra-only,64,1h" \
     --dhcp-leasefile="$dir/dnsmasq.leases" --log-dhcp --log-facility="$dir/dnsmasq.log" \
     </dev/null >>"$dir/dnsmasq.log" 2>&1 &

@@ -23,6 +23,10 @@ use crate::{unique, workspace, TempDir};
 
 /// The site's subnet: dnsmasq at .1 hands out .100-.199; the provisioning host is .2.
 pub const SERVER_IP: &str = "10.33.0.2";
+/// The name server and domain the site's DHCP server gives (lab.sh; nothing answers
+/// names there: a node only has to write them down).
+pub const SITE_DNS: &str = "10.33.0.1";
+pub const SITE_DOMAIN: &str = "lab.example";
 /// Where labs live (tmpfs: the namespace files are mount points).
 pub const ROOT: &str = "/run/plinth-lab";
 

@@ -313,6 +313,18 @@ fn a_bios_and_a_uefi_machine_boot_together_and_a_third_is_discovered() {
             addr.starts_with("10.33.0.1"),
             "{name}: address {addr:?}: {text}"
         );
+        // And the site's name server and domain, which the node wrote to its
+        // /etc/resolv.conf.
+        assert_eq!(
+            network.event["details"]["dns"],
+            json!([lab::SITE_DNS]),
+            "{name}: {text}"
+        );
+        assert_eq!(
+            network.event["details"]["domain"],
+            lab::SITE_DOMAIN,
+            "{name}: {text}"
+        );
     }
     let applied = |steps: &[Step]| {
         steps.iter().find(|s| s.kind == "applied").unwrap().event["details"]["state"]["hostname"]
@@ -1336,7 +1348,6 @@ fn a_pxe_booted_machine_joins_kubernetes_by_itself() {
                 "sandboxImage": pause,
                 "labels": {"plinth.dev/lab": "yes"},
                 "kubelet": {
-                    "resolvConf": "",
                     "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%",
                                      "imagefs.available": "1%"},
                     "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
@@ -1420,6 +1431,14 @@ fn a_pxe_booted_machine_joins_kubernetes_by_itself() {
         "echo exec on $(hostname)",
     ]);
     assert_eq!(exec.trim(), "exec on hello");
+    // The pod's resolver is the node's, which the node wrote from its DHCP lease
+    // (kubelet's resolvConf is its default, /etc/resolv.conf).
+    let resolv = cluster.kubectl_ok(&["exec", "hello", "--", "cat", "/etc/resolv.conf"]);
+    assert!(
+        resolv.contains(&format!("nameserver {}", lab::SITE_DNS))
+            && resolv.contains(&format!("search {}", lab::SITE_DOMAIN)),
+        "{resolv}"
+    );
     println!(
         "{}",
         cluster.kubectl_ok(&["get", "nodes,pods", "-o", "wide"])

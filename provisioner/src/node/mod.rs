@@ -443,6 +443,10 @@ impl Agent {
         net.insert("interface".into(), json!(link.name));
         net.insert("address".into(), json!(link.lease.address.to_string()));
         net.insert("leaseSecs".into(), json!(link.lease.lease_secs));
+        net.insert("dns".into(), json!(link.lease.dns));
+        if let Some(d) = &link.lease.domain {
+            net.insert("domain".into(), json!(d));
+        }
         if let Some(ntp) = &params.ntp {
             net.insert("clock".into(), set_clock(ntp).await);
         }

@@ -78,6 +78,10 @@ pub struct StaticNetwork {
     /// The default gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<Ipv4Addr>,
+    /// Name servers for `/etc/resolv.conf` (the resolver reads the first three); none
+    /// keeps what DHCP gave at boot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<Ipv4Addr>,
 }
 
 /// A group.
