@@ -1521,14 +1521,22 @@ fn a_pxe_booted_machine_joins_kubernetes_by_itself() {
         .map(|e| e.event["bootId"].as_str().unwrap().to_string())
         .collect();
     let rec = server.machine(BIOS_MAC);
+    let mut seen = [0, 0];
     for c in rec["certificates"].as_array().unwrap() {
         let revoked = c["revoked"].is_string();
         if c["bootId"] == joined_boots[0].as_str() {
             assert!(revoked, "the old boot's certificate is still good: {c}");
+            seen[0] += 1;
         } else if c["bootId"] == joined_boots[1].as_str() {
             assert!(!revoked, "the new boot's certificate is revoked: {c}");
+            seen[1] += 1;
         }
     }
+    assert!(
+        seen[0] >= 1 && seen[1] >= 1,
+        "a boot's certificate is not on record: {}",
+        rec["certificates"]
+    );
     let tokens: Vec<String> = steps
         .iter()
         .filter(|e| e.kind == "kubernetes" && e.event["details"]["step"] == "token")

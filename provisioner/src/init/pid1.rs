@@ -99,6 +99,15 @@ fn take_exit(pid: i32, since: u64) -> Option<WaitStatus> {
     q.remove(i).map(|(_, _, s)| s)
 }
 
+/// The status of `pid` (started after the [`mark`] `since`) if it has ended, reaping
+/// what has. `None`: it runs, and until the next reap its pid is its own, safe to signal
+/// (PID 1's loop is one thread: nothing reaps between this and a `kill` with no await
+/// between them).
+pub fn try_exited(pid: i32, since: u64) -> Option<WaitStatus> {
+    reap();
+    take_exit(pid, since)
+}
+
 /// Reaps every exited child without blocking, keeping each status for [`exited`].
 pub fn reap() {
     let mut any = false;

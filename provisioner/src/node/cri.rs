@@ -40,6 +40,9 @@ pub struct StoppedContainer {
     pub container: String,
     /// The grace period it was given, in seconds.
     pub grace_secs: i64,
+    /// When its stop was asked for, from the start of [`stop_pods`] (all at once: about
+    /// the same for every container).
+    pub began: Duration,
     /// How long it took to stop.
     pub took: Duration,
     /// Its exit code, as the runtime recorded it (137: killed when its grace ran out).
@@ -79,11 +82,13 @@ pub async fn stop_pods(socket: &Path, max_grace: Duration) -> Result<Stopped> {
         .into_inner()
         .containers;
     let max_secs = i64::try_from(max_grace.as_secs()).unwrap_or(i64::MAX);
+    let t0 = Instant::now();
     let stops = listed.iter().map(|c| {
         let mut cri = cri.clone();
         let grace = grace_secs(&c.annotations).min(max_secs);
         async move {
             let started = Instant::now();
+            let began = t0.elapsed();
             let mut req = tonic::Request::new(api::StopContainerRequest {
                 container_id: c.id.clone(),
                 timeout: grace,
@@ -113,14 +118,19 @@ pub async fn stop_pods(socket: &Path, max_grace: Duration) -> Result<Stopped> {
                     .map(|m| m.name.clone())
                     .unwrap_or_else(|| c.id.clone()),
                 grace_secs: grace,
+                began,
                 took,
                 exit_code,
                 error,
             }
         }
     });
-    let containers = join_all(stops).await;
-    let sandboxes = cri
+    let mut stopped = Stopped {
+        containers: join_all(stops).await,
+        ..Default::default()
+    };
+    // The containers' outcome is kept whatever happens to the sandboxes.
+    let sandboxes = match cri
         .list_pod_sandbox(call(api::ListPodSandboxRequest {
             filter: Some(api::PodSandboxFilter {
                 state: Some(api::PodSandboxStateValue {
@@ -130,9 +140,15 @@ pub async fn stop_pods(socket: &Path, max_grace: Duration) -> Result<Stopped> {
             }),
         }))
         .await
-        .map_err(|s| grpc("listing the pod sandboxes", socket, &s))?
-        .into_inner()
-        .items;
+    {
+        Ok(r) => r.into_inner().items,
+        Err(s) => {
+            stopped
+                .errors
+                .push(grpc("listing the pod sandboxes", socket, &s).to_string());
+            Vec::new()
+        }
+    };
     let results = join_all(sandboxes.iter().map(|p| {
         let mut cri = cri.clone();
         async move {
@@ -151,10 +167,6 @@ pub async fn stop_pods(socket: &Path, max_grace: Duration) -> Result<Stopped> {
         }
     }))
     .await;
-    let mut stopped = Stopped {
-        containers,
-        ..Default::default()
-    };
     for r in results {
         match r {
             Ok(_) => stopped.sandboxes += 1,

@@ -171,12 +171,24 @@ async fn agent(mut details: Map<String, Value>, mut timings: Map<String, Value>)
     };
     let mut d = Map::new();
     d.insert("reason".into(), json!(stop.1));
-    if let Some(k) = agent.stop_kubernetes().await {
-        d.insert("kubernetes".into(), k);
+    let mut stop = stop.0;
+    // The pods' grace can be long: a stop signal meanwhile (a second ctrl-alt-del) cuts
+    // it short, as it would a systemd shutdown.
+    tokio::select! {
+        k = agent.stop_kubernetes() => {
+            if let Some(k) = k {
+                d.insert("kubernetes".into(), k);
+            }
+        }
+        s = signalled(&mut signals) => {
+            log(&format!("{s:?} asked while the pods were stopping: not waiting for them"));
+            d.insert("kubernetes".into(), json!({"cutShortBy": format!("{s:?}")}));
+            stop = s;
+        }
     }
     let _ =
         tokio::time::timeout(Duration::from_secs(5), agent.report(EventKind::Shutdown, d)).await;
-    stop.0
+    stop
 }
 
 /// Whether `b` has the shape of a boot id the server takes (hex and dashes, 1-64).
@@ -331,6 +343,7 @@ impl Agent {
                             "pod": c.pod,
                             "container": c.container,
                             "graceSecs": c.grace_secs,
+                            "beganMs": c.began.as_millis() as u64,
                             "ms": c.took.as_millis() as u64,
                         });
                         if let Some(e) = c.exit_code {

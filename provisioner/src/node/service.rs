@@ -64,6 +64,16 @@ impl Running {
         let (pid, since) = self.0.borrow_mut().remove(name)?;
         let started = Instant::now();
         let target = nix::unistd::Pid::from_raw(pid);
+        // It may have ended (and been reaped) after its supervisor last looked: its pid
+        // may be another process's by now. Looked at with no await before the signal.
+        if let Some(ended) = ended_already(pid, since) {
+            return Some(StoppedService {
+                name,
+                took: started.elapsed(),
+                killed: false,
+                ended: describe(ended),
+            });
+        }
         let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGTERM);
         let mut killed = false;
         let ended = match tokio::time::timeout(patience, wait_pid(pid, since)).await {
@@ -81,12 +91,16 @@ impl Running {
             name,
             took: started.elapsed(),
             killed,
-            ended: match ended {
-                Ok(Ended::Code(c)) => format!("exit {c}"),
-                Ok(Ended::Signal(s)) => format!("signal {s}"),
-                Err(e) => format!("waiting for it: {e}"),
-            },
+            ended: describe(ended),
         })
+    }
+}
+
+fn describe(ended: std::io::Result<Ended>) -> String {
+    match ended {
+        Ok(Ended::Code(c)) => format!("exit {c}"),
+        Ok(Ended::Signal(s)) => format!("signal {s}"),
+        Err(e) => format!("waiting for it: {e}"),
     }
 }
 
@@ -181,6 +195,32 @@ enum Ended {
     Signal(i32),
 }
 
+/// How the child `pid` ended, if it has, without waiting.
+fn ended_already(pid: i32, since: u64) -> Option<std::io::Result<Ended>> {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus};
+    let status = if std::process::id() == 1 {
+        pid1::try_exited(pid, since)?
+    } else {
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => return None,
+            Ok(s) => s,
+            Err(e) => return Some(Err(e.into())),
+        }
+    };
+    Some(ended_from(status))
+}
+
+fn ended_from(status: nix::sys::wait::WaitStatus) -> std::io::Result<Ended> {
+    use nix::sys::wait::WaitStatus;
+    match status {
+        WaitStatus::Exited(_, c) => Ok(Ended::Code(c)),
+        WaitStatus::Signaled(_, s, _) => Ok(Ended::Signal(s as i32)),
+        other => Err(std::io::Error::other(format!(
+            "an unexpected status {other:?}"
+        ))),
+    }
+}
+
 /// Waits for the child `pid` (started after the reaper's mark `since`): through PID
 /// 1's reaper when this is PID 1 (every wait there goes through it), else with waitpid
 /// on it alone, polled (tests): a wait that blocks would go on after its future is
@@ -203,13 +243,7 @@ async fn wait_pid(pid: i32, since: u64) -> std::io::Result<Ended> {
             }
         }
     };
-    match status {
-        WaitStatus::Exited(_, c) => Ok(Ended::Code(c)),
-        WaitStatus::Signaled(_, s, _) => Ok(Ended::Signal(s as i32)),
-        other => Err(std::io::Error::other(format!(
-            "an unexpected status {other:?}"
-        ))),
-    }
+    ended_from(status)
 }
 
 /// Streams the pipe `fd`'s lines as `service/NAME/STREAM`; a line the queue has no room
@@ -291,7 +325,7 @@ mod tests {
             .build()
             .expect("runtime");
         let (etx, _erx) = mpsc::unbounded_channel();
-        let (ltx, _lrx) = mpsc::channel(16);
+        let (ltx, mut lrx) = mpsc::channel(16);
         let running = Running::default();
         let spec = Spec {
             name: "probe",
@@ -300,8 +334,18 @@ mod tests {
         };
         rt.block_on(async {
             let sup = supervise(spec, etx, ltx, running.clone());
-            // Long enough for the shell to install its trap.
-            let _ = tokio::time::timeout(Duration::from_millis(300), sup).await;
+            // Until the shell says its trap is set.
+            let up = async {
+                while let Some(l) = lrx.recv().await {
+                    if l.text == "up" {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = sup => unreachable!("a supervisor never returns"),
+                _ = tokio::time::timeout(Duration::from_secs(10), up) => {}
+            }
             let (pid, _) = running.0.borrow()["probe"];
             let s = running.stop("probe", patience).await.expect("it ran");
             let gone = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err();
@@ -314,7 +358,7 @@ mod tests {
     #[test]
     fn a_stopped_service_gets_sigterm_and_its_exit_is_told() {
         let (s, gone) = stopped(
-            "trap 'exit 7' TERM; while :; do sleep 0.05; done",
+            "trap 'exit 7' TERM; echo up; while :; do sleep 0.05; done",
             Duration::from_secs(5),
         );
         assert_eq!(s.ended, "exit 7", "{s:?}");
@@ -324,7 +368,7 @@ mod tests {
     #[test]
     fn a_service_that_ignores_sigterm_is_killed_after_its_patience() {
         let (s, gone) = stopped(
-            "trap '' TERM; while :; do sleep 0.05; done",
+            "trap '' TERM; echo up; while :; do sleep 0.05; done",
             Duration::from_millis(500),
         );
         assert_eq!(s.ended, "signal 9", "{s:?}");

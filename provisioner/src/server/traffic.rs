@@ -184,16 +184,33 @@ pub fn mac_of(ip: IpAddr) -> Option<String> {
 
 /// [`mac_of`] for a peer that is talking to us: its entry can be between states for a
 /// moment (seen once in a lab run: a UEFI iPXE's kernel request had none, its initrd
-/// request half a second later had), so a miss is looked up again a few times before
-/// the file goes on no timeline.
+/// request half a second later had), so an entry not complete yet is looked up again a
+/// few times before the file goes on no timeline. A peer with no entry at all (behind a
+/// relay or a router) is not waited for.
 pub fn mac_of_peer(ip: IpAddr) -> Option<String> {
+    let IpAddr::V4(v4) = ip.to_canonical() else {
+        return None;
+    };
+    let ip = v4.to_string();
     for _ in 0..PEER_LOOKUPS {
-        if let Some(m) = mac_of(ip) {
+        let table = std::fs::read_to_string("/proc/net/arp").ok()?;
+        if let Some(m) = parse_arp(&table, &ip) {
             return Some(m);
+        }
+        if !listed(&table, &ip) {
+            return None;
         }
         std::thread::sleep(PEER_LOOKUP_PAUSE);
     }
-    mac_of(ip)
+    parse_arp(&std::fs::read_to_string("/proc/net/arp").ok()?, &ip)
+}
+
+/// Whether /proc/net/arp's text has an entry for `ip`, complete or not.
+fn listed(table: &str, ip: &str) -> bool {
+    table
+        .lines()
+        .skip(1)
+        .any(|l| l.split_whitespace().next() == Some(ip))
 }
 
 /// How many more times a peer's MAC is looked for, and the pause before each.
@@ -231,6 +248,9 @@ mod tests {
         );
         assert_eq!(parse_arp(t, "10.33.0.102"), None, "incomplete");
         assert_eq!(parse_arp(t, "10.33.0.1"), None);
+        // An incomplete entry is worth another look; no entry is not.
+        assert!(listed(t, "10.33.0.102") && !listed(t, "10.33.0.1"));
+        assert!(!listed(t, "10.33.0.10"), "a prefix is not the address");
     }
 
     #[test]
