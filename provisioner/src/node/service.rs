@@ -226,24 +226,15 @@ fn ended_from(status: nix::sys::wait::WaitStatus) -> std::io::Result<Ended> {
 /// on it alone, polled (tests): a wait that blocks would go on after its future is
 /// dropped and take the status from the next waiter ([`Running::stop`]).
 async fn wait_pid(pid: i32, since: u64) -> std::io::Result<Ended> {
-    use nix::sys::wait::{WaitPidFlag, WaitStatus};
-    let status = if std::process::id() == 1 {
-        pid1::exited(pid, since).await
-    } else {
-        loop {
-            match nix::sys::wait::waitpid(
-                nix::unistd::Pid::from_raw(pid),
-                Some(WaitPidFlag::WNOHANG),
-            ) {
-                Ok(WaitStatus::StillAlive) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Ok(s) => break s,
-                Err(e) => return Err(e.into()),
-            }
+    if std::process::id() == 1 {
+        return ended_from(pid1::exited(pid, since).await);
+    }
+    loop {
+        if let Some(ended) = ended_already(pid, since) {
+            return ended;
         }
-    };
-    ended_from(status)
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Streams the pipe `fd`'s lines as `service/NAME/STREAM`; a line the queue has no room

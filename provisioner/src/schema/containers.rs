@@ -321,11 +321,8 @@ pub fn validate(containers: &[Container], registries: &[Registry]) -> Result<(),
             .host
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
-        if r.host.is_empty()
-            || !host_chars
-            || matches!(r.host.as_str(), "." | "..")
-            || r.host.starts_with('.')
-        {
+        // `.` and `..` start with a dot too.
+        if r.host.is_empty() || !host_chars || r.host.starts_with('.') {
             return Err(format!(
                 "registries[{i}].host: {:?} is not host or host:port",
                 r.host

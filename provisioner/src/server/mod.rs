@@ -265,7 +265,7 @@ impl State {
 
     /// A file of the boot chain served to `peer` (its MAC from the neighbour table).
     fn file_served(&self, peer: IpAddr, protocol: &str, file: &str, bytes: u64, took: Duration) {
-        let Some(mac) = traffic::mac_of_peer(peer) else {
+        let Some(mac) = traffic::mac_of(peer) else {
             log(&format!(
                 "{protocol} {file} to {peer}: no MAC for it in the neighbour table, not on a timeline"
             ));

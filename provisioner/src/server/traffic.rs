@@ -173,26 +173,20 @@ impl Traffic {
 }
 
 /// The MAC the kernel's neighbour table has for `ip` (IPv4, or IPv4 mapped into IPv6),
-/// lower-case.
-pub fn mac_of(ip: IpAddr) -> Option<String> {
-    let IpAddr::V4(v4) = ip.to_canonical() else {
-        return None;
-    };
-    let table = std::fs::read_to_string("/proc/net/arp").ok()?;
-    parse_arp(&table, &v4.to_string())
-}
-
-/// [`mac_of`] for a peer that is talking to us: its entry can be between states for a
+/// lower-case, for a peer that is talking to us. Its entry can be between states for a
 /// moment (seen once in a lab run: a UEFI iPXE's kernel request had none, its initrd
 /// request half a second later had), so an entry not complete yet is looked up again a
 /// few times before the file goes on no timeline. A peer with no entry at all (behind a
 /// relay or a router) is not waited for.
-pub fn mac_of_peer(ip: IpAddr) -> Option<String> {
+pub fn mac_of(ip: IpAddr) -> Option<String> {
     let IpAddr::V4(v4) = ip.to_canonical() else {
         return None;
     };
     let ip = v4.to_string();
-    for _ in 0..PEER_LOOKUPS {
+    for attempt in 0..=PEER_LOOKUPS {
+        if attempt > 0 {
+            std::thread::sleep(PEER_LOOKUP_PAUSE);
+        }
         let table = std::fs::read_to_string("/proc/net/arp").ok()?;
         if let Some(m) = parse_arp(&table, &ip) {
             return Some(m);
@@ -200,9 +194,8 @@ pub fn mac_of_peer(ip: IpAddr) -> Option<String> {
         if !listed(&table, &ip) {
             return None;
         }
-        std::thread::sleep(PEER_LOOKUP_PAUSE);
     }
-    parse_arp(&std::fs::read_to_string("/proc/net/arp").ok()?, &ip)
+    None
 }
 
 /// Whether /proc/net/arp's text has an entry for `ip`, complete or not.
