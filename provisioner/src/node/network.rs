@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 use std::time::Duration;
 
+use super::apply;
 use crate::dhcp;
 use crate::error::{Error, Result};
 use crate::init::console::log;
@@ -86,31 +87,23 @@ pub fn resolv_conf(servers: &[Ipv4Addr], domain: Option<&str>, from: &str) -> St
 const RESOLV_MARK: &str = "# written by plinth-init from ";
 
 /// Writes `text` to `path` when it differs and the file there is absent or the node's
-/// own (a new file renamed over the old: a reader never sees half of it); whether it
-/// was written.
+/// own (through [`apply::write_file`]: a reader never sees half of it); whether it was
+/// written.
 pub fn write_resolv_conf(path: &Path, text: &str) -> Result<bool> {
     match std::fs::read_to_string(path) {
-        Ok(t) if t == text || !t.starts_with(RESOLV_MARK) => return Ok(false),
+        Ok(t) if !t.starts_with(RESOLV_MARK) => return Ok(false),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         // Unreadable (not UTF-8, a directory): not the node's to replace.
         Err(_) => return Ok(false),
     }
-    let tmp = path.with_extension("plinth-new");
-    std::fs::write(&tmp, text).map_err(|source| Error::Io {
-        what: "writing",
-        path: tmp.clone(),
-        source,
-    })?;
-    std::fs::rename(&tmp, path).map_err(|source| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::Io {
-            what: "renaming into place",
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
-    Ok(true)
+    apply::write_file(
+        path,
+        text.as_bytes(),
+        0o644,
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    )
 }
 
 /// resolv.conf from a DHCP lease; a failure is logged (the node runs on without names).
