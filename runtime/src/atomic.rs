@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
@@ -12,6 +12,40 @@ use crate::error::{Error, Result};
 /// O_EXCL and O_NOFOLLOW: the directory may be shared (a `--pid-file` anywhere), and a
 /// symlink or file planted at a name known in advance must never be written through.
 pub fn write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    stage(path, data, mode)?.commit()
+}
+
+/// A file written beside `path` by [`stage`], not yet renamed over it: [`Staged::commit`]
+/// does; dropped uncommitted, it is removed.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staged {
+    /// Renames the staged file over its target.
+    pub fn commit(mut self) -> Result<()> {
+        self.committed = true;
+        fs::rename(&self.tmp, &self.path).map_err(|e| {
+            let _ = fs::remove_file(&self.tmp);
+            Error::io("rename into place", &self.path, e)
+        })
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// The first half of [`write`]: `data` in a new temporary file beside `path`, to be
+/// renamed over it by [`Staged::commit`] when the caller is ready.
+pub fn stage(path: &Path, data: &[u8], mode: u32) -> Result<Staged> {
     use std::hash::{BuildHasher, Hasher};
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -45,8 +79,9 @@ pub fn write(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     // root is /run, a tmpfs on a normal host). On a disk-backed /run the fsync cost ~5 ms
     // per write, a third of a container's start (docs/performance.md); runc and crun
     // do not sync either.
-    fs::rename(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io("rename into place", path, e)
+    Ok(Staged {
+        tmp,
+        path: path.to_path_buf(),
+        committed: false,
     })
 }

@@ -128,6 +128,7 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
     let child = match forked {
         Forked::Child => {
             drop(ours);
+            crate::sealed::release_view();
             let ch = theirs;
             let r = child_side(
                 &ch,
@@ -153,17 +154,19 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
     drop(theirs);
     drop(console);
     let mut guard = KillOnError(vec![child]);
-    match (&st.cgroup, &o.cgroup) {
-        (Some(cg), Some(sub)) => cg.add_pid_to(child.as_raw(), sub)?,
-        (Some(cg), None) if !born_inside => cg.add_pid(child.as_raw())?,
+    let tasks = match (&st.cgroup, &o.cgroup) {
+        (Some(cg), Some(sub)) => cg.admit(child.as_raw(), Some(sub))?,
+        (Some(cg), None) if !born_inside => cg.admit(child.as_raw(), None)?,
         (None, Some(sub)) => {
             return Err(Error::Invalid(format!(
                 "--cgroup {sub:?}: the container has no cgroup of its own"
             )))
         }
-        _ => {}
-    }
-    ours.send(&Msg::Go)?;
+        _ => vec![],
+    };
+    ours.send_with_fds(&Msg::Go, &tasks)?;
+    // The process enters the container now: the runtime would only wait.
+    crate::sealed::release_view();
 
     let mut pid = None;
     loop {
@@ -271,7 +274,7 @@ fn child_side(
     // Nothing in the container may ptrace or open /proc files of this process while
     // it holds the runtime's fds (CVE-2016-9962).
     nix::sys::prctl::set_dumpable(false).map_err(|e| Error::sys("prctl(PR_SET_DUMPABLE)", e))?;
-    ch.expect(&Msg::Go)?;
+    crate::cgroups::join_self(&ch.expect_with_fds(&Msg::Go)?)?;
     // Open every namespace before joining any: joining the mount namespace hides the
     // host's /proc.
     let mut fds = vec![];

@@ -10,6 +10,7 @@ use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 
 use crate::capabilities::{self, Sets};
+use crate::cgroups;
 use crate::config::Bundle;
 use crate::error::{Error, Result};
 use crate::mount;
@@ -51,12 +52,15 @@ pub struct Init<'a> {
     /// Whether the namespaces are made by the clone itself (no namespace is joined):
     /// then this process is already the container's pid 1.
     pub cloned_with_namespaces: bool,
+    /// With `cloned_with_namespaces`: the new namespaces the clone left to this process,
+    /// made with unshare(2) as soon as it has `Go`.
+    pub unshare_after_go: CloneFlags,
     /// Whether the runtime runs unprivileged: then every cgroup mount is read-only,
     /// whatever the config says (CVE-2023-25809).
     pub rootless: bool,
-    /// Whether the runtime makes the container's cgroup and moves this process into it
-    /// only after `Go`, while the mounts are made: then the first cgroup mount and the
-    /// process's own settings wait for `CgroupJoined`.
+    /// Whether the runtime makes the container's cgroup only after `Go`, while the
+    /// mounts are made: then the first cgroup mount and the process's own settings wait
+    /// for `JoinCgroup`, and this process joins the cgroup then.
     pub cgroup_joined_later: bool,
     /// Whether an unprivileged runtime writes this process's /proc files before `Go`
     /// (the id maps of the user namespace the clone made, oom_score_adj): it can open
@@ -114,12 +118,13 @@ fn setup(init: Init) -> Result<()> {
     // Device nodes and masks are made with exact modes.
     nix::sys::stat::umask(Mode::empty());
     let fs = Rootfs::prepare(init.bundle, &init.cgroup_mounts, init.rootless, sources)?;
-    // Whether the runtime has put this process in its cgroup: the cgroup mounts and
-    // the container's own code wait for it (see `Init::cgroup_joined_later`).
+    // Whether this process is in its cgroup yet: the runtime makes it meanwhile and
+    // sends the files to join it through; the cgroup mounts and the container's own
+    // code wait for it (see `Init::cgroup_joined_later`).
     let in_cgroup = std::cell::Cell::new(!init.cgroup_joined_later);
     let join_cgroup = || -> Result<()> {
         if !in_cgroup.replace(true) {
-            init.channel.expect(&Msg::CgroupJoined)?;
+            cgroups::join_self(&init.channel.expect_with_fds(&Msg::JoinCgroup)?)?;
         }
         Ok(())
     };
@@ -179,12 +184,17 @@ fn setup(init: Init) -> Result<()> {
 /// sources, opened before the switch to the user namespace's root.
 fn enter_namespaces(init: &Init) -> Result<rootfs::Sources> {
     let plan = &init.bundle.namespaces;
-    init.channel.expect(&Msg::Go)?;
+    // The cgroup's files come with `Go` unless the init was born in the cgroup or
+    // joins it later, while it makes its mounts.
+    cgroups::join_self(&init.channel.expect_with_fds(&Msg::Go)?)?;
     if init.dumpable_until_go {
         not_dumpable()?;
     }
     if !init.cloned_with_namespaces {
         join_and_unshare(init)?;
+    } else if !init.unshare_after_go.is_empty() {
+        let flags = init.unshare_after_go;
+        nix::sched::unshare(flags).map_err(|e| Error::sys(format!("unshare {flags:?}"), e))?;
     }
     let idmapped = receive_idmapped_mounts(init)?;
     let sources = rootfs::open_bind_sources(init.bundle);

@@ -15,21 +15,75 @@
 //!
 //! Either way /proc/PID/exe then leads to a file no one can write: the view's mount is
 //! read-only (EROFS), the memfd is sealed (EPERM).
+//!
+//! Closing the view's mount fd detaches the mount, and the kernel then waits for an
+//! RCU grace period (0.3 to 0.7 ms here). Closed before the exec, that wait would delay
+//! every container; so the fd survives the exec (its number in [`VIEW_FD_ENV`]) and
+//! the re-executed runtime closes it when it would wait anyway ([`release_view`]),
+//! once the container's init has dropped its own copy.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::io::Seek;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Mutex;
 
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
+use nix::sys::statfs::{fstatfs, OVERLAYFS_SUPER_MAGIC};
 use nix::sys::statvfs::{fstatvfs, FsFlags};
 
 use crate::error::{Error, Result};
 use crate::mount::{fsconfig, fsmount, fsopen};
+
+/// The environment variable that tells the re-executed runtime the number of the
+/// view's mount fd, kept open across the exec.
+pub const VIEW_FD_ENV: &str = "_PLINTH_VIEW_FD";
+
+/// The view's mount, after the re-exec, until [`release_view`].
+static VIEW: Mutex<Option<OwnedFd>> = Mutex::new(None);
+
+/// Closes the read-only view's mount fd the runtime was re-executed with, if any. The
+/// process that closes the last copy waits for the mount's detaching: the container's
+/// init drops its copy first thing, and the runtime closes its own while the init sets
+/// itself up.
+pub fn release_view() {
+    if let Ok(mut v) = VIEW.lock() {
+        v.take();
+    }
+}
+
+/// Takes over the view's mount fd named by [`VIEW_FD_ENV`], if it is one: a read-only
+/// overlayfs. Anything else there is left alone (not ours to close).
+fn adopt_view() {
+    let Some(n) = std::env::var_os(VIEW_FD_ENV) else {
+        return;
+    };
+    // Not for the processes this one starts (hooks, the container).
+    std::env::remove_var(VIEW_FD_ENV);
+    let Some(fd) = n.to_str().and_then(|s| s.parse::<i32>().ok()) else {
+        return;
+    };
+    if fd < 3 {
+        return;
+    }
+    // SAFETY: the fd is only looked at; fstatfs fails harmlessly on a closed number.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let is_view = fstatfs(borrowed).is_ok_and(|s| s.filesystem_type() == OVERLAYFS_SUPER_MAGIC)
+        && on_read_only_mount(&borrowed);
+    if !is_view || fcntl(borrowed, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).is_err() {
+        return;
+    }
+    // SAFETY: the number came from the runtime's own exec, which left this fd open for
+    // us alone; nothing else in this process owns it.
+    let owned = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+    if let Ok(mut v) = VIEW.lock() {
+        *v = Some(owned);
+    }
+}
 
 /// The seals that make the copy immutable.
 fn seals() -> SealFlag {
@@ -62,15 +116,15 @@ fn on_read_only_mount(fd: &impl AsFd) -> bool {
 pub fn ensure_sealed(spare_dir: &Path, make_spare: impl FnOnce() -> Result<()>) -> Result<()> {
     let exe = File::open("/proc/self/exe").map_err(|e| Error::io("open", "/proc/self/exe", e))?;
     if is_sealed(&exe) || on_read_only_mount(&exe) {
+        adopt_view();
         return Ok(());
     }
     // Any failure of the view (no privilege, no overlayfs, overlapping directories, a
     // deleted binary) leaves the copy, which always works.
-    let image = match make_spare().and_then(|()| read_only_view(&exe, spare_dir)) {
-        Ok(view) => view,
-        Err(_) => sealed_copy(exe)?,
-    };
-    reexec(&image)
+    match make_spare().and_then(|()| read_only_view(&exe, spare_dir)) {
+        Ok((view, mount)) => reexec(&view, Some(mount)),
+        Err(_) => reexec(&sealed_copy(exe)?, None),
+    }
 }
 
 /// Escapes a path for overlayfs's `lowerdir`, where `:` separates layers and `\`
@@ -87,9 +141,10 @@ fn escape_lowerdir(p: &Path) -> Vec<u8> {
 }
 
 /// The runtime's binary, opened through a detached, read-only overlayfs of its own
-/// directory. overlayfs without an upper layer needs two lower ones; `spare_dir` is
-/// the second, below the binary's directory so nothing in it can hide the binary.
-fn read_only_view(exe: &File, spare_dir: &Path) -> Result<File> {
+/// directory, and the view's mount. overlayfs without an upper layer needs two lower
+/// ones; `spare_dir` is the second, below the binary's directory so nothing in it can
+/// hide the binary.
+fn read_only_view(exe: &File, spare_dir: &Path) -> Result<(File, OwnedFd)> {
     let fail =
         |what: &str, e: Errno| Error::sys(format!("{what} for the runtime's read-only view"), e);
     let path = std::fs::read_link("/proc/self/exe")
@@ -141,7 +196,7 @@ fn read_only_view(exe: &File, spare_dir: &Path) -> Result<File> {
             "the runtime's read-only view is not its binary".into(),
         ));
     }
-    Ok(view)
+    Ok((view, mnt))
 }
 
 /// A copy of the binary in a memfd sealed against every change.
@@ -170,13 +225,15 @@ fn sealed_copy(mut src: File) -> Result<File> {
     Ok(dst)
 }
 
-/// Executes `image` with the runtime's own arguments and environment.
-fn reexec(image: &File) -> Result<()> {
+/// Executes `image` with the runtime's own arguments and environment; `mount`, the
+/// view's, stays open across the exec (see [`release_view`]).
+fn reexec(image: &File, mount: Option<OwnedFd>) -> Result<()> {
     let args: Vec<CString> = std::env::args_os()
         .map(|a| CString::new(a.as_bytes()))
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| Error::Invalid("an argument contains a NUL byte".into()))?;
-    let env: Vec<CString> = std::env::vars_os()
+    let mut env: Vec<CString> = std::env::vars_os()
+        .filter(|(k, _)| k != VIEW_FD_ENV)
         .map(|(k, v)| {
             let mut kv = k.as_bytes().to_vec();
             kv.push(b'=');
@@ -185,6 +242,12 @@ fn reexec(image: &File) -> Result<()> {
         })
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| Error::Invalid("an environment variable contains a NUL byte".into()))?;
+    if let Some(m) = &mount {
+        fcntl(m, FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
+            .map_err(|e| Error::sys("keep the runtime's read-only view open", e))?;
+        let var = format!("{VIEW_FD_ENV}={}", m.as_raw_fd());
+        env.push(CString::new(var).map_err(|_| Error::Invalid("view fd".into()))?);
+    }
     // The image is close-on-exec: execveat(AT_EMPTY_PATH) runs it all the same for an
     // ELF binary (only a script would need the fd to survive).
     let e = nix::unistd::fexecve(image, &args, &env);

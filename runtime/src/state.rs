@@ -233,10 +233,16 @@ impl Root {
 
     /// Writes a container's state atomically.
     pub fn save(&self, st: &State) -> Result<()> {
+        self.stage(st)?.commit()
+    }
+
+    /// [`Root::save`]'s first half: the state written beside its file, renamed into
+    /// place by [`crate::atomic::Staged::commit`].
+    pub fn stage(&self, st: &State) -> Result<crate::atomic::Staged> {
         let dir = self.dir(&st.id);
         let data =
             serde_json::to_vec(st).map_err(|e| Error::Invalid(format!("serialise state: {e}")))?;
-        crate::atomic::write(&dir.join(STATE_FILE), &data, 0o600)
+        crate::atomic::stage(&dir.join(STATE_FILE), &data, 0o600)
     }
 
     /// The ids of all containers, sorted.

@@ -1,7 +1,7 @@
 //! The channel between the runtime and the container's init while it is being set up:
 //! a SOCK_SEQPACKET pair, one short message per packet, so neither side ever polls.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
@@ -10,12 +10,14 @@ use crate::error::{Error, Result};
 /// A message on the channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
-    /// runtime -> init: ids are mapped and the cgroup joined (unless the init was told
-    /// to wait for `CgroupJoined`); go on.
+    /// runtime -> init: ids are mapped; go on. The files to join the cgroup through
+    /// come with it (unless the init was told to wait for `JoinCgroup`, or was born in
+    /// its cgroup).
     Go,
-    /// runtime -> init: the cgroup is joined now; sent after `Go` when the runtime moves
-    /// the init into its cgroup while the init sets up its mounts.
-    CgroupJoined,
+    /// runtime -> init: the cgroup is made; the files to join it through come with this
+    /// message. Sent after `Go` when the runtime makes the cgroup while the init sets up
+    /// its mounts.
+    JoinCgroup,
     /// init -> runtime: map the ids of this pid now (when init made its user namespace
     /// itself, after joining others).
     MapIds(i32),
@@ -41,7 +43,7 @@ impl Msg {
     fn encode(&self) -> Vec<u8> {
         match self {
             Msg::Go => b"go".to_vec(),
-            Msg::CgroupJoined => b"cgroup-joined".to_vec(),
+            Msg::JoinCgroup => b"join-cgroup".to_vec(),
             Msg::MapIds(p) => format!("mapids {p}").into_bytes(),
             Msg::Pid(p) => format!("pid {p}").into_bytes(),
             Msg::Hooks => b"hooks".to_vec(),
@@ -61,7 +63,7 @@ impl Msg {
         };
         Ok(match word {
             "go" => Msg::Go,
-            "cgroup-joined" => Msg::CgroupJoined,
+            "join-cgroup" => Msg::JoinCgroup,
             "mapids" => Msg::MapIds(num()?),
             "pid" => Msg::Pid(num()?),
             "hooks" => Msg::Hooks,
@@ -111,18 +113,42 @@ impl Channel {
         }
     }
 
+    /// Sends one message with `fds` (SCM_RIGHTS) in the same packet.
+    pub fn send_with_fds(&self, m: &Msg, fds: &[OwnedFd]) -> Result<()> {
+        let raw: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        crate::fdpass::send_fds(self.0.as_raw_fd(), &raw, &m.encode(), "sync message")
+    }
+
     /// Receives a message that must be `want`; an error message from the other side
     /// becomes the error.
     pub fn expect(&self, want: &Msg) -> Result<()> {
-        match self.recv()? {
-            Some(m) if &m == want => Ok(()),
-            Some(Msg::Error(e)) => Err(Error::Invalid(e)),
-            Some(m) => Err(Error::Invalid(format!(
-                "sync: expected {want:?}, got {m:?}"
-            ))),
-            None => Err(Error::Invalid(format!(
-                "sync: the other side exited while waiting for {want:?}"
-            ))),
-        }
+        expected(want, self.recv()?)
+    }
+
+    /// Receives a message that must be `want`, with the fds sent with it
+    /// ([`Channel::send_with_fds`]; none if it was sent with [`Channel::send`]).
+    pub fn expect_with_fds(&self, want: &Msg) -> Result<Vec<OwnedFd>> {
+        let mut buf = [0u8; 4096];
+        let (n, fds) = crate::fdpass::recv_fds(self.0.as_raw_fd(), &mut buf, "sync message")?;
+        let got = if n == 0 {
+            None
+        } else {
+            Some(Msg::decode(&buf[..n])?)
+        };
+        expected(want, got)?;
+        Ok(fds)
+    }
+}
+
+fn expected(want: &Msg, got: Option<Msg>) -> Result<()> {
+    match got {
+        Some(m) if &m == want => Ok(()),
+        Some(Msg::Error(e)) => Err(Error::Invalid(e)),
+        Some(m) => Err(Error::Invalid(format!(
+            "sync: expected {want:?}, got {m:?}"
+        ))),
+        None => Err(Error::Invalid(format!(
+            "sync: the other side exited while waiting for {want:?}"
+        ))),
     }
 }

@@ -470,7 +470,22 @@ fn a_waiting_init_runs_from_a_read_only_view_or_else_a_sealed_copy() {
             .filesystem_type();
         let opened = std::fs::OpenOptions::new().write(true).open(&exe);
         let wrote = opened.map(|mut f| std::io::Write::write(&mut f, b"x"));
+        // The view's mount fd, kept open across the runtime's re-exec, was let go by
+        // the runtime and by the init: the init holds no fd on an overlayfs.
+        let held: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                nix::sys::statfs::statfs(&e.path())
+                    .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC)
+            })
+            .map(|e| format!("{:?}", std::fs::read_link(e.path())))
+            .collect();
         let _ = b.plinth(&["delete", "--force", &id]);
+        assert!(
+            held.is_empty(),
+            "the waiting init holds fds on the runtime's view: {held:?}"
+        );
         if overlapping {
             assert!(
                 target.to_string_lossy().starts_with("/memfd:plinth-sealed"),
@@ -493,6 +508,16 @@ fn a_waiting_init_runs_from_a_read_only_view_or_else_a_sealed_copy() {
             "wrote into the waiting init's exe ({target:?})"
         );
     }
+    // Nor does the container's process see the fd's number in its environment.
+    let b = Bundle::busybox("env; ls /proc/self/fd");
+    let copy = plinth_copy(&b.tmp.0);
+    let (code, text, err) = b.run_with(&copy, &unique("viewenv"));
+    assert_eq!(code, 0, "run: {text} {err}");
+    assert!(text.contains("PATH="), "no environment printed: {text}");
+    assert!(
+        !text.contains("_PLINTH_VIEW_FD"),
+        "the view's fd number reached the container: {text}"
+    );
 }
 
 // ---------------------------------------------------------------------------------

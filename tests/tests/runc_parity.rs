@@ -402,6 +402,13 @@ fn run_keep_and_no_subreaper_and_exec_cgroup_are_taken() {
             .find(|l| l.contains(":pids:"))
             .unwrap_or_default();
         assert!(pids_line.ends_with("/sub"), "{}: {cg}", runtime.display());
+        // delete --force took the sub-cgroup with the container's own.
+        assert!(
+            !dir.exists(),
+            "{}: {} is left after delete",
+            runtime.display(),
+            dir.display()
+        );
     }
 }
 

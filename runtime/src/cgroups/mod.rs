@@ -17,6 +17,7 @@ mod v1;
 mod v2;
 
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -531,7 +532,7 @@ impl Cgroup {
 
     /// On a pure cgroup v2 host, an fd of the container's one directory, where a process
     /// can be born (`clone3(CLONE_INTO_CGROUP)`) instead of being moved in. None on v1
-    /// and hybrid hosts, where the v1 hierarchies still need [`Cgroup::add_pid`].
+    /// and hybrid hosts, where the v1 hierarchies still need [`Cgroup::admit`].
     pub fn open_unified_only(&self) -> Result<Option<std::os::fd::OwnedFd>> {
         let Some(dir) = self.unified().filter(|_| self.mode == Mode::Unified) else {
             return Ok(None);
@@ -556,11 +557,43 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Moves `pid` into an existing sub-cgroup of the container's: `spec` is runc's
-    /// `exec --cgroup` value, `PATH` (every hierarchy) or `CONTROLLER:PATH` (the v1
-    /// hierarchy of that controller, or the unified one for `unified`). Where a
-    /// hierarchy is not named, the process goes to the container's own cgroup.
-    pub fn add_pid_to(&self, pid: i32, spec: &str) -> Result<()> {
+    /// Puts `pid`, a single-threaded process of the runtime's that waits for the files
+    /// returned, into the container's cgroup: the unified hierarchy's directory takes
+    /// its pid here; for each v1 hierarchy the `tasks` file is opened and returned, and
+    /// the process moves itself by writing 0 to each ([`join_self`]). A pid written to
+    /// cgroup.procs takes the kernel's global threadgroup lock, whose first taking in a
+    /// while waits for an RCU grace period (about 11 ms on this 2-core VM); a thread
+    /// moving itself through `tasks` does not take it (docs/performance.md).
+    ///
+    /// `sub` is runc's `exec --cgroup` value: `PATH` (every hierarchy) or
+    /// `CONTROLLER:PATH` (the v1 hierarchy of that controller, or the unified one for
+    /// `unified`), an existing sub-cgroup of the container's; where a hierarchy is not
+    /// named, the process goes to the container's own cgroup.
+    pub fn admit(&self, pid: i32, sub: Option<&str>) -> Result<Vec<OwnedFd>> {
+        let pid = pid.to_string();
+        let mut tasks = Vec::new();
+        for (d, dir) in self.targets(sub)? {
+            if d.v2 {
+                write(&dir, "cgroup.procs", &pid)?;
+                continue;
+            }
+            let p = dir.join("tasks");
+            let fd = nix::fcntl::open(
+                &p,
+                nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| Error::cgroup(&p, format!("open for the process to join: {e}")))?;
+            tasks.push(fd);
+        }
+        Ok(tasks)
+    }
+
+    /// Each hierarchy with the directory a process goes to (see [`Cgroup::admit`]).
+    fn targets(&self, sub: Option<&str>) -> Result<Vec<(&Dir, PathBuf)>> {
+        let Some(spec) = sub else {
+            return Ok(self.dirs.iter().map(|d| (d, d.path.clone())).collect());
+        };
         let (controller, sub) = match spec.split_once(':') {
             Some((c, p)) => (Some(c), p),
             None => (None, spec),
@@ -585,7 +618,7 @@ impl Cgroup {
                 "--cgroup {spec:?}: no such controller in the container's cgroups"
             )));
         }
-        let pid = pid.to_string();
+        let mut out = Vec::with_capacity(self.dirs.len());
         for d in &self.dirs {
             let dir = if named(d) {
                 d.path.join(sub)
@@ -598,9 +631,9 @@ impl Cgroup {
                     dir.display()
                 )));
             }
-            write(&dir, "cgroup.procs", &pid)?;
+            out.push((d, dir));
         }
-        Ok(())
+        Ok(out)
     }
 
     /// Every process in the container's cgroup, its sub-cgroups included, sorted.
@@ -872,6 +905,32 @@ fn write(dir: &Path, file: &str, value: &str) -> Result<()> {
     res.map_err(|e| Error::cgroup(&p, format!("write {value:?} to {file}: {}", os_text(&e))))
 }
 
+/// Moves the calling thread into the cgroup of each `tasks` file [`Cgroup::admit`]
+/// opened, by writing 0 (the caller itself). The caller must be single-threaded: only
+/// the thread moves.
+pub fn join_self(tasks: &[OwnedFd]) -> Result<()> {
+    for fd in tasks {
+        nix::unistd::write(fd, b"0").map_err(|e| {
+            Error::sys(
+                format!(
+                    "join the container's cgroup ({})",
+                    fd_path(fd).unwrap_or_else(|| "a tasks file".into())
+                ),
+                e,
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// The path an fd was opened at, for errors.
+fn fd_path(fd: &OwnedFd) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .ok()
+        .map(|p| p.display().to_string())
+}
+
 /// Reads `dir/file`, trimmed.
 fn read(dir: &Path, file: &str) -> Result<String> {
     let p = dir.join(file);
@@ -1043,7 +1102,14 @@ fn rmdir_retry(p: &Path) -> std::io::Result<()> {
 }
 
 /// Removes the container's directory and every sub-cgroup below it, deepest first.
+/// Mostly there is none: the directory (a few dozen control files) is listed only when
+/// a plain rmdir fails.
 fn remove_tree(p: &Path) -> Result<()> {
+    match std::fs::remove_dir(p) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
     for sub in subdirs(p)? {
         remove_tree(&sub)?;
     }

@@ -69,15 +69,26 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
         if how.defer_cgroup {
             make_cgroup(cg, &bundle, &mut cleanup)?;
         }
-        cg.add_pid(child.as_raw())?;
+        let tasks = cg.admit(child.as_raw(), None)?;
         // If the init failed meanwhile, this send fails (EPIPE) and the init's own
         // error is read next.
-        let _ = ours.send(&Msg::CgroupJoined);
+        let _ = ours.send_with_fds(&Msg::JoinCgroup, &tasks);
     }
     let mut st = new_state(&bundle, &opts.id, child, cgroup, &cleanup);
+    // The init sets itself up now, and the runtime would only wait: the state is
+    // written meanwhile (renamed into place once the init is ready), and the view the
+    // runtime runs from is let go.
+    let staged = root.stage(&st)?;
+    crate::sealed::release_view();
     serve_init(&ours, &bundle, &mut st, &mut cleanup, child)?;
-    st.pid_start = state::proc_start(st.pid).map(|(s, _)| s).unwrap_or(0);
-    root.save(&st)?;
+    let staged = if st.pid == child.as_raw() {
+        staged
+    } else {
+        // The init forked into its pid namespace: the state is the real init's.
+        st.pid_start = state::proc_start(st.pid).map(|(s, _)| s).unwrap_or(0);
+        root.stage(&st)?
+    };
+    staged.commit()?;
     if let Some(p) = &opts.pid_file {
         state::write_pid_file(p, st.pid)?;
     }
@@ -169,14 +180,14 @@ struct How {
     /// The runtime runs unprivileged. Decided here: in the child, once the parent has
     /// mapped a new user namespace's ids, geteuid() says 0.
     rootless: bool,
-    /// The init makes its mounts while the runtime moves it into the cgroup (see
-    /// [`How::decide`]).
+    /// The init makes its mounts while the runtime makes its cgroup and opens the
+    /// cgroup's files for it to join through (see [`How::decide`]).
     overlap: bool,
     /// An unprivileged runtime writes the child's /proc files before `Go`.
     dumpable_until_go: bool,
     /// With `overlap` where the child cannot be born in its cgroup (a v1 or hybrid
     /// host): the cgroup is made after the fork too, while the init makes its mounts
-    /// (about 1.4 ms for a v1 host's eleven hierarchies here, docs/performance.md).
+    /// (about 0.35 ms for this host's nine v1 hierarchies, docs/performance.md).
     /// The init waits for it before its first cgroup mount and before its own code.
     defer_cgroup: bool,
 }
@@ -188,13 +199,14 @@ impl How {
             && !plan.creates(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME));
         let create_hooks = bundle.spec.hooks().as_ref().is_some_and(has_create_hooks);
         let rootless = !nix::unistd::geteuid().is_root();
-        // The first cgroup.procs write of a migration can wait for an RCU grace period
-        // (cgroup_threadgroup_rwsem taken for writing): about 6 ms here when no other
-        // migration happened in the last few ms (docs/performance.md). The init makes
-        // its mounts meanwhile, as long as nothing it does depends on being in the
-        // cgroup yet: no cgroup namespace to make (its root is the cgroup the process
-        // is in), no create hooks (they may look at the cgroup), no namespace to join
-        // (that forks).
+        // Making a v1 host's cgroup takes a directory and the limits per hierarchy,
+        // and a hybrid host's unified hierarchy takes the init's pid in cgroup.procs,
+        // whose first write in a while waits for an RCU grace period (about 11 ms here;
+        // the init joins the v1 hierarchies itself without that wait, see
+        // `Cgroup::admit`). The init makes its mounts meanwhile, as long as nothing it
+        // does depends on being in the cgroup yet: no cgroup namespace to make (its
+        // root is the cgroup the process is in), no create hooks (they may look at the
+        // cgroup), no namespace to join (that forks).
         let overlap =
             fast && cgroup.is_some() && !create_hooks && !plan.creates(CloneFlags::CLONE_NEWCGROUP);
         let dumpable_until_go = rootless
@@ -227,6 +239,17 @@ fn make_cgroup(cg: &mut Cgroup, bundle: &Bundle, cleanup: &mut Cleanup) -> Resul
     Ok(())
 }
 
+/// The namespaces the init makes itself, with unshare(2) once it has `Go`, rather than
+/// the clone: the clone runs in the runtime, which makes the cgroup only after it, and
+/// a network namespace alone takes about 0.4 ms to make here (docs/performance.md); in
+/// the init that overlaps the cgroup's making. The user namespace stays with the clone
+/// (the runtime maps its ids right after), and so does the pid namespace (only a clone
+/// makes a process its pid 1).
+const UNSHARED_BY_INIT: CloneFlags = CloneFlags::CLONE_NEWNET
+    .union(CloneFlags::CLONE_NEWIPC)
+    .union(CloneFlags::CLONE_NEWUTS)
+    .union(CloneFlags::CLONE_NEWNS);
+
 /// Forks the init (born in its cgroup where the host allows it); the child runs
 /// [`init::run`] and never comes back. Returns the child's pid, whether it was born
 /// inside the cgroup, and the runtime's end of the channel to it.
@@ -239,36 +262,42 @@ fn fork_init(
     fifo: OwnedFd,
 ) -> Result<(Pid, bool, Channel)> {
     let plan = &bundle.namespaces;
-    let clone_flags = if how.fast {
-        plan.new & !CloneFlags::CLONE_NEWCGROUP
+    let (clone_flags, unshare_after_go) = if how.fast {
+        let new = plan.new & !CloneFlags::CLONE_NEWCGROUP;
+        (new & !UNSHARED_BY_INIT, new & UNSHARED_BY_INIT)
     } else {
-        CloneFlags::empty()
+        (CloneFlags::empty(), CloneFlags::empty())
     };
     let cgroup_mounts = cgroup::mounts(bundle, cgroup);
     let (ours, theirs) = sync::pair()?;
     let (forked, born_inside) = namespaces::fork_in_cgroup(clone_flags, cgroup)?;
     match forked {
-        Forked::Child => init::run(Init {
-            id: &opts.id,
-            bundle,
-            // The runtime's end closes here, so that the init sees the runtime go.
-            channel: {
-                drop(ours);
-                theirs
-            },
-            fifo,
-            console_socket: checked.console_socket,
-            preserve_fds: opts.preserve_fds,
-            no_pivot: opts.no_pivot,
-            no_new_keyring: opts.no_new_keyring,
-            caps: checked.caps,
-            seccomp: checked.seccomp,
-            cgroup_mounts,
-            has_create_hooks: how.create_hooks,
-            cloned_with_namespaces: how.fast,
-            rootless: how.rootless,
-            cgroup_joined_later: how.overlap && !born_inside,
-            dumpable_until_go: how.dumpable_until_go,
+        Forked::Child => init::run({
+            // The runtime's copy closes later, while this init sets itself up.
+            crate::sealed::release_view();
+            Init {
+                id: &opts.id,
+                bundle,
+                // The runtime's end closes here, so that the init sees the runtime go.
+                channel: {
+                    drop(ours);
+                    theirs
+                },
+                fifo,
+                console_socket: checked.console_socket,
+                preserve_fds: opts.preserve_fds,
+                no_pivot: opts.no_pivot,
+                no_new_keyring: opts.no_new_keyring,
+                caps: checked.caps,
+                seccomp: checked.seccomp,
+                cgroup_mounts,
+                has_create_hooks: how.create_hooks,
+                cloned_with_namespaces: how.fast,
+                unshare_after_go,
+                rootless: how.rootless,
+                cgroup_joined_later: how.overlap && !born_inside,
+                dumpable_until_go: how.dumpable_until_go,
+            }
         }),
         // The init's end of the channel, the fifo and the console socket close here.
         Forked::Parent(pid) => Ok((pid, born_inside, ours)),
@@ -276,9 +305,9 @@ fn fork_init(
 }
 
 /// What the runtime does to the child before letting it go: the cgroup (unless the
-/// child was born inside it, or joins it while it makes its mounts), oom_score_adj,
-/// and the id maps of a user namespace the clone made; then `Go`. Returns whether the
-/// cgroup is still to be joined.
+/// child was born inside it, or joins it while it makes its mounts: `Go` then brings
+/// the files it joins through), oom_score_adj, and the id maps of a user namespace the
+/// clone made; then `Go`. Returns whether the cgroup is still to be joined.
 fn place_init(
     bundle: &Bundle,
     how: &How,
@@ -288,9 +317,10 @@ fn place_init(
     ours: &Channel,
 ) -> Result<bool> {
     let joined_later = how.overlap && !born_inside;
-    if let Some(cg) = cgroup.filter(|_| !born_inside && !joined_later) {
-        cg.add_pid(child.as_raw())?;
-    }
+    let tasks = match cgroup.filter(|_| !born_inside && !joined_later) {
+        Some(cg) => cg.admit(child.as_raw(), None)?,
+        None => vec![],
+    };
     let process = bundle.spec.process().as_ref();
     if let Some(adj) = process.and_then(|p| p.oom_score_adj()) {
         procfs::write_oom_score_adj(child, adj)?;
@@ -318,7 +348,7 @@ fn place_init(
     } else {
         None
     };
-    ours.send(&Msg::Go)?;
+    ours.send_with_fds(&Msg::Go, &tasks)?;
     if let Some(userns) = userns {
         send_idmapped_mounts(bundle, &userns, ours)?;
     }
@@ -372,7 +402,9 @@ fn new_state(
         oci_version: spec.version().clone(),
         id: id.to_string(),
         pid: child.as_raw(),
-        pid_start: 0,
+        pid_start: state::proc_start(child.as_raw())
+            .map(|(s, _)| s)
+            .unwrap_or(0),
         bundle: bundle.dir.clone(),
         rootfs: bundle.rootfs.clone(),
         created: state::now_rfc3339(),
