@@ -53,8 +53,9 @@ pub struct Init<'a> {
     /// then this process is already the container's pid 1.
     pub cloned_with_namespaces: bool,
     /// With `cloned_with_namespaces`: the new namespaces the clone left to this process,
-    /// made with unshare(2) as soon as it has `Go`.
-    pub unshare_after_go: CloneFlags,
+    /// made with unshare(2) first thing, while the runtime places it (a user namespace
+    /// the clone made is this process's already, with every capability in it).
+    pub unshare_first: CloneFlags,
     /// Whether the runtime runs unprivileged: then every cgroup mount is read-only,
     /// whatever the config says (CVE-2023-25809).
     pub rootless: bool,
@@ -184,6 +185,10 @@ fn setup(init: Init) -> Result<()> {
 /// sources, opened before the switch to the user namespace's root.
 fn enter_namespaces(init: &Init) -> Result<rootfs::Sources> {
     let plan = &init.bundle.namespaces;
+    if init.cloned_with_namespaces && !init.unshare_first.is_empty() {
+        let flags = init.unshare_first;
+        nix::sched::unshare(flags).map_err(|e| Error::sys(format!("unshare {flags:?}"), e))?;
+    }
     // The cgroup's files come with `Go` unless the init was born in the cgroup or
     // joins it later, while it makes its mounts.
     cgroups::join_self(&init.channel.expect_with_fds(&Msg::Go)?)?;
@@ -192,9 +197,6 @@ fn enter_namespaces(init: &Init) -> Result<rootfs::Sources> {
     }
     if !init.cloned_with_namespaces {
         join_and_unshare(init)?;
-    } else if !init.unshare_after_go.is_empty() {
-        let flags = init.unshare_after_go;
-        nix::sched::unshare(flags).map_err(|e| Error::sys(format!("unshare {flags:?}"), e))?;
     }
     let idmapped = receive_idmapped_mounts(init)?;
     let sources = rootfs::open_bind_sources(init.bundle);

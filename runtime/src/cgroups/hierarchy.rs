@@ -33,10 +33,14 @@ pub(super) struct Mount {
 /// Pure v2 when /sys/fs/cgroup is cgroup2 (statfs, as runc), else hybrid when any
 /// cgroup2 is mounted, else legacy.
 pub(super) fn detect_mode(mi: &[Entry]) -> Mode {
-    let is_v2 = nix::sys::statfs::statfs("/sys/fs/cgroup")
+    mode_from(sys_fs_cgroup_is_v2(), mi)
+}
+
+/// Whether /sys/fs/cgroup is cgroup2, i.e. the host is pure v2 (runc's test).
+pub(super) fn sys_fs_cgroup_is_v2() -> bool {
+    nix::sys::statfs::statfs("/sys/fs/cgroup")
         .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
-        .unwrap_or(false);
-    mode_from(is_v2, mi)
+        .unwrap_or(false)
 }
 
 pub(super) fn mode_from(sys_fs_cgroup_is_v2: bool, mi: &[Entry]) -> Mode {

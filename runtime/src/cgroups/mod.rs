@@ -200,6 +200,14 @@ impl Cgroup {
         Self::resolve_in(mode, &mounts, &own, cgroups_path, id)
     }
 
+    /// Checks `linux.cgroupsPath` as [`Cgroup::resolve`] would, without reading where
+    /// the hierarchies are: for a caller that resolves only later.
+    pub fn check_path(cgroups_path: Option<&Path>, id: &str) -> Result<()> {
+        Inner::from_config(cgroups_path, id)
+            .map(|_| ())
+            .map_err(|m| Error::config("linux.cgroupsPath", m))
+    }
+
     /// [`Cgroup::resolve`] over given mounts and /proc/self/cgroup text.
     fn resolve_in(
         mode: Mode,
@@ -522,6 +530,12 @@ impl Cgroup {
             .or_else(|| self.v1("pids"))
             .or_else(|| self.dirs.iter().find(|d| !d.v2))
             .or_else(|| self.unified())
+    }
+
+    /// Whether this host is pure cgroup v2 (/sys/fs/cgroup is cgroup2), asked without
+    /// resolving a cgroup.
+    pub fn host_is_pure_v2() -> bool {
+        hierarchy::sys_fs_cgroup_is_v2()
     }
 
     /// Whether the host is pure cgroup v2: then a process can be born in the cgroup

@@ -34,6 +34,17 @@ pub(super) fn resolve(bundle: &Bundle, id: &str) -> Result<Option<Cgroup>> {
     Ok(None)
 }
 
+/// Whether a config mounts the cgroup hierarchies in the container (a `cgroup` or
+/// `cgroup2` mount): the init then needs them resolved before the fork ([`mounts`]).
+pub(super) fn mounted_in_container(bundle: &Bundle) -> bool {
+    bundle
+        .spec
+        .mounts()
+        .iter()
+        .flatten()
+        .any(|m| matches!(m.typ().as_deref(), Some("cgroup") | Some("cgroup2")))
+}
+
 /// Makes the cgroup [`resolve`] found, with the config's limits and device rules and
 /// the devices runc allows implicitly.
 pub(super) fn make(cg: &mut Cgroup, bundle: &Bundle) -> Result<()> {
@@ -52,10 +63,7 @@ pub(super) fn make(cg: &mut Cgroup, bundle: &Bundle) -> Result<()> {
 /// For a rootless run: the container's cgroup when the user's own cgroup v2 subtree is
 /// delegated (writable, as systemd's user@.service delegates it), else None.
 fn delegated(path: Option<&Path>, id: &str) -> Result<Option<Cgroup>> {
-    let pure_v2 = nix::sys::statfs::statfs("/sys/fs/cgroup")
-        .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
-        .unwrap_or(false);
-    if !pure_v2 {
+    if !Cgroup::host_is_pure_v2() {
         return Ok(None);
     }
     let cg = Cgroup::resolve(path, id)?;
@@ -138,13 +146,7 @@ fn implicit_devices(bundle: &Bundle) -> Result<Vec<DeviceRule>> {
 /// with the container's own directory in it. With a cgroup, its resolved hierarchies;
 /// without one (rootless), the host's mounts as they are.
 pub(super) fn mounts(bundle: &Bundle, cg: Option<&Cgroup>) -> Vec<CgroupMount> {
-    let wants = bundle
-        .spec
-        .mounts()
-        .iter()
-        .flatten()
-        .any(|m| matches!(m.typ().as_deref(), Some("cgroup") | Some("cgroup2")));
-    if !wants {
+    if !mounted_in_container(bundle) {
         return vec![];
     }
     let base = Path::new("/sys/fs/cgroup");

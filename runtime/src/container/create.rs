@@ -56,8 +56,27 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
     let dir = root.claim(&opts.id)?;
     let mut cleanup = Cleanup::new(root, &opts.id, &bundle);
     let fifo = exec_fifo(&dir)?;
-    let mut cgroup = cgroup::resolve(&bundle, &opts.id)?;
-    let how = How::decide(&bundle, checked.process, cgroup.as_ref());
+    // A root runtime on a v1 or hybrid host always makes a cgroup, and where it goes
+    // may be found after the fork (`How::resolve_late`); elsewhere whether there is
+    // one at all is known only once it is resolved.
+    let pure_v2 = Cgroup::host_is_pure_v2();
+    let root_on_v1 = nix::unistd::geteuid().is_root() && !pure_v2;
+    let mut cgroup = if root_on_v1 {
+        None
+    } else {
+        cgroup::resolve(&bundle, &opts.id)?
+    };
+    let how = How::decide(
+        &bundle,
+        checked.process,
+        root_on_v1 || cgroup.is_some(),
+        pure_v2,
+    );
+    if root_on_v1 && how.resolve_late {
+        Cgroup::check_path(cgroups_path(&bundle), &opts.id)?;
+    } else if root_on_v1 {
+        cgroup = cgroup::resolve(&bundle, &opts.id)?;
+    }
     if let Some(cg) = cgroup.as_mut().filter(|_| !how.defer_cgroup) {
         make_cgroup(cg, &bundle, &mut cleanup)?;
     }
@@ -65,6 +84,9 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
         fork_init(&bundle, opts, checked, &how, cgroup.as_ref(), fifo)?;
     cleanup.pids.push(child);
     let joined_later = place_init(&bundle, &how, child, cgroup.as_ref(), born_inside, &ours)?;
+    if how.resolve_late {
+        cgroup = cgroup::resolve(&bundle, &opts.id)?;
+    }
     if let Some(cg) = cgroup.as_mut().filter(|_| joined_later) {
         if how.defer_cgroup {
             make_cgroup(cg, &bundle, &mut cleanup)?;
@@ -190,10 +212,15 @@ struct How {
     /// (about 0.35 ms for this host's nine v1 hierarchies, docs/performance.md).
     /// The init waits for it before its first cgroup mount and before its own code.
     defer_cgroup: bool,
+    /// With `defer_cgroup`, when the init mounts no cgroup hierarchy: where the cgroup
+    /// goes is found after the fork as well (mountinfo, /proc/self/cgroup and
+    /// /proc/cgroups read: about 0.2 ms here). Only `linux.cgroupsPath` is checked
+    /// before.
+    resolve_late: bool,
 }
 
 impl How {
-    fn decide(bundle: &Bundle, process: &Process, cgroup: Option<&Cgroup>) -> How {
+    fn decide(bundle: &Bundle, process: &Process, has_cgroup: bool, pure_v2: bool) -> How {
         let plan = &bundle.namespaces;
         let fast = plan.join.is_empty()
             && !plan.creates(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME));
@@ -208,11 +235,12 @@ impl How {
         // root is the cgroup the process is in), no create hooks (they may look at the
         // cgroup), no namespace to join (that forks).
         let overlap =
-            fast && cgroup.is_some() && !create_hooks && !plan.creates(CloneFlags::CLONE_NEWCGROUP);
+            fast && has_cgroup && !create_hooks && !plan.creates(CloneFlags::CLONE_NEWCGROUP);
         let dumpable_until_go = rootless
             && (process.oom_score_adj().is_some()
                 || fast && plan.creates(CloneFlags::CLONE_NEWUSER));
-        let defer_cgroup = overlap && cgroup.is_some_and(|c| !c.is_pure_v2());
+        let defer_cgroup = overlap && !pure_v2;
+        let resolve_late = defer_cgroup && !cgroup::mounted_in_container(bundle);
         How {
             fast,
             create_hooks,
@@ -220,6 +248,7 @@ impl How {
             overlap,
             dumpable_until_go,
             defer_cgroup,
+            resolve_late,
         }
     }
 }
@@ -231,6 +260,15 @@ fn has_create_hooks(h: &Hooks) -> bool {
         .any(|l| l.as_ref().is_some_and(|l| !l.is_empty()))
 }
 
+/// The config's `linux.cgroupsPath`.
+fn cgroups_path(bundle: &Bundle) -> Option<&Path> {
+    bundle
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_deref())
+}
+
 /// Makes the container's cgroup; `cleanup` removes it again if create fails later
 /// (it removes exactly what was made, so it needs the made cgroup).
 fn make_cgroup(cg: &mut Cgroup, bundle: &Bundle, cleanup: &mut Cleanup) -> Result<()> {
@@ -239,12 +277,13 @@ fn make_cgroup(cg: &mut Cgroup, bundle: &Bundle, cleanup: &mut Cleanup) -> Resul
     Ok(())
 }
 
-/// The namespaces the init makes itself, with unshare(2) once it has `Go`, rather than
-/// the clone: the clone runs in the runtime, which makes the cgroup only after it, and
-/// a network namespace alone takes about 0.4 ms to make here (docs/performance.md); in
-/// the init that overlaps the cgroup's making. The user namespace stays with the clone
-/// (the runtime maps its ids right after), and so does the pid namespace (only a clone
-/// makes a process its pid 1).
+/// The namespaces the init makes itself, with unshare(2) first thing, rather than the
+/// clone: the clone runs in the runtime, which places the init (its ids, its cgroup)
+/// only after it, and a network namespace alone takes about 0.4 ms to make here
+/// (docs/performance.md); in the init that overlaps the placing. The user namespace
+/// stays with the clone (the runtime maps its ids right after, and the others are then
+/// owned by it, as when the clone makes them all), and so does the pid namespace (only
+/// a clone makes a process its pid 1).
 const UNSHARED_BY_INIT: CloneFlags = CloneFlags::CLONE_NEWNET
     .union(CloneFlags::CLONE_NEWIPC)
     .union(CloneFlags::CLONE_NEWUTS)
@@ -262,7 +301,7 @@ fn fork_init(
     fifo: OwnedFd,
 ) -> Result<(Pid, bool, Channel)> {
     let plan = &bundle.namespaces;
-    let (clone_flags, unshare_after_go) = if how.fast {
+    let (clone_flags, unshare_first) = if how.fast {
         let new = plan.new & !CloneFlags::CLONE_NEWCGROUP;
         (new & !UNSHARED_BY_INIT, new & UNSHARED_BY_INIT)
     } else {
@@ -293,7 +332,7 @@ fn fork_init(
                 cgroup_mounts,
                 has_create_hooks: how.create_hooks,
                 cloned_with_namespaces: how.fast,
-                unshare_after_go,
+                unshare_first,
                 rootless: how.rootless,
                 cgroup_joined_later: how.overlap && !born_inside,
                 dumpable_until_go: how.dumpable_until_go,
@@ -352,7 +391,7 @@ fn place_init(
     if let Some(userns) = userns {
         send_idmapped_mounts(bundle, &userns, ours)?;
     }
-    Ok(joined_later && cgroup.is_some())
+    Ok(joined_later)
 }
 
 /// The user namespace of `pid`, opened.
