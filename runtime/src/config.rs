@@ -20,6 +20,10 @@ pub struct Bundle {
     pub spec: Spec,
     /// The namespace plan.
     pub namespaces: Plan,
+    /// `linux.seccomp` as the config file has it, byte for byte: the seccomp cache's
+    /// key (serialising the parsed profile again cost about 0.2 ms here). None when the
+    /// config came from elsewhere, or its bytes could not be found.
+    pub seccomp_json: Option<Vec<u8>>,
 }
 
 impl Bundle {
@@ -97,7 +101,12 @@ pub fn load(bundle: &Path) -> Result<Bundle> {
     let path = dir.join("config.json");
     let text = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
     let spec = parse(&text)?;
-    validate(&dir, spec)
+    let mut bundle = validate(&dir, spec)?;
+    if bundle.seccomp().is_some() {
+        bundle.seccomp_json =
+            crate::jsonpath::span(&text, &["linux", "seccomp"]).map(|r| text[r].to_vec());
+    }
+    Ok(bundle)
 }
 
 fn supported_version(v: &str) -> bool {
@@ -345,6 +354,7 @@ pub fn validate(dir: &Path, spec: Spec) -> Result<Bundle> {
         rootfs,
         spec,
         namespaces: plan,
+        seccomp_json: None,
     })
 }
 

@@ -100,7 +100,7 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
     let cache = root.seccomp_cache();
     let seccomp = linux
         .and_then(|l| l.seccomp().as_ref())
-        .map(|p| crate::seccomp::cache::compile(p, &cache))
+        .map(|p| crate::seccomp::cache::compile(p, bundle.seccomp_json.as_deref(), &cache))
         .transpose()?;
     let ns = namespace_files(&bundle, st.pid);
     let console = match &o.console_socket {
@@ -465,6 +465,7 @@ mod tests {
             )
             .expect("plan"),
             spec,
+            seccomp_json: None,
         };
         let ns = namespace_files(&b, 42);
         let names: Vec<String> = ns.iter().map(|(_, p)| p.display().to_string()).collect();

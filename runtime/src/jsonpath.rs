@@ -393,6 +393,95 @@ impl Scan {
     }
 }
 
+/// The byte range of the value at `path` (keys of nested objects, from the top level)
+/// in a JSON text that parsed: for a caller that wants the value's own bytes (the
+/// seccomp cache keys a profile by them). None when a key is missing or a value on the
+/// way is not an object. The first of duplicate keys is taken; serde_json refuses
+/// duplicate fields of a struct, so a config that parsed has none where it matters.
+pub fn span(text: &[u8], path: &[&str]) -> Option<std::ops::Range<usize>> {
+    let mut i = skip_space(text, 0);
+    for want in path {
+        if text.get(i) != Some(&b'{') {
+            return None;
+        }
+        i = skip_space(text, i + 1);
+        loop {
+            if text.get(i) != Some(&b'"') {
+                return None;
+            }
+            let key_end = string_end(text, i + 1, text.len());
+            let raw = text.get(i + 1..key_end)?;
+            let matches = if raw.contains(&b'\\') {
+                unescape(raw) == *want
+            } else {
+                raw == want.as_bytes()
+            };
+            i = skip_space(text, key_end + 1);
+            if text.get(i) != Some(&b':') {
+                return None;
+            }
+            i = skip_space(text, i + 1);
+            if matches {
+                break;
+            }
+            i = skip_space(text, value_end(text, i)?);
+            if text.get(i) != Some(&b',') {
+                return None;
+            }
+            i = skip_space(text, i + 1);
+        }
+    }
+    Some(i..value_end(text, i)?)
+}
+
+/// The first offset at or after `i` that is not white space.
+fn skip_space(text: &[u8], mut i: usize) -> usize {
+    while text.get(i).copied().is_some_and(is_space) {
+        i += 1;
+    }
+    i
+}
+
+/// The offset just past the value that starts at `i`.
+fn value_end(text: &[u8], i: usize) -> Option<usize> {
+    match *text.get(i)? {
+        b'"' => {
+            let end = string_end(text, i + 1, text.len());
+            (end < text.len()).then_some(end + 1)
+        }
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < text.len() {
+                match text[j] {
+                    b'"' => {
+                        j = string_end(text, j + 1, text.len());
+                        if j >= text.len() {
+                            return None;
+                        }
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            None
+        }
+        _ => {
+            let end = (i..text.len())
+                .find(|&j| ends_scalar(text[j]))
+                .unwrap_or(text.len());
+            (end > i).then_some(end)
+        }
+    }
+}
+
 /// Offset of the closing quote of the string whose content starts at `from`, or
 /// `end` if it does not close before `end`.
 fn string_end(text: &[u8], from: usize, end: usize) -> usize {
@@ -491,6 +580,38 @@ fn render(segs: &[Seg]) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn span_gives_the_bytes_serde_reads_for_a_path() {
+        let texts: &[&[u8]] = &[
+            br#"{"linux":{"seccomp":{"a":[1,"x}]"],"b":null}},"z":1}"#,
+            br#" { "ociVersion" : "1.0" , "linux" : { "x" : [ {"seccomp":1} ] , "seccomp" : { "q" : "\"}" } } } "#,
+            br#"{"li\u006eux":{"se\u0063comp":{"defaultAction":"SCMP_ACT_ALLOW"}}}"#,
+            br#"{"linux":{"seccomp":true}}"#,
+            br#"{"linux":{"seccomp":-1.5e3,"after":2}}"#,
+        ];
+        for t in texts {
+            let v: serde_json::Value = serde_json::from_slice(t).expect("json");
+            let want = v.pointer("/linux/seccomp").expect("pointer");
+            let r = span(t, &["linux", "seccomp"]).expect("span");
+            let got: serde_json::Value = serde_json::from_slice(&t[r]).expect("span parses");
+            assert_eq!(&got, want, "{}", String::from_utf8_lossy(t));
+        }
+        for t in [
+            &br#"{"linux":{"namespaces":[]}}"#[..],
+            br#"{"linux":[{"seccomp":{}}]}"#,
+            br#"{"seccomp":{},"linux":{}}"#,
+            br#"[]"#,
+            b"",
+        ] {
+            assert_eq!(
+                span(t, &["linux", "seccomp"]),
+                None,
+                "{}",
+                String::from_utf8_lossy(t)
+            );
+        }
+    }
+
     use super::*;
     use oci_spec::runtime::{LinuxResources, Process, Spec};
     use serde::de::DeserializeOwned;

@@ -162,7 +162,7 @@ impl<'a> Checked<'a> {
         let seccomp = linux
             .seccomp()
             .as_ref()
-            .map(|p| seccomp::cache::compile(p, &cache))
+            .map(|p| seccomp::cache::compile(p, bundle.seccomp_json.as_deref(), &cache))
             .transpose()?;
         let console_socket = opts
             .console_socket
