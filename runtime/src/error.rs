@@ -16,11 +16,12 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A system call failed; `what` says which and on what.
-    #[error("{what}: {source}")]
+    // Not a `source`: the errno is in the message already, and a chain printed with
+    // `{:#}` would say it twice.
+    #[error("{what}: {errno}")]
     Sys {
         what: String,
-        #[source]
-        source: nix::errno::Errno,
+        errno: nix::errno::Errno,
     },
     /// The bundle's config.json is malformed or asks for something invalid. `field` is
     /// the JSON path of the offending value (e.g. `linux.namespaces[2].type`).
@@ -82,10 +83,10 @@ impl Error {
     }
 
     /// An [`Error::Sys`] for a failed system call described by `what`.
-    pub fn sys(what: impl Into<String>, source: nix::errno::Errno) -> Self {
+    pub fn sys(what: impl Into<String>, errno: nix::errno::Errno) -> Self {
         Error::Sys {
             what: what.into(),
-            source,
+            errno,
         }
     }
 

@@ -155,8 +155,8 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
     drop(console);
     let mut guard = KillOnError(vec![child]);
     let tasks = match (&st.cgroup, &o.cgroup) {
-        (Some(cg), Some(sub)) => cg.admit(child.as_raw(), Some(sub))?,
-        (Some(cg), None) if !born_inside => cg.admit(child.as_raw(), None)?,
+        (Some(cg), Some(sub)) => cg.admit(child.as_raw(), Some(sub), false)?,
+        (Some(cg), None) => cg.admit(child.as_raw(), None, born_inside)?,
         (None, Some(sub)) => {
             return Err(Error::Invalid(format!(
                 "--cgroup {sub:?}: the container has no cgroup of its own"
@@ -164,7 +164,8 @@ pub fn exec(root: &Root, o: &ExecOptions) -> Result<i32> {
         }
         _ => vec![],
     };
-    ours.send_with_fds(&Msg::Go, &tasks)?;
+    // If the process ended meanwhile, its own error is read below.
+    ours.send_unless_gone(&Msg::Go, &tasks)?;
     // The process enters the container now: the runtime would only wait.
     crate::sealed::release_view();
 

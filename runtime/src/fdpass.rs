@@ -54,9 +54,13 @@ pub const MAX_FDS: usize = 32;
 pub fn recv_fds(sock: RawFd, buf: &mut [u8], what: &str) -> Result<(usize, Vec<OwnedFd>)> {
     let mut iov = [IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let mut reset = false;
     let msg = loop {
         match recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
             Err(nix::errno::Errno::EINTR) => continue,
+            // The peer closed with data of ours unread: said once, then what it sent
+            // before it went can still be read.
+            Err(nix::errno::Errno::ECONNRESET) if !reset => reset = true,
             r => break r.map_err(|e| Error::sys(format!("receive {what}"), e))?,
         }
     };

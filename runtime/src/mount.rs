@@ -564,7 +564,7 @@ fn open_existing(root: &OwnedFd, path: &Path) -> Result<Option<OwnedFd>> {
     match open_in_root(root, path, Create::Nothing) {
         Ok(fd) => Ok(Some(fd)),
         Err(Error::Sys {
-            source: Errno::ENOENT,
+            errno: Errno::ENOENT,
             ..
         }) => Ok(None),
         Err(e) => Err(e),

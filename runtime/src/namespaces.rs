@@ -300,13 +300,13 @@ pub fn fork_into(flags: CloneFlags, cgroup: Option<BorrowedFd<'_>>) -> Result<(F
     }
 }
 
-/// Forks with `flags`, the child born in `cgroup` where the host is pure cgroup v2
-/// (clone3 with CLONE_INTO_CGROUP, as crun does): no migration, so no wait for its RCU
-/// grace period. The bool says whether that happened; if not, the caller moves the child
-/// in. The directory's fd is closed in both processes before this returns: a host
+/// Forks with `flags`, the child born in `cgroup`'s unified hierarchy where the host has
+/// one (clone3 with CLONE_INTO_CGROUP, as crun does): no migration, so no wait for its
+/// RCU grace period. The bool says whether that happened; if not, the caller moves the
+/// child in (and on a hybrid host the v1 hierarchies are the caller's either way). The directory's fd is closed in both processes before this returns: a host
 /// directory's fd must not reach the container (CVE-2024-21626).
 pub fn fork_in_cgroup(flags: CloneFlags, cgroup: Option<&Cgroup>) -> Result<(Forked, bool)> {
-    let dir = cgroup.map_or(Ok(None), Cgroup::open_unified_only)?;
+    let dir = cgroup.map_or(Ok(None), Cgroup::open_unified)?;
     fork_into(flags, dir.as_ref().map(|d| d.as_fd()))
 }
 

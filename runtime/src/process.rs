@@ -140,10 +140,10 @@ pub fn find_executable(arg0: &str, env: &[String]) -> Result<PathBuf> {
     }
     Err(match last {
         Some(Error::Sys {
-            source: Errno::EACCES,
+            errno: Errno::EACCES,
             what,
         }) => Error::Sys {
-            source: Errno::EACCES,
+            errno: Errno::EACCES,
             what,
         },
         _ => Error::Invalid(format!(

@@ -317,7 +317,7 @@ impl<'a> Rootfs<'a> {
                 // In a user namespace that does not own the network or IPC namespace the
                 // kernel refuses a new sysfs or mqueue; bind the host's, as runc does.
                 Err(Error::Sys {
-                    source: nix::errno::Errno::EPERM,
+                    errno: nix::errno::Errno::EPERM,
                     ..
                 }) if self.userns && (fstype == "sysfs" || fstype == "mqueue") => {
                     let host = if fstype == "sysfs" {

@@ -17,7 +17,7 @@
 //! read-only (EROFS), the memfd is sealed (EPERM).
 //!
 //! Closing the view's mount fd detaches the mount, and the kernel then waits for an
-//! RCU grace period (0.3 to 0.7 ms here). Closed before the exec, that wait would delay
+//! RCU grace period (0.3 to 1.4 ms here). Closed before the exec, that wait would delay
 //! every container; so the fd survives the exec (its number in [`VIEW_FD_ENV`]) and
 //! the re-executed runtime closes it when it would wait anyway ([`release_view`]),
 //! once the container's init has dropped its own copy.
@@ -56,9 +56,11 @@ pub fn release_view() {
     }
 }
 
-/// Takes over the view's mount fd named by [`VIEW_FD_ENV`], if it is one: a read-only
-/// overlayfs. Anything else there is left alone (not ours to close).
-fn adopt_view() {
+/// Takes over the view's mount fd named by [`VIEW_FD_ENV`], if it is the one this
+/// process's image was executed from: an fd on the very mount `exe` (the running
+/// binary) lies on, which is a read-only overlayfs. Anything else is left alone (a
+/// caller's fd, perhaps one of its `--preserve-fds`, is not ours to close).
+fn adopt_view(exe: &File) {
     let Some(n) = std::env::var_os(VIEW_FD_ENV) else {
         return;
     };
@@ -67,22 +69,34 @@ fn adopt_view() {
     let Some(fd) = n.to_str().and_then(|s| s.parse::<i32>().ok()) else {
         return;
     };
-    if fd < 3 {
+    let on_view = fstatfs(exe).is_ok_and(|s| s.filesystem_type() == OVERLAYFS_SUPER_MAGIC);
+    // /proc/self/fdinfo says which mount an fd is on, and that the number is open,
+    // without touching the fd itself.
+    let same_mount = matches!(
+        (mount_id(fd), mount_id(exe.as_raw_fd())),
+        (Some(a), Some(b)) if a == b
+    );
+    if fd < 3 || !on_view || !same_mount {
         return;
     }
-    // SAFETY: the fd is only looked at; fstatfs fails harmlessly on a closed number.
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let is_view = fstatfs(borrowed).is_ok_and(|s| s.filesystem_type() == OVERLAYFS_SUPER_MAGIC)
-        && on_read_only_mount(&borrowed);
-    if !is_view || fcntl(borrowed, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).is_err() {
+    // SAFETY: `fd` is open (its fdinfo was just read) and lies on the mount this
+    // process's own image was executed from, a detached view only the re-exec left
+    // open; nothing else in this single-threaded process owns it.
+    let owned: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
+    if fcntl(&owned, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).is_err() {
         return;
     }
-    // SAFETY: the number came from the runtime's own exec, which left this fd open for
-    // us alone; nothing else in this process owns it.
-    let owned = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
     if let Ok(mut v) = VIEW.lock() {
         *v = Some(owned);
     }
+}
+
+/// The id of the mount `fd` lies on, from /proc/self/fdinfo; None when it is not open.
+fn mount_id(fd: i32) -> Option<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The seals that make the copy immutable.
@@ -116,7 +130,7 @@ fn on_read_only_mount(fd: &impl AsFd) -> bool {
 pub fn ensure_sealed(spare_dir: &Path, make_spare: impl FnOnce() -> Result<()>) -> Result<()> {
     let exe = File::open("/proc/self/exe").map_err(|e| Error::io("open", "/proc/self/exe", e))?;
     if is_sealed(&exe) || on_read_only_mount(&exe) {
-        adopt_view();
+        adopt_view(&exe);
         return Ok(());
     }
     // Any failure of the view (no privilege, no overlayfs, overlapping directories, a
@@ -245,8 +259,9 @@ fn reexec(image: &File, mount: Option<OwnedFd>) -> Result<()> {
     if let Some(m) = &mount {
         fcntl(m, FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
             .map_err(|e| Error::sys("keep the runtime's read-only view open", e))?;
+        // Digits only: no NUL byte to refuse.
         let var = format!("{VIEW_FD_ENV}={}", m.as_raw_fd());
-        env.push(CString::new(var).map_err(|_| Error::Invalid("view fd".into()))?);
+        env.extend(CString::new(var).ok());
     }
     // The image is close-on-exec: execveat(AT_EMPTY_PATH) runs it all the same for an
     // ELF binary (only a script would need the fd to survive).

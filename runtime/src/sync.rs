@@ -3,6 +3,7 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use nix::errno::Errno;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use crate::error::{Error, Result};
@@ -103,12 +104,52 @@ impl Channel {
     /// died, or exec'd with the end marked close-on-exec).
     pub fn recv(&self) -> Result<Option<Msg>> {
         let mut buf = [0u8; 4096];
+        let mut reset = false;
         loop {
             match nix::unistd::read(&self.0, &mut buf) {
                 Ok(0) => return Ok(None),
                 Ok(n) => return Msg::decode(&buf[..n]).map(Some),
-                Err(nix::errno::Errno::EINTR) => continue,
+                Err(Errno::EINTR) => continue,
+                // The other side closed with a message of ours unread: the kernel says
+                // so once, then gives what it sent before it went (its error, mostly).
+                Err(Errno::ECONNRESET) if !reset => reset = true,
                 Err(e) => return Err(Error::sys("sync: read", e)),
+            }
+        }
+    }
+
+    /// Sends one message with `fds`, as [`Channel::send_with_fds`]; false when the other
+    /// side is gone (it ended, perhaps after sending its error, which the caller reads
+    /// next with [`Channel::recv`]).
+    pub fn send_unless_gone(&self, m: &Msg, fds: &[OwnedFd]) -> Result<bool> {
+        match self.send_with_fds(m, fds) {
+            Ok(()) => Ok(true),
+            Err(Error::Sys {
+                errno: Errno::EPIPE | Errno::ECONNRESET,
+                ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The error the other side sent before it ended, if it did, without waiting: when
+    /// a step of the runtime's fails because the init is gone, the init's own words say
+    /// more. Messages before the error are skipped.
+    pub fn take_error(&self) -> Option<String> {
+        use nix::sys::socket::{recv, MsgFlags};
+        let mut buf = [0u8; 4096];
+        let mut reset = false;
+        loop {
+            match recv(self.0.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                Ok(0) => return None,
+                Ok(n) => {
+                    if let Ok(Msg::Error(e)) = Msg::decode(&buf[..n]) {
+                        return Some(e);
+                    }
+                }
+                Err(Errno::EINTR) => {}
+                Err(Errno::ECONNRESET) if !reset => reset = true,
+                Err(_) => return None,
             }
         }
     }

@@ -100,6 +100,31 @@ fn failing_init_leaves_nothing_behind() {
     assert_create_fails(&b, &unique("bad"), "/no/such/binary");
 }
 
+/// An init that fails at its first step, before the runtime has let it go: the
+/// runtime's next send or read finds it gone (EPIPE, ECONNRESET), and the init's own
+/// error must still be the one reported, with and without a cgroup namespace (which
+/// changes when the runtime talks to it), every time.
+#[test]
+fn an_init_failing_at_once_is_heard() {
+    if !need_root("an_init_failing_at_once_is_heard") {
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut b = Bundle::busybox("true");
+    // Well formed, but no CPU of this machine: sched_setaffinity says EINVAL.
+    b.config["process"]["execCPUAffinity"] =
+        serde_json::json!({"initial": format!("{}", cpus + 8)});
+    for cgroupns in [false, true] {
+        if cgroupns {
+            let ns = b.config["linux"]["namespaces"].as_array_mut().unwrap();
+            ns.push(serde_json::json!({"type": "cgroup"}));
+        }
+        for _ in 0..10 {
+            assert_create_fails(&b, &unique("gone"), "process.execCPUAffinity.initial");
+        }
+    }
+}
+
 #[test]
 fn duplicate_id_is_refused_and_the_first_survives() {
     if !need_root("duplicate_id_is_refused_and_the_first_survives") {

@@ -508,15 +508,30 @@ fn a_waiting_init_runs_from_a_read_only_view_or_else_a_sealed_copy() {
             "wrote into the waiting init's exe ({target:?})"
         );
     }
-    // Nor does the container's process see the fd's number in its environment.
-    let b = Bundle::busybox("env; ls /proc/self/fd");
+    // Nor does the container's process, or a hook that inherits the runtime's
+    // environment (one without `env`), see the fd's number.
+    let mut b = Bundle::busybox("env; ls /proc/self/fd");
     let copy = plinth_copy(&b.tmp.0);
+    let hook_env = b.tmp.0.join("hook-env");
+    b.config["hooks"] = json!({"createRuntime": [{
+        "path": "/bin/sh",
+        "args": ["sh", "-c", format!("env > {}", hook_env.display())]
+    }]});
     let (code, text, err) = b.run_with(&copy, &unique("viewenv"));
     assert_eq!(code, 0, "run: {text} {err}");
     assert!(text.contains("PATH="), "no environment printed: {text}");
     assert!(
         !text.contains("_PLINTH_VIEW_FD"),
         "the view's fd number reached the container: {text}"
+    );
+    let hook_text = std::fs::read_to_string(&hook_env).unwrap();
+    assert!(
+        hook_text.contains("PATH="),
+        "the hook printed no environment: {hook_text}"
+    );
+    assert!(
+        !hook_text.contains("_PLINTH_VIEW_FD"),
+        "the view's fd number reached a hook: {hook_text}"
     );
 }
 

@@ -538,17 +538,26 @@ impl Cgroup {
         hierarchy::sys_fs_cgroup_is_v2()
     }
 
-    /// Whether the host is pure cgroup v2: then a process can be born in the cgroup
-    /// ([`Cgroup::open_unified_only`]) once it exists.
+    /// Whether this host mounts cgroup2 beside its v1 hierarchies where systemd does
+    /// (/sys/fs/cgroup/unified), asked without resolving a cgroup. A cgroup2 mounted
+    /// elsewhere is found only when the cgroup is resolved.
+    pub fn host_is_hybrid() -> bool {
+        nix::sys::statfs::statfs("/sys/fs/cgroup/unified")
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+    }
+
+    /// Whether the host is pure cgroup v2: then a process can be born in the whole
+    /// cgroup ([`Cgroup::open_unified`]) once it exists.
     pub fn is_pure_v2(&self) -> bool {
         self.mode == Mode::Unified
     }
 
-    /// On a pure cgroup v2 host, an fd of the container's one directory, where a process
-    /// can be born (`clone3(CLONE_INTO_CGROUP)`) instead of being moved in. None on v1
-    /// and hybrid hosts, where the v1 hierarchies still need [`Cgroup::admit`].
-    pub fn open_unified_only(&self) -> Result<Option<std::os::fd::OwnedFd>> {
-        let Some(dir) = self.unified().filter(|_| self.mode == Mode::Unified) else {
+    /// An fd of the container's directory in the unified hierarchy, where a process can
+    /// be born (`clone3(CLONE_INTO_CGROUP)`) instead of being moved in: on a pure v2 host
+    /// that is the whole cgroup; on a hybrid one the v1 hierarchies are still to be
+    /// joined ([`Cgroup::admit`]). None on a v1-only host.
+    pub fn open_unified(&self) -> Result<Option<std::os::fd::OwnedFd>> {
+        let Some(dir) = self.unified() else {
             return Ok(None);
         };
         nix::fcntl::open(
@@ -573,22 +582,31 @@ impl Cgroup {
 
     /// Puts `pid`, a single-threaded process of the runtime's that waits for the files
     /// returned, into the container's cgroup: the unified hierarchy's directory takes
-    /// its pid here; for each v1 hierarchy the `tasks` file is opened and returned, and
-    /// the process moves itself by writing 0 to each ([`join_self`]). A pid written to
-    /// cgroup.procs takes the kernel's global threadgroup lock, whose first taking in a
-    /// while waits for an RCU grace period (about 11 ms on this 2-core VM); a thread
-    /// moving itself through `tasks` does not take it (docs/performance.md).
+    /// its pid here, unless it was born there (`born_in_unified`); for each v1
+    /// hierarchy the `tasks` file is opened and returned, and the process moves itself
+    /// by writing 0 to each ([`join_self`]). A pid written to cgroup.procs takes the
+    /// kernel's global threadgroup lock, whose first taking in a while waits for an RCU
+    /// grace period (about 11 ms on this 2-core VM); a thread moving itself through
+    /// `tasks` does not take it, and a process born in its cgroup is not moved at all
+    /// (docs/performance.md).
     ///
     /// `sub` is runc's `exec --cgroup` value: `PATH` (every hierarchy) or
     /// `CONTROLLER:PATH` (the v1 hierarchy of that controller, or the unified one for
     /// `unified`), an existing sub-cgroup of the container's; where a hierarchy is not
     /// named, the process goes to the container's own cgroup.
-    pub fn admit(&self, pid: i32, sub: Option<&str>) -> Result<Vec<OwnedFd>> {
+    pub fn admit(
+        &self,
+        pid: i32,
+        sub: Option<&str>,
+        born_in_unified: bool,
+    ) -> Result<Vec<OwnedFd>> {
         let pid = pid.to_string();
         let mut tasks = Vec::new();
         for (d, dir) in self.targets(sub)? {
             if d.v2 {
-                write(&dir, "cgroup.procs", &pid)?;
+                if !born_in_unified {
+                    write(&dir, "cgroup.procs", &pid)?;
+                }
                 continue;
             }
             let p = dir.join("tasks");
@@ -923,15 +941,11 @@ fn write(dir: &Path, file: &str, value: &str) -> Result<()> {
 /// opened, by writing 0 (the caller itself). The caller must be single-threaded: only
 /// the thread moves.
 pub fn join_self(tasks: &[OwnedFd]) -> Result<()> {
-    for fd in tasks {
+    for (i, fd) in tasks.iter().enumerate() {
         nix::unistd::write(fd, b"0").map_err(|e| {
-            Error::sys(
-                format!(
-                    "join the container's cgroup ({})",
-                    fd_path(fd).unwrap_or_else(|| "a tasks file".into())
-                ),
-                e,
-            )
+            // After the pivot /proc may not say: then the hierarchy's place in the list.
+            let name = fd_path(fd).unwrap_or_else(|| format!("the tasks file of v1 hierarchy {i}"));
+            Error::sys(format!("join the container's cgroup ({name})"), e)
         })?;
     }
     Ok(())

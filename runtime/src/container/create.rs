@@ -56,12 +56,16 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
     let dir = root.claim(&opts.id)?;
     let mut cleanup = Cleanup::new(root, &opts.id, &bundle);
     let fifo = exec_fifo(&dir)?;
-    // A root runtime on a v1 or hybrid host always makes a cgroup, and where it goes
-    // may be found after the fork (`How::resolve_late`); elsewhere whether there is
-    // one at all is known only once it is resolved.
+    // How the init gets into its cgroup depends on where the host mounts cgroup2: on a
+    // pure v2 host it is born there (clone3 CLONE_INTO_CGROUP); on a hybrid host it is
+    // born in the unified hierarchy and joins the v1 ones itself; on a v1-only host it
+    // joins them all itself, and the cgroup may be made, even found, after the fork.
+    // There a root runtime always makes a cgroup; elsewhere whether there is one at all
+    // is known only once it is resolved.
     let pure_v2 = Cgroup::host_is_pure_v2();
-    let root_on_v1 = nix::unistd::geteuid().is_root() && !pure_v2;
-    let mut cgroup = if root_on_v1 {
+    let v1_only = !pure_v2 && !Cgroup::host_is_hybrid();
+    let root_on_v1_only = nix::unistd::geteuid().is_root() && v1_only;
+    let mut cgroup = if root_on_v1_only {
         None
     } else {
         cgroup::resolve(&bundle, &opts.id)?
@@ -69,12 +73,12 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
     let how = How::decide(
         &bundle,
         checked.process,
-        root_on_v1 || cgroup.is_some(),
-        pure_v2,
+        root_on_v1_only || cgroup.is_some(),
+        v1_only,
     );
-    if root_on_v1 && how.resolve_late {
+    if root_on_v1_only && how.resolve_late {
         Cgroup::check_path(cgroups_path(&bundle), &opts.id)?;
-    } else if root_on_v1 {
+    } else if root_on_v1_only {
         cgroup = cgroup::resolve(&bundle, &opts.id)?;
     }
     if let Some(cg) = cgroup.as_mut().filter(|_| !how.defer_cgroup) {
@@ -83,18 +87,24 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
     let (child, born_inside, ours) =
         fork_init(&bundle, opts, checked, &how, cgroup.as_ref(), fifo)?;
     cleanup.pids.push(child);
-    let joined_later = place_init(&bundle, &how, child, cgroup.as_ref(), born_inside, &ours)?;
+    // From here a step that fails because the init has ended says less than the init's
+    // own error, when it sent one.
+    let init_said = |e: Error| match ours.take_error() {
+        Some(said) => Error::Invalid(said),
+        None => e,
+    };
+    place_init(&bundle, &how, child, cgroup.as_ref(), born_inside, &ours).map_err(init_said)?;
     if how.resolve_late {
-        cgroup = cgroup::resolve(&bundle, &opts.id)?;
+        cgroup = cgroup::resolve(&bundle, &opts.id).map_err(init_said)?;
     }
-    if let Some(cg) = cgroup.as_mut().filter(|_| joined_later) {
-        if how.defer_cgroup {
-            make_cgroup(cg, &bundle, &mut cleanup)?;
-        }
-        let tasks = cg.admit(child.as_raw(), None)?;
-        // If the init failed meanwhile, this send fails (EPIPE) and the init's own
-        // error is read next.
-        let _ = ours.send_with_fds(&Msg::JoinCgroup, &tasks);
+    if let Some(cg) = cgroup.as_mut().filter(|_| how.defer_cgroup) {
+        make_cgroup(cg, &bundle, &mut cleanup).map_err(init_said)?;
+        let tasks = cg
+            .admit(child.as_raw(), None, born_inside)
+            .map_err(init_said)?;
+        // If the init ended meanwhile, its own error is read next.
+        ours.send_unless_gone(&Msg::JoinCgroup, &tasks)
+            .map_err(init_said)?;
     }
     let mut st = new_state(&bundle, &opts.id, child, cgroup, &cleanup);
     // The init sets itself up now, and the runtime would only wait: the state is
@@ -202,15 +212,13 @@ struct How {
     /// The runtime runs unprivileged. Decided here: in the child, once the parent has
     /// mapped a new user namespace's ids, geteuid() says 0.
     rootless: bool,
-    /// The init makes its mounts while the runtime makes its cgroup and opens the
-    /// cgroup's files for it to join through (see [`How::decide`]).
-    overlap: bool,
     /// An unprivileged runtime writes the child's /proc files before `Go`.
     dumpable_until_go: bool,
-    /// With `overlap` where the child cannot be born in its cgroup (a v1 or hybrid
-    /// host): the cgroup is made after the fork too, while the init makes its mounts
-    /// (about 0.35 ms for this host's nine v1 hierarchies, docs/performance.md).
-    /// The init waits for it before its first cgroup mount and before its own code.
+    /// On a v1-only host, where the child cannot be born in any of its cgroup: the
+    /// cgroup is made after the fork, while the init makes its mounts (about 0.35 ms for
+    /// this host's nine v1 hierarchies, docs/performance.md), and the init joins it then
+    /// (see [`How::decide`]). The init waits for it before its first cgroup mount and
+    /// before its own code.
     defer_cgroup: bool,
     /// With `defer_cgroup`, when the init mounts no cgroup hierarchy: where the cgroup
     /// goes is found after the fork as well (mountinfo, /proc/self/cgroup and
@@ -220,32 +228,31 @@ struct How {
 }
 
 impl How {
-    fn decide(bundle: &Bundle, process: &Process, has_cgroup: bool, pure_v2: bool) -> How {
+    fn decide(bundle: &Bundle, process: &Process, has_cgroup: bool, v1_only: bool) -> How {
         let plan = &bundle.namespaces;
         let fast = plan.join.is_empty()
             && !plan.creates(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME));
         let create_hooks = bundle.spec.hooks().as_ref().is_some_and(has_create_hooks);
         let rootless = !nix::unistd::geteuid().is_root();
-        // Making a v1 host's cgroup takes a directory and the limits per hierarchy,
-        // and a hybrid host's unified hierarchy takes the init's pid in cgroup.procs,
-        // whose first write in a while waits for an RCU grace period (about 11 ms here;
-        // the init joins the v1 hierarchies itself without that wait, see
-        // `Cgroup::admit`). The init makes its mounts meanwhile, as long as nothing it
-        // does depends on being in the cgroup yet: no cgroup namespace to make (its
-        // root is the cgroup the process is in), no create hooks (they may look at the
-        // cgroup), no namespace to join (that forks).
-        let overlap =
-            fast && has_cgroup && !create_hooks && !plan.creates(CloneFlags::CLONE_NEWCGROUP);
+        // Making a v1 host's cgroup takes a directory and the limits per hierarchy.
+        // Where the init cannot be born in its cgroup (a v1-only host; elsewhere it is
+        // born in the unified hierarchy), it makes its mounts meanwhile, as long as
+        // nothing it does depends on being in the cgroup yet: no cgroup namespace to
+        // make (its root is the cgroup the process is in), no create hooks (they may
+        // look at the cgroup), no namespace to join (that forks).
+        let defer_cgroup = v1_only
+            && fast
+            && has_cgroup
+            && !create_hooks
+            && !plan.creates(CloneFlags::CLONE_NEWCGROUP);
         let dumpable_until_go = rootless
             && (process.oom_score_adj().is_some()
                 || fast && plan.creates(CloneFlags::CLONE_NEWUSER));
-        let defer_cgroup = overlap && !pure_v2;
         let resolve_late = defer_cgroup && !cgroup::mounted_in_container(bundle);
         How {
             fast,
             create_hooks,
             rootless,
-            overlap,
             dumpable_until_go,
             defer_cgroup,
             resolve_late,
@@ -334,7 +341,7 @@ fn fork_init(
                 cloned_with_namespaces: how.fast,
                 unshare_first,
                 rootless: how.rootless,
-                cgroup_joined_later: how.overlap && !born_inside,
+                cgroup_joined_later: how.defer_cgroup,
                 dumpable_until_go: how.dumpable_until_go,
             }
         }),
@@ -344,9 +351,10 @@ fn fork_init(
 }
 
 /// What the runtime does to the child before letting it go: the cgroup (unless the
-/// child was born inside it, or joins it while it makes its mounts: `Go` then brings
-/// the files it joins through), oom_score_adj, and the id maps of a user namespace the
-/// clone made; then `Go`. Returns whether the cgroup is still to be joined.
+/// cgroup is made later, while the init makes its mounts; `Go` brings the files the
+/// init joins its v1 hierarchies through, and nothing on a pure v2 host, where it was
+/// born inside), oom_score_adj, and the id maps of a user namespace the clone made;
+/// then `Go`.
 fn place_init(
     bundle: &Bundle,
     how: &How,
@@ -354,10 +362,9 @@ fn place_init(
     cgroup: Option<&Cgroup>,
     born_inside: bool,
     ours: &Channel,
-) -> Result<bool> {
-    let joined_later = how.overlap && !born_inside;
-    let tasks = match cgroup.filter(|_| !born_inside && !joined_later) {
-        Some(cg) => cg.admit(child.as_raw(), None)?,
+) -> Result<()> {
+    let tasks = match cgroup.filter(|_| !how.defer_cgroup) {
+        Some(cg) => cg.admit(child.as_raw(), None, born_inside)?,
         None => vec![],
     };
     let process = bundle.spec.process().as_ref();
@@ -387,11 +394,13 @@ fn place_init(
     } else {
         None
     };
-    ours.send_with_fds(&Msg::Go, &tasks)?;
-    if let Some(userns) = userns {
-        send_idmapped_mounts(bundle, &userns, ours)?;
+    // If the init ended meanwhile, its own error is read next.
+    if ours.send_unless_gone(&Msg::Go, &tasks)? {
+        if let Some(userns) = userns {
+            send_idmapped_mounts(bundle, &userns, ours)?;
+        }
     }
-    Ok(joined_later)
+    Ok(())
 }
 
 /// The user namespace of `pid`, opened.
