@@ -70,8 +70,8 @@ fn adopt_view(exe: &File) {
         return;
     };
     let on_view = fstatfs(exe).is_ok_and(|s| s.filesystem_type() == OVERLAYFS_SUPER_MAGIC);
-    // /proc/self/fdinfo says which mount an fd is on, and that the number is open,
-    // without touching the fd itself.
+    // statx says which mount an fd is on, and that the number is open, without
+    // touching the fd itself.
     let same_mount = matches!(
         (mount_id(fd), mount_id(exe.as_raw_fd())),
         (Some(a), Some(b)) if a == b
@@ -79,7 +79,7 @@ fn adopt_view(exe: &File) {
     if fd < 3 || !on_view || !same_mount {
         return;
     }
-    // SAFETY: `fd` is open (its fdinfo was just read) and lies on the mount this
+    // SAFETY: `fd` is open (statx just looked at it) and lies on the mount this
     // process's own image was executed from, a detached view only the re-exec left
     // open; nothing else in this single-threaded process owns it.
     let owned: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
@@ -91,12 +91,27 @@ fn adopt_view(exe: &File) {
     }
 }
 
-/// The id of the mount `fd` lies on, from /proc/self/fdinfo; None when it is not open.
+/// The id of the mount `fd` lies on; None when it is not open (statx says EBADF) or
+/// the kernel does not say.
 fn mount_id(fd: i32) -> Option<u64> {
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("mnt_id:"))
-        .and_then(|v| v.trim().parse().ok())
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: statx with AT_EMPTY_PATH only looks at `fd` (failing with EBADF if it is
+    // not open) and writes into the buffer, which is a statx of the right size.
+    let r = unsafe {
+        libc::statx(
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_MNT_ID,
+            stx.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: statx succeeded and filled the buffer, which was zeroed before.
+    let stx = unsafe { stx.assume_init() };
+    (stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
 }
 
 /// The seals that make the copy immutable.

@@ -63,17 +63,24 @@ pub fn start(root: &Root, id: &str) -> Result<()> {
     release(root, &root.load(id)?)
 }
 
-/// Opens the exec fifo of a created container, then runs the poststart hooks.
+/// Checks that the container is created, then releases its init ([`open_fifo`]).
 fn release(root: &Root, st: &State) -> Result<()> {
-    let id = st.id.as_str();
     let s = status(root, st);
     if s != Status::Created {
         return Err(Error::State {
-            id: id.into(),
+            id: st.id.clone(),
             status: s.to_string(),
             msg: "only a created container can be started".into(),
         });
     }
+    open_fifo(root, st)
+}
+
+/// Opens the exec fifo, which lets the waiting init exec the container's process, then
+/// runs the poststart hooks. `run` comes here straight from create, which returned
+/// with the init waiting: if it died since, the fifo says so (ENXIO, no reader).
+fn open_fifo(root: &Root, st: &State) -> Result<()> {
+    let id = st.id.as_str();
     let fifo_path = root.dir(id).join(state::FIFO);
     let fifo = nix::fcntl::open(
         &fifo_path,
@@ -308,7 +315,7 @@ pub fn run(root: &Root, opts: &CreateOptions, run: &RunOptions) -> Result<i32> {
     }
     // The state just written is used as it is: no reload between the steps.
     let st = create(root, opts)?;
-    if let Err(e) = release(root, &st) {
+    if let Err(e) = open_fifo(root, &st) {
         let _ = delete(root, &opts.id, true);
         return Err(e);
     }
