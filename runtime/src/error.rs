@@ -16,8 +16,8 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A system call failed; `what` says which and on what.
-    // Not a `source`: the errno is in the message already, and a chain printed with
-    // `{:#}` would say it twice.
+    // Not a `source`: the errno is in the message already, and the binary's error
+    // chain (anyhow's `{:#}`) would say it twice.
     #[error("{what}: {errno}")]
     Sys {
         what: String,

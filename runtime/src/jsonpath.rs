@@ -395,9 +395,10 @@ impl Scan {
 
 /// The byte range of the value at `path` (keys of nested objects, from the top level)
 /// in a JSON text that parsed: for a caller that wants the value's own bytes (the
-/// seccomp cache keys a profile by them). None when a key is missing or a value on the
-/// way is not an object. The first of duplicate keys is taken; serde_json refuses
-/// duplicate fields of a struct, so a config that parsed has none where it matters.
+/// seccomp cache keys a profile by them). None when a key is missing, a value on the
+/// way is not an object, or an object on the way has the key twice: serde_json refuses
+/// duplicate fields of a struct, but a config read through a `Value` first keeps the
+/// last, so no bytes are the safe answer.
 pub fn span(text: &[u8], path: &[&str]) -> Option<std::ops::Range<usize>> {
     let mut i = skip_space(text, 0);
     for want in path {
@@ -405,6 +406,10 @@ pub fn span(text: &[u8], path: &[&str]) -> Option<std::ops::Range<usize>> {
             return None;
         }
         i = skip_space(text, i + 1);
+        let mut found = None;
+        if text.get(i) == Some(&b'}') {
+            return None;
+        }
         loop {
             if text.get(i) != Some(&b'"') {
                 return None;
@@ -422,14 +427,19 @@ pub fn span(text: &[u8], path: &[&str]) -> Option<std::ops::Range<usize>> {
             }
             i = skip_space(text, i + 1);
             if matches {
-                break;
+                if found.is_some() {
+                    return None;
+                }
+                found = Some(i);
             }
             i = skip_space(text, value_end(text, i)?);
-            if text.get(i) != Some(&b',') {
-                return None;
+            match text.get(i) {
+                Some(b',') => i = skip_space(text, i + 1),
+                Some(b'}') => break,
+                _ => return None,
             }
-            i = skip_space(text, i + 1);
         }
+        i = found?;
     }
     Some(i..value_end(text, i)?)
 }
@@ -596,12 +606,16 @@ mod tests {
             let got: serde_json::Value = serde_json::from_slice(&t[r]).expect("span parses");
             assert_eq!(&got, want, "{}", String::from_utf8_lossy(t));
         }
+        // Twice the same key on the way, however it is spelt: no answer.
         for t in [
             &br#"{"linux":{"namespaces":[]}}"#[..],
             br#"{"linux":[{"seccomp":{}}]}"#,
             br#"{"seccomp":{},"linux":{}}"#,
             br#"[]"#,
             b"",
+            br#"{"linux":{"seccomp":{"a":1}},"linux":{"seccomp":{"b":2}}}"#,
+            br#"{"linux":{"seccomp":{"a":1},"se\u0063comp":{"b":2}}}"#,
+            br#"{"linux":{"seccomp":{"a":1}},"x":1,"li\u006eux":{}}"#,
         ] {
             assert_eq!(
                 span(t, &["linux", "seccomp"]),

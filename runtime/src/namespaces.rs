@@ -261,11 +261,16 @@ pub fn fork_into(flags: CloneFlags, cgroup: Option<BorrowedFd<'_>>) -> Result<(F
             pid if pid > 0 => return Ok((Forked::Parent(Pid::from_raw(pid as i32)), true)),
             _ => {
                 let e = nix::errno::Errno::last();
+                // A kernel without clone3 or CLONE_INTO_CGROUP, or a seccomp profile of
+                // the caller's that refuses clone3 (older Docker ones answer EPERM):
+                // a plain clone, and the caller moves the child in, saying its own error
+                // if that fails too.
                 if !matches!(
                     e,
                     nix::errno::Errno::ENOSYS
                         | nix::errno::Errno::E2BIG
                         | nix::errno::Errno::EINVAL
+                        | nix::errno::Errno::EPERM
                 ) {
                     return Err(Error::sys(
                         format!("clone3({flags:?}, CLONE_INTO_CGROUP)"),

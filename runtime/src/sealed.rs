@@ -57,9 +57,9 @@ pub fn release_view() {
 }
 
 /// Takes over the view's mount fd named by [`VIEW_FD_ENV`], if it is the one this
-/// process's image was executed from: an fd on the very mount `exe` (the running
-/// binary) lies on, which is a read-only overlayfs. Anything else is left alone (a
-/// caller's fd, perhaps one of its `--preserve-fds`, is not ours to close).
+/// process's image was executed from: the root directory of the very mount `exe` (the
+/// running binary) lies on, which is a read-only overlayfs. Anything else is left alone
+/// (a caller's fd, perhaps one of its `--preserve-fds`, is not ours to close).
 fn adopt_view(exe: &File) {
     let Some(n) = std::env::var_os(VIEW_FD_ENV) else {
         return;
@@ -70,18 +70,21 @@ fn adopt_view(exe: &File) {
         return;
     };
     let on_view = fstatfs(exe).is_ok_and(|s| s.filesystem_type() == OVERLAYFS_SUPER_MAGIC);
-    // statx says which mount an fd is on, and that the number is open, without
-    // touching the fd itself.
+    // Which mount an fd is on, whether it is that mount's root, and that the number is
+    // open at all, without touching the fd itself.
+    let view = mount_of(fd);
     let same_mount = matches!(
-        (mount_id(fd), mount_id(exe.as_raw_fd())),
-        (Some(a), Some(b)) if a == b
+        (view, mount_of(exe.as_raw_fd())),
+        (Some(v), Some(e)) if v.id == e.id && v.root_dir
     );
     if fd < 3 || !on_view || !same_mount {
         return;
     }
-    // SAFETY: `fd` is open (statx just looked at it) and lies on the mount this
-    // process's own image was executed from, a detached view only the re-exec left
-    // open; nothing else in this single-threaded process owns it.
+    // SAFETY: `fd` is open (it was just looked at) and is the root of the mount this
+    // process's own image was executed from: the detached view, whose number the
+    // re-exec put in the environment. A caller that sets the variable itself names its
+    // own fd on that mount, at its own cost. Nothing else in this single-threaded
+    // process owns it.
     let owned: OwnedFd = unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) };
     if fcntl(&owned, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).is_err() {
         return;
@@ -91,9 +94,16 @@ fn adopt_view(exe: &File) {
     }
 }
 
-/// The id of the mount `fd` lies on; None when it is not open (statx says EBADF) or
-/// the kernel does not say.
-fn mount_id(fd: i32) -> Option<u64> {
+/// The mount an fd lies on, and whether it is that mount's root directory.
+#[derive(Debug, Clone, Copy)]
+struct MountOf {
+    id: u64,
+    root_dir: bool,
+}
+
+/// Where `fd` lies ([`MountOf`]); None when it is not open (statx says EBADF) or the
+/// kernel cannot tell (statx without STATX_MNT_ID, before Linux 5.8).
+fn mount_of(fd: i32) -> Option<MountOf> {
     let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
     // SAFETY: statx with AT_EMPTY_PATH only looks at `fd` (failing with EBADF if it is
     // not open) and writes into the buffer, which is a statx of the right size.
@@ -102,7 +112,7 @@ fn mount_id(fd: i32) -> Option<u64> {
             fd,
             c"".as_ptr(),
             libc::AT_EMPTY_PATH,
-            libc::STATX_MNT_ID,
+            libc::STATX_MNT_ID | libc::STATX_TYPE,
             stx.as_mut_ptr(),
         )
     };
@@ -111,7 +121,15 @@ fn mount_id(fd: i32) -> Option<u64> {
     }
     // SAFETY: statx succeeded and filled the buffer, which was zeroed before.
     let stx = unsafe { stx.assume_init() };
-    (stx.stx_mask & libc::STATX_MNT_ID != 0).then_some(stx.stx_mnt_id)
+    if stx.stx_mask & libc::STATX_MNT_ID == 0 {
+        return None;
+    }
+    let attr = libc::STATX_ATTR_MOUNT_ROOT as u64;
+    let is_dir = u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFDIR;
+    Some(MountOf {
+        id: stx.stx_mnt_id,
+        root_dir: is_dir && stx.stx_attributes_mask & attr != 0 && stx.stx_attributes & attr != 0,
+    })
 }
 
 /// The seals that make the copy immutable.
@@ -271,6 +289,9 @@ fn reexec(image: &File, mount: Option<OwnedFd>) -> Result<()> {
         })
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| Error::Invalid("an environment variable contains a NUL byte".into()))?;
+    // Kept only where the new image can recognise it again (statx tells a mount's id
+    // and root since Linux 5.8); else closed here, before the exec, as it always was.
+    let mount = mount.filter(|m| mount_of(m.as_raw_fd()).is_some_and(|v| v.root_dir));
     if let Some(m) = &mount {
         fcntl(m, FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))
             .map_err(|e| Error::sys("keep the runtime's read-only view open", e))?;

@@ -285,6 +285,102 @@ fn on_pure_v2_an_exec_is_born_in_the_containers_cgroup() {
     assert_cloned_into_cgroup(&trace);
 }
 
+/// On a hybrid host (v1 controllers, cgroup2 on /sys/fs/cgroup/unified) the init is born
+/// in the unified hierarchy (clone3 with CLONE_INTO_CGROUP) and joins the v1 ones
+/// itself: it ends up in the container's cgroup in each.
+#[test]
+fn on_a_hybrid_host_the_init_is_born_in_the_unified_hierarchy() {
+    let test = "on_a_hybrid_host_the_init_is_born_in_the_unified_hierarchy";
+    let Some(strace) = root_and_strace(test) else {
+        return;
+    };
+    if pure_v2() || !Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists() {
+        plinth_tests::skip(
+            test,
+            "this host is not hybrid (no cgroup2 on /sys/fs/cgroup/unified)",
+        );
+        return;
+    }
+    let mut b = Bundle::busybox("cat /proc/self/cgroup");
+    let id = unique("hy");
+    let path = format!("/plinth-hybrid-{id}");
+    b.config["linux"]["cgroupsPath"] = json!(path);
+    b.write();
+    let trace = b.tmp.0.join("clone.strace");
+    let out = std::process::Command::new(strace)
+        .args(["-f", "-qq", "-e", "trace=clone,clone3", "-o"])
+        .arg(&trace)
+        .arg(plinth_tests::plinth_bin())
+        .arg("--root")
+        .arg(&b.root)
+        .args(["run", "--bundle"])
+        .arg(&b.dir)
+        .arg(&id)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let (code, stdout, stderr) = plinth_tests::text(&out);
+    assert_eq!(code, 0, "run on the hybrid host failed: {stderr}");
+    for want in [
+        format!("0::{path}"),
+        format!(":pids:{path}"),
+        format!(":memory:{path}"),
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.ends_with(&want)),
+            "expected a line ending in {want:?} in /proc/self/cgroup: {stdout}"
+        );
+    }
+    assert_cloned_into_cgroup(&trace);
+}
+
+/// A host whose cgroup2 is mounted somewhere else than /sys/fs/cgroup/unified, beside
+/// its v1 hierarchies, with a config that mounts the cgroups in the container: the
+/// runtime takes it for a v1-only host until it resolves the cgroup after the fork, and
+/// must not try to clone into a cgroup not yet made. (A private mount namespace gives
+/// this host that layout.)
+#[test]
+fn a_cgroup2_mounted_elsewhere_does_not_break_create() {
+    let test = "a_cgroup2_mounted_elsewhere_does_not_break_create";
+    if !need_root(test) {
+        return;
+    }
+    if pure_v2() || !Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists() {
+        plinth_tests::skip(
+            test,
+            "this host is not hybrid (no cgroup2 on /sys/fs/cgroup/unified)",
+        );
+        return;
+    }
+    let mut b = Bundle::busybox("cat /proc/self/cgroup");
+    b.config["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+        "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]
+    }));
+    b.write();
+    let elsewhere = b.tmp.0.join("cg2");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let script = format!(
+        "umount /sys/fs/cgroup/unified && mount -t cgroup2 none {} && exec {} --root {} run --bundle {} {}",
+        elsewhere.display(),
+        plinth_tests::plinth_bin().display(),
+        b.root.display(),
+        b.dir.display(),
+        unique("cg2e"),
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let (code, stdout, stderr) = plinth_tests::text(&out);
+    assert_eq!(code, 0, "run failed: {stderr}");
+    assert!(
+        stdout.contains(":pids:"),
+        "no v1 cgroup in the container: {stdout}"
+    );
+}
+
 /// strace's path, for a test that needs it and root; None (with the SKIP line) otherwise.
 fn root_and_strace(test: &str) -> Option<PathBuf> {
     if !need_root(test) {

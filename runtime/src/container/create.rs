@@ -316,7 +316,10 @@ fn fork_init(
     };
     let cgroup_mounts = cgroup::mounts(bundle, cgroup);
     let (ours, theirs) = sync::pair()?;
-    let (forked, born_inside) = namespaces::fork_in_cgroup(clone_flags, cgroup)?;
+    // A cgroup made only after the fork cannot be born in (on a v1-only host as far as
+    // statfs says, there may still be a cgroup2 mount elsewhere).
+    let born_in = cgroup.filter(|_| !how.defer_cgroup);
+    let (forked, born_inside) = namespaces::fork_in_cgroup(clone_flags, born_in)?;
     match forked {
         Forked::Child => init::run({
             // The runtime's copy closes later, while this init sets itself up.
