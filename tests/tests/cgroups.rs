@@ -294,11 +294,7 @@ fn on_a_hybrid_host_the_init_is_born_in_the_unified_hierarchy() {
     let Some(strace) = root_and_strace(test) else {
         return;
     };
-    if pure_v2() || !Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists() {
-        plinth_tests::skip(
-            test,
-            "this host is not hybrid (no cgroup2 on /sys/fs/cgroup/unified)",
-        );
+    if !hybrid(test) {
         return;
     }
     let mut b = Bundle::busybox("cat /proc/self/cgroup");
@@ -345,11 +341,7 @@ fn a_cgroup2_mounted_elsewhere_does_not_break_create() {
     if !need_root(test) {
         return;
     }
-    if pure_v2() || !Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists() {
-        plinth_tests::skip(
-            test,
-            "this host is not hybrid (no cgroup2 on /sys/fs/cgroup/unified)",
-        );
+    if !hybrid(test) {
         return;
     }
     let mut b = Bundle::busybox("cat /proc/self/cgroup");
@@ -379,6 +371,19 @@ fn a_cgroup2_mounted_elsewhere_does_not_break_create() {
         stdout.contains(":pids:"),
         "no v1 cgroup in the container: {stdout}"
     );
+}
+
+/// Whether this host is hybrid (v1 controllers, cgroup2 on /sys/fs/cgroup/unified);
+/// if not, `test` says it skips.
+fn hybrid(test: &str) -> bool {
+    let yes = !pure_v2() && Path::new("/sys/fs/cgroup/unified/cgroup.controllers").exists();
+    if !yes {
+        plinth_tests::skip(
+            test,
+            "this host is not hybrid (no cgroup2 on /sys/fs/cgroup/unified)",
+        );
+    }
+    yes
 }
 
 /// strace's path, for a test that needs it and root; None (with the SKIP line) otherwise.
