@@ -59,9 +59,10 @@ pub struct Init<'a> {
     /// Whether the runtime runs unprivileged: then every cgroup mount is read-only,
     /// whatever the config says (CVE-2023-25809).
     pub rootless: bool,
-    /// Whether the runtime makes the container's cgroup only after `Go`, while the
-    /// mounts are made: then the first cgroup mount and the process's own settings wait
-    /// for `JoinCgroup`, and this process joins the cgroup then.
+    /// Whether the runtime makes the container's cgroup (or, where this process was born
+    /// in it, its limits and device rules) only after `Go`, while the mounts are made:
+    /// then the first cgroup mount and the process's own settings wait for
+    /// `JoinCgroup`, and this process joins what it is not in yet then.
     pub cgroup_joined_later: bool,
     /// Whether an unprivileged runtime writes this process's /proc files before `Go`
     /// (the id maps of the user namespace the clone made, oom_score_adj): it can open

@@ -266,22 +266,52 @@ impl Cgroup {
         self.implicit_devices = implicit_devices.to_vec();
         let res = self.create_inner(r);
         if res.is_err() {
-            // The error being returned is the one that matters; a failure to undo is
-            // only worth a note next to it.
-            if let Err(e) = self.remove_created() {
-                self.warnings.push(format!("undoing a failed create: {e}"));
-            }
-            for d in &mut self.dirs {
-                d.created.clear();
-            }
+            self.undo_create();
         }
         res
     }
 
-    fn create_inner(&mut self, r: Option<&LinuxResources>) -> Result<()> {
+    /// [`Cgroup::create`]'s first half: checks `r` and makes the directories (atomic as
+    /// create is), so that a process can be born in them before
+    /// [`Cgroup::apply_created`] applies `r` and the device rules.
+    pub fn create_dirs(
+        &mut self,
+        r: Option<&LinuxResources>,
+        implicit_devices: &[DeviceRule],
+    ) -> Result<()> {
+        self.implicit_devices = implicit_devices.to_vec();
         let empty = LinuxResources::default();
-        let r = r.unwrap_or(&empty);
-        self.validate(r)?;
+        let res = self
+            .validate(r.unwrap_or(&empty))
+            .and_then(|()| self.make_dirs());
+        if res.is_err() {
+            self.undo_create();
+        }
+        res
+    }
+
+    /// [`Cgroup::create`]'s second half, after [`Cgroup::create_dirs`]: applies `r`,
+    /// then the device rules. On an error the directories stay: the caller removes them
+    /// ([`Cgroup::destroy`]).
+    pub fn apply_created(&mut self, r: Option<&LinuxResources>) -> Result<()> {
+        let empty = LinuxResources::default();
+        let warnings = self.apply(r.unwrap_or(&empty), false)?;
+        self.warnings.extend(warnings);
+        Ok(())
+    }
+
+    fn undo_create(&mut self) {
+        // The error being returned is the one that matters; a failure to undo is only
+        // worth a note next to it.
+        if let Err(e) = self.remove_created() {
+            self.warnings.push(format!("undoing a failed create: {e}"));
+        }
+        for d in &mut self.dirs {
+            d.created.clear();
+        }
+    }
+
+    fn make_dirs(&mut self) -> Result<()> {
         for d in &mut self.dirs {
             d.created = if d.v2 {
                 v2::make_path(&d.mount, &d.path, &d.controllers)?
@@ -289,6 +319,14 @@ impl Cgroup {
                 v1::make_path(&d.mount, &d.path, d.has("cpuset"))?
             };
         }
+        Ok(())
+    }
+
+    fn create_inner(&mut self, r: Option<&LinuxResources>) -> Result<()> {
+        let empty = LinuxResources::default();
+        let r = r.unwrap_or(&empty);
+        self.validate(r)?;
+        self.make_dirs()?;
         let warnings = self.apply(r, false)?;
         self.warnings.extend(warnings);
         Ok(())

@@ -48,16 +48,36 @@ pub(super) fn mounted_in_container(bundle: &Bundle) -> bool {
 /// Makes the cgroup [`resolve`] found, with the config's limits and device rules and
 /// the devices runc allows implicitly.
 pub(super) fn make(cg: &mut Cgroup, bundle: &Bundle) -> Result<()> {
-    let resources = bundle
+    cg.create(resources(bundle), &implicit_devices(bundle)?)?;
+    warn_about(cg);
+    Ok(())
+}
+
+/// [`make`] in two halves, for a process born in the cgroup in between: the
+/// directories (checking the config's values first) ...
+pub(super) fn make_dirs(cg: &mut Cgroup, bundle: &Bundle) -> Result<()> {
+    cg.create_dirs(resources(bundle), &implicit_devices(bundle)?)
+}
+
+/// ... then the limits and the device rules.
+pub(super) fn apply(cg: &mut Cgroup, bundle: &Bundle) -> Result<()> {
+    cg.apply_created(resources(bundle))?;
+    warn_about(cg);
+    Ok(())
+}
+
+fn resources(bundle: &Bundle) -> Option<&oci_spec::runtime::LinuxResources> {
+    bundle
         .spec
         .linux()
         .as_ref()
-        .and_then(|l| l.resources().as_ref());
-    cg.create(resources, &implicit_devices(bundle)?)?;
+        .and_then(|l| l.resources().as_ref())
+}
+
+fn warn_about(cg: &Cgroup) {
     for w in cg.warnings() {
         logging::warn(w);
     }
-    Ok(())
 }
 
 /// For a rootless run: the container's cgroup when the user's own cgroup v2 subtree is
