@@ -50,13 +50,24 @@ pub fn send_fds(sock: RawFd, fds: &[RawFd], payload: &[u8], what: &str) -> Resul
 pub const MAX_FDS: usize = 32;
 
 /// Receives one message of [`send_fds`] into `buf`: the payload's length (0 when the
-/// other end closed) and the fds that came with it (close-on-exec on arrival).
-pub fn recv_fds(sock: RawFd, buf: &mut [u8], what: &str) -> Result<(usize, Vec<OwnedFd>)> {
+/// other end closed) and the fds that came with it (close-on-exec on arrival). `flags`
+/// adds to recvmsg's (MSG_DONTWAIT, say).
+pub fn recv_fds(
+    sock: RawFd,
+    buf: &mut [u8],
+    flags: MsgFlags,
+    what: &str,
+) -> Result<(usize, Vec<OwnedFd>)> {
     let mut iov = [IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let mut reset = false;
     let msg = loop {
-        match recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+        match recvmsg::<()>(
+            sock,
+            &mut iov,
+            Some(&mut space),
+            flags | MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
             Err(nix::errno::Errno::EINTR) => continue,
             // The peer closed with data of ours unread: said once, then what it sent
             // before it went can still be read.
@@ -89,7 +100,7 @@ pub fn recv_fds(sock: RawFd, buf: &mut [u8], what: &str) -> Result<(usize, Vec<O
 /// Receives one fd sent with [`send_fd`] (made close-on-exec on arrival).
 pub fn recv_fd(sock: RawFd, what: &str) -> Result<OwnedFd> {
     let mut buf = [0u8; 64];
-    let (_, fds) = recv_fds(sock, &mut buf, what)?;
+    let (_, fds) = recv_fds(sock, &mut buf, MsgFlags::empty(), what)?;
     fds.into_iter()
         .next()
         .ok_or_else(|| Error::Invalid(format!("receive {what}: no file descriptor in the message")))

@@ -4,7 +4,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 
 use crate::error::{Error, Result};
 
@@ -103,19 +103,22 @@ impl Channel {
     /// Receives one message; `None` when the other end closed without a word (it
     /// died, or exec'd with the end marked close-on-exec).
     pub fn recv(&self) -> Result<Option<Msg>> {
+        self.next(MsgFlags::empty()).map(|(m, _)| m)
+    }
+
+    /// The next message and the fds that came with it. A peer that closed with a
+    /// message of ours unread is said once (ECONNRESET), and what it sent before it
+    /// went (its error, mostly) is read still: `fdpass::recv_fds` reads again.
+    fn next(&self, flags: MsgFlags) -> Result<(Option<Msg>, Vec<OwnedFd>)> {
         let mut buf = [0u8; 4096];
-        let mut reset = false;
-        loop {
-            match nix::unistd::read(&self.0, &mut buf) {
-                Ok(0) => return Ok(None),
-                Ok(n) => return Msg::decode(&buf[..n]).map(Some),
-                Err(Errno::EINTR) => continue,
-                // The other side closed with a message of ours unread: the kernel says
-                // so once, then gives what it sent before it went (its error, mostly).
-                Err(Errno::ECONNRESET) if !reset => reset = true,
-                Err(e) => return Err(Error::sys("sync: read", e)),
-            }
-        }
+        let (n, fds) =
+            crate::fdpass::recv_fds(self.0.as_raw_fd(), &mut buf, flags, "sync message")?;
+        let msg = if n == 0 {
+            None
+        } else {
+            Some(Msg::decode(&buf[..n])?)
+        };
+        Ok((msg, fds))
     }
 
     /// Sends one message with `fds`, as [`Channel::send_with_fds`]; false when the other
@@ -136,20 +139,11 @@ impl Channel {
     /// a step of the runtime's fails because the init is gone, the init's own words say
     /// more. Messages before the error are skipped.
     pub fn take_error(&self) -> Option<String> {
-        use nix::sys::socket::{recv, MsgFlags};
-        let mut buf = [0u8; 4096];
-        let mut reset = false;
         loop {
-            match recv(self.0.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-                Ok(0) => return None,
-                Ok(n) => {
-                    if let Ok(Msg::Error(e)) = Msg::decode(&buf[..n]) {
-                        return Some(e);
-                    }
-                }
-                Err(Errno::EINTR) => {}
-                Err(Errno::ECONNRESET) if !reset => reset = true,
-                Err(_) => return None,
+            match self.next(MsgFlags::MSG_DONTWAIT) {
+                Ok((Some(Msg::Error(e)), _)) => return Some(e),
+                Ok((Some(_), _)) => continue,
+                _ => return None,
             }
         }
     }
@@ -169,13 +163,7 @@ impl Channel {
     /// Receives a message that must be `want`, with the fds sent with it
     /// ([`Channel::send_with_fds`]; none if it was sent with [`Channel::send`]).
     pub fn expect_with_fds(&self, want: &Msg) -> Result<Vec<OwnedFd>> {
-        let mut buf = [0u8; 4096];
-        let (n, fds) = crate::fdpass::recv_fds(self.0.as_raw_fd(), &mut buf, "sync message")?;
-        let got = if n == 0 {
-            None
-        } else {
-            Some(Msg::decode(&buf[..n])?)
-        };
+        let (got, fds) = self.next(MsgFlags::empty())?;
         expected(want, got)?;
         Ok(fds)
     }

@@ -33,14 +33,14 @@ pub(super) struct Mount {
 /// Pure v2 when /sys/fs/cgroup is cgroup2 (statfs, as runc), else hybrid when any
 /// cgroup2 is mounted, else legacy.
 pub(super) fn detect_mode(mi: &[Entry]) -> Mode {
-    mode_from(sys_fs_cgroup_is_v2(), mi)
+    mode_from(is_cgroup2("/sys/fs/cgroup"), mi)
 }
 
-/// Whether /sys/fs/cgroup is cgroup2, i.e. the host is pure v2 (runc's test).
-pub(super) fn sys_fs_cgroup_is_v2() -> bool {
-    nix::sys::statfs::statfs("/sys/fs/cgroup")
-        .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
-        .unwrap_or(false)
+/// Whether `path` is a cgroup2 mount (for /sys/fs/cgroup: the host is pure v2, runc's
+/// test).
+pub(super) fn is_cgroup2(path: &str) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
 }
 
 pub(super) fn mode_from(sys_fs_cgroup_is_v2: bool, mi: &[Entry]) -> Mode {

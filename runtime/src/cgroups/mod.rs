@@ -263,8 +263,8 @@ impl Cgroup {
         r: Option<&LinuxResources>,
         implicit_devices: &[DeviceRule],
     ) -> Result<()> {
-        self.implicit_devices = implicit_devices.to_vec();
-        let res = self.create_inner(r);
+        self.create_dirs(r, implicit_devices)?;
+        let res = self.apply_created(r);
         if res.is_err() {
             self.undo_create();
         }
@@ -319,16 +319,6 @@ impl Cgroup {
                 v1::make_path(&d.mount, &d.path, d.has("cpuset"))?
             };
         }
-        Ok(())
-    }
-
-    fn create_inner(&mut self, r: Option<&LinuxResources>) -> Result<()> {
-        let empty = LinuxResources::default();
-        let r = r.unwrap_or(&empty);
-        self.validate(r)?;
-        self.make_dirs()?;
-        let warnings = self.apply(r, false)?;
-        self.warnings.extend(warnings);
         Ok(())
     }
 
@@ -573,15 +563,14 @@ impl Cgroup {
     /// Whether this host is pure cgroup v2 (/sys/fs/cgroup is cgroup2), asked without
     /// resolving a cgroup.
     pub fn host_is_pure_v2() -> bool {
-        hierarchy::sys_fs_cgroup_is_v2()
+        hierarchy::is_cgroup2("/sys/fs/cgroup")
     }
 
     /// Whether this host mounts cgroup2 beside its v1 hierarchies where systemd does
     /// (/sys/fs/cgroup/unified), asked without resolving a cgroup. A cgroup2 mounted
     /// elsewhere is found only when the cgroup is resolved.
     pub fn host_is_hybrid() -> bool {
-        nix::sys::statfs::statfs("/sys/fs/cgroup/unified")
-            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        hierarchy::is_cgroup2("/sys/fs/cgroup/unified")
     }
 
     /// Whether the host is pure cgroup v2: then a process can be born in the whole

@@ -81,11 +81,11 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
     } else if root_on_v1_only {
         cgroup = cgroup::resolve(&bundle, &opts.id)?;
     }
-    if let Some(cg) = cgroup.as_mut() {
+    if let Some(cg) = cgroup.as_mut().filter(|_| !how.defer_cgroup) {
         if how.defer_limits {
             cgroup::make_dirs(cg, &bundle)?;
             cleanup.cgroup = Some(cg.clone());
-        } else if !how.defer_cgroup {
+        } else {
             make_cgroup(cg, &bundle, &mut cleanup)?;
         }
     }
@@ -102,19 +102,22 @@ pub fn create(root: &Root, opts: &CreateOptions) -> Result<State> {
     if how.resolve_late {
         cgroup = cgroup::resolve(&bundle, &opts.id).map_err(init_said)?;
     }
-    if let Some(cg) = cgroup.as_mut().filter(|_| how.defer_cgroup) {
-        make_cgroup(cg, &bundle, &mut cleanup).map_err(init_said)?;
-        let tasks = cg
-            .admit(child.as_raw(), None, born_inside)
-            .map_err(init_said)?;
+    if let Some(cg) = cgroup
+        .as_mut()
+        .filter(|_| how.defer_cgroup || how.defer_limits)
+    {
+        // The whole cgroup, which the init then joins; or, where it was born inside,
+        // what the cgroup was still missing.
+        let tasks = if how.defer_cgroup {
+            make_cgroup(cg, &bundle, &mut cleanup).map_err(init_said)?;
+            cg.admit(child.as_raw(), None, born_inside)
+                .map_err(init_said)?
+        } else {
+            cgroup::apply(cg, &bundle).map_err(init_said)?;
+            vec![]
+        };
         // If the init ended meanwhile, its own error is read next.
         ours.send_unless_gone(&Msg::JoinCgroup, &tasks)
-            .map_err(init_said)?;
-    }
-    if let Some(cg) = cgroup.as_mut().filter(|_| how.defer_limits) {
-        cgroup::apply(cg, &bundle).map_err(init_said)?;
-        cleanup.cgroup = Some(cg.clone());
-        ours.send_unless_gone(&Msg::JoinCgroup, &[])
             .map_err(init_said)?;
     }
     let mut st = new_state(&bundle, &opts.id, child, cgroup, &cleanup);
